@@ -1,0 +1,438 @@
+"""The GPU check: correctness of every kernel against the numpy backend, then timings against
+plain CuPy and PyTorch, with the bandwidth floor measured in the same run. One command:
+
+    python benchmarks/gpu_check.py [--out DIR] [--quick] [--compile]
+
+Correctness: fresh random inputs (never zeros) at odd sizes and sizes above one grid; outputs
+poisoned with NaN before each launch (an ``out=`` array for dS, and CuPy's memory pool filled
+with NaN so every internal buffer starts poisoned); float32 results within 1e-5 relative of
+float64 numpy; float64 within 1e-12.
+
+Timing: CUDA events around R back-to-back calls, after warm-up; the median over many batches;
+inputs rotated among copies that together exceed the L2 cache. "floor" = the bytes the workload
+must move / the device-to-device copy bandwidth measured here (bytes read + written / time).
+
+Prints a short table last; writes results.json and the full log under --out (default $OUT or .).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cupy  # noqa: E402
+
+import gpugrad as gg  # noqa: E402
+from gpugrad.backends import cupy_backend as cb  # noqa: E402
+from gpugrad.backends import kernels as kmod  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+    HAVE_TORCH = torch.cuda.is_available()
+except Exception:  # pragma: no cover - torch is optional
+    torch = None
+    HAVE_TORCH = False
+
+NP = gg.get_backend("numpy")
+RESULTS = {"correctness": [], "timing": [], "env": {}}
+FAILURES = []
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def log(*a):
+    print(*a, flush=True)
+
+
+def poison_pool(nbytes=1 << 30):
+    """Fill free memory of CuPy's pool with NaN so that buffers a kernel should write start as NaN."""
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    blocks = []
+    for size in (nbytes, nbytes // 4, nbytes // 16, 1 << 20, 1 << 16):
+        b = cupy.empty(size // 4, dtype=np.float32)
+        b.fill(np.nan)
+        blocks.append(b)
+    del blocks  # back to the pool, NaN-filled; CuPy splits these chunks for later allocations
+
+
+def rel_err(got, ref):
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if not np.all(np.isfinite(got)):
+        return float("inf")
+    den = np.linalg.norm(ref.ravel())
+    num = np.linalg.norm((got - ref).ravel())
+    return float(num / den) if den > 0 else float(num)
+
+
+def record(kind, name, err, tol, **info):
+    ok = bool(err <= tol)
+    RESULTS["correctness"].append(dict(kind=kind, name=name, err=err, tol=tol, ok=ok, **info))
+    if not ok:
+        FAILURES.append(f"{kind} {name}: err {err:.3g} > tol {tol:.1g} {info}")
+    log(f"  {'ok  ' if ok else 'FAIL'} {kind:<10} {name:<44} err {err:.2e} (tol {tol:.0e})")
+
+
+def rand_scores(rng, n, C, scale=3.0):
+    return (rng.standard_normal((n, C)) * scale).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# correctness
+# ---------------------------------------------------------------------------------------------
+def check_row_losses(rng, quick):
+    be = gg.get_backend("cupy")
+    sizes = [(1, 1), (3, 2), (3, 10), (65537, 10), (65537, 2), (1, 1000), (65537, 1000),
+             (3, 7), (5, 33), (9, 129), (7, 257), (4, 1500), (3, 5000), (2, 20000),
+             (3, 32768), (257, 32768), (2, 70000)]
+    if quick:
+        sizes = [s for s in sizes if s[0] * s[1] < 5_000_000]
+    for n, C in sizes:
+        S64 = rand_scores(rng, n, C)
+        y = rng.integers(0, C, n)
+        for loss_name, ref_fn, fn in (("softmax", NP.softmax_cross_entropy_grad, be.softmax_cross_entropy_grad),
+                                      ("svm", NP.svm_grad, be.svm_grad)):
+            ref_loss, ref_dS = ref_fn(S64, y)
+            for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
+                if dtype == np.float64 and n * C > 40_000_000:
+                    continue
+                S = cupy.asarray(S64.astype(dtype))
+                yd = cupy.asarray(y.astype(np.int32 if C % 2 else np.int64))
+                poison_pool(1 << 26)
+                out = cupy.full(S.shape, np.nan, dtype=dtype)
+                loss, dS = fn(S, yd, out=out)
+                cfg = (cb.ce_kernel_config if loss_name == "softmax" else cb.svm_kernel_config)(C, dtype)[0]
+                written = bool(cupy.isfinite(dS).all())
+                err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - float(ref_loss)) / max(1e-30, abs(float(ref_loss))))
+                if not written:
+                    err = float("inf")
+                record(loss_name, f"{cfg} n={n} C={C} {np.dtype(dtype).name}", err, tol, n=n, C=C)
+
+
+def check_precision_cases():
+    """p_y rounding to 1 in float32, and scores of magnitude 1e4."""
+    be = gg.get_backend("cupy")
+    S64 = np.array([[30.0, 0.0, -1.0, 2.0], [1e4, -1e4, 9990.0, 0.0]])
+    y = np.array([0, 1])
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, y)
+    loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64.astype(np.float32)), cupy.asarray(y))
+    g = dS.get()
+    err = abs(g[0, 0] - ref_dS[0, 0]) / abs(ref_dS[0, 0])  # -others/total/n, about -3e-13
+    record("precision", "target grad when p_y rounds to 1 (f32)", float(err), 1e-5)
+    record("precision", "scores 1e4: loss and dS (f32)", max(rel_err(g, ref_dS),
+           abs(float(loss) - ref_loss) / abs(ref_loss)), 1e-5)
+
+
+def check_linear(rng, quick):
+    be = gg.get_backend("cupy")
+    shapes = [(1, 5, 1), (3, 7, 2), (3, 64, 10), (65537, 3072, 10), (1000, 3071, 10), (4097, 130, 3),
+              (2049, 2048, 16), (513, 100, 12), (300, 3073, 10), (257, 50, 40)]
+    if quick:
+        shapes = [s for s in shapes if s[0] * s[1] < 50_000_000]
+    for n, d, C in shapes:
+        X64 = rng.standard_normal((n, d))
+        W64 = rng.standard_normal((C, d)) * 0.05
+        b64 = rng.standard_normal(C) * 0.1
+        y = rng.integers(0, C, n)
+        for loss_name in ("softmax", "svm"):
+            lam = 0.01
+            J_ref, dW_ref, db_ref = NP.linear_grad(X64, y, W64, b64, lam, loss_name)
+            X, W, b = (cupy.asarray(a.astype(np.float32)) for a in (X64, W64, b64))
+            plan = be.linear_plan(X, W, None)
+            poison_pool(1 << 28)
+            J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, lam, loss_name)
+            err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
+            record("linear", f"{'fused' if plan else 'fallback'} {loss_name} n={n} d={d} C={C} f32", err, 1e-5,
+                   n=n, d=d, C=C)
+        # uint8 pixels normalised on the fly
+        Xu = rng.integers(0, 256, (n, d), dtype=np.uint8)
+        mean = Xu.mean(0) + rng.standard_normal(d) * 0.1
+        std = Xu.std(0) + 1.0
+        J_ref, dW_ref, db_ref = NP.linear_grad(Xu, y, W64, b64, 0.01, "softmax", mean, std)
+        W = cupy.asarray(W64.astype(np.float32))
+        b = cupy.asarray(b64.astype(np.float32))
+        plan = be.linear_plan(cupy.asarray(Xu), W, cupy.asarray(mean))
+        poison_pool(1 << 28)
+        J, dW, db = be.linear_grad(cupy.asarray(Xu), cupy.asarray(y), W, b, 0.01, "softmax",
+                                   cupy.asarray(mean.astype(np.float32)), cupy.asarray(std.astype(np.float32)))
+        err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
+        record("linear", f"{'fused' if plan else 'fallback'} softmax n={n} d={d} C={C} u8", err, 1e-5, n=n, d=d, C=C)
+
+
+def check_validation():
+    """Bad input through the CuPy path gives the same clear errors as numpy."""
+    S = cupy.asarray(np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32))
+    cases = [("label out of range", cupy.asarray([0, 1, 2, 3, 9, 0]), S, "y[4] = 9"),
+             ("negative label", cupy.asarray([0, -1, 2, 3, 1, 0]), S, "y[1] = -1")]
+    Snan = S.copy()
+    Snan[2, 3] = np.nan
+    cases.append(("NaN in S", cupy.asarray([0, 1, 2, 3, 1, 0]), Snan, "NaN at index [2, 3]"))
+    for name, y, SS, want in cases:
+        try:
+            gg.softmax_cross_entropy_grad(SS, y)
+            err = float("inf")
+        except ValueError as e:
+            err = 0.0 if want in str(e) else float("inf")
+            if err:
+                log("   message was:", e)
+        record("validate", name, err, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------
+def time_batches(fn, sets, reps=20, batches=15, warm=3):
+    """Median microseconds per call: CUDA events around `reps` back-to-back calls (rotating
+    through `sets` of inputs), `batches` times, after `warm` warm-up batches."""
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    for b in range(warm + batches):
+        start.record()
+        for r in range(reps):
+            fn(*sets[r % len(sets)])
+        end.record()
+        end.synchronize()
+        if b >= warm:
+            times.append(cupy.cuda.get_elapsed_time(start, end) * 1e3 / reps)
+    return float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90))
+
+
+def copy_bandwidth():
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read + written."""
+    n = 1 << 29  # 2 GiB of float32
+    a = cupy.random.random(n, dtype=np.float32)
+    b = cupy.empty_like(a)
+    med, _, _ = time_batches(lambda: b.__setitem__(Ellipsis, a), [()], reps=5, batches=10)
+    del a, b
+    return 2 * n * 4 / (med * 1e-6)
+
+
+def nsets(bytes_per_set, min_total=256 << 20, cap=16):
+    return int(max(1, min(cap, -(-min_total // max(1, bytes_per_set)))))
+
+
+def plain_cupy_ce(S, y):
+    """Softmax cross-entropy + gradient written the obvious way in CuPy."""
+    n = S.shape[0]
+    m = S.max(axis=1, keepdims=True)
+    E = cupy.exp(S - m)
+    P = E / E.sum(axis=1, keepdims=True)
+    rows = cupy.arange(n)
+    loss = -cupy.log(P[rows, y]).mean()
+    P[rows, y] -= 1
+    P /= n
+    return loss, P
+
+
+def torch_ce(S, y):
+    S = S.detach().requires_grad_(True)
+    loss = F.cross_entropy(S, y)
+    loss.backward()
+    return loss, S.grad
+
+
+def torch_time(fn, sets, reps=20, batches=15, warm=3):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for b in range(warm + batches):
+        start.record()
+        for r in range(reps):
+            fn(*sets[r % len(sets)])
+        end.record()
+        end.synchronize()
+        if b >= warm:
+            times.append(start.elapsed_time(end) * 1e3 / reps)
+    return float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90))
+
+
+def add_timing(workload, variant, t, floor_us=None):
+    med, p10, p90 = t
+    row = dict(workload=workload, variant=variant, median_us=med, p10_us=p10, p90_us=p90, floor_us=floor_us)
+    RESULTS["timing"].append(row)
+    fl = f"  x floor {med / floor_us:6.2f}" if floor_us else ""
+    log(f"  {workload:<34} {variant:<26} {med:10.1f} us  (p10 {p10:.1f}, p90 {p90:.1f}){fl}")
+
+
+def bench_ce(bw, rng, quick):
+    be = gg.get_backend("cupy")
+    shapes = [(8192, 32768), (8192, 1024), (8192, 10)]
+    for n, C in shapes:
+        nbytes = n * C * 4
+        floor = 2 * nbytes / bw * 1e6
+        k = nsets(nbytes)
+        sets = [(cupy.asarray((rng.standard_normal((n, C)) * 3).astype(np.float32)),
+                 cupy.asarray(rng.integers(0, C, n))) for _ in range(k)]
+        outs = [cupy.empty((n, C), np.float32) for _ in range(2)]
+        wl = f"CE fwd+grad S {n}x{C} f32"
+        add_timing(wl, "gpugrad kernel", time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
+        add_timing(wl, "gpugrad kernel (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets), floor)
+        add_timing(wl, "gpugrad API, validate=True", time_batches(lambda S, y: gg.softmax_cross_entropy_grad(S, y), sets), floor)
+        add_timing(wl, "plain CuPy", time_batches(plain_cupy_ce, sets), floor)
+        if HAVE_TORCH:
+            tsets = [(torch.as_tensor(S, device="cuda"), torch.as_tensor(y, device="cuda")) for S, y in sets]
+            add_timing(wl, "PyTorch eager", torch_time(torch_ce, tsets), floor)
+        del sets, outs
+    # SVM on the middle shape
+    n, C = 8192, 1024
+    nbytes = n * C * 4
+    sets = [(cupy.asarray((rng.standard_normal((n, C)) * 3).astype(np.float32)), cupy.asarray(rng.integers(0, C, n)))
+            for _ in range(nsets(nbytes))]
+    add_timing(f"SVM fwd+grad S {n}x{C} f32", "gpugrad kernel", time_batches(be.svm_grad, sets), 2 * nbytes / bw * 1e6)
+
+
+def plain_cupy_linear(X, y, W, b, lam):
+    n = X.shape[0]
+    S = X @ W.T + b
+    loss, G = plain_cupy_ce(S, y)
+    dW = G.T @ X + 2 * lam * W
+    return loss + lam * (W * W).sum(), dW, G.sum(axis=0)
+
+
+def torch_linear(X, y, W, b, lam):
+    W = W.detach().requires_grad_(True)
+    b = b.detach().requires_grad_(True)
+    J = F.cross_entropy(X @ W.T + b, y) + lam * (W * W).sum()
+    J.backward()
+    return J, W.grad, b.grad
+
+
+def bench_linear(bw, rng, quick, compile_torch):
+    be = gg.get_backend("cupy")
+    n, d, C = (65536, 3072, 10) if not quick else (16384, 3072, 10)
+    lam = 1e-3
+    for xdtype in (np.float32, np.uint8):
+        item = np.dtype(xdtype).itemsize
+        floor = n * d * item / bw * 1e6  # one read of X; W, dW and the labels are < 1% of it
+        k = 2 if xdtype == np.float32 else 4  # 2 x 805 MB float32 sets already exceed the L2 64 times
+        W = cupy.asarray((rng.standard_normal((C, d)) * 0.01).astype(np.float32))
+        b = cupy.asarray((rng.standard_normal(C) * 0.1).astype(np.float32))
+        if xdtype == np.float32:
+            sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=np.float32)), cupy.asarray(rng.integers(0, C, n)))
+                    for _ in range(k)]
+            wl = f"linear step n={n} d={d} C={C} f32"
+            add_timing(wl, "gpugrad fused", time_batches(lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"), sets, reps=5), floor)
+            add_timing(wl, "gpugrad API, validate=True", time_batches(lambda X, y: gg.linear_grad(X, y, W, b, lam), sets, reps=5), floor)
+            add_timing(wl, "plain CuPy (cuBLAS)", time_batches(lambda X, y: plain_cupy_linear(X, y, W, b, lam), sets, reps=5), floor)
+            if HAVE_TORCH:
+                tW, tb = torch.as_tensor(W, device="cuda"), torch.as_tensor(b, device="cuda")
+                tsets = [(torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda")) for X, y in sets]
+                add_timing(wl, "PyTorch eager", torch_time(lambda X, y: torch_linear(X, y, tW, tb, lam), tsets, reps=5), floor)
+                if compile_torch:
+                    cl = torch.compile(torch_linear)
+                    add_timing(wl, "torch.compile", torch_time(lambda X, y: cl(X, y, tW, tb, lam), tsets, reps=5), floor)
+        else:
+            sets = [(cupy.asarray(rng.integers(0, 256, (n, d), dtype=np.uint8)), cupy.asarray(rng.integers(0, C, n)))
+                    for _ in range(k)]
+            mean = cupy.full(d, 120.0, np.float32)
+            std = cupy.full(d, 64.0, np.float32)
+            wl = f"linear step n={n} d={d} C={C} uint8"
+            add_timing(wl, "gpugrad fused", time_batches(
+                lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, reps=5), floor)
+            add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
+                lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, lam), sets, reps=5), floor)
+        del sets
+
+
+FIRST_CALL = r"""
+import time, sys
+t0 = time.perf_counter()
+import cupy, numpy as np
+cupy.cuda.Device(0).use(); cupy.zeros(1); cupy.cuda.Device().synchronize()
+t1 = time.perf_counter()
+sys.path.insert(0, {root!r})
+import gpugrad as gg
+S = cupy.asarray(np.random.default_rng(0).standard_normal((256, 10)).astype(np.float32))
+y = cupy.asarray(np.random.default_rng(1).integers(0, 10, 256))
+gg.softmax_cross_entropy_grad(S, y); cupy.cuda.Device().synchronize()
+t2 = time.perf_counter()
+from gpugrad.backends import kernels
+print(f"{{t1 - t0:.3f}} {{t2 - t1:.3f}} {{kernels.how_loaded()}}")
+"""
+
+
+def first_call_times():
+    """Seconds from a fresh process's CUDA context to its first gradient, per way of loading."""
+    out = {}
+    code = FIRST_CALL.format(root=str(ROOT))
+    env = dict(os.environ)
+    cache = "/tmp/gg_cupy_cache_check"
+    env["CUPY_CACHE_DIR"] = cache
+    subprocess.run(["rm", "-rf", cache])
+    runs = [("fatbin", {}), ("nvrtc, cold CuPy cache", {"GPUGRAD_NO_FATBIN": "1"}),
+            ("nvrtc, warm CuPy cache", {"GPUGRAD_NO_FATBIN": "1"})]
+    for label, extra in runs:
+        r = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True)
+        if r.returncode != 0:
+            out[label] = f"failed: {r.stderr[-500:]}"
+        else:
+            ctx, first, how = r.stdout.strip().split(" ", 2)
+            out[label] = dict(context_s=float(ctx), first_call_s=float(first), how=how)
+        log(f"  first call, {label:<24}: {out[label]}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    ap.add_argument("--skip-timing", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(int(time.time()))
+
+    dev = cupy.cuda.Device()
+    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    env = RESULTS["env"]
+    env.update(device=props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+               cupy=cupy.__version__, numpy=np.__version__, torch=getattr(torch, "__version__", None),
+               cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), driver=cupy.cuda.runtime.driverGetVersion(),
+               date=time.strftime("%Y-%m-%d"), backend=gg.why_backend())
+    log("== environment:", json.dumps(env))
+    log("== first gradient call in a fresh process")
+    env["first_call"] = first_call_times()
+    kmod.load_module()
+    env["kernels"] = kmod.how_loaded()
+    log("== kernels loaded from:", env["kernels"])
+
+    log("== correctness (vs float64 numpy backend)")
+    check_precision_cases()
+    check_validation()
+    check_row_losses(rng, args.quick)
+    check_linear(rng, args.quick)
+
+    if not args.skip_timing:
+        log("== timing")
+        bw = copy_bandwidth()
+        env["copy_bandwidth_TBps"] = bw / 1e12
+        log(f"  device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
+        bench_ce(bw, rng, args.quick)
+        bench_linear(bw, rng, args.quick, args.compile)
+
+    (out / "results.json").write_text(json.dumps(RESULTS, indent=1))
+    log("\n== summary:", RESULTS["env"]["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")
+    log(f"correctness: {sum(r['ok'] for r in RESULTS['correctness'])} ok, {len(FAILURES)} failed")
+    for f in FAILURES:
+        log("  FAIL", f)
+    log(f"{'workload':<36}{'variant':<32}{'median us':>10}{'x floor':>9}")
+    for r in RESULTS["timing"]:
+        fl = f"{r['median_us'] / r['floor_us']:9.2f}" if r["floor_us"] else ""
+        log(f"{r['workload']:<36}{r['variant']:<32}{r['median_us']:10.1f}{fl}")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

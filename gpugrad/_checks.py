@@ -1,0 +1,132 @@
+"""Input checks for the fused mini-batch functions: clear errors that name the problem.
+
+Structural checks (types, ndim, shapes, dtypes, lam, loss name) look only at metadata, so they
+cost nothing on a GPU. Value checks (labels in range, finite inputs) need the data: they run as
+one backend call (`Backend.first_invalid`), which on CuPy is a single fused device-side kernel
+read back once. Pass ``validate=False`` to the public functions to skip that read-back.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+LOSSES = ("softmax", "svm")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_array(a) -> bool:
+    """numpy.ndarray or cupy.ndarray (anything else is refused, never silently converted)."""
+    return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
+
+
+def require_array(name: str, a) -> None:
+    if not is_array(a):
+        raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
+
+
+def check_loss_name(loss) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {', '.join(map(repr, LOSSES))}")
+
+
+def check_lam(lam) -> float:
+    try:
+        lam = float(lam)
+    except (TypeError, ValueError):
+        raise TypeError(f"lam must be a real number, got {type(lam).__name__}") from None
+    if not np.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got {lam}")
+    return lam
+
+
+def check_labels_shape(y, n: int, what: str = "rows of X") -> None:
+    """y must be a 1-D integer array with one label per row."""
+    require_array("labels y", y)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"labels y must be integers (class indices), got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise ValueError(f"labels y must be 1-D (n,), got shape {tuple(y.shape)}")
+    if y.shape[0] != n:
+        raise ValueError(f"labels y has {y.shape[0]} entries but there are {n} {what}")
+
+
+def check_scores(S, y) -> None:
+    """S (n, C) float scores and y (n,) integer labels, as the fused losses take them."""
+    require_array("scores S", S)
+    if S.ndim != 2:
+        raise ValueError(f"scores S must be 2-D (n, C), got shape {tuple(S.shape)}")
+    if S.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"scores S must be float32 or float64, got dtype {S.dtype}")
+    if S.shape[0] == 0:
+        raise ValueError("empty batch: scores S has 0 rows")
+    if S.shape[1] == 0:
+        raise ValueError("scores S has 0 columns (classes)")
+    check_labels_shape(y, S.shape[0], "rows of S")
+
+
+def check_linear(X, y, W, b, x_mean=None, x_std=None):
+    """Shapes and dtypes of ``linear_grad``'s inputs; returns the compute dtype.
+
+    X (n, d) float32/float64 (or uint8 when x_mean/x_std are given), W (C, d), b (C,),
+    y (n,) integers; W and b share the compute dtype, which is X's unless X is uint8.
+    """
+    for name, a in (("X", X), ("W", W), ("b", b)):
+        require_array(name, a)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n, d) with one example per row, got shape {tuple(X.shape)}")
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (C, d), got shape {tuple(W.shape)}")
+    if b.ndim != 1:
+        raise ValueError(f"b must be 1-D (C,), got shape {tuple(b.shape)}")
+    n, d = X.shape
+    C = W.shape[0]
+    if W.shape[1] != d:
+        raise ValueError(f"W has shape {tuple(W.shape)} but X has shape {tuple(X.shape)}: "
+                         f"W must be (C, d) with d = {d}")
+    if b.shape[0] != C:
+        raise ValueError(f"b has shape {tuple(b.shape)} but W has shape {tuple(W.shape)}: "
+                         f"b must be (C,) with C = {C}")
+    if n == 0:
+        raise ValueError("empty batch: X has 0 rows")
+    if C == 0:
+        raise ValueError("W has 0 rows: there must be at least one class")
+    normalised = x_mean is not None or x_std is not None
+    if normalised:
+        if x_mean is None or x_std is None:
+            raise ValueError("x_mean and x_std must be given together")
+        for name, v in (("x_mean", x_mean), ("x_std", x_std)):
+            require_array(name, v)
+            if v.shape != (d,):
+                raise ValueError(f"{name} must have shape ({d},) (one value per feature of X), "
+                                 f"got {tuple(v.shape)}")
+        if X.dtype not in FLOAT_DTYPES and X.dtype != np.uint8:
+            raise TypeError(f"X must be uint8, float32 or float64 with x_mean/x_std, got dtype {X.dtype}")
+    elif X.dtype not in FLOAT_DTYPES:
+        hint = " (uint8 pixels need x_mean and x_std)" if X.dtype == np.uint8 else ""
+        raise TypeError(f"X must be float32 or float64, got dtype {X.dtype}{hint}")
+    dtype = W.dtype if X.dtype == np.uint8 else X.dtype
+    if W.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"W must be float32 or float64, got dtype {W.dtype}")
+    if W.dtype != dtype or b.dtype != dtype:
+        raise TypeError(f"W ({W.dtype}) and b ({b.dtype}) must have X's dtype ({dtype})")
+    check_labels_shape(y, n)
+    return dtype
+
+
+def raise_first_invalid(label_pos, bad_pos, y, C, named):
+    """Turn the positions found by ``Backend.first_invalid`` into one clear error.
+
+    label_pos: index of the first label outside [0, C), or -1. bad_pos: for each (name, array)
+    in ``named``, the flat index of its first NaN/Inf, or -1. Reads back only the offending value.
+    """
+    if label_pos >= 0:
+        value = int(y[label_pos])
+        raise ValueError(f"label y[{label_pos}] = {value} is outside [0, {C}) "
+                         f"(there are C = {C} classes)")
+    for (name, a), pos in zip(named, bad_pos):
+        if pos >= 0:
+            idx = tuple(int(i) for i in np.unravel_index(int(pos), a.shape))
+            value = float(a[idx])
+            kind = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+            where = idx if len(idx) != 1 else idx[0]
+            raise ValueError(f"{name} contains {kind} at index {list(where) if isinstance(where, tuple) else where}"
+                             " (pass check_finite=False to skip this check)")

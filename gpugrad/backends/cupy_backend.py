@@ -1,0 +1,232 @@
+"""The CuPy backend: numpy's interface, with fused CUDA kernels where they pay.
+
+Everything not overridden here is inherited from ``NumpyBackend`` and runs through CuPy's own
+array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/``:
+
+- ``softmax_cross_entropy_grad`` / ``svm_grad``: one launch, one read of S, one write of dS,
+  the mean loss reduced in the same launch;
+- ``linear_grad``: X read once for J, dW and db (float32 X, or uint8 X with x_mean/x_std),
+  for C <= 16 classes and rows short enough for the fused kernel; other shapes and float64 take
+  the inherited path (cuBLAS matmuls around the fused loss kernel);
+- ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back.
+
+No host synchronisation happens in a gradient step: J comes back as a 0-d device array. Only the
+value checks (``validate=True``, the default) read one small array back to the host.
+"""
+from __future__ import annotations
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.api import driver
+
+from . import kernels as _k
+from .numpy_backend import NumpyBackend
+
+_TYPE = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_BLOCK_K = {"f32": (2, 4, 8, 16, 32), "f64": (2, 4, 8, 16)}
+
+
+def _labels(y):
+    """(labels as int32/int64 device array, 1 if int64) without a copy for those two dtypes."""
+    if y.dtype == np.int64:
+        return y, 1
+    if y.dtype == np.int32:
+        return y, 0
+    return y.astype(np.int64), 1
+
+
+def ce_kernel_config(C: int, dtype) -> tuple[str, int, int]:
+    """(kernel name, threads per block, rows per block) of the softmax cross-entropy kernel for
+    rows of C classes. Small C: G lanes of a warp per row, K values a lane in registers; large
+    C: a 1024-thread block per row; past the registers: the two-pass online kernel."""
+    t = _TYPE[np.dtype(dtype)]
+    for G in (1, 2, 4, 8, 16, 32):
+        if C <= 8 * G:
+            return f"gg_ce_{t}_w{G}_k8", 256, 256 // G
+    if C <= 1024:
+        return f"gg_ce_{t}_w32_k32", 256, 8
+    for K in _BLOCK_K[t]:
+        if C <= 1024 * K:
+            return f"gg_ce_{t}_b_k{K}", 1024, 1
+    return f"gg_ce_{t}_online", 1024, 1
+
+
+def svm_kernel_config(C: int, dtype) -> tuple[str, int, int]:
+    """(kernel name, threads per block, rows per block) of the hinge kernel: G lanes per row,
+    about 8 entries a lane, a whole block per row past 1024 classes."""
+    t = _TYPE[np.dtype(dtype)]
+    for G in (1, 2, 4, 8, 16, 32):
+        if C <= 8 * G or G == 32 and C <= 1024:
+            return f"gg_svm_{t}_w{G}", 256, 256 // G
+    return f"gg_svm_{t}_b", 1024, 1
+
+
+def linear_shape(C: int) -> tuple[int, int]:
+    """(rows per group RG, columns per thread KPT) of gg_linear_*_c<C>: mirrors GgLinearShape."""
+    p2 = 1
+    while p2 < C:
+        p2 *= 2
+    rg = min(4, 32 // p2)
+    kpt = 8 if C <= 5 else (6 if C <= 10 else 4)
+    return rg, kpt
+
+
+class _Workspace:
+    """Per-stream scratch for the one-launch mean: a zeroed ticket counter (each kernel's last
+    block resets it) and room for per-block partial sums. Kernels on one stream run in order,
+    so they can share it; another stream gets its own."""
+
+    def __init__(self):
+        self.ticket = cupy.zeros(1, dtype=np.uint32)
+        self.partials = cupy.empty(0, dtype=np.float64)
+
+    def partials_for(self, nblocks: int):
+        if self.partials.size < nblocks:
+            self.partials = cupy.empty(max(nblocks, 2 * self.partials.size), dtype=np.float64)
+        return self.partials
+
+
+class CupyBackend(NumpyBackend):
+    """CUDA backend: inherits the reference and overrides the fused paths with kernels."""
+
+    name = "cupy"
+    xp = cupy
+
+    def __init__(self):
+        self._workspaces = {}
+        self._funcs = {}
+        dev = cupy.cuda.Device()
+        self.sm_count = dev.attributes["MultiProcessorCount"]
+        self.smem_optin = dev.attributes["MaxSharedMemoryPerBlockOptin"]
+
+    # ---- plumbing --------------------------------------------------------------------------
+    def to_numpy(self, a):
+        return cupy.asnumpy(a)
+
+    def kernel(self, name: str):
+        f = self._funcs.get(name)
+        if f is None:
+            f = self._funcs[name] = _k.load_module().get_function(name)
+        return f
+
+    def workspace(self) -> _Workspace:
+        key = (cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            ws = self._workspaces[key] = _Workspace()
+        return ws
+
+    # ---- value checks: one fused pass, one read-back ------------------------------------------
+    def first_invalid(self, y, C, arrays):
+        y, y64 = _labels(y)
+        out = cupy.full(1 + len(arrays), np.iinfo(np.uint64).max, dtype=np.uint64)
+        f = self.kernel("gg_first_invalid")
+        slots = [a for a in arrays] or [None]
+        for start in range(0, len(slots), 4):  # four arrays per launch; the labels on the first
+            group = slots[start:start + 4] + [None] * (4 - len(slots[start:start + 4]))
+            args = []
+            for a in group:
+                if a is None or a.dtype.kind != "f":
+                    args += [np.uint64(0), np.int32(0), np.int64(0)]
+                else:
+                    a = cupy.ascontiguousarray(a)
+                    args += [a, np.int32(1 if a.dtype == np.float32 else 2), np.int64(a.size)]
+            ny = y.size if start == 0 else 0
+            total = max([ny] + [a.size for a in group if a is not None])
+            grid = max(1, min(4 * self.sm_count, (total + 255) // 256))
+            f((grid,), (256,), (y, np.int32(y64), np.int64(ny), np.int64(C), *args, np.int64(total),
+                                out[start:]))
+        host = out.get()  # the one device-to-host read of the call
+        none = np.iinfo(np.uint64).max
+        label_pos = -1 if host[0] == none else int(host[0])
+        return label_pos, [-1 if v == none else int(v) for v in host[1:]]
+
+    # ---- fused losses ----------------------------------------------------------------------------
+    def _row_loss(self, config, S, y, out):
+        name, threads, rows_per_block = config
+        S = cupy.ascontiguousarray(S)
+        y, y64 = _labels(y)
+        n, C = S.shape
+        grid = (n + rows_per_block - 1) // rows_per_block
+        ws = self.workspace()
+        if out is None:
+            out = cupy.empty_like(S)
+        elif out.shape != S.shape or out.dtype != S.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {S.dtype} array of shape {S.shape}")
+        dS = out
+        loss = cupy.empty((), dtype=S.dtype)
+        self.kernel(name)((grid,), (threads,), (S, y, np.int32(y64), dS, np.int64(n), np.int32(C),
+                                                ws.partials_for(grid), ws.ticket, loss))
+        return loss, dS
+
+    def softmax_cross_entropy_grad(self, S, y, out=None):
+        return self._row_loss(ce_kernel_config(S.shape[1], S.dtype), S, y, out)
+
+    def svm_grad(self, S, y, out=None):
+        return self._row_loss(svm_kernel_config(S.shape[1], S.dtype), S, y, out)
+
+    # ---- the fused linear step ----------------------------------------------------------------
+    def linear_plan(self, X, W, x_mean):
+        """Launch parameters of the fused linear kernel for these inputs, or None when it does not
+        apply (then the inherited matmul path runs)."""
+        n, d = X.shape
+        C = W.shape[0]
+        if W.dtype != np.float32 or not 1 <= C <= 16:
+            return None
+        if X.dtype == np.float32 and x_mean is None:
+            tname = "f32"
+        elif X.dtype == np.uint8 and x_mean is not None:
+            tname = "u8"
+        else:
+            return None
+        rg, kpt = linear_shape(C)
+        cols = -(-d // kpt)
+        if cols > 512:
+            return None
+        threads = max(32 * rg, -(-cols // 32) * 32)
+        item = X.dtype.itemsize
+        dpad = -(-d * item // 16) * 16 // item
+        smem = -(-4 * (C * d + threads + rg * C) // 16) * 16 + 2 * rg * dpad * item
+        if smem + 1024 > self.smem_optin:  # 1 KB for the kernel's static shared memory
+            return None
+        return dict(name=f"gg_linear_{tname}_c{C}", threads=threads, smem=smem, dpad=dpad, rg=rg)
+
+    def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
+        plan = self.linear_plan(X, W, x_mean)
+        if plan is None:
+            return super().linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
+        X = cupy.ascontiguousarray(X)
+        W, b = cupy.ascontiguousarray(W), cupy.ascontiguousarray(b)
+        y, y64 = _labels(y)
+        n, d = X.shape
+        C = W.shape[0]
+        f = self.kernel(plan["name"])
+        if f.max_dynamic_shared_size_bytes < plan["smem"]:
+            f.max_dynamic_shared_size_bytes = plan["smem"]
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(f.kernel.ptr, plan["threads"], plan["smem"])
+        ngroups = -(-n // plan["rg"])
+        grid = max(1, min(ngroups, self.sm_count * max(1, per_sm)))
+        if x_mean is not None:
+            mean = cupy.ascontiguousarray(x_mean, dtype=np.float32)
+            inv_std = 1 / cupy.ascontiguousarray(x_std, dtype=np.float32)
+        else:
+            mean = inv_std = None
+        vec = (d * X.itemsize) % 16 == 0 and X.data.ptr % 16 == 0
+        dW_part = cupy.empty((grid, C, d), dtype=np.float32)
+        db_part = cupy.empty((grid, C), dtype=np.float32)
+        loss_part = cupy.empty(grid, dtype=np.float64)
+        wsq = cupy.empty(1, dtype=np.float64)
+        null = np.uint64(0)
+        f((grid,), (plan["threads"],),
+          (X, y, np.int32(y64), W, b, null if mean is None else mean, null if inv_std is None else inv_std,
+           np.int64(n), np.int32(d), np.int32(plan["dpad"]), np.int32(vec), np.int32(0 if loss == "softmax" else 1),
+           dW_part, db_part, loss_part, wsq),
+          shared_mem=plan["smem"])
+        dW = cupy.empty_like(W)
+        db = cupy.empty_like(b)
+        J = cupy.empty((), dtype=np.float32)
+        fin_grid = max(1, min(4 * self.sm_count, -(-C * d // 256)))
+        self.kernel("gg_linear_finish")((fin_grid,), (256,),
+                                        (dW_part, db_part, loss_part, wsq, W, np.int32(grid), np.int32(C),
+                                         np.int32(d), np.float64(lam), np.float64(1.0 / n), dW, db, J))
+        return J, dW, db

@@ -1,0 +1,125 @@
+"""Finding, building and loading gpugrad's CUDA kernels (``kernels/`` in the repository).
+
+One translation unit, ``gpugrad_kernels.cu``, holds every kernel. Two ways to get it loaded:
+
+1. Ahead of time: ``cmake -S . -B build && cmake --build build`` compiles it with nvcc into
+   ``kernels/gpugrad_kernels.fatbin`` (sm_80 + sm_90 machine code, compute_90 PTX for newer
+   cards) and stamps it with ``source_digest()`` in ``gpugrad_kernels.fatbin.sha256``. The
+   loader uses that fatbin when the stamp matches the sources: no compilation at run time.
+2. Otherwise NVRTC compiles the same sources at first use, with ``NVRTC_OPTIONS`` (CuPy adds
+   ``-arch`` for the current device). Every kernel is ``extern "C"``, so CuPy's on-disk cache
+   applies (it does not for templated name_expressions: CuPy issues 9667 and 10173) and later
+   processes load the cached binary.
+
+This module imports without CuPy; only ``load_module`` needs a GPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+MAIN = "gpugrad_kernels.cu"
+FATBIN = "gpugrad_kernels.fatbin"
+NVRTC_OPTIONS = ("--std=c++17",)
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+
+
+def kernel_dir() -> Path:
+    """The folder with the CUDA sources: inside the installed package, or the repository's kernels/."""
+    here = Path(__file__).resolve().parent.parent          # .../gpugrad
+    for d in (here / "kernels", here.parent / "kernels"):
+        if (d / MAIN).is_file():
+            return d
+    raise FileNotFoundError(f"gpugrad's CUDA sources ({MAIN}) are in neither {here / 'kernels'} "
+                            f"nor {here.parent / 'kernels'}")
+
+
+def source_files(d: Path | None = None) -> list[Path]:
+    """Every kernel source (*.cu, *.cuh), sorted by name: what the fatbin stamp covers."""
+    d = d or kernel_dir()
+    return sorted(p for p in d.iterdir() if p.suffix in (".cu", ".cuh"))
+
+
+def source_digest(d: Path | None = None) -> str:
+    """SHA-256 of the kernel sources concatenated in name order (CMake's stamp computes the same)."""
+    h = hashlib.sha256()
+    for p in source_files(d):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def kernel_source(d: Path | None = None) -> str:
+    """The translation unit with its quoted #includes inlined (each header once), so that the
+    text NVRTC compiles, and CuPy's cache keys on, is the complete source."""
+    d = d or kernel_dir()
+    seen: set[str] = set()
+
+    def expand(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = (d / name).read_text()
+        return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
+
+    return expand(MAIN)
+
+
+def fatbin_path(d: Path | None = None) -> Path | None:
+    """The CMake-built fatbin when it exists and its stamp matches the current sources."""
+    if os.environ.get("GPUGRAD_NO_FATBIN"):
+        return None
+    d = d or kernel_dir()
+    fb, stamp = d / FATBIN, d / (FATBIN + ".sha256")
+    if fb.is_file() and stamp.is_file() and stamp.read_text().split()[0] == source_digest(d):
+        return fb
+    return None
+
+
+_MODULE = None
+_HOW = None
+
+
+def load_module():
+    """The loaded cupy.RawModule (cached): from the fatbin when present, else through NVRTC."""
+    global _MODULE, _HOW
+    if _MODULE is None:
+        import cupy
+        fb = fatbin_path()
+        if fb is not None:
+            _MODULE, _HOW = cupy.RawModule(path=str(fb)), f"fatbin {fb}"
+        else:
+            _MODULE = cupy.RawModule(code=kernel_source(), options=NVRTC_OPTIONS, backend="nvrtc")
+            _HOW = "nvrtc (run-time compile, cached on disk by CuPy)"
+    return _MODULE
+
+
+def how_loaded() -> str | None:
+    """'fatbin <path>' or 'nvrtc ...' once ``load_module`` has run, else None."""
+    return _HOW
+
+
+def compile_nvrtc(arch: str = "sm_90", extra=()) -> tuple[bytes, str]:
+    """Compile the kernels with NVRTC exactly as the loader does, plus ``-arch=<arch>``; needs no
+    GPU or driver (CI uses it). Returns (cubin or PTX bytes, compiler log); raises on error."""
+    from cupy.cuda import nvrtc
+    prog = nvrtc.createProgram(kernel_source(), MAIN, [], [])
+    try:
+        opts = list(NVRTC_OPTIONS) + [f"-arch={arch}"] + list(extra)
+        try:
+            nvrtc.compileProgram(prog, opts)
+        except nvrtc.NVRTCError as e:
+            raise RuntimeError(f"NVRTC failed ({e}):\n{nvrtc.getProgramLog(prog)}") from None
+        log = nvrtc.getProgramLog(prog)
+        binary = nvrtc.getCUBIN(prog) if arch.startswith("sm_") else nvrtc.getPTX(prog)
+        return binary, log
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def kernel_names() -> list[str]:
+    """Every extern "C" entry point, after macro expansion (read from the compiled PTX)."""
+    ptx, _ = compile_nvrtc("compute_80")
+    text = ptx.decode() if isinstance(ptx, bytes) else ptx
+    return sorted(set(re.findall(r"\.entry\s+(\w+)\(", text)))

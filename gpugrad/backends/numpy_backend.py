@@ -1,0 +1,134 @@
+"""The numpy backend: the reference implementation of the fused mini-batch gradients.
+
+Everything here is written against ``self.xp`` so that the CuPy backend inherits it as a
+working fallback and overrides only what its kernels fuse (the thinc pattern).
+
+Notation (the lecture's, batched): X (n, d) one example per row, W (C, d), b (C,),
+S = X W^T + b (n, C), P = softmax(S) row-wise, Y the one-hot rows of the labels y.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class NumpyBackend:
+    """Reference backend. Methods take and return arrays of ``self.xp``; no input checks here
+    (the public functions in ``gpugrad.losses`` check before calling)."""
+
+    name = "numpy"
+    xp = np
+
+    # ---- arrays -------------------------------------------------------------------------
+    def asarray(self, a, dtype=None):
+        """``a`` as an array of this backend (no copy when it already is one)."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        return np.asarray(a)
+
+    # ---- value checks (one call per public function; see gpugrad._checks) ----------------
+    def first_invalid(self, y, C, arrays):
+        """(first index i with y[i] outside [0, C) or -1, [first flat NaN/Inf index or -1 per array])."""
+        xp = self.xp
+        bad = (y < 0) | (y >= C)
+        label_pos = int(xp.argmax(bad)) if bool(bad.any()) else -1
+        positions = []
+        for a in arrays:
+            if a.dtype.kind != "f":
+                positions.append(-1)
+                continue
+            nonfinite = ~xp.isfinite(a.ravel())
+            positions.append(int(xp.argmax(nonfinite)) if bool(nonfinite.any()) else -1)
+        return label_pos, positions
+
+    # ---- fused losses on a score matrix ----------------------------------------------------
+    def softmax_cross_entropy_grad(self, S, y, out=None):
+        """Mean softmax cross-entropy of the rows of S and its gradient.
+
+        S (n, C) float, y (n,) int in [0, C); ``out``: optional (n, C) array that receives dS.
+        Returns (loss, dS): loss is 0-d,
+        loss = (1/n) sum_i [logsumexp(S_i) - S_i,y_i], dS = (P - Y) / n (the lecture's
+        g = p - y per row, divided by the batch size because the loss is a mean).
+        """
+        xp = self.xp
+        n = S.shape[0]
+        rows = xp.arange(n)
+        # Subtracting the row max keeps exp() in range for any score magnitude.
+        m = S.max(axis=1, keepdims=True)
+        E = xp.exp(S - m)
+        e_y = E[rows, y].copy()
+        # The sum over the classes other than y, kept apart from e_y: p_y - 1 = -others / total
+        # is then exact even when p_y rounds to 1 (p_y - 1 from a rounded p_y would be 0).
+        E[rows, y] = 0
+        others = E.sum(axis=1)
+        total = others + e_y
+        dS = E / total[:, None]
+        dS[rows, y] = -others / total
+        dS /= n
+        return self._ce_loss(S, y, m[:, 0], e_y, others, total), self._into(out, dS)
+
+    def _ce_loss(self, S, y, m, e_y, others, total):
+        """Mean of l_i = log(total) - (s_y - m); log1p(others / e_y) when y is (near) the max,
+        where log(total) would round a small loss away."""
+        xp = self.xp
+        shift = S[xp.arange(S.shape[0]), y] - m  # s_y - m <= 0
+        near_max = shift > -1
+        safe_e_y = xp.where(near_max, e_y, 1)
+        l = xp.where(near_max, xp.log1p(others / safe_e_y), xp.log(total) - shift)
+        return l.mean(dtype=S.dtype)
+
+    def svm_grad(self, S, y, out=None):
+        """Mean multi-class hinge loss of the rows of S and its (sub)gradient.
+
+        loss = (1/n) sum_i sum_{j != y_i} max(0, S_ij - S_i,y_i + 1);
+        dS_ij = [margin_ij > 0] / n for j != y_i, dS_i,y_i = -(number of positive margins) / n.
+        At a kink (margin exactly 0) the subgradient 0 is used. ``out`` as for the cross-entropy.
+        """
+        xp = self.xp
+        n = S.shape[0]
+        rows = xp.arange(n)
+        margins = S - S[rows, y][:, None] + 1
+        margins[rows, y] = 0
+        active = margins > 0
+        loss = xp.where(active, margins, 0).sum(dtype=S.dtype) / n
+        dS = active.astype(S.dtype)
+        dS[rows, y] = -active.sum(axis=1)
+        dS /= n
+        return loss, self._into(out, dS)
+
+    @staticmethod
+    def _into(out, a):
+        """``a`` written into ``out`` when one is given (the kernels write there directly)."""
+        if out is None:
+            return a
+        out[...] = a
+        return out
+
+    def loss_grad(self, S, y, loss):
+        """Dispatch on the loss name: 'softmax' or 'svm'."""
+        if loss == "softmax":
+            return self.softmax_cross_entropy_grad(S, y)
+        return self.svm_grad(S, y)
+
+    # ---- the whole linear-classifier step -------------------------------------------------
+    def normalise(self, X, x_mean, x_std, dtype):
+        """(X - x_mean) / x_std in ``dtype``; X itself when no normalisation is asked for."""
+        if x_mean is None:
+            return X
+        return (X.astype(dtype) - x_mean.astype(dtype)) / x_std.astype(dtype)
+
+    def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
+        """J, dJ/dW, dJ/db of J = (1/n) sum_i l(x_i, y_i) + lam ||W||^2 with s = W x + b.
+
+        The lecture's mini-batch formulas, vectorised: S = X W^T + b; (loss, G) from the fused
+        loss (G = dL/dS, already divided by n); dW = G^T X + 2 lam W; db = column sums of G.
+        """
+        Xn = self.normalise(X, x_mean, x_std, W.dtype)
+        S = Xn @ W.T + b
+        L, G = self.loss_grad(S, y, loss)
+        dW = G.T @ Xn
+        if lam:
+            dW += (2 * lam) * W
+        db = G.sum(axis=0)
+        J = L + lam * (W * W).sum()
+        return self.xp.asarray(J, dtype=W.dtype), dW, db

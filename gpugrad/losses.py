@@ -1,0 +1,134 @@
+"""The fused mini-batch gradients: the fast path every backend implements.
+
+These functions check their inputs (clear errors naming the problem), pick the backend, move
+arrays to it and return results in the caller's array type (numpy in -> numpy out, cupy in ->
+cupy out). The mathematics lives in the backends (``gpugrad.backends.numpy_backend`` is the
+reference; ``cupy_backend`` fuses it into CUDA kernels).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+from .backends import backend_for, get_backend
+
+__all__ = ["linear_grad", "softmax_cross_entropy_grad", "svm_grad"]
+
+
+def _resolve(backend, *arrays):
+    """The backend to run on: the one asked for, else the one owning the arrays."""
+    return get_backend(backend) if backend is not None else backend_for(*arrays)
+
+
+def _returner(be, *arrays):
+    """A function converting results back to the caller's array type."""
+    caller_is_numpy = all(a is None or isinstance(a, np.ndarray) for a in arrays)
+    if caller_is_numpy and be.xp is not np:
+        return be.to_numpy
+    return lambda a: a
+
+
+def _check_values(be, y, C, named, check_finite, validate):
+    if not validate:
+        return
+    arrays = [a for _, a in named] if check_finite else []
+    label_pos, bad = be.first_invalid(y, C, arrays)
+    _checks.raise_first_invalid(label_pos, bad, y, C, named if check_finite else [])
+
+
+def softmax_cross_entropy_grad(S, y, *, backend=None, check_finite=True, validate=True):
+    """Mean softmax cross-entropy over a batch of score rows, and its gradient.
+
+    Args:
+        S: (n, C) float32/float64 scores, one example per row.
+        y: (n,) integer labels in [0, C).
+    Returns:
+        (loss, dS): loss a 0-d array, loss = (1/n) sum_i [log sum_j exp(S_ij) - S_i,y_i];
+        dS (n, C) = (P - Y) / n with P = softmax(S) row-wise and Y the one-hot labels.
+
+    Example:
+        >>> import numpy as np, gpugrad as gg
+        >>> loss, dS = gg.softmax_cross_entropy_grad(np.array([[2.0, 0.0]]), np.array([0]))
+        >>> round(float(loss), 4), dS.round(4).tolist()
+        (0.1269, [[-0.1192, 0.1192]])
+    """
+    _checks.check_scores(S, y)
+    be = _resolve(backend, S, y)
+    back = _returner(be, S, y)
+    S, y = be.asarray(S), be.asarray(y)
+    _check_values(be, y, S.shape[1], [("S", S)], check_finite, validate)
+    loss, dS = be.softmax_cross_entropy_grad(S, y)
+    return back(loss), back(dS)
+
+
+def svm_grad(S, y, *, backend=None, check_finite=True, validate=True):
+    """Mean multi-class SVM (hinge) loss over a batch of score rows, and its subgradient.
+
+    Args:
+        S: (n, C) float32/float64 scores; y: (n,) integer labels in [0, C).
+    Returns:
+        (loss, dS): loss = (1/n) sum_i sum_{j != y_i} max(0, S_ij - S_i,y_i + 1);
+        dS_ij = [margin_ij > 0] / n for j != y_i and dS_i,y_i = -#{j: margin_ij > 0} / n.
+
+    Example:
+        >>> import numpy as np, gpugrad as gg
+        >>> loss, dS = gg.svm_grad(np.array([[1.0, 1.5, -3.0]]), np.array([0]))
+        >>> float(loss), dS.tolist()
+        (1.5, [[-1.0, 1.0, 0.0]])
+    """
+    _checks.check_scores(S, y)
+    be = _resolve(backend, S, y)
+    back = _returner(be, S, y)
+    S, y = be.asarray(S), be.asarray(y)
+    _check_values(be, y, S.shape[1], [("S", S)], check_finite, validate)
+    loss, dS = be.svm_grad(S, y)
+    return back(loss), back(dS)
+
+
+def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None, backend=None,
+                check_finite=True, validate=True):
+    """Cost and gradients of a linear classifier over a mini-batch (the lecture's last slides).
+
+    J = (1/n) sum_i l(x_i, y_i, W, b) + lam ||W||^2 with scores s = W x + b, l the softmax
+    cross-entropy (``loss="softmax"``) or the multi-class hinge (``loss="svm"``).
+
+    Args:
+        X: (n, d) float32/float64, one example per row. With ``x_mean``/``x_std`` ((d,) each)
+           X is normalised on the fly as (X - x_mean) / x_std and may be uint8 pixels.
+        y: (n,) integer labels in [0, C).
+        W: (C, d) weights, b: (C,) bias, in X's dtype (W's dtype decides for uint8 X).
+        lam: L2 strength, >= 0.
+        backend: "numpy", "cupy", "auto" or None (None: the backend owning the arrays).
+        check_finite: refuse NaN/Inf in X, W, b (one fused device-side check on CuPy).
+        validate: run the value checks (labels in range, finite) at all; on CuPy they cost one
+            small device-to-host read per call, so a training loop on trusted data may turn them off.
+    Returns:
+        (J, dW, db): J a 0-d array, dW (C, d) = G^T X / n + 2 lam W, db (C,) = column means of G,
+        with G = P - Y (softmax) or the hinge indicator matrix (svm).
+
+    Example:
+        >>> import numpy as np, gpugrad as gg
+        >>> rng = np.random.default_rng(0)
+        >>> X, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+        >>> J, dW, db = gg.linear_grad(X, y, np.zeros((3, 5)), np.zeros(3), lam=0.1)
+        >>> round(float(J), 6) == round(np.log(3), 6), dW.shape, db.shape
+        (True, (3, 5), (3,))
+    """
+    _checks.check_loss_name(loss)
+    lam = _checks.check_lam(lam)
+    _checks.check_linear(X, y, W, b, x_mean, x_std)
+    be = _resolve(backend, X, y, W, b, x_mean, x_std)
+    back = _returner(be, X, y, W, b)
+    X, y, W, b = (be.asarray(a) for a in (X, y, W, b))
+    if x_mean is not None:
+        x_mean, x_std = be.asarray(x_mean), be.asarray(x_std)
+        _check_values(be, y, W.shape[0],
+                      [("W", W), ("b", b), ("x_mean", x_mean), ("x_std", x_std)] +
+                      ([("X", X)] if X.dtype.kind == "f" else []), check_finite, validate)
+        if validate and bool((x_std == 0).any()):
+            raise ValueError("x_std contains 0: a constant feature cannot be normalised "
+                             "(use x_std = 1 for it)")
+    else:
+        _check_values(be, y, W.shape[0], [("X", X), ("W", W), ("b", b)], check_finite, validate)
+    J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
+    return back(J), back(dW), back(db)

@@ -1,0 +1,78 @@
+// common.cuh: helpers shared by every gpugrad kernel.
+//
+// Reads and writes nothing by itself. Holds the team reductions (a "team" is the group of
+// threads that owns one row: G lanes of a warp, or a whole block), the deterministic
+// grid-wide mean (the last block to finish sums the per-block partials in a fixed order, so
+// the result is reproducible bit for bit), and label loads that accept int32 or int64 labels
+// without a conversion launch.
+//
+// Compiled by NVRTC at run time (no standard headers there) and by nvcc ahead of time.
+#pragma once
+
+#define GG_FULL_MASK 0xffffffffu
+
+typedef long long gg_i64;
+typedef unsigned long long gg_u64;
+
+template <typename T> __device__ __forceinline__ T gg_inf();
+template <> __device__ __forceinline__ float gg_inf<float>() { return __int_as_float(0x7f800000); }
+template <> __device__ __forceinline__ double gg_inf<double>() {
+    return __longlong_as_double(0x7ff0000000000000LL);
+}
+
+// Labels arrive as int32 or int64 (numpy's default); the width is a run-time flag, uniform
+// across the grid, so the branch costs nothing and halves the number of kernel instantiations.
+__device__ __forceinline__ gg_i64 gg_label(const void* y, int y_is64, gg_i64 i) {
+    return y_is64 ? static_cast<const gg_i64*>(y)[i] : static_cast<gg_i64>(static_cast<const int*>(y)[i]);
+}
+
+struct GgSum { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
+struct GgMax { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a > b ? a : b; } };
+
+// Reduce v over a team of G consecutive lanes (G a power of two <= 32); every lane gets the result.
+template <int G, typename T, typename Op>
+__device__ __forceinline__ T gg_subwarp_reduce(T v, Op op) {
+#pragma unroll
+    for (int o = G / 2; o >= 1; o >>= 1) v = op(v, __shfl_xor_sync(GG_FULL_MASK, v, o));
+    return v;
+}
+
+// Reduce v over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets
+// the result. `scratch` holds 32 values of T; the leading barrier lets callers reuse it.
+template <typename T, typename Op>
+__device__ __forceinline__ T gg_block_reduce(T v, Op op, T* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = gg_subwarp_reduce<32>(v, op);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    T r = scratch[0];
+    for (int w = 1; w < nwarps; ++w) r = op(r, scratch[w]);  // same order in every thread
+    return r;
+}
+
+// Grid-wide mean of per-block sums, in one launch: each block stores its partial, and the last
+// block to arrive (atomic ticket) adds them in index order and writes out[0] = total * scale.
+// `ticket` must be zero before the launch; the last block resets it for the next launch on the
+// same stream. Call with every thread of the block; `block_sum` must be valid in thread 0.
+template <typename T>
+__device__ void gg_grid_mean(double block_sum, double* partials, unsigned* ticket, T* out,
+                             double scale, double* scratch) {
+    __shared__ bool is_last;
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = block_sum;
+        __threadfence();  // the partial is visible to every block before the ticket is taken
+        is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    double s = 0.0;
+    for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x)
+        s += static_cast<volatile double*>(partials)[i];
+    s = gg_block_reduce(s, GgSum(), scratch);
+    if (threadIdx.x == 0) {
+        out[0] = static_cast<T>(s * scale);
+        *ticket = 0u;
+    }
+}

@@ -1,0 +1,318 @@
+// linear_step.cuh: the whole linear-classifier step fused, X read from device memory once.
+//
+// Reads:  X (n, d) float32, or uint8 pixels normalised on the fly as (x - mean_k) * inv_std_k;
+//         y (n,); W (C, d) and b (C,) float32 (W once per block, into shared memory).
+// Writes: per-block partials dW_part[block][C][d], db_part[block][C], loss_part[block], and
+//         wsq = ||W||^2; gg_linear_finish then adds the partials in a fixed order and writes
+//         J (0-d), dW = G^T X + 2 lam W and db = column sums of G (G = dL/dS, already / n).
+// Traffic: one read of X (4 n d bytes, or n d for uint8) + (grid) x (C d) partials, which is
+//         about 2% of X at n = 65536, d = 3072, C = 10 on 132 multiprocessors.
+//
+// Layout: a persistent grid; each block walks groups of RG rows. Thread t owns the columns
+// k = t + j * blockDim.x (j < KPT) for the whole run, so
+//   phase 1  S[r][c] = b[c] + sum_k X[r][k] W[c][k]: each thread forms its columns' part of all
+//            RG * C dot products, then one butterfly per warp (31 shuffles for 32 sums) and a
+//            pass over the warps' results in shared memory finish them;
+//   loss     one warp per row turns its C scores into the loss and G[r][:] (softmax: the fused
+//            p - y of rowmath.cuh; svm: the hinge indicators);
+//   phase 2  dW[c][k] += G[r][c] X[r][k] accumulates in registers, from the same X values.
+// X tiles stream into shared memory with cp.async, one row group ahead of the compute.
+#pragma once
+#include "common.cuh"
+#include "rowmath.cuh"
+
+template <int V> struct GgPow2 { static constexpr int value = V <= 1 ? 1 : 2 * GgPow2<(V + 1) / 2>::value; };
+template <> struct GgPow2<1> { static constexpr int value = 1; };
+
+// Reduce NV values (NV a power of two <= 32) over the 32 lanes of a warp so that, afterwards,
+// v[0] of lane l holds the warp's total of value number (l >> (5 - log2 NV)). Each step sends
+// half of the remaining values to the partner lane and keeps the other half: 31 shuffles in
+// all for 32 values, against 5 per value for separate reductions.
+template <int O, int NV>
+struct GgButterfly {
+    static __device__ __forceinline__ void run(float* v, int lane) {
+        if constexpr (NV > 1) {
+            constexpr int H = NV / 2;
+            const bool upper = lane & O;
+#pragma unroll
+            for (int i = 0; i < H; ++i) {
+                const float send = upper ? v[i] : v[i + H];
+                const float keep = upper ? v[i + H] : v[i];
+                v[i] = keep + __shfl_xor_sync(GG_FULL_MASK, send, O);
+            }
+            if constexpr (O > 1) GgButterfly<O / 2, H>::run(v, lane);
+        } else {
+            v[0] += __shfl_xor_sync(GG_FULL_MASK, v[0], O);
+            if constexpr (O > 1) GgButterfly<O / 2, 1>::run(v, lane);
+        }
+    }
+};
+
+__device__ __forceinline__ unsigned gg_smem_addr(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void gg_cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(gg_smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void gg_cp_async4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(gg_smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void gg_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void gg_cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+// Stage RG rows of X (starting at row0) into shared memory. Rows are dpad elements apart there,
+// dpad a multiple of 16 bytes so that 16-byte copies stay aligned. `vec` says whether the rows in
+// global memory are 16-byte aligned too (d * sizeof(TX) % 16 == 0 and X aligned).
+template <typename TX, int RG>
+__device__ __forceinline__ void gg_stage_rows(TX* dst, const TX* __restrict__ X, gg_i64 row0, gg_i64 n,
+                                              int d, int dpad, bool vec) {
+    constexpr int PER16 = 16 / sizeof(TX);
+    for (int r = 0; r < RG; ++r) {
+        const gg_i64 row = row0 + r;
+        if (row >= n) break;  // rows past the end are masked at use, never read
+        const TX* src = X + row * d;
+        TX* out = dst + r * dpad;
+        if (vec) {
+            for (int q = threadIdx.x; q < d / PER16; q += blockDim.x) gg_cp_async16(out + q * PER16, src + q * PER16);
+        } else if (sizeof(TX) == 4) {
+            for (int q = threadIdx.x; q < d; q += blockDim.x) gg_cp_async4(out + q, src + q);
+        } else {
+            for (int q = threadIdx.x; q < d; q += blockDim.x) out[q] = src[q];  // unaligned bytes
+        }
+    }
+    gg_cp_async_commit();
+}
+
+template <typename TX>
+__device__ __forceinline__ float gg_load_x(const TX* p, int k, float mean, float inv_std);
+template <>
+__device__ __forceinline__ float gg_load_x<float>(const float* p, int k, float, float) { return p[k]; }
+template <>
+__device__ __forceinline__ float gg_load_x<unsigned char>(const unsigned char* p, int k, float mean, float inv_std) {
+    return ((float)p[k] - mean) * inv_std;
+}
+
+// The row's loss and G[c] (already / n) from its C scores, one warp per row: lane c < C holds s.
+// Returns G for this lane (0 for lanes >= C) and adds the row's loss to *loss in lane 0.
+__device__ __forceinline__ float gg_row_loss_grad(float s, int lane, int C, gg_i64 yv, bool row_ok,
+                                                  int loss_kind, float inv_n, double* loss) {
+    const bool in = lane < C;
+    const bool label_ok = yv >= 0 && yv < C;
+    float s_y = __shfl_sync(GG_FULL_MASK, s, label_ok ? (int)yv : 0);
+    if (!label_ok) s_y = __int_as_float(0x7fc00000);  // bad label (validation off): NaN, no stray read
+    float g, l;
+    if (loss_kind == 0) {
+        const float m = gg_subwarp_reduce<32>(in ? s : -gg_inf<float>(), GgMax());
+        const float e = in ? expf(s - m) : 0.f;
+        const float others = gg_subwarp_reduce<32>(lane != yv ? e : 0.f, GgSum());
+        const float e_y = expf(s_y - m), total = others + e_y;
+        g = in ? gg_ce_grad(lane == yv, e, others, inv_n / total) : 0.f;
+        l = gg_ce_row_loss(s_y - m, e_y, others, total);
+    } else {
+        const float margin = gg_hinge_margin(s, s_y);
+        const bool on = in && lane != yv && margin > 0.f;
+        const int active = gg_subwarp_reduce<32>((int)on, GgSum());
+        l = gg_subwarp_reduce<32>(on ? margin : 0.f, GgSum());
+        if (!label_ok) l = s_y;
+        g = lane == yv ? -(float)active * inv_n : (on ? inv_n : 0.f);
+    }
+    if (!row_ok) return 0.f;
+    if (lane == 0) *loss += (double)l;
+    return g;
+}
+
+template <typename TX, int C>
+struct GgLinearShape {
+    static constexpr int P2 = GgPow2<C>::value;
+    static constexpr int RG = (32 / P2) < 4 ? (32 / P2) : 4;        // rows per group
+    static constexpr int NPART = RG * C;                             // dot products per group
+    static constexpr int PP2 = GgPow2<NPART>::value;                 // padded for the butterfly
+    static constexpr int KPT = C <= 5 ? 8 : (C <= 10 ? 6 : 4);       // columns per thread
+};
+
+template <typename TX, int C>
+__device__ __forceinline__ void gg_linear_step(
+    const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W,
+    const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_inv_std,
+    gg_i64 n, int d, int dpad, int vec, int loss_kind, float* __restrict__ dW_part,
+    float* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq) {
+    using Sh = GgLinearShape<TX, C>;
+    constexpr int RG = Sh::RG, KPT = Sh::KPT, NPART = Sh::NPART, PP2 = Sh::PP2;
+    const int T = blockDim.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = T >> 5;
+
+    // Shared memory: Ws[C][d] | red[nwarps][32] | Gs[RG][C] | Xs[2][RG][dpad].
+    extern __shared__ __align__(16) unsigned char gg_smem[];
+    float* Ws = reinterpret_cast<float*>(gg_smem);
+    float* red = Ws + C * d;
+    float* Gs = red + nwarps * 32;
+    TX* Xs = reinterpret_cast<TX*>(gg_smem + ((sizeof(float) * (C * d + nwarps * 32 + RG * C) + 15) / 16) * 16);
+    __shared__ double scratch[32];
+
+    const gg_i64 ngroups = (n + RG - 1) / RG;
+    gg_i64 g = blockIdx.x;
+    if (g < ngroups) gg_stage_rows<TX, RG>(Xs, X, g * RG, n, d, dpad, vec);
+
+    // W into shared memory once per block; ||W||^2 on the way (block 0 writes it).
+    double wsq_local = 0.0;
+    for (int i = threadIdx.x; i < C * d; i += T) {
+        const float w = W[i];
+        Ws[i] = w;
+        wsq_local += (double)w * w;
+    }
+    wsq_local = gg_block_reduce(wsq_local, GgSum(), scratch);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *wsq = wsq_local;
+
+    float mean[KPT], istd[KPT];
+#pragma unroll
+    for (int j = 0; j < KPT; ++j) {
+        const int k = threadIdx.x + j * T;
+        mean[j] = (x_mean != nullptr && k < d) ? x_mean[k] : 0.f;
+        istd[j] = (x_inv_std != nullptr && k < d) ? x_inv_std[k] : 1.f;
+    }
+    float dw[C][KPT];
+#pragma unroll
+    for (int c = 0; c < C; ++c)
+#pragma unroll
+        for (int j = 0; j < KPT; ++j) dw[c][j] = 0.f;
+    float db_acc = 0.f;   // lane c of warp r < RG: sum of G[.][c] over this block's rows
+    double loss_acc = 0.0;
+    const float inv_n = 1.0f / (float)n;
+
+    for (int it = 0; g < ngroups; g += gridDim.x, ++it) {
+        const int stage = it & 1;
+        const gg_i64 gnext = g + gridDim.x;
+        if (gnext < ngroups) gg_stage_rows<TX, RG>(Xs + (stage ^ 1) * RG * dpad, X, gnext * RG, n, d, dpad, vec);
+        else gg_cp_async_commit();  // an empty group keeps wait_group's count uniform
+        gg_cp_async_wait1();
+        __syncthreads();
+
+        // Phase 1: this thread's share of the RG x C dot products.
+        const TX* xs = Xs + stage * RG * dpad;
+        float xr[RG][KPT];
+#pragma unroll
+        for (int r = 0; r < RG; ++r) {
+            const bool row_ok = g * RG + r < n;
+#pragma unroll
+            for (int j = 0; j < KPT; ++j) {
+                const int k = threadIdx.x + j * T;
+                xr[r][j] = (row_ok && k < d) ? gg_load_x<TX>(xs + r * dpad, k, mean[j], istd[j]) : 0.f;
+            }
+        }
+        float part[PP2];
+#pragma unroll
+        for (int p = 0; p < PP2; ++p) part[p] = 0.f;
+#pragma unroll
+        for (int j = 0; j < KPT; ++j) {
+            const int k = threadIdx.x + j * T;
+            if (k < d) {
+#pragma unroll
+                for (int c = 0; c < C; ++c) {
+                    const float w = Ws[c * d + k];
+#pragma unroll
+                    for (int r = 0; r < RG; ++r) part[r * C + c] = fmaf(xr[r][j], w, part[r * C + c]);
+                }
+            }
+        }
+        GgButterfly<16, PP2>::run(part, lane);
+        {
+            constexpr int SHIFT = (PP2 == 32) ? 0 : (PP2 == 16) ? 1 : (PP2 == 8) ? 2 : (PP2 == 4) ? 3 : (PP2 == 2) ? 4 : 5;
+            const int e = lane >> SHIFT;
+            if ((lane & ((1 << SHIFT) - 1)) == 0 && e < NPART) red[warp * 32 + e] = part[0];
+        }
+        __syncthreads();
+
+        // Loss: warp r finishes row r's scores and turns them into G[r][:].
+        if (warp < RG) {
+            const gg_i64 row = g * RG + warp;
+            const bool row_ok = row < n;
+            float s = -gg_inf<float>();
+            if (lane < C) {
+                s = b[lane];
+                for (int w = 0; w < nwarps; ++w) s += red[w * 32 + warp * C + lane];
+            }
+            const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
+            const float gval = gg_row_loss_grad(s, lane, C, yv, row_ok, loss_kind, inv_n, &loss_acc);
+            if (lane < C) { Gs[warp * C + lane] = gval; db_acc += gval; }
+        }
+        __syncthreads();
+
+        // Phase 2: dW[c][k] += G[r][c] X[r][k] for this thread's columns, X still in registers.
+#pragma unroll
+        for (int r = 0; r < RG; ++r)
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+                const float gv = Gs[r * C + c];
+#pragma unroll
+                for (int j = 0; j < KPT; ++j) dw[c][j] = fmaf(gv, xr[r][j], dw[c][j]);
+            }
+    }
+
+    // This block's partials: dW from registers, db and loss through shared memory (red is free:
+    // every thread has passed the last barrier of the loop, and the loop's reads of red are done).
+#pragma unroll
+    for (int c = 0; c < C; ++c)
+#pragma unroll
+        for (int j = 0; j < KPT; ++j) {
+            const int k = threadIdx.x + j * T;
+            if (k < d) dW_part[((gg_i64)blockIdx.x * C + c) * d + k] = dw[c][j];
+        }
+    __syncthreads();
+    if (warp < RG && lane < C) red[warp * 32 + lane] = db_acc;
+    if (warp < RG && lane == 0) scratch[warp] = loss_acc;
+    __syncthreads();
+    if (threadIdx.x < C) {
+        float s = 0.f;
+        for (int r = 0; r < RG; ++r) s += red[r * 32 + threadIdx.x];
+        db_part[(gg_i64)blockIdx.x * C + threadIdx.x] = s;
+    }
+    if (threadIdx.x == 0) {
+        double s = 0.0;
+        for (int r = 0; r < RG; ++r) s += scratch[r];
+        loss_part[blockIdx.x] = s;
+    }
+}
+
+// Adds the per-block partials in block order (deterministic) and the L2 term:
+// dW = sum_p dW_part[p] + 2 lam W; db = sum_p db_part[p]; J = sum_p loss_part[p] / n + lam ||W||^2.
+extern "C" __global__ void __launch_bounds__(256) gg_linear_finish(
+    const float* __restrict__ dW_part, const float* __restrict__ db_part, const double* __restrict__ loss_part,
+    const double* __restrict__ wsq, const float* __restrict__ W, int nparts, int C, int d, double lam,
+    double inv_n, float* __restrict__ dW, float* __restrict__ db, float* __restrict__ J) {
+    const gg_i64 cd = (gg_i64)C * d;
+    for (gg_i64 i = (gg_i64)blockIdx.x * blockDim.x + threadIdx.x; i < cd; i += (gg_i64)gridDim.x * blockDim.x) {
+        double s = 0.0;
+        for (int p = 0; p < nparts; ++p) s += dW_part[p * cd + i];
+        dW[i] = (float)(s + 2.0 * lam * (double)W[i]);
+    }
+    if (blockIdx.x == 0) {
+        if (threadIdx.x < C) {
+            double s = 0.0;
+            for (int p = 0; p < nparts; ++p) s += db_part[p * C + threadIdx.x];
+            db[threadIdx.x] = (float)s;
+        }
+        if (threadIdx.x == 0) {
+            double s = 0.0;
+            for (int p = 0; p < nparts; ++p) s += loss_part[p];
+            J[0] = (float)(s * inv_n + lam * wsq[0]);
+        }
+    }
+}
+
+#define GG_LIN_ARGS(TX) const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W, \
+    const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_inv_std, gg_i64 n, \
+    int d, int dpad, int vec, int loss_kind, float* __restrict__ dW_part, float* __restrict__ db_part,           \
+    double* __restrict__ loss_part, double* __restrict__ wsq
+#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_inv_std, n, d, dpad, vec, loss_kind, dW_part, db_part, loss_part, wsq
+
+// Entry points gg_linear_<x>_c<C>: x = f32 (float X) or u8 (uint8 X with mean / inv_std), C = 1..16.
+#define GG_LIN(TN, TX, C) \
+    extern "C" __global__ void __launch_bounds__(512, 1) gg_linear_##TN##_c##C(GG_LIN_ARGS(TX)) { \
+        gg_linear_step<TX, C>(GG_LIN_PASS); }
+#define GG_LIN_ALL(TN, TX) \
+    GG_LIN(TN, TX, 1) GG_LIN(TN, TX, 2) GG_LIN(TN, TX, 3) GG_LIN(TN, TX, 4) GG_LIN(TN, TX, 5) \
+    GG_LIN(TN, TX, 6) GG_LIN(TN, TX, 7) GG_LIN(TN, TX, 8) GG_LIN(TN, TX, 9) GG_LIN(TN, TX, 10) \
+    GG_LIN(TN, TX, 11) GG_LIN(TN, TX, 12) GG_LIN(TN, TX, 13) GG_LIN(TN, TX, 14) GG_LIN(TN, TX, 15) \
+    GG_LIN(TN, TX, 16)
+
+GG_LIN_ALL(f32, float)
+GG_LIN_ALL(u8, unsigned char)

@@ -1,0 +1,159 @@
+// softmax_ce.cuh: softmax cross-entropy, forward and gradient, over a score matrix S (n, C).
+//
+// Reads:  S (n, C) float/double, row-major, once from device memory; the labels y (n,).
+// Writes: dS (n, C) = (P - Y) / n, once; loss_out[0] = (1/n) sum_i l_i, in the same launch
+//         (per-block partial sums, added in a fixed order by the last block: deterministic).
+// Traffic: one read of S + one write of dS (8 n C bytes in float32), the floor for this output.
+//
+// A "team" of threads owns one row and keeps it in registers (K values per thread), so the
+// max, the exponentials and the gradient come from a single read:
+//   - small C: G = 1..32 lanes of a warp per row (a thread per row for C <= 8): no generic
+//     segmented reduction, which is slow on the 10-class rows of CIFAR-10 or digits;
+//   - large C: the whole block (blockDim.x threads) per row, K values each;
+//   - rows too long for the registers: ce_online, two passes (online max/sum, then the write).
+#pragma once
+#include "common.cuh"
+#include "rowmath.cuh"
+
+// Per-row statistics shared by the register and the online variants.
+template <typename T>
+struct GgCeRow {
+    gg_i64 yv;
+    bool ok;     // the label is in [0, C): otherwise the row yields NaN, never an out-of-bounds read
+    T s_y;
+};
+
+template <typename T>
+__device__ __forceinline__ GgCeRow<T> gg_ce_row_begin(const T* s, const void* y, int y64, gg_i64 row,
+                                                      int C, bool valid) {
+    GgCeRow<T> r;
+    r.yv = valid ? gg_label(y, y64, row) : 0;
+    r.ok = r.yv >= 0 && r.yv < C;
+    r.s_y = (valid && r.ok) ? s[r.yv] : (T)__longlong_as_double(0x7ff8000000000000LL);
+    return r;
+}
+
+// The row kept in registers. TEAM = G lanes (G <= 32) or 0 for "the whole block".
+template <typename T, int G, int K>
+__device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* __restrict__ y, int y64,
+                                           T* __restrict__ dS, gg_i64 n, int C, double* partials,
+                                           unsigned* ticket, T* loss_out) {
+    __shared__ double scratch[32];
+    __shared__ T tscratch[32];
+    constexpr bool BLOCK_TEAM = (G == 0);
+    const int lane = BLOCK_TEAM ? threadIdx.x : (threadIdx.x & (G - 1));
+    const int step = BLOCK_TEAM ? blockDim.x : G;
+    const gg_i64 row = BLOCK_TEAM ? (gg_i64)blockIdx.x
+                                  : (gg_i64)blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
+    const bool valid = row < n;
+    const T* s = S + row * C;
+
+    auto team_max = [&](T v) {
+        if constexpr (BLOCK_TEAM) return gg_block_reduce(v, GgMax(), tscratch);
+        else return gg_subwarp_reduce<G>(v, GgMax());
+    };
+    auto team_sum = [&](T v) {
+        if constexpr (BLOCK_TEAM) return gg_block_reduce(v, GgSum(), tscratch);
+        else return gg_subwarp_reduce<G>(v, GgSum());
+    };
+
+    // One read of the row: K independent loads per thread are in flight before the first use.
+    T v[K];
+    T mx = -gg_inf<T>();
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        const int idx = lane + j * step;
+        v[j] = (valid && idx < C) ? s[idx] : -gg_inf<T>();
+        mx = v[j] > mx ? v[j] : mx;
+    }
+    mx = team_max(mx);
+    const GgCeRow<T> r = gg_ce_row_begin(s, y, y64, row, C, valid);
+
+    T others = 0;
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        const int idx = lane + j * step;
+        v[j] = idx < C ? exp(v[j] - mx) : T(0);
+        if (idx != r.yv) others += v[j];
+    }
+    others = team_sum(others);
+    const T e_y = exp(r.s_y - mx);
+    const T total = others + e_y;
+    const T scale = T(1) / (T(n) * total);
+    if (valid) {
+        T* g = dS + row * C;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const int idx = lane + j * step;
+            if (idx < C) g[idx] = gg_ce_grad(idx == r.yv, v[j], others, scale);
+        }
+    }
+    const double l = (valid && lane == 0) ? (double)gg_ce_row_loss(r.s_y - mx, e_y, others, total) : 0.0;
+    const double block_sum = gg_block_reduce(l, GgSum(), scratch);
+    gg_grid_mean(block_sum, partials, ticket, loss_out, 1.0 / (double)n, scratch);
+}
+
+// Rows too long for the registers (C > K * blockDim.x): a block per row, two passes over S.
+// Pass 1 keeps online (max, sum of exp over j != y) statistics; pass 2 re-reads S (from L2 when
+// the row fits there) and writes dS. Traffic: two reads of S and one write of dS.
+template <typename T>
+__device__ __forceinline__ void gg_ce_online(const T* __restrict__ S, const void* __restrict__ y, int y64,
+                                             T* __restrict__ dS, gg_i64 n, int C, double* partials,
+                                             unsigned* ticket, T* loss_out) {
+    __shared__ double scratch[32];
+    __shared__ T ms[32], os[32];
+    const gg_i64 row = blockIdx.x;
+    const T* s = S + row * C;
+    const GgCeRow<T> r = gg_ce_row_begin(s, y, y64, row, C, true);
+
+    T m = -gg_inf<T>(), o = 0;
+    for (int idx = threadIdx.x; idx < C; idx += blockDim.x) {
+        const T v = s[idx];
+        gg_online_merge(m, o, v, idx == r.yv ? T(0) : T(1));
+    }
+    // Merge the (m, o) pairs of the block: within warps by shuffles, then across warps.
+#pragma unroll
+    for (int off = 16; off >= 1; off >>= 1) {
+        const T m2 = __shfl_xor_sync(GG_FULL_MASK, m, off), o2 = __shfl_xor_sync(GG_FULL_MASK, o, off);
+        gg_online_merge(m, o, m2, o2);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { ms[warp] = m; os[warp] = o; }
+    __syncthreads();
+    m = ms[0]; o = os[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) gg_online_merge(m, o, ms[w], os[w]);
+
+    const T others = o, e_y = exp(r.s_y - m), total = others + e_y;
+    const T scale = T(1) / (T(n) * total);
+    T* g = dS + row * C;
+    for (int idx = threadIdx.x; idx < C; idx += blockDim.x)
+        g[idx] = gg_ce_grad(idx == r.yv, exp(s[idx] - m), others, scale);
+    const double l = threadIdx.x == 0 ? (double)gg_ce_row_loss(r.s_y - m, e_y, others, total) : 0.0;
+    gg_grid_mean(l, partials, ticket, loss_out, 1.0 / (double)n, scratch);
+}
+
+#define GG_CE_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
+                      gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
+#define GG_CE_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
+
+// Entry points: gg_ce_<t>_w<G>_k<K> (G lanes per row, 256-thread blocks), gg_ce_<t>_b_k<K>
+// (a 1024-thread block per row), gg_ce_<t>_online (a block per row, two passes).
+#define GG_CE_TEAM(TN, T, G, K) \
+    extern "C" __global__ void __launch_bounds__(256) gg_ce_##TN##_w##G##_k##K(GG_CE_ARGS(T)) { \
+        gg_ce_regs<T, G, K>(GG_CE_PASS); }
+#define GG_CE_BLOCK(TN, T, K) \
+    extern "C" __global__ void __launch_bounds__(1024) gg_ce_##TN##_b_k##K(GG_CE_ARGS(T)) { \
+        gg_ce_regs<T, 0, K>(GG_CE_PASS); }
+#define GG_CE_ONLINE(TN, T) \
+    extern "C" __global__ void __launch_bounds__(1024) gg_ce_##TN##_online(GG_CE_ARGS(T)) { \
+        gg_ce_online<T>(GG_CE_PASS); }
+
+#define GG_CE_ALL(TN, T) \
+    GG_CE_TEAM(TN, T, 1, 8) GG_CE_TEAM(TN, T, 2, 8) GG_CE_TEAM(TN, T, 4, 8) GG_CE_TEAM(TN, T, 8, 8) \
+    GG_CE_TEAM(TN, T, 16, 8) GG_CE_TEAM(TN, T, 32, 8) GG_CE_TEAM(TN, T, 32, 32) \
+    GG_CE_BLOCK(TN, T, 2) GG_CE_BLOCK(TN, T, 4) GG_CE_BLOCK(TN, T, 8) GG_CE_BLOCK(TN, T, 16) \
+    GG_CE_ONLINE(TN, T)
+
+GG_CE_ALL(f32, float)
+GG_CE_ALL(f64, double)
+GG_CE_BLOCK(f32, float, 32)  // 32 floats a thread x 1024 threads: rows up to 32768 on chip

@@ -1,0 +1,111 @@
+"""Every CUDA kernel against the numpy backend (marker ``gpu``: skipped cleanly without a GPU).
+
+Fresh random inputs at odd sizes and above one grid; outputs poisoned with NaN before each launch;
+float32 within 1e-5 relative of float64 numpy, float64 within 1e-12.
+"""
+import numpy as np
+import pytest
+
+import gpugrad as gg
+
+pytestmark = pytest.mark.gpu
+
+NP = gg.get_backend("numpy")
+
+
+def _rel(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert np.isfinite(got).all(), "an output entry was left unwritten (NaN poison) or is not finite"
+    return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-300)
+
+
+def _poisoned(cupy, shape, dtype):
+    return cupy.full(shape, np.nan, dtype=dtype)
+
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+@pytest.mark.parametrize("n", [1, 3, 65537])
+@pytest.mark.parametrize("C", [1, 2, 10, 1000, 32768])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_row_loss_kernels_match_numpy(n, C, dtype, loss, rng):
+    import cupy
+    if n * C > 2**28:
+        pytest.skip("reference too large for a unit test (benchmarks/gpu_check.py covers it)")
+    be = gg.get_backend("cupy")
+    S64 = rng.standard_normal((n, C)) * 3
+    y = rng.integers(0, C, n)
+    ref = NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad
+    fn = be.softmax_cross_entropy_grad if loss == "softmax" else be.svm_grad
+    ref_loss, ref_dS = ref(S64, y)
+    out = _poisoned(cupy, (n, C), dtype)
+    got_loss, got_dS = fn(cupy.asarray(S64.astype(dtype)), cupy.asarray(y), out=out)
+    assert got_dS is out
+    assert _rel(got_dS.get(), ref_dS) <= TOL[dtype]
+    assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * max(abs(ref_loss), 1e-30)
+    assert got_loss.shape == () and isinstance(got_loss, cupy.ndarray)
+
+
+@pytest.mark.parametrize("n,d,C", [(1, 5, 1), (3, 7, 2), (65537, 131, 10), (1000, 3071, 10), (513, 100, 16),
+                                   (300, 3073, 10), (257, 50, 40)])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_linear_grad_fused_matches_numpy(n, d, C, loss, rng):
+    import cupy
+    be = gg.get_backend("cupy")
+    X = rng.standard_normal((n, d))
+    W = rng.standard_normal((C, d)) * 0.05
+    b = rng.standard_normal(C) * 0.1
+    y = rng.integers(0, C, n)
+    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, loss)
+    J, dW, db = gg.linear_grad(*(cupy.asarray(a.astype(np.float32)) for a in (X,)), cupy.asarray(y),
+                               cupy.asarray(W.astype(np.float32)), cupy.asarray(b.astype(np.float32)),
+                               lam=0.01, loss=loss)
+    assert _rel(dW.get(), dW_ref) <= 1e-5
+    assert _rel(db.get(), db_ref) <= 1e-5
+    assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
+
+
+@pytest.mark.parametrize("n,d,C", [(3, 7, 2), (4099, 3072, 10), (70, 784, 10), (129, 33, 5)])
+def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, rng):
+    import cupy
+    X = rng.integers(0, 256, (n, d), dtype=np.uint8)
+    mean, std = X.mean(0), X.std(0) + 1
+    W = rng.standard_normal((C, d)) * 0.01
+    b = rng.standard_normal(C) * 0.1
+    y = rng.integers(0, C, n)
+    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.1, "softmax", mean, std)
+    J, dW, db = gg.linear_grad(cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)),
+                               cupy.asarray(b.astype(np.float32)), lam=0.1,
+                               x_mean=cupy.asarray(mean.astype(np.float32)), x_std=cupy.asarray(std.astype(np.float32)))
+    assert _rel(dW.get(), dW_ref) <= 1e-5
+    assert _rel(db.get(), db_ref) <= 1e-5
+    assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
+
+
+def test_numpy_inputs_on_the_cupy_backend_come_back_as_numpy(rng):
+    S = rng.standard_normal((5, 3))
+    y = rng.integers(0, 3, 5)
+    loss, dS = gg.softmax_cross_entropy_grad(S, y, backend="cupy")
+    assert isinstance(dS, np.ndarray)
+    np.testing.assert_allclose(dS, NP.softmax_cross_entropy_grad(S, y)[1], rtol=1e-12)
+
+
+def test_device_side_check_names_the_bad_label_and_the_nan(rng):
+    import cupy
+    S = cupy.asarray(rng.standard_normal((6, 4)))
+    with pytest.raises(ValueError, match=r"y\[4\] = 9"):
+        gg.softmax_cross_entropy_grad(S, cupy.asarray([0, 1, 2, 3, 9, 0]))
+    S[2, 3] = np.inf
+    with pytest.raises(ValueError, match=r"S contains inf at index \[2, 3\]"):
+        gg.svm_grad(S, cupy.asarray([0, 1, 2, 3, 1, 0]))
+
+
+def test_the_one_launch_mean_is_deterministic(rng):
+    import cupy
+    be = gg.get_backend("cupy")
+    S = cupy.asarray(rng.standard_normal((65537, 10)).astype(np.float32))
+    y = cupy.asarray(rng.integers(0, 10, 65537))
+    losses = {float(be.softmax_cross_entropy_grad(S, y)[0]) for _ in range(20)}
+    assert len(losses) == 1

@@ -1,0 +1,100 @@
+"""The CUDA kernels build without a GPU: NVRTC with the loader's exact options, and CMake/nvcc.
+
+NVRTC comes from the nvidia-cuda-nvrtc wheel (through CuPy's bindings), which needs no driver.
+"""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpugrad.backends import kernels
+
+ROOT = Path(__file__).resolve().parent.parent
+
+cupy = pytest.importorskip("cupy", reason="CuPy (with NVRTC) is not installed")
+from cupy.cuda import nvrtc  # noqa: E402
+
+
+def _nvrtc_usable():
+    try:
+        nvrtc.getVersion()
+        return True
+    except Exception:
+        return False
+
+
+needs_nvrtc = pytest.mark.skipif(not _nvrtc_usable(), reason="libnvrtc is not loadable (pip install nvidia-cuda-nvrtc)")
+
+
+@pytest.fixture(scope="module")
+def ptx_entries():
+    return kernels.kernel_names()
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_kernel_compiles_with_nvrtc_using_the_loader_options(arch):
+    binary, log = kernels.compile_nvrtc(arch)
+    assert len(binary) > 10_000
+    assert "warning" not in log.lower(), log
+
+
+@needs_nvrtc
+def test_backend_only_launches_kernels_that_exist(ptx_entries):
+    """Every name the CuPy backend can pick is an entry point of the module."""
+    from gpugrad.backends import cupy_backend as cb  # imports without a GPU
+    import numpy as np
+    wanted = {"gg_first_invalid", "gg_linear_finish"}
+    for dtype in (np.float32, np.float64):
+        for C in (1, 2, 7, 8, 9, 16, 17, 33, 64, 65, 128, 129, 256, 257, 1000, 1024, 1025, 2048, 4096,
+                  8192, 16384, 16385, 32768, 32769, 100000):
+            wanted.add(cb.ce_kernel_config(C, dtype)[0])
+            wanted.add(cb.svm_kernel_config(C, dtype)[0])
+    for C in range(1, 17):
+        wanted |= {f"gg_linear_f32_c{C}", f"gg_linear_u8_c{C}"}
+    missing = wanted - set(ptx_entries)
+    assert not missing, f"kernels the backend may launch but the module lacks: {sorted(missing)}"
+
+
+def test_kernel_sources_ship_and_inline():
+    src = kernels.kernel_source()
+    assert '#include "' not in src  # every quoted include inlined, so CuPy's cache keys on all of it
+    for name in ("gg_ce_", "gg_svm_", "gg_linear_", "gg_first_invalid"):
+        assert name in src
+
+
+def test_each_kernel_file_states_what_it_reads_and_writes():
+    for p in kernels.source_files():
+        if p.name in ("gpugrad_kernels.cu", "common.cuh", "rowmath.cuh"):
+            continue
+        head = p.read_text().split("#pragma once")[0]
+        assert "Reads:" in head and "Writes:" in head and "Traffic:" in head, p.name
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("nvcc") is None and
+                    not Path("/usr/local/cuda/bin/nvcc").exists(), reason="cmake or nvcc missing")
+def test_cmake_builds_a_stamped_fatbin_and_the_cpu_rowmath_test(tmp_path):
+    """CMake + nvcc produce the fatbin the loader accepts, and CTest checks rowmath.cuh on the CPU.
+
+    Builds from a copy of the sources so the repository's own kernels/ is left alone."""
+    src = tmp_path / "src"
+    (src / "tests").mkdir(parents=True)
+    shutil.copytree(ROOT / "kernels", src / "kernels", ignore=shutil.ignore_patterns("*.fatbin*", "__pycache__"))
+    shutil.copytree(ROOT / "cmake", src / "cmake")
+    shutil.copytree(ROOT / "tests" / "cpu", src / "tests" / "cpu")
+    shutil.copy(ROOT / "CMakeLists.txt", src / "CMakeLists.txt")
+    build = tmp_path / "build"
+    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, text=True)
+    run("cmake", "-S", str(src), "-B", str(build), "-DGPUGRAD_CUDA_ARCHS=90")
+    run("cmake", "--build", str(build), "-j", "2")
+    fatbin = src / "kernels" / kernels.FATBIN
+    assert fatbin.stat().st_size > 100_000
+    assert kernels.fatbin_path(src / "kernels") == fatbin  # the stamp matches the sources
+    ctest = run("ctest", "--test-dir", str(build), "--output-on-failure")
+    assert "100% tests passed" in ctest.stdout
+    # A changed source invalidates the stamp: the loader falls back to NVRTC.
+    with open(src / "kernels" / "svm.cuh", "a") as f:
+        f.write("\n// edited\n")
+    assert kernels.fatbin_path(src / "kernels") is None

@@ -171,6 +171,51 @@ def check_linear(rng, quick):
         record("linear", f"{'fused' if plan else 'fallback'} softmax n={n} d={d} C={C} u8", err, 1e-5, n=n, d=d, C=C)
 
 
+LINEAR_VARIANTS = [dict(defer=False, nbuf=2), dict(defer=False, nbuf=4), dict(defer=True, nbuf=3),
+                   dict(defer=True, nbuf=4)]
+
+
+def check_linear_variants(rng):
+    """Every pipeline variant of the fused linear kernel, at one shape above one grid."""
+    be = gg.get_backend("cupy")
+    n, d, C = 4097, 3072, 10
+    X64, W64 = rng.standard_normal((n, d)), rng.standard_normal((C, d)) * 0.05
+    b64, y = rng.standard_normal(C) * 0.1, rng.integers(0, C, n)
+    Xu = rng.integers(0, 256, (n, d), dtype=np.uint8)
+    mean, std = Xu.mean(0), Xu.std(0) + 1
+    X, W, b = (cupy.asarray(a.astype(np.float32)) for a in (X64, W64, b64))
+    saved = dict(be.linear_options)
+    try:
+        for opts in LINEAR_VARIANTS:
+            be.linear_options.update(opts)
+            for loss_name in ("softmax", "svm"):
+                J_ref, dW_ref, db_ref = NP.linear_grad(X64, y, W64, b64, 0.01, loss_name)
+                poison_pool(1 << 27)
+                J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, 0.01, loss_name)
+                err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
+                record("variant", f"{opts} {loss_name} f32", err, 1e-5)
+            J_ref, dW_ref, db_ref = NP.linear_grad(Xu, y, W64, b64, 0.01, "softmax", mean, std)
+            J, dW, db = be.linear_grad(cupy.asarray(Xu), cupy.asarray(y), W, b, 0.01, "softmax",
+                                       cupy.asarray(mean.astype(np.float32)), cupy.asarray(std.astype(np.float32)))
+            err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
+            record("variant", f"{opts} softmax u8", err, 1e-5)
+    finally:
+        be.linear_options.clear()
+        be.linear_options.update(saved)
+    for variant in ("b_k32", "b512_k64"):
+        cb.CE_LONG_ROWS["variant"] = variant
+        S64, yy = rand_scores(rng, 33, 32768), rng.integers(0, 32768, 33)
+        ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, yy)
+        out = cupy.full(S64.shape, np.nan, np.float32)
+        loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64.astype(np.float32)), cupy.asarray(yy), out=out)
+        err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - ref_loss) / abs(ref_loss))
+        record("variant", f"CE long rows {variant} n=33 C=32768 f32", err, 1e-5)
+    cb.CE_LONG_ROWS["variant"] = DEFAULT_LONG
+
+
+DEFAULT_LONG = cb.CE_LONG_ROWS["variant"]
+
+
 def check_validation():
     """Bad input through the CuPy path gives the same clear errors as numpy."""
     S = cupy.asarray(np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32))
@@ -207,6 +252,34 @@ def time_batches(fn, sets, reps=20, batches=15, warm=3):
         if b >= warm:
             times.append(cupy.cuda.get_elapsed_time(start, end) * 1e3 / reps)
     return float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90))
+
+
+def time_graph(fn, args, reps=50, batches=15):
+    """Device time per call without the Python launch cost: `reps` calls captured in a CUDA graph,
+    the graph replayed `batches` times between events. None if capture is not possible."""
+    try:
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            fn(*args)  # warm: workspace and pool blocks exist before the capture
+            stream.synchronize()
+            stream.begin_capture()
+            for _ in range(reps):
+                fn(*args)
+            graph = stream.end_capture()
+            graph.launch(stream)
+            stream.synchronize()
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            times = []
+            for _ in range(batches):
+                start.record(stream)
+                graph.launch(stream)
+                end.record(stream)
+                end.synchronize()
+                times.append(cupy.cuda.get_elapsed_time(start, end) * 1e3 / reps)
+        return float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90))
+    except Exception as e:  # capture is best effort
+        log(f"  (CUDA graph capture failed: {type(e).__name__}: {e})")
+        return None
 
 
 def copy_bandwidth():
@@ -276,8 +349,18 @@ def bench_ce(bw, rng, quick):
                  cupy.asarray(rng.integers(0, C, n))) for _ in range(k)]
         outs = [cupy.empty((n, C), np.float32) for _ in range(2)]
         wl = f"CE fwd+grad S {n}x{C} f32"
+        if C == 32768:
+            for variant in ("b_k32", "b512_k64"):
+                cb.CE_LONG_ROWS["variant"] = variant
+                add_timing(wl, f"gpugrad kernel {variant}",
+                           time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
+            cb.CE_LONG_ROWS["variant"] = DEFAULT_LONG
         add_timing(wl, "gpugrad kernel", time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
         add_timing(wl, "gpugrad kernel (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets), floor)
+        if C <= 1024:
+            tg = time_graph(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets[0])
+            if tg:
+                add_timing(wl, "gpugrad kernel, CUDA graph", tg, floor)
         add_timing(wl, "gpugrad API, validate=True", time_batches(lambda S, y: gg.softmax_cross_entropy_grad(S, y), sets), floor)
         add_timing(wl, "plain CuPy", time_batches(plain_cupy_ce, sets), floor)
         if HAVE_TORCH:
@@ -308,6 +391,15 @@ def torch_linear(X, y, W, b, lam):
     return J, W.grad, b.grad
 
 
+def time_linear_variants(be, wl, fn, sets, floor):
+    saved = dict(be.linear_options)
+    for opts in LINEAR_VARIANTS:
+        be.linear_options.update(opts)
+        add_timing(wl, f"fused defer={int(opts['defer'])} nbuf={opts['nbuf']}", time_batches(fn, sets, reps=5), floor)
+    be.linear_options.clear()
+    be.linear_options.update(saved)
+
+
 def bench_linear(bw, rng, quick, compile_torch):
     be = gg.get_backend("cupy")
     n, d, C = (65536, 3072, 10) if not quick else (16384, 3072, 10)
@@ -322,6 +414,7 @@ def bench_linear(bw, rng, quick, compile_torch):
             sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=np.float32)), cupy.asarray(rng.integers(0, C, n)))
                     for _ in range(k)]
             wl = f"linear step n={n} d={d} C={C} f32"
+            time_linear_variants(be, wl, lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"), sets, floor)
             add_timing(wl, "gpugrad fused", time_batches(lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"), sets, reps=5), floor)
             add_timing(wl, "gpugrad API, validate=True", time_batches(lambda X, y: gg.linear_grad(X, y, W, b, lam), sets, reps=5), floor)
             add_timing(wl, "plain CuPy (cuBLAS)", time_batches(lambda X, y: plain_cupy_linear(X, y, W, b, lam), sets, reps=5), floor)
@@ -338,6 +431,7 @@ def bench_linear(bw, rng, quick, compile_torch):
             mean = cupy.full(d, 120.0, np.float32)
             std = cupy.full(d, 64.0, np.float32)
             wl = f"linear step n={n} d={d} C={C} uint8"
+            time_linear_variants(be, wl, lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, floor)
             add_timing(wl, "gpugrad fused", time_batches(
                 lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, reps=5), floor)
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
@@ -413,6 +507,7 @@ def main():
     check_validation()
     check_row_losses(rng, args.quick)
     check_linear(rng, args.quick)
+    check_linear_variants(rng)
 
     if not args.skip_timing:
         log("== timing")

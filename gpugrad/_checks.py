@@ -11,6 +11,7 @@ import numpy as np
 
 LOSSES = ("softmax", "svm")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INV_STD = "1/x_std"  # checked for finiteness to find zeros in x_std in the same fused pass
 
 
 def is_array(a) -> bool:
@@ -123,6 +124,9 @@ def raise_first_invalid(label_pos, bad_pos, y, C, named):
         raise ValueError(f"label y[{label_pos}] = {value} is outside [0, {C}) "
                          f"(there are C = {C} classes)")
     for (name, a), pos in zip(named, bad_pos):
+        if pos >= 0 and name == INV_STD:
+            raise ValueError(f"x_std contains 0 at index {int(pos)}: a constant feature cannot be "
+                             "normalised (use x_std = 1 for it)")
         if pos >= 0:
             idx = tuple(int(i) for i in np.unravel_index(int(pos), a.shape))
             value = float(a[idx])

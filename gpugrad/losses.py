@@ -28,12 +28,12 @@ def _returner(be, *arrays):
     return lambda a: a
 
 
-def _check_values(be, y, C, named, check_finite, validate):
+def _check_values(be, y, C, named, validate):
+    """Labels in [0, C) and every (name, array) in ``named`` finite: one backend call."""
     if not validate:
         return
-    arrays = [a for _, a in named] if check_finite else []
-    label_pos, bad = be.first_invalid(y, C, arrays)
-    _checks.raise_first_invalid(label_pos, bad, y, C, named if check_finite else [])
+    label_pos, bad = be.first_invalid(y, C, [a for _, a in named])
+    _checks.raise_first_invalid(label_pos, bad, y, C, named)
 
 
 def softmax_cross_entropy_grad(S, y, *, backend=None, check_finite=True, validate=True):
@@ -56,7 +56,7 @@ def softmax_cross_entropy_grad(S, y, *, backend=None, check_finite=True, validat
     be = _resolve(backend, S, y)
     back = _returner(be, S, y)
     S, y = be.asarray(S), be.asarray(y)
-    _check_values(be, y, S.shape[1], [("S", S)], check_finite, validate)
+    _check_values(be, y, S.shape[1], [("S", S)] if check_finite else [], validate)
     loss, dS = be.softmax_cross_entropy_grad(S, y)
     return back(loss), back(dS)
 
@@ -80,7 +80,7 @@ def svm_grad(S, y, *, backend=None, check_finite=True, validate=True):
     be = _resolve(backend, S, y)
     back = _returner(be, S, y)
     S, y = be.asarray(S), be.asarray(y)
-    _check_values(be, y, S.shape[1], [("S", S)], check_finite, validate)
+    _check_values(be, y, S.shape[1], [("S", S)] if check_finite else [], validate)
     loss, dS = be.svm_grad(S, y)
     return back(loss), back(dS)
 
@@ -120,15 +120,17 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
     be = _resolve(backend, X, y, W, b, x_mean, x_std)
     back = _returner(be, X, y, W, b)
     X, y, W, b = (be.asarray(a) for a in (X, y, W, b))
+    named = [("X", X)] if X.dtype.kind == "f" else []
+    named += [("W", W), ("b", b)]
     if x_mean is not None:
         x_mean, x_std = be.asarray(x_mean), be.asarray(x_std)
-        _check_values(be, y, W.shape[0],
-                      [("W", W), ("b", b), ("x_mean", x_mean), ("x_std", x_std)] +
-                      ([("X", X)] if X.dtype.kind == "f" else []), check_finite, validate)
-        if validate and bool((x_std == 0).any()):
-            raise ValueError("x_std contains 0: a constant feature cannot be normalised "
-                             "(use x_std = 1 for it)")
-    else:
-        _check_values(be, y, W.shape[0], [("X", X), ("W", W), ("b", b)], check_finite, validate)
+        named += [("x_mean", x_mean), ("x_std", x_std)]
+    if not check_finite:
+        named = []
+    if x_mean is not None and validate:
+        with np.errstate(divide="ignore"):
+            # A zero in x_std shows up as an infinite 1/x_std in the same fused check.
+            named.append((_checks.INV_STD, 1 / x_std.astype(np.float64)))
+    _check_values(be, y, W.shape[0], named, validate)
     J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
     return back(J), back(dW), back(db)

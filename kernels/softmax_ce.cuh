@@ -33,13 +33,31 @@ __device__ __forceinline__ GgCeRow<T> gg_ce_row_begin(const T* s, const void* y,
     return r;
 }
 
-// The row kept in registers. TEAM = G lanes (G <= 32) or 0 for "the whole block".
+// Merge every thread's online statistics (m, o) over the block (shuffles, then one pass over the
+// warps in shared memory); every thread gets the block's (m, o). ms/os hold 32 values each.
+template <typename T>
+__device__ __forceinline__ void gg_block_merge_online(T& m, T& o, T* ms, T* os) {
+#pragma unroll
+    for (int off = 16; off >= 1; off >>= 1) {
+        const T m2 = __shfl_xor_sync(GG_FULL_MASK, m, off), o2 = __shfl_xor_sync(GG_FULL_MASK, o, off);
+        gg_online_merge(m, o, m2, o2);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) { ms[warp] = m; os[warp] = o; }
+    __syncthreads();
+    m = ms[0]; o = os[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) gg_online_merge(m, o, ms[w], os[w]);
+}
+
+// The row kept in registers. TEAM = G lanes (G <= 32) or 0 for "the whole block". A block team
+// forms its max and its sum in one block-wide pass (online statistics per thread, merged once),
+// because every block-wide reduction costs two barriers with nothing else to run on the SM.
 template <typename T, int G, int K>
 __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* __restrict__ y, int y64,
                                            T* __restrict__ dS, gg_i64 n, int C, double* partials,
                                            unsigned* ticket, T* loss_out) {
     __shared__ double scratch[32];
-    __shared__ T tscratch[32];
     constexpr bool BLOCK_TEAM = (G == 0);
     const int lane = BLOCK_TEAM ? threadIdx.x : (threadIdx.x & (G - 1));
     const int step = BLOCK_TEAM ? blockDim.x : G;
@@ -48,14 +66,8 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
     const bool valid = row < n;
     const T* s = S + row * C;
 
-    auto team_max = [&](T v) {
-        if constexpr (BLOCK_TEAM) return gg_block_reduce(v, GgMax(), tscratch);
-        else return gg_subwarp_reduce<G>(v, GgMax());
-    };
-    auto team_sum = [&](T v) {
-        if constexpr (BLOCK_TEAM) return gg_block_reduce(v, GgSum(), tscratch);
-        else return gg_subwarp_reduce<G>(v, GgSum());
-    };
+    auto team_max = [&](T v) { return gg_subwarp_reduce<(G > 0 ? G : 32)>(v, GgMax()); };
+    auto team_sum = [&](T v) { return gg_subwarp_reduce<(G > 0 ? G : 32)>(v, GgSum()); };
 
     // One read of the row: K independent loads per thread are in flight before the first use.
     T v[K];
@@ -66,17 +78,28 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
         v[j] = (valid && idx < C) ? s[idx] : -gg_inf<T>();
         mx = v[j] > mx ? v[j] : mx;
     }
-    mx = team_max(mx);
     const GgCeRow<T> r = gg_ce_row_begin(s, y, y64, row, C, valid);
-
     T others = 0;
+    if constexpr (BLOCK_TEAM) {
+        __shared__ T ms[32], os[32];
 #pragma unroll
-    for (int j = 0; j < K; ++j) {
-        const int idx = lane + j * step;
-        v[j] = idx < C ? exp(v[j] - mx) : T(0);
-        if (idx != r.yv) others += v[j];
+        for (int j = 0; j < K; ++j) {
+            const int idx = lane + j * step;
+            if (idx < C && idx != r.yv) others += exp(v[j] - mx);
+        }
+        gg_block_merge_online(mx, others, ms, os);
+#pragma unroll
+        for (int j = 0; j < K; ++j) v[j] = exp(v[j] - mx);  // -inf past the row's end -> 0
+    } else {
+        mx = team_max(mx);
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const int idx = lane + j * step;
+            v[j] = idx < C ? exp(v[j] - mx) : T(0);
+            if (idx != r.yv) others += v[j];
+        }
+        others = team_sum(others);
     }
-    others = team_sum(others);
     const T e_y = exp(r.s_y - mx);
     const T total = others + e_y;
     const T scale = T(1) / (T(n) * total);
@@ -89,7 +112,8 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
         }
     }
     const double l = (valid && lane == 0) ? (double)gg_ce_row_loss(r.s_y - mx, e_y, others, total) : 0.0;
-    const double block_sum = gg_block_reduce(l, GgSum(), scratch);
+    // A block team's row loss is already in thread 0, the only thread gg_grid_mean reads it from.
+    const double block_sum = BLOCK_TEAM ? l : gg_block_reduce(l, GgSum(), scratch);
     gg_grid_mean(block_sum, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
 
@@ -111,17 +135,7 @@ __device__ __forceinline__ void gg_ce_online(const T* __restrict__ S, const void
         const T v = s[idx];
         gg_online_merge(m, o, v, idx == r.yv ? T(0) : T(1));
     }
-    // Merge the (m, o) pairs of the block: within warps by shuffles, then across warps.
-#pragma unroll
-    for (int off = 16; off >= 1; off >>= 1) {
-        const T m2 = __shfl_xor_sync(GG_FULL_MASK, m, off), o2 = __shfl_xor_sync(GG_FULL_MASK, o, off);
-        gg_online_merge(m, o, m2, o2);
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { ms[warp] = m; os[warp] = o; }
-    __syncthreads();
-    m = ms[0]; o = os[0];
-    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) gg_online_merge(m, o, ms[w], os[w]);
+    gg_block_merge_online(m, o, ms, os);
 
     const T others = o, e_y = exp(r.s_y - m), total = others + e_y;
     const T scale = T(1) / (T(n) * total);
@@ -137,7 +151,8 @@ __device__ __forceinline__ void gg_ce_online(const T* __restrict__ S, const void
 #define GG_CE_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
 
 // Entry points: gg_ce_<t>_w<G>_k<K> (G lanes per row, 256-thread blocks), gg_ce_<t>_b_k<K>
-// (a 1024-thread block per row), gg_ce_<t>_online (a block per row, two passes).
+// (a 1024-thread block per row), gg_ce_f32_b512_k64 (a 512-thread block per row),
+// gg_ce_<t>_online (a block per row, two passes).
 #define GG_CE_TEAM(TN, T, G, K) \
     extern "C" __global__ void __launch_bounds__(256) gg_ce_##TN##_w##G##_k##K(GG_CE_ARGS(T)) { \
         gg_ce_regs<T, G, K>(GG_CE_PASS); }
@@ -157,3 +172,6 @@ __device__ __forceinline__ void gg_ce_online(const T* __restrict__ S, const void
 GG_CE_ALL(f32, float)
 GG_CE_ALL(f64, double)
 GG_CE_BLOCK(f32, float, 32)  // 32 floats a thread x 1024 threads: rows up to 32768 on chip
+// The same rows with half the threads and twice the registers each (no 64-register cap).
+extern "C" __global__ void __launch_bounds__(512) gg_ce_f32_b512_k64(GG_CE_ARGS(float)) {
+    gg_ce_regs<float, 0, 64>(GG_CE_PASS); }

@@ -24,6 +24,9 @@ from .numpy_backend import NumpyBackend
 
 _TYPE = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _BLOCK_K = {"f32": (2, 4, 8, 16, 32), "f64": (2, 4, 8, 16)}
+# Rows of 16385..32768 float32 classes: a 1024-thread block with 32 values a thread ("b_k32") or
+# a 512-thread block with 64 ("b512_k64"). benchmarks/gpu_check.py times both.
+CE_LONG_ROWS = {"variant": "b512_k64"}
 
 
 def _labels(y):
@@ -47,6 +50,8 @@ def ce_kernel_config(C: int, dtype) -> tuple[str, int, int]:
         return f"gg_ce_{t}_w32_k32", 256, 8
     for K in _BLOCK_K[t]:
         if C <= 1024 * K:
+            if K == 32 and CE_LONG_ROWS["variant"] == "b512_k64":
+                return "gg_ce_f32_b512_k64", 512, 1
             return f"gg_ce_{t}_b_k{K}", 1024, 1
     return f"gg_ce_{t}_online", 1024, 1
 
@@ -95,6 +100,7 @@ class CupyBackend(NumpyBackend):
     def __init__(self):
         self._workspaces = {}
         self._funcs = {}
+        self.linear_options = {"defer": True, "nbuf": None}
         dev = cupy.cuda.Device()
         self.sm_count = dev.attributes["MultiProcessorCount"]
         self.smem_optin = dev.attributes["MaxSharedMemoryPerBlockOptin"]
@@ -110,7 +116,7 @@ class CupyBackend(NumpyBackend):
         return f
 
     def workspace(self) -> _Workspace:
-        key = (cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
+        key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr)
         ws = self._workspaces.get(key)
         if ws is None:
             ws = self._workspaces[key] = _Workspace()
@@ -144,7 +150,8 @@ class CupyBackend(NumpyBackend):
     # ---- fused losses ----------------------------------------------------------------------------
     def _row_loss(self, config, S, y, out):
         name, threads, rows_per_block = config
-        S = cupy.ascontiguousarray(S)
+        if not S.flags.c_contiguous:
+            S = cupy.ascontiguousarray(S)
         y, y64 = _labels(y)
         n, C = S.shape
         grid = (n + rows_per_block - 1) // rows_per_block
@@ -168,7 +175,9 @@ class CupyBackend(NumpyBackend):
     # ---- the fused linear step ----------------------------------------------------------------
     def linear_plan(self, X, W, x_mean):
         """Launch parameters of the fused linear kernel for these inputs, or None when it does not
-        apply (then the inherited matmul path runs)."""
+        apply (then the inherited matmul path runs). ``self.linear_options`` picks the pipeline:
+        ``defer`` (phase 2 of a row group overlaps the next group's loss) and ``nbuf`` (X row
+        groups staged in shared memory; None = as many as fit, up to 4)."""
         n, d = X.shape
         C = W.shape[0]
         if W.dtype != np.float32 or not 1 <= C <= 16:
@@ -186,10 +195,16 @@ class CupyBackend(NumpyBackend):
         threads = max(32 * rg, -(-cols // 32) * 32)
         item = X.dtype.itemsize
         dpad = -(-d * item // 16) * 16 // item
-        smem = -(-4 * (C * d + threads + rg * C) // 16) * 16 + 2 * rg * dpad * item
-        if smem + 1024 > self.smem_optin:  # 1 KB for the kernel's static shared memory
+        fixed = -(-4 * (C * d + threads + 2 * rg * C) // 16) * 16
+        defer = bool(self.linear_options.get("defer", True))
+        wanted = self.linear_options.get("nbuf") or 4
+        # 1 KB is left for the kernel's static shared memory.
+        fits = [k for k in range(3 if defer else 2, wanted + 1) if fixed + k * rg * dpad * item + 1024 <= self.smem_optin]
+        if not fits:
             return None
-        return dict(name=f"gg_linear_{tname}_c{C}", threads=threads, smem=smem, dpad=dpad, rg=rg)
+        nbuf = max(fits)
+        return dict(name=f"gg_linear_{tname}_c{C}", threads=threads, smem=fixed + nbuf * rg * dpad * item,
+                    dpad=dpad, rg=rg, nbuf=nbuf, defer=int(defer))
 
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
         plan = self.linear_plan(X, W, x_mean)
@@ -220,7 +235,7 @@ class CupyBackend(NumpyBackend):
         f((grid,), (plan["threads"],),
           (X, y, np.int32(y64), W, b, null if mean is None else mean, null if inv_std is None else inv_std,
            np.int64(n), np.int32(d), np.int32(plan["dpad"]), np.int32(vec), np.int32(0 if loss == "softmax" else 1),
-           dW_part, db_part, loss_part, wsq),
+           np.int32(plan["nbuf"]), np.int32(plan["defer"]), dW_part, db_part, loss_part, wsq),
           shared_mem=plan["smem"])
         dW = cupy.empty_like(W)
         db = cupy.empty_like(b)

@@ -126,7 +126,9 @@ class NumpyBackend:
         Xn = self.normalise(X, x_mean, x_std, W.dtype)
         S = Xn @ W.T + b
         L, G = self.loss_grad(S, y, loss)
-        dW = G.T @ Xn
+        # (X^T G)^T, not G^T X: the same product, but BLAS runs the (d, n) x (n, C) shape with
+        # C small several times faster (80 ms against 16 ms at n=4096, d=3072, C=10, OpenBLAS).
+        dW = self.xp.ascontiguousarray((Xn.T @ G).T)
         if lam:
             dW += (2 * lam) * W
         db = G.sum(axis=0)

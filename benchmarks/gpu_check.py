@@ -113,7 +113,7 @@ def check_row_losses(rng, quick):
                 poison_pool(1 << 26)
                 out = cupy.full(S.shape, np.nan, dtype=dtype)
                 loss, dS = fn(S, yd, out=out)
-                cfg = (cb.ce_kernel_config if loss_name == "softmax" else cb.svm_kernel_config)(C, dtype)[0]
+                cfg = (cb.ce_kernel_config if loss_name == "softmax" else cb.svm_kernel_config)(C, dtype).name
                 written = bool(cupy.isfinite(dS).all())
                 err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - float(ref_loss)) / max(1e-30, abs(float(ref_loss))))
                 if not written:
@@ -171,45 +171,23 @@ def check_linear(rng, quick):
         record("linear", f"{'fused' if plan else 'fallback'} softmax n={n} d={d} C={C} u8", err, 1e-5, n=n, d=d, C=C)
 
 
-LINEAR_VARIANTS = [dict(defer=False, nbuf=2), dict(defer=False, nbuf=4), dict(defer=True, nbuf=3),
-                   dict(defer=True, nbuf=4)]
-
-
-def check_linear_variants(rng):
-    """Every pipeline variant of the fused linear kernel, at one shape above one grid."""
+def check_long_row_variants(rng):
+    """Both kernels for long softmax rows (a block per row, or the streamed persistent kernel)."""
     be = gg.get_backend("cupy")
-    n, d, C = 4097, 3072, 10
-    X64, W64 = rng.standard_normal((n, d)), rng.standard_normal((C, d)) * 0.05
-    b64, y = rng.standard_normal(C) * 0.1, rng.integers(0, C, n)
-    Xu = rng.integers(0, 256, (n, d), dtype=np.uint8)
-    mean, std = Xu.mean(0), Xu.std(0) + 1
-    X, W, b = (cupy.asarray(a.astype(np.float32)) for a in (X64, W64, b64))
-    saved = dict(be.linear_options)
-    try:
-        for opts in LINEAR_VARIANTS:
-            be.linear_options.update(opts)
-            for loss_name in ("softmax", "svm"):
-                J_ref, dW_ref, db_ref = NP.linear_grad(X64, y, W64, b64, 0.01, loss_name)
-                poison_pool(1 << 27)
-                J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, 0.01, loss_name)
-                err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
-                record("variant", f"{opts} {loss_name} f32", err, 1e-5)
-            J_ref, dW_ref, db_ref = NP.linear_grad(Xu, y, W64, b64, 0.01, "softmax", mean, std)
-            J, dW, db = be.linear_grad(cupy.asarray(Xu), cupy.asarray(y), W, b, 0.01, "softmax",
-                                       cupy.asarray(mean.astype(np.float32)), cupy.asarray(std.astype(np.float32)))
-            err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
-            record("variant", f"{opts} softmax u8", err, 1e-5)
-    finally:
-        be.linear_options.clear()
-        be.linear_options.update(saved)
-    for variant in ("b_k32", "b512_k64"):
+    for variant, C in (("block", 32768), ("stream", 32768), ("stream", 9001), ("stream", 16383)):
         cb.CE_LONG_ROWS["variant"] = variant
-        S64, yy = rand_scores(rng, 33, 32768), rng.integers(0, 32768, 33)
+        S64, yy = rand_scores(rng, 1000, C), rng.integers(0, C, 1000)
         ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, yy)
         out = cupy.full(S64.shape, np.nan, np.float32)
         loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64.astype(np.float32)), cupy.asarray(yy), out=out)
         err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - ref_loss) / abs(ref_loss))
-        record("variant", f"CE long rows {variant} n=33 C=32768 f32", err, 1e-5)
+        record("variant", f"CE long rows {variant} n=1000 C={C} f32", err, 1e-5)
+        S64 = S64[:, :C - 1]
+        yy = np.minimum(yy, C - 2)
+        ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, yy)
+        loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64), cupy.asarray(yy), out=cupy.full(S64.shape, np.nan))
+        err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - ref_loss) / abs(ref_loss))
+        record("variant", f"CE long rows {variant} n=1000 C={C - 1} f64", err, 1e-12)
     cb.CE_LONG_ROWS["variant"] = DEFAULT_LONG
 
 
@@ -288,7 +266,6 @@ def copy_bandwidth():
     a = cupy.random.random(n, dtype=np.float32)
     b = cupy.empty_like(a)
     med, _, _ = time_batches(lambda: b.__setitem__(Ellipsis, a), [()], reps=5, batches=10)
-    del a, b
     return 2 * n * 4 / (med * 1e-6)
 
 
@@ -350,7 +327,7 @@ def bench_ce(bw, rng, quick):
         outs = [cupy.empty((n, C), np.float32) for _ in range(2)]
         wl = f"CE fwd+grad S {n}x{C} f32"
         if C == 32768:
-            for variant in ("b_k32", "b512_k64"):
+            for variant in ("block", "stream"):
                 cb.CE_LONG_ROWS["variant"] = variant
                 add_timing(wl, f"gpugrad kernel {variant}",
                            time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
@@ -366,7 +343,6 @@ def bench_ce(bw, rng, quick):
         if HAVE_TORCH:
             tsets = [(torch.as_tensor(S, device="cuda"), torch.as_tensor(y, device="cuda")) for S, y in sets]
             add_timing(wl, "PyTorch eager", torch_time(torch_ce, tsets), floor)
-        del sets, outs
     # SVM on the middle shape
     n, C = 8192, 1024
     nbytes = n * C * 4
@@ -376,7 +352,6 @@ def bench_ce(bw, rng, quick):
 
 
 def plain_cupy_linear(X, y, W, b, lam):
-    n = X.shape[0]
     S = X @ W.T + b
     loss, G = plain_cupy_ce(S, y)
     dW = G.T @ X + 2 * lam * W
@@ -389,15 +364,6 @@ def torch_linear(X, y, W, b, lam):
     J = F.cross_entropy(X @ W.T + b, y) + lam * (W * W).sum()
     J.backward()
     return J, W.grad, b.grad
-
-
-def time_linear_variants(be, wl, fn, sets, floor):
-    saved = dict(be.linear_options)
-    for opts in LINEAR_VARIANTS:
-        be.linear_options.update(opts)
-        add_timing(wl, f"fused defer={int(opts['defer'])} nbuf={opts['nbuf']}", time_batches(fn, sets, reps=5), floor)
-    be.linear_options.clear()
-    be.linear_options.update(saved)
 
 
 def bench_linear(bw, rng, quick, compile_torch):
@@ -414,7 +380,6 @@ def bench_linear(bw, rng, quick, compile_torch):
             sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=np.float32)), cupy.asarray(rng.integers(0, C, n)))
                     for _ in range(k)]
             wl = f"linear step n={n} d={d} C={C} f32"
-            time_linear_variants(be, wl, lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"), sets, floor)
             add_timing(wl, "gpugrad fused", time_batches(lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"), sets, reps=5), floor)
             add_timing(wl, "gpugrad API, validate=True", time_batches(lambda X, y: gg.linear_grad(X, y, W, b, lam), sets, reps=5), floor)
             add_timing(wl, "plain CuPy (cuBLAS)", time_batches(lambda X, y: plain_cupy_linear(X, y, W, b, lam), sets, reps=5), floor)
@@ -431,7 +396,6 @@ def bench_linear(bw, rng, quick, compile_torch):
             mean = cupy.full(d, 120.0, np.float32)
             std = cupy.full(d, 64.0, np.float32)
             wl = f"linear step n={n} d={d} C={C} uint8"
-            time_linear_variants(be, wl, lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, floor)
             add_timing(wl, "gpugrad fused", time_batches(
                 lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, reps=5), floor)
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
@@ -507,7 +471,7 @@ def main():
     check_validation()
     check_row_losses(rng, args.quick)
     check_linear(rng, args.quick)
-    check_linear_variants(rng)
+    check_long_row_variants(rng)
 
     if not args.skip_timing:
         log("== timing")

@@ -16,7 +16,7 @@
 //   loss     one warp per row turns its C scores into the loss and G[r][:] (softmax: the fused
 //            p - y of rowmath.cuh; svm: the hinge indicators);
 //   phase 2  dW[c][k] += G[r][c] X[r][k] accumulates in registers, from the same X values.
-// X tiles stream into shared memory with cp.async, nbuf row groups deep (gg_linear_step).
+// X tiles stream into shared memory with cp.async, one row group ahead of the compute.
 #pragma once
 #include "common.cuh"
 #include "rowmath.cuh"
@@ -47,17 +47,6 @@ struct GgButterfly {
         }
     }
 };
-
-__device__ __forceinline__ unsigned gg_smem_addr(const void* p) {
-    return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void gg_cp_async16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(gg_smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void gg_cp_async4(void* dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(gg_smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void gg_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // Stage RG rows of X (starting at row0) into shared memory. Rows are dpad elements apart there,
 // dpad a multiple of 16 bytes so that 16-byte copies stay aligned. `vec` says whether the rows in
@@ -129,37 +118,27 @@ struct GgLinearShape {
     static constexpr int KPT = C <= 5 ? 8 : (C <= 10 ? 6 : 4);       // columns per thread
 };
 
-// X staged nbuf row groups deep: group i is in buffer i % nbuf. Without `defer` a group is
-// finished in its own iteration (three barriers). With `defer`, phase 2 of group i-1 runs while
-// warps 0..RG-1 compute the loss of group i, so the loss's chain of dependent shuffles hides
-// behind the other warps' FMAs and one barrier per group goes (X of group i-1 is re-read from its
-// still-resident buffer; no extra registers). Prefetch distance: nbuf - 1, or nbuf - 2 with defer.
 template <typename TX, int C>
 __device__ __forceinline__ void gg_linear_step(
     const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W,
     const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_inv_std,
-    gg_i64 n, int d, int dpad, int vec, int loss_kind, int nbuf, int defer, float* __restrict__ dW_part,
+    gg_i64 n, int d, int dpad, int vec, int loss_kind, float* __restrict__ dW_part,
     float* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq) {
     using Sh = GgLinearShape<TX, C>;
     constexpr int RG = Sh::RG, KPT = Sh::KPT, NPART = Sh::NPART, PP2 = Sh::PP2;
     const int T = blockDim.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = T >> 5;
 
-    // Shared memory: Ws[C][d] | red[nwarps][32] | Gs[2][RG][C] | Xs[nbuf][RG][dpad].
+    // Shared memory: Ws[C][d] | red[nwarps][32] | Gs[RG][C] | Xs[2][RG][dpad].
     extern __shared__ __align__(16) unsigned char gg_smem[];
     float* Ws = reinterpret_cast<float*>(gg_smem);
     float* red = Ws + C * d;
     float* Gs = red + nwarps * 32;
-    TX* Xs = reinterpret_cast<TX*>(gg_smem + ((sizeof(float) * (C * d + nwarps * 32 + 2 * RG * C) + 15) / 16) * 16);
+    TX* Xs = reinterpret_cast<TX*>(gg_smem + ((sizeof(float) * (C * d + nwarps * 32 + RG * C) + 15) / 16) * 16);
     __shared__ double scratch[32];
 
     const gg_i64 ngroups = (n + RG - 1) / RG;
-    const gg_i64 g0 = blockIdx.x, gstep = gridDim.x;
-    const int dist = defer ? nbuf - 2 : nbuf - 1;
-    for (int i = 0; i < dist; ++i) {
-        const gg_i64 g = g0 + i * gstep;
-        if (g < ngroups) gg_stage_rows<TX, RG>(Xs + i * RG * dpad, X, g * RG, n, d, dpad, vec);
-        else gg_cp_async_commit();
-    }
+    gg_i64 g = blockIdx.x;
+    if (g < ngroups) gg_stage_rows<TX, RG>(Xs, X, g * RG, n, d, dpad, vec);
 
     // W into shared memory once per block; ||W||^2 on the way (block 0 writes it).
     double wsq_local = 0.0;
@@ -187,8 +166,16 @@ __device__ __forceinline__ void gg_linear_step(
     double loss_acc = 0.0;
     const float inv_n = 1.0f / (float)n;
 
-    // Phase 2 of group g (buffer xs, gradients gs): dW[c][k] += G[r][c] X[r][k], this thread's columns.
-    auto phase2 = [&](const TX* xs, const float* gs, gg_i64 g) {
+    for (int it = 0; g < ngroups; g += gridDim.x, ++it) {
+        const int stage = it & 1;
+        const gg_i64 gnext = g + gridDim.x;
+        if (gnext < ngroups) gg_stage_rows<TX, RG>(Xs + (stage ^ 1) * RG * dpad, X, gnext * RG, n, d, dpad, vec);
+        else gg_cp_async_commit();  // an empty group keeps wait_group's count uniform
+        asm volatile("cp.async.wait_group 1;\n" ::);
+        __syncthreads();
+
+        // Phase 1: this thread's share of the RG x C dot products.
+        const TX* xs = Xs + stage * RG * dpad;
         float xr[RG][KPT];
 #pragma unroll
         for (int r = 0; r < RG; ++r) {
@@ -199,60 +186,23 @@ __device__ __forceinline__ void gg_linear_step(
                 xr[r][j] = (row_ok && k < d) ? gg_load_x<TX>(xs + r * dpad, k, mean[j], istd[j]) : 0.f;
             }
         }
+        float part[PP2];
 #pragma unroll
-        for (int r = 0; r < RG; ++r)
+        for (int p = 0; p < PP2; ++p) part[p] = 0.f;
 #pragma unroll
-            for (int c = 0; c < C; ++c) {
-                const float gv = gs[r * C + c];
+        for (int j = 0; j < KPT; ++j) {
+            const int k = threadIdx.x + j * T;
+            if (k < d) {
 #pragma unroll
-                for (int j = 0; j < KPT; ++j) dw[c][j] = fmaf(gv, xr[r][j], dw[c][j]);
+                for (int c = 0; c < C; ++c) {
+                    const float w = Ws[c * d + k];
+#pragma unroll
+                    for (int r = 0; r < RG; ++r) part[r * C + c] = fmaf(xr[r][j], w, part[r * C + c]);
+                }
             }
-    };
-
-    for (int it = 0;; ++it) {
-        const gg_i64 g = g0 + it * gstep;
-        const bool has_cur = g < ngroups;
-        const bool has_prev = it > 0 && g - gstep < ngroups;
-        if (!has_cur && !(defer && has_prev)) break;
-        if (dist >= 3) asm volatile("cp.async.wait_group 2;\n" ::);
-        else if (dist == 2) asm volatile("cp.async.wait_group 1;\n" ::);
-        else asm volatile("cp.async.wait_group 0;\n" ::);
-        __syncthreads();  // group it's rows are in shared memory; every thread is done with it - 1
-        {
-            const gg_i64 gn = g + dist * gstep;
-            if (gn < ngroups) gg_stage_rows<TX, RG>(Xs + ((it + dist) % nbuf) * RG * dpad, X, gn * RG, n, d, dpad, vec);
-            else gg_cp_async_commit();  // an empty group keeps wait_group's count uniform
         }
-        const TX* xs = Xs + (it % nbuf) * RG * dpad;
-        float* gs = Gs + (it & 1) * RG * C;
-        if (has_cur) {
-            // Phase 1: this thread's share of the RG x C dot products.
-            float xr[RG][KPT];
-#pragma unroll
-            for (int r = 0; r < RG; ++r) {
-                const bool row_ok = g * RG + r < n;
-#pragma unroll
-                for (int j = 0; j < KPT; ++j) {
-                    const int k = threadIdx.x + j * T;
-                    xr[r][j] = (row_ok && k < d) ? gg_load_x<TX>(xs + r * dpad, k, mean[j], istd[j]) : 0.f;
-                }
-            }
-            float part[PP2];
-#pragma unroll
-            for (int p = 0; p < PP2; ++p) part[p] = 0.f;
-#pragma unroll
-            for (int j = 0; j < KPT; ++j) {
-                const int k = threadIdx.x + j * T;
-                if (k < d) {
-#pragma unroll
-                    for (int c = 0; c < C; ++c) {
-                        const float w = Ws[c * d + k];
-#pragma unroll
-                        for (int r = 0; r < RG; ++r) part[r * C + c] = fmaf(xr[r][j], w, part[r * C + c]);
-                    }
-                }
-            }
-            GgButterfly<16, PP2>::run(part, lane);
+        GgButterfly<16, PP2>::run(part, lane);
+        {
             constexpr int SHIFT = (PP2 == 32) ? 0 : (PP2 == 16) ? 1 : (PP2 == 8) ? 2 : (PP2 == 4) ? 3 : (PP2 == 2) ? 4 : 5;
             const int e = lane >> SHIFT;
             if ((lane & ((1 << SHIFT) - 1)) == 0 && e < NPART) red[warp * 32 + e] = part[0];
@@ -260,7 +210,7 @@ __device__ __forceinline__ void gg_linear_step(
         __syncthreads();
 
         // Loss: warp r finishes row r's scores and turns them into G[r][:].
-        if (has_cur && warp < RG) {
+        if (warp < RG) {
             const gg_i64 row = g * RG + warp;
             const bool row_ok = row < n;
             float s = -gg_inf<float>();
@@ -270,17 +220,23 @@ __device__ __forceinline__ void gg_linear_step(
             }
             const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
             const float gval = gg_row_loss_grad(s, lane, C, yv, row_ok, loss_kind, inv_n, &loss_acc);
-            if (lane < C) { gs[warp * C + lane] = gval; db_acc += gval; }
+            if (lane < C) { Gs[warp * C + lane] = gval; db_acc += gval; }
         }
-        if (!defer) {
-            __syncthreads();
-            if (has_cur) phase2(xs, gs, g);
-        } else if (has_prev) {
-            phase2(Xs + ((it + nbuf - 1) % nbuf) * RG * dpad, Gs + ((it + 1) & 1) * RG * C, g - gstep);
-        }
+        __syncthreads();
+
+        // Phase 2: dW[c][k] += G[r][c] X[r][k] for this thread's columns, X still in registers.
+#pragma unroll
+        for (int r = 0; r < RG; ++r)
+#pragma unroll
+            for (int c = 0; c < C; ++c) {
+                const float gv = Gs[r * C + c];
+#pragma unroll
+                for (int j = 0; j < KPT; ++j) dw[c][j] = fmaf(gv, xr[r][j], dw[c][j]);
+            }
     }
 
-    // This block's partials: dW from registers, db and loss through shared memory.
+    // This block's partials: dW from registers, db and loss through shared memory (red is free:
+    // every thread has passed the last barrier of the loop, and the loop's reads of red are done).
 #pragma unroll
     for (int c = 0; c < C; ++c)
 #pragma unroll
@@ -332,10 +288,9 @@ extern "C" __global__ void __launch_bounds__(256) gg_linear_finish(
 
 #define GG_LIN_ARGS(TX) const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W, \
     const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_inv_std, gg_i64 n, \
-    int d, int dpad, int vec, int loss_kind, int nbuf, int defer, float* __restrict__ dW_part,                  \
-    float* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq
-#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_inv_std, n, d, dpad, vec, loss_kind, nbuf, defer, dW_part, db_part, \
-    loss_part, wsq
+    int d, int dpad, int vec, int loss_kind, float* __restrict__ dW_part, float* __restrict__ db_part,           \
+    double* __restrict__ loss_part, double* __restrict__ wsq
+#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_inv_std, n, d, dpad, vec, loss_kind, dW_part, db_part, loss_part, wsq
 
 // Entry points gg_linear_<x>_c<C>: x = f32 (float X) or u8 (uint8 X with mean / inv_std), C = 1..16.
 #define GG_LIN(TN, TX, C) \

@@ -10,6 +10,9 @@
 //   - small C: G = 1..32 lanes of a warp per row (a thread per row for C <= 8): no generic
 //     segmented reduction, which is slow on the 10-class rows of CIFAR-10 or digits;
 //   - large C: the whole block (blockDim.x threads) per row, K values each;
+//   - long rows (thousands of classes): gg_ce_stream, a persistent block per SM that works on one
+//     row in shared memory while the next row's loads are in flight into registers, so the memory
+//     system stays busy through the block-wide reductions;
 //   - rows too long for the registers: ce_online, two passes (online max/sum, then the write).
 #pragma once
 #include "common.cuh"
@@ -50,9 +53,7 @@ __device__ __forceinline__ void gg_block_merge_online(T& m, T& o, T* ms, T* os) 
     for (int w = 1; w < (int)(blockDim.x >> 5); ++w) gg_online_merge(m, o, ms[w], os[w]);
 }
 
-// The row kept in registers. TEAM = G lanes (G <= 32) or 0 for "the whole block". A block team
-// forms its max and its sum in one block-wide pass (online statistics per thread, merged once),
-// because every block-wide reduction costs two barriers with nothing else to run on the SM.
+// The row kept in registers. TEAM = G lanes (G <= 32) or 0 for "the whole block".
 template <typename T, int G, int K>
 __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* __restrict__ y, int y64,
                                            T* __restrict__ dS, gg_i64 n, int C, double* partials,
@@ -66,8 +67,15 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
     const bool valid = row < n;
     const T* s = S + row * C;
 
-    auto team_max = [&](T v) { return gg_subwarp_reduce<(G > 0 ? G : 32)>(v, GgMax()); };
-    auto team_sum = [&](T v) { return gg_subwarp_reduce<(G > 0 ? G : 32)>(v, GgSum()); };
+    __shared__ T tscratch[32];
+    auto team_max = [&](T v) {
+        if constexpr (BLOCK_TEAM) return gg_block_reduce(v, GgMax(), tscratch);
+        else return gg_subwarp_reduce<G>(v, GgMax());
+    };
+    auto team_sum = [&](T v) {
+        if constexpr (BLOCK_TEAM) return gg_block_reduce(v, GgSum(), tscratch);
+        else return gg_subwarp_reduce<G>(v, GgSum());
+    };
 
     // One read of the row: K independent loads per thread are in flight before the first use.
     T v[K];
@@ -78,28 +86,18 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
         v[j] = (valid && idx < C) ? s[idx] : -gg_inf<T>();
         mx = v[j] > mx ? v[j] : mx;
     }
+    mx = team_max(mx);
     const GgCeRow<T> r = gg_ce_row_begin(s, y, y64, row, C, valid);
+    // One exponential per entry, kept in v[] for the write: measured faster than forming max and
+    // sum in a single online pass, which needs a second exponential per entry.
     T others = 0;
-    if constexpr (BLOCK_TEAM) {
-        __shared__ T ms[32], os[32];
 #pragma unroll
-        for (int j = 0; j < K; ++j) {
-            const int idx = lane + j * step;
-            if (idx < C && idx != r.yv) others += exp(v[j] - mx);
-        }
-        gg_block_merge_online(mx, others, ms, os);
-#pragma unroll
-        for (int j = 0; j < K; ++j) v[j] = exp(v[j] - mx);  // -inf past the row's end -> 0
-    } else {
-        mx = team_max(mx);
-#pragma unroll
-        for (int j = 0; j < K; ++j) {
-            const int idx = lane + j * step;
-            v[j] = idx < C ? exp(v[j] - mx) : T(0);
-            if (idx != r.yv) others += v[j];
-        }
-        others = team_sum(others);
+    for (int j = 0; j < K; ++j) {
+        const int idx = lane + j * step;
+        v[j] = idx < C ? exp(v[j] - mx) : T(0);
+        if (idx != r.yv) others += v[j];
     }
+    others = team_sum(others);
     const T e_y = exp(r.s_y - mx);
     const T total = others + e_y;
     const T scale = T(1) / (T(n) * total);
@@ -146,13 +144,74 @@ __device__ __forceinline__ void gg_ce_online(const T* __restrict__ S, const void
     gg_grid_mean(l, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
 
+// Long rows, streamed: grid = one block per SM, each walking rows blockIdx.x, + gridDim.x, ...
+// The registers are the prefetch buffer: the loads of row r+1 are issued into v[] before row r,
+// parked in shared memory, is reduced and written, and they are consumed only when row r+1 is
+// stored to shared memory in the next iteration. So the memory system stays busy through the
+// block-wide reductions (with a block per row and one block per SM, it idles during them).
+// K values a thread, blockDim.x * K >= C; dynamic shared memory: C values.
+template <typename T, int K>
+__device__ __forceinline__ void gg_ce_stream(const T* __restrict__ S, const void* __restrict__ y, int y64,
+                                             T* __restrict__ dS, gg_i64 n, int C, double* partials,
+                                             unsigned* ticket, T* loss_out) {
+    extern __shared__ __align__(16) unsigned char gg_row_smem[];
+    T* row_s = reinterpret_cast<T*>(gg_row_smem);
+    __shared__ double scratch[32];
+    __shared__ T ms[32], os[32];
+    const int t = threadIdx.x, step = blockDim.x;
+
+    T v[K];
+    auto load = [&](gg_i64 row) {
+        const T* src = S + row * C;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const int idx = t + j * step;
+            if (idx < C) v[j] = src[idx];
+        }
+    };
+    double loss_acc = 0.0;
+    gg_i64 row = blockIdx.x;
+    if (row < n) load(row);
+    for (; row < n; row += gridDim.x) {
+        __syncthreads();  // every thread is done reading the previous row from shared memory
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const int idx = t + j * step;
+            if (idx < C) row_s[idx] = v[j];
+        }
+        __syncthreads();
+        if (row + gridDim.x < n) load(row + gridDim.x);  // in flight while this row is processed
+
+        const gg_i64 yv = gg_label(y, y64, row);
+        const bool ok = yv >= 0 && yv < C;
+        const T s_y = ok ? row_s[yv] : (T)__longlong_as_double(0x7ff8000000000000LL);
+        T mx = -gg_inf<T>();
+        for (int idx = t; idx < C; idx += step) mx = row_s[idx] > mx ? row_s[idx] : mx;
+        mx = gg_block_reduce(mx, GgMax(), ms);
+        // One exponential per entry (the special-function unit is this kernel's other limit):
+        // e_j replaces s_j in shared memory; each thread rewrites only entries it reads itself.
+        T others = 0;
+        for (int idx = t; idx < C; idx += step) {
+            const T e = exp(row_s[idx] - mx);
+            row_s[idx] = e;
+            if (idx != yv) others += e;
+        }
+        others = gg_block_reduce(others, GgSum(), os);
+        const T e_y = exp(s_y - mx), total = others + e_y;
+        const T scale = T(1) / (T(n) * total);
+        T* g = dS + row * C;
+        for (int idx = t; idx < C; idx += step) g[idx] = gg_ce_grad(idx == yv, row_s[idx], others, scale);
+        if (t == 0) loss_acc += (double)gg_ce_row_loss(s_y - mx, e_y, others, total);
+    }
+    gg_grid_mean(loss_acc, partials, ticket, loss_out, 1.0 / (double)n, scratch);
+}
+
 #define GG_CE_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
                       gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
 #define GG_CE_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
 
 // Entry points: gg_ce_<t>_w<G>_k<K> (G lanes per row, 256-thread blocks), gg_ce_<t>_b_k<K>
-// (a 1024-thread block per row), gg_ce_f32_b512_k64 (a 512-thread block per row),
-// gg_ce_<t>_online (a block per row, two passes).
+// (a 1024-thread block per row), gg_ce_<t>_online (a block per row, two passes).
 #define GG_CE_TEAM(TN, T, G, K) \
     extern "C" __global__ void __launch_bounds__(256) gg_ce_##TN##_w##G##_k##K(GG_CE_ARGS(T)) { \
         gg_ce_regs<T, G, K>(GG_CE_PASS); }
@@ -171,7 +230,11 @@ __device__ __forceinline__ void gg_ce_online(const T* __restrict__ S, const void
 
 GG_CE_ALL(f32, float)
 GG_CE_ALL(f64, double)
+
+// Entry points gg_ce_<t>_s<THREADS>_k<K>: the streamed long-row kernel (persistent grid).
+#define GG_CE_STREAM(TN, T, THREADS, K) \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) gg_ce_##TN##_s##THREADS##_k##K(GG_CE_ARGS(T)) { \
+        gg_ce_stream<T, K>(GG_CE_PASS); }
+GG_CE_STREAM(f32, float, 1024, 32)
+GG_CE_STREAM(f64, double, 1024, 16)
 GG_CE_BLOCK(f32, float, 32)  // 32 floats a thread x 1024 threads: rows up to 32768 on chip
-// The same rows with half the threads and twice the registers each (no 64-register cap).
-extern "C" __global__ void __launch_bounds__(512) gg_ce_f32_b512_k64(GG_CE_ARGS(float)) {
-    gg_ce_regs<float, 0, 64>(GG_CE_PASS); }

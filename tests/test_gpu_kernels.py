@@ -53,7 +53,6 @@ def test_row_loss_kernels_match_numpy(n, C, dtype, loss, rng):
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_linear_grad_fused_matches_numpy(n, d, C, loss, rng):
     import cupy
-    be = gg.get_backend("cupy")
     X = rng.standard_normal((n, d))
     W = rng.standard_normal((C, d)) * 0.05
     b = rng.standard_normal(C) * 0.1

@@ -15,6 +15,9 @@ value checks (``validate=True``, the default) read one small array back to the h
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import cupy
 import numpy as np
 from cupy_backends.cuda.api import driver
@@ -24,9 +27,11 @@ from .numpy_backend import NumpyBackend
 
 _TYPE = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _BLOCK_K = {"f32": (2, 4, 8, 16, 32), "f64": (2, 4, 8, 16)}
-# Rows of 16385..32768 float32 classes: a 1024-thread block with 32 values a thread ("b_k32") or
-# a 512-thread block with 64 ("b512_k64"). benchmarks/gpu_check.py times both.
-CE_LONG_ROWS = {"variant": "b512_k64"}
+# Long rows go to the streamed kernel (a persistent block per SM, the next row in flight while the
+# current one is reduced) from this many classes on, up to 1024 * _STREAM_K values a row.
+_STREAM_FROM = {"f32": 8193, "f64": 8193}
+_STREAM_K = {"f32": 32, "f64": 16}
+CE_LONG_ROWS = {"variant": "stream"}  # or "block": a block per row (benchmarks/gpu_check.py times both)
 
 
 def _labels(y):
@@ -38,32 +43,48 @@ def _labels(y):
     return y.astype(np.int64), 1
 
 
-def ce_kernel_config(C: int, dtype) -> tuple[str, int, int]:
-    """(kernel name, threads per block, rows per block) of the softmax cross-entropy kernel for
-    rows of C classes. Small C: G lanes of a warp per row, K values a lane in registers; large
-    C: a 1024-thread block per row; past the registers: the two-pass online kernel."""
-    t = _TYPE[np.dtype(dtype)]
+class KernelConfig(NamedTuple):
+    """How to launch a row-loss kernel: its name, threads per block, rows per block, and whether
+    it is the persistent streamed kernel (grid = SMs, C values of dynamic shared memory)."""
+    name: str
+    threads: int
+    rows_per_block: int
+    stream: bool = False
+
+
+def ce_kernel_config(C: int, dtype, long_rows: str | None = None) -> KernelConfig:
+    """The softmax cross-entropy kernel for rows of C classes. Small C: G lanes of a warp per row,
+    K values a lane in registers; large C: the streamed kernel (``long_rows="stream"``, the
+    default in CE_LONG_ROWS) or a 1024-thread block per row ("block"); past the registers: the
+    two-pass online kernel."""
+    return _ce_kernel_config(C, np.dtype(dtype), long_rows or CE_LONG_ROWS["variant"])
+
+
+@functools.lru_cache(maxsize=None)
+def _ce_kernel_config(C: int, dtype, long_rows: str) -> KernelConfig:
+    t = _TYPE[dtype]
     for G in (1, 2, 4, 8, 16, 32):
         if C <= 8 * G:
-            return f"gg_ce_{t}_w{G}_k8", 256, 256 // G
+            return KernelConfig(f"gg_ce_{t}_w{G}_k8", 256, 256 // G)
     if C <= 1024:
-        return f"gg_ce_{t}_w32_k32", 256, 8
+        return KernelConfig(f"gg_ce_{t}_w32_k32", 256, 8)
+    if long_rows == "stream" and _STREAM_FROM[t] <= C <= 1024 * _STREAM_K[t]:
+        return KernelConfig(f"gg_ce_{t}_s1024_k{_STREAM_K[t]}", 1024, 1, stream=True)
     for K in _BLOCK_K[t]:
         if C <= 1024 * K:
-            if K == 32 and CE_LONG_ROWS["variant"] == "b512_k64":
-                return "gg_ce_f32_b512_k64", 512, 1
-            return f"gg_ce_{t}_b_k{K}", 1024, 1
-    return f"gg_ce_{t}_online", 1024, 1
+            return KernelConfig(f"gg_ce_{t}_b_k{K}", 1024, 1)
+    return KernelConfig(f"gg_ce_{t}_online", 1024, 1)
 
 
-def svm_kernel_config(C: int, dtype) -> tuple[str, int, int]:
-    """(kernel name, threads per block, rows per block) of the hinge kernel: G lanes per row,
-    about 8 entries a lane, a whole block per row past 1024 classes."""
+@functools.lru_cache(maxsize=None)
+def svm_kernel_config(C: int, dtype) -> KernelConfig:
+    """The hinge kernel: G lanes per row, about 8 entries a lane, a whole block per row past
+    1024 classes."""
     t = _TYPE[np.dtype(dtype)]
     for G in (1, 2, 4, 8, 16, 32):
         if C <= 8 * G or G == 32 and C <= 1024:
-            return f"gg_svm_{t}_w{G}", 256, 256 // G
-    return f"gg_svm_{t}_b", 1024, 1
+            return KernelConfig(f"gg_svm_{t}_w{G}", 256, 256 // G)
+    return KernelConfig(f"gg_svm_{t}_b", 1024, 1)
 
 
 def linear_shape(C: int) -> tuple[int, int]:
@@ -100,7 +121,6 @@ class CupyBackend(NumpyBackend):
     def __init__(self):
         self._workspaces = {}
         self._funcs = {}
-        self.linear_options = {"defer": True, "nbuf": None}
         dev = cupy.cuda.Device()
         self.sm_count = dev.attributes["MultiProcessorCount"]
         self.smem_optin = dev.attributes["MaxSharedMemoryPerBlockOptin"]
@@ -148,23 +168,37 @@ class CupyBackend(NumpyBackend):
         return label_pos, [-1 if v == none else int(v) for v in host[1:]]
 
     # ---- fused losses ----------------------------------------------------------------------------
-    def _row_loss(self, config, S, y, out):
-        name, threads, rows_per_block = config
+    def _row_loss(self, config: KernelConfig, S, y, out):
         if not S.flags.c_contiguous:
             S = cupy.ascontiguousarray(S)
         y, y64 = _labels(y)
         n, C = S.shape
-        grid = (n + rows_per_block - 1) // rows_per_block
-        ws = self.workspace()
         if out is None:
             out = cupy.empty_like(S)
         elif out.shape != S.shape or out.dtype != S.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {S.dtype} array of shape {S.shape}")
-        dS = out
+        f = self.kernel(config.name)
+        smem = 0
+        if config.stream:
+            grid = min(n, self.sm_count)
+            smem = C * S.itemsize
+            if f.max_dynamic_shared_size_bytes < smem:
+                f.max_dynamic_shared_size_bytes = smem
+        elif config.rows_per_block > 1:
+            # Short rows (G lanes a row): shrink the blocks until there are two per SM, so that a
+            # batch of a few thousand rows spreads over the whole chip.
+            threads, rows_per_block = config.threads, config.rows_per_block
+            while threads > 64 and -(-n // rows_per_block) < 2 * self.sm_count:
+                threads, rows_per_block = threads // 2, rows_per_block // 2
+            grid = -(-n // rows_per_block)
+            config = config._replace(threads=threads)
+        else:  # a block per row: the kernel's K values a thread assume config.threads threads
+            grid = n
+        ws = self.workspace()
         loss = cupy.empty((), dtype=S.dtype)
-        self.kernel(name)((grid,), (threads,), (S, y, np.int32(y64), dS, np.int64(n), np.int32(C),
-                                                ws.partials_for(grid), ws.ticket, loss))
-        return loss, dS
+        f((grid,), (config.threads,), (S, y, np.int32(y64), out, np.int64(n), np.int32(C),
+                                       ws.partials_for(grid), ws.ticket, loss), shared_mem=smem)
+        return loss, out
 
     def softmax_cross_entropy_grad(self, S, y, out=None):
         return self._row_loss(ce_kernel_config(S.shape[1], S.dtype), S, y, out)
@@ -175,9 +209,7 @@ class CupyBackend(NumpyBackend):
     # ---- the fused linear step ----------------------------------------------------------------
     def linear_plan(self, X, W, x_mean):
         """Launch parameters of the fused linear kernel for these inputs, or None when it does not
-        apply (then the inherited matmul path runs). ``self.linear_options`` picks the pipeline:
-        ``defer`` (phase 2 of a row group overlaps the next group's loss) and ``nbuf`` (X row
-        groups staged in shared memory; None = as many as fit, up to 4)."""
+        apply (then the inherited matmul path runs)."""
         n, d = X.shape
         C = W.shape[0]
         if W.dtype != np.float32 or not 1 <= C <= 16:
@@ -195,16 +227,11 @@ class CupyBackend(NumpyBackend):
         threads = max(32 * rg, -(-cols // 32) * 32)
         item = X.dtype.itemsize
         dpad = -(-d * item // 16) * 16 // item
-        fixed = -(-4 * (C * d + threads + 2 * rg * C) // 16) * 16
-        defer = bool(self.linear_options.get("defer", True))
-        wanted = self.linear_options.get("nbuf") or 4
-        # 1 KB is left for the kernel's static shared memory.
-        fits = [k for k in range(3 if defer else 2, wanted + 1) if fixed + k * rg * dpad * item + 1024 <= self.smem_optin]
-        if not fits:
+        # Ws[C][d] | red[threads] | Gs[RG][C], 16-byte aligned, then two X row groups.
+        smem = -(-4 * (C * d + threads + rg * C) // 16) * 16 + 2 * rg * dpad * item
+        if smem + 1024 > self.smem_optin:  # 1 KB for the kernel's static shared memory
             return None
-        nbuf = max(fits)
-        return dict(name=f"gg_linear_{tname}_c{C}", threads=threads, smem=fixed + nbuf * rg * dpad * item,
-                    dpad=dpad, rg=rg, nbuf=nbuf, defer=int(defer))
+        return dict(name=f"gg_linear_{tname}_c{C}", threads=threads, smem=smem, dpad=dpad, rg=rg)
 
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
         plan = self.linear_plan(X, W, x_mean)
@@ -235,7 +262,7 @@ class CupyBackend(NumpyBackend):
         f((grid,), (plan["threads"],),
           (X, y, np.int32(y64), W, b, null if mean is None else mean, null if inv_std is None else inv_std,
            np.int64(n), np.int32(d), np.int32(plan["dpad"]), np.int32(vec), np.int32(0 if loss == "softmax" else 1),
-           np.int32(plan["nbuf"]), np.int32(plan["defer"]), dW_part, db_part, loss_part, wsq),
+           dW_part, db_part, loss_part, wsq),
           shared_mem=plan["smem"])
         dW = cupy.empty_like(W)
         db = cupy.empty_like(b)

@@ -111,7 +111,7 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
         >>> rng = np.random.default_rng(0)
         >>> X, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
         >>> J, dW, db = gg.linear_grad(X, y, np.zeros((3, 5)), np.zeros(3), lam=0.1)
-        >>> round(float(J), 6) == round(np.log(3), 6), dW.shape, db.shape
+        >>> bool(np.isclose(J, np.log(3))), dW.shape, db.shape
         (True, (3, 5), (3,))
     """
     _checks.check_loss_name(loss)

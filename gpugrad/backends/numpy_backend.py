@@ -75,7 +75,7 @@ class NumpyBackend:
         near_max = shift > -1
         safe_e_y = xp.where(near_max, e_y, 1)
         l = xp.where(near_max, xp.log1p(others / safe_e_y), xp.log(total) - shift)
-        return l.mean(dtype=S.dtype)
+        return self.xp.asarray(l.mean(dtype=S.dtype))
 
     def svm_grad(self, S, y, out=None):
         """Mean multi-class hinge loss of the rows of S and its (sub)gradient.
@@ -90,7 +90,7 @@ class NumpyBackend:
         margins = S - S[rows, y][:, None] + 1
         margins[rows, y] = 0
         active = margins > 0
-        loss = xp.where(active, margins, 0).sum(dtype=S.dtype) / n
+        loss = xp.asarray(xp.where(active, margins, 0).sum(dtype=S.dtype) / n)
         dS = active.astype(S.dtype)
         dS[rows, y] = -active.sum(axis=1)
         dS /= n

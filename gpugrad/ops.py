@@ -1,0 +1,443 @@
+"""The operations on tensors, and below them their local derivatives as VJP rules.
+
+Each op computes its value with the array module of its inputs (numpy or cupy) and records a
+node (``gpugrad.graph.record``). Each op's local derivative is registered once, with
+``defvjp(op, rule_for_child_0, rule_for_child_1, ...)``; a rule maps the upstream gradient
+``g = dJ/d(out)`` to ``g @ d(out)/d(child)`` without ever forming that Jacobian. All rules have
+the signature ``rule(g, ans, *children_values, **params)`` where ``ans`` is the op's value.
+
+The two losses differentiate with their fused rules, ``dJ/dS = (P - Y) / n`` (cross-entropy)
+and the hinge indicator matrix (SVM), computed by the backend in the same pass as the loss:
+never as softmax, log and their chained Jacobians.
+
+    >>> import numpy as np, gpugrad as gg
+    >>> S = gg.tensor(np.array([[2.0, 0.0]]), requires_grad=True)
+    >>> loss = gg.cross_entropy(S, np.array([0]))
+    >>> loss.backward()
+    >>> round(loss.item(), 4), S.grad.round(4).tolist()
+    (0.1269, [[-0.1192, 0.1192]])
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _checks
+from .backends import backend_for
+from .graph import Tensor, defvjp, record
+
+__all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",
+           "sum", "mean", "transpose", "reshape", "getitem", "softmax", "cross_entropy",
+           "svm_loss", "unbroadcast"]
+
+
+def _xp(a):
+    """numpy or cupy: the module that owns array ``a``."""
+    return backend_for(a).xp
+
+
+def _as_tensor(x, like: Tensor | None = None) -> Tensor:
+    """``x`` itself if it is a Tensor, else a constant node on ``like``'s backend.
+
+    A Python number takes the dtype numpy would give it next to ``like`` (float32 stays
+    float32 in ``2 * t``), so constants never silently widen a float32 graph to float64.
+    """
+    if isinstance(x, Tensor):
+        return x
+    if like is None:
+        return Tensor(x)
+    xp = like.xp
+    if isinstance(x, (bool, int, float)):
+        x = xp.asarray(x, dtype=xp.result_type(like.value, x))
+    elif isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
+        x = xp.asarray(x)  # a numpy operand of a cupy tensor moves to the device
+    const = Tensor(x)
+    const._op = "const"
+    return const
+
+
+def _operands(a, b):
+    """Both operands of a binary op as Tensors (non-Tensors become constants)."""
+    like = a if isinstance(a, Tensor) else b
+    return _as_tensor(a, like), _as_tensor(b, like)
+
+
+def unbroadcast(g, shape):
+    """Sum ``g`` (the gradient of a broadcast result) down to an operand's ``shape``.
+
+    Broadcasting copies an operand along new leading axes and along its axes of length 1, so
+    its gradient is the sum of ``g`` over those axes. Used by every binary rule.
+
+        >>> import numpy as np
+        >>> unbroadcast(np.ones((4, 3)), (3,)).tolist()   # a bias b (C,) in S = X W^T + b
+        [4.0, 4.0, 4.0]
+    """
+    shape = tuple(shape)
+    if tuple(g.shape) == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=stretched, keepdims=True) if stretched else g
+
+
+# ================================ forward: the operations ================================
+
+# ---- arithmetic (numpy broadcasting) ----
+
+def add(a, b):
+    """a + b, broadcast."""
+    a, b = _operands(a, b)
+    return record("add", a.value + b.value, (a, b))
+
+
+def sub(a, b):
+    """a - b, broadcast."""
+    a, b = _operands(a, b)
+    return record("sub", a.value - b.value, (a, b))
+
+
+def mul(a, b):
+    """a * b elementwise, broadcast."""
+    a, b = _operands(a, b)
+    return record("mul", a.value * b.value, (a, b))
+
+
+def div(a, b):
+    """a / b elementwise, broadcast."""
+    a, b = _operands(a, b)
+    return record("div", a.value / b.value, (a, b))
+
+
+def power(a, b):
+    """a ** b elementwise, broadcast (for the exponent's gradient, a must be > 0)."""
+    a, b = _operands(a, b)
+    return record("pow", a.value ** b.value, (a, b))
+
+
+def neg(a):
+    """-a."""
+    a = _as_tensor(a)
+    return record("neg", -a.value, (a,))
+
+
+def matmul(a, b):
+    """a @ b for 1-D and 2-D operands: (n, k) @ (k, m), (k,) @ (k, m), (n, k) @ (k,), (k,) @ (k,).
+
+    Raises ValueError naming both shapes when the inner dimensions differ.
+
+        >>> import numpy as np, gpugrad as gg
+        >>> (gg.tensor(np.ones((2, 3))) @ np.ones(3)).value.tolist()
+        [3.0, 3.0]
+    """
+    a, b = _operands(a, b)
+    if a.ndim not in (1, 2) or b.ndim not in (1, 2):
+        raise ValueError(f"matmul: operands must be 1-D or 2-D, got shapes {a.shape} and {b.shape}")
+    if a.shape[-1] != b.shape[0]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not match: the last axis "
+                         f"of the first ({a.shape[-1]}) must equal the first axis of the "
+                         f"second ({b.shape[0]})")
+    return record("matmul", a.value @ b.value, (a, b))
+
+
+# ---- elementwise functions ----
+
+def exp(a):
+    """exp(a) elementwise."""
+    a = _as_tensor(a)
+    return record("exp", _xp(a.value).exp(a.value), (a,))
+
+
+def log(a):
+    """Natural log of a elementwise."""
+    a = _as_tensor(a)
+    return record("log", _xp(a.value).log(a.value), (a,))
+
+
+def relu(a):
+    """max(0, a) elementwise (derivative taken as 0 at a = 0)."""
+    a = _as_tensor(a)
+    return record("relu", _xp(a.value).maximum(a.value, 0), (a,))
+
+
+# ---- reductions and shape ----
+
+def _axes(axis, ndim):
+    """``axis`` (None, int or tuple, possibly negative) as a sorted tuple of axes, or None."""
+    if axis is None:
+        return None
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(sorted(ax % ndim for ax in axes))
+
+
+def sum(a, axis=None, keepdims=False):  # noqa: A001 (shadows the builtin, as numpy.sum does)
+    """Sum of a over ``axis`` (all axes when None)."""
+    a = _as_tensor(a)
+    axis = _axes(axis, a.ndim)
+    return record("sum", a.value.sum(axis=axis, keepdims=keepdims), (a,),
+                  axis=axis, keepdims=keepdims)
+
+
+def mean(a, axis=None, keepdims=False):
+    """Mean of a over ``axis`` (all axes when None)."""
+    a = _as_tensor(a)
+    axis = _axes(axis, a.ndim)
+    return record("mean", a.value.mean(axis=axis, keepdims=keepdims), (a,),
+                  axis=axis, keepdims=keepdims)
+
+
+def transpose(a):
+    """a.T (axes reversed)."""
+    a = _as_tensor(a)
+    return record("transpose", a.value.T, (a,))
+
+
+def reshape(a, shape):
+    """a with a new shape (same entries, row-major)."""
+    a = _as_tensor(a)
+    return record("reshape", a.value.reshape(tuple(shape)), (a,))
+
+
+def _index_on(xp, index):
+    """``index`` with Tensors unwrapped and arrays moved to ``xp`` (indices are constants)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    moved = []
+    for p in parts:
+        if isinstance(p, Tensor):
+            p = p.value
+        if isinstance(p, (list, np.ndarray)) or type(p).__module__.startswith("cupy"):
+            p = xp.asarray(p)
+        moved.append(p)
+    return tuple(moved) if isinstance(index, tuple) else moved[0]
+
+
+def getitem(a, index):
+    """a[index]: basic (ints, slices, None, ...) and integer-array indexing."""
+    a = _as_tensor(a)
+    index = _index_on(a.xp, index)
+    return record("getitem", a.value[index], (a,), index=index)
+
+
+# ---- softmax and the losses ----
+
+def softmax(s, axis=-1):
+    """p = exp(s) / sum(exp(s)) along ``axis``, computed stably.
+
+    Args: s (..., C) scores. Returns p of the same shape, each slice along ``axis`` summing to 1.
+    Its Jacobian per slice is the lecture's diag(p) - p p^T (applied as a VJP, never formed).
+
+        >>> import numpy as np, gpugrad as gg
+        >>> gg.softmax(gg.tensor(np.array([0.0, 1000.0]))).value.tolist()
+        [0.0, 1.0]
+    """
+    s = _as_tensor(s)
+    xp = s.xp
+    # Subtracting the max keeps exp() <= 1: any score magnitude gives a finite result.
+    e = xp.exp(s.value - s.value.max(axis=axis, keepdims=True))
+    return record("softmax", e / e.sum(axis=axis, keepdims=True), (s,), axis=axis)
+
+
+def cross_entropy(scores, labels):
+    """Mean softmax cross-entropy of raw scores, differentiated by the fused rule g = p - y.
+
+    Args:
+        scores: Tensor or array (n, C) float32/float64, one example per row; or one score
+            vector (C,) (then n = 1).
+        labels: integer class indices (n,) in [0, C) (a scalar for (C,) scores), or one-hot /
+            probability rows (n, C) (a row (C,) for (C,) scores) as a float array. Labels are
+            data: an array, or a Tensor that does not require grad.
+    Returns:
+        0-d Tensor J = (1/n) sum_i [logsumexp(s_i) sum_j y_ij - sum_j y_ij s_ij], which for
+        one-hot rows is (1/n) sum_i -log p_i,y_i with p_i = softmax(s_i).
+    Backward:
+        dJ/dS = (P - Y) / n for class indices (``backend.softmax_cross_entropy_grad``), and
+        (P * rowsum(Y) - Y) / n for probability rows; both computed with the loss.
+    Raises:
+        TypeError / ValueError naming the problem: wrong types, shapes or dtypes, a label out
+        of range (position and value), negative probabilities.
+
+        >>> import numpy as np, gpugrad as gg
+        >>> S = gg.tensor(np.zeros((2, 4)), requires_grad=True)
+        >>> J = gg.cross_entropy(S, np.array([1, 3]))
+        >>> round(J.item(), 6), round(float(np.log(4)), 6)
+        (1.386294, 1.386294)
+    """
+    S = _as_tensor(scores)
+    S2, y = _loss_inputs("cross_entropy", S, labels, soft_ok=True)
+    if y.dtype.kind in "iu":
+        loss, dS = backend_for(S2).softmax_cross_entropy_grad(S2, y)
+    else:
+        loss, dS = _soft_cross_entropy(S2, y)
+    # dS is kept for the backward pass (the fused gradient, computed in the same pass as J).
+    return record("cross_entropy", S.xp.asarray(loss, dtype=S.dtype), (S,),
+                  dS=dS.reshape(S.shape))
+
+
+def _soft_cross_entropy(S, Y):
+    """(loss, dS) for probability rows Y (n, C): the fused rule dS = (P * rowsum(Y) - Y) / n,
+    loss = mean_i sum_j Y_ij (logsumexp(S_i) - S_ij) from max-shifted scores."""
+    xp = _xp(S)
+    n = S.shape[0]
+    shifted = S - S.max(axis=1, keepdims=True)  # <= 0, so exp() cannot overflow
+    E = xp.exp(shifted)
+    Z = E.sum(axis=1, keepdims=True)
+    # sum_j Y_ij (log Z_i - shifted_ij): the max cancels before the subtraction, so large
+    # scores lose no precision to logsumexp(S_i) - S_ij.
+    loss = (Y * (xp.log(Z) - shifted)).sum() / n
+    dS = (E / Z * Y.sum(axis=1, keepdims=True) - Y) / n
+    return loss, dS
+
+
+def svm_loss(scores, labels):
+    """Mean multi-class SVM (hinge) loss of the lecture, differentiated in closed form.
+
+    Args:
+        scores: Tensor or array (n, C) float32/float64, or one score vector (C,) (n = 1).
+        labels: integer class indices (n,) in [0, C) (a scalar for (C,) scores).
+    Returns:
+        0-d Tensor J = (1/n) sum_i sum_{j != y_i} max(0, s_ij - s_i,y_i + 1).
+    Backward:
+        ``backend.svm_grad``: dJ/dS_ij = [margin_ij > 0] / n for j != y_i and
+        dJ/dS_i,y_i = -#{j: margin_ij > 0} / n (0 at a kink, margin exactly 0).
+
+        >>> import numpy as np, gpugrad as gg
+        >>> gg.svm_loss(np.array([[1.0, 1.5, -3.0]]), np.array([0])).item()
+        1.5
+    """
+    S = _as_tensor(scores)
+    S2, y = _loss_inputs("svm_loss", S, labels, soft_ok=False)
+    loss, dS = backend_for(S2).svm_grad(S2, y)
+    return record("svm_loss", S.xp.asarray(loss, dtype=S.dtype), (S,), dS=dS.reshape(S.shape))
+
+
+def _label_array(name, labels):
+    """Labels as an array: a Tensor is unwrapped (it must not require grad); a Python or
+    numpy integer becomes a 0-d array; anything else must already be an array."""
+    if isinstance(labels, Tensor):
+        if labels.requires_grad:
+            raise TypeError(f"{name}: labels must not require grad (the loss is not "
+                            f"differentiated with respect to its labels)")
+        return labels.value
+    if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool):
+        return np.asarray(labels)
+    _checks.require_array(f"{name}: labels", labels)
+    return labels
+
+
+def _loss_inputs(name, S, labels, soft_ok):
+    """The checked (scores (n, C), labels on the scores' backend); (C,) scores become 1 row.
+
+    Structural checks (shapes, dtypes) first, then the label range with one backend call.
+    """
+    y = _label_array(name, labels)
+    if S.ndim not in (1, 2):
+        raise ValueError(f"{name}: scores must be (n, C), or (C,) for one example, "
+                         f"got shape {S.shape}")
+    soft = y.dtype.kind == "f"
+    if soft and not soft_ok:
+        raise TypeError(f"{name}: labels must be integer class indices, got dtype {y.dtype}")
+    S2 = S.value
+    if S.ndim == 1:
+        if y.ndim != (1 if soft else 0):
+            row = " or a (C,) probability row" if soft_ok else ""
+            raise ValueError(f"{name}: one score vector (C,) takes a scalar class index{row}, "
+                             f"got labels of shape {tuple(y.shape)}")
+        S2, y = S2.reshape(1, -1), y.reshape((1, -1) if soft else (1,))
+    be = backend_for(S2)
+    if soft:
+        _check_probability_rows(name, S2, y)
+        return S2, be.asarray(y, dtype=S2.dtype)
+    _checks.check_scores(S2, y)
+    y = be.asarray(y)
+    label_pos, _ = be.first_invalid(y, S2.shape[1], [])
+    _checks.raise_first_invalid(label_pos, [], y, S2.shape[1], [])
+    return S2, y
+
+
+def _check_probability_rows(name, S, Y):
+    """Scores (n, C) float and one-hot / probability rows Y of the same shape, Y >= 0."""
+    if S.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"{name}: scores must be float32 or float64, got dtype {S.dtype}")
+    if tuple(Y.shape) != tuple(S.shape):
+        raise ValueError(f"{name}: probability rows must have the scores' shape "
+                         f"{tuple(S.shape)}, got {tuple(Y.shape)}")
+    if S.shape[0] == 0 or S.shape[1] == 0:
+        raise ValueError(f"{name}: scores of shape {tuple(S.shape)} are empty")
+    if bool((Y < 0).any()):
+        raise ValueError(f"{name}: probability rows must be >= 0, got a negative entry")
+
+
+# ============================= backward: the local derivatives =============================
+# One rule per child: rule(g, ans, *children_values, **params) -> g @ d(ans)/d(child).
+
+def _reduced_back(g, a, axis, keepdims):
+    """g broadcast back over the axes a reduction removed: the VJP of a sum."""
+    if axis is not None and not keepdims:
+        g = _xp(g).expand_dims(g, axis)
+    return _xp(g).broadcast_to(g, a.shape)
+
+
+def _as_matrices(a, b, g):
+    """Views of a, b, g as matrices for a matmul rule: (k,) -> (1, k) on the left, (k, 1)
+    on the right, g as (rows of a, columns of b)."""
+    a2 = a.reshape(1, -1) if a.ndim == 1 else a
+    b2 = b.reshape(-1, 1) if b.ndim == 1 else b
+    return a2, b2, g.reshape(a2.shape[0], b2.shape[1])
+
+
+def _matmul_vjp_a(g, ans, a, b):
+    a2, b2, g2 = _as_matrices(a, b, g)
+    return (g2 @ b2.T).reshape(a.shape)  # dJ/dA = G B^T
+
+
+def _matmul_vjp_b(g, ans, a, b):
+    a2, b2, g2 = _as_matrices(a, b, g)
+    return (a2.T @ g2).reshape(b.shape)  # dJ/dB = A^T G
+
+
+def _getitem_vjp(g, ans, a, *, index):
+    out = _xp(a).zeros_like(a)
+    # Scatter-add, not out[index] = g: an integer index that repeats must sum its gradients.
+    _xp(a).add.at(out, index, g)
+    return out
+
+
+def _pow_vjp_exponent(g, ans, a, b):
+    # d(a^b)/db = a^b log a; where a == 0 the term is 0 (a^b = 0), so log(1) avoids 0 * -inf.
+    xp = _xp(a)
+    return unbroadcast(g * ans * xp.log(xp.where(a == 0, 1, a)), b.shape)
+
+
+# ---- arithmetic ----
+defvjp("add", lambda g, ans, a, b: unbroadcast(g, a.shape),
+              lambda g, ans, a, b: unbroadcast(g, b.shape))
+defvjp("sub", lambda g, ans, a, b: unbroadcast(g, a.shape),
+              lambda g, ans, a, b: unbroadcast(-g, b.shape))
+defvjp("mul", lambda g, ans, a, b: unbroadcast(g * b, a.shape),
+              lambda g, ans, a, b: unbroadcast(g * a, b.shape))
+defvjp("div", lambda g, ans, a, b: unbroadcast(g / b, a.shape),
+              lambda g, ans, a, b: unbroadcast(-g * a / (b * b), b.shape))
+defvjp("pow", lambda g, ans, a, b: unbroadcast(g * b * a ** (b - 1), a.shape),
+              _pow_vjp_exponent)
+defvjp("neg", lambda g, ans, a: -g)
+defvjp("matmul", _matmul_vjp_a, _matmul_vjp_b)
+
+# ---- elementwise functions ----
+defvjp("exp", lambda g, ans, a: g * ans)
+defvjp("log", lambda g, ans, a: g / a)
+defvjp("relu", lambda g, ans, a: g * (a > 0))
+
+# ---- reductions and shape ----
+defvjp("sum", lambda g, ans, a, *, axis, keepdims: _reduced_back(g, a, axis, keepdims))
+defvjp("mean", lambda g, ans, a, *, axis, keepdims:
+       _reduced_back(g, a, axis, keepdims) / (a.size // max(ans.size, 1)))
+defvjp("transpose", lambda g, ans, a: g.T)
+defvjp("reshape", lambda g, ans, a: g.reshape(a.shape))
+defvjp("getitem", _getitem_vjp)
+
+# ---- softmax and the losses ----
+# g (diag(p) - p p^T) = p * (g - <g, p>): the lecture's softmax Jacobian, applied as a VJP.
+defvjp("softmax", lambda g, ans, s, *, axis: ans * (g - (g * ans).sum(axis=axis, keepdims=True)))
+# The fused gradients dS computed with the loss (g is the upstream scalar).
+defvjp("cross_entropy", lambda g, ans, s, *, dS: g * dS)
+defvjp("svm_loss", lambda g, ans, s, *, dS: g * dS)

@@ -216,10 +216,11 @@ def check_validation():
 # ---------------------------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------------------------
-def time_batches(fn, sets, reps=20, batches=15, warm=3):
+def time_batches(fn, sets, reps=20, batches=15, warm=3, events=None):
     """Median microseconds per call: CUDA events around `reps` back-to-back calls (rotating
-    through `sets` of inputs), `batches` times, after `warm` warm-up batches."""
-    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    through `sets` of inputs), `batches` times, after `warm` warm-up batches. `events` makes a
+    (start, end, elapsed_ms) triple; CuPy's by default (PyTorch work is timed with torch's)."""
+    start, end, elapsed_ms = (events or _cupy_events)()
     times = []
     for b in range(warm + batches):
         start.record()
@@ -228,8 +229,17 @@ def time_batches(fn, sets, reps=20, batches=15, warm=3):
         end.record()
         end.synchronize()
         if b >= warm:
-            times.append(cupy.cuda.get_elapsed_time(start, end) * 1e3 / reps)
+            times.append(elapsed_ms(start, end) * 1e3 / reps)
     return float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90))
+
+
+def _cupy_events():
+    return cupy.cuda.Event(), cupy.cuda.Event(), cupy.cuda.get_elapsed_time
+
+
+def _torch_events():
+    return (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+            lambda a, b: a.elapsed_time(b))
 
 
 def time_graph(fn, args, reps=50, batches=15):
@@ -294,17 +304,7 @@ def torch_ce(S, y):
 
 
 def torch_time(fn, sets, reps=20, batches=15, warm=3):
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for b in range(warm + batches):
-        start.record()
-        for r in range(reps):
-            fn(*sets[r % len(sets)])
-        end.record()
-        end.synchronize()
-        if b >= warm:
-            times.append(start.elapsed_time(end) * 1e3 / reps)
-    return float(np.median(times)), float(np.percentile(times, 10)), float(np.percentile(times, 90))
+    return time_batches(fn, sets, reps, batches, warm, events=_torch_events)
 
 
 def add_timing(workload, variant, t, floor_us=None):

@@ -74,7 +74,11 @@ def gradcheck(f, inputs, h=1e-6, eps=1e-12):
         h: the finite-difference step. eps: guards the division when both gradients are 0.
     Returns:
         list of floats, the max error over the entries of each input. In float64 a correct
-        rule gives about 1e-10 or less where the gradient is not tiny next to f.
+        rule gives about 1e-10 or less where the gradient is not tiny next to f. Where the true
+        gradient is 0 (a dead relu, an inactive hinge term, a bias whose contributions cancel)
+        both sides hold only rounding noise (~1e-17 analytic, ~|f| 1e-16 / h numeric), and the
+        ratio can reach 1 for a correct rule: raise ``eps`` above that noise (say 1e-8) to compare
+        such entries in absolute terms, or check away from those points.
 
         >>> import numpy as np, gpugrad as gg
         >>> errs = gg.gradcheck(lambda a, b: (a @ b).sum(), [np.ones((2, 3)), np.ones(3)])

@@ -36,6 +36,17 @@ def _check_values(be, y, C, named, validate):
     _checks.raise_first_invalid(label_pos, bad, y, C, named)
 
 
+def _score_loss(method, S, y, backend, check_finite, validate):
+    """Check (S, y), run the backend's fused loss ``method`` on them, return (loss, dS)."""
+    _checks.check_scores(S, y)
+    be = _resolve(backend, S, y)
+    back = _returner(be, S, y)
+    S, y = be.asarray(S), be.asarray(y)
+    _check_values(be, y, S.shape[1], [("S", S)] if check_finite else [], validate)
+    loss, dS = getattr(be, method)(S, y)
+    return back(loss), back(dS)
+
+
 def softmax_cross_entropy_grad(S, y, *, backend=None, check_finite=True, validate=True):
     """Mean softmax cross-entropy over a batch of score rows, and its gradient.
 
@@ -52,13 +63,7 @@ def softmax_cross_entropy_grad(S, y, *, backend=None, check_finite=True, validat
         >>> round(float(loss), 4), dS.round(4).tolist()
         (0.1269, [[-0.1192, 0.1192]])
     """
-    _checks.check_scores(S, y)
-    be = _resolve(backend, S, y)
-    back = _returner(be, S, y)
-    S, y = be.asarray(S), be.asarray(y)
-    _check_values(be, y, S.shape[1], [("S", S)] if check_finite else [], validate)
-    loss, dS = be.softmax_cross_entropy_grad(S, y)
-    return back(loss), back(dS)
+    return _score_loss("softmax_cross_entropy_grad", S, y, backend, check_finite, validate)
 
 
 def svm_grad(S, y, *, backend=None, check_finite=True, validate=True):
@@ -76,13 +81,7 @@ def svm_grad(S, y, *, backend=None, check_finite=True, validate=True):
         >>> float(loss), dS.tolist()
         (1.5, [[-1.0, 1.0, 0.0]])
     """
-    _checks.check_scores(S, y)
-    be = _resolve(backend, S, y)
-    back = _returner(be, S, y)
-    S, y = be.asarray(S), be.asarray(y)
-    _check_values(be, y, S.shape[1], [("S", S)] if check_finite else [], validate)
-    loss, dS = be.svm_grad(S, y)
-    return back(loss), back(dS)
+    return _score_loss("svm_grad", S, y, backend, check_finite, validate)
 
 
 def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None, backend=None,

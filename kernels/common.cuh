@@ -26,6 +26,21 @@ __device__ __forceinline__ gg_i64 gg_label(const void* y, int y_is64, gg_i64 i) 
     return y_is64 ? static_cast<const gg_i64*>(y)[i] : static_cast<gg_i64>(static_cast<const int*>(y)[i]);
 }
 
+// The row a thread works on and its place in the row's team: G consecutive lanes of a warp per
+// row (G a power of two <= 32), or the whole block (G == 0) with one row per block.
+template <int G>
+struct GgTeam {
+    static constexpr bool BLOCK = (G == 0);
+    int lane, step;  // this thread's index within the team, and the team's size
+    gg_i64 row;
+    bool valid;      // row < n: teams past the end still take part in block-wide steps
+    __device__ __forceinline__ explicit GgTeam(gg_i64 n)
+        : lane(BLOCK ? threadIdx.x : (threadIdx.x & (G - 1))),
+          step(BLOCK ? blockDim.x : G),
+          row(BLOCK ? (gg_i64)blockIdx.x : (gg_i64)blockIdx.x * (blockDim.x / G) + threadIdx.x / G),
+          valid(row < n) {}
+};
+
 struct GgSum { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
 struct GgMax { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a > b ? a : b; } };
 

@@ -59,12 +59,11 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
                                            T* __restrict__ dS, gg_i64 n, int C, double* partials,
                                            unsigned* ticket, T* loss_out) {
     __shared__ double scratch[32];
-    constexpr bool BLOCK_TEAM = (G == 0);
-    const int lane = BLOCK_TEAM ? threadIdx.x : (threadIdx.x & (G - 1));
-    const int step = BLOCK_TEAM ? blockDim.x : G;
-    const gg_i64 row = BLOCK_TEAM ? (gg_i64)blockIdx.x
-                                  : (gg_i64)blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
-    const bool valid = row < n;
+    constexpr bool BLOCK_TEAM = GgTeam<G>::BLOCK;
+    const GgTeam<G> team(n);
+    const int lane = team.lane, step = team.step;
+    const gg_i64 row = team.row;
+    const bool valid = team.valid;
     const T* s = S + row * C;
 
     __shared__ T tscratch[32];

@@ -16,12 +16,11 @@ __device__ __forceinline__ void gg_svm_rows(const T* __restrict__ S, const void*
                                             unsigned* ticket, T* loss_out) {
     __shared__ double scratch[32];
     __shared__ int iscratch[32];
-    constexpr bool BLOCK_TEAM = (G == 0);
-    const int lane = BLOCK_TEAM ? threadIdx.x : (threadIdx.x & (G - 1));
-    const int step = BLOCK_TEAM ? blockDim.x : G;
-    const gg_i64 row = BLOCK_TEAM ? (gg_i64)blockIdx.x
-                                  : (gg_i64)blockIdx.x * (blockDim.x / G) + threadIdx.x / G;
-    const bool valid = row < n;
+    constexpr bool BLOCK_TEAM = GgTeam<G>::BLOCK;
+    const GgTeam<G> team(n);
+    const int lane = team.lane, step = team.step;
+    const gg_i64 row = team.row;
+    const bool valid = team.valid;
     const T* s = S + row * C;
     T* g = dS + row * C;
     const gg_i64 yv = valid ? gg_label(y, y64, row) : 0;

@@ -15,15 +15,19 @@ def test_wheel_ships_kernel_sources_and_fatbin(tmp_path):
     pytest.importorskip("setuptools")
     src = tmp_path / "src"
     # The tracked files only (as a fresh clone would have), plus a stand-in fatbin and its stamp.
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listing.returncode != 0 or not listing.stdout:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    files = listing.stdout.split()
     for f in files:
         (src / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, src / f)
     (src / "kernels" / "gpugrad_kernels.fatbin").write_bytes(b"\x00fatbin")
     (src / "kernels" / "gpugrad_kernels.fatbin.sha256").write_text("0" * 64 + "\n")
     out = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(src)], check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(out), str(src)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
     names = zipfile.ZipFile(next(out.glob("gpugrad-*.whl"))).namelist()
     for f in ("gpugrad_kernels.cu", "common.cuh", "softmax_ce.cuh", "svm.cuh", "linear_step.cuh",
               "checks.cuh", "rowmath.cuh", "gpugrad_kernels.fatbin", "gpugrad_kernels.fatbin.sha256"):

@@ -29,7 +29,7 @@ _TYPE = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _BLOCK_K = {"f32": (2, 4, 8, 16, 32), "f64": (2, 4, 8, 16)}
 # Long rows go to the streamed kernel (a persistent block per SM, the next row in flight while the
 # current one is reduced) from this many classes on, up to 1024 * _STREAM_K values a row.
-_STREAM_FROM = {"f32": 8193, "f64": 8193}
+_STREAM_FROM = 8193
 _STREAM_K = {"f32": 32, "f64": 16}
 CE_LONG_ROWS = {"variant": "stream"}  # or "block": a block per row (benchmarks/gpu_check.py times both)
 
@@ -41,6 +41,12 @@ def _labels(y):
     if y.dtype == np.int32:
         return y, 0
     return y.astype(np.int64), 1
+
+
+def _allow_dynamic_smem(f, nbytes: int) -> None:
+    """Raise kernel f's dynamic shared-memory limit to nbytes (past 48 KB it must be asked for)."""
+    if f.max_dynamic_shared_size_bytes < nbytes:
+        f.max_dynamic_shared_size_bytes = nbytes
 
 
 class KernelConfig(NamedTuple):
@@ -68,7 +74,7 @@ def _ce_kernel_config(C: int, dtype, long_rows: str) -> KernelConfig:
             return KernelConfig(f"gg_ce_{t}_w{G}_k8", 256, 256 // G)
     if C <= 1024:
         return KernelConfig(f"gg_ce_{t}_w32_k32", 256, 8)
-    if long_rows == "stream" and _STREAM_FROM[t] <= C <= 1024 * _STREAM_K[t]:
+    if long_rows == "stream" and _STREAM_FROM <= C <= 1024 * _STREAM_K[t]:
         return KernelConfig(f"gg_ce_{t}_s1024_k{_STREAM_K[t]}", 1024, 1, stream=True)
     for K in _BLOCK_K[t]:
         if C <= 1024 * K:
@@ -182,8 +188,7 @@ class CupyBackend(NumpyBackend):
         if config.stream:
             grid = min(n, self.sm_count)
             smem = C * S.itemsize
-            if f.max_dynamic_shared_size_bytes < smem:
-                f.max_dynamic_shared_size_bytes = smem
+            _allow_dynamic_smem(f, smem)
         elif config.rows_per_block > 1:
             # Short rows (G lanes a row): shrink the blocks until there are two per SM, so that a
             # batch of a few thousand rows spreads over the whole chip.
@@ -243,8 +248,7 @@ class CupyBackend(NumpyBackend):
         n, d = X.shape
         C = W.shape[0]
         f = self.kernel(plan["name"])
-        if f.max_dynamic_shared_size_bytes < plan["smem"]:
-            f.max_dynamic_shared_size_bytes = plan["smem"]
+        _allow_dynamic_smem(f, plan["smem"])
         per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(f.kernel.ptr, plan["threads"], plan["smem"])
         ngroups = -(-n // plan["rg"])
         grid = max(1, min(ngroups, self.sm_count * max(1, per_sm)))

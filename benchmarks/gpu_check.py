@@ -156,19 +156,27 @@ def check_linear(rng, quick):
             err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
             record("linear", f"{'fused' if plan else 'fallback'} {loss_name} n={n} d={d} C={C} f32", err, 1e-5,
                    n=n, d=d, C=C)
-        # uint8 pixels normalised on the fly
+        # uint8 pixels normalised on the fly, by each uint8 kernel
         Xu = rng.integers(0, 256, (n, d), dtype=np.uint8)
         mean = Xu.mean(0) + rng.standard_normal(d) * 0.1
         std = Xu.std(0) + 1.0
-        J_ref, dW_ref, db_ref = NP.linear_grad(Xu, y, W64, b64, 0.01, "softmax", mean, std)
         W = cupy.asarray(W64.astype(np.float32))
         b = cupy.asarray(b64.astype(np.float32))
-        plan = be.linear_plan(cupy.asarray(Xu), W, cupy.asarray(mean))
-        poison_pool(1 << 28)
-        J, dW, db = be.linear_grad(cupy.asarray(Xu), cupy.asarray(y), W, b, 0.01, "softmax",
-                                   cupy.asarray(mean.astype(np.float32)), cupy.asarray(std.astype(np.float32)))
-        err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
-        record("linear", f"{'fused' if plan else 'fallback'} softmax n={n} d={d} C={C} u8", err, 1e-5, n=n, d=d, C=C)
+        m32 = cupy.asarray(mean.astype(np.float32))
+        for loss_name in ("softmax", "svm"):
+            J_ref, dW_ref, db_ref = NP.linear_grad(Xu, y, W64, b64, 0.01, loss_name, mean, std)
+            for variant in U8_VARIANTS:
+                cb.LINEAR_U8["variant"] = variant
+                if variant == "mma":
+                    kind = "mma" if be.linmma_plan(cupy.asarray(Xu), W, m32) else "mma n/a: simt"
+                else:
+                    kind = "fused" if be.linear_plan(cupy.asarray(Xu), W, m32) else "fallback"
+                poison_pool(1 << 28)
+                J, dW, db = be.linear_grad(cupy.asarray(Xu), cupy.asarray(y), W, b, 0.01, loss_name, m32,
+                                           cupy.asarray(std.astype(np.float32)))
+                err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
+                record("linear", f"{kind} {loss_name} n={n} d={d} C={C} u8", err, 1e-5, n=n, d=d, C=C)
+            cb.LINEAR_U8["variant"] = DEFAULT_U8
 
 
 def check_long_row_variants(rng):
@@ -192,6 +200,8 @@ def check_long_row_variants(rng):
 
 
 DEFAULT_LONG = cb.CE_LONG_ROWS["variant"]
+DEFAULT_U8 = cb.LINEAR_U8["variant"]
+U8_VARIANTS = ("simt", "mma")  # the uint8 linear kernels (cupy_backend.LINEAR_U8)
 
 
 def check_validation():
@@ -396,8 +406,13 @@ def bench_linear(bw, rng, quick, compile_torch):
             mean = cupy.full(d, 120.0, np.float32)
             std = cupy.full(d, 64.0, np.float32)
             wl = f"linear step n={n} d={d} C={C} uint8"
-            add_timing(wl, "gpugrad fused", time_batches(
-                lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, reps=5), floor)
+            for variant in U8_VARIANTS:
+                cb.LINEAR_U8["variant"] = variant
+                if variant == "mma" and not be.linmma_plan(sets[0][0], W, mean):
+                    continue
+                add_timing(wl, f"gpugrad fused {variant}", time_batches(
+                    lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, reps=5), floor)
+            cb.LINEAR_U8["variant"] = DEFAULT_U8
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
                 lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, lam), sets, reps=5), floor)
         del sets

@@ -12,4 +12,6 @@
 #include "softmax_ce.cuh"
 #include "svm.cuh"
 #include "linear_step.cuh"
+#include "mma_layout.cuh"
+#include "linear_mma.cuh"
 #include "checks.cuh"

@@ -80,29 +80,31 @@ __device__ __forceinline__ float gg_load_x<unsigned char>(const unsigned char* p
     return ((float)p[k] - mean) * inv_std;
 }
 
-// The row's loss and G[c] (already / n) from its C scores, one warp per row: lane c < C holds s.
-// Returns G for this lane (0 for lanes >= C) and adds the row's loss to *loss in lane 0.
+// The row's loss and G[c] * scale from its C scores, a team of TW lanes (TW a power of two, C <= TW)
+// per row: team lane c < C holds s. Returns this lane's G * scale (0 for lanes >= C) and adds the
+// row's loss to *loss in team lane 0. scale = 1/n gives dL/dS of the batch mean.
+template <int TW>
 __device__ __forceinline__ float gg_row_loss_grad(float s, int lane, int C, gg_i64 yv, bool row_ok,
-                                                  int loss_kind, float inv_n, double* loss) {
+                                                  int loss_kind, float scale, double* loss) {
     const bool in = lane < C;
     const bool label_ok = yv >= 0 && yv < C;
-    float s_y = __shfl_sync(GG_FULL_MASK, s, label_ok ? (int)yv : 0);
+    float s_y = __shfl_sync(GG_FULL_MASK, s, label_ok ? (int)yv : 0, TW);
     if (!label_ok) s_y = __int_as_float(0x7fc00000);  // bad label (validation off): NaN, no stray read
     float g, l;
     if (loss_kind == 0) {
-        const float m = gg_subwarp_reduce<32>(in ? s : -gg_inf<float>(), GgMax());
+        const float m = gg_subwarp_reduce<TW>(in ? s : -gg_inf<float>(), GgMax());
         const float e = in ? expf(s - m) : 0.f;
-        const float others = gg_subwarp_reduce<32>(lane != yv ? e : 0.f, GgSum());
+        const float others = gg_subwarp_reduce<TW>(lane != yv ? e : 0.f, GgSum());
         const float e_y = expf(s_y - m), total = others + e_y;
-        g = in ? gg_ce_grad(lane == yv, e, others, inv_n / total) : 0.f;
+        g = in ? gg_ce_grad(lane == yv, e, others, scale / total) : 0.f;
         l = gg_ce_row_loss(s_y - m, e_y, others, total);
     } else {
         const float margin = gg_hinge_margin(s, s_y);
         const bool on = in && lane != yv && margin > 0.f;
-        const int active = gg_subwarp_reduce<32>((int)on, GgSum());
-        l = gg_subwarp_reduce<32>(on ? margin : 0.f, GgSum());
+        const int active = gg_subwarp_reduce<TW>((int)on, GgSum());
+        l = gg_subwarp_reduce<TW>(on ? margin : 0.f, GgSum());
         if (!label_ok) l = s_y;
-        g = lane == yv ? -(float)active * inv_n : (on ? inv_n : 0.f);
+        g = lane == yv ? -(float)active * scale : (on ? scale : 0.f);
     }
     if (!row_ok) return 0.f;
     if (lane == 0) *loss += (double)l;
@@ -219,7 +221,7 @@ __device__ __forceinline__ void gg_linear_step(
                 for (int w = 0; w < nwarps; ++w) s += red[w * 32 + warp * C + lane];
             }
             const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
-            const float gval = gg_row_loss_grad(s, lane, C, yv, row_ok, loss_kind, inv_n, &loss_acc);
+            const float gval = gg_row_loss_grad<32>(s, lane, C, yv, row_ok, loss_kind, inv_n, &loss_acc);
             if (lane < C) { Gs[warp * C + lane] = gval; db_acc += gval; }
         }
         __syncthreads();

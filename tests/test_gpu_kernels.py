@@ -66,21 +66,80 @@ def test_linear_grad_fused_matches_numpy(n, d, C, loss, rng):
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
 
 
-@pytest.mark.parametrize("n,d,C", [(3, 7, 2), (4099, 3072, 10), (70, 784, 10), (129, 33, 5)])
-def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, rng):
+@pytest.fixture(params=["simt", "mma"])
+def u8_variant(request):
+    """Each uint8 linear kernel in turn (LINEAR_U8), restored afterwards; "mma" needs sm_90."""
+    from gpugrad.backends import cupy_backend as cb
+    if request.param == "mma" and gg.get_backend("cupy").cc < 90:
+        pytest.skip("the tensor-core kernel needs sm_90 (clusters)")
+    old = cb.LINEAR_U8["variant"]
+    cb.LINEAR_U8["variant"] = request.param
+    yield request.param
+    cb.LINEAR_U8["variant"] = old
+
+
+@pytest.mark.parametrize("n,d,C,loss", [(3, 7, 2, "softmax"), (4099, 3072, 10, "softmax"), (70, 784, 10, "svm"),
+                                        (129, 33, 5, "softmax"), (1, 5, 1, "softmax"), (65537, 3071, 16, "svm"),
+                                        (200, 3072, 9, "softmax"), (513, 100, 8, "svm")])
+def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, u8_variant, rng):
     import cupy
+    be = gg.get_backend("cupy")
     X = rng.integers(0, 256, (n, d), dtype=np.uint8)
-    mean, std = X.mean(0), X.std(0) + 1
+    mean, std = X.mean(0) + rng.standard_normal(d) * 0.3, X.std(0) + 1
     W = rng.standard_normal((C, d)) * 0.01
     b = rng.standard_normal(C) * 0.1
     y = rng.integers(0, C, n)
-    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.1, "softmax", mean, std)
-    J, dW, db = gg.linear_grad(cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)),
-                               cupy.asarray(b.astype(np.float32)), lam=0.1,
-                               x_mean=cupy.asarray(mean.astype(np.float32)), x_std=cupy.asarray(std.astype(np.float32)))
+    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.1, loss, mean, std)
+    args = [cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)), cupy.asarray(b.astype(np.float32))]
+    m32, s32 = cupy.asarray(mean.astype(np.float32)), cupy.asarray(std.astype(np.float32))
+    if u8_variant == "mma":
+        assert be.linmma_plan(args[0], args[2], m32) is not None
+    cupy.get_default_memory_pool().free_all_blocks()
+    cupy.cuda.Device().synchronize()
+    _poison_pool(cupy)
+    J, dW, db = gg.linear_grad(*args, lam=0.1, loss=loss, x_mean=m32, x_std=s32)
     assert _rel(dW.get(), dW_ref) <= 1e-5
     assert _rel(db.get(), db_ref) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
+
+
+def _poison_pool(cupy, nbytes=1 << 28):
+    """Fill the memory pool's free blocks with NaN, so an output or partial the kernels forget to
+    write shows up as NaN instead of a stale value."""
+    block = cupy.full(nbytes // 4, np.nan, dtype=np.float32)
+    del block
+
+
+def test_uint8_kernels_agree_with_an_offset_mean_and_tiny_weights(rng):
+    """The tensor-core kernel's folds: means far outside the pixel range (offsets clamp to 0..255,
+    the rest goes through the bias and the finish) and weights near float32's small end (the
+    per-class f16 scaling)."""
+    import cupy
+    from gpugrad.backends import cupy_backend as cb
+    be = gg.get_backend("cupy")
+    if be.cc < 90:
+        pytest.skip("the tensor-core kernel needs sm_90 (clusters)")
+    n, d, C = 1000, 3072, 10
+    X = rng.integers(0, 256, (n, d), dtype=np.uint8)
+    mean = rng.uniform(-400, 700, d)
+    std = rng.uniform(0.5, 90, d)
+    y = rng.integers(0, C, n)
+    for wscale in (1e-2, 1e-30):
+        W = rng.standard_normal((C, d)) * wscale
+        b = rng.standard_normal(C) * 0.1
+        J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, "softmax", mean, std)
+        old = cb.LINEAR_U8["variant"]
+        cb.LINEAR_U8["variant"] = "mma"
+        try:
+            J, dW, db = gg.linear_grad(cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)),
+                                       cupy.asarray(b.astype(np.float32)), lam=0.01,
+                                       x_mean=cupy.asarray(mean.astype(np.float32)),
+                                       x_std=cupy.asarray(std.astype(np.float32)))
+        finally:
+            cb.LINEAR_U8["variant"] = old
+        assert _rel(dW.get(), dW_ref) <= 1e-5, wscale
+        assert _rel(db.get(), db_ref) <= 1e-5, wscale
+        assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref), wscale
 
 
 def test_numpy_inputs_on_the_cupy_backend_come_back_as_numpy(rng):

@@ -7,7 +7,9 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
   the mean loss reduced in the same launch;
 - ``linear_grad``: X read once for J, dW and db (float32 X, or uint8 X with x_mean/x_std),
   for C <= 16 classes and rows short enough for the fused kernel; other shapes and float64 take
-  the inherited path (cuBLAS matmuls around the fused loss kernel);
+  the inherited path (cuBLAS matmuls around the fused loss kernel). uint8 X has two kernels,
+  chosen by ``LINEAR_U8``: "simt" (fp32 FMA, any sm_80+ card) and "mma" (tensor cores, 4-block
+  clusters, sm_90+, d <= 3072);
 - ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back.
 
 No host synchronisation happens in a gradient step: J comes back as a 0-d device array. Only the
@@ -15,6 +17,7 @@ value checks (``validate=True``, the default) read one small array back to the h
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 from typing import NamedTuple
 
@@ -32,6 +35,16 @@ _BLOCK_K = {"f32": (2, 4, 8, 16, 32), "f64": (2, 4, 8, 16)}
 _STREAM_FROM = 8193
 _STREAM_K = {"f32": 32, "f64": 16}
 CE_LONG_ROWS = {"variant": "stream"}  # or "block": a block per row (benchmarks/gpu_check.py times both)
+# The uint8 linear step: "simt" (gg_linear_u8_c<C>, measured on an H100) or "mma" (gg_linmma_u8_nt<NT>,
+# tensor cores; compiled and layout-checked on the CPU, not yet run on a GPU: benchmarks/gpu_check.py
+# checks and times both). "mma" falls back to "simt" where it does not apply.
+LINEAR_U8 = {"variant": "simt"}
+
+# Mirrors of kernels/mma_layout.cuh (tests/test_kernels_build.py compares them).
+LINMMA_ROWS, LINMMA_CLUSTER, LINMMA_THREADS, LINMMA_MAX_DSL = 64, 4, 512, 768
+# G enters the tensor cores as n dL/dS * gscale, split into two f16 halves: |n dL/dS| <= 1 for
+# softmax and <= C - 1 <= 15 for the hinge, so these keep it below f16's largest value (65504).
+LINMMA_GSCALE = {"softmax": 2.0 ** 14, "svm": 2.0 ** 10}
 
 
 def _labels(y):
@@ -103,6 +116,42 @@ def linear_shape(C: int) -> tuple[int, int]:
     return rg, kpt
 
 
+def linmma_smem_bytes(dsl: int, nt: int) -> int:
+    """Dynamic shared memory of gg_linmma_u8_nt<nt> for column slices of dsl: GgLinmmaLayout.bytes."""
+    wstride = -(-dsl // 64) * 64 + 16
+    xstride = -(-dsl // 128) * 128 + 16
+    r_off = 2 * 8 * nt * wstride * 2
+    x_off = -(-(r_off + dsl * 2) // 16) * 16
+    g_off = x_off + 2 * LINMMA_ROWS * xstride + 4 * LINMMA_ROWS * 24 * 4 + 2 * LINMMA_ROWS * 16 * 4
+    return g_off + 2 * 8 * nt * 72 * 2
+
+
+def linmma_slice(d: int) -> int:
+    """Columns per block of a cluster: d split four ways, rounded up to whole 16-column MMA blocks."""
+    return -(-(-(-d // LINMMA_CLUSTER)) // 16) * 16
+
+
+class _CUlaunchConfig(ctypes.Structure):
+    _fields_ = [("gridDimX", ctypes.c_uint), ("gridDimY", ctypes.c_uint), ("gridDimZ", ctypes.c_uint),
+                ("blockDimX", ctypes.c_uint), ("blockDimY", ctypes.c_uint), ("blockDimZ", ctypes.c_uint),
+                ("sharedMemBytes", ctypes.c_uint), ("hStream", ctypes.c_void_p), ("attrs", ctypes.c_void_p),
+                ("numAttrs", ctypes.c_uint)]
+
+
+def _max_active_clusters(func_ptr: int, threads: int, smem: int) -> int | None:
+    """How many 4-block clusters of this kernel fit on the device at once (the driver's
+    cuOccupancyMaxActiveClusters; a cluster must fit in one GPC, so this is not simply SMs / 4).
+    None when the driver does not say."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        cfg = _CUlaunchConfig(LINMMA_CLUSTER, 1, 1, threads, 1, 1, smem, None, None, 0)
+        count = ctypes.c_int(0)
+        rc = lib.cuOccupancyMaxActiveClusters(ctypes.byref(count), ctypes.c_void_p(func_ptr), ctypes.byref(cfg))
+    except (OSError, AttributeError):
+        return None
+    return count.value if rc == 0 and count.value > 0 else None
+
+
 class _Workspace:
     """Per-stream scratch for the one-launch mean: a zeroed ticket counter (each kernel's last
     block resets it) and room for per-block partial sums. Kernels on one stream run in order,
@@ -127,9 +176,11 @@ class CupyBackend(NumpyBackend):
     def __init__(self):
         self._workspaces = {}
         self._funcs = {}
+        self._clusters = {}
         dev = cupy.cuda.Device()
         self.sm_count = dev.attributes["MultiProcessorCount"]
         self.smem_optin = dev.attributes["MaxSharedMemoryPerBlockOptin"]
+        self.cc = int(dev.compute_capability)
 
     # ---- plumbing --------------------------------------------------------------------------
     def to_numpy(self, a):
@@ -238,7 +289,75 @@ class CupyBackend(NumpyBackend):
             return None
         return dict(name=f"gg_linear_{tname}_c{C}", threads=threads, smem=smem, dpad=dpad, rg=rg)
 
+    def linmma_plan(self, X, W, x_mean):
+        """Launch parameters of the tensor-core uint8 kernel, or None where it does not apply."""
+        n, d = X.shape
+        C = W.shape[0]
+        if (self.cc < 90 or X.dtype != np.uint8 or x_mean is None or W.dtype != np.float32
+                or not 1 <= C <= 16 or n == 0):
+            return None
+        dsl = linmma_slice(d)
+        if dsl > LINMMA_MAX_DSL:
+            return None
+        nt = 1 if C <= 8 else 2
+        smem = linmma_smem_bytes(dsl, nt)
+        if smem + 1024 > self.smem_optin:  # 1 KB for the kernel's static shared memory
+            return None
+        return dict(name=f"gg_linmma_u8_nt{nt}", nt=nt, dsl=dsl, smem=smem)
+
+    def _linmma_clusters(self, f, smem: int) -> int:
+        key = (f.kernel.ptr, smem)
+        if key not in self._clusters:
+            self._clusters[key] = (_max_active_clusters(f.kernel.ptr, LINMMA_THREADS, smem)
+                                   or max(1, self.sm_count // (2 * LINMMA_CLUSTER)))
+        return self._clusters[key]
+
+    def _linear_mma(self, plan, X, y, W, b, lam, loss, x_mean, x_std):
+        """The uint8 step on the tensor cores: prepare W (fold the normalisation, scale, split into
+        f16 halves), one cluster launch over X, then the fixed-order finish."""
+        X = cupy.ascontiguousarray(X)
+        W, b = cupy.ascontiguousarray(W), cupy.ascontiguousarray(b)
+        y, y64 = _labels(y)
+        n, d = X.shape
+        C = W.shape[0]
+        nt, dsl, smem = plan["nt"], plan["dsl"], plan["smem"]
+        nc, dtot = 8 * nt, LINMMA_CLUSTER * dsl
+        mean = cupy.ascontiguousarray(x_mean, dtype=np.float32)
+        inv_std = 1 / cupy.ascontiguousarray(x_std, dtype=np.float32)
+        Wh = cupy.empty((2, nc, dtot), dtype=np.uint16)
+        roff = cupy.empty(dtot, dtype=np.uint16)
+        bprime = cupy.empty(nc, dtype=np.float32)
+        sinv = cupy.empty(nc, dtype=np.float32)
+        wsq = cupy.empty(nc, dtype=np.float64)
+        self.kernel("gg_linmma_prep")((nc,), (256,), (W, b, mean, inv_std, np.int32(C), np.int32(d), np.int32(dtot),
+                                                     Wh, roff, bprime, sinv, wsq))
+        f = self.kernel(plan["name"])
+        _allow_dynamic_smem(f, smem)
+        clusters = min(-(-n // LINMMA_ROWS), self._linmma_clusters(f, smem))
+        dW_part = cupy.empty((clusters, C, d), dtype=np.float32)
+        db_part = cupy.empty((clusters, C), dtype=np.float32)
+        loss_part = cupy.empty(clusters, dtype=np.float64)
+        vec = d % 16 == 0 and X.data.ptr % 16 == 0
+        gscale = LINMMA_GSCALE[loss]
+        f((LINMMA_CLUSTER * clusters,), (LINMMA_THREADS,),
+          (X, y, np.int32(y64), np.int64(n), np.int32(d), np.int32(dsl), np.int32(C), Wh, roff, bprime, sinv,
+           np.int32(0 if loss == "softmax" else 1), np.float32(gscale), np.int32(vec), dW_part, db_part, loss_part),
+          shared_mem=smem)
+        dW = cupy.empty_like(W)
+        db = cupy.empty_like(b)
+        J = cupy.empty((), dtype=np.float32)
+        fin_grid = max(1, min(4 * self.sm_count, -(-C * d // 256)))
+        self.kernel("gg_linmma_finish")((fin_grid,), (256,),
+                                        (dW_part, db_part, loss_part, wsq, W, mean, inv_std, np.int32(clusters),
+                                         np.int32(C), np.int32(d), np.float64(lam), np.float64(1.0 / n),
+                                         np.float64(1.0 / gscale), dW, db, J))
+        return J, dW, db
+
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
+        if X.dtype == np.uint8 and LINEAR_U8["variant"] == "mma":
+            plan = self.linmma_plan(X, W, x_mean)
+            if plan is not None:
+                return self._linear_mma(plan, X, y, W, b, lam, loss, x_mean, x_std)
         plan = self.linear_plan(X, W, x_mean)
         if plan is None:
             return super().linear_grad(X, y, W, b, lam, loss, x_mean, x_std)

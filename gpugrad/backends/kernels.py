@@ -23,7 +23,7 @@ from pathlib import Path
 MAIN = "gpugrad_kernels.cu"
 FATBIN = "gpugrad_kernels.fatbin"
 NVRTC_OPTIONS = ("--std=c++17",)
-_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"[ \t]*(?://[^\n]*)?$', re.M)
 
 
 def kernel_dir() -> Path:

@@ -1,0 +1,123 @@
+"""The arithmetic of the tensor-core uint8 kernel (kernels/linear_mma.cuh), modelled in numpy.
+
+The kernel cannot run without a GPU, but its numerical design can be checked here: pixels centred
+on integer column offsets (exact in f16), the normalisation folded into W' and the bias, W' scaled
+per class and split into two f16 halves, G scaled and split likewise, fp32 accumulation, and the
+finish's unfolding of dW. The model follows the kernel step by step (the fragment layout is
+CTest's job: tests/cpu/test_mma_layout.cpp); it must land within the 1e-5 the GPU tests demand of
+float64 numpy, for the awkward cases too: means outside the pixel range, tiny and large weights,
+both losses.
+"""
+import numpy as np
+import pytest
+
+import gpugrad as gg
+
+pytest.importorskip("cupy", reason="the constants live in the CuPy backend")
+from gpugrad.backends.cupy_backend import LINMMA_GSCALE  # noqa: E402
+
+NP = gg.get_backend("numpy")
+f16, f32, f64 = np.float16, np.float32, np.float64
+
+
+def _pixel_offset(mean32):
+    """gg_pixel_offset: the mean rounded and clamped to 0..255, in float32."""
+    return np.floor(np.clip(mean32, f32(0), f32(255)) + f32(0.5)).astype(f32)
+
+
+def _split_f16(v32):
+    """gg_split_f16_bits: hi = f16(v), lo = f16(v - hi)."""
+    hi = v32.astype(f16)
+    lo = (v32 - hi.astype(f32)).astype(f16)
+    return hi, lo
+
+
+def _tc_matmul(a16_pieces, b):
+    """Tensor-core products: f16 operands multiplied exactly, sums rounded to float32 at the end
+    (the hardware rounds more often; this models the representation error, the part we designed)."""
+    return sum(p.astype(f64) for p in a16_pieces) @ b
+
+
+def linmma_model(X, y, W, b, lam, loss, mean, std):
+    n, d = X.shape
+    mean32, W32, b32 = mean.astype(f32), W.astype(f32), b.astype(f32)
+    inv_std = (f32(1) / std.astype(f32)).astype(f32)
+    r = _pixel_offset(mean32)
+    # gg_linmma_prep
+    Wp = (W32 * inv_std).astype(f32)
+    mx = np.abs(Wp).max(axis=1)
+    ex = np.frexp(mx)[1]
+    e = np.where(mx > 0, np.clip(14 - ex, -100, 100), 0)
+    scaled = (Wp * np.ldexp(f32(1), e)[:, None].astype(f32)).astype(f32)
+    assert np.abs(scaled).max() < 2.0 ** 14
+    w_hi, w_lo = _split_f16(scaled)
+    shift = ((mean32.astype(f64) - r.astype(f64)) * Wp.astype(f64)).sum(axis=1)
+    bprime = (b32.astype(f64) - shift).astype(f32)
+    sinv = np.ldexp(f32(1), -e).astype(f32)
+    # forward on the tensor cores: S = (x - r) W'^T 2^-e + b'
+    Xc = X.astype(f64) - r.astype(f64)  # integers in [-255, 255]: exact in f16
+    assert np.abs(Xc).max() <= 255
+    acc = _tc_matmul([w_hi, w_lo], Xc.T).T.astype(f32)
+    S = (acc * sinv + bprime).astype(f32)
+    # the row loss in float32, G unscaled by n
+    if loss == "softmax":
+        losses, dS = NP.softmax_cross_entropy_grad(S, y)
+    else:
+        losses, dS = NP.svm_grad(S, y)
+    g = (dS * n).astype(f32)
+    gscale = LINMMA_GSCALE[loss]
+    g_hi, g_lo = _split_f16((g * f32(gscale)).astype(f32))
+    assert np.isfinite(g_hi.astype(f32)).all(), "G~ overflowed f16"
+    raw = _tc_matmul([g_hi.T, g_lo.T], Xc).astype(f32)  # (C, d) dW_raw
+    dbr = g.astype(f64).sum(axis=0)
+    # gg_linmma_finish
+    centred = raw.astype(f64) / gscale - (mean32.astype(f64) - r.astype(f64)) * dbr[:, None]
+    dW = (inv_std.astype(f64) / n * centred + 2 * lam * W32.astype(f64)).astype(f32)
+    db = (dbr / n).astype(f32)
+    J = f32(float(losses) + lam * (W32.astype(f64) ** 2).sum())
+    return J, dW, db
+
+
+def _rel(got, ref):
+    return np.linalg.norm(np.asarray(got, f64) - ref) / max(np.linalg.norm(ref), 1e-300)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("case", ["pixels", "offset means", "tiny weights", "large weights", "narrow std"])
+def test_the_kernels_arithmetic_meets_float32_accuracy(case, loss, rng):
+    n, d, C = 700, 784, 10
+    X = rng.integers(0, 256, (n, d), dtype=np.uint8)
+    mean, std = X.mean(0) + rng.standard_normal(d) * 0.3, X.std(0) + 1
+    wscale = 0.01
+    if case == "offset means":
+        mean = rng.uniform(-400, 700, d)
+    elif case == "tiny weights":
+        wscale = 1e-30
+    elif case == "large weights":
+        wscale = 1e3
+    elif case == "narrow std":
+        std = rng.uniform(1e-3, 1e-2, d)
+        wscale = 1e-5
+    W = rng.standard_normal((C, d)) * wscale
+    b = rng.standard_normal(C) * 0.1
+    y = rng.integers(0, C, n)
+    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, loss, mean.astype(f32), std.astype(f32))
+    J, dW, db = linmma_model(X, y, W, b, 0.01, loss, mean, std)
+    assert _rel(dW, dW_ref) <= 1e-5
+    assert _rel(db, db_ref) <= 1e-5
+    assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
+
+
+def test_one_f16_half_would_not_be_enough(rng):
+    """Why W' and G are split: with the hi halves alone the error is about 1e-4, ten times the budget."""
+    n, d, C = 500, 784, 10
+    X = rng.integers(0, 256, (n, d), dtype=np.uint8)
+    mean, std = X.mean(0), X.std(0) + 1
+    W = rng.standard_normal((C, d)) * 0.01
+    inv_std = 1 / std.astype(f32)
+    Wp = (W.astype(f32) * inv_std).astype(f32)
+    scale = np.ldexp(1.0, 14 - np.frexp(np.abs(Wp).max(axis=1))[1])[:, None]
+    hi_only = (Wp * scale).astype(f16).astype(f64) / scale
+    Xc = X.astype(f64) - _pixel_offset(mean.astype(f32))
+    exact = Xc @ Wp.astype(f64).T
+    assert _rel(Xc @ hi_only.T, exact) > 1e-5

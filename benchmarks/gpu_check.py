@@ -150,12 +150,14 @@ def check_linear(rng, quick):
             lam = 0.01
             J_ref, dW_ref, db_ref = NP.linear_grad(X64, y, W64, b64, lam, loss_name)
             X, W, b = (cupy.asarray(a.astype(np.float32)) for a in (X64, W64, b64))
-            plan = be.linear_plan(X, W, None)
-            poison_pool(1 << 28)
-            J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, lam, loss_name)
-            err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
-            record("linear", f"{'fused' if plan else 'fallback'} {loss_name} n={n} d={d} C={C} f32", err, 1e-5,
-                   n=n, d=d, C=C)
+            for variant in LINEAR_VARIANTS:
+                cb.LINEAR_VARIANT["f32"] = variant
+                poison_pool(1 << 28)
+                J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, lam, loss_name)
+                err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
+                record("linear", f"{linear_kind(be, variant, X, W, None)} {loss_name} n={n} d={d} C={C} f32", err,
+                       1e-5, n=n, d=d, C=C)
+            cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
         # uint8 pixels normalised on the fly, by each uint8 kernel
         Xu = rng.integers(0, 256, (n, d), dtype=np.uint8)
         mean = Xu.mean(0) + rng.standard_normal(d) * 0.1
@@ -165,18 +167,23 @@ def check_linear(rng, quick):
         m32 = cupy.asarray(mean.astype(np.float32))
         for loss_name in ("softmax", "svm"):
             J_ref, dW_ref, db_ref = NP.linear_grad(Xu, y, W64, b64, 0.01, loss_name, mean, std)
-            for variant in U8_VARIANTS:
-                cb.LINEAR_U8["variant"] = variant
-                if variant == "mma":
-                    kind = "mma" if be.linmma_plan(cupy.asarray(Xu), W, m32) else "mma n/a: simt"
-                else:
-                    kind = "fused" if be.linear_plan(cupy.asarray(Xu), W, m32) else "fallback"
+            for variant in LINEAR_VARIANTS:
+                cb.LINEAR_VARIANT["u8"] = variant
                 poison_pool(1 << 28)
                 J, dW, db = be.linear_grad(cupy.asarray(Xu), cupy.asarray(y), W, b, 0.01, loss_name, m32,
                                            cupy.asarray(std.astype(np.float32)))
                 err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
-                record("linear", f"{kind} {loss_name} n={n} d={d} C={C} u8", err, 1e-5, n=n, d=d, C=C)
-            cb.LINEAR_U8["variant"] = DEFAULT_U8
+                record("linear", f"{linear_kind(be, variant, cupy.asarray(Xu), W, m32)} {loss_name} n={n} d={d} C={C} u8",
+                       err, 1e-5, n=n, d=d, C=C)
+            cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
+
+
+def linear_kind(be, variant, X, W, mean):
+    """Which kernel the fused linear step runs for these inputs under `variant`."""
+    if variant == "mma" and be.linmma_plan(X, W, mean):
+        return "mma"
+    simt = "fused" if be.linear_plan(X, W, mean) else "fallback"
+    return simt if variant == "simt" else f"mma n/a: {simt}"
 
 
 def check_long_row_variants(rng):
@@ -200,8 +207,8 @@ def check_long_row_variants(rng):
 
 
 DEFAULT_LONG = cb.CE_LONG_ROWS["variant"]
-DEFAULT_U8 = cb.LINEAR_U8["variant"]
-U8_VARIANTS = ("simt", "mma")  # the uint8 linear kernels (cupy_backend.LINEAR_U8)
+DEFAULT_LINEAR = dict(cb.LINEAR_VARIANT)
+LINEAR_VARIANTS = ("simt", "mma")  # the fused linear kernels (cupy_backend.LINEAR_VARIANT)
 
 
 def check_validation():
@@ -390,7 +397,13 @@ def bench_linear(bw, rng, quick, compile_torch):
             sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=np.float32)), cupy.asarray(rng.integers(0, C, n)))
                     for _ in range(k)]
             wl = f"linear step n={n} d={d} C={C} f32"
-            add_timing(wl, "gpugrad fused", time_batches(lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"), sets, reps=5), floor)
+            for variant in LINEAR_VARIANTS:
+                cb.LINEAR_VARIANT["f32"] = variant
+                if variant == "mma" and not be.linmma_plan(sets[0][0], W, None):
+                    continue
+                add_timing(wl, f"gpugrad fused {variant}", time_batches(
+                    lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"), sets, reps=5), floor)
+            cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
             add_timing(wl, "gpugrad API, validate=True", time_batches(lambda X, y: gg.linear_grad(X, y, W, b, lam), sets, reps=5), floor)
             add_timing(wl, "plain CuPy (cuBLAS)", time_batches(lambda X, y: plain_cupy_linear(X, y, W, b, lam), sets, reps=5), floor)
             if HAVE_TORCH:
@@ -406,13 +419,13 @@ def bench_linear(bw, rng, quick, compile_torch):
             mean = cupy.full(d, 120.0, np.float32)
             std = cupy.full(d, 64.0, np.float32)
             wl = f"linear step n={n} d={d} C={C} uint8"
-            for variant in U8_VARIANTS:
-                cb.LINEAR_U8["variant"] = variant
+            for variant in LINEAR_VARIANTS:
+                cb.LINEAR_VARIANT["u8"] = variant
                 if variant == "mma" and not be.linmma_plan(sets[0][0], W, mean):
                     continue
                 add_timing(wl, f"gpugrad fused {variant}", time_batches(
                     lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, reps=5), floor)
-            cb.LINEAR_U8["variant"] = DEFAULT_U8
+            cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
                 lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, lam), sets, reps=5), floor)
         del sets

@@ -1,27 +1,28 @@
-// linear_mma.cuh: the linear-classifier step for uint8 pixels on the tensor cores (sm_90 clusters).
+// linear_mma.cuh: the linear-classifier step on the tensor cores, X read once (sm_90 clusters).
 //
-// Reads:  X (n, d) uint8 once; y (n,); the prepared weights of gg_linmma_prep: W' = W * inv_std,
-//         scaled per class by 2^e_c and split into two f16 halves (hi + lo, 22 bits), the column
-//         offsets r_k (gg_pixel_offset of x_mean) and the folded bias b'.
-// Writes: per-cluster partials dW_raw[cluster][C][d] = sum_r G~[r][c] (x[r][k] - r_k), with
-//         G~ = gscale * (n dL/dS), db_raw[cluster][C] = sum_r n dL/dS[r][c] and loss[cluster];
-//         gg_linmma_finish turns them into J, dW = inv_std (dW_raw / gscale - (m - r) db_raw) / n
-//         + 2 lam W and db = db_raw / n, adding the partials in a fixed order.
-// Traffic: one read of X (n d bytes) + W' once per block (4 C d bytes) + partials (clusters x C x d
-//         x 4 bytes, about 2% of X at n = 65536, d = 3072, C = 10).
+// Reads:  X (n, d) once: uint8 pixels (gg_linmma_u8_nt*) or float32 (gg_linmma_f32_nt*); y (n,);
+//         W' as prepared by gg_linmma_prep (uint8: W * inv_std scaled per class by 2^e_c, as two
+//         f16 halves hi + lo, 22 bits; column offsets r_k; folded bias b') or gg_linmma_prep_f32
+//         (W as two tf32 halves hi + lo).
+// Writes: per-cluster partials dW_raw[cluster][C][d] = sum_r G~[r][c] x~[r][k] (uint8: x~ = x - r_k,
+//         G~ = gscale n dL/dS; float32: x~ = x, G~ = n dL/dS), db_raw[cluster][C] = sum_r n dL/dS
+//         and loss[cluster]; gg_linmma_finish adds them in a fixed order into J, dW and db.
+// Traffic: one read of X + W' once per block + partials (clusters x C x d x 4 bytes: about 2% of
+//         X at n = 65536, d = 3072, C = 10, uint8).
 //
-// Why this shape. Both products, S = X W'^T and dW = G^T X, run on the tensor cores (mma.sync
-// m16n8k16, f16 in, f32 accumulate): x - r_k is an integer in [-255, 255], exact in f16, and W'
-// and G enter as hi + lo halves, two MMAs each. The whole of dW (C x d floats) and W' cannot both
-// stay on one SM for d = 3072, so a cluster of 4 blocks splits the columns: block q of a cluster
-// owns columns [q dsl, (q + 1) dsl), keeps its W' slice in shared memory and its dW slice in
-// registers, and the cluster walks tiles of 64 rows together:
-//   forward   each block forms partial scores over its columns; the 4 partials meet through
-//             distributed shared memory (one cluster barrier per tile) and every block adds them
-//             in rank order, so all 4 get bit-identical S;
+// Why this shape. Both products, S = X W'^T and dW = G^T X, run on the tensor cores with fp32
+// accumulators: uint8 through mma.m16n8k16 in f16 (x - r_k is an integer in [-255, 255], exact;
+// W' and G as hi + lo, two MMAs each), float32 through mma.m16n8k8 in 3xTF32 (x and the other
+// operand as hi + lo, three MMAs: hi hi, hi lo, lo hi). The whole of dW (C x d floats) and W'
+// cannot both stay on one SM for d = 3072, so a cluster of blocks splits the columns: block q owns
+// columns [q dsl, (q + 1) dsl), keeps its W' slice in shared memory and its dW slice in registers,
+// and the cluster walks tiles of rows together:
+//   forward   each block forms partial scores over its columns (its warps split rows and columns);
+//             the partials meet through distributed shared memory (one cluster barrier per tile)
+//             and every block adds them in rank order, so all get bit-identical S;
 //   loss      16 lanes per row (C <= 16) turn S into the loss and G (gg_row_loss_grad);
-//   backward  dW_slice += G^T X_slice, the X tile still in shared memory; the A fragments of X^T
-//             are the forward's fragments transposed in registers (movmatrix).
+//   backward  dW_slice += G^T X_slice from the X tile still in shared memory (uint8: the
+//             forward's fragments transposed in registers with movmatrix).
 // The next tile streams in with cp.async while the current one is worked on.
 #pragma once
 #include "common.cuh"
@@ -92,8 +93,31 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_prep(
     }
 }
 
-// dW[c][k] = inv_std_k / n (sum_p dW_raw[p][c][k] / gscale - (m_k - r_k) db_raw[c]) + 2 lam W[c][k],
-// db[c] = db_raw[c] / n, J = sum_p loss[p] / n + lam sum_c wsq[c]; partials added in index order.
+// W as two tf32 halves for gg_linmma_f32_nt*, one block of 256 threads per class row c < 8 nt:
+// Wt[0][c][k] = tf32(W), Wt[1][c][k] = tf32(W - hi), zeros for c >= C or k >= d (each [8 nt][dtot]);
+// wsq[c] = sum_k W[c][k]^2.
+extern "C" __global__ void __launch_bounds__(256) gg_linmma_prep_f32(const float* __restrict__ W, int C, int d,
+                                                                     int dtot, float* __restrict__ Wt,
+                                                                     double* __restrict__ wsq) {
+    __shared__ double scratch[32];
+    const int c = blockIdx.x, rows = gridDim.x;
+    double sq = 0.0;
+    for (int k = threadIdx.x; k < dtot; k += blockDim.x) {
+        const float w = (c < C && k < d) ? W[(gg_i64)c * d + k] : 0.f;
+        unsigned hi, lo;
+        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(w));
+        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(w - __uint_as_float(hi)));
+        Wt[(gg_i64)c * dtot + k] = __uint_as_float(hi);
+        Wt[((gg_i64)rows + c) * dtot + k] = __uint_as_float(lo);
+        sq += (double)w * w;
+    }
+    sq = gg_block_reduce(sq, GgSum(), scratch);
+    if (threadIdx.x == 0) wsq[c] = sq;
+}
+
+// dW[c][k] = inv_std_k / n (sum_p dW_raw[p][c][k] / gscale - (m_k - r_k) db_raw[c]) + 2 lam W[c][k]
+// (x_mean null, float32 X: inv_std_k = 1 and no offset term), db[c] = db_raw[c] / n,
+// J = sum_p loss[p] / n + lam sum_c wsq[c]; partials added in index order.
 extern "C" __global__ void __launch_bounds__(256) gg_linmma_finish(
     const float* __restrict__ dW_part, const float* __restrict__ db_part, const double* __restrict__ loss_part,
     const double* __restrict__ wsq, const float* __restrict__ W, const float* __restrict__ x_mean,
@@ -111,8 +135,12 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_finish(
         const int c = (int)(i / d), k = (int)(i - (gg_i64)c * d);
         double s = 0.0;
         for (int p = 0; p < nparts; ++p) s += dW_part[p * cd + i];
-        const double m = x_mean[k], centred = s * inv_gscale - (m - (double)gg_pixel_offset(x_mean[k])) * dbr[c];
-        dW[i] = (float)((double)x_inv_std[k] * inv_n * centred + 2.0 * lam * (double)W[i]);
+        double centred = s * inv_gscale, istd = 1.0;
+        if (x_mean != nullptr) {
+            centred -= ((double)x_mean[k] - (double)gg_pixel_offset(x_mean[k])) * dbr[c];
+            istd = x_inv_std[k];
+        }
+        dW[i] = (float)(istd * inv_n * centred + 2.0 * lam * (double)W[i]);
     }
     if (blockIdx.x == 0) {
         if (threadIdx.x < C) db[threadIdx.x] = (float)(dbr[threadIdx.x] * inv_n);
@@ -126,8 +154,9 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_finish(
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define GG_LINMMA_ATTRS __cluster_dims__(GG_LINMMA_CLUSTER, 1, 1) __launch_bounds__(GG_LINMMA_THREADS, 1)
+#define GG_LINMMA_ATTRS(CL) __cluster_dims__(CL, 1, 1) __launch_bounds__(GG_LINMMA_THREADS, 1)
 
+// ---- cluster primitives (PTX; NVRTC has no cooperative_groups headers) ---------------------------
 __device__ __forceinline__ unsigned gg_cluster_rank() {
     unsigned r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
@@ -156,18 +185,136 @@ __device__ __forceinline__ float gg_cluster_load(const float* local, unsigned ra
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
     return v;
 }
+__device__ __forceinline__ void gg_check_dynamic_smem(int bytes) {
+    unsigned have;
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
+    if (have < (unsigned)bytes) __trap();  // the host's mirror of the layout disagrees
+}
 
+// ---- tensor-core operations (not volatile: pure functions, called from warp-uniform code) --------
 __device__ __forceinline__ void gg_mma16816(float (&acc)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm(  // not volatile: a pure function of its operands, free to be scheduled (warp-uniform callers)
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void gg_mma1688(float (&acc)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// 3xTF32: acc += a b with a = ah + al, b = bh + bl, dropping only al bl (about 2^-22 relative).
+__device__ __forceinline__ void gg_mma1688x3(float (&acc)[4], const unsigned (&ah)[4], const unsigned (&al)[4],
+                                             unsigned bh0, unsigned bh1, unsigned bl0, unsigned bl1) {
+    gg_mma1688(acc, al, bh0, bh1);  // small terms first
+    gg_mma1688(acc, ah, bl0, bl1);
+    gg_mma1688(acc, ah, bh0, bh1);
 }
 __device__ __forceinline__ unsigned gg_movmatrix_t(unsigned a) {
     unsigned t;
     asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(t) : "r"(a));
     return t;
 }
+
+// ---- the per-tile steps both kernels share --------------------------------------------------------
+// Copy rows [row0, row0 + R) of X, columns [k0, k0 + ncols), into a tile whose rows are xstride
+// elements apart (rows past n skipped: their G is 0, so whatever the tile holds there is harmless).
+// vec: d * sizeof(TX) % 16 == 0 and X 16-byte aligned, so every 16-byte piece of a slice is aligned.
+template <typename TX, int R>
+__device__ __forceinline__ void gg_linmma_stage(TX* dst, const TX* __restrict__ X, gg_i64 row0, gg_i64 n, int d,
+                                                int k0, int ncols, int xstride, bool vec) {
+    constexpr int PER16 = 16 / sizeof(TX);
+    if (vec) {
+        const int per_row = ncols / PER16;
+        for (int q = threadIdx.x; q < R * per_row; q += blockDim.x) {
+            const int r = q / per_row, c = q - r * per_row;
+            if (row0 + r < n) gg_cp_async16(dst + r * xstride + PER16 * c, X + (row0 + r) * d + k0 + PER16 * c);
+        }
+    } else {
+        for (int q = threadIdx.x; q < R * ncols; q += blockDim.x) {
+            const int r = q / ncols, c = q - r * ncols;
+            if (row0 + r >= n) continue;
+            if (sizeof(TX) == 4) gg_cp_async4(dst + r * xstride + c, X + (row0 + r) * d + k0 + c);
+            else dst[r * xstride + c] = X[(row0 + r) * d + k0 + c];  // unaligned bytes
+        }
+    }
+    gg_cp_async_commit();
+}
+
+// Copy `rows` rows of `count` elements (a multiple of 16 bytes) from global (stride gstride) to
+// shared memory (stride sstride), 16 bytes at a time. Does not commit.
+template <typename T>
+__device__ __forceinline__ void gg_copy_rows_async(T* dst, int sstride, const T* __restrict__ src, gg_i64 gstride,
+                                                   int rows, int count) {
+    constexpr int PER16 = 16 / sizeof(T);
+    const int per_row = count / PER16;
+    for (int q = threadIdx.x; q < rows * per_row; q += blockDim.x) {
+        const int r = q / per_row, c = q - r * per_row;
+        gg_cp_async16(dst + r * sstride + PER16 * c, src + r * gstride + PER16 * c);
+    }
+}
+
+// This block's partial scores: the NP warp groups' tiles Spart[NP][R][24], added in group order.
+template <int NP, int R>
+__device__ __forceinline__ void gg_linmma_sum_parts(const float* Spart, float* sx, int NC) {
+    for (int e = threadIdx.x; e < R * NC; e += blockDim.x) {
+        const int r = e / NC, c = e - r * NC;
+        float s = Spart[r * 24 + c];
+#pragma unroll
+        for (int p = 1; p < NP; ++p) s += Spart[(p * R + r) * 24 + c];
+        sx[r * 16 + c] = s;
+    }
+}
+
+// The loss step of a tile, after the cluster barrier: team `team` of 16 lanes takes rows team,
+// team + 32, ...; lane c < C forms S[r][c] = (sum of the CL blocks' partials, in rank order) *
+// sinv[c] + bias[c] (sinv null: 1), then the loss and g = n dL/dS[r][c]; store(c, r, g) for
+// c < NC (g = 0 past C and past n). The loss goes to loss_acc (team lane 0), g to db_acc.
+template <int CL, int R, typename Store>
+__device__ __forceinline__ void gg_linmma_loss(const float* sx, gg_i64 row0, gg_i64 n, int C, int NC,
+                                               const void* __restrict__ y, int y64, const float* __restrict__ sinv,
+                                               const float* __restrict__ bias, int loss_kind, Store store,
+                                               double& loss_acc, float& db_acc) {
+    const int team = threadIdx.x >> 4, tl = threadIdx.x & 15;
+    for (int r = team; r < R; r += GG_LINMMA_THREADS / 16) {
+        const gg_i64 row = row0 + r;
+        const bool row_ok = row < n;
+        float s = -gg_inf<float>();
+        if (tl < C) {
+            float acc = 0.f;
+#pragma unroll
+            for (unsigned q = 0; q < CL; ++q) acc += gg_cluster_load(sx + r * 16 + tl, q);
+            s = (sinv != nullptr ? acc * sinv[tl] : acc) + bias[tl];
+        }
+        const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
+        const float g = gg_row_loss_grad<16>(s, tl, C, yv, row_ok, loss_kind, 1.f, &loss_acc);
+        if (tl < NC) store(tl, r, g);
+        db_acc += g;
+    }
+}
+
+// Rank 0 only: the teams' db and loss sums, added in team order, into the cluster's partials.
+// `red` is free shared memory for 32 x 16 floats and 32 doubles.
+__device__ __forceinline__ void gg_linmma_db_loss(float* red, float db_acc, double loss_acc, int C, unsigned cid,
+                                                  float* __restrict__ db_part, double* __restrict__ loss_part) {
+    constexpr int TEAMS = GG_LINMMA_THREADS / 16;
+    double* lred = reinterpret_cast<double*>(red + TEAMS * 16);
+    const int team = threadIdx.x >> 4, tl = threadIdx.x & 15;
+    red[team * 16 + tl] = db_acc;
+    if (tl == 0) lred[team] = loss_acc;
+    __syncthreads();
+    if (threadIdx.x < C) {
+        float s = 0.f;
+        for (int t = 0; t < TEAMS; ++t) s += red[t * 16 + threadIdx.x];
+        db_part[(gg_i64)cid * C + threadIdx.x] = s;
+    }
+    if (threadIdx.x == 0) {
+        double s = 0.0;
+        for (int t = 0; t < TEAMS; ++t) s += lred[t];
+        loss_part[cid] = s;
+    }
+}
+
+// ---- uint8 pixels: f16 MMAs, clusters of 4, 64-row tiles -----------------------------------------
 // Four pixels (one 32-bit word, columns 4 tig .. 4 tig + 3) minus their columns' offsets, as the
 // f16 pairs for k-slots (2 tig, 2 tig + 1) -> lo and (2 tig + 8, 2 tig + 9) -> hi. Exact.
 __device__ __forceinline__ void gg_u8x4_centred(unsigned v, uint2 off, unsigned& lo, unsigned& hi) {
@@ -175,29 +322,11 @@ __device__ __forceinline__ void gg_u8x4_centred(unsigned v, uint2 off, unsigned&
     asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(off.x));
     asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(off.y));
 }
-// The A fragment of X[rows 16 block .. + 16][k-slots of one 16-column block], from a row-major
-// uint8 tile: `p` points at row grp, column 4 tig of the block.
+// The A fragment of X[16 rows][the k-slots of one 16-column block], from a row-major uint8 tile:
+// `p` points at row grp, column 4 tig of the block.
 __device__ __forceinline__ void gg_u8_frag(const unsigned char* p, int xstride, uint2 off, unsigned (&a)[4]) {
     gg_u8x4_centred(*reinterpret_cast<const unsigned*>(p), off, a[0], a[2]);
     gg_u8x4_centred(*reinterpret_cast<const unsigned*>(p + 8 * xstride), off, a[1], a[3]);
-}
-
-// Copy rows [row0, row0 + 64) of X, columns [k0, k0 + ncols), into a tile (rows past n skipped).
-__device__ __forceinline__ void gg_linmma_stage(unsigned char* dst, const unsigned char* __restrict__ X, gg_i64 row0,
-                                                gg_i64 n, int d, int k0, int ncols, int xstride, bool vec) {
-    if (vec) {  // d % 16 == 0 and X 16-byte aligned, so every 16-byte piece of a slice is aligned
-        const int per_row = ncols >> 4;
-        for (int q = threadIdx.x; q < GG_LINMMA_ROWS * per_row; q += blockDim.x) {
-            const int r = q / per_row, c = q - r * per_row;
-            if (row0 + r < n) gg_cp_async16(dst + r * xstride + 16 * c, X + (row0 + r) * d + k0 + 16 * c);
-        }
-    } else {
-        for (int q = threadIdx.x; q < GG_LINMMA_ROWS * ncols; q += blockDim.x) {
-            const int r = q / ncols, c = q - r * ncols;
-            if (row0 + r < n) dst[r * xstride + c] = X[(row0 + r) * d + k0 + c];
-        }
-    }
-    gg_cp_async_commit();
 }
 
 template <int NT>
@@ -206,64 +335,54 @@ __device__ __forceinline__ void gg_linmma_u8(
     const unsigned short* __restrict__ Wh, const unsigned short* __restrict__ roff, const float* __restrict__ bprime,
     const float* __restrict__ sinv, int loss_kind, float gscale, int vec, float* __restrict__ dW_part,
     float* __restrict__ db_part, double* __restrict__ loss_part) {
-    constexpr int NC = 8 * NT, R = GG_LINMMA_ROWS;
+    constexpr int NC = 8 * NT, R = GG_LINMMA_U8_ROWS, CL = GG_LINMMA_U8_CLUSTER;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, grp = lane >> 2, tig = lane & 3;
     const unsigned rank = gg_cluster_rank(), cid = gg_cluster_id(), ncl = gg_cluster_count();
-    const int k0 = (int)rank * dsl, ncols = max(0, min(dsl, d - k0)), nkb = dsl >> 4, dtot = GG_LINMMA_CLUSTER * dsl;
+    const int k0 = (int)rank * dsl, ncols = max(0, min(dsl, d - k0)), nkb = dsl >> 4;
 
     extern __shared__ __align__(16) unsigned char gg_smem[];
-    const GgLinmmaLayout L(dsl, NT);
-    {
-        unsigned have;
-        asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
-        if (have < (unsigned)L.bytes) __trap();  // the host's mirror of the layout disagrees
-    }
+    const GgLinmmaU8Layout L(dsl, NT);
+    gg_check_dynamic_smem(L.bytes);
     unsigned short* Ws = reinterpret_cast<unsigned short*>(gg_smem + L.w_off);
     unsigned short* Rs = reinterpret_cast<unsigned short*>(gg_smem + L.r_off);
     unsigned char* Xs = gg_smem + L.x_off;
     float* Spart = reinterpret_cast<float*>(gg_smem + L.spart_off);
     float* Sx = reinterpret_cast<float*>(gg_smem + L.sx_off);
     unsigned short* Gs = reinterpret_cast<unsigned short*>(gg_smem + L.g_off);
+    constexpr int GST = R + 8;  // Gs row stride (f16)
 
     const gg_i64 ntiles = (n + R - 1) / R;
     gg_i64 tile = cid;
-    // The first tile and this block's slice of W' and the offsets, all in flight at once.
-    if (tile < ntiles) gg_linmma_stage(Xs, X, tile * R, n, d, k0, ncols, L.xstride, vec);
-    for (int q = threadIdx.x; q < 2 * NC * (dsl >> 3); q += blockDim.x) {  // 16-byte pieces of W'
-        const int row = q / (dsl >> 3), piece = q - row * (dsl >> 3);
-        gg_cp_async16(Ws + row * L.wstride + 8 * piece, Wh + (gg_i64)row * dtot + k0 + 8 * piece);
-    }
-    for (int q = threadIdx.x; q < (dsl >> 3); q += blockDim.x) gg_cp_async16(Rs + 8 * q, roff + k0 + 8 * q);
+    // The first tile, this block's slice of W' and its offsets, all in flight at once.
+    if (tile < ntiles) gg_linmma_stage<unsigned char, R>(Xs, X, tile * R, n, d, k0, ncols, L.xstride, vec);
+    gg_copy_rows_async(Ws, L.wstride, Wh + k0, (gg_i64)CL * dsl, 2 * NC, dsl);
+    gg_copy_rows_async(Rs, 0, roff + k0, 0, 1, dsl);
     gg_cp_async_commit();
 
     float dacc[3][NT][4];
 #pragma unroll
     for (int i = 0; i < 3; ++i)
 #pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) dacc[i][t][j] = 0.f;
-    float db_acc = 0.f;     // team lane c: sum of n dL/dS[.][c] over this cluster's rows (rank 0 keeps it)
-    double loss_acc = 0.0;  // team lane 0: sum of the rows' losses
-    const int team = threadIdx.x >> 4, tl = threadIdx.x & 15;
+        for (int j = 0; j < 4 * NT; ++j) dacc[i][j >> 2][j & 3] = 0.f;
+    float db_acc = 0.f;
+    double loss_acc = 0.0;
 
     for (int it = 0; tile < ntiles; tile += ncl, ++it) {
         const int stage = it & 1;
         const gg_i64 next = tile + ncl, row0 = tile * R;
-        if (next < ntiles) gg_linmma_stage(Xs + (stage ^ 1) * R * L.xstride, X, next * R, n, d, k0, ncols, L.xstride, vec);
+        if (next < ntiles) gg_linmma_stage<unsigned char, R>(Xs + (stage ^ 1) * R * L.xstride, X, next * R, n, d, k0,
+                                                             ncols, L.xstride, vec);
         else gg_cp_async_commit();  // an empty group keeps wait_group's count uniform
         asm volatile("cp.async.wait_group 1;\n" ::);
         __syncthreads();
         const unsigned char* xs = Xs + stage * R * L.xstride;
 
-        // Forward: warp (row block mt, column quarter kq) forms S_part = X W'^T over its columns.
+        // Forward: warp (row block mt, column quarter kq) forms S_part = X~ W'^T over its columns.
         {
             const int mt = warp & 3, kq = warp >> 2, q4 = (nkb + 3) >> 2;
-            float acc[NT][2][4];  // per half: twice the independent MMA chains
+            float acc[NT][2][4];  // one per half: twice the independent MMA chains
 #pragma unroll
-            for (int t = 0; t < NT; ++t)
-#pragma unroll
-                for (int j = 0; j < 8; ++j) acc[t][j >> 2][j & 3] = 0.f;
+            for (int j = 0; j < 8 * NT; ++j) acc[j >> 3][(j >> 2) & 1][j & 3] = 0.f;
             const unsigned char* xa = xs + (16 * mt + grp) * L.xstride + 4 * tig;
             const unsigned short* wb = Ws + grp * L.wstride + 4 * tig;
             const int kb_end = min(nkb, (kq + 1) * q4);
@@ -289,37 +408,20 @@ __device__ __forceinline__ void gg_linmma_u8(
         }
         __syncthreads();
         float* sx = Sx + stage * R * 16;
-        for (int e = threadIdx.x; e < R * NC; e += blockDim.x) {
-            const int r = e / NC, c = e - r * NC;
-            const float* p = Spart + r * 24 + c;
-            sx[r * 16 + c] = ((p[0] + p[R * 24]) + p[2 * R * 24]) + p[3 * R * 24];
-        }
+        gg_linmma_sum_parts<4, R>(Spart, sx, NC);
         gg_cluster_sync();  // every block's partial scores for this tile are ready
 
-        // Loss: team `team` of 16 lanes takes rows team and team + 32; lane c < C holds S[r][c].
-        for (int r = team; r < R; r += GG_LINMMA_THREADS / 16) {
-            const gg_i64 row = row0 + r;
-            const bool row_ok = row < n;
-            float s = -gg_inf<float>();
-            if (tl < C) {
-                float acc = 0.f;
-#pragma unroll
-                for (unsigned q = 0; q < GG_LINMMA_CLUSTER; ++q) acc += gg_cluster_load(sx + r * 16 + tl, q);
-                s = acc * sinv[tl] + bprime[tl];
-            }
-            const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
-            const float g = gg_row_loss_grad<16>(s, tl, C, yv, row_ok, loss_kind, 1.f, &loss_acc);
-            if (tl < NC) {
-                unsigned short hi, lo;
-                gg_split_f16_bits(g * gscale, hi, lo);
-                Gs[tl * 72 + r] = hi;
-                Gs[(NC + tl) * 72 + r] = lo;
-            }
-            db_acc += g;
-        }
+        gg_linmma_loss<CL, R>(sx, row0, n, C, NC, y, y64, sinv, bprime, loss_kind,
+                              [&](int c, int r, float g) {
+                                  unsigned short hi, lo;
+                                  gg_split_f16_bits(g * gscale, hi, lo);
+                                  Gs[c * GST + r] = hi;
+                                  Gs[(NC + c) * GST + r] = lo;
+                              },
+                              loss_acc, db_acc);
         __syncthreads();
 
-        // Backward: warp w adds G~^T X to its column blocks w, w + 16, w + 32 (k-slot order).
+        // Backward: warp w adds G~^T X~ to its column blocks w, w + 16, w + 32 (k-slot order).
 #pragma unroll
         for (int kr = 0; kr < R / 16; ++kr) {
             unsigned gb[NT][2][2];
@@ -327,7 +429,7 @@ __device__ __forceinline__ void gg_linmma_u8(
             for (int t = 0; t < NT; ++t)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
-                    const unsigned short* gp = Gs + (h * NC + 8 * t + grp) * 72 + 16 * kr + 2 * tig;
+                    const unsigned short* gp = Gs + (h * NC + 8 * t + grp) * GST + 16 * kr + 2 * tig;
                     gb[t][h][0] = *reinterpret_cast<const unsigned*>(gp);
                     gb[t][h][1] = *reinterpret_cast<const unsigned*>(gp + 8);
                 }
@@ -351,7 +453,6 @@ __device__ __forceinline__ void gg_linmma_u8(
     }
 
     asm volatile("cp.async.wait_all;\n" ::);  // a cluster without tiles still has W' in flight
-    // This block's dW_raw slice, straight from the accumulators.
 #pragma unroll
     for (int i = 0; i < 3; ++i) {
         const int ct = warp + 16 * i;
@@ -364,41 +465,193 @@ __device__ __forceinline__ void gg_linmma_u8(
                 if (c < C && col < ncols) dW_part[((gg_i64)cid * C + c) * d + k0 + col] = dacc[i][t][j];
             }
     }
-    // Rank 0 adds the teams' db and loss in team order (Spart is free after the loop's last barrier).
-    if (rank == 0) {
-        float* red = Spart;
-        double* lred = reinterpret_cast<double*>(Spart + 32 * 16);
-        red[team * 16 + tl] = db_acc;
-        if (tl == 0) lred[team] = loss_acc;
-        __syncthreads();
-        if (threadIdx.x < C) {
-            float s = 0.f;
-            for (int t = 0; t < GG_LINMMA_THREADS / 16; ++t) s += red[t * 16 + threadIdx.x];
-            db_part[(gg_i64)cid * C + threadIdx.x] = s;
-        }
-        if (threadIdx.x == 0) {
-            double s = 0.0;
-            for (int t = 0; t < GG_LINMMA_THREADS / 16; ++t) s += lred[t];
-            loss_part[cid] = s;
-        }
-    }
+    if (rank == 0) gg_linmma_db_loss(Spart, db_acc, loss_acc, C, cid, db_part, loss_part);
     gg_cluster_sync();  // no block leaves while another may still read its scores
 }
+
+// ---- float32: 3xTF32 MMAs, clusters of 8, 32-row tiles --------------------------------------------
+__device__ __forceinline__ unsigned gg_tf32(float v) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return r;
+}
+// v = hi + lo + (about 2^-22 v), both tf32.
+__device__ __forceinline__ void gg_split_tf32(float v, unsigned& hi, unsigned& lo) {
+    hi = gg_tf32(v);
+    lo = gg_tf32(v - __uint_as_float(hi));
+}
+
+template <int NT>
+__device__ __forceinline__ void gg_linmma_f32(
+    const float* __restrict__ X, const void* __restrict__ y, int y64, gg_i64 n, int d, int dsl, int C,
+    const float* __restrict__ Wt, const float* __restrict__ b, int loss_kind, int vec, float* __restrict__ dW_part,
+    float* __restrict__ db_part, double* __restrict__ loss_part) {
+    constexpr int NC = 8 * NT, R = GG_LINMMA_F32_ROWS, CL = GG_LINMMA_F32_CLUSTER;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, grp = lane >> 2, tig = lane & 3;
+    const unsigned rank = gg_cluster_rank(), cid = gg_cluster_id(), ncl = gg_cluster_count();
+    const int k0 = (int)rank * dsl, ncols = max(0, min(dsl, d - k0)), nkb = dsl >> 3, nct = dsl >> 4;
+
+    extern __shared__ __align__(16) unsigned char gg_smem[];
+    const GgLinmmaF32Layout L(dsl, NT);
+    gg_check_dynamic_smem(L.bytes);
+    float* Ws = reinterpret_cast<float*>(gg_smem + L.w_off);
+    float* Xs = reinterpret_cast<float*>(gg_smem + L.x_off);
+    float* Spart = reinterpret_cast<float*>(gg_smem + L.spart_off);
+    float* Sx = reinterpret_cast<float*>(gg_smem + L.sx_off);
+    float* Gs = reinterpret_cast<float*>(gg_smem + L.g_off);
+    constexpr int GST = R + 4;  // Gs row stride (floats)
+
+    const gg_i64 ntiles = (n + R - 1) / R;
+    gg_i64 tile = cid;
+    if (tile < ntiles) gg_linmma_stage<float, R>(Xs, X, tile * R, n, d, k0, ncols, L.xstride, vec);
+    gg_copy_rows_async(Ws, L.wstride, Wt + k0, (gg_i64)CL * dsl, 2 * NC, dsl);
+    gg_cp_async_commit();
+
+    // Backward split: warp pair p = warp / 2 owns column blocks 3p .. 3p + 2 (16 columns each), the
+    // pair's two warps take the tile's row halves; the pair's sums meet at the end.
+    float dacc[3][NT][4];
+#pragma unroll
+    for (int i = 0; i < 3; ++i)
+#pragma unroll
+        for (int j = 0; j < 4 * NT; ++j) dacc[i][j >> 2][j & 3] = 0.f;
+    float db_acc = 0.f;
+    double loss_acc = 0.0;
+
+    for (int it = 0; tile < ntiles; tile += ncl, ++it) {
+        const int stage = it & 1;
+        const gg_i64 next = tile + ncl, row0 = tile * R;
+        if (next < ntiles) gg_linmma_stage<float, R>(Xs + (stage ^ 1) * R * L.xstride, X, next * R, n, d, k0, ncols,
+                                                     L.xstride, vec);
+        else gg_cp_async_commit();
+        asm volatile("cp.async.wait_group 1;\n" ::);
+        __syncthreads();
+        const float* xs = Xs + stage * R * L.xstride;
+
+        // Forward: warp (row block mt = warp % 2, column eighth ke = warp / 2), 8-column k-blocks.
+        {
+            const int mt = warp & 1, ke = warp >> 1, q8 = (nkb + 7) >> 3;
+            float acc[NT][4];
+#pragma unroll
+            for (int j = 0; j < 4 * NT; ++j) acc[j >> 2][j & 3] = 0.f;
+            const float* xa = xs + (16 * mt + grp) * L.xstride + 2 * tig;
+            const float* wb = Ws + grp * L.wstride + 2 * tig;
+            const int kb_end = min(nkb, (ke + 1) * q8);
+            for (int kb = ke * q8; kb < kb_end; ++kb) {
+                const float2 x0 = *reinterpret_cast<const float2*>(xa + 8 * kb);
+                const float2 x1 = *reinterpret_cast<const float2*>(xa + 8 * L.xstride + 8 * kb);
+                unsigned ah[4], al[4];  // k-slot tig -> column 2 tig (.x), tig + 4 -> 2 tig + 1 (.y)
+                gg_split_tf32(x0.x, ah[0], al[0]);
+                gg_split_tf32(x1.x, ah[1], al[1]);
+                gg_split_tf32(x0.y, ah[2], al[2]);
+                gg_split_tf32(x1.y, ah[3], al[3]);
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
+                    const uint2 wh = *reinterpret_cast<const uint2*>(wb + 8 * t * L.wstride + 8 * kb);
+                    const uint2 wl = *reinterpret_cast<const uint2*>(wb + (NC + 8 * t) * L.wstride + 8 * kb);
+                    gg_mma1688x3(acc[t], ah, al, wh.x, wh.y, wl.x, wl.y);
+                }
+            }
+            float* sp = Spart + (ke * R + 16 * mt + grp) * 24 + 2 * tig;
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                *reinterpret_cast<float2*>(sp + 8 * t) = make_float2(acc[t][0], acc[t][1]);
+                *reinterpret_cast<float2*>(sp + 8 * 24 + 8 * t) = make_float2(acc[t][2], acc[t][3]);
+            }
+        }
+        __syncthreads();
+        float* sx = Sx + stage * R * 16;
+        gg_linmma_sum_parts<8, R>(Spart, sx, NC);
+        gg_cluster_sync();
+
+        gg_linmma_loss<CL, R>(sx, row0, n, C, NC, y, y64, nullptr, b, loss_kind,
+                              [&](int c, int r, float g) {
+                                  unsigned hi, lo;
+                                  gg_split_tf32(g, hi, lo);
+                                  Gs[c * GST + r] = __uint_as_float(hi);
+                                  Gs[(NC + c) * GST + r] = __uint_as_float(lo);
+                              },
+                              loss_acc, db_acc);
+        __syncthreads();
+
+        // Backward: dW^T[16 columns][8 classes] += X^T[16 columns][8 rows] G~[8 rows][8 classes].
+#pragma unroll
+        for (int ks = 0; ks < R / 16; ++ks) {
+            const int r8 = 8 * ((R / 16) * (warp & 1) + ks);  // first row of this 8-row k-step
+            unsigned gh[NT][2], gl[NT][2];
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int q = 0; q < 2; ++q) {
+                    const float* gp = Gs + (8 * t + grp) * GST + r8 + gg_mma8_b_k(lane, q);
+                    gh[t][q] = __float_as_uint(gp[0]);
+                    gl[t][q] = __float_as_uint(gp[NC * GST]);
+                }
+#pragma unroll
+            for (int i = 0; i < 3; ++i) {
+                const int ct = 3 * (warp >> 1) + i;
+                if (ct < nct) {
+                    unsigned ah[4], al[4];
+#pragma unroll
+                    for (int q = 0; q < 4; ++q)  // A = X^T: M = column 16 ct + a_row, K = row r8 + a_col
+                        gg_split_tf32(xs[(r8 + gg_mma8_a_col(lane, q)) * L.xstride + 16 * ct + gg_mma8_a_row(lane, q)],
+                                      ah[q], al[q]);
+#pragma unroll
+                    for (int t = 0; t < NT; ++t) gg_mma1688x3(dacc[i][t], ah, al, gh[t][0], gh[t][1], gl[t][0], gl[t][1]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    asm volatile("cp.async.wait_all;\n" ::);
+    // Each warp pair adds its two row halves (odd warps park theirs in Spart), then writes dW_raw.
+    float* park = Spart + ((warp >> 1) * 32 + lane) * (12 * NT);
+    if (warp & 1) {
+#pragma unroll
+        for (int j = 0; j < 12 * NT; ++j) park[j] = dacc[j / (4 * NT)][(j >> 2) % NT][j & 3];
+    }
+    __syncthreads();
+    if (!(warp & 1)) {
+#pragma unroll
+        for (int i = 0; i < 3; ++i) {
+            const int ct = 3 * (warp >> 1) + i;
+            if (ct >= nct) continue;
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int c = 8 * t + gg_mma_c_col(lane, j), col = 16 * ct + gg_mma_c_row(lane, j);
+                    if (c < C && col < ncols)
+                        dW_part[((gg_i64)cid * C + c) * d + k0 + col] = dacc[i][t][j] + park[(i * NT + t) * 4 + j];
+                }
+        }
+    }
+    __syncthreads();  // the parked sums are read before rank 0 reuses Spart
+    if (rank == 0) gg_linmma_db_loss(Spart, db_acc, loss_acc, C, cid, db_part, loss_part);
+    gg_cluster_sync();
+}
+#define GG_LINMMA_U8_BODY(NT) gg_linmma_u8<NT>(X, y, y64, n, d, dsl, C, Wh, roff, bprime, sinv, loss_kind, gscale, vec, \
+                                                dW_part, db_part, loss_part);
+#define GG_LINMMA_F32_BODY(NT) gg_linmma_f32<NT>(X, y, y64, n, d, dsl, C, Wt, b, loss_kind, vec, dW_part, db_part, \
+                                                  loss_part);
 #else
-#define GG_LINMMA_ATTRS __launch_bounds__(GG_LINMMA_THREADS, 1)
+// Clusters and movmatrix need sm_90: below it the entry points exist (one module for every card)
+// but trap, and the backend never picks them.
+#define GG_LINMMA_ATTRS(CL) __launch_bounds__(GG_LINMMA_THREADS, 1)
+#define GG_LINMMA_U8_BODY(NT) __trap();
+#define GG_LINMMA_F32_BODY(NT) __trap();
 #endif
 
-#define GG_LINMMA_ARGS const unsigned char* __restrict__ X, const void* __restrict__ y, int y64, gg_i64 n, int d, \
-    int dsl, int C, const unsigned short* __restrict__ Wh, const unsigned short* __restrict__ roff,                 \
-    const float* __restrict__ bprime, const float* __restrict__ sinv, int loss_kind, float gscale, int vec,         \
+#define GG_LINMMA_U8_ARGS const unsigned char* __restrict__ X, const void* __restrict__ y, int y64, gg_i64 n, int d, \
+    int dsl, int C, const unsigned short* __restrict__ Wh, const unsigned short* __restrict__ roff,                    \
+    const float* __restrict__ bprime, const float* __restrict__ sinv, int loss_kind, float gscale, int vec,            \
     float* __restrict__ dW_part, float* __restrict__ db_part, double* __restrict__ loss_part
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define GG_LINMMA_BODY(NT) gg_linmma_u8<NT>(X, y, y64, n, d, dsl, C, Wh, roff, bprime, sinv, loss_kind, gscale, vec, \
-                                             dW_part, db_part, loss_part);
-#else
-#define GG_LINMMA_BODY(NT) __trap();  // clusters and movmatrix need sm_90; the backend never picks it below
-#endif
+#define GG_LINMMA_F32_ARGS const float* __restrict__ X, const void* __restrict__ y, int y64, gg_i64 n, int d,         \
+    int dsl, int C, const float* __restrict__ Wt, const float* __restrict__ b, int loss_kind, int vec,                \
+    float* __restrict__ dW_part, float* __restrict__ db_part, double* __restrict__ loss_part
 
-// Entry points gg_linmma_u8_nt<NT>: C <= 8 NT classes (one or two 8-class MMA tiles).
-extern "C" __global__ void GG_LINMMA_ATTRS gg_linmma_u8_nt1(GG_LINMMA_ARGS) { GG_LINMMA_BODY(1) }
-extern "C" __global__ void GG_LINMMA_ATTRS gg_linmma_u8_nt2(GG_LINMMA_ARGS) { GG_LINMMA_BODY(2) }
+// Entry points gg_linmma_{u8,f32}_nt<NT>: C <= 8 NT classes (one or two 8-class MMA tiles).
+extern "C" __global__ void GG_LINMMA_ATTRS(GG_LINMMA_U8_CLUSTER) gg_linmma_u8_nt1(GG_LINMMA_U8_ARGS) { GG_LINMMA_U8_BODY(1) }
+extern "C" __global__ void GG_LINMMA_ATTRS(GG_LINMMA_U8_CLUSTER) gg_linmma_u8_nt2(GG_LINMMA_U8_ARGS) { GG_LINMMA_U8_BODY(2) }
+extern "C" __global__ void GG_LINMMA_ATTRS(GG_LINMMA_F32_CLUSTER) gg_linmma_f32_nt1(GG_LINMMA_F32_ARGS) { GG_LINMMA_F32_BODY(1) }
+extern "C" __global__ void GG_LINMMA_ATTRS(GG_LINMMA_F32_CLUSTER) gg_linmma_f32_nt2(GG_LINMMA_F32_ARGS) { GG_LINMMA_F32_BODY(2) }

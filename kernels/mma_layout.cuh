@@ -21,12 +21,22 @@ GG_HD int gg_mma_b_n(int lane) { return lane >> 2; }
 GG_HD int gg_mma_c_row(int lane, int i) { return (lane >> 2) + 8 * (i >> 1); }
 GG_HD int gg_mma_c_col(int lane, int i) { return 2 * (lane & 3) + (i & 1); }
 
+// mma.sync.m16n8k8.row.col with tf32 inputs (f32 accumulators, C as above):
+//   A (16 x 8): register r (0..3) holds (grp + 8 * (r & 1), tig + 4 * (r >> 1));
+//   B (8 x 8):  register r (0..1) holds (tig + 4 * r, grp).
+GG_HD int gg_mma8_a_row(int lane, int reg) { return (lane >> 2) + 8 * (reg & 1); }
+GG_HD int gg_mma8_a_col(int lane, int reg) { return (lane & 3) + 4 * (reg >> 1); }
+GG_HD int gg_mma8_b_k(int lane, int reg) { return (lane & 3) + 4 * reg; }
+
 // The contraction index of a 16-wide block may be permuted freely, provided both operands use the
 // same permutation. k-slot s stands for column gg_kslot_col(s) of the block, chosen so that the
 // four k-slots a lane holds (2 tig, 2 tig + 1, 2 tig + 8, 2 tig + 9) are the four adjacent
 // columns 4 tig .. 4 tig + 3: one 32-bit load of four uint8 pixels, one 64-bit load of four f16
 // weights. Registers 0 and 2 (or 1 and 3) of an A fragment then come from one such load.
 GG_HD int gg_kslot_col(int s) { return 4 * ((s & 7) >> 1) + 2 * (s >> 3) + (s & 1); }
+// The same for the 8-wide tf32 blocks: a lane's k-slots tig and tig + 4 are the adjacent columns
+// 2 tig and 2 tig + 1 (one float2 load of X or of W'); registers 0 and 2 (1 and 3) of A.
+GG_HD int gg_kslot8_col(int s) { return 2 * (s & 3) + (s >> 2); }
 
 // The A fragment of a block's transpose from the A fragment of the block itself: movmatrix.trans
 // transposes each 8 x 8 quarter in place, and quarter (row half i, col half j) of X is quarter
@@ -48,28 +58,48 @@ GG_HD float gg_pixel_offset(float mean) {
     return (float)(int)(r + 0.5f);
 }
 
-// ---- the tensor-core linear step (linear_mma.cuh): tile shape and shared-memory layout ----------
-#define GG_LINMMA_ROWS 64      // rows per tile
-#define GG_LINMMA_CLUSTER 4    // blocks per cluster: the column split
-#define GG_LINMMA_THREADS 512  // 16 warps: forward 4 row blocks x 4 column quarters; backward 3 column blocks each
-#define GG_LINMMA_MAX_DSL 768  // columns per block, so d <= 3072
+// ---- the tensor-core linear steps (linear_mma.cuh): tile shapes and shared-memory layouts -------
+// uint8 X: clusters of 4 blocks split the columns, 64-row tiles; float32 X: clusters of 8 (X takes
+// four times the room), 32-row tiles. cupy_backend mirrors these numbers and the layouts' `bytes`,
+// and tests/test_kernels_build.py compares the two. Strides are padded so that the fragment loads
+// of a warp hit 32 different banks.
+#define GG_LINMMA_THREADS 512  // 16 warps
+#define GG_LINMMA_U8_ROWS 64
+#define GG_LINMMA_U8_CLUSTER 4
+#define GG_LINMMA_U8_MAX_DSL 768  // columns per block: d <= 3072
+#define GG_LINMMA_F32_ROWS 32
+#define GG_LINMMA_F32_CLUSTER 8
+#define GG_LINMMA_F32_MAX_DSL 384  // d <= 3072
 
-// Shared-memory layout of one block of linear_mma.cuh (byte offsets); cupy_backend.linmma_smem_bytes
-// mirrors `bytes`, and tests/test_kernels_build.py compares the two.
-// Strides are padded so the fragment loads of a warp hit 32 different banks.
-struct GgLinmmaLayout {
+struct GgLinmmaU8Layout {
     int wstride;  // f16 elements between rows of W' (2 * wstride bytes = 32 mod 128)
     int xstride;  // bytes between rows of an X tile (= 16 mod 128)
     int w_off, r_off, x_off, spart_off, sx_off, g_off, bytes;
-    GG_HD GgLinmmaLayout(int dsl, int nt) {
+    GG_HD GgLinmmaU8Layout(int dsl, int nt) {
+        constexpr int R = GG_LINMMA_U8_ROWS;
         wstride = (dsl + 63) / 64 * 64 + 16;
         xstride = (dsl + 127) / 128 * 128 + 16;
-        w_off = 0;                                              // f16 [2 halves][8 nt][wstride]
-        r_off = w_off + 2 * 8 * nt * wstride * 2;               // f16 [dsl]: 1024 + r_k
-        x_off = (r_off + dsl * 2 + 15) / 16 * 16;               // u8 [2 stages][64][xstride]
-        spart_off = x_off + 2 * GG_LINMMA_ROWS * xstride;       // f32 [4 quarters][64][24]
-        sx_off = spart_off + 4 * GG_LINMMA_ROWS * 24 * 4;       // f32 [2 tiles][64][16]: read by the cluster
-        g_off = sx_off + 2 * GG_LINMMA_ROWS * 16 * 4;           // f16 [2 halves][8 nt][72]: G~ by class, row
-        bytes = g_off + 2 * 8 * nt * 72 * 2;
+        w_off = 0;                                  // f16 [2 halves][8 nt][wstride]
+        r_off = w_off + 2 * 8 * nt * wstride * 2;   // f16 [dsl]: 1024 + r_k
+        x_off = (r_off + dsl * 2 + 15) / 16 * 16;   // u8 [2 stages][R][xstride]
+        spart_off = x_off + 2 * R * xstride;        // f32 [4 column quarters][R][24]
+        sx_off = spart_off + 4 * R * 24 * 4;        // f32 [2 tiles][R][16]: read by the whole cluster
+        g_off = sx_off + 2 * R * 16 * 4;            // f16 [2 halves][8 nt][R + 8]: G~ by class, row
+        bytes = g_off + 2 * 8 * nt * (R + 8) * 2;
+    }
+};
+
+struct GgLinmmaF32Layout {
+    int wstride, xstride;  // floats between rows of W' and of an X tile (= 8 mod 32)
+    int w_off, x_off, spart_off, sx_off, g_off, bytes;
+    GG_HD GgLinmmaF32Layout(int dsl, int nt) {
+        constexpr int R = GG_LINMMA_F32_ROWS;
+        wstride = xstride = (dsl + 31) / 32 * 32 + 8;
+        w_off = 0;                                  // tf32 [2 halves][8 nt][wstride]
+        x_off = w_off + 2 * 8 * nt * wstride * 4;   // f32 [2 stages][R][xstride]
+        spart_off = x_off + 2 * R * xstride * 4;    // f32 [8 column eighths][R][24]
+        sx_off = spart_off + 8 * R * 24 * 4;        // f32 [2 tiles][R][16]: read by the whole cluster
+        g_off = sx_off + 2 * R * 16 * 4;            // tf32 [2 halves][8 nt][R + 4]: G~ by class, row
+        bytes = g_off + 2 * 8 * nt * (R + 4) * 4;
     }
 };

@@ -48,40 +48,53 @@ def test_row_loss_kernels_match_numpy(n, C, dtype, loss, rng):
     assert got_loss.shape == () and isinstance(got_loss, cupy.ndarray)
 
 
+@pytest.fixture(params=["simt", "mma"])
+def linear_variant(request):
+    """Each fused linear kernel in turn (cupy_backend.LINEAR_VARIANT), restored afterwards; "mma"
+    (tensor cores, thread-block clusters) needs sm_90."""
+    from gpugrad.backends import cupy_backend as cb
+    if request.param == "mma" and gg.get_backend("cupy").cc < 90:
+        pytest.skip("the tensor-core kernels need sm_90 (clusters)")
+    old = dict(cb.LINEAR_VARIANT)
+    cb.LINEAR_VARIANT.update(f32=request.param, u8=request.param)
+    yield request.param
+    cb.LINEAR_VARIANT.update(old)
+
+
+def _poison_pool(cupy, nbytes=1 << 28):
+    """Fill the memory pool's free blocks with NaN, so an output or partial the kernels forget to
+    write shows up as NaN instead of a stale value."""
+    cupy.get_default_memory_pool().free_all_blocks()
+    block = cupy.full(nbytes // 4, np.nan, dtype=np.float32)
+    del block
+
+
 @pytest.mark.parametrize("n,d,C", [(1, 5, 1), (3, 7, 2), (65537, 131, 10), (1000, 3071, 10), (513, 100, 16),
-                                   (300, 3073, 10), (257, 50, 40)])
+                                   (300, 3073, 10), (257, 50, 40), (4099, 3072, 10), (70, 784, 9)])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
-def test_linear_grad_fused_matches_numpy(n, d, C, loss, rng):
+def test_linear_grad_fused_matches_numpy(n, d, C, loss, linear_variant, rng):
     import cupy
+    be = gg.get_backend("cupy")
     X = rng.standard_normal((n, d))
     W = rng.standard_normal((C, d)) * 0.05
     b = rng.standard_normal(C) * 0.1
     y = rng.integers(0, C, n)
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, loss)
-    J, dW, db = gg.linear_grad(*(cupy.asarray(a.astype(np.float32)) for a in (X,)), cupy.asarray(y),
-                               cupy.asarray(W.astype(np.float32)), cupy.asarray(b.astype(np.float32)),
-                               lam=0.01, loss=loss)
+    args = [cupy.asarray(X.astype(np.float32)), cupy.asarray(y), cupy.asarray(W.astype(np.float32)),
+            cupy.asarray(b.astype(np.float32))]
+    if linear_variant == "mma":
+        assert (be.linmma_plan(args[0], args[2], None) is not None) == (C <= 16 and d <= 3072)
+    _poison_pool(cupy)
+    J, dW, db = gg.linear_grad(*args, lam=0.01, loss=loss)
     assert _rel(dW.get(), dW_ref) <= 1e-5
     assert _rel(db.get(), db_ref) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
 
 
-@pytest.fixture(params=["simt", "mma"])
-def u8_variant(request):
-    """Each uint8 linear kernel in turn (LINEAR_U8), restored afterwards; "mma" needs sm_90."""
-    from gpugrad.backends import cupy_backend as cb
-    if request.param == "mma" and gg.get_backend("cupy").cc < 90:
-        pytest.skip("the tensor-core kernel needs sm_90 (clusters)")
-    old = cb.LINEAR_U8["variant"]
-    cb.LINEAR_U8["variant"] = request.param
-    yield request.param
-    cb.LINEAR_U8["variant"] = old
-
-
 @pytest.mark.parametrize("n,d,C,loss", [(3, 7, 2, "softmax"), (4099, 3072, 10, "softmax"), (70, 784, 10, "svm"),
                                         (129, 33, 5, "softmax"), (1, 5, 1, "softmax"), (65537, 3071, 16, "svm"),
                                         (200, 3072, 9, "softmax"), (513, 100, 8, "svm")])
-def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, u8_variant, rng):
+def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_variant, rng):
     import cupy
     be = gg.get_backend("cupy")
     X = rng.integers(0, 256, (n, d), dtype=np.uint8)
@@ -92,10 +105,8 @@ def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, u8_varian
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.1, loss, mean, std)
     args = [cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)), cupy.asarray(b.astype(np.float32))]
     m32, s32 = cupy.asarray(mean.astype(np.float32)), cupy.asarray(std.astype(np.float32))
-    if u8_variant == "mma":
+    if linear_variant == "mma":
         assert be.linmma_plan(args[0], args[2], m32) is not None
-    cupy.get_default_memory_pool().free_all_blocks()
-    cupy.cuda.Device().synchronize()
     _poison_pool(cupy)
     J, dW, db = gg.linear_grad(*args, lam=0.1, loss=loss, x_mean=m32, x_std=s32)
     assert _rel(dW.get(), dW_ref) <= 1e-5
@@ -103,14 +114,7 @@ def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, u8_varian
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
 
 
-def _poison_pool(cupy, nbytes=1 << 28):
-    """Fill the memory pool's free blocks with NaN, so an output or partial the kernels forget to
-    write shows up as NaN instead of a stale value."""
-    block = cupy.full(nbytes // 4, np.nan, dtype=np.float32)
-    del block
-
-
-def test_uint8_kernels_agree_with_an_offset_mean_and_tiny_weights(rng):
+def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):
     """The tensor-core kernel's folds: means far outside the pixel range (offsets clamp to 0..255,
     the rest goes through the bias and the finish) and weights near float32's small end (the
     per-class f16 scaling)."""
@@ -128,18 +132,48 @@ def test_uint8_kernels_agree_with_an_offset_mean_and_tiny_weights(rng):
         W = rng.standard_normal((C, d)) * wscale
         b = rng.standard_normal(C) * 0.1
         J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, "softmax", mean, std)
-        old = cb.LINEAR_U8["variant"]
-        cb.LINEAR_U8["variant"] = "mma"
+        old = cb.LINEAR_VARIANT["u8"]
+        cb.LINEAR_VARIANT["u8"] = "mma"
         try:
             J, dW, db = gg.linear_grad(cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)),
                                        cupy.asarray(b.astype(np.float32)), lam=0.01,
                                        x_mean=cupy.asarray(mean.astype(np.float32)),
                                        x_std=cupy.asarray(std.astype(np.float32)))
         finally:
-            cb.LINEAR_U8["variant"] = old
+            cb.LINEAR_VARIANT["u8"] = old
         assert _rel(dW.get(), dW_ref) <= 1e-5, wscale
         assert _rel(db.get(), db_ref) <= 1e-5, wscale
         assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref), wscale
+
+
+@pytest.mark.parametrize("xtype", ["f32", "u8"])
+def test_the_tensor_core_kernels_are_deterministic(xtype, rng):
+    """The partial sums meet in a fixed order (ranks, warp groups, clusters): bit-identical reruns."""
+    import cupy
+    from gpugrad.backends import cupy_backend as cb
+    be = gg.get_backend("cupy")
+    if be.cc < 90:
+        pytest.skip("the tensor-core kernels need sm_90 (clusters)")
+    n, d, C = 20000, 3072, 10
+    if xtype == "u8":
+        X = cupy.asarray(rng.integers(0, 256, (n, d), dtype=np.uint8))
+        norm = (cupy.full(d, 120, np.float32), cupy.full(d, 60, np.float32))
+    else:
+        X = cupy.asarray(rng.standard_normal((n, d), dtype=np.float32))
+        norm = (None, None)
+    y = cupy.asarray(rng.integers(0, C, n))
+    W = cupy.asarray((rng.standard_normal((C, d)) * 0.01).astype(np.float32))
+    b = cupy.zeros(C, np.float32)
+    old = cb.LINEAR_VARIANT[xtype]
+    cb.LINEAR_VARIANT[xtype] = "mma"
+    try:
+        assert be.linmma_plan(X, W, norm[0]) is not None
+        runs = [[a.get() for a in be.linear_grad(X, y, W, b, 0.01, "softmax", *norm)] for _ in range(3)]
+    finally:
+        cb.LINEAR_VARIANT[xtype] = old
+    for other in runs[1:]:
+        for a, b_ in zip(runs[0], other):
+            assert np.array_equal(a, b_)
 
 
 def test_numpy_inputs_on_the_cupy_backend_come_back_as_numpy(rng):

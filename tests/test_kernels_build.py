@@ -45,8 +45,8 @@ def test_backend_only_launches_kernels_that_exist(ptx_entries):
     """Every name the CuPy backend can pick is an entry point of the module."""
     from gpugrad.backends import cupy_backend as cb  # imports without a GPU
     import numpy as np
-    wanted = {"gg_first_invalid", "gg_linear_finish", "gg_linmma_prep", "gg_linmma_finish",
-              "gg_linmma_u8_nt1", "gg_linmma_u8_nt2"}
+    wanted = {"gg_first_invalid", "gg_linear_finish", "gg_linmma_prep", "gg_linmma_prep_f32", "gg_linmma_finish",
+              "gg_linmma_u8_nt1", "gg_linmma_u8_nt2", "gg_linmma_f32_nt1", "gg_linmma_f32_nt2"}
     for dtype in (np.float32, np.float64):
         for C in (1, 2, 7, 8, 9, 16, 17, 33, 64, 65, 128, 129, 256, 257, 1000, 1024, 1025, 2048, 4096,
                   8192, 16384, 16385, 32768, 32769, 100000):
@@ -76,18 +76,25 @@ def test_each_kernel_file_states_what_it_reads_and_writes():
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ missing")
 def test_python_mirror_of_the_tensor_core_kernel_layout(tmp_path):
-    """cupy_backend sizes the tensor-core kernel's shared memory with a Python copy of
-    GgLinmmaLayout; compile the C++ one on the host and compare (the kernel traps on a mismatch)."""
+    """cupy_backend sizes the tensor-core kernels' shared memory with a Python copy of their layouts;
+    compile the C++ ones on the host and compare (a kernel traps on a mismatch)."""
     from gpugrad.backends import cupy_backend as cb
-    cases = [(cb.linmma_slice(d), nt) for d in (1, 7, 33, 100, 784, 1000, 3071, 3072) for nt in (1, 2)]
+    cases = [(x, cb.linmma_slice(x, d), nt) for x in ("u8", "f32") for d in (1, 7, 33, 100, 784, 1000, 3071, 3072)
+             for nt in (1, 2)]
+    layout = {"u8": "GgLinmmaU8Layout", "f32": "GgLinmmaF32Layout"}
+    shape = "".join(f'  std::printf("%d %d %d\\n", {m}_ROWS, {m}_CLUSTER, {m}_MAX_DSL);\n'
+                    for m in ("GG_LINMMA_U8", "GG_LINMMA_F32"))
     prog = tmp_path / "layout.cpp"
     prog.write_text('#include <cstdio>\n#include "mma_layout.cuh"\nint main() {\n' + "".join(
-        f'  std::printf("%d\\n", GgLinmmaLayout({dsl}, {nt}).bytes);\n' for dsl, nt in cases) + "}\n")
+        f'  std::printf("%d\\n", {layout[x]}({dsl}, {nt}).bytes);\n' for x, dsl, nt in cases) + shape +
+        '  std::printf("%d\\n", GG_LINMMA_THREADS);\n}\n')
     exe = tmp_path / "layout"
     subprocess.run(["g++", "-std=c++17", f"-I{ROOT / 'kernels'}", str(prog), "-o", str(exe)], check=True)
     got = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
-    assert got == [cb.linmma_smem_bytes(dsl, nt) for dsl, nt in cases]
-    assert cb.LINMMA_ROWS == 64 and cb.LINMMA_CLUSTER == 4 and cb.LINMMA_THREADS == 512
+    want = [cb.linmma_smem_bytes(x, dsl, nt) for x, dsl, nt in cases]
+    for x in ("u8", "f32"):
+        want += [cb.LINMMA[x].rows, cb.LINMMA[x].cluster, cb.LINMMA[x].max_dsl]
+    assert got == want + [cb.LINMMA_THREADS]
 
 
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("nvcc") is None and

@@ -1,12 +1,13 @@
-"""The arithmetic of the tensor-core uint8 kernel (kernels/linear_mma.cuh), modelled in numpy.
+"""The arithmetic of the tensor-core linear kernels (kernels/linear_mma.cuh), modelled in numpy.
 
-The kernel cannot run without a GPU, but its numerical design can be checked here: pixels centred
-on integer column offsets (exact in f16), the normalisation folded into W' and the bias, W' scaled
-per class and split into two f16 halves, G scaled and split likewise, fp32 accumulation, and the
-finish's unfolding of dW. The model follows the kernel step by step (the fragment layout is
-CTest's job: tests/cpu/test_mma_layout.cpp); it must land within the 1e-5 the GPU tests demand of
-float64 numpy, for the awkward cases too: means outside the pixel range, tiny and large weights,
-both losses.
+The kernels cannot run without a GPU, but their numerical design can be checked here. uint8:
+pixels centred on integer column offsets (exact in f16), the normalisation folded into W' and the
+bias, W' scaled per class and split into two f16 halves, G scaled and split likewise, fp32
+accumulation, and the finish's unfolding of dW. float32: 3xTF32 (X, W and G as tf32 hi + lo, the
+lo lo product dropped). The models follow the kernels step by step (the fragment layouts are
+CTest's job: tests/cpu/test_mma_layout.cpp); they must land within the 1e-5 the GPU tests demand
+of float64 numpy, in the awkward cases too: means outside the pixel range, tiny and large
+weights, both losses.
 """
 import numpy as np
 import pytest
@@ -121,3 +122,69 @@ def test_one_f16_half_would_not_be_enough(rng):
     Xc = X.astype(f64) - _pixel_offset(mean.astype(f32))
     exact = Xc @ Wp.astype(f64).T
     assert _rel(Xc @ hi_only.T, exact) > 1e-5
+
+
+def _tf32(v32):
+    """cvt.rna.tf32.f32: round float32 to 10 fraction bits, ties away from zero (on the magnitude
+    bits: add half a tf32 unit, clear the 13 low bits)."""
+    bits = np.asarray(v32, f32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(f32)
+
+
+def _split_tf32(v32):
+    hi = _tf32(v32)
+    return hi, _tf32((v32 - hi).astype(f32))
+
+
+def _x3(ah, al, bh, bl):
+    """3xTF32: a b without the lo lo term, products exact, float64 sums (see _tc_matmul)."""
+    a, b = (ah.astype(f64), al.astype(f64)), (bh.astype(f64), bl.astype(f64))
+    return a[1] @ b[0] + a[0] @ b[1] + a[0] @ b[0]
+
+
+def linmma_f32_model(X, y, W, b, lam, loss):
+    """gg_linmma_prep_f32 + gg_linmma_f32 + gg_linmma_finish (x_mean null, gscale 1)."""
+    n = X.shape[0]
+    X32, W32, b32 = X.astype(f32), W.astype(f32), b.astype(f32)
+    xh, xl = _split_tf32(X32)
+    wh, wl = _split_tf32(W32)
+    S = (_x3(xh, xl, wh.T, wl.T).astype(f32) + b32).astype(f32)
+    if loss == "softmax":
+        losses, dS = NP.softmax_cross_entropy_grad(S, y)
+    else:
+        losses, dS = NP.svm_grad(S, y)
+    g = (dS * n).astype(f32)
+    gh, gl = _split_tf32(g)
+    raw = _x3(xh.T, xl.T, gh, gl).T.astype(f32)  # dW^T = X^T G
+    dbr = g.astype(f64).sum(axis=0)
+    dW = (raw.astype(f64) / n + 2 * lam * W32.astype(f64)).astype(f32)
+    return f32(float(losses) + lam * (W32.astype(f64) ** 2).sum()), dW, (dbr / n).astype(f32)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("scale", [1.0, 1e-8, 1e8])  # J = loss + lam |W|^2 stays a float32
+def test_the_3xtf32_arithmetic_meets_float32_accuracy(scale, loss, rng):
+    """float32 X through the tf32 tensor cores, X and W as hi + lo: accurate to float32's 1e-5
+    budget at any magnitude (tf32 has float32's exponent range)."""
+    n, d, C = 600, 1000, 10
+    X = rng.standard_normal((n, d)) * scale
+    W = rng.standard_normal((C, d)) * 0.05 / scale
+    b = rng.standard_normal(C) * 0.1
+    y = rng.integers(0, C, n)
+    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, loss)
+    J, dW, db = linmma_f32_model(X, y, W, b, 0.01, loss)
+    assert _rel(dW, dW_ref) <= 1e-5
+    assert _rel(db, db_ref) <= 1e-5
+    assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
+
+
+def test_tf32_rounding_model():
+    """The model's cvt.rna.tf32.f32: 10 fraction bits, ties away from zero."""
+    one_ulp = np.float32(2.0 ** -10)
+    assert _tf32(np.float32(1 + 2.0 ** -11)) == 1 + one_ulp          # tie, away from zero
+    assert _tf32(np.float32(-(1 + 2.0 ** -11))) == -(1 + one_ulp)
+    assert _tf32(np.float32(1 + 2.0 ** -12)) == 1
+    v = np.random.default_rng(0).standard_normal(10000).astype(f32)
+    hi, lo = _split_tf32(v)
+    assert np.all(np.abs(v - hi) <= np.abs(v) * 2.0 ** -11)
+    assert np.all(np.abs(v.astype(f64) - hi - lo) <= np.abs(v) * 2.0 ** -21)

@@ -7,9 +7,9 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
   the mean loss reduced in the same launch;
 - ``linear_grad``: X read once for J, dW and db (float32 X, or uint8 X with x_mean/x_std),
   for C <= 16 classes and rows short enough for the fused kernel; other shapes and float64 take
-  the inherited path (cuBLAS matmuls around the fused loss kernel). uint8 X has two kernels,
-  chosen by ``LINEAR_U8``: "simt" (fp32 FMA, any sm_80+ card) and "mma" (tensor cores, 4-block
-  clusters, sm_90+, d <= 3072);
+  the inherited path (cuBLAS matmuls around the fused loss kernel). Each X type has two kernels,
+  chosen by ``LINEAR_VARIANT``: "simt" (fp32 FMA, any sm_80+ card) and "mma" (tensor cores and
+  thread-block clusters, sm_90+, d <= 3072);
 - ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back.
 
 No host synchronisation happens in a gradient step: J comes back as a 0-d device array. Only the
@@ -35,15 +35,26 @@ _BLOCK_K = {"f32": (2, 4, 8, 16, 32), "f64": (2, 4, 8, 16)}
 _STREAM_FROM = 8193
 _STREAM_K = {"f32": 32, "f64": 16}
 CE_LONG_ROWS = {"variant": "stream"}  # or "block": a block per row (benchmarks/gpu_check.py times both)
-# The uint8 linear step: "simt" (gg_linear_u8_c<C>, measured on an H100) or "mma" (gg_linmma_u8_nt<NT>,
-# tensor cores; compiled and layout-checked on the CPU, not yet run on a GPU: benchmarks/gpu_check.py
-# checks and times both). "mma" falls back to "simt" where it does not apply.
-LINEAR_U8 = {"variant": "simt"}
+# The fused linear step, per X type: "simt" (gg_linear_<x>_c<C>, fp32 FMA, measured on an H100) or
+# "mma" (gg_linmma_<x>_nt<NT>, tensor cores in thread-block clusters, sm_90+; compiled, its fragment
+# layout and arithmetic checked on the CPU, not yet run on a GPU). benchmarks/gpu_check.py checks and
+# times both. "mma" falls back to "simt" where it does not apply.
+LINEAR_VARIANT = {"f32": "simt", "u8": "simt"}
 
-# Mirrors of kernels/mma_layout.cuh (tests/test_kernels_build.py compares them).
-LINMMA_ROWS, LINMMA_CLUSTER, LINMMA_THREADS, LINMMA_MAX_DSL = 64, 4, 512, 768
-# G enters the tensor cores as n dL/dS * gscale, split into two f16 halves: |n dL/dS| <= 1 for
-# softmax and <= C - 1 <= 15 for the hinge, so these keep it below f16's largest value (65504).
+
+class LinmmaShape(NamedTuple):
+    """Tile shape of gg_linmma_<x>_nt*: mirrors GG_LINMMA_* of kernels/mma_layout.cuh."""
+    rows: int      # rows per tile
+    cluster: int   # blocks per cluster, which split the columns
+    max_dsl: int   # columns per block at most
+    block: int     # dsl is a multiple of this many columns
+
+
+LINMMA_THREADS = 512
+LINMMA = {"u8": LinmmaShape(64, 4, 768, 16), "f32": LinmmaShape(32, 8, 384, 16)}
+# G enters the uint8 kernel's f16 MMAs as n dL/dS * gscale, split into two f16 halves: |n dL/dS| <= 1
+# for softmax and <= C - 1 <= 15 for the hinge, so these keep it below f16's largest value (65504).
+# The float32 kernel's tf32 has float32's range: no scale.
 LINMMA_GSCALE = {"softmax": 2.0 ** 14, "svm": 2.0 ** 10}
 
 
@@ -116,19 +127,26 @@ def linear_shape(C: int) -> tuple[int, int]:
     return rg, kpt
 
 
-def linmma_smem_bytes(dsl: int, nt: int) -> int:
-    """Dynamic shared memory of gg_linmma_u8_nt<nt> for column slices of dsl: GgLinmmaLayout.bytes."""
-    wstride = -(-dsl // 64) * 64 + 16
-    xstride = -(-dsl // 128) * 128 + 16
-    r_off = 2 * 8 * nt * wstride * 2
-    x_off = -(-(r_off + dsl * 2) // 16) * 16
-    g_off = x_off + 2 * LINMMA_ROWS * xstride + 4 * LINMMA_ROWS * 24 * 4 + 2 * LINMMA_ROWS * 16 * 4
-    return g_off + 2 * 8 * nt * 72 * 2
+def linmma_smem_bytes(x: str, dsl: int, nt: int) -> int:
+    """Dynamic shared memory of gg_linmma_<x>_nt<nt> for column slices of dsl: the `bytes` of
+    GgLinmmaU8Layout / GgLinmmaF32Layout (kernels/mma_layout.cuh)."""
+    R = LINMMA[x].rows
+    if x == "u8":
+        wstride = -(-dsl // 64) * 64 + 16
+        xstride = -(-dsl // 128) * 128 + 16
+        x_off = -(-(2 * 8 * nt * wstride * 2 + dsl * 2) // 16) * 16
+        g_off = x_off + 2 * R * xstride + 4 * R * 24 * 4 + 2 * R * 16 * 4
+        return g_off + 2 * 8 * nt * (R + 8) * 2
+    stride = -(-dsl // 32) * 32 + 8
+    g_off = 2 * 8 * nt * stride * 4 + 2 * R * stride * 4 + 8 * R * 24 * 4 + 2 * R * 16 * 4
+    return g_off + 2 * 8 * nt * (R + 4) * 4
 
 
-def linmma_slice(d: int) -> int:
-    """Columns per block of a cluster: d split four ways, rounded up to whole 16-column MMA blocks."""
-    return -(-(-(-d // LINMMA_CLUSTER)) // 16) * 16
+def linmma_slice(x: str, d: int) -> int:
+    """Columns per block: d split over a cluster, rounded up to whole MMA column blocks."""
+    shape = LINMMA[x]
+    per_block = -(-d // shape.cluster)
+    return -(-per_block // shape.block) * shape.block
 
 
 class _CUlaunchConfig(ctypes.Structure):
@@ -138,13 +156,13 @@ class _CUlaunchConfig(ctypes.Structure):
                 ("numAttrs", ctypes.c_uint)]
 
 
-def _max_active_clusters(func_ptr: int, threads: int, smem: int) -> int | None:
-    """How many 4-block clusters of this kernel fit on the device at once (the driver's
-    cuOccupancyMaxActiveClusters; a cluster must fit in one GPC, so this is not simply SMs / 4).
-    None when the driver does not say."""
+def _max_active_clusters(func_ptr: int, cluster: int, threads: int, smem: int) -> int | None:
+    """How many clusters of this kernel fit on the device at once (the driver's
+    cuOccupancyMaxActiveClusters; a cluster must fit in one GPC, so this is not simply SMs /
+    cluster). None when the driver does not say."""
     try:
         lib = ctypes.CDLL("libcuda.so.1")
-        cfg = _CUlaunchConfig(LINMMA_CLUSTER, 1, 1, threads, 1, 1, smem, None, None, 0)
+        cfg = _CUlaunchConfig(cluster, 1, 1, threads, 1, 1, smem, None, None, 0)
         count = ctypes.c_int(0)
         rc = lib.cuOccupancyMaxActiveClusters(ctypes.byref(count), ctypes.c_void_p(func_ptr), ctypes.byref(cfg))
     except (OSError, AttributeError):
@@ -290,71 +308,88 @@ class CupyBackend(NumpyBackend):
         return dict(name=f"gg_linear_{tname}_c{C}", threads=threads, smem=smem, dpad=dpad, rg=rg)
 
     def linmma_plan(self, X, W, x_mean):
-        """Launch parameters of the tensor-core uint8 kernel, or None where it does not apply."""
+        """Launch parameters of the tensor-core kernel for these inputs, or None where it does not
+        apply (sm_90+, float32 X without normalisation or uint8 X with it, C <= 16, d <= 3072)."""
         n, d = X.shape
         C = W.shape[0]
-        if (self.cc < 90 or X.dtype != np.uint8 or x_mean is None or W.dtype != np.float32
-                or not 1 <= C <= 16 or n == 0):
+        if self.cc < 90 or W.dtype != np.float32 or not 1 <= C <= 16 or n == 0:
             return None
-        dsl = linmma_slice(d)
-        if dsl > LINMMA_MAX_DSL:
+        if X.dtype == np.float32 and x_mean is None:
+            x = "f32"
+        elif X.dtype == np.uint8 and x_mean is not None:
+            x = "u8"
+        else:
+            return None
+        dsl = linmma_slice(x, d)
+        if dsl > LINMMA[x].max_dsl:
             return None
         nt = 1 if C <= 8 else 2
-        smem = linmma_smem_bytes(dsl, nt)
+        smem = linmma_smem_bytes(x, dsl, nt)
         if smem + 1024 > self.smem_optin:  # 1 KB for the kernel's static shared memory
             return None
-        return dict(name=f"gg_linmma_u8_nt{nt}", nt=nt, dsl=dsl, smem=smem)
+        return dict(name=f"gg_linmma_{x}_nt{nt}", x=x, nt=nt, dsl=dsl, smem=smem)
 
-    def _linmma_clusters(self, f, smem: int) -> int:
+    def _linmma_clusters(self, f, cluster: int, smem: int) -> int:
         key = (f.kernel.ptr, smem)
         if key not in self._clusters:
-            self._clusters[key] = (_max_active_clusters(f.kernel.ptr, LINMMA_THREADS, smem)
-                                   or max(1, self.sm_count // (2 * LINMMA_CLUSTER)))
+            self._clusters[key] = (_max_active_clusters(f.kernel.ptr, cluster, LINMMA_THREADS, smem)
+                                   or max(1, self.sm_count // (2 * cluster)))
         return self._clusters[key]
 
     def _linear_mma(self, plan, X, y, W, b, lam, loss, x_mean, x_std):
-        """The uint8 step on the tensor cores: prepare W (fold the normalisation, scale, split into
-        f16 halves), one cluster launch over X, then the fixed-order finish."""
+        """The step on the tensor cores: prepare W (uint8: fold the normalisation, scale, split into
+        f16 halves; float32: split into tf32 halves), one cluster launch over X, then the
+        fixed-order finish."""
         X = cupy.ascontiguousarray(X)
         W, b = cupy.ascontiguousarray(W), cupy.ascontiguousarray(b)
         y, y64 = _labels(y)
         n, d = X.shape
         C = W.shape[0]
-        nt, dsl, smem = plan["nt"], plan["dsl"], plan["smem"]
-        nc, dtot = 8 * nt, LINMMA_CLUSTER * dsl
-        mean = cupy.ascontiguousarray(x_mean, dtype=np.float32)
-        inv_std = 1 / cupy.ascontiguousarray(x_std, dtype=np.float32)
-        Wh = cupy.empty((2, nc, dtot), dtype=np.uint16)
-        roff = cupy.empty(dtot, dtype=np.uint16)
-        bprime = cupy.empty(nc, dtype=np.float32)
-        sinv = cupy.empty(nc, dtype=np.float32)
+        x, nt, dsl, smem = plan["x"], plan["nt"], plan["dsl"], plan["smem"]
+        shape = LINMMA[x]
+        nc, dtot = 8 * nt, shape.cluster * dsl
         wsq = cupy.empty(nc, dtype=np.float64)
-        self.kernel("gg_linmma_prep")((nc,), (256,), (W, b, mean, inv_std, np.int32(C), np.int32(d), np.int32(dtot),
-                                                     Wh, roff, bprime, sinv, wsq))
+        if x == "u8":
+            mean = cupy.ascontiguousarray(x_mean, dtype=np.float32)
+            inv_std = 1 / cupy.ascontiguousarray(x_std, dtype=np.float32)
+            Wh = cupy.empty((2, nc, dtot), dtype=np.uint16)
+            roff = cupy.empty(dtot, dtype=np.uint16)
+            bprime = cupy.empty(nc, dtype=np.float32)
+            sinv = cupy.empty(nc, dtype=np.float32)
+            self.kernel("gg_linmma_prep")((nc,), (256,), (W, b, mean, inv_std, np.int32(C), np.int32(d),
+                                                         np.int32(dtot), Wh, roff, bprime, sinv, wsq))
+            gscale = LINMMA_GSCALE[loss]
+            weights = (Wh, roff, bprime, sinv, np.int32(0 if loss == "softmax" else 1), np.float32(gscale))
+        else:
+            mean = inv_std = None
+            Wt = cupy.empty((2, nc, dtot), dtype=np.float32)
+            self.kernel("gg_linmma_prep_f32")((nc,), (256,), (W, np.int32(C), np.int32(d), np.int32(dtot), Wt, wsq))
+            gscale = 1.0
+            weights = (Wt, b, np.int32(0 if loss == "softmax" else 1))
         f = self.kernel(plan["name"])
         _allow_dynamic_smem(f, smem)
-        clusters = min(-(-n // LINMMA_ROWS), self._linmma_clusters(f, smem))
+        clusters = min(-(-n // shape.rows), self._linmma_clusters(f, shape.cluster, smem))
         dW_part = cupy.empty((clusters, C, d), dtype=np.float32)
         db_part = cupy.empty((clusters, C), dtype=np.float32)
         loss_part = cupy.empty(clusters, dtype=np.float64)
-        vec = d % 16 == 0 and X.data.ptr % 16 == 0
-        gscale = LINMMA_GSCALE[loss]
-        f((LINMMA_CLUSTER * clusters,), (LINMMA_THREADS,),
-          (X, y, np.int32(y64), np.int64(n), np.int32(d), np.int32(dsl), np.int32(C), Wh, roff, bprime, sinv,
-           np.int32(0 if loss == "softmax" else 1), np.float32(gscale), np.int32(vec), dW_part, db_part, loss_part),
-          shared_mem=smem)
+        vec = (d * X.itemsize) % 16 == 0 and X.data.ptr % 16 == 0
+        f((shape.cluster * clusters,), (LINMMA_THREADS,),
+          (X, y, np.int32(y64), np.int64(n), np.int32(d), np.int32(dsl), np.int32(C), *weights, np.int32(vec),
+           dW_part, db_part, loss_part), shared_mem=smem)
         dW = cupy.empty_like(W)
         db = cupy.empty_like(b)
         J = cupy.empty((), dtype=np.float32)
+        null = np.uint64(0)
         fin_grid = max(1, min(4 * self.sm_count, -(-C * d // 256)))
         self.kernel("gg_linmma_finish")((fin_grid,), (256,),
-                                        (dW_part, db_part, loss_part, wsq, W, mean, inv_std, np.int32(clusters),
-                                         np.int32(C), np.int32(d), np.float64(lam), np.float64(1.0 / n),
-                                         np.float64(1.0 / gscale), dW, db, J))
+                                        (dW_part, db_part, loss_part, wsq, W, null if mean is None else mean,
+                                         null if inv_std is None else inv_std, np.int32(clusters), np.int32(C),
+                                         np.int32(d), np.float64(lam), np.float64(1.0 / n), np.float64(1.0 / gscale),
+                                         dW, db, J))
         return J, dW, db
 
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
-        if X.dtype == np.uint8 and LINEAR_U8["variant"] == "mma":
+        if LINEAR_VARIANT.get("u8" if X.dtype == np.uint8 else "f32") == "mma":
             plan = self.linmma_plan(X, W, x_mean)
             if plan is not None:
                 return self._linear_mma(plan, X, y, W, b, lam, loss, x_mean, x_std)

@@ -1,10 +1,10 @@
 // CPU check of kernels/mma_layout.cuh, the fragment maps of the tensor-core linear kernel (CTest).
 //
 // An emulated warp builds its fragments exactly the way linear_mma.cuh loads them (through the
-// maps under test), and an emulation of mma.m16n8k16 and movmatrix, written here from the PTX
-// ISA's fragment tables in their own words, multiplies them. Both products of the linear step
-// (S = X W^T with the k-slot permutation, dW^T = X^T G through transposed fragments) must come out
-// equal to the plain matrix products, element for element (small integers: exact arithmetic).
+// maps under test), and an emulation of mma.m16n8k16, mma.m16n8k8 (tf32) and movmatrix, written
+// here from the PTX ISA's fragment tables in their own words, multiplies them. Both products of
+// each linear step (S = X W^T with the k-slot permutation, dW^T = X^T G) must come out equal to
+// the plain matrix products, element for element (small integers: exact arithmetic).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -33,6 +33,28 @@ static int ptx_b_col(int lane) { return lane >> 2; }
 // C/D: c_i, i = 0..3: row = groupID, plus 8 for c2, c3; col = threadID_in_group * 2 + (i & 1).
 static int ptx_c_row(int lane, int i) { return (lane >> 2) + (i >= 2 ? 8 : 0); }
 static int ptx_c_col(int lane, int i) { return (lane % 4) * 2 + (i & 1); }
+
+// m16n8k8 .tf32: A a_i, i = 0..3: row = groupID for a0, a2 and groupID + 8 for a1, a3;
+// col = threadID_in_group for a0, a1 and threadID_in_group + 4 for a2, a3.
+// B b_i, i = 0..1: row = threadID_in_group for b0, + 4 for b1; col = groupID. C as for m16n8k16.
+static int ptx8_a_row(int lane, int i) { return (lane >> 2) + ((i == 1 || i == 3) ? 8 : 0); }
+static int ptx8_a_col(int lane, int i) { return (lane % 4) + (i >= 2 ? 4 : 0); }
+static int ptx8_b_row(int lane, int i) { return (lane % 4) + (i == 1 ? 4 : 0); }
+
+// D = A B + C for m16n8k8: a[l][0..3] and b[l][0..1] of each lane, c[l][0..3] accumulated.
+static void emulate_mma8(const long long (&a)[32][4], const long long (&b)[32][2], long long (&c)[32][4]) {
+    long long A[16][8], B[8][8];
+    for (int l = 0; l < 32; ++l) {
+        for (int i = 0; i < 4; ++i) A[ptx8_a_row(l, i)][ptx8_a_col(l, i)] = a[l][i];
+        for (int i = 0; i < 2; ++i) B[ptx8_b_row(l, i)][ptx_b_col(l)] = b[l][i];
+    }
+    for (int l = 0; l < 32; ++l)
+        for (int i = 0; i < 4; ++i) {
+            long long s = 0;
+            for (int k = 0; k < 8; ++k) s += A[ptx_c_row(l, i)][k] * B[k][ptx_c_col(l, i)];
+            c[l][i] += s;
+        }
+}
 
 struct Warp {  // 32 lanes, each with 4 A registers (2 values each), 2 B registers, 4 accumulators
     long long a[32][8], b[32][4], c[32][4];
@@ -156,7 +178,55 @@ int main() {
             }
     }
 
-    // 4. Pixels to f16: prmt with the selectors gives 1024 + pixel in each half, exactly.
+    // 4. The tf32 kernel (gg_linmma_f32): forward with 8-wide k-slots (one float2 of X and of W'
+    //    per lane), backward with X^T loaded directly (M = column, K = row) and G by rows.
+    for (int l = 0; l < 32; ++l) {
+        for (int r = 0; r < 4; ++r)
+            CHECK(gg_mma8_a_row(l, r) == ptx8_a_row(l, r) && gg_mma8_a_col(l, r) == ptx8_a_col(l, r), "tf32 A, lane %d", l);
+        for (int r = 0; r < 2; ++r) CHECK(gg_mma8_b_k(l, r) == ptx8_b_row(l, r), "tf32 B, lane %d", l);
+        const int t = l & 3;
+        CHECK(gg_kslot8_col(gg_mma8_a_col(l, 0)) == 2 * t && gg_kslot8_col(gg_mma8_a_col(l, 2)) == 2 * t + 1 &&
+              gg_mma8_a_row(l, 0) == gg_mma8_a_row(l, 2) && gg_mma8_a_row(l, 1) == gg_mma8_a_row(l, 0) + 8,
+              "tf32 A registers 0, 2 of lane %d are not one float2 at column 2t", l);
+        CHECK(gg_kslot8_col(gg_mma8_b_k(l, 0)) == 2 * t && gg_kslot8_col(gg_mma8_b_k(l, 1)) == 2 * t + 1,
+              "tf32 B registers of lane %d are not one float2 at column 2t", l);
+    }
+    for (int trial = 0; trial < 200; ++trial) {
+        long long X[16][8], Wm[8][8], G[8][8], Xb[8][16];
+        for (auto& r : X) for (auto& v : r) v = small(rng);
+        for (auto& r : Wm) for (auto& v : r) v = small(rng);
+        for (auto& r : G) for (auto& v : r) v = small(rng);
+        for (auto& r : Xb) for (auto& v : r) v = small(rng);
+        long long a[32][4], b[32][2], c[32][4] = {};
+        for (int l = 0; l < 32; ++l) {
+            for (int r = 0; r < 4; ++r) a[l][r] = X[gg_mma8_a_row(l, r)][gg_kslot8_col(gg_mma8_a_col(l, r))];
+            for (int r = 0; r < 2; ++r) b[l][r] = Wm[gg_mma_b_n(l)][gg_kslot8_col(gg_mma8_b_k(l, r))];
+        }
+        emulate_mma8(a, b, c);
+        for (int l = 0; l < 32; ++l)
+            for (int i = 0; i < 4; ++i) {
+                const int row = gg_mma_c_row(l, i), cls = gg_mma_c_col(l, i);
+                long long s = 0;
+                for (int k = 0; k < 8; ++k) s += X[row][k] * Wm[cls][k];
+                CHECK(c[l][i] == s, "tf32 forward S[%d][%d]: %lld, want %lld", row, cls, c[l][i], s);
+            }
+        // Backward: Xb is an 8-row x 16-column tile; A[m][k] = Xb[k][m].
+        long long c2[32][4] = {};
+        for (int l = 0; l < 32; ++l) {
+            for (int r = 0; r < 4; ++r) a[l][r] = Xb[gg_mma8_a_col(l, r)][gg_mma8_a_row(l, r)];
+            for (int r = 0; r < 2; ++r) b[l][r] = G[gg_mma8_b_k(l, r)][gg_mma_b_n(l)];
+        }
+        emulate_mma8(a, b, c2);
+        for (int l = 0; l < 32; ++l)
+            for (int i = 0; i < 4; ++i) {
+                const int col = gg_mma_c_row(l, i), cls = gg_mma_c_col(l, i);
+                long long s = 0;
+                for (int r = 0; r < 8; ++r) s += G[r][cls] * Xb[r][col];
+                CHECK(c2[l][i] == s, "tf32 backward dW[%d][%d]: %lld, want %lld", cls, col, c2[l][i], s);
+            }
+    }
+
+    // 5. Pixels to f16: prmt with the selectors gives 1024 + pixel in each half, exactly.
     for (int trial = 0; trial < 100000; ++trial) {
         const uint32_t b0 = pix(rng), b1 = pix(rng), b2 = pix(rng), b3 = pix(rng);
         const uint32_t word = b0 | b1 << 8 | b2 << 16 | b3 << 24;
@@ -168,7 +238,7 @@ int main() {
     }
     CHECK(f16_value(GG_F16_1024) == 1024.0, "GG_F16_1024");
 
-    // 5. Column offsets: integers in [0, 255], within 0.5 of the mean inside the pixel range.
+    // 6. Column offsets: integers in [0, 255], within 0.5 of the mean inside the pixel range.
     for (float m : {-3.f, 0.f, 0.49f, 0.5f, 17.3f, 127.5f, 254.6f, 255.f, 300.f}) {
         const float r = gg_pixel_offset(m);
         CHECK(r == (float)(int)r && r >= 0.f && r <= 255.f, "offset of %g is %g", m, r);

@@ -1,10 +1,10 @@
 """Launch each headline kernel once, for a profiler (Nsight Compute) to look at:
 
     ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section Occupancy \
-        -k regex:"gg_(linear_(f32|u8)_c10|ce_f32_(s1024|w32|w2))" python benchmarks/profile_kernels.py
+        -k regex:"gg_(linear_(f32|u8)_c10|linmma_(f32|u8)_nt2|ce_f32_(s1024|w32|w2))" python benchmarks/profile_kernels.py
 
-Shapes: the GPU check's (linear step n=65536 d=3072 C=10, float32 and uint8; CE 8192 x 32768,
-8192 x 1024, 8192 x 10). Random data, never zeros.
+Shapes: the GPU check's (linear step n=65536 d=3072 C=10, float32 and uint8, each by both kernels
+of cupy_backend.LINEAR_VARIANT; CE 8192 x 32768, 8192 x 1024, 8192 x 10). Random data, never zeros.
 """
 import sys
 from pathlib import Path
@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import cupy  # noqa: E402
 
 import gpugrad as gg  # noqa: E402
+from gpugrad.backends import cupy_backend as cb  # noqa: E402
 
 be = gg.get_backend("cupy")
 rng = np.random.default_rng(0)
@@ -23,9 +24,11 @@ X = cupy.asarray(rng.standard_normal((n, d), dtype=np.float32))
 y = cupy.asarray(rng.integers(0, C, n))
 W = cupy.asarray((rng.standard_normal((C, d)) * 0.01).astype(np.float32))
 b = cupy.zeros(C, np.float32)
-be.linear_grad(X, y, W, b, 1e-3, "softmax")
 Xu = cupy.asarray(rng.integers(0, 256, (n, d), dtype=np.uint8))
-be.linear_grad(Xu, y, W, b, 1e-3, "softmax", cupy.full(d, 120, np.float32), cupy.full(d, 64, np.float32))
+for variant in ("simt", "mma"):
+    cb.LINEAR_VARIANT.update(f32=variant, u8=variant)
+    be.linear_grad(X, y, W, b, 1e-3, "softmax")
+    be.linear_grad(Xu, y, W, b, 1e-3, "softmax", cupy.full(d, 120, np.float32), cupy.full(d, 64, np.float32))
 del X, Xu
 for rows, classes in ((8192, 32768), (8192, 1024), (8192, 10)):
     S = cupy.asarray((rng.standard_normal((rows, classes)) * 3).astype(np.float32))

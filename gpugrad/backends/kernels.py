@@ -15,6 +15,7 @@ This module imports without CuPy; only ``load_module`` needs a GPU.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -100,9 +101,11 @@ def how_loaded() -> str | None:
     return _HOW
 
 
-def compile_nvrtc(arch: str = "sm_90", extra=()) -> tuple[bytes, str]:
+@functools.lru_cache(maxsize=8)
+def compile_nvrtc(arch: str = "sm_90", extra: tuple = ()) -> tuple[bytes, str]:
     """Compile the kernels with NVRTC exactly as the loader does, plus ``-arch=<arch>``; needs no
-    GPU or driver (CI uses it). Returns (cubin or PTX bytes, compiler log); raises on error."""
+    GPU or driver (CI uses it). Returns (cubin or PTX bytes, compiler log); raises on error.
+    Cached per process (the sources do not change under a running process)."""
     from cupy.cuda import nvrtc
     prog = nvrtc.createProgram(kernel_source(), MAIN, [], [])
     try:

@@ -1,0 +1,195 @@
+"""Every kernel launch of the CuPy backend matches the kernel's signature, without a GPU.
+
+CuPy passes launch arguments by their Python types (numpy scalars, device arrays), and a wrong
+count, order or width is a silent garbage read on the device. Here CuPy's array functions are
+replaced by small fakes, every launch the backend makes is recorded, and each is checked against
+the kernel's .entry in the PTX that NVRTC compiles (no driver needed): parameter count and types,
+block size against .maxntid, grid against the cluster size (.reqnctapercluster), dynamic shared
+memory against the card's limit.
+"""
+import math
+import re
+import types
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy", reason="CuPy (with NVRTC) is not installed")
+from cupy.cuda import nvrtc  # noqa: E402
+
+from gpugrad.backends import cupy_backend as cb  # noqa: E402
+from gpugrad.backends import kernels  # noqa: E402
+
+try:
+    nvrtc.getVersion()
+except Exception:  # pragma: no cover - depends on the machine
+    pytest.skip("libnvrtc is not loadable (pip install nvidia-cuda-nvrtc)", allow_module_level=True)
+
+H100 = dict(sm_count=132, smem_optin=232448, cc=90)
+
+
+class _Flags:
+    c_contiguous = True
+
+
+class _Data:
+    ptr = 0x7F0000000000  # 256-byte aligned, as CuPy's allocations are
+
+
+class FakeArray:
+    """Just enough of cupy.ndarray for the backend's launch code."""
+
+    flags = _Flags()
+    data = _Data()
+
+    def __init__(self, shape, dtype):
+        self.shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+        self.dtype = np.dtype(dtype)
+        self.itemsize = self.dtype.itemsize
+        self.size = math.prod(self.shape)
+
+    def astype(self, dtype):
+        return FakeArray(self.shape, dtype)
+
+    def __getitem__(self, key):
+        return FakeArray(self.shape, self.dtype)
+
+    def __rtruediv__(self, other):
+        return FakeArray(self.shape, self.dtype)
+
+    def get(self):
+        return np.full(self.shape, np.iinfo(np.uint64).max, dtype=np.uint64)  # "nothing invalid"
+
+
+def _like(a, dtype=None):
+    return FakeArray(a.shape, dtype or a.dtype)
+
+
+FAKE_CUPY = types.SimpleNamespace(
+    empty=lambda shape, dtype=np.float32: FakeArray(shape, dtype),
+    zeros=lambda shape, dtype=np.float32: FakeArray(shape, dtype),
+    full=lambda shape, value, dtype=np.float32: FakeArray(shape, dtype),
+    empty_like=_like,
+    ascontiguousarray=lambda a, dtype=None: _like(a, dtype),
+    cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
+                               get_current_stream=lambda: types.SimpleNamespace(ptr=0)),
+)
+
+
+class Launch(types.SimpleNamespace):
+    pass
+
+
+class RecordingKernel:
+    """Stands in for a cupy Function: records (grid, block, args, shared_mem) of each call."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+        self.kernel = types.SimpleNamespace(ptr=id(self))
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        self.log.append(Launch(name=self.name, grid=grid, block=block, args=args, smem=shared_mem,
+                               smem_limit=self.max_dynamic_shared_size_bytes))
+
+
+@pytest.fixture(scope="module")
+def entries():
+    """{kernel: (param types, maxntid or None, cluster size or None)} from the sm_90 PTX."""
+    ptx, _ = kernels.compile_nvrtc("compute_90")
+    text = ptx.decode() if isinstance(ptx, bytes) else ptx
+    out = {}
+    for m in re.finditer(r"\.entry\s+(\w+)\(([^)]*)\)([^{]*)\{", text):
+        params = re.findall(r"\.param\s+\.(\w+)\s", m.group(2))
+        maxntid = re.search(r"\.maxntid\s+(\d+)", m.group(3))
+        cluster = re.search(r"\.reqnctapercluster\s+(\d+)", m.group(3))
+        out[m.group(1)] = (params, maxntid and int(maxntid.group(1)), cluster and int(cluster.group(1)))
+    return out
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    monkeypatch.setattr(cb, "cupy", FAKE_CUPY)
+    monkeypatch.setattr(cb, "driver", types.SimpleNamespace(
+        occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, threads, smem: 1))
+    monkeypatch.setattr(cb, "LINEAR_VARIANT", dict(cb.LINEAR_VARIANT))
+    be = object.__new__(cb.CupyBackend)
+    be._workspaces, be._funcs, be._clusters = {}, {}, {}
+    for k, v in H100.items():
+        setattr(be, k, v)
+    be.launches = []
+    be.kernel = lambda name: RecordingKernel(name, be.launches)
+    return be
+
+
+PTX_TYPE = {np.dtype(np.int32): "u32", np.dtype(np.int64): "u64", np.dtype(np.uint64): "u64",
+            np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def _ptx_type(arg):
+    if isinstance(arg, FakeArray):
+        return "u64"  # a device pointer
+    if isinstance(arg, np.generic):
+        return PTX_TYPE[arg.dtype]
+    raise AssertionError(f"argument {arg!r} is a plain Python {type(arg).__name__}: its width is CuPy's guess")
+
+
+def _check(be, entries):
+    assert be.launches, "nothing was launched"
+    for ln in be.launches:
+        assert ln.name in entries, f"{ln.name} is not an entry point of the module"
+        params, maxntid, cluster = entries[ln.name]
+        got = [_ptx_type(a) for a in ln.args]
+        assert got == params, f"{ln.name}: arguments {got}, kernel takes {params}"
+        threads = math.prod(ln.block)
+        assert threads % 32 == 0 and threads <= (maxntid or 1024), f"{ln.name}: {ln.block} threads"
+        if cluster:
+            assert ln.grid[0] % cluster == 0, f"{ln.name}: grid {ln.grid} not a multiple of its cluster {cluster}"
+        assert ln.smem <= ln.smem_limit, f"{ln.name}: {ln.smem} B of dynamic shared memory, limit not raised"
+        assert ln.smem + 1024 <= H100["smem_optin"], f"{ln.name}: {ln.smem} B of shared memory"
+        if ln.name.startswith(("gg_linmma_u8_nt", "gg_linmma_f32_nt")):
+            assert threads == cb.LINMMA_THREADS
+    be.launches.clear()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [1, 2, 10, 33, 1000, 1025, 9000, 20000, 32768, 40000, 100000])
+@pytest.mark.parametrize("n", [1, 8192])
+def test_row_loss_launches(backend, entries, n, C, dtype):
+    S, y = FakeArray((n, C), dtype), FakeArray(n, np.int64)
+    backend.softmax_cross_entropy_grad(S, y)
+    backend.softmax_cross_entropy_grad(S, FakeArray(n, np.int32), out=FakeArray((n, C), dtype))
+    backend.svm_grad(S, y)
+    _check(backend, entries)
+
+
+@pytest.mark.parametrize("variant", ["simt", "mma"])
+@pytest.mark.parametrize("n,d,C", [(1, 5, 1), (3, 7, 2), (65537, 131, 10), (1000, 3071, 10), (513, 100, 16),
+                                   (4099, 3072, 10), (70, 784, 9), (129, 33, 5), (10, 3072, 8)])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_linear_step_launches(backend, entries, variant, n, d, C, loss):
+    cb.LINEAR_VARIANT.update(f32=variant, u8=variant)
+    y, W, b = FakeArray(n, np.int64), FakeArray((C, d), np.float32), FakeArray(C, np.float32)
+    X, Xu = FakeArray((n, d), np.float32), FakeArray((n, d), np.uint8)
+    mean, std = FakeArray(d, np.float32), FakeArray(d, np.float32)
+    if variant == "mma":
+        assert backend.linmma_plan(X, W, None) is not None and backend.linmma_plan(Xu, W, mean) is not None
+    else:
+        assert backend.linear_plan(X, W, None) is not None and backend.linear_plan(Xu, W, mean) is not None
+    backend.linear_grad(X, y, W, b, 0.01, loss)
+    backend.linear_grad(Xu, y, W, b, 0.01, loss, mean, std)
+    names = [ln.name for ln in backend.launches]
+    if variant == "mma":
+        nt = 1 if C <= 8 else 2
+        assert names == ["gg_linmma_prep_f32", f"gg_linmma_f32_nt{nt}", "gg_linmma_finish",
+                         "gg_linmma_prep", f"gg_linmma_u8_nt{nt}", "gg_linmma_finish"]
+    else:
+        assert names == [f"gg_linear_f32_c{C}", "gg_linear_finish", f"gg_linear_u8_c{C}", "gg_linear_finish"]
+    _check(backend, entries)
+
+
+@pytest.mark.parametrize("narrays", [0, 1, 4, 5, 9])
+def test_device_check_launches(backend, entries, narrays):
+    arrays = [FakeArray((10, 3), np.float32 if i % 2 else np.float64) for i in range(narrays)]
+    assert backend.first_invalid(FakeArray(10, np.int64), 3, arrays) == (-1, [-1] * narrays)
+    _check(backend, entries)

@@ -9,7 +9,6 @@ memory against the card's limit.
 """
 import math
 import re
-import types
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ import pytest
 cupy = pytest.importorskip("cupy", reason="CuPy (with NVRTC) is not installed")
 from cupy.cuda import nvrtc  # noqa: E402
 
+from fake_cupy import H100, FakeArray, fake_backend  # noqa: E402
 from gpugrad.backends import cupy_backend as cb  # noqa: E402
 from gpugrad.backends import kernels  # noqa: E402
 
@@ -24,74 +24,6 @@ try:
     nvrtc.getVersion()
 except Exception:  # pragma: no cover - depends on the machine
     pytest.skip("libnvrtc is not loadable (pip install nvidia-cuda-nvrtc)", allow_module_level=True)
-
-H100 = dict(sm_count=132, smem_optin=232448, cc=90)
-
-
-class _Flags:
-    c_contiguous = True
-
-
-class _Data:
-    ptr = 0x7F0000000000  # 256-byte aligned, as CuPy's allocations are
-
-
-class FakeArray:
-    """Just enough of cupy.ndarray for the backend's launch code."""
-
-    flags = _Flags()
-    data = _Data()
-
-    def __init__(self, shape, dtype):
-        self.shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
-        self.dtype = np.dtype(dtype)
-        self.itemsize = self.dtype.itemsize
-        self.size = math.prod(self.shape)
-
-    def astype(self, dtype):
-        return FakeArray(self.shape, dtype)
-
-    def __getitem__(self, key):
-        return FakeArray(self.shape, self.dtype)
-
-    def __rtruediv__(self, other):
-        return FakeArray(self.shape, self.dtype)
-
-    def get(self):
-        return np.full(self.shape, np.iinfo(np.uint64).max, dtype=np.uint64)  # "nothing invalid"
-
-
-def _like(a, dtype=None):
-    return FakeArray(a.shape, dtype or a.dtype)
-
-
-FAKE_CUPY = types.SimpleNamespace(
-    empty=lambda shape, dtype=np.float32: FakeArray(shape, dtype),
-    zeros=lambda shape, dtype=np.float32: FakeArray(shape, dtype),
-    full=lambda shape, value, dtype=np.float32: FakeArray(shape, dtype),
-    empty_like=_like,
-    ascontiguousarray=lambda a, dtype=None: _like(a, dtype),
-    cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
-                               get_current_stream=lambda: types.SimpleNamespace(ptr=0)),
-)
-
-
-class Launch(types.SimpleNamespace):
-    pass
-
-
-class RecordingKernel:
-    """Stands in for a cupy Function: records (grid, block, args, shared_mem) of each call."""
-
-    def __init__(self, name, log):
-        self.name, self.log = name, log
-        self.kernel = types.SimpleNamespace(ptr=id(self))
-        self.max_dynamic_shared_size_bytes = 48 * 1024
-
-    def __call__(self, grid, block, args, shared_mem=0):
-        self.log.append(Launch(name=self.name, grid=grid, block=block, args=args, smem=shared_mem,
-                               smem_limit=self.max_dynamic_shared_size_bytes))
-
 
 @pytest.fixture(scope="module")
 def entries():
@@ -109,17 +41,7 @@ def entries():
 
 @pytest.fixture
 def backend(monkeypatch):
-    monkeypatch.setattr(cb, "cupy", FAKE_CUPY)
-    monkeypatch.setattr(cb, "driver", types.SimpleNamespace(
-        occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, threads, smem: 1))
-    monkeypatch.setattr(cb, "LINEAR_VARIANT", dict(cb.LINEAR_VARIANT))
-    be = object.__new__(cb.CupyBackend)
-    be._workspaces, be._funcs, be._clusters = {}, {}, {}
-    for k, v in H100.items():
-        setattr(be, k, v)
-    be.launches = []
-    be.kernel = lambda name: RecordingKernel(name, be.launches)
-    return be
+    return fake_backend(monkeypatch)
 
 
 PTX_TYPE = {np.dtype(np.int32): "u32", np.dtype(np.int64): "u64", np.dtype(np.uint64): "u64",

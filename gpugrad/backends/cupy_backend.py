@@ -58,6 +58,9 @@ LINMMA = {"u8": LinmmaShape(64, 4, 768, 16), "f32": LinmmaShape(32, 8, 384, 16)}
 LINMMA_GSCALE = {"softmax": 2.0 ** 14, "svm": 2.0 ** 10}
 
 
+_Y64 = (np.int32(0), np.int32(1))  # the kernels' label-width flag, made once
+
+
 def _labels(y):
     """(labels as int32/int64 device array, 1 if int64) without a copy for those two dtypes."""
     if y.dtype == np.int64:
@@ -195,6 +198,7 @@ class CupyBackend(NumpyBackend):
         self._workspaces = {}
         self._funcs = {}
         self._clusters = {}
+        self._row_launches = {}
         dev = cupy.cuda.Device()
         self.sm_count = dev.attributes["MultiProcessorCount"]
         self.smem_optin = dev.attributes["MaxSharedMemoryPerBlockOptin"]
@@ -243,6 +247,39 @@ class CupyBackend(NumpyBackend):
         return label_pos, [-1 if v == none else int(v) for v in host[1:]]
 
     # ---- fused losses ----------------------------------------------------------------------------
+    class _RowLaunch(NamedTuple):
+        f: object
+        grid: tuple
+        block: tuple
+        smem: int
+        n: np.int64
+        C: np.int32
+
+    def _row_launch(self, config: KernelConfig, n: int, C: int, itemsize: int) -> "_RowLaunch":
+        """Grid, block and shared memory of a row-loss kernel for (n, C), worked out once per shape:
+        a small-C call is dominated by its Python cost, so the per-call path is a dict lookup."""
+        key = (config, n, C, itemsize)
+        launch = self._row_launches.get(key)
+        if launch is not None:
+            return launch
+        f = self.kernel(config.name)
+        threads, smem = config.threads, 0
+        if config.stream:
+            grid = min(n, self.sm_count)
+            smem = C * itemsize
+            _allow_dynamic_smem(f, smem)
+        elif config.rows_per_block > 1:
+            # Short rows (G lanes a row): shrink the blocks until there are two per SM, so that a
+            # batch of a few thousand rows spreads over the whole chip.
+            rows_per_block = config.rows_per_block
+            while threads > 64 and -(-n // rows_per_block) < 2 * self.sm_count:
+                threads, rows_per_block = threads // 2, rows_per_block // 2
+            grid = -(-n // rows_per_block)
+        else:  # a block per row: the kernel's K values a thread assume config.threads threads
+            grid = n
+        launch = self._row_launches[key] = self._RowLaunch(f, (grid,), (threads,), smem, np.int64(n), np.int32(C))
+        return launch
+
     def _row_loss(self, config: KernelConfig, S, y, out):
         if not S.flags.c_contiguous:
             S = cupy.ascontiguousarray(S)
@@ -252,26 +289,11 @@ class CupyBackend(NumpyBackend):
             out = cupy.empty_like(S)
         elif out.shape != S.shape or out.dtype != S.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {S.dtype} array of shape {S.shape}")
-        f = self.kernel(config.name)
-        smem = 0
-        if config.stream:
-            grid = min(n, self.sm_count)
-            smem = C * S.itemsize
-            _allow_dynamic_smem(f, smem)
-        elif config.rows_per_block > 1:
-            # Short rows (G lanes a row): shrink the blocks until there are two per SM, so that a
-            # batch of a few thousand rows spreads over the whole chip.
-            threads, rows_per_block = config.threads, config.rows_per_block
-            while threads > 64 and -(-n // rows_per_block) < 2 * self.sm_count:
-                threads, rows_per_block = threads // 2, rows_per_block // 2
-            grid = -(-n // rows_per_block)
-            config = config._replace(threads=threads)
-        else:  # a block per row: the kernel's K values a thread assume config.threads threads
-            grid = n
+        L = self._row_launch(config, n, C, S.itemsize)
         ws = self.workspace()
         loss = cupy.empty((), dtype=S.dtype)
-        f((grid,), (config.threads,), (S, y, np.int32(y64), out, np.int64(n), np.int32(C),
-                                       ws.partials_for(grid), ws.ticket, loss), shared_mem=smem)
+        L.f(L.grid, L.block, (S, y, _Y64[y64], out, L.n, L.C, ws.partials_for(L.grid[0]), ws.ticket, loss),
+            shared_mem=L.smem)
         return loss, out
 
     def softmax_cross_entropy_grad(self, S, y, out=None):

@@ -1,0 +1,35 @@
+"""The Python cost of a CuPy-backend call, CuPy faked (tests/fake_cupy.py): what gpugrad's own
+host code adds to CuPy's allocation and launch costs. Runs on any machine:
+
+    python -m pytest benchmarks/test_launch_overhead.py --benchmark-only
+
+A small-C softmax call is bound by this on a GPU (4.6 us on the device, ~15 us per call from
+Python on an H100 host), so it is worth keeping short.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cupy", reason="the CuPy backend needs CuPy importable (no GPU needed)")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from fake_cupy import FakeArray, fake_backend  # noqa: E402
+
+
+@pytest.mark.parametrize("C", [10, 1024])
+def test_row_loss_call(benchmark, monkeypatch, C):
+    be = fake_backend(monkeypatch)
+    S, y, out = FakeArray((8192, C), np.float32), FakeArray(8192, np.int64), FakeArray((8192, C), np.float32)
+    benchmark(be.softmax_cross_entropy_grad, S, y, out=out)
+
+
+@pytest.mark.parametrize("variant", ["simt", "mma"])
+def test_linear_step_call(benchmark, monkeypatch, variant):
+    be = fake_backend(monkeypatch)
+    from gpugrad.backends import cupy_backend as cb
+    cb.LINEAR_VARIANT.update(f32=variant, u8=variant)
+    n, d, C = 65536, 3072, 10
+    X, y = FakeArray((n, d), np.uint8), FakeArray(n, np.int64)
+    W, b, m = FakeArray((C, d), np.float32), FakeArray(C, np.float32), FakeArray(d, np.float32)
+    benchmark(be.linear_grad, X, y, W, b, 1e-3, "softmax", m, m)

@@ -4,15 +4,15 @@
 //         W' as prepared by gg_linmma_prep (uint8: W * inv_std scaled per class by 2^e_c, as two
 //         f16 halves hi + lo, 22 bits; column offsets r_k; folded bias b') or gg_linmma_prep_f32
 //         (W as two tf32 halves hi + lo).
-// Writes: per-cluster partials dW_raw[cluster][C][d] = sum_r G~[r][c] x~[r][k] (uint8: x~ = x - r_k,
-//         G~ = gscale n dL/dS; float32: x~ = x, G~ = n dL/dS), db_raw[cluster][C] = sum_r n dL/dS
-//         and loss[cluster]; gg_linmma_finish adds them in a fixed order into J, dW and db.
+// Writes: per-cluster partials dW_raw[cluster][C][d] = sum_r g[r][c] x~[r][k] (g = n dL/dS; uint8:
+//         x~ = x - r_k, float32: x~ = x), db_raw[cluster][C] = sum_r g and loss[cluster];
+//         gg_linmma_finish adds them in a fixed order into J, dW and db.
 // Traffic: one read of X + W' once per block + partials (clusters x C x d x 4 bytes: about 2% of
 //         X at n = 65536, d = 3072, C = 10, uint8).
 //
 // Why this shape. Both products, S = X W'^T and dW = G^T X, run on the tensor cores with fp32
 // accumulators: uint8 through mma.m16n8k16 in f16 (x - r_k is an integer in [-255, 255], exact;
-// W' and G as hi + lo, two MMAs each), float32 through mma.m16n8k8 in 3xTF32 (x and the other
+// W' and G, each scaled to just under 2^14, as hi + lo, two MMAs each), float32 through mma.m16n8k8 in 3xTF32 (x and the other
 // operand as hi + lo, three MMAs: hi hi, hi lo, lo hi). The whole of dW (C x d floats) and W'
 // cannot both stay on one SM for d = 3072, so a cluster of blocks splits the columns: block q owns
 // columns [q dsl, (q + 1) dsl), keeps its W' slice in shared memory and its dW slice in registers,
@@ -115,13 +115,13 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_prep_f32(const float
     if (threadIdx.x == 0) wsq[c] = sq;
 }
 
-// dW[c][k] = inv_std_k / n (sum_p dW_raw[p][c][k] / gscale - (m_k - r_k) db_raw[c]) + 2 lam W[c][k]
+// dW[c][k] = inv_std_k / n (sum_p dW_raw[p][c][k] - (m_k - r_k) db_raw[c]) + 2 lam W[c][k]
 // (x_mean null, float32 X: inv_std_k = 1 and no offset term), db[c] = db_raw[c] / n,
 // J = sum_p loss[p] / n + lam sum_c wsq[c]; partials added in index order.
 extern "C" __global__ void __launch_bounds__(256) gg_linmma_finish(
     const float* __restrict__ dW_part, const float* __restrict__ db_part, const double* __restrict__ loss_part,
     const double* __restrict__ wsq, const float* __restrict__ W, const float* __restrict__ x_mean,
-    const float* __restrict__ x_inv_std, int nparts, int C, int d, double lam, double inv_n, double inv_gscale,
+    const float* __restrict__ x_inv_std, int nparts, int C, int d, double lam, double inv_n,
     float* __restrict__ dW, float* __restrict__ db, float* __restrict__ J) {
     __shared__ double dbr[16];
     if (threadIdx.x < C) {
@@ -135,7 +135,7 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_finish(
         const int c = (int)(i / d), k = (int)(i - (gg_i64)c * d);
         double s = 0.0;
         for (int p = 0; p < nparts; ++p) s += dW_part[p * cd + i];
-        double centred = s * inv_gscale, istd = 1.0;
+        double centred = s, istd = 1.0;
         if (x_mean != nullptr) {
             centred -= ((double)x_mean[k] - (double)gg_pixel_offset(x_mean[k])) * dbr[c];
             istd = x_inv_std[k];
@@ -217,27 +217,30 @@ __device__ __forceinline__ unsigned gg_movmatrix_t(unsigned a) {
 
 // ---- the per-tile steps both kernels share --------------------------------------------------------
 // Copy rows [row0, row0 + R) of X, columns [k0, k0 + ncols), into a tile whose rows are xstride
-// elements apart (rows past n skipped: their G is 0, so whatever the tile holds there is harmless).
-// vec: d * sizeof(TX) % 16 == 0 and X 16-byte aligned, so every 16-byte piece of a slice is aligned.
+// elements apart. Rows past n are skipped: their G is 0, and the tile holds zeros (gg_zero_smem at
+// the start) or an earlier tile's finite values there, so they add exact zeros. `align` is the
+// widest copy every piece of a slice allows: 16 or 4 bytes (d * sizeof(TX) and X's address are
+// multiples of it, and k0 of 16 elements), or 1 (single elements, synchronous: odd uint8 rows).
 template <typename TX, int R>
 __device__ __forceinline__ void gg_linmma_stage(TX* dst, const TX* __restrict__ X, gg_i64 row0, gg_i64 n, int d,
-                                                int k0, int ncols, int xstride, bool vec) {
-    constexpr int PER16 = 16 / sizeof(TX);
-    if (vec) {
-        const int per_row = ncols / PER16;
-        for (int q = threadIdx.x; q < R * per_row; q += blockDim.x) {
-            const int r = q / per_row, c = q - r * per_row;
-            if (row0 + r < n) gg_cp_async16(dst + r * xstride + PER16 * c, X + (row0 + r) * d + k0 + PER16 * c);
-        }
-    } else {
-        for (int q = threadIdx.x; q < R * ncols; q += blockDim.x) {
-            const int r = q / ncols, c = q - r * ncols;
-            if (row0 + r >= n) continue;
-            if (sizeof(TX) == 4) gg_cp_async4(dst + r * xstride + c, X + (row0 + r) * d + k0 + c);
-            else dst[r * xstride + c] = X[(row0 + r) * d + k0 + c];  // unaligned bytes
-        }
+                                                int k0, int ncols, int xstride, int align) {
+    const int per = align >= 16 ? 16 / (int)sizeof(TX) : (align >= 4 ? 4 / (int)sizeof(TX) : 1);
+    const int per_row = ncols / per;  // ncols is a multiple of `per` (d is, and so is k0)
+    for (int q = threadIdx.x; q < R * per_row; q += blockDim.x) {
+        const int r = q / per_row, c = per * (q - r * per_row);
+        if (row0 + r >= n) continue;
+        TX* to = dst + r * xstride + c;
+        const TX* from = X + (row0 + r) * d + k0 + c;
+        if (align >= 16) gg_cp_async16(to, from);
+        else if (align >= 4) gg_cp_async4(to, from);
+        else *to = *from;
     }
     gg_cp_async_commit();
+}
+
+// Zero `bytes` (a multiple of 16) of 16-byte aligned shared memory; the caller syncs after it.
+__device__ __forceinline__ void gg_zero_smem(void* p, int bytes) {
+    for (int q = threadIdx.x; q < bytes / 16; q += blockDim.x) reinterpret_cast<uint4*>(p)[q] = make_uint4(0, 0, 0, 0);
 }
 
 // Copy `rows` rows of `count` elements (a multiple of 16 bytes) from global (stride gstride) to
@@ -267,14 +270,16 @@ __device__ __forceinline__ void gg_linmma_sum_parts(const float* Spart, float* s
 
 // The loss step of a tile, after the cluster barrier: team `team` of 16 lanes takes rows team,
 // team + 32, ...; lane c < C forms S[r][c] = (sum of the CL blocks' partials, in rank order) *
-// sinv[c] + bias[c] (sinv null: 1), then the loss and g = n dL/dS[r][c]; store(c, r, g) for
-// c < NC (g = 0 past C and past n). The loss goes to loss_acc (team lane 0), g to db_acc.
-template <int CL, int R, typename Store>
-__device__ __forceinline__ void gg_linmma_loss(const float* sx, gg_i64 row0, gg_i64 n, int C, int NC,
-                                               const void* __restrict__ y, int y64, const float* __restrict__ sinv,
-                                               const float* __restrict__ bias, int loss_kind, Store store,
-                                               double& loss_acc, float& db_acc) {
+// sinv[c] + bias[c] (sinv null: 1), then the loss and g = n dL/dS[r][c], written to Gf[c][r]
+// for c < NC (g = 0 past C and past n). The loss goes to loss_acc (team lane 0), g to db_acc.
+// Returns the largest |g| this thread saw.
+template <int CL, int R>
+__device__ __forceinline__ float gg_linmma_loss(const float* sx, gg_i64 row0, gg_i64 n, int C, int NC,
+                                                const void* __restrict__ y, int y64, const float* __restrict__ sinv,
+                                                const float* __restrict__ bias, int loss_kind, float* Gf,
+                                                double& loss_acc, float& db_acc) {
     const int team = threadIdx.x >> 4, tl = threadIdx.x & 15;
+    float gmax = 0.f;
     for (int r = team; r < R; r += GG_LINMMA_THREADS / 16) {
         const gg_i64 row = row0 + r;
         const bool row_ok = row < n;
@@ -287,9 +292,11 @@ __device__ __forceinline__ void gg_linmma_loss(const float* sx, gg_i64 row0, gg_
         }
         const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
         const float g = gg_row_loss_grad<16>(s, tl, C, yv, row_ok, loss_kind, 1.f, &loss_acc);
-        if (tl < NC) store(tl, r, g);
+        if (tl < NC) Gf[tl * R + r] = g;
         db_acc += g;
+        gmax = fmaxf(gmax, fabsf(g));
     }
+    return gmax;
 }
 
 // Rank 0 only: the teams' db and loss sums, added in team order, into the cluster's partials.
@@ -333,7 +340,7 @@ template <int NT>
 __device__ __forceinline__ void gg_linmma_u8(
     const unsigned char* __restrict__ X, const void* __restrict__ y, int y64, gg_i64 n, int d, int dsl, int C,
     const unsigned short* __restrict__ Wh, const unsigned short* __restrict__ roff, const float* __restrict__ bprime,
-    const float* __restrict__ sinv, int loss_kind, float gscale, int vec, float* __restrict__ dW_part,
+    const float* __restrict__ sinv, int loss_kind, int align, float* __restrict__ dW_part,
     float* __restrict__ db_part, double* __restrict__ loss_part) {
     constexpr int NC = 8 * NT, R = GG_LINMMA_U8_ROWS, CL = GG_LINMMA_U8_CLUSTER;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, grp = lane >> 2, tig = lane & 3;
@@ -351,10 +358,14 @@ __device__ __forceinline__ void gg_linmma_u8(
     unsigned short* Gs = reinterpret_cast<unsigned short*>(gg_smem + L.g_off);
     constexpr int GST = R + 8;  // Gs row stride (f16)
 
+    __shared__ float wmax[GG_LINMMA_THREADS / 32];  // per-warp max |g| of the tile
+
     const gg_i64 ntiles = (n + R - 1) / R;
     gg_i64 tile = cid;
+    gg_zero_smem(Xs, 2 * R * L.xstride);  // tile padding (columns past d, rows past n) adds exact zeros
+    __syncthreads();
     // The first tile, this block's slice of W' and its offsets, all in flight at once.
-    if (tile < ntiles) gg_linmma_stage<unsigned char, R>(Xs, X, tile * R, n, d, k0, ncols, L.xstride, vec);
+    if (tile < ntiles) gg_linmma_stage<unsigned char, R>(Xs, X, tile * R, n, d, k0, ncols, L.xstride, align);
     gg_copy_rows_async(Ws, L.wstride, Wh + k0, (gg_i64)CL * dsl, 2 * NC, dsl);
     gg_copy_rows_async(Rs, 0, roff + k0, 0, 1, dsl);
     gg_cp_async_commit();
@@ -371,7 +382,7 @@ __device__ __forceinline__ void gg_linmma_u8(
         const int stage = it & 1;
         const gg_i64 next = tile + ncl, row0 = tile * R;
         if (next < ntiles) gg_linmma_stage<unsigned char, R>(Xs + (stage ^ 1) * R * L.xstride, X, next * R, n, d, k0,
-                                                             ncols, L.xstride, vec);
+                                                             ncols, L.xstride, align);
         else gg_cp_async_commit();  // an empty group keeps wait_group's count uniform
         asm volatile("cp.async.wait_group 1;\n" ::);
         __syncthreads();
@@ -411,43 +422,56 @@ __device__ __forceinline__ void gg_linmma_u8(
         gg_linmma_sum_parts<4, R>(Spart, sx, NC);
         gg_cluster_sync();  // every block's partial scores for this tile are ready
 
-        gg_linmma_loss<CL, R>(sx, row0, n, C, NC, y, y64, sinv, bprime, loss_kind,
-                              [&](int c, int r, float g) {
-                                  unsigned short hi, lo;
-                                  gg_split_f16_bits(g * gscale, hi, lo);
-                                  Gs[c * GST + r] = hi;
-                                  Gs[(NC + c) * GST + r] = lo;
-                              },
-                              loss_acc, db_acc);
+        // Loss, then G~ = g * 2^e (e: the tile's largest |g| just under 2^14, so the f16 halves keep
+        // 22 bits however small the tile's gradients are) as f16 hi + lo. Spart is free for g.
+        float gmax = gg_linmma_loss<CL, R>(sx, row0, n, C, NC, y, y64, sinv, bprime, loss_kind, Spart, loss_acc, db_acc);
+        gmax = gg_subwarp_reduce<32>(gmax, GgMax());
+        if (lane == 0) wmax[warp] = gmax;
+        __syncthreads();
+        gmax = wmax[0];
+        for (int w = 1; w < GG_LINMMA_THREADS / 32; ++w) gmax = fmaxf(gmax, wmax[w]);
+        int ex = 0;
+        frexpf(gmax, &ex);  // gmax < 2^ex
+        const int e = gmax > 0.f ? max(-100, min(100, 14 - ex)) : 0;
+        const float gscale = ldexpf(1.f, e), ginv = ldexpf(1.f, -e);
+        for (int q = threadIdx.x; q < NC * R; q += blockDim.x) {
+            const int c = q / R, r = q - c * R;
+            unsigned short hi, lo;
+            gg_split_f16_bits(Spart[q] * gscale, hi, lo);
+            Gs[c * GST + r] = hi;
+            Gs[(NC + c) * GST + r] = lo;
+        }
         __syncthreads();
 
-        // Backward: warp w adds G~^T X~ to its column blocks w, w + 16, w + 32 (k-slot order).
+        // Backward: warp w adds G~^T X~ / 2^e to its column blocks w, w + 16, w + 32 (k-slot order).
+        // Each block's tile sum is formed in its own accumulator and then added to the running sum
+        // with an ordinary round-to-nearest add: the tensor cores truncate their fp32 results, and
+        // a chain across every tile of the run would drift by about 1 ulp per MMA.
 #pragma unroll
-        for (int kr = 0; kr < R / 16; ++kr) {
-            unsigned gb[NT][2][2];
+        for (int i = 0; i < 3; ++i) {
+            const int ct = warp + 16 * i;
+            if (ct >= nkb) continue;
+            const uint2 off = *reinterpret_cast<const uint2*>(Rs + 16 * ct + 4 * tig);
+            float tsum[NT][4];
 #pragma unroll
-            for (int t = 0; t < NT; ++t)
+            for (int j = 0; j < 4 * NT; ++j) tsum[j >> 2][j & 3] = 0.f;
 #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const unsigned short* gp = Gs + (h * NC + 8 * t + grp) * GST + 16 * kr + 2 * tig;
-                    gb[t][h][0] = *reinterpret_cast<const unsigned*>(gp);
-                    gb[t][h][1] = *reinterpret_cast<const unsigned*>(gp + 8);
-                }
+            for (int kr = 0; kr < R / 16; ++kr) {
+                unsigned a[4], at[4];
+                gg_u8_frag(xs + (16 * kr + grp) * L.xstride + 16 * ct + 4 * tig, L.xstride, off, a);
 #pragma unroll
-            for (int i = 0; i < 3; ++i) {
-                const int ct = warp + 16 * i;
-                if (ct < nkb) {
-                    const uint2 off = *reinterpret_cast<const uint2*>(Rs + 16 * ct + 4 * tig);
-                    unsigned a[4], at[4];
-                    gg_u8_frag(xs + (16 * kr + grp) * L.xstride + 16 * ct + 4 * tig, L.xstride, off, a);
+                for (int r = 0; r < 4; ++r) at[r] = gg_movmatrix_t(a[gg_mma_t_reg(r)]);
 #pragma unroll
-                    for (int r = 0; r < 4; ++r) at[r] = gg_movmatrix_t(a[gg_mma_t_reg(r)]);
+                for (int t = 0; t < NT; ++t)
 #pragma unroll
-                    for (int t = 0; t < NT; ++t)
-#pragma unroll
-                        for (int h = 0; h < 2; ++h) gg_mma16816(dacc[i][t], at, gb[t][h][0], gb[t][h][1]);
-                }
+                    for (int h = 0; h < 2; ++h) {
+                        const unsigned short* gp = Gs + (h * NC + 8 * t + grp) * GST + 16 * kr + 2 * tig;
+                        gg_mma16816(tsum[t], at, *reinterpret_cast<const unsigned*>(gp),
+                                    *reinterpret_cast<const unsigned*>(gp + 8));
+                    }
             }
+#pragma unroll
+            for (int j = 0; j < 4 * NT; ++j) dacc[i][j >> 2][j & 3] += tsum[j >> 2][j & 3] * ginv;
         }
         __syncthreads();  // the tile, Spart and Gs are free for the next iteration
     }
@@ -484,7 +508,7 @@ __device__ __forceinline__ void gg_split_tf32(float v, unsigned& hi, unsigned& l
 template <int NT>
 __device__ __forceinline__ void gg_linmma_f32(
     const float* __restrict__ X, const void* __restrict__ y, int y64, gg_i64 n, int d, int dsl, int C,
-    const float* __restrict__ Wt, const float* __restrict__ b, int loss_kind, int vec, float* __restrict__ dW_part,
+    const float* __restrict__ Wt, const float* __restrict__ b, int loss_kind, int align, float* __restrict__ dW_part,
     float* __restrict__ db_part, double* __restrict__ loss_part) {
     constexpr int NC = 8 * NT, R = GG_LINMMA_F32_ROWS, CL = GG_LINMMA_F32_CLUSTER;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, grp = lane >> 2, tig = lane & 3;
@@ -503,7 +527,11 @@ __device__ __forceinline__ void gg_linmma_f32(
 
     const gg_i64 ntiles = (n + R - 1) / R;
     gg_i64 tile = cid;
-    if (tile < ntiles) gg_linmma_stage<float, R>(Xs, X, tile * R, n, d, k0, ncols, L.xstride, vec);
+    // Tile padding (columns past d, rows past n) must hold finite values: 0 * NaN is NaN, and
+    // shared memory starts with whatever the last kernel left.
+    gg_zero_smem(Xs, 2 * R * L.xstride * 4);
+    __syncthreads();
+    if (tile < ntiles) gg_linmma_stage<float, R>(Xs, X, tile * R, n, d, k0, ncols, L.xstride, align);
     gg_copy_rows_async(Ws, L.wstride, Wt + k0, (gg_i64)CL * dsl, 2 * NC, dsl);
     gg_cp_async_commit();
 
@@ -521,7 +549,7 @@ __device__ __forceinline__ void gg_linmma_f32(
         const int stage = it & 1;
         const gg_i64 next = tile + ncl, row0 = tile * R;
         if (next < ntiles) gg_linmma_stage<float, R>(Xs + (stage ^ 1) * R * L.xstride, X, next * R, n, d, k0, ncols,
-                                                     L.xstride, vec);
+                                                     L.xstride, align);
         else gg_cp_async_commit();
         asm volatile("cp.async.wait_group 1;\n" ::);
         __syncthreads();
@@ -563,42 +591,43 @@ __device__ __forceinline__ void gg_linmma_f32(
         gg_linmma_sum_parts<8, R>(Spart, sx, NC);
         gg_cluster_sync();
 
-        gg_linmma_loss<CL, R>(sx, row0, n, C, NC, y, y64, nullptr, b, loss_kind,
-                              [&](int c, int r, float g) {
-                                  unsigned hi, lo;
-                                  gg_split_tf32(g, hi, lo);
-                                  Gs[c * GST + r] = __uint_as_float(hi);
-                                  Gs[(NC + c) * GST + r] = __uint_as_float(lo);
-                              },
-                              loss_acc, db_acc);
+        gg_linmma_loss<CL, R>(sx, row0, n, C, NC, y, y64, nullptr, b, loss_kind, Spart, loss_acc, db_acc);
+        __syncthreads();
+        for (int q = threadIdx.x; q < NC * R; q += blockDim.x) {  // G as tf32 hi + lo, by class and row
+            const int c = q / R, r = q - c * R;
+            unsigned hi, lo;
+            gg_split_tf32(Spart[q], hi, lo);
+            Gs[c * GST + r] = __uint_as_float(hi);
+            Gs[(NC + c) * GST + r] = __uint_as_float(lo);
+        }
         __syncthreads();
 
-        // Backward: dW^T[16 columns][8 classes] += X^T[16 columns][8 rows] G~[8 rows][8 classes].
+        // Backward: dW^T[16 columns][8 classes] += X^T[16 columns][8 rows] G[8 rows][8 classes], the
+        // tile's sum in its own accumulator, then added to the running sum (see the uint8 kernel).
 #pragma unroll
-        for (int ks = 0; ks < R / 16; ++ks) {
-            const int r8 = 8 * ((R / 16) * (warp & 1) + ks);  // first row of this 8-row k-step
-            unsigned gh[NT][2], gl[NT][2];
+        for (int i = 0; i < 3; ++i) {
+            const int ct = 3 * (warp >> 1) + i;
+            if (ct >= nct) continue;
+            float tsum[NT][4];
 #pragma unroll
-            for (int t = 0; t < NT; ++t)
+            for (int j = 0; j < 4 * NT; ++j) tsum[j >> 2][j & 3] = 0.f;
 #pragma unroll
-                for (int q = 0; q < 2; ++q) {
-                    const float* gp = Gs + (8 * t + grp) * GST + r8 + gg_mma8_b_k(lane, q);
-                    gh[t][q] = __float_as_uint(gp[0]);
-                    gl[t][q] = __float_as_uint(gp[NC * GST]);
-                }
+            for (int ks = 0; ks < R / 16; ++ks) {
+                const int r8 = 8 * ((R / 16) * (warp & 1) + ks);  // first row of this 8-row k-step
+                unsigned ah[4], al[4];
 #pragma unroll
-            for (int i = 0; i < 3; ++i) {
-                const int ct = 3 * (warp >> 1) + i;
-                if (ct < nct) {
-                    unsigned ah[4], al[4];
+                for (int q = 0; q < 4; ++q)  // A = X^T: M = column 16 ct + a_row, K = row r8 + a_col
+                    gg_split_tf32(xs[(r8 + gg_mma8_a_col(lane, q)) * L.xstride + 16 * ct + gg_mma8_a_row(lane, q)],
+                                  ah[q], al[q]);
 #pragma unroll
-                    for (int q = 0; q < 4; ++q)  // A = X^T: M = column 16 ct + a_row, K = row r8 + a_col
-                        gg_split_tf32(xs[(r8 + gg_mma8_a_col(lane, q)) * L.xstride + 16 * ct + gg_mma8_a_row(lane, q)],
-                                      ah[q], al[q]);
-#pragma unroll
-                    for (int t = 0; t < NT; ++t) gg_mma1688x3(dacc[i][t], ah, al, gh[t][0], gh[t][1], gl[t][0], gl[t][1]);
+                for (int t = 0; t < NT; ++t) {
+                    const float* gp = Gs + (8 * t + grp) * GST + r8 + gg_mma8_b_k(lane, 0);
+                    gg_mma1688x3(tsum[t], ah, al, __float_as_uint(gp[0]), __float_as_uint(gp[4]),
+                                 __float_as_uint(gp[NC * GST]), __float_as_uint(gp[NC * GST + 4]));
                 }
             }
+#pragma unroll
+            for (int j = 0; j < 4 * NT; ++j) dacc[i][j >> 2][j & 3] += tsum[j >> 2][j & 3];
         }
         __syncthreads();
     }
@@ -630,9 +659,9 @@ __device__ __forceinline__ void gg_linmma_f32(
     if (rank == 0) gg_linmma_db_loss(Spart, db_acc, loss_acc, C, cid, db_part, loss_part);
     gg_cluster_sync();
 }
-#define GG_LINMMA_U8_BODY(NT) gg_linmma_u8<NT>(X, y, y64, n, d, dsl, C, Wh, roff, bprime, sinv, loss_kind, gscale, vec, \
+#define GG_LINMMA_U8_BODY(NT) gg_linmma_u8<NT>(X, y, y64, n, d, dsl, C, Wh, roff, bprime, sinv, loss_kind, align, \
                                                 dW_part, db_part, loss_part);
-#define GG_LINMMA_F32_BODY(NT) gg_linmma_f32<NT>(X, y, y64, n, d, dsl, C, Wt, b, loss_kind, vec, dW_part, db_part, \
+#define GG_LINMMA_F32_BODY(NT) gg_linmma_f32<NT>(X, y, y64, n, d, dsl, C, Wt, b, loss_kind, align, dW_part, db_part, \
                                                   loss_part);
 #else
 // Clusters and movmatrix need sm_90: below it the entry points exist (one module for every card)
@@ -644,10 +673,10 @@ __device__ __forceinline__ void gg_linmma_f32(
 
 #define GG_LINMMA_U8_ARGS const unsigned char* __restrict__ X, const void* __restrict__ y, int y64, gg_i64 n, int d, \
     int dsl, int C, const unsigned short* __restrict__ Wh, const unsigned short* __restrict__ roff,                    \
-    const float* __restrict__ bprime, const float* __restrict__ sinv, int loss_kind, float gscale, int vec,            \
+    const float* __restrict__ bprime, const float* __restrict__ sinv, int loss_kind, int align,                        \
     float* __restrict__ dW_part, float* __restrict__ db_part, double* __restrict__ loss_part
 #define GG_LINMMA_F32_ARGS const float* __restrict__ X, const void* __restrict__ y, int y64, gg_i64 n, int d,         \
-    int dsl, int C, const float* __restrict__ Wt, const float* __restrict__ b, int loss_kind, int vec,                \
+    int dsl, int C, const float* __restrict__ Wt, const float* __restrict__ b, int loss_kind, int align,              \
     float* __restrict__ dW_part, float* __restrict__ db_part, double* __restrict__ loss_part
 
 // Entry points gg_linmma_{u8,f32}_nt<NT>: C <= 8 NT classes (one or two 8-class MMA tiles).

@@ -40,6 +40,7 @@ def test_row_loss_kernels_match_numpy(n, C, dtype, loss, rng):
     ref = NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad
     fn = be.softmax_cross_entropy_grad if loss == "softmax" else be.svm_grad
     ref_loss, ref_dS = ref(S64, y)
+    _poison_pool(cupy)
     out = _poisoned(cupy, (n, C), dtype)
     got_loss, got_dS = fn(cupy.asarray(S64.astype(dtype)), cupy.asarray(y), out=out)
     assert got_dS is out
@@ -61,12 +62,27 @@ def linear_variant(request):
     cb.LINEAR_VARIANT.update(old)
 
 
+_NAN_SMEM = r"""
+extern "C" __global__ void fill_shared_with_nan(int words) {
+    extern __shared__ unsigned smem[];
+    volatile unsigned* s = smem;
+    for (int i = threadIdx.x; i < words; i += blockDim.x) s[i] = 0x7fffffffu;
+}
+"""
+
+
 def _poison_pool(cupy, nbytes=1 << 28):
     """Fill the memory pool's free blocks with NaN, so an output or partial the kernels forget to
-    write shows up as NaN instead of a stale value."""
+    write shows up as NaN instead of a stale value; and every SM's shared memory too, since a
+    kernel that multiplies unwritten shared memory by zero still gets NaN (0 * NaN)."""
     cupy.get_default_memory_pool().free_all_blocks()
     block = cupy.full(nbytes // 4, np.nan, dtype=np.float32)
     del block
+    be = gg.get_backend("cupy")
+    fill = cupy.RawKernel(_NAN_SMEM, "fill_shared_with_nan")
+    nbytes_smem = be.smem_optin
+    fill.max_dynamic_shared_size_bytes = nbytes_smem
+    fill((4 * be.sm_count,), (1024,), (np.int32(nbytes_smem // 4),), shared_mem=nbytes_smem)
 
 
 @pytest.mark.parametrize("n,d,C", [(1, 5, 1), (3, 7, 2), (65537, 131, 10), (1000, 3071, 10), (513, 100, 16),
@@ -192,6 +208,17 @@ def test_device_side_check_names_the_bad_label_and_the_nan(rng):
     S[2, 3] = np.inf
     with pytest.raises(ValueError, match=r"S contains inf at index \[2, 3\]"):
         gg.svm_grad(S, cupy.asarray([0, 1, 2, 3, 1, 0]))
+
+
+def test_strided_labels_are_read_as_labels(rng):
+    """A label view with a stride (y[::2]) reaches the kernels as a contiguous copy."""
+    import cupy
+    S = rng.standard_normal((50, 7))
+    y_all = rng.integers(0, 7, 100)
+    ref = NP.softmax_cross_entropy_grad(S, y_all[::2])
+    got = gg.softmax_cross_entropy_grad(cupy.asarray(S), cupy.asarray(y_all)[::2])
+    np.testing.assert_allclose(got[1].get(), ref[1], rtol=1e-12)
+    assert abs(float(got[0]) - ref[0]) <= 1e-12 * abs(ref[0])
 
 
 def test_the_one_launch_mean_is_deterministic(rng):

@@ -52,17 +52,16 @@ class LinmmaShape(NamedTuple):
 
 LINMMA_THREADS = 512
 LINMMA = {"u8": LinmmaShape(64, 4, 768, 16), "f32": LinmmaShape(32, 8, 384, 16)}
-# G enters the uint8 kernel's f16 MMAs as n dL/dS * gscale, split into two f16 halves: |n dL/dS| <= 1
-# for softmax and <= C - 1 <= 15 for the hinge, so these keep it below f16's largest value (65504).
-# The float32 kernel's tf32 has float32's range: no scale.
-LINMMA_GSCALE = {"softmax": 2.0 ** 14, "svm": 2.0 ** 10}
 
 
 _Y64 = (np.int32(0), np.int32(1))  # the kernels' label-width flag, made once
 
 
 def _labels(y):
-    """(labels as int32/int64 device array, 1 if int64) without a copy for those two dtypes."""
+    """(labels as a contiguous int32/int64 device array, 1 if int64), without a copy for contiguous
+    int32/int64 labels (the kernels index y[row] from its base pointer)."""
+    if not y.flags.c_contiguous:
+        y = cupy.ascontiguousarray(y)
     if y.dtype == np.int64:
         return y, 1
     if y.dtype == np.int32:
@@ -380,13 +379,11 @@ class CupyBackend(NumpyBackend):
             sinv = cupy.empty(nc, dtype=np.float32)
             self.kernel("gg_linmma_prep")((nc,), (256,), (W, b, mean, inv_std, np.int32(C), np.int32(d),
                                                          np.int32(dtot), Wh, roff, bprime, sinv, wsq))
-            gscale = LINMMA_GSCALE[loss]
-            weights = (Wh, roff, bprime, sinv, np.int32(0 if loss == "softmax" else 1), np.float32(gscale))
+            weights = (Wh, roff, bprime, sinv, np.int32(0 if loss == "softmax" else 1))
         else:
             mean = inv_std = None
             Wt = cupy.empty((2, nc, dtot), dtype=np.float32)
             self.kernel("gg_linmma_prep_f32")((nc,), (256,), (W, np.int32(C), np.int32(d), np.int32(dtot), Wt, wsq))
-            gscale = 1.0
             weights = (Wt, b, np.int32(0 if loss == "softmax" else 1))
         f = self.kernel(plan["name"])
         _allow_dynamic_smem(f, smem)
@@ -394,9 +391,9 @@ class CupyBackend(NumpyBackend):
         dW_part = cupy.empty((clusters, C, d), dtype=np.float32)
         db_part = cupy.empty((clusters, C), dtype=np.float32)
         loss_part = cupy.empty(clusters, dtype=np.float64)
-        vec = (d * X.itemsize) % 16 == 0 and X.data.ptr % 16 == 0
+        align = next(a for a in (16, 4, 1) if (d * X.itemsize) % a == 0 and X.data.ptr % a == 0)
         f((shape.cluster * clusters,), (LINMMA_THREADS,),
-          (X, y, np.int32(y64), np.int64(n), np.int32(d), np.int32(dsl), np.int32(C), *weights, np.int32(vec),
+          (X, y, np.int32(y64), np.int64(n), np.int32(d), np.int32(dsl), np.int32(C), *weights, np.int32(align),
            dW_part, db_part, loss_part), shared_mem=smem)
         dW = cupy.empty_like(W)
         db = cupy.empty_like(b)
@@ -406,8 +403,7 @@ class CupyBackend(NumpyBackend):
         self.kernel("gg_linmma_finish")((fin_grid,), (256,),
                                         (dW_part, db_part, loss_part, wsq, W, null if mean is None else mean,
                                          null if inv_std is None else inv_std, np.int32(clusters), np.int32(C),
-                                         np.int32(d), np.float64(lam), np.float64(1.0 / n), np.float64(1.0 / gscale),
-                                         dW, db, J))
+                                         np.int32(d), np.float64(lam), np.float64(1.0 / n), dW, db, J))
         return J, dW, db
 
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):

@@ -302,18 +302,25 @@ class CupyBackend(NumpyBackend):
         return self._row_loss(svm_kernel_config(S.shape[1], S.dtype), S, y, out)
 
     # ---- the fused linear step ----------------------------------------------------------------
+    @staticmethod
+    def _fused_x(X, W, x_mean) -> str | None:
+        """The X type a fused linear kernel takes these inputs as ("f32": float32 X, no
+        normalisation; "u8": uint8 X with x_mean/x_std), or None: float32 W, 1 <= C <= 16."""
+        if W.dtype != np.float32 or not 1 <= W.shape[0] <= 16:
+            return None
+        if X.dtype == np.float32 and x_mean is None:
+            return "f32"
+        if X.dtype == np.uint8 and x_mean is not None:
+            return "u8"
+        return None
+
     def linear_plan(self, X, W, x_mean):
         """Launch parameters of the fused linear kernel for these inputs, or None when it does not
         apply (then the inherited matmul path runs)."""
         n, d = X.shape
         C = W.shape[0]
-        if W.dtype != np.float32 or not 1 <= C <= 16:
-            return None
-        if X.dtype == np.float32 and x_mean is None:
-            tname = "f32"
-        elif X.dtype == np.uint8 and x_mean is not None:
-            tname = "u8"
-        else:
+        tname = self._fused_x(X, W, x_mean)
+        if tname is None:
             return None
         rg, kpt = linear_shape(C)
         cols = -(-d // kpt)
@@ -333,13 +340,8 @@ class CupyBackend(NumpyBackend):
         apply (sm_90+, float32 X without normalisation or uint8 X with it, C <= 16, d <= 3072)."""
         n, d = X.shape
         C = W.shape[0]
-        if self.cc < 90 or W.dtype != np.float32 or not 1 <= C <= 16 or n == 0:
-            return None
-        if X.dtype == np.float32 and x_mean is None:
-            x = "f32"
-        elif X.dtype == np.uint8 and x_mean is not None:
-            x = "u8"
-        else:
+        x = self._fused_x(X, W, x_mean)
+        if self.cc < 90 or x is None or n == 0:
             return None
         dsl = linmma_slice(x, d)
         if dsl > LINMMA[x].max_dsl:

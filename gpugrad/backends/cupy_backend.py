@@ -355,8 +355,11 @@ class CupyBackend(NumpyBackend):
     def _linmma_clusters(self, f, cluster: int, smem: int) -> int:
         key = (f.kernel.ptr, smem)
         if key not in self._clusters:
+            # Without the driver's answer, assume an eighth of the SMs sit idle in GPCs whose SM
+            # count is not a multiple of the cluster size (an H100's 132 SMs: 28 clusters of 4):
+            # launching more clusters than fit would run the excess as a second wave.
             self._clusters[key] = (_max_active_clusters(f.kernel.ptr, cluster, LINMMA_THREADS, smem)
-                                   or max(1, self.sm_count // (2 * cluster)))
+                                   or max(1, (self.sm_count // cluster) * 7 // 8))
         return self._clusters[key]
 
     def _linear_mma(self, plan, X, y, W, b, lam, loss, x_mean, x_std):

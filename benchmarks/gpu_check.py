@@ -208,7 +208,7 @@ def check_long_row_variants(rng):
 
 DEFAULT_LONG = cb.CE_LONG_ROWS["variant"]
 DEFAULT_LINEAR = dict(cb.LINEAR_VARIANT)
-LINEAR_VARIANTS = ("simt", "mma")  # the fused linear kernels (cupy_backend.LINEAR_VARIANT)
+LINEAR_VARIANTS = ("simt", "mma")  # the fused linear kernels (cupy_backend.LINEAR_VARIANT); --linear-variants
 
 
 def check_validation():
@@ -470,12 +470,19 @@ def first_call_times():
 
 
 def main():
+    global LINEAR_VARIANTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--linear-variants", default=",".join(LINEAR_VARIANTS),
+                    help="fused linear kernels to check and time (comma-separated: simt, mma)")
+    ap.add_argument("--linear-only", action="store_true",
+                    help="only the linear step (e.g. a new variant in a process of its own, so that a "
+                         "crash cannot take the other results with it)")
     args = ap.parse_args()
+    LINEAR_VARIANTS = tuple(v for v in args.linear_variants.split(",") if v)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(int(time.time()))
@@ -487,29 +494,34 @@ def main():
                cupy=cupy.__version__, numpy=np.__version__, torch=getattr(torch, "__version__", None),
                cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), driver=cupy.cuda.runtime.driverGetVersion(),
                date=time.strftime("%Y-%m-%d"), backend=gg.why_backend())
-    log("== environment:", json.dumps(env))
-    log("== first gradient call in a fresh process")
-    env["first_call"] = first_call_times()
+    log("== environment:", json.dumps(env), "| linear variants:", ",".join(LINEAR_VARIANTS))
+    if not args.linear_only:
+        log("== first gradient call in a fresh process")
+        env["first_call"] = first_call_times()
     kmod.load_module()
     env["kernels"] = kmod.how_loaded()
     log("== kernels loaded from:", env["kernels"])
 
     log("== correctness (vs float64 numpy backend)")
-    check_precision_cases()
-    check_validation()
-    check_row_losses(rng, args.quick)
+    if not args.linear_only:
+        check_precision_cases()
+        check_validation()
+        check_row_losses(rng, args.quick)
     check_linear(rng, args.quick)
-    check_long_row_variants(rng)
+    if not args.linear_only:
+        check_long_row_variants(rng)
 
     if not args.skip_timing:
         log("== timing")
         bw = copy_bandwidth()
         env["copy_bandwidth_TBps"] = bw / 1e12
         log(f"  device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
-        bench_ce(bw, rng, args.quick)
+        if not args.linear_only:
+            bench_ce(bw, rng, args.quick)
         bench_linear(bw, rng, args.quick, args.compile)
 
-    (out / "results.json").write_text(json.dumps(RESULTS, indent=1))
+    tag = "" if not args.linear_only else "_linear_" + "_".join(LINEAR_VARIANTS)
+    (out / f"results{tag}.json").write_text(json.dumps(RESULTS, indent=1))
     log("\n== summary:", RESULTS["env"]["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")
     log(f"correctness: {sum(r['ok'] for r in RESULTS['correctness'])} ok, {len(FAILURES)} failed")
     for f in FAILURES:

@@ -27,7 +27,7 @@
 #pragma once
 #include "common.cuh"
 #include "mma_layout.cuh"
-#include "linear_step.cuh"  // gg_row_loss_grad
+#include "linear_step.cuh"  // gg_row_loss_grad, gg_stage_tile, gg_next_tile
 
 __device__ __forceinline__ unsigned short gg_f16_bits(float v) {
     unsigned short h;
@@ -216,31 +216,17 @@ __device__ __forceinline__ unsigned gg_movmatrix_t(unsigned a) {
 }
 
 // ---- the per-tile steps both kernels share --------------------------------------------------------
-// Copy rows [row0, row0 + R) of X, columns [k0, k0 + ncols), into a tile whose rows are xstride
-// elements apart. Rows past n are skipped: their G is 0, and the tile holds zeros (gg_zero_smem at
-// the start) or an earlier tile's finite values there, so they add exact zeros. `align` is the
-// widest copy every piece of a slice allows: 16 or 4 bytes (d * sizeof(TX) and X's address are
-// multiples of it, and k0 of 16 elements), or 1 (single elements, synchronous: odd uint8 rows).
+// Zero both X stages, then put the block's first tile in flight (its own cp.async group). The tile
+// padding (columns past d, rows past n) must hold finite values, which the MMAs multiply by zero
+// weights or zero gradients: 0 * NaN is NaN, and shared memory starts with whatever the last
+// kernel left. Rows past n later hold zeros or an earlier tile's finite values.
 template <typename TX, int R>
-__device__ __forceinline__ void gg_linmma_stage(TX* dst, const TX* __restrict__ X, gg_i64 row0, gg_i64 n, int d,
-                                                int k0, int ncols, int xstride, int align) {
-    const int per = align >= 16 ? 16 / (int)sizeof(TX) : (align >= 4 ? 4 / (int)sizeof(TX) : 1);
-    const int per_row = ncols / per;  // ncols is a multiple of `per` (d is, and so is k0)
-    for (int q = threadIdx.x; q < R * per_row; q += blockDim.x) {
-        const int r = q / per_row, c = per * (q - r * per_row);
-        if (row0 + r >= n) continue;
-        TX* to = dst + r * xstride + c;
-        const TX* from = X + (row0 + r) * d + k0 + c;
-        if (align >= 16) gg_cp_async16(to, from);
-        else if (align >= 4) gg_cp_async4(to, from);
-        else *to = *from;
-    }
-    gg_cp_async_commit();
-}
-
-// Zero `bytes` (a multiple of 16) of 16-byte aligned shared memory; the caller syncs after it.
-__device__ __forceinline__ void gg_zero_smem(void* p, int bytes) {
-    for (int q = threadIdx.x; q < bytes / 16; q += blockDim.x) reinterpret_cast<uint4*>(p)[q] = make_uint4(0, 0, 0, 0);
+__device__ __forceinline__ void gg_linmma_first_tile(TX* tiles, gg_i64 tile, gg_i64 ntiles, const TX* __restrict__ X,
+                                                     gg_i64 n, int d, int k0, int ncols, int xstride, int align) {
+    const int words = 2 * R * xstride * (int)sizeof(TX) / 16;  // xstride * sizeof(TX) is a multiple of 16
+    for (int q = threadIdx.x; q < words; q += blockDim.x) reinterpret_cast<uint4*>(tiles)[q] = make_uint4(0, 0, 0, 0);
+    __syncthreads();  // the zeros land before any cp.async into the same bytes
+    if (tile < ntiles) gg_stage_tile<TX, R>(tiles, X, tile * R, n, d, k0, ncols, xstride, align);
 }
 
 // Copy `rows` rows of `count` elements (a multiple of 16 bytes) from global (stride gstride) to
@@ -362,10 +348,8 @@ __device__ __forceinline__ void gg_linmma_u8(
 
     const gg_i64 ntiles = (n + R - 1) / R;
     gg_i64 tile = cid;
-    gg_zero_smem(Xs, 2 * R * L.xstride);  // tile padding (columns past d, rows past n) adds exact zeros
-    __syncthreads();
     // The first tile, this block's slice of W' and its offsets, all in flight at once.
-    if (tile < ntiles) gg_linmma_stage<unsigned char, R>(Xs, X, tile * R, n, d, k0, ncols, L.xstride, align);
+    gg_linmma_first_tile<unsigned char, R>(Xs, tile, ntiles, X, n, d, k0, ncols, L.xstride, align);
     gg_copy_rows_async(Ws, L.wstride, Wh + k0, (gg_i64)CL * dsl, 2 * NC, dsl);
     gg_copy_rows_async(Rs, 0, roff + k0, 0, 1, dsl);
     gg_cp_async_commit();
@@ -380,13 +364,9 @@ __device__ __forceinline__ void gg_linmma_u8(
 
     for (int it = 0; tile < ntiles; tile += ncl, ++it) {
         const int stage = it & 1;
-        const gg_i64 next = tile + ncl, row0 = tile * R;
-        if (next < ntiles) gg_linmma_stage<unsigned char, R>(Xs + (stage ^ 1) * R * L.xstride, X, next * R, n, d, k0,
-                                                             ncols, L.xstride, align);
-        else gg_cp_async_commit();  // an empty group keeps wait_group's count uniform
-        asm volatile("cp.async.wait_group 1;\n" ::);
-        __syncthreads();
-        const unsigned char* xs = Xs + stage * R * L.xstride;
+        const gg_i64 row0 = tile * R;
+        const unsigned char* xs = gg_next_tile<unsigned char, R>(Xs, it, tile + ncl, ntiles, X, n, d, k0, ncols,
+                                                                 L.xstride, align);
 
         // Forward: warp (row block mt, column quarter kq) forms S_part = X~ W'^T over its columns.
         {
@@ -527,11 +507,7 @@ __device__ __forceinline__ void gg_linmma_f32(
 
     const gg_i64 ntiles = (n + R - 1) / R;
     gg_i64 tile = cid;
-    // Tile padding (columns past d, rows past n) must hold finite values: 0 * NaN is NaN, and
-    // shared memory starts with whatever the last kernel left.
-    gg_zero_smem(Xs, 2 * R * L.xstride * 4);
-    __syncthreads();
-    if (tile < ntiles) gg_linmma_stage<float, R>(Xs, X, tile * R, n, d, k0, ncols, L.xstride, align);
+    gg_linmma_first_tile<float, R>(Xs, tile, ntiles, X, n, d, k0, ncols, L.xstride, align);
     gg_copy_rows_async(Ws, L.wstride, Wt + k0, (gg_i64)CL * dsl, 2 * NC, dsl);
     gg_cp_async_commit();
 
@@ -547,13 +523,8 @@ __device__ __forceinline__ void gg_linmma_f32(
 
     for (int it = 0; tile < ntiles; tile += ncl, ++it) {
         const int stage = it & 1;
-        const gg_i64 next = tile + ncl, row0 = tile * R;
-        if (next < ntiles) gg_linmma_stage<float, R>(Xs + (stage ^ 1) * R * L.xstride, X, next * R, n, d, k0, ncols,
-                                                     L.xstride, align);
-        else gg_cp_async_commit();
-        asm volatile("cp.async.wait_group 1;\n" ::);
-        __syncthreads();
-        const float* xs = Xs + stage * R * L.xstride;
+        const gg_i64 row0 = tile * R;
+        const float* xs = gg_next_tile<float, R>(Xs, it, tile + ncl, ntiles, X, n, d, k0, ncols, L.xstride, align);
 
         // Forward: warp (row block mt = warp % 2, column eighth ke = warp / 2), 8-column k-blocks.
         {

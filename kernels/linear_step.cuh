@@ -48,27 +48,42 @@ struct GgButterfly {
     }
 };
 
-// Stage RG rows of X (starting at row0) into shared memory. Rows are dpad elements apart there,
-// dpad a multiple of 16 bytes so that 16-byte copies stay aligned. `vec` says whether the rows in
-// global memory are 16-byte aligned too (d * sizeof(TX) % 16 == 0 and X aligned).
-template <typename TX, int RG>
-__device__ __forceinline__ void gg_stage_rows(TX* dst, const TX* __restrict__ X, gg_i64 row0, gg_i64 n,
-                                              int d, int dpad, bool vec) {
-    constexpr int PER16 = 16 / sizeof(TX);
-    for (int r = 0; r < RG; ++r) {
-        const gg_i64 row = row0 + r;
-        if (row >= n) break;  // rows past the end are masked at use, never read
-        const TX* src = X + row * d;
-        TX* out = dst + r * dpad;
-        if (vec) {
-            for (int q = threadIdx.x; q < d / PER16; q += blockDim.x) gg_cp_async16(out + q * PER16, src + q * PER16);
-        } else if (sizeof(TX) == 4) {
-            for (int q = threadIdx.x; q < d; q += blockDim.x) gg_cp_async4(out + q, src + q);
-        } else {
-            for (int q = threadIdx.x; q < d; q += blockDim.x) out[q] = src[q];  // unaligned bytes
-        }
+// Copy rows [row0, row0 + R) of X, columns [k0, k0 + ncols), into a tile whose rows are xstride
+// elements apart (xstride * sizeof(TX) a multiple of 16), as one cp.async group. Rows past n are
+// skipped: the kernels mask them at use or give them a zero gradient. `align` is the widest copy
+// every piece allows: 16 or 4 bytes (d * sizeof(TX) and X's address are multiples of it, and k0 of
+// 16 elements), or 1 (single elements, synchronous: odd uint8 rows).
+template <typename TX, int R>
+__device__ __forceinline__ void gg_stage_tile(TX* dst, const TX* __restrict__ X, gg_i64 row0, gg_i64 n, int d,
+                                              int k0, int ncols, int xstride, int align) {
+    const int per = align >= 16 ? 16 / (int)sizeof(TX) : (align >= 4 ? 4 / (int)sizeof(TX) : 1);
+    const int per_row = ncols / per;  // ncols is a multiple of `per` (d is, and so is k0)
+    for (int q = threadIdx.x; q < R * per_row; q += blockDim.x) {
+        const int r = q / per_row, c = per * (q - r * per_row);
+        if (row0 + r >= n) continue;
+        TX* to = dst + r * xstride + c;
+        const TX* from = X + (row0 + r) * d + k0 + c;
+        if (align >= 16) gg_cp_async16(to, from);
+        else if (align >= 4) gg_cp_async4(to, from);
+        else *to = *from;
     }
     gg_cp_async_commit();
+}
+
+// One step of a loop over tiles with two shared-memory stages (tiles[0], tiles[1], R rows of
+// xstride each; iteration `it` works on stage it & 1): put tile `next` in flight into the other
+// stage (past the last tile an empty group, which keeps wait_group's count uniform), wait for the
+// current tile's copies and make them visible to the block. Returns the current stage.
+template <typename TX, int R>
+__device__ __forceinline__ const TX* gg_next_tile(TX* tiles, int it, gg_i64 next, gg_i64 ntiles,
+                                                  const TX* __restrict__ X, gg_i64 n, int d, int k0, int ncols,
+                                                  int xstride, int align) {
+    if (next < ntiles) gg_stage_tile<TX, R>(tiles + ((it & 1) ^ 1) * R * xstride, X, next * R, n, d, k0, ncols,
+                                            xstride, align);
+    else gg_cp_async_commit();
+    asm volatile("cp.async.wait_group 1;\n" ::);
+    __syncthreads();
+    return tiles + (it & 1) * R * xstride;
 }
 
 template <typename TX>
@@ -124,7 +139,7 @@ template <typename TX, int C>
 __device__ __forceinline__ void gg_linear_step(
     const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W,
     const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_inv_std,
-    gg_i64 n, int d, int dpad, int vec, int loss_kind, float* __restrict__ dW_part,
+    gg_i64 n, int d, int dpad, int align, int loss_kind, float* __restrict__ dW_part,
     float* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq) {
     using Sh = GgLinearShape<TX, C>;
     constexpr int RG = Sh::RG, KPT = Sh::KPT, NPART = Sh::NPART, PP2 = Sh::PP2;
@@ -140,7 +155,7 @@ __device__ __forceinline__ void gg_linear_step(
 
     const gg_i64 ngroups = (n + RG - 1) / RG;
     gg_i64 g = blockIdx.x;
-    if (g < ngroups) gg_stage_rows<TX, RG>(Xs, X, g * RG, n, d, dpad, vec);
+    if (g < ngroups) gg_stage_tile<TX, RG>(Xs, X, g * RG, n, d, 0, d, dpad, align);
 
     // W into shared memory once per block; ||W||^2 on the way (block 0 writes it).
     double wsq_local = 0.0;
@@ -169,15 +184,9 @@ __device__ __forceinline__ void gg_linear_step(
     const float inv_n = 1.0f / (float)n;
 
     for (int it = 0; g < ngroups; g += gridDim.x, ++it) {
-        const int stage = it & 1;
-        const gg_i64 gnext = g + gridDim.x;
-        if (gnext < ngroups) gg_stage_rows<TX, RG>(Xs + (stage ^ 1) * RG * dpad, X, gnext * RG, n, d, dpad, vec);
-        else gg_cp_async_commit();  // an empty group keeps wait_group's count uniform
-        asm volatile("cp.async.wait_group 1;\n" ::);
-        __syncthreads();
+        const TX* xs = gg_next_tile<TX, RG>(Xs, it, g + gridDim.x, ngroups, X, n, d, 0, d, dpad, align);
 
         // Phase 1: this thread's share of the RG x C dot products.
-        const TX* xs = Xs + stage * RG * dpad;
         float xr[RG][KPT];
 #pragma unroll
         for (int r = 0; r < RG; ++r) {
@@ -290,9 +299,9 @@ extern "C" __global__ void __launch_bounds__(256) gg_linear_finish(
 
 #define GG_LIN_ARGS(TX) const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W, \
     const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_inv_std, gg_i64 n, \
-    int d, int dpad, int vec, int loss_kind, float* __restrict__ dW_part, float* __restrict__ db_part,           \
+    int d, int dpad, int align, int loss_kind, float* __restrict__ dW_part, float* __restrict__ db_part,         \
     double* __restrict__ loss_part, double* __restrict__ wsq
-#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_inv_std, n, d, dpad, vec, loss_kind, dW_part, db_part, loss_part, wsq
+#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_inv_std, n, d, dpad, align, loss_kind, dW_part, db_part, loss_part, wsq
 
 // Entry points gg_linear_<x>_c<C>: x = f32 (float X) or u8 (uint8 X with mean / inv_std), C = 1..16.
 #define GG_LIN(TN, TX, C) \

@@ -129,6 +129,36 @@ def linear_shape(C: int) -> tuple[int, int]:
     return rg, kpt
 
 
+_NULL = np.uint64(0)  # a null pointer argument
+
+
+def _step_inputs(X, y, W, b, x_mean, x_std):
+    """A fused linear step's inputs as its kernels take them: contiguous X, W, b; the labels and
+    their width flag; the normalisation (x_mean, 1 / x_std as float32, or two null pointers)."""
+    X = cupy.ascontiguousarray(X)
+    W, b = cupy.ascontiguousarray(W), cupy.ascontiguousarray(b)
+    y, y64 = _labels(y)
+    if x_mean is None:
+        norm = (_NULL, _NULL)
+    else:
+        norm = (cupy.ascontiguousarray(x_mean, dtype=np.float32), 1 / cupy.ascontiguousarray(x_std, dtype=np.float32))
+    return X, y, y64, W, b, norm
+
+
+def _step_partials(parts: int, C: int, d: int):
+    """Per-block (or per-cluster) partials of a fused linear step: dW (parts, C, d), db (parts, C)
+    and the loss sums (parts,), each written whole by the kernel."""
+    return (cupy.empty((parts, C, d), dtype=np.float32), cupy.empty((parts, C), dtype=np.float32),
+            cupy.empty(parts, dtype=np.float64))
+
+
+def _copy_align(X) -> int:
+    """The widest copy (16, 4 or 1 bytes) the kernels' X staging (gg_stage_tile) may use on this
+    C-contiguous X: its row length in bytes and its address are both multiples of it."""
+    row = X.shape[1] * X.itemsize
+    return next(a for a in (16, 4, 1) if row % a == 0 and X.data.ptr % a == 0)
+
+
 def linmma_smem_bytes(x: str, dsl: int, nt: int) -> int:
     """Dynamic shared memory of gg_linmma_<x>_nt<nt> for column slices of dsl: the `bytes` of
     GgLinmmaU8Layout / GgLinmmaF32Layout (kernels/mma_layout.cuh)."""
@@ -366,9 +396,7 @@ class CupyBackend(NumpyBackend):
         """The step on the tensor cores: prepare W (uint8: fold the normalisation, scale, split into
         f16 halves; float32: split into tf32 halves), one cluster launch over X, then the
         fixed-order finish."""
-        X = cupy.ascontiguousarray(X)
-        W, b = cupy.ascontiguousarray(W), cupy.ascontiguousarray(b)
-        y, y64 = _labels(y)
+        X, y, y64, W, b, norm = _step_inputs(X, y, W, b, x_mean, x_std)
         n, d = X.shape
         C = W.shape[0]
         x, nt, dsl, smem = plan["x"], plan["nt"], plan["dsl"], plan["smem"]
@@ -376,39 +404,33 @@ class CupyBackend(NumpyBackend):
         nc, dtot = 8 * nt, shape.cluster * dsl
         wsq = cupy.empty(nc, dtype=np.float64)
         if x == "u8":
-            mean = cupy.ascontiguousarray(x_mean, dtype=np.float32)
-            inv_std = 1 / cupy.ascontiguousarray(x_std, dtype=np.float32)
             Wh = cupy.empty((2, nc, dtot), dtype=np.uint16)
             roff = cupy.empty(dtot, dtype=np.uint16)
             bprime = cupy.empty(nc, dtype=np.float32)
             sinv = cupy.empty(nc, dtype=np.float32)
-            self.kernel("gg_linmma_prep")((nc,), (256,), (W, b, mean, inv_std, np.int32(C), np.int32(d),
+            self.kernel("gg_linmma_prep")((nc,), (256,), (W, b, *norm, np.int32(C), np.int32(d),
                                                          np.int32(dtot), Wh, roff, bprime, sinv, wsq))
             weights = (Wh, roff, bprime, sinv, np.int32(0 if loss == "softmax" else 1))
         else:
-            mean = inv_std = None
             Wt = cupy.empty((2, nc, dtot), dtype=np.float32)
             self.kernel("gg_linmma_prep_f32")((nc,), (256,), (W, np.int32(C), np.int32(d), np.int32(dtot), Wt, wsq))
             weights = (Wt, b, np.int32(0 if loss == "softmax" else 1))
         f = self.kernel(plan["name"])
         _allow_dynamic_smem(f, smem)
         clusters = min(-(-n // shape.rows), self._linmma_clusters(f, shape.cluster, smem))
-        dW_part = cupy.empty((clusters, C, d), dtype=np.float32)
-        db_part = cupy.empty((clusters, C), dtype=np.float32)
-        loss_part = cupy.empty(clusters, dtype=np.float64)
-        align = next(a for a in (16, 4, 1) if (d * X.itemsize) % a == 0 and X.data.ptr % a == 0)
+        parts = _step_partials(clusters, C, d)
         f((shape.cluster * clusters,), (LINMMA_THREADS,),
-          (X, y, np.int32(y64), np.int64(n), np.int32(d), np.int32(dsl), np.int32(C), *weights, np.int32(align),
-           dW_part, db_part, loss_part), shared_mem=smem)
-        dW = cupy.empty_like(W)
-        db = cupy.empty_like(b)
-        J = cupy.empty((), dtype=np.float32)
-        null = np.uint64(0)
-        fin_grid = max(1, min(4 * self.sm_count, -(-C * d // 256)))
-        self.kernel("gg_linmma_finish")((fin_grid,), (256,),
-                                        (dW_part, db_part, loss_part, wsq, W, null if mean is None else mean,
-                                         null if inv_std is None else inv_std, np.int32(clusters), np.int32(C),
-                                         np.int32(d), np.float64(lam), np.float64(1.0 / n), dW, db, J))
+          (X, y, np.int32(y64), np.int64(n), np.int32(d), np.int32(dsl), np.int32(C), *weights,
+           np.int32(_copy_align(X)), *parts), shared_mem=smem)
+        return self._linear_finish("gg_linmma_finish", (*parts, wsq, W, *norm, np.int32(clusters)), W, b, n, lam)
+
+    def _linear_finish(self, name, args, W, b, n, lam):
+        """The finish kernel `name`: (*args, C, d, lam, 1/n, dW, db, J), the partials in a fixed order."""
+        C, d = W.shape
+        dW, db, J = cupy.empty_like(W), cupy.empty_like(b), cupy.empty((), dtype=np.float32)
+        grid = max(1, min(4 * self.sm_count, -(-C * d // 256)))
+        self.kernel(name)((grid,), (256,), (*args, np.int32(C), np.int32(d), np.float64(lam), np.float64(1.0 / n),
+                                            dW, db, J))
         return J, dW, db
 
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
@@ -419,9 +441,7 @@ class CupyBackend(NumpyBackend):
         plan = self.linear_plan(X, W, x_mean)
         if plan is None:
             return super().linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
-        X = cupy.ascontiguousarray(X)
-        W, b = cupy.ascontiguousarray(W), cupy.ascontiguousarray(b)
-        y, y64 = _labels(y)
+        X, y, y64, W, b, norm = _step_inputs(X, y, W, b, x_mean, x_std)
         n, d = X.shape
         C = W.shape[0]
         f = self.kernel(plan["name"])
@@ -429,27 +449,10 @@ class CupyBackend(NumpyBackend):
         per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(f.kernel.ptr, plan["threads"], plan["smem"])
         ngroups = -(-n // plan["rg"])
         grid = max(1, min(ngroups, self.sm_count * max(1, per_sm)))
-        if x_mean is not None:
-            mean = cupy.ascontiguousarray(x_mean, dtype=np.float32)
-            inv_std = 1 / cupy.ascontiguousarray(x_std, dtype=np.float32)
-        else:
-            mean = inv_std = None
-        vec = (d * X.itemsize) % 16 == 0 and X.data.ptr % 16 == 0
-        dW_part = cupy.empty((grid, C, d), dtype=np.float32)
-        db_part = cupy.empty((grid, C), dtype=np.float32)
-        loss_part = cupy.empty(grid, dtype=np.float64)
+        parts = _step_partials(grid, C, d)
         wsq = cupy.empty(1, dtype=np.float64)
-        null = np.uint64(0)
         f((grid,), (plan["threads"],),
-          (X, y, np.int32(y64), W, b, null if mean is None else mean, null if inv_std is None else inv_std,
-           np.int64(n), np.int32(d), np.int32(plan["dpad"]), np.int32(vec), np.int32(0 if loss == "softmax" else 1),
-           dW_part, db_part, loss_part, wsq),
+          (X, y, np.int32(y64), W, b, *norm, np.int64(n), np.int32(d), np.int32(plan["dpad"]),
+           np.int32(_copy_align(X)), np.int32(0 if loss == "softmax" else 1), *parts, wsq),
           shared_mem=plan["smem"])
-        dW = cupy.empty_like(W)
-        db = cupy.empty_like(b)
-        J = cupy.empty((), dtype=np.float32)
-        fin_grid = max(1, min(4 * self.sm_count, -(-C * d // 256)))
-        self.kernel("gg_linear_finish")((fin_grid,), (256,),
-                                        (dW_part, db_part, loss_part, wsq, W, np.int32(grid), np.int32(C),
-                                         np.int32(d), np.float64(lam), np.float64(1.0 / n), dW, db, J))
-        return J, dW, db
+        return self._linear_finish("gg_linear_finish", (*parts, wsq, W, np.int32(grid)), W, b, n, lam)

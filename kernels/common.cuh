@@ -8,6 +8,7 @@
 //
 // Compiled by NVRTC at run time (no standard headers there) and by nvcc ahead of time.
 #pragma once
+#include "ptx.cuh"
 
 #define GG_FULL_MASK 0xffffffffu
 
@@ -91,16 +92,3 @@ __device__ void gg_grid_mean(double block_sum, double* partials, unsigned* ticke
         *ticket = 0u;
     }
 }
-
-// cp.async (sm_80+): global -> shared copies that bypass the registers and complete in groups,
-// so a block can have the next tile in flight while it computes on the current one.
-__device__ __forceinline__ unsigned gg_smem_addr(const void* p) {
-    return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void gg_cp_async16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(gg_smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void gg_cp_async4(void* dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(gg_smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void gg_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }

@@ -29,21 +29,17 @@
 #include "mma_layout.cuh"
 #include "linear_step.cuh"  // gg_row_loss_grad, gg_stage_tile, gg_next_tile
 
-__device__ __forceinline__ unsigned short gg_f16_bits(float v) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-    return h;
-}
-__device__ __forceinline__ float gg_f16_float(unsigned short h) {
-    float v;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(v) : "h"(h));
-    return v;
-}
 // v ~= hi + lo in f16 (hi = f16(v), lo = f16(v - hi)): 22 significant bits while |v| < 2^15 and
 // the value is not far below the largest one being split (the callers scale to keep it so).
 __device__ __forceinline__ void gg_split_f16_bits(float v, unsigned short& hi, unsigned short& lo) {
     hi = gg_f16_bits(v);
     lo = gg_f16_bits(v - gg_f16_float(hi));
+}
+
+// v = hi + lo + (about 2^-22 v), both tf32.
+__device__ __forceinline__ void gg_split_tf32(float v, unsigned& hi, unsigned& lo) {
+    hi = gg_tf32(v);
+    lo = gg_tf32(v - __uint_as_float(hi));
 }
 
 // Prepare W for the tensor cores; one block of 256 threads per class row c < 8 nt (rows c >= C
@@ -105,8 +101,7 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_prep_f32(const float
     for (int k = threadIdx.x; k < dtot; k += blockDim.x) {
         const float w = (c < C && k < d) ? W[(gg_i64)c * d + k] : 0.f;
         unsigned hi, lo;
-        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(w));
-        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(w - __uint_as_float(hi)));
+        gg_split_tf32(w, hi, lo);
         Wt[(gg_i64)c * dtot + k] = __uint_as_float(hi);
         Wt[((gg_i64)rows + c) * dtot + k] = __uint_as_float(lo);
         sq += (double)w * w;
@@ -156,52 +151,11 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_finish(
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define GG_LINMMA_ATTRS(CL) __cluster_dims__(CL, 1, 1) __launch_bounds__(GG_LINMMA_THREADS, 1)
 
-// ---- cluster primitives (PTX; NVRTC has no cooperative_groups headers) ---------------------------
-__device__ __forceinline__ unsigned gg_cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ unsigned gg_cluster_id() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ unsigned gg_cluster_count() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(r));
-    return r;
-}
-// Every thread of every block in the cluster; also orders shared-memory writes before it against
-// (distributed) shared-memory reads after it, so it subsumes __syncthreads.
-__device__ __forceinline__ void gg_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// The float at the same shared-memory offset as `local`, in block `rank` of this cluster.
-__device__ __forceinline__ float gg_cluster_load(const float* local, unsigned rank) {
-    unsigned remote;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(gg_smem_addr(local)), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
+// The dynamic shared memory the launch gave must hold the kernel's layout.
 __device__ __forceinline__ void gg_check_dynamic_smem(int bytes) {
-    unsigned have;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(have));
-    if (have < (unsigned)bytes) __trap();  // the host's mirror of the layout disagrees
+    if (gg_dynamic_smem_size() < (unsigned)bytes) __trap();  // the host's mirror of the layout disagrees
 }
 
-// ---- tensor-core operations (not volatile: pure functions, called from warp-uniform code) --------
-__device__ __forceinline__ void gg_mma16816(float (&acc)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void gg_mma1688(float (&acc)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 // 3xTF32: acc += a b with a = ah + al, b = bh + bl, dropping only al bl (about 2^-22 relative).
 __device__ __forceinline__ void gg_mma1688x3(float (&acc)[4], const unsigned (&ah)[4], const unsigned (&al)[4],
                                              unsigned bh0, unsigned bh1, unsigned bl0, unsigned bl1) {
@@ -209,12 +163,6 @@ __device__ __forceinline__ void gg_mma1688x3(float (&acc)[4], const unsigned (&a
     gg_mma1688(acc, ah, bl0, bl1);
     gg_mma1688(acc, ah, bh0, bh1);
 }
-__device__ __forceinline__ unsigned gg_movmatrix_t(unsigned a) {
-    unsigned t;
-    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(t) : "r"(a));
-    return t;
-}
-
 // ---- the per-tile steps both kernels share --------------------------------------------------------
 // Zero both X stages, then put the block's first tile in flight (its own cp.async group). The tile
 // padding (columns past d, rows past n) must hold finite values, which the MMAs multiply by zero
@@ -312,8 +260,8 @@ __device__ __forceinline__ void gg_linmma_db_loss(float* red, float db_acc, doub
 // f16 pairs for k-slots (2 tig, 2 tig + 1) -> lo and (2 tig + 8, 2 tig + 9) -> hi. Exact.
 __device__ __forceinline__ void gg_u8x4_centred(unsigned v, uint2 off, unsigned& lo, unsigned& hi) {
     const unsigned a = __byte_perm(v, 0x64646464u, GG_PRMT_U8_LO), b = __byte_perm(v, 0x64646464u, GG_PRMT_U8_HI);
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(lo) : "r"(a), "r"(off.x));
-    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(hi) : "r"(b), "r"(off.y));
+    lo = gg_hsub2(a, off.x);
+    hi = gg_hsub2(b, off.y);
 }
 // The A fragment of X[16 rows][the k-slots of one 16-column block], from a row-major uint8 tile:
 // `p` points at row grp, column 4 tig of the block.
@@ -456,7 +404,7 @@ __device__ __forceinline__ void gg_linmma_u8(
         __syncthreads();  // the tile, Spart and Gs are free for the next iteration
     }
 
-    asm volatile("cp.async.wait_all;\n" ::);  // a cluster without tiles still has W' in flight
+    gg_cp_async_wait_all();  // a cluster without tiles still has W' in flight
 #pragma unroll
     for (int i = 0; i < 3; ++i) {
         const int ct = warp + 16 * i;
@@ -474,16 +422,6 @@ __device__ __forceinline__ void gg_linmma_u8(
 }
 
 // ---- float32: 3xTF32 MMAs, clusters of 8, 32-row tiles --------------------------------------------
-__device__ __forceinline__ unsigned gg_tf32(float v) {
-    unsigned r;
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
-    return r;
-}
-// v = hi + lo + (about 2^-22 v), both tf32.
-__device__ __forceinline__ void gg_split_tf32(float v, unsigned& hi, unsigned& lo) {
-    hi = gg_tf32(v);
-    lo = gg_tf32(v - __uint_as_float(hi));
-}
 
 template <int NT>
 __device__ __forceinline__ void gg_linmma_f32(
@@ -603,7 +541,7 @@ __device__ __forceinline__ void gg_linmma_f32(
         __syncthreads();
     }
 
-    asm volatile("cp.async.wait_all;\n" ::);
+    gg_cp_async_wait_all();
     // Each warp pair adds its two row halves (odd warps park theirs in Spart), then writes dW_raw.
     float* park = Spart + ((warp >> 1) * 32 + lane) * (12 * NT);
     if (warp & 1) {

@@ -81,7 +81,7 @@ __device__ __forceinline__ const TX* gg_next_tile(TX* tiles, int it, gg_i64 next
     if (next < ntiles) gg_stage_tile<TX, R>(tiles + ((it & 1) ^ 1) * R * xstride, X, next * R, n, d, k0, ncols,
                                             xstride, align);
     else gg_cp_async_commit();
-    asm volatile("cp.async.wait_group 1;\n" ::);
+    gg_cp_async_wait_one();
     __syncthreads();
     return tiles + (it & 1) * R * xstride;
 }

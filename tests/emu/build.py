@@ -1,0 +1,106 @@
+"""Build the CPU emulator of gpugrad's kernels: one shared library holding every kernel, run by gg_emu.h.
+
+The translation unit is the loader's own kernel source (``kernel_source()``: every include inlined)
+with three changes, all mechanical:
+
+- ``kernels/ptx.cuh``, the one file with inline PTX, is replaced by ``tests/emu/ptx.cuh``;
+- ``extern __shared__ T name[];`` becomes a pointer to the block's dynamic shared memory, and
+  ``__shared__ T name[N];`` a reference to storage kept per block (``GG_EMU_SHARED``);
+- a table of the ``extern "C"`` entry points (found by preprocessing the source once with
+  ``GG_EMU_SCAN``) with a trampoline, parameter signature and cluster size for each.
+
+The library is cached by the digest of its source and compiler command, under
+``$GPUGRAD_EMU_CACHE`` (default ``~/.cache/gpugrad/emu``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from gpugrad.backends import kernels as _k
+
+HERE = Path(__file__).resolve().parent
+CXX = os.environ.get("CXX", "g++")
+FLAGS = ["-std=c++17", "-O1", "-fPIC", "-shared", "-w", f"-I{HERE}"]
+
+_DYNAMIC = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\[\];")
+_STATIC = re.compile(r"__shared__\s+([\w:]+)\s+([^;]+);")
+_DECL = re.compile(r"\s*(\w+)\s*((?:\[[^\]]+\])*)\s*$")
+_ENTRY = re.compile(r"gg_emu_global\s+void\s+(?:gg_emu_cluster\((\d+)\)\s*)?(\w+)\s*\(")
+
+
+def _static_shared(m: re.Match) -> str:
+    decls = [_DECL.match(part) for part in m.group(2).split(",")]
+    if not all(decls):
+        raise ValueError(f"cannot rewrite shared declaration {m.group(0)!r}")
+    return " ".join(f"GG_EMU_SHARED({m.group(1)}, {d.group(1)}, {d.group(2)});" for d in decls)
+
+
+def kernels_for_emulation() -> str:
+    """The kernel source with the emulator's PTX and shared-memory declarations in place."""
+    text = _k.kernel_source()
+    ptx, emu_ptx = (_k.kernel_dir() / "ptx.cuh").read_text(), (HERE / "ptx.cuh").read_text()
+    if text.count(ptx) != 1:
+        raise ValueError("kernels/ptx.cuh is not inlined exactly once in the kernel source")
+    text = text.replace(ptx, emu_ptx)
+    text = _DYNAMIC.sub(lambda m: f"{m.group(1)}* {m.group(2)} = reinterpret_cast<{m.group(1)}*>(gg_emu::dynamic_smem());",
+                        text)
+    text = _STATIC.sub(_static_shared, text)
+    if "__shared__" in re.sub(r"//[^\n]*", "", text):
+        raise ValueError("a __shared__ declaration the emulator build cannot rewrite")
+    return '#include "gg_emu.h"\n' + text
+
+
+def entry_points(text: str, workdir: Path) -> list[tuple[str, int]]:
+    """(name, cluster size) of every kernel entry point, from the preprocessed source."""
+    src = workdir / "scan.cpp"
+    src.write_text(text)
+    out = subprocess.run([CXX, "-E", "-P", "-std=c++17", "-DGG_EMU_SCAN", f"-I{HERE}", str(src)],
+                         check=True, capture_output=True, text=True).stdout
+    found = [(name, int(cl or 1)) for cl, name in _ENTRY.findall(out)]
+    if not found:
+        raise ValueError("no kernel entry points found")
+    return found
+
+
+def translation_unit(workdir: Path, mutate=None) -> str:
+    text = kernels_for_emulation()
+    if mutate is not None:
+        text = mutate(text)
+    rows = ",\n".join(f'    {{"{name}", &gg_emu::trampoline<&{name}>, gg_emu::signature_of(&{name}), {cl}}}'
+                      for name, cl in entry_points(text, workdir))
+    return (f"{text}\n\nstatic const gg_emu::KernelInfo gg_emu_kernels[] = {{\n{rows}\n}};\n"
+            '#include "gg_emu_api.h"\n')
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GPUGRAD_EMU_CACHE", Path.home() / ".cache" / "gpugrad" / "emu"))
+
+
+def build(mutate=None) -> Path:
+    """The emulator library for the current kernel sources, compiled unless cached. `mutate`
+    (text -> text) edits the kernel source first: the tests plant bugs to see the emulator catch them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tu = translation_unit(tmp, mutate)
+        headers = "".join((HERE / h).read_text() for h in ("gg_emu.h", "gg_emu_api.h"))
+        digest = hashlib.sha256("\0".join([tu, headers, CXX, *FLAGS]).encode()).hexdigest()[:24]
+        lib = cache_dir() / f"gg_emu_{digest}.so"
+        if lib.is_file():
+            return lib
+        src = tmp / "gg_emu.cpp"
+        src.write_text(tu)
+        out = tmp / lib.name
+        r = subprocess.run([CXX, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"building the kernel emulator failed:\n{r.stderr[-6000:]}")
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        part = lib.with_suffix(f".{os.getpid()}.part")
+        shutil.copyfile(out, part)
+        part.replace(lib)  # atomic: a concurrent build never sees half a library
+        return lib

@@ -1,0 +1,202 @@
+"""gpugrad's kernels on the CPU: the emulator library (build.py) behind a CuPy look-alike.
+
+``emulated_backend(monkeypatch)`` gives a real ``CupyBackend`` whose arrays are numpy arrays
+(``EmuArray``: with ``.data.ptr`` and ``.get()`` as CuPy's have) and whose kernels run in the
+emulator, so the backend's own host code, launch arguments and kernels all run as on a GPU.
+
+Launches check what the CUDA driver would reject, and what CuPy would pass without a word: every
+argument must be an array (for a pointer parameter) or a numpy scalar of exactly the parameter's
+width and kind; dynamic shared memory must not exceed the kernel's ``max_dynamic_shared_size_bytes``.
+"""
+from __future__ import annotations
+
+import ctypes
+import types
+
+import numpy as np
+
+from gpugrad.backends import cupy_backend as cb
+
+from . import build
+
+# A card smaller than an H100, so that persistent kernels loop over several rows or tiles per block
+# or cluster (the double-buffered paths) even at the small sizes an emulator can run.
+SMALL_H100 = dict(sm_count=6, smem_optin=232448, cc=90)
+ORDERS = {"forward": 0, "reverse": 1, "shuffled": 2}
+
+
+class EmulatorError(RuntimeError):
+    """A kernel did something the hardware would not allow (the message names kernel, block, thread)."""
+
+
+_LIBS = {}
+_active = [None]  # the mutation whose library is in use (None: the kernels as they are)
+
+
+def use(mutate=None) -> None:
+    """Run the kernels as they are (None), or with a planted bug (`mutate`: source text -> text)."""
+    _active[0] = mutate
+
+
+def library() -> ctypes.CDLL:
+    key = _active[0]
+    if key in _LIBS:
+        return _LIBS[key]
+    # A separate copy per library: dlopen would hand back the first one loaded under a shared name.
+    lib = _LIBS[key] = ctypes.CDLL(str(build.build(key)))
+    lib.gg_emu_kernel_name.restype = ctypes.c_char_p
+    lib.gg_emu_kernel_signature.restype = ctypes.c_char_p
+    lib.gg_emu_kernel_cluster.restype = ctypes.c_uint
+    lib.gg_emu_error.restype = ctypes.c_char_p
+    lib.gg_emu_configure.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_int]
+    lib.gg_emu_launch.argtypes = [ctypes.c_int] + [ctypes.c_uint] * 6 + [ctypes.c_ulonglong,
+                                                                          ctypes.POINTER(ctypes.c_void_p)]
+    return lib
+
+
+def kernels() -> dict[str, tuple[int, list[str], int]]:
+    """name -> (index, parameter kinds ("f4", "i8", "pu1" for a pointer to uint8, "pv0" for void*),
+    cluster size)."""
+    lib = library()
+    return {lib.gg_emu_kernel_name(i).decode(): (i, lib.gg_emu_kernel_signature(i).decode().split(),
+                                                 lib.gg_emu_kernel_cluster(i))
+            for i in range(lib.gg_emu_kernel_count())}
+
+
+def configure(order: str = "forward", seed: int = 1, deferred_copies: bool = True) -> None:
+    """Thread order within a cluster (and cluster order when shuffled); when cp.async copies land."""
+    library().gg_emu_configure(ORDERS[order], seed, int(deferred_copies))
+
+
+def _matches(kind: str, dtype: np.dtype) -> bool:
+    """Whether values of dtype are what a parameter (or pointee) of kind "<f|i|u><bytes>" is."""
+    k = "i" if dtype.kind == "b" else dtype.kind
+    return k == kind[0] and dtype.itemsize == int(kind[1:])
+
+
+def _pack(kernel: str, i: int, kind: str, a):
+    """One kernel argument as the bytes its parameter takes, or TypeError naming the mismatch: arrays
+    for pointers (of the pointee's dtype; any for void*), numpy scalars of the exact type otherwise,
+    np.uint64(0) for a null pointer."""
+    if kind.startswith("p"):
+        if isinstance(a, np.ndarray) and (kind == "pv0" or _matches(kind[1:], a.dtype)):
+            return ctypes.c_void_p(a.ctypes.data)
+        if isinstance(a, np.uint64) and a == 0:
+            return ctypes.c_void_p(0)
+    elif isinstance(a, np.generic) and _matches(kind, a.dtype):
+        return ctypes.create_string_buffer(a.tobytes(), a.dtype.itemsize)
+    raise TypeError(f"{kernel}: argument {i} is {type(a).__name__} {getattr(a, 'dtype', '')}, "
+                    f"the parameter is {kind}")
+
+
+class EmuFunction:
+    """A kernel as cupy's RawModule.get_function gives it, run by the emulator."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.index, self.signature, self.cluster = kernels()[name]
+        self.kernel = types.SimpleNamespace(ptr=1000 + self.index)
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        if len(args) != len(self.signature):
+            raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.signature)} parameters")
+        if shared_mem > self.max_dynamic_shared_size_bytes:
+            raise EmulatorError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, the kernel "
+                                f"allows {self.max_dynamic_shared_size_bytes} (CUDA_ERROR_INVALID_VALUE)")
+        packed = [_pack(self.name, i, k, a) for i, (k, a) in enumerate(zip(self.signature, args))]
+        argv = (ctypes.c_void_p * len(packed))(*[ctypes.cast(ctypes.pointer(p), ctypes.c_void_p) for p in packed])
+        g = tuple(grid) + (1,) * (3 - len(grid))
+        b = tuple(block) + (1,) * (3 - len(block))
+        lib = library()
+        if lib.gg_emu_launch(self.index, *g, *b, int(shared_mem), argv) != 0:
+            raise EmulatorError(lib.gg_emu_error().decode())
+
+
+# ---- CuPy's array side, as numpy ------------------------------------------------------------------
+class _Ptr:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class EmuArray(np.ndarray):
+    """A numpy array that answers as a cupy.ndarray does where the backend asks: .data.ptr, .get()."""
+
+    @property
+    def data(self):
+        return _Ptr(self.ctypes.data)
+
+    def get(self):
+        return np.array(self).view(np.ndarray)
+
+
+def _dev(a):
+    return a.view(EmuArray) if isinstance(a, np.ndarray) else np.asarray(a).view(EmuArray)
+
+
+class _EmuCupy(types.ModuleType):
+    """numpy, with cupy's names for moving data and a one-device cupy.cuda."""
+
+    ndarray = EmuArray
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def asarray(a, dtype=None):
+        return _dev(np.array(a, dtype=dtype, copy=True))
+
+    @staticmethod
+    def asnumpy(a):
+        return np.array(a).view(np.ndarray)
+
+    @staticmethod
+    def empty(shape, dtype=np.float32):
+        return _dev(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0xAB, dtype=dtype))  # poisoned
+
+    @staticmethod
+    def empty_like(a, dtype=None):
+        return _EmuCupy.empty(a.shape, dtype or a.dtype)
+
+    @staticmethod
+    def zeros(shape, dtype=np.float32):
+        return _dev(np.zeros(shape, dtype))
+
+    @staticmethod
+    def full(shape, value, dtype=np.float32):
+        return _dev(np.full(shape, value, dtype))
+
+    @staticmethod
+    def ascontiguousarray(a, dtype=None):
+        return _dev(np.ascontiguousarray(a, dtype=dtype))
+
+    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
+                                 get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+
+
+emucupy = _EmuCupy("emucupy")
+
+
+def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3):
+    """A CupyBackend on the emulator for `card`; the tensor-core kernels get `clusters` clusters
+    (as cuOccupancyMaxActiveClusters would say)."""
+    monkeypatch.setattr(cb, "cupy", emucupy)
+    monkeypatch.setattr(cb, "driver", types.SimpleNamespace(
+        occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, threads, smem: 1))
+    monkeypatch.setattr(cb, "_max_active_clusters", lambda *a: clusters)
+    monkeypatch.setattr(cb, "LINEAR_VARIANT", dict(cb.LINEAR_VARIANT))
+    be = object.__new__(cb.CupyBackend)
+    be._workspaces, be._funcs, be._clusters, be._row_launches = {}, {}, {}, {}
+    for k, v in card.items():
+        setattr(be, k, v)
+    be.xp = emucupy
+    funcs = {}
+
+    def kernel(name):
+        f = funcs.get(name)
+        if f is None:
+            f = funcs[name] = EmuFunction(name)
+        return f
+
+    be.kernel = kernel
+    return be

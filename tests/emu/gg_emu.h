@@ -1,0 +1,451 @@
+// gg_emu.h: a CPU emulator for gpugrad's CUDA kernels, so that CI (no GPU) runs the kernels' own code.
+//
+// The kernel sources compile as ordinary C++ against this header (tests/emu/build.py assembles the
+// translation unit): every CUDA thread becomes a fiber (ucontext), the threads of a cluster run
+// together on one OS thread, and each fiber runs until it has to wait. What is emulated, from the
+// CUDA programming guide and the PTX ISA:
+//   - threadIdx / blockIdx / blockDim / gridDim, static and dynamic shared memory per block (filled
+//     with 0xFF bytes, a NaN, before the block starts), __syncthreads, thread-block clusters
+//     (barrier, rank, distributed shared-memory loads);
+//   - warp collectives (__shfl_sync, __shfl_xor_sync, mma.sync m16n8k16 f16 and m16n8k8 tf32,
+//     movmatrix): every lane deposits its operands, the last to arrive computes all 32 results from
+//     the PTX ISA's fragment tables (written here independently of kernels/mma_layout.cuh);
+//   - cp.async: the copies land when the issuing thread waits for their group (so a read before the
+//     wait sees the poison), or at once (so a copy into a buffer still being read shows); sources
+//     and destinations must be aligned to the copy size, as on the hardware.
+// Checked as errors, each naming the kernel, block and thread: a barrier that not every thread
+// reaches (deadlock), a thread that exits while others wait for it, warp lanes that meet at
+// different collectives, shared-memory addresses outside the block, misaligned cp.async, __trap.
+// Scheduling order (threads first to last, last to first, or shuffled) is a setting: a missing
+// barrier makes results depend on it. Arithmetic is IEEE float on the CPU: MMAs sum in double and
+// round once, so the hardware's truncating accumulation is not modelled (tests/test_linmma_model.py
+// does that); only the logic, indexing and synchronisation of the kernels are under test here.
+#pragma once
+#include <ucontext.h>
+#include <sys/mman.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+// ---- the CUDA dialect, as plain C++ ------------------------------------------------------------------
+#define __CUDA_ARCH__ 900  // the sm_90 paths: clusters, movmatrix
+#ifdef GG_EMU_SCAN  // tests/emu/build.py's pass that lists the entry points and their cluster sizes
+#define __global__ gg_emu_global
+#define __cluster_dims__(x, y, z) gg_emu_cluster(x)
+#else
+#define __global__
+#define __cluster_dims__(...)
+#endif
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct gg_emu_dim3 { unsigned x, y, z; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+template <class To, class From> inline To gg_emu_bits(From v) {
+    static_assert(sizeof(To) == sizeof(From), "bit cast between types of one size");
+    To t;
+    std::memcpy(&t, &v, sizeof t);
+    return t;
+}
+inline float __int_as_float(int v) { return gg_emu_bits<float>(v); }
+inline float __uint_as_float(unsigned v) { return gg_emu_bits<float>(v); }
+inline unsigned __float_as_uint(float v) { return gg_emu_bits<unsigned>(v); }
+inline double __longlong_as_double(long long v) { return gg_emu_bits<double>(v); }
+// prmt in its default mode: byte i of the result is byte (selector nibble i & 7) of {y, x}.
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const unsigned long long xy = (unsigned long long)y << 32 | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= (unsigned)((xy >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
+template <class A, class B> inline std::common_type_t<A, B> max(A a, B b) { return a > b ? a : b; }
+template <class A, class B> inline std::common_type_t<A, B> min(A a, B b) { return a < b ? a : b; }
+using std::isfinite;
+
+namespace gg_emu {
+
+struct Barrier {
+    unsigned arrived = 0, gen = 0;
+};
+struct Copy {
+    void* dst;
+    const void* src;
+    int bytes;
+};
+struct Block;
+struct Fiber {
+    ucontext_t ctx;
+    char* stack = nullptr;
+    gg_emu_dim3 tid;
+    unsigned linear = 0;  // threadIdx as one number
+    Block* block = nullptr;
+    bool done = false;
+    const char* waiting_at = nullptr;
+    std::vector<Copy> open;                // cp.async issued since the last commit
+    std::deque<std::vector<Copy>> groups;  // committed, oldest first
+};
+// A warp's meeting point for collectives: 32 operand slots, 32 result slots.
+struct Warp {
+    unsigned char in[32][80], out[32][64];
+    int op[32];
+    Barrier bar;
+    unsigned live = 0;
+};
+struct Block {
+    gg_emu_dim3 idx;
+    unsigned rank = 0;  // within the cluster
+    std::vector<unsigned char> arena;  // dynamic shared memory, then the static __shared__ variables
+    size_t dynamic_bytes = 0, static_used = 0;
+    std::unordered_map<const void*, size_t> statics;
+    Barrier bar;
+    unsigned live = 0;
+    std::vector<Warp> warps;
+};
+struct KernelInfo {
+    const char* name;
+    void (*run)(void**);  // calls the kernel with its arguments unpacked from a void* array
+    const char* signature;
+    unsigned cluster;
+};
+
+constexpr size_t STATIC_SMEM = 16 * 1024;    // room for the kernels' static __shared__ variables
+constexpr size_t SMEM_LIMIT = 232448;        // an H100's shared memory per block (opt-in)
+constexpr size_t STACK_BYTES = 256 * 1024;
+
+// The state of the one launch in progress (launches run one at a time, on the caller's thread).
+inline const KernelInfo* g_kernel = nullptr;
+inline void** g_args = nullptr;
+inline gg_emu_dim3 g_grid, g_block;
+inline unsigned g_cluster_size = 1, g_cluster_id = 0, g_cluster_count = 1;
+inline std::vector<Block*> g_cluster;  // the blocks of the running cluster, by rank
+inline Barrier g_cluster_bar;
+inline unsigned g_cluster_live = 0;
+inline Fiber* g_cur = nullptr;
+inline ucontext_t g_sched;
+inline std::string g_error;
+inline unsigned long long g_progress = 0;
+inline int g_order = 0;         // 0: first to last thread, 1: last to first, 2: shuffled every pass
+inline unsigned g_seed = 1;
+inline bool g_deferred = true;  // cp.async lands at the wait (true) or at once (false)
+inline std::vector<char*> g_stacks;
+
+inline void yield() { swapcontext(&g_cur->ctx, &g_sched); }
+
+[[noreturn]] inline void fail(const std::string& what) {
+    if (g_error.empty()) {
+        char where[160] = "";
+        if (g_cur != nullptr)
+            std::snprintf(where, sizeof where, " (block %u, thread %u)", g_cur->block->idx.x, g_cur->linear);
+        g_error = std::string(g_kernel ? g_kernel->name : "?") + where + ": " + what;
+    }
+    yield();  // the scheduler never resumes a failed launch
+    std::abort();
+}
+
+inline void wait_for(Barrier& b, unsigned gen, const char* what) {
+    g_cur->waiting_at = what;
+    while (b.gen == gen) yield();
+    g_cur->waiting_at = nullptr;
+}
+
+// Arrive at b, which completes when `expected` threads have arrived; returns when it has.
+inline void arrive(Barrier& b, unsigned expected, const char* what) {
+    const unsigned gen = b.gen;
+    ++g_progress;
+    if (++b.arrived == expected) {
+        b.arrived = 0;
+        ++b.gen;
+    } else {
+        wait_for(b, gen, what);
+    }
+}
+
+inline void syncthreads() { arrive(g_cur->block->bar, g_cur->block->live, "__syncthreads"); }
+inline void cluster_sync() { arrive(g_cluster_bar, g_cluster_live, "cluster barrier"); }
+
+// A warp collective: deposit this lane's operands, and when all 32 lanes are in, the last one runs
+// compute(in, out) for the whole warp; each lane then takes its result.
+template <class In, class Out, class F>
+inline Out collective(int op, const In& in, F compute) {
+    static_assert(sizeof(In) <= sizeof(Warp::in[0]) && sizeof(Out) <= sizeof(Warp::out[0]), "slot size");
+    Block& B = *g_cur->block;
+    Warp& w = B.warps[g_cur->linear / 32];
+    const unsigned lane = g_cur->linear % 32;
+    std::memcpy(w.in[lane], &in, sizeof in);
+    w.op[lane] = op;
+    const unsigned gen = w.bar.gen;
+    ++g_progress;
+    if (++w.bar.arrived == w.live) {
+        if (w.live != 32) fail("a warp collective with lanes that have exited (full mask)");
+        for (int l = 1; l < 32; ++l)
+            if (w.op[l] != w.op[0]) fail("the lanes of a warp met at different warp collectives");
+        In all[32];
+        Out res[32];
+        for (int l = 0; l < 32; ++l) std::memcpy(&all[l], w.in[l], sizeof(In));
+        compute(all, res);
+        for (int l = 0; l < 32; ++l) std::memcpy(w.out[l], &res[l], sizeof(Out));
+        w.bar.arrived = 0;
+        ++w.bar.gen;
+    } else {
+        wait_for(w.bar, gen, "a warp collective");
+    }
+    Out r;
+    std::memcpy(&r, w.out[lane], sizeof r);
+    return r;
+}
+
+// ---- shared memory ----------------------------------------------------------------------------------
+inline unsigned char* dynamic_smem() { return g_cur->block->arena.data(); }
+
+inline void* static_shared(const void* tag, size_t bytes) {
+    Block& B = *g_cur->block;
+    auto it = B.statics.find(tag);
+    if (it == B.statics.end()) {
+        const size_t off = (B.dynamic_bytes + B.static_used + 15) / 16 * 16;
+        if (off + bytes > B.arena.size()) fail("static __shared__ variables exceed the emulator's reserve");
+        B.static_used = off + bytes - B.dynamic_bytes;
+        if (B.dynamic_bytes + B.static_used > SMEM_LIMIT) fail("shared memory (static + dynamic) over 227 KB");
+        it = B.statics.emplace(tag, off).first;
+    }
+    return B.arena.data() + it->second;
+}
+
+// The offset of p in this block's shared memory (a .shared address), checked.
+inline unsigned smem_offset(const void* p, size_t bytes) {
+    Block& B = *g_cur->block;
+    const unsigned char* c = static_cast<const unsigned char*>(p);
+    if (c < B.arena.data() || c + bytes > B.arena.data() + B.arena.size())
+        fail("a shared-memory address outside this block's shared memory");
+    return (unsigned)(c - B.arena.data());
+}
+
+// ---- cp.async ---------------------------------------------------------------------------------------
+inline void cp_async(void* dst, const void* src, int bytes) {
+    smem_offset(dst, bytes);
+    if (((uintptr_t)dst | (uintptr_t)src) % bytes != 0) fail("cp.async with an address not aligned to its size");
+    if (g_deferred) g_cur->open.push_back({dst, src, bytes});
+    else std::memcpy(dst, src, bytes);
+}
+inline void cp_async_commit() {
+    g_cur->groups.push_back(std::move(g_cur->open));
+    g_cur->open.clear();
+}
+inline void cp_async_wait(size_t keep) {
+    while (g_cur->groups.size() > keep) {
+        for (const Copy& c : g_cur->groups.front()) std::memcpy(c.dst, c.src, c.bytes);
+        g_cur->groups.pop_front();
+    }
+}
+
+// ---- f16 and tf32 -----------------------------------------------------------------------------------
+inline unsigned short f16_bits(float v) { return gg_emu_bits<unsigned short>((_Float16)v); }  // round to nearest even
+inline float f16_float(unsigned short h) { return (float)gg_emu_bits<_Float16>(h); }
+inline unsigned tf32_rna(float v) {  // 10 mantissa bits, ties away from zero
+    const unsigned u = gg_emu_bits<unsigned>(v);
+    if ((u & 0x7f800000u) == 0x7f800000u) return u;  // inf, nan
+    return (u + 0x1000u) & 0xffffe000u;
+}
+inline double tf32_value(unsigned u) { return gg_emu_bits<float>(u & 0xffffe000u); }  // the MMA reads 19 bits
+
+// ---- scheduling ---------------------------------------------------------------------------------------
+inline void fiber_main() {
+    Fiber* f = g_cur;
+    g_kernel->run(g_args);
+    cp_async_wait(0);
+    Block& B = *f->block;
+    Warp& w = B.warps[f->linear / 32];
+    f->done = true;
+    ++g_progress;
+    if (B.bar.arrived != 0) fail("a thread exited while others of its block wait at __syncthreads");
+    if (w.bar.arrived != 0) fail("a thread exited while its warp waits at a collective");
+    if (g_cluster_bar.arrived != 0) fail("a thread exited while its cluster waits at the cluster barrier");
+    --B.live;
+    --w.live;
+    --g_cluster_live;
+    swapcontext(&f->ctx, &g_sched);
+    std::abort();
+}
+
+inline char* stack_for(size_t i) {
+    while (g_stacks.size() <= i) {
+        void* p = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) return nullptr;
+        g_stacks.push_back(static_cast<char*>(p));
+    }
+    return g_stacks[i];
+}
+
+// Run the blocks of one cluster together until every thread has finished. Returns false on error.
+inline bool run_cluster(unsigned first_block, size_t smem, std::mt19937& rng) {
+    const unsigned nthreads = g_block.x * g_block.y * g_block.z;
+    std::vector<Block> blocks(g_cluster_size);
+    std::vector<Fiber> fibers(g_cluster_size * nthreads);
+    g_cluster.clear();
+    for (unsigned r = 0; r < g_cluster_size; ++r) {
+        Block& B = blocks[r];
+        const unsigned b = first_block + r;
+        B.idx = {b % g_grid.x, (b / g_grid.x) % g_grid.y, b / (g_grid.x * g_grid.y)};
+        B.rank = r;
+        B.dynamic_bytes = smem;
+        B.arena.assign(smem + STATIC_SMEM, 0xff);  // NaN poison: what a kernel reads unwritten shows up
+        B.live = nthreads;
+        B.warps.resize((nthreads + 31) / 32);
+        for (unsigned w = 0; w < B.warps.size(); ++w) B.warps[w].live = std::min(32u, nthreads - 32 * w);
+        g_cluster.push_back(&B);
+    }
+    g_cluster_bar = Barrier();
+    g_cluster_live = g_cluster_size * nthreads;
+    for (size_t i = 0; i < fibers.size(); ++i) {
+        Fiber& f = fibers[i];
+        f.block = &blocks[i / nthreads];
+        f.linear = (unsigned)(i % nthreads);
+        f.tid = {f.linear % g_block.x, (f.linear / g_block.x) % g_block.y, f.linear / (g_block.x * g_block.y)};
+        f.stack = stack_for(i);
+        if (f.stack == nullptr) {
+            g_error = "out of memory for fiber stacks";
+            return false;
+        }
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = STACK_BYTES;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, fiber_main, 0);
+    }
+    std::vector<size_t> order(fibers.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = g_order == 1 ? order.size() - 1 - i : i;
+    for (;;) {
+        if (g_order == 2) std::shuffle(order.begin(), order.end(), rng);
+        const unsigned long long before = g_progress;
+        bool alive = false;
+        for (size_t i : order) {
+            Fiber& f = fibers[i];
+            if (f.done) continue;
+            alive = true;
+            g_cur = &f;
+            swapcontext(&g_sched, &f.ctx);
+            if (!g_error.empty()) {
+                g_cur = nullptr;
+                return false;
+            }
+        }
+        g_cur = nullptr;
+        if (!alive) return true;
+        if (g_progress == before) {  // everyone waits for someone: a barrier not every thread reaches
+            std::string at;
+            for (Fiber& f : fibers)
+                if (!f.done && at.find(f.waiting_at ? f.waiting_at : "?") == std::string::npos)
+                    at += std::string(at.empty() ? "" : ", ") + (f.waiting_at ? f.waiting_at : "?");
+            g_error = std::string(g_kernel->name) + ": deadlock, threads wait at: " + at;
+            return false;
+        }
+    }
+}
+
+// SIGSEGV in a kernel: say which kernel, block and thread before the process dies.
+inline void on_segv(int sig) {
+    char msg[256];
+    const int n = std::snprintf(msg, sizeof msg, "gg_emu: segmentation fault in kernel %s, block %u, thread %u\n",
+                                g_kernel ? g_kernel->name : "?", g_cur ? g_cur->block->idx.x : 0u,
+                                g_cur ? g_cur->linear : 0u);
+    if (write(2, msg, n) < 0) {}
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+// ---- the kernel table: a trampoline and a signature per entry point ---------------------------------------
+// A parameter as "<kind><bytes>": f (floating point), i (signed), u (unsigned integer), and for
+// pointers "p" + the pointee's ("pf4" for float*, "pv0" for void*).
+template <class T> std::string kind_of() {
+    if constexpr (std::is_pointer_v<T>) {
+        using U = std::remove_cv_t<std::remove_pointer_t<T>>;
+        if constexpr (std::is_void_v<U>) return "pv0";
+        else return "p" + kind_of<U>();
+    } else {
+        const char k = std::is_floating_point_v<T> ? 'f' : (std::is_signed_v<T> ? 'i' : 'u');
+        return std::string(1, k) + std::to_string(sizeof(T));
+    }
+}
+template <class... A> const char* signature_of(void (*)(A...)) {
+    static const std::string s = [] {
+        std::string r;
+        ((r += kind_of<A>() + " "), ...);
+        return r;
+    }();
+    return s.c_str();
+}
+template <class... A, size_t... I>
+void call_with(void (*f)(A...), void** args, std::index_sequence<I...>) {
+    f(*static_cast<std::remove_reference_t<A>*>(args[I])...);
+}
+template <class... A> void run_as(void (*f)(A...), void** args) { call_with(f, args, std::index_sequence_for<A...>{}); }
+template <auto F> void trampoline(void** args) { run_as(F, args); }
+
+}  // namespace gg_emu
+
+#define threadIdx (gg_emu::g_cur->tid)
+#define blockIdx (gg_emu::g_cur->block->idx)
+#define blockDim (gg_emu::g_block)
+#define gridDim (gg_emu::g_grid)
+#define __syncthreads() gg_emu::syncthreads()
+#define __threadfence() ((void)0)  // one OS thread runs everything: memory is always coherent
+#define __trap() gg_emu::fail("__trap()")
+
+// `static char tag` is one per declaration (per template instantiation), `storage` one per block.
+#define GG_EMU_SHARED(T, name, dims)                                                     \
+    static char name##_gg_tag;                                                           \
+    typedef T name##_gg_type dims;                                                       \
+    name##_gg_type& name = *static_cast<name##_gg_type*>(gg_emu::static_shared(&name##_gg_tag, sizeof(name##_gg_type)))
+
+template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+    if (mask != 0xffffffffu) gg_emu::fail("__shfl_sync with a partial mask is not emulated");
+    struct In { T v; int src, width; };
+    return gg_emu::collective<In, T>(1, In{v, src, width}, [](const In* in, T* out) {
+        for (int l = 0; l < 32; ++l) {
+            const int w = in[l].width, base = l & ~(w - 1);
+            out[l] = in[base + (in[l].src & (w - 1))].v;
+        }
+    });
+}
+template <class T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    if (mask != 0xffffffffu) gg_emu::fail("__shfl_xor_sync with a partial mask is not emulated");
+    struct In { T v; int m, width; };
+    return gg_emu::collective<In, T>(2, In{v, lane_mask, width}, [](const In* in, T* out) {
+        for (int l = 0; l < 32; ++l) {
+            const int s = l ^ in[l].m, w = in[l].width;
+            out[l] = (s >= (l / w + 1) * w) ? in[l].v : in[s].v;
+        }
+    });
+}
+// One OS thread runs every fiber, and a fiber only yields at a barrier: atomics are plain updates.
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    const unsigned old = *p;
+    *p = old + v;
+    return old;
+}
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+    const unsigned long long old = *p;
+    if (v < old) *p = v;
+    return old;
+}

@@ -1,0 +1,241 @@
+"""Every CUDA kernel, run on the CPU by the emulator in tests/emu, against the numpy backend.
+
+No GPU needed: the CuPy backend's own host code launches the kernels' own code (tests/emu/gg_emu.h
+runs each CUDA thread as a fiber, with the PTX ISA's warp collectives, tensor-core fragments,
+thread-block clusters and cp.async). What this adds to the GPU tests (tests/test_gpu_kernels.py), which
+CI cannot run: every launch's arguments checked against the kernel's C++ parameter types (pointee
+dtypes included), reads of shared memory never written (it starts as NaN), barriers not every
+thread reaches, and results that change with the order threads run in or with when cp.async copies
+land (a missing barrier or wait). The last tests plant such bugs in the kernels and see them caught.
+
+What it cannot show: speed, and the hardware's rounding inside the tensor cores (modelled in
+tests/test_linmma_model.py). Sizes are small: a thread costs microseconds here.
+"""
+import shutil
+
+import numpy as np
+import pytest
+
+import gpugrad as gg
+from gpugrad.backends import cupy_backend as cb
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the kernel emulator needs g++")
+
+from emu import emulator as E  # noqa: E402
+
+NP = gg.get_backend("numpy")
+dev = E.emucupy.asarray
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+MODES = [(order, deferred) for order in ("forward", "reverse", "shuffled") for deferred in (True, False)]
+
+
+@pytest.fixture
+def be(monkeypatch):
+    """A CupyBackend on the emulator, kernels as they are, threads first to last, copies at the wait."""
+    E.use(None)
+    E.configure("forward", 1, True)
+    return E.emulated_backend(monkeypatch)
+
+
+def _rel(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert np.isfinite(got).all(), "an output entry was left unwritten (NaN poison) or is not finite"
+    return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-300)
+
+
+def _row_loss(be, loss, S, y, out):
+    fn = be.softmax_cross_entropy_grad if loss == "softmax" else be.svm_grad
+    return fn(S, y, out=out)
+
+
+# Every row-loss kernel: lanes per row 1..32 (C <= 1024), a block per row, the streamed kernel
+# (C > 8192) and the online kernel past the registers (float32 C > 32768, float64 C > 16384).
+@pytest.mark.parametrize("C", [1, 2, 9, 33, 1000, 1025, 8193, 16385, 32769])
+@pytest.mark.parametrize("n", [1, 3, 13])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_row_loss_kernels(be, C, n, dtype, loss, rng):
+    if n * C > 200_000:
+        n = 2
+    S = rng.standard_normal((n, C)) * 3
+    y = rng.integers(0, C, n)
+    ref_loss, ref_dS = (NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad)(S, y)
+    out = E.emucupy.full((n, C), np.nan, dtype)
+    got_loss, got_dS = _row_loss(be, loss, dev(S.astype(dtype)), dev(y), out)
+    assert got_dS is out and got_loss.shape == ()
+    assert _rel(got_dS, ref_dS) <= TOL[dtype]
+    assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * max(abs(ref_loss), 1e-30)
+
+
+@pytest.mark.parametrize("variant", ["stream", "block"])
+def test_long_rows_both_kernels_and_int32_labels(be, variant, monkeypatch, rng):
+    monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+    n, C = 9, 20000  # more rows than the small card's 6 SMs: the streamed kernel's next-row path
+    S = rng.standard_normal((n, C)) * 3
+    y = rng.integers(0, C, n).astype(np.int32)
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
+    got_loss, got_dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
+    assert _rel(got_dS, ref_dS) <= 1e-5
+    assert abs(float(got_loss) - ref_loss) <= 1e-5 * abs(ref_loss)
+
+
+@pytest.mark.parametrize("C", [10, 3000, 20000])
+def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, rng):
+    S, y = dev(rng.standard_normal((7, C)).astype(np.float32)), dev(rng.integers(0, C, 7))
+    runs = []
+    for order, deferred in MODES:
+        E.configure(order, 11, deferred)
+        loss, dS = be.softmax_cross_entropy_grad(S, y)
+        runs.append((np.array(loss), np.array(dS)))
+    for loss, dS in runs[1:]:
+        assert np.array_equal(loss, runs[0][0]) and np.array_equal(dS, runs[0][1])
+
+
+# ---- the fused linear step: both kernels ("simt", "mma"), both X types ---------------------------------
+def _linear_inputs(rng, xtype, n, d, C, wscale=0.05, mean=None):
+    W = rng.standard_normal((C, d)) * wscale
+    b = rng.standard_normal(C) * 0.1
+    y = rng.integers(0, C, n)
+    if xtype == "f32":
+        X = rng.standard_normal((n, d))
+        return (X, y, W, b, None, None), (dev(X.astype(np.float32)), dev(y), dev(W.astype(np.float32)),
+                                          dev(b.astype(np.float32)), None, None)
+    X = rng.integers(0, 256, (n, d), dtype=np.uint8)
+    mean = X.mean(0) + rng.standard_normal(d) * 0.3 if mean is None else mean
+    std = X.std(0) + 1
+    return (X, y, W, b, mean, std), (dev(X), dev(y), dev(W.astype(np.float32)), dev(b.astype(np.float32)),
+                                     dev(mean.astype(np.float32)), dev(std.astype(np.float32)))
+
+
+def _check_linear(be, ref_args, args, loss, lam=0.01):
+    X, y, W, b, mean, std = ref_args
+    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean, std)
+    J, dW, db = be.linear_grad(*args[:4], lam, loss, *args[4:])
+    assert _rel(dW, dW_ref) <= 1e-5
+    assert _rel(db, db_ref) <= 1e-5
+    assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
+    return J, dW, db
+
+
+@pytest.fixture(params=["simt", "mma"])
+def variant(request, monkeypatch):
+    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": request.param, "u8": request.param})
+    return request.param
+
+
+@pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (700, 131, 10, "softmax"),
+                                        (300, 3072, 10, "svm"), (513, 100, 16, "softmax"), (200, 784, 9, "svm"),
+                                        (129, 33, 5, "softmax"), (100, 3072, 8, "softmax")])
+@pytest.mark.parametrize("xtype", ["f32", "u8"])
+def test_linear_step_kernels(be, variant, xtype, n, d, C, loss, rng):
+    ref_args, args = _linear_inputs(rng, xtype, n, d, C, wscale=0.05 if xtype == "f32" else 0.01)
+    plan = (be.linmma_plan if variant == "mma" else be.linear_plan)(args[0], args[2], args[4])
+    assert plan is not None  # the fused kernel runs, not the inherited matmul path
+    _check_linear(be, ref_args, args, loss)
+
+
+@pytest.mark.parametrize("xtype", ["f32", "u8"])
+def test_linear_step_kernels_agree_bit_for_bit_in_every_thread_order(be, variant, xtype, rng):
+    """The same bits whichever thread runs first and whenever the copies land: no missing barrier,
+    no read of a tile before its cp.async wait, partial sums in a fixed order."""
+    _, args = _linear_inputs(rng, xtype, 300, 200, 10)
+    runs = []
+    for order, deferred in MODES:
+        E.configure(order, 5, deferred)
+        runs.append([np.array(a) for a in be.linear_grad(*args[:4], 0.01, "softmax", *args[4:])])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(be, monkeypatch, rng):
+    """Means far outside the pixel range (offsets clamp to 0..255) and weights near float32's small end."""
+    monkeypatch.setitem(cb.LINEAR_VARIANT, "u8", "mma")
+    n, d, C = 150, 300, 10
+    mean = rng.uniform(-400, 700, d)
+    for wscale in (1e-2, 1e-30):
+        ref_args, args = _linear_inputs(rng, "u8", n, d, C, wscale=wscale, mean=mean)
+        _check_linear(be, ref_args, args, "softmax")
+
+
+@pytest.mark.parametrize("xtype", ["f32", "u8"])
+def test_linear_step_stages_x_from_an_unaligned_address(be, variant, xtype, rng):
+    """X that starts 4 bytes past a 16-byte boundary: the kernels copy 4 bytes at a time (uint8
+    rows of d % 4 == 0), or one element (odd d), never a misaligned 16-byte cp.async."""
+    for d in (64, 67):
+        ref_args, args = _linear_inputs(rng, xtype, 70, d, 10)
+        X = np.asarray(args[0])
+        buf = np.empty(X.nbytes + 32, np.uint8)
+        start = (-buf.ctypes.data) % 16 + 4
+        moved = buf[start:start + X.nbytes].view(X.dtype).reshape(X.shape).view(E.EmuArray)
+        moved[...] = X
+        assert moved.data.ptr % 16 == 4
+        _check_linear(be, ref_args, (moved, *args[1:]), "softmax")
+
+
+def test_misaligned_copies_are_an_error(be, monkeypatch, rng):
+    monkeypatch.setattr(cb, "_copy_align", lambda X: 16)  # claim 16-byte copies for 20-byte rows
+    _, args = _linear_inputs(rng, "u8", 10, 20, 3)
+    with pytest.raises(E.EmulatorError, match="cp.async with an address not aligned"):
+        be.linear_grad(*args[:4], 0.01, "softmax", *args[4:])
+
+
+def test_arguments_of_the_wrong_type_are_an_error(be, rng):
+    f = be.kernel("gg_linear_finish")
+    with pytest.raises(TypeError, match="argument 0 .* the parameter is pf4"):
+        f((1,), (256,), tuple(dev(np.zeros(4, np.float64)) for _ in f.signature))
+
+
+def test_device_side_check_finds_the_first_bad_label_and_value(be, rng):
+    y = np.array([0, 1, 2, 3, 9, 0, -1])
+    S = rng.standard_normal((7, 4))
+    S[2, 3] = np.inf
+    S[5, 0] = np.nan
+    label_pos, bad = be.first_invalid(dev(y), 4, [dev(S), dev(S.astype(np.float32)), dev(np.ones(3))])
+    assert label_pos == 4
+    assert bad == [11, 11, -1]
+
+
+# ---- the emulator itself: bugs planted in the kernels are caught -------------------------------------
+def _replace(old, new):
+    def mutate(text):
+        assert text.count(old) == 1, f"the mutation's target is not in the source once: {old!r}"
+        return text.replace(old, new)
+    return mutate
+
+
+PLANTED = {
+    "the uint8 kernel reuses its tile without a barrier": ("u8", _replace(
+        "__syncthreads();  // the tile, Spart and Gs are free for the next iteration", "")),
+    "a tile is read before its cp.async wait": ("f32", _replace("    gg_cp_async_wait_one();\n", "")),
+    "a transposed fragment takes the wrong registers": ("u8", _replace(
+        "GG_HD int gg_mma_t_reg(int r) { return ((r & 1) << 1) | (r >> 1); }",
+        "GG_HD int gg_mma_t_reg(int r) { return r; }")),
+    "a barrier only some threads reach": ("u8", _replace(
+        "        __syncthreads();\n        float* sx = Sx + stage * R * 16;\n        gg_linmma_sum_parts<4, R>",
+        "        if (threadIdx.x < 32) __syncthreads();\n        float* sx = Sx + stage * R * 16;\n"
+        "        gg_linmma_sum_parts<4, R>")),
+    "G is read before every thread has written it": ("f32", _replace(
+        "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }\n        __syncthreads();",
+        "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }")),
+}
+
+
+@pytest.mark.parametrize("bug", list(PLANTED))
+def test_the_emulator_catches_a_planted_bug(bug, monkeypatch, rng):
+    xtype, mutate = PLANTED[bug]
+    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": "mma", "u8": "mma"})
+    n = 700 if xtype == "u8" else 300  # 3 or 4 tiles per cluster: each stage is refilled while in use
+    ref_args, args = _linear_inputs(rng, xtype, n, 200, 10)
+    E.use(mutate)
+    try:
+        be = E.emulated_backend(monkeypatch)
+        for order, deferred in MODES:
+            E.configure(order, 3, deferred)
+            try:
+                _check_linear(be, ref_args, args, "softmax")
+            except (AssertionError, E.EmulatorError):
+                return  # caught
+        pytest.fail(f"planted bug not caught in any thread order or copy timing: {bug}")
+    finally:
+        E.use(None)

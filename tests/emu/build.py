@@ -99,7 +99,11 @@ def build(mutate=None) -> Path:
         r = subprocess.run([CXX, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"building the kernel emulator failed:\n{r.stderr[-6000:]}")
-        lib.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lib.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # no writable home: cache for this machine's temporary directory instead
+            lib = Path(tempfile.gettempdir()) / "gpugrad-emu" / lib.name
+            lib.parent.mkdir(parents=True, exist_ok=True)
         part = lib.with_suffix(f".{os.getpid()}.part")
         shutil.copyfile(out, part)
         part.replace(lib)  # atomic: a concurrent build never sees half a library

@@ -187,9 +187,11 @@ def linear_kind(be, variant, X, W, mean):
 
 
 def check_long_row_variants(rng):
-    """Both kernels for long softmax rows (a block per row, or the streamed persistent kernel)."""
+    """Every kernel for long softmax rows: a block per row, or a persistent kernel with the next row
+    in registers ("stream") or in shared memory ("prefetch")."""
     be = gg.get_backend("cupy")
-    for variant, C in (("block", 32768), ("stream", 32768), ("stream", 9001), ("stream", 16383)):
+    for variant, C in (("block", 32768), ("stream", 32768), ("stream", 9001), ("stream", 16383),
+                       ("prefetch", 32768), ("prefetch", 9004), ("prefetch", 16384)):
         cb.CE_LONG_ROWS["variant"] = variant
         S64, yy = rand_scores(rng, 1000, C), rng.integers(0, C, 1000)
         ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, yy)
@@ -344,7 +346,7 @@ def bench_ce(bw, rng, quick):
         outs = [cupy.empty((n, C), np.float32) for _ in range(2)]
         wl = f"CE fwd+grad S {n}x{C} f32"
         if C == 32768:
-            for variant in ("block", "stream"):
+            for variant in ("block", "stream", "prefetch"):
                 cb.CE_LONG_ROWS["variant"] = variant
                 add_timing(wl, f"gpugrad kernel {variant}",
                            time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)

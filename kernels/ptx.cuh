@@ -17,6 +17,9 @@ __device__ __forceinline__ void gg_cp_async16(void* dst, const void* src) {
 __device__ __forceinline__ void gg_cp_async4(void* dst, const void* src) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(gg_smem_addr(dst)), "l"(src));
 }
+__device__ __forceinline__ void gg_cp_async8(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(gg_smem_addr(dst)), "l"(src));
+}
 __device__ __forceinline__ void gg_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Wait until at most one committed group (the most recent) is still in flight.
 __device__ __forceinline__ void gg_cp_async_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::); }

@@ -10,9 +10,11 @@
 //   - small C: G = 1..32 lanes of a warp per row (a thread per row for C <= 8): no generic
 //     segmented reduction, which is slow on the 10-class rows of CIFAR-10 or digits;
 //   - large C: the whole block (blockDim.x threads) per row, K values each;
-//   - long rows (thousands of classes): gg_ce_stream, a persistent block per SM that works on one
-//     row in shared memory while the next row's loads are in flight into registers, so the memory
-//     system stays busy through the block-wide reductions;
+//   - long rows (thousands of classes): a persistent block per SM with the next row in flight while
+//     the current one is worked on, so the memory system stays busy through the block-wide
+//     reductions: gg_ce_stream (next row into registers, current row in shared memory) or
+//     gg_ce_prefetch (next row into shared memory by cp.async, current row in registers, one
+//     exponential per entry and one block reduction);
 //   - rows too long for the registers: ce_online, two passes (online max/sum, then the write).
 #pragma once
 #include "common.cuh"
@@ -205,6 +207,93 @@ __device__ __forceinline__ void gg_ce_stream(const T* __restrict__ S, const void
     gg_grid_mean(loss_acc, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
 
+// Long rows, prefetched: the same persistent grid as gg_ce_stream, with the roles of registers and
+// shared memory swapped. The next row streams into shared memory with cp.async (no load
+// instructions, no registers held) while the current one is worked on in registers, K values a
+// thread. Each thread first takes the statistics of its own K values (m_t = their max, o_t = the
+// sum of exp(s_j - m_t) without the target), so each entry has one exponential and the block has
+// one reduction step (merging the (m_t, o_t) pairs); then dS_j = exp(s_j - m_t) exp(m_t - m) /
+// (n total), written from the registers. Shared memory is read once per entry.
+// Needs C * sizeof(T) and the addresses of S and dS to be multiples of 16 (the host falls back to
+// gg_ce_stream otherwise): every move is a 16-byte piece. K values a thread (a multiple of
+// 16 / sizeof(T)), blockDim.x * K >= C; dynamic shared memory: C values.
+template <typename T, int K>
+__device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const void* __restrict__ y, int y64,
+                                               T* __restrict__ dS, gg_i64 n, int C, double* partials,
+                                               unsigned* ticket, T* loss_out) {
+    extern __shared__ __align__(16) unsigned char gg_row_smem[];
+    __shared__ double scratch[32];
+    __shared__ T ms[32], os[32];
+    T* buf = reinterpret_cast<T*>(gg_row_smem);
+    constexpr int V = 16 / sizeof(T), P = K / V;  // values a 16-byte piece, pieces a thread
+    struct alignas(16) Piece { T v[V]; };
+    // This thread's entries are first .. first + K - 1, so each piece's address is a constant offset
+    // from one base (no per-piece registers). The pieces of a warp's lanes are K values apart: with
+    // K T's = 20 mod 32 banks (52 floats, 26 doubles) the 16-byte shared-memory reads of each
+    // quarter-warp land on distinct banks.
+    const int first = K * threadIdx.x;
+    auto stage = [&](gg_i64 row) {  // this thread's pieces of `row` into buf, one cp.async group
+        const T* src = S + row * C;
+#pragma unroll
+        for (int q = 0; q < P; ++q)
+            if (first + q * V < C) gg_cp_async16(buf + first + q * V, src + first + q * V);
+        gg_cp_async_commit();
+    };
+
+    double loss_acc = 0.0;
+    gg_i64 row = blockIdx.x;
+    if (row < n) stage(row);
+    for (; row < n; row += gridDim.x) {
+        gg_cp_async_wait_all();
+        __syncthreads();  // every thread's pieces of this row have landed
+        T v[K];
+#pragma unroll
+        for (int q = 0; q < P; ++q) {
+            Piece p;
+            if (first + q * V < C) {
+                p = *reinterpret_cast<const Piece*>(buf + first + q * V);
+            } else {
+#pragma unroll
+                for (int i = 0; i < V; ++i) p.v[i] = -gg_inf<T>();
+            }
+#pragma unroll
+            for (int i = 0; i < V; ++i) v[q * V + i] = p.v[i];
+        }
+        const gg_i64 yl = gg_label(y, y64, row);
+        const int yv = (yl >= 0 && yl < C) ? (int)yl : -1;  // -1: no entry is the target, s_y is NaN
+        const T s_y = yv >= 0 ? buf[yv] : (T)__longlong_as_double(0x7ff8000000000000LL);
+        __syncthreads();  // buf is read: the next row may stream in while this one is worked on
+        if (row + gridDim.x < n) stage(row + gridDim.x);
+
+        T mt = -gg_inf<T>();
+#pragma unroll
+        for (int j = 0; j < K; ++j) mt = v[j] > mt ? v[j] : mt;
+        const bool any = mt > -gg_inf<T>();  // false for threads holding only padding
+        T ot = 0;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            v[j] = any ? exp(v[j] - mt) : T(0);  // padding: exp(-inf) = 0
+            if (first + j != yv) ot += v[j];
+        }
+        T m = mt, others = ot;
+        gg_block_merge_online(m, others, ms, os);
+        const T e_y = exp(s_y - m), total = others + e_y;
+        const T inv = T(1) / (T(n) * total);
+        const T f = any ? exp(mt - m) : T(0);
+        T* g = dS + row * C;
+#pragma unroll
+        for (int q = 0; q < P; ++q) {
+            Piece p;
+#pragma unroll
+            for (int i = 0; i < V; ++i) p.v[i] = gg_ce_grad(first + q * V + i == yv, v[q * V + i] * f, others, inv);
+            if (first + q * V < C) *reinterpret_cast<Piece*>(g + first + q * V) = p;
+        }
+        if (threadIdx.x == 0) loss_acc += (double)gg_ce_row_loss(s_y - m, e_y, others, total);
+    }
+    gg_cp_async_wait_all();
+    gg_grid_mean(loss_acc, partials, ticket, loss_out, 1.0 / (double)n, scratch);
+}
+
 #define GG_CE_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
                       gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
 #define GG_CE_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
@@ -236,4 +325,13 @@ GG_CE_ALL(f64, double)
         gg_ce_stream<T, K>(GG_CE_PASS); }
 GG_CE_STREAM(f32, float, 1024, 32)
 GG_CE_STREAM(f64, double, 1024, 16)
+
+// Entry points gg_ce_<t>_p<THREADS>_k<K>: the prefetched long-row kernel (persistent grid).
+#define GG_CE_PREFETCH(TN, T, THREADS, K) \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) gg_ce_##TN##_p##THREADS##_k##K(GG_CE_ARGS(T)) { \
+        gg_ce_prefetch<T, K>(GG_CE_PASS); }
+// 640 threads leave 96 registers a thread: K values plus the loop's state without spilling (1024
+// threads would leave 64). Rows up to 33280 floats or 16640 doubles.
+GG_CE_PREFETCH(f32, float, 640, 52)
+GG_CE_PREFETCH(f64, double, 640, 26)
 GG_CE_BLOCK(f32, float, 32)  // 32 floats a thread x 1024 threads: rows up to 32768 on chip

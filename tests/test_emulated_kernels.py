@@ -67,20 +67,38 @@ def test_row_loss_kernels(be, C, n, dtype, loss, rng):
     assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * max(abs(ref_loss), 1e-30)
 
 
-@pytest.mark.parametrize("variant", ["stream", "block"])
-def test_long_rows_both_kernels_and_int32_labels(be, variant, monkeypatch, rng):
+@pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
+@pytest.mark.parametrize("C", [8193, 9002, 16384, 20000, 32768])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_rows_every_kernel(be, variant, C, dtype, monkeypatch, rng):
+    """n above the small card's 6 SMs (the persistent kernels' next-row path); C odd, even, and a
+    multiple of 4 (16-byte pieces); int32 labels; S and dS 8 bytes past a 16-byte boundary."""
     monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
-    n, C = 9, 20000  # more rows than the small card's 6 SMs: the streamed kernel's next-row path
+    n = 9 if C * np.dtype(dtype).itemsize <= 131072 else 2
     S = rng.standard_normal((n, C)) * 3
     y = rng.integers(0, C, n).astype(np.int32)
+    y[0] = np.argmax(S[0])  # a row whose target is its max
     ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
-    got_loss, got_dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
-    assert _rel(got_dS, ref_dS) <= 1e-5
-    assert abs(float(got_loss) - ref_loss) <= 1e-5 * abs(ref_loss)
+    for offset in (0, 8):
+        buf = E.emucupy.full(2 * n * C + 4, np.nan, dtype)
+        start = (-buf.data.ptr % 16 + offset) // np.dtype(dtype).itemsize
+        S_dev = buf[start:start + n * C].reshape(n, C)
+        S_dev[...] = S.astype(dtype)
+        out = buf[start + n * C:start + 2 * n * C].reshape(n, C)
+        assert S_dev.data.ptr % 16 == offset
+        be.launches.clear()
+        got_loss, got_dS = be.softmax_cross_entropy_grad(S_dev, dev(y), out=out)
+        if variant == "prefetch" and C == 16384:  # 16-byte pieces where aligned, else the streamed kernel
+            assert be.launches[0].split("_")[3][0] == ("p" if offset == 0 else "s"), be.launches
+        assert _rel(got_dS, ref_dS) <= TOL[dtype]
+        assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * abs(ref_loss)
 
 
-@pytest.mark.parametrize("C", [10, 3000, 20000])
-def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, rng):
+@pytest.mark.parametrize("C,long_rows", [(10, None), (3000, None), (20000, "stream"), (20000, "prefetch"),
+                                         (8193, "prefetch")])
+def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, long_rows, monkeypatch, rng):
+    if long_rows:
+        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", long_rows)
     S, y = dev(rng.standard_normal((7, C)).astype(np.float32)), dev(rng.integers(0, C, 7))
     runs = []
     for order, deferred in MODES:
@@ -92,17 +110,26 @@ def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, rng):
 
 
 # ---- the fused linear step: both kernels ("simt", "mma"), both X types ---------------------------------
+def _f32(a):
+    """a as the float32 kernels get it, back in float64: the reference then solves the same problem
+    (a handful of rows whose gradients cancel can amplify input rounding far past 1e-5)."""
+    return np.asarray(a, np.float32).astype(np.float64)
+
+
 def _linear_inputs(rng, xtype, n, d, C, wscale=0.05, mean=None):
-    W = rng.standard_normal((C, d)) * wscale
-    b = rng.standard_normal(C) * 0.1
+    """(float64 reference inputs, the kernels' inputs): X, y, W, b, x_mean, x_std."""
+    W = _f32(rng.standard_normal((C, d)) * wscale)
+    b = _f32(rng.standard_normal(C) * 0.1)
     y = rng.integers(0, C, n)
     if xtype == "f32":
-        X = rng.standard_normal((n, d))
+        X = _f32(rng.standard_normal((n, d)))
         return (X, y, W, b, None, None), (dev(X.astype(np.float32)), dev(y), dev(W.astype(np.float32)),
                                           dev(b.astype(np.float32)), None, None)
     X = rng.integers(0, 256, (n, d), dtype=np.uint8)
-    mean = X.mean(0) + rng.standard_normal(d) * 0.3 if mean is None else mean
-    std = X.std(0) + 1
+    # Means a few units off the column means: much closer, and for a few rows whose gradients are
+    # alike dW ~ sum_r (x_r - m) cancels beyond what float32 inputs resolve.
+    mean = _f32(X.mean(0) + rng.standard_normal(d) * 3 if mean is None else mean)
+    std = _f32(X.std(0) + 1)
     return (X, y, W, b, mean, std), (dev(X), dev(y), dev(W.astype(np.float32)), dev(b.astype(np.float32)),
                                      dev(mean.astype(np.float32)), dev(std.astype(np.float32)))
 
@@ -221,19 +248,38 @@ PLANTED = {
 }
 
 
+PLANTED["the next long row streams in while the current one is still read"] = ("prefetch", _replace(
+    "        __syncthreads();  // buf is read: the next row may stream in while this one is worked on\n", ""))
+
+
+def _planted_bug_run(kernel, monkeypatch, rng):
+    """A check that fails (AssertionError, EmulatorError) where `kernel` computes a wrong result."""
+    if kernel == "prefetch":
+        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", "prefetch")
+        S, y = rng.standard_normal((20, 9000)), rng.integers(0, 9000, 20)  # 3 or 4 rows a block
+        ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
+
+        def run(be):
+            loss, dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
+            assert _rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
+        return run
+    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": "mma", "u8": "mma"})
+    n = 700 if kernel == "u8" else 300  # 3 or 4 tiles per cluster: each stage is refilled while in use
+    ref_args, args = _linear_inputs(rng, kernel, n, 200, 10)
+    return lambda be: _check_linear(be, ref_args, args, "softmax")
+
+
 @pytest.mark.parametrize("bug", list(PLANTED))
 def test_the_emulator_catches_a_planted_bug(bug, monkeypatch, rng):
-    xtype, mutate = PLANTED[bug]
-    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": "mma", "u8": "mma"})
-    n = 700 if xtype == "u8" else 300  # 3 or 4 tiles per cluster: each stage is refilled while in use
-    ref_args, args = _linear_inputs(rng, xtype, n, 200, 10)
+    kernel, mutate = PLANTED[bug]
+    run = _planted_bug_run(kernel, monkeypatch, rng)
     E.use(mutate)
     try:
         be = E.emulated_backend(monkeypatch)
         for order, deferred in MODES:
             E.configure(order, 3, deferred)
             try:
-                _check_linear(be, ref_args, args, "softmax")
+                run(be)
             except (AssertionError, E.EmulatorError):
                 return  # caught
         pytest.fail(f"planted bug not caught in any thread order or copy timing: {bug}")

@@ -52,6 +52,7 @@ def test_backend_only_launches_kernels_that_exist(ptx_entries):
                   8192, 16384, 16385, 32768, 32769, 100000):
             wanted.add(cb.ce_kernel_config(C, dtype, "stream").name)
             wanted.add(cb.ce_kernel_config(C, dtype, "block").name)
+            wanted.add(cb.ce_kernel_config(C, dtype, "prefetch").name)
             wanted.add(cb.svm_kernel_config(C, dtype).name)
     for C in range(1, 17):
         wanted |= {f"gg_linear_f32_c{C}", f"gg_linear_u8_c{C}"}

@@ -77,7 +77,9 @@ def _check(be, entries):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("C", [1, 2, 10, 33, 1000, 1025, 9000, 20000, 32768, 40000, 100000])
 @pytest.mark.parametrize("n", [1, 8192])
-def test_row_loss_launches(backend, entries, n, C, dtype):
+@pytest.mark.parametrize("long_rows", ["stream", "prefetch", "block"])
+def test_row_loss_launches(backend, entries, n, C, dtype, long_rows, monkeypatch):
+    monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", long_rows)
     S, y = FakeArray((n, C), dtype), FakeArray(n, np.int64)
     backend.softmax_cross_entropy_grad(S, y)
     backend.softmax_cross_entropy_grad(S, FakeArray(n, np.int32), out=FakeArray((n, C), dtype))

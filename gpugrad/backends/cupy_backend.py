@@ -34,7 +34,11 @@ _BLOCK_K = {"f32": (2, 4, 8, 16, 32), "f64": (2, 4, 8, 16)}
 # current one is reduced) from this many classes on, up to 1024 * _STREAM_K values a row.
 _STREAM_FROM = 8193
 _STREAM_K = {"f32": 32, "f64": 16}
-CE_LONG_ROWS = {"variant": "stream"}  # or "block": a block per row (benchmarks/gpu_check.py times both)
+_PREFETCH_K = {"f32": 52, "f64": 26}  # gg_ce_<t>_p640_k<K>: 640 threads, rows up to 640 K
+# "stream" (the next row into registers, measured on an H100), "prefetch" (the next row into shared
+# memory by cp.async, the current one in registers; checked in the CPU emulator, not yet timed on a
+# GPU) or "block" (a block per row). benchmarks/gpu_check.py times all three.
+CE_LONG_ROWS = {"variant": "stream"}
 # The fused linear step, per X type: "simt" (gg_linear_<x>_c<C>, fp32 FMA, measured on an H100) or
 # "mma" (gg_linmma_<x>_nt<NT>, tensor cores in thread-block clusters, sm_90+; compiled, its fragment
 # layout and arithmetic checked on the CPU, not yet run on a GPU). benchmarks/gpu_check.py checks and
@@ -76,19 +80,21 @@ def _allow_dynamic_smem(f, nbytes: int) -> None:
 
 
 class KernelConfig(NamedTuple):
-    """How to launch a row-loss kernel: its name, threads per block, rows per block, and whether
-    it is the persistent streamed kernel (grid = SMs, C values of dynamic shared memory)."""
+    """How to launch a row-loss kernel: its name, threads per block, rows per block, whether it is a
+    persistent kernel (grid = SMs, C values of dynamic shared memory), and whether it needs S, dS
+    and each row at 16-byte boundaries."""
     name: str
     threads: int
     rows_per_block: int
     stream: bool = False
+    aligned16: bool = False
 
 
 def ce_kernel_config(C: int, dtype, long_rows: str | None = None) -> KernelConfig:
     """The softmax cross-entropy kernel for rows of C classes. Small C: G lanes of a warp per row,
-    K values a lane in registers; large C: the streamed kernel (``long_rows="stream"``, the
-    default in CE_LONG_ROWS) or a 1024-thread block per row ("block"); past the registers: the
-    two-pass online kernel."""
+    K values a lane in registers; large C: a persistent kernel (``long_rows="stream"``, the
+    default in CE_LONG_ROWS, or "prefetch") or a 1024-thread block per row ("block"); past the
+    registers: the two-pass online kernel."""
     return _ce_kernel_config(C, np.dtype(dtype), long_rows or CE_LONG_ROWS["variant"])
 
 
@@ -100,8 +106,11 @@ def _ce_kernel_config(C: int, dtype, long_rows: str) -> KernelConfig:
             return KernelConfig(f"gg_ce_{t}_w{G}_k8", 256, 256 // G)
     if C <= 1024:
         return KernelConfig(f"gg_ce_{t}_w32_k32", 256, 8)
-    if long_rows == "stream" and _STREAM_FROM <= C <= 1024 * _STREAM_K[t]:
-        return KernelConfig(f"gg_ce_{t}_s1024_k{_STREAM_K[t]}", 1024, 1, stream=True)
+    if _STREAM_FROM <= C <= 1024 * _STREAM_K[t]:
+        if long_rows == "stream":
+            return KernelConfig(f"gg_ce_{t}_s1024_k{_STREAM_K[t]}", 1024, 1, stream=True)
+        if long_rows == "prefetch":
+            return KernelConfig(f"gg_ce_{t}_p640_k{_PREFETCH_K[t]}", 640, 1, stream=True, aligned16=True)
     for K in _BLOCK_K[t]:
         if C <= 1024 * K:
             return KernelConfig(f"gg_ce_{t}_b_k{K}", 1024, 1)
@@ -318,6 +327,8 @@ class CupyBackend(NumpyBackend):
             out = cupy.empty_like(S)
         elif out.shape != S.shape or out.dtype != S.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {S.dtype} array of shape {S.shape}")
+        if config.aligned16 and (S.data.ptr | out.data.ptr | C * S.itemsize) % 16:
+            config = ce_kernel_config(C, S.dtype, "stream")  # the prefetched kernel moves 16-byte pieces
         L = self._row_launch(config, n, C, S.itemsize)
         ws = self.workspace()
         loss = cupy.empty((), dtype=S.dtype)

@@ -92,8 +92,8 @@ def _pack(kernel: str, i: int, kind: str, a):
 class EmuFunction:
     """A kernel as cupy's RawModule.get_function gives it, run by the emulator."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, log: list | None = None):
+        self.name, self.log = name, log
         self.index, self.signature, self.cluster = kernels()[name]
         self.kernel = types.SimpleNamespace(ptr=1000 + self.index)
         self.max_dynamic_shared_size_bytes = 48 * 1024
@@ -108,6 +108,8 @@ class EmuFunction:
         argv = (ctypes.c_void_p * len(packed))(*[ctypes.cast(ctypes.pointer(p), ctypes.c_void_p) for p in packed])
         g = tuple(grid) + (1,) * (3 - len(grid))
         b = tuple(block) + (1,) * (3 - len(block))
+        if self.log is not None:
+            self.log.append(self.name)
         lib = library()
         if lib.gg_emu_launch(self.index, *g, *b, int(shared_mem), argv) != 0:
             raise EmulatorError(lib.gg_emu_error().decode())
@@ -190,12 +192,13 @@ def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3):
     for k, v in card.items():
         setattr(be, k, v)
     be.xp = emucupy
+    be.launches = []  # the name of every kernel launched, in order
     funcs = {}
 
     def kernel(name):
         f = funcs.get(name)
         if f is None:
-            f = funcs[name] = EmuFunction(name)
+            f = funcs[name] = EmuFunction(name, be.launches)
         return f
 
     be.kernel = kernel

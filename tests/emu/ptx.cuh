@@ -9,6 +9,7 @@
 inline unsigned gg_smem_addr(const void* p) { return gg_emu::smem_offset(p, 1); }
 inline void gg_cp_async16(void* dst, const void* src) { gg_emu::cp_async(dst, src, 16); }
 inline void gg_cp_async4(void* dst, const void* src) { gg_emu::cp_async(dst, src, 4); }
+inline void gg_cp_async8(void* dst, const void* src) { gg_emu::cp_async(dst, src, 8); }
 inline void gg_cp_async_commit() { gg_emu::cp_async_commit(); }
 inline void gg_cp_async_wait_one() { gg_emu::cp_async_wait(1); }
 inline void gg_cp_async_wait_all() {

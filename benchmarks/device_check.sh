@@ -7,10 +7,10 @@
 #   bash benchmarks/device_check.sh            # full sizes
 #   bash benchmarks/device_check.sh --quick    # smaller timing sizes (extra flags go to gpu_check.py)
 #
-# The tensor-core kernels ("mma", not yet run on a GPU when this was written) are tested in a
-# process of their own first: a kernel that traps kills its CUDA context, and with it every later
-# result of that process. If they fail, gpu_check.py runs the established kernels alone, then the
-# new ones in a separate process.
+# The kernels not yet run on a GPU when this was written (the tensor-core linear steps, "mma", and
+# the prefetched long-row softmax, "prefetch") are tested in a process of their own first: a kernel
+# that traps kills its CUDA context, and with it every later result of that process. If they fail,
+# gpu_check.py runs the established kernels alone, then each new one in a separate process.
 #
 # Build the fatbin first (cmake -S . -B build && cmake --build build) and bring
 # kernels/gpugrad_kernels.fatbin{,.sha256} along, or the first call compiles with NVRTC (~20 s).
@@ -19,21 +19,24 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/device.txt"
-NEW="mma or tensor_core"
+NEW="mma or tensor_core or prefetch"
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py -k "not ($NEW)" 2>&1 |
     tee "$OUT/gpu_tests.log" | tail -15
 tests=${PIPESTATUS[0]}
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py -k "$NEW" 2>&1 |
-    tee "$OUT/gpu_tests_mma.log" | tail -15
-mma=${PIPESTATUS[0]}
-if [ "$mma" -eq 0 ]; then
+    tee "$OUT/gpu_tests_new.log" | tail -15
+new=${PIPESTATUS[0]}
+if [ "$new" -eq 0 ]; then
     python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log" | tail -45
     check=${PIPESTATUS[0]}
 else
-    python3 benchmarks/gpu_check.py --out "$OUT" --linear-variants simt "$@" 2>&1 | tee "$OUT/gpu_check.log" | tail -40
+    python3 benchmarks/gpu_check.py --out "$OUT" --linear-variants simt --long-rows-variants stream,block "$@" 2>&1 |
+        tee "$OUT/gpu_check.log" | tail -40
     check=${PIPESTATUS[0]}
-    python3 benchmarks/gpu_check.py --out "$OUT" --linear-only --linear-variants mma "$@" 2>&1 |
+    python3 benchmarks/gpu_check.py --out "$OUT" --only linear --linear-variants mma "$@" 2>&1 |
         tee "$OUT/gpu_check_mma.log" | tail -25
+    python3 benchmarks/gpu_check.py --out "$OUT" --only long-rows --long-rows-variants prefetch "$@" 2>&1 |
+        tee "$OUT/gpu_check_prefetch.log" | tail -25
 fi
-echo "gpu tests exit $tests, tensor-core tests exit $mma, gpu_check exit $check"
-[ "$tests" -eq 0 ] && [ "$mma" -eq 0 ] && [ "$check" -eq 0 ]
+echo "gpu tests exit $tests, new-kernel tests exit $new, gpu_check exit $check"
+[ "$tests" -eq 0 ] && [ "$new" -eq 0 ] && [ "$check" -eq 0 ]

@@ -192,6 +192,8 @@ def check_long_row_variants(rng):
     be = gg.get_backend("cupy")
     for variant, C in (("block", 32768), ("stream", 32768), ("stream", 9001), ("stream", 16383),
                        ("prefetch", 32768), ("prefetch", 9004), ("prefetch", 16384)):
+        if variant not in LONG_ROW_VARIANTS:
+            continue
         cb.CE_LONG_ROWS["variant"] = variant
         S64, yy = rand_scores(rng, 1000, C), rng.integers(0, C, 1000)
         ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, yy)
@@ -211,6 +213,7 @@ def check_long_row_variants(rng):
 DEFAULT_LONG = cb.CE_LONG_ROWS["variant"]
 DEFAULT_LINEAR = dict(cb.LINEAR_VARIANT)
 LINEAR_VARIANTS = ("simt", "mma")  # the fused linear kernels (cupy_backend.LINEAR_VARIANT); --linear-variants
+LONG_ROW_VARIANTS = ("stream", "prefetch", "block")  # cupy_backend.CE_LONG_ROWS; --long-rows-variants
 
 
 def check_validation():
@@ -334,9 +337,9 @@ def add_timing(workload, variant, t, floor_us=None):
     log(f"  {workload:<34} {variant:<26} {med:10.1f} us  (p10 {p10:.1f}, p90 {p90:.1f}){fl}")
 
 
-def bench_ce(bw, rng, quick):
+def bench_ce(bw, rng, quick, long_rows_only=False):
     be = gg.get_backend("cupy")
-    shapes = [(8192, 32768), (8192, 1024), (8192, 10)]
+    shapes = [(8192, 32768)] if long_rows_only else [(8192, 32768), (8192, 1024), (8192, 10)]
     for n, C in shapes:
         nbytes = n * C * 4
         floor = 2 * nbytes / bw * 1e6
@@ -346,7 +349,7 @@ def bench_ce(bw, rng, quick):
         outs = [cupy.empty((n, C), np.float32) for _ in range(2)]
         wl = f"CE fwd+grad S {n}x{C} f32"
         if C == 32768:
-            for variant in ("block", "stream", "prefetch"):
+            for variant in LONG_ROW_VARIANTS:
                 cb.CE_LONG_ROWS["variant"] = variant
                 add_timing(wl, f"gpugrad kernel {variant}",
                            time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
@@ -472,7 +475,7 @@ def first_call_times():
 
 
 def main():
-    global LINEAR_VARIANTS
+    global LINEAR_VARIANTS, LONG_ROW_VARIANTS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
@@ -480,11 +483,16 @@ def main():
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--linear-variants", default=",".join(LINEAR_VARIANTS),
                     help="fused linear kernels to check and time (comma-separated: simt, mma)")
-    ap.add_argument("--linear-only", action="store_true",
-                    help="only the linear step (e.g. a new variant in a process of its own, so that a "
-                         "crash cannot take the other results with it)")
+    ap.add_argument("--long-rows-variants", default=",".join(LONG_ROW_VARIANTS),
+                    help="kernels for long softmax rows to check and time (comma-separated: stream, "
+                         "prefetch, block)")
+    ap.add_argument("--only", choices=("linear", "long-rows"),
+                    help="only the linear step, or only the long-row softmax (e.g. a new variant in a "
+                         "process of its own, so that a crash cannot take the other results with it)")
     args = ap.parse_args()
     LINEAR_VARIANTS = tuple(v for v in args.linear_variants.split(",") if v)
+    LONG_ROW_VARIANTS = tuple(v for v in args.long_rows_variants.split(",") if v)
+    everything = args.only is None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(int(time.time()))
@@ -496,8 +504,9 @@ def main():
                cupy=cupy.__version__, numpy=np.__version__, torch=getattr(torch, "__version__", None),
                cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), driver=cupy.cuda.runtime.driverGetVersion(),
                date=time.strftime("%Y-%m-%d"), backend=gg.why_backend())
-    log("== environment:", json.dumps(env), "| linear variants:", ",".join(LINEAR_VARIANTS))
-    if not args.linear_only:
+    log("== environment:", json.dumps(env), "| linear variants:", ",".join(LINEAR_VARIANTS),
+        "| long-row variants:", ",".join(LONG_ROW_VARIANTS))
+    if everything:
         log("== first gradient call in a fresh process")
         env["first_call"] = first_call_times()
     kmod.load_module()
@@ -505,12 +514,13 @@ def main():
     log("== kernels loaded from:", env["kernels"])
 
     log("== correctness (vs float64 numpy backend)")
-    if not args.linear_only:
+    if everything:
         check_precision_cases()
         check_validation()
         check_row_losses(rng, args.quick)
-    check_linear(rng, args.quick)
-    if not args.linear_only:
+    if args.only in (None, "linear"):
+        check_linear(rng, args.quick)
+    if args.only in (None, "long-rows"):
         check_long_row_variants(rng)
 
     if not args.skip_timing:
@@ -518,11 +528,13 @@ def main():
         bw = copy_bandwidth()
         env["copy_bandwidth_TBps"] = bw / 1e12
         log(f"  device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
-        if not args.linear_only:
-            bench_ce(bw, rng, args.quick)
-        bench_linear(bw, rng, args.quick, args.compile)
+        if args.only in (None, "long-rows"):
+            bench_ce(bw, rng, args.quick, long_rows_only=args.only == "long-rows")
+        if args.only in (None, "linear"):
+            bench_linear(bw, rng, args.quick, args.compile)
 
-    tag = "" if not args.linear_only else "_linear_" + "_".join(LINEAR_VARIANTS)
+    tag = {None: "", "linear": "_linear_" + "_".join(LINEAR_VARIANTS),
+           "long-rows": "_long_rows_" + "_".join(LONG_ROW_VARIANTS)}[args.only]
     (out / f"results{tag}.json").write_text(json.dumps(RESULTS, indent=1))
     log("\n== summary:", RESULTS["env"]["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")
     log(f"correctness: {sum(r['ok'] for r in RESULTS['correctness'])} ok, {len(FAILURES)} failed")

@@ -200,6 +200,26 @@ def test_the_tensor_core_kernels_are_deterministic(xtype, rng):
             assert np.array_equal(a, b_)
 
 
+@pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
+@pytest.mark.parametrize("C,dtype", [(8193, np.float32), (9000, np.float32), (32768, np.float32),
+                                     (16384, np.float64), (12002, np.float64)])
+def test_long_row_kernels_match_numpy(variant, C, dtype, monkeypatch, rng):
+    """Every kernel for long softmax rows (cupy_backend.CE_LONG_ROWS), with more rows than SMs."""
+    import cupy
+    from gpugrad.backends import cupy_backend as cb
+    monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+    be = gg.get_backend("cupy")
+    n = 2 * be.sm_count + 3
+    S64 = rng.standard_normal((n, C)) * 3
+    y = rng.integers(0, C, n)
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, y)
+    _poison_pool(cupy)
+    out = _poisoned(cupy, (n, C), dtype)
+    got_loss, got_dS = be.softmax_cross_entropy_grad(cupy.asarray(S64.astype(dtype)), cupy.asarray(y), out=out)
+    assert _rel(got_dS.get(), ref_dS) <= TOL[dtype]
+    assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * abs(ref_loss)
+
+
 def test_numpy_inputs_on_the_cupy_backend_come_back_as_numpy(rng):
     S = rng.standard_normal((5, 3))
     y = rng.integers(0, 3, 5)

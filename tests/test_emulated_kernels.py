@@ -213,6 +213,32 @@ def test_arguments_of_the_wrong_type_are_an_error(be, rng):
         f((1,), (256,), tuple(dev(np.zeros(4, np.float64)) for _ in f.signature))
 
 
+def _dummy_args(f):
+    """Arguments of the right types for kernel f (arrays of zeros, zero scalars): for launches that
+    must be refused before the kernel runs."""
+    dtypes = {"f": "float", "i": "int", "u": "uint"}
+    out = []
+    for kind in f.signature:
+        if kind.startswith("p"):
+            dtype = np.uint8 if kind == "pv0" else np.dtype(f"{dtypes[kind[1]]}{8 * int(kind[2:])}")
+            out.append(dev(np.zeros(8, dtype)))
+        else:
+            out.append(np.dtype(f"{dtypes[kind[0]]}{8 * int(kind[1:])}").type(0))
+    return tuple(out)
+
+
+def test_launches_past_the_kernels_limits_are_errors(be):
+    f = be.kernel("gg_ce_f32_p640_k52")
+    with pytest.raises(E.EmulatorError, match=r"__launch_bounds__ \(640\)"):
+        f((1,), (1024,), _dummy_args(f), shared_mem=32)
+    f.max_dynamic_shared_size_bytes = 300_000
+    with pytest.raises(E.EmulatorError, match="more dynamic shared memory than a block can have"):
+        f((1,), (640,), _dummy_args(f), shared_mem=240_000)
+    g = be.kernel("gg_linmma_u8_nt1")
+    with pytest.raises(E.EmulatorError, match="whole number of clusters"):
+        g((6,), (512,), _dummy_args(g))
+
+
 def test_device_side_check_finds_the_first_bad_label_and_value(be, rng):
     y = np.array([0, 1, 2, 3, 9, 0, -1])
     S = rng.standard_normal((7, 4))
@@ -269,8 +295,13 @@ def _planted_bug_run(kernel, monkeypatch, rng):
     return lambda be: _check_linear(be, ref_args, args, "softmax")
 
 
+@pytest.fixture(scope="module")
+def planted_builds():
+    E.prebuild([mutate for _, mutate in PLANTED.values()])
+
+
 @pytest.mark.parametrize("bug", list(PLANTED))
-def test_the_emulator_catches_a_planted_bug(bug, monkeypatch, rng):
+def test_the_emulator_catches_a_planted_bug(bug, planted_builds, monkeypatch, rng):
     kernel, mutate = PLANTED[bug]
     run = _planted_bug_run(kernel, monkeypatch, rng)
     E.use(mutate)

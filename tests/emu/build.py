@@ -7,7 +7,7 @@ with three changes, all mechanical:
 - ``extern __shared__ T name[];`` becomes a pointer to the block's dynamic shared memory, and
   ``__shared__ T name[N];`` a reference to storage kept per block (``GG_EMU_SHARED``);
 - a table of the ``extern "C"`` entry points (found by preprocessing the source once with
-  ``GG_EMU_SCAN``) with a trampoline, parameter signature and cluster size for each.
+  ``GG_EMU_SCAN``) with a trampoline, parameter signature, cluster size and thread limit for each.
 
 The library is cached by the digest of its source and compiler command, under
 ``$GPUGRAD_EMU_CACHE`` (default ``~/.cache/gpugrad/emu``).
@@ -31,7 +31,9 @@ FLAGS = ["-std=c++17", "-O1", "-fPIC", "-shared", "-w", f"-I{HERE}"]
 _DYNAMIC = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w ]+?)\s+(\w+)\[\];")
 _STATIC = re.compile(r"__shared__\s+([\w:]+)\s+([^;]+);")
 _DECL = re.compile(r"\s*(\w+)\s*((?:\[[^\]]+\])*)\s*$")
-_ENTRY = re.compile(r"gg_emu_global\s+void\s+(?:gg_emu_cluster\((\d+)\)\s*)?(\w+)\s*\(")
+_ENTRY = re.compile(r"gg_emu_global\s+void\s+((?:gg_emu_\w+\([^)]*\)\s*)*)(\w+)\s*\(")
+_CLUSTER = re.compile(r"gg_emu_cluster\((\d+)\)")
+_BOUNDS = re.compile(r"gg_emu_bounds\(\s*(\d+)")
 
 
 def _static_shared(m: re.Match) -> str:
@@ -56,13 +58,17 @@ def kernels_for_emulation() -> str:
     return '#include "gg_emu.h"\n' + text
 
 
-def entry_points(text: str, workdir: Path) -> list[tuple[str, int]]:
-    """(name, cluster size) of every kernel entry point, from the preprocessed source."""
+def entry_points(text: str, workdir: Path) -> list[tuple[str, int, int]]:
+    """(name, cluster size, most threads a block) of every kernel entry point, from the
+    preprocessed source (__cluster_dims__ and __launch_bounds__ become markers there)."""
     src = workdir / "scan.cpp"
     src.write_text(text)
     out = subprocess.run([CXX, "-E", "-P", "-std=c++17", "-DGG_EMU_SCAN", f"-I{HERE}", str(src)],
                          check=True, capture_output=True, text=True).stdout
-    found = [(name, int(cl or 1)) for cl, name in _ENTRY.findall(out)]
+    found = []
+    for attrs, name in _ENTRY.findall(out):
+        cluster, bounds = _CLUSTER.search(attrs), _BOUNDS.search(attrs)
+        found.append((name, int(cluster.group(1)) if cluster else 1, int(bounds.group(1)) if bounds else 1024))
     if not found:
         raise ValueError("no kernel entry points found")
     return found
@@ -72,8 +78,8 @@ def translation_unit(workdir: Path, mutate=None) -> str:
     text = kernels_for_emulation()
     if mutate is not None:
         text = mutate(text)
-    rows = ",\n".join(f'    {{"{name}", &gg_emu::trampoline<&{name}>, gg_emu::signature_of(&{name}), {cl}}}'
-                      for name, cl in entry_points(text, workdir))
+    rows = ",\n".join(f'    {{"{name}", &gg_emu::trampoline<&{name}>, gg_emu::signature_of(&{name}), {cl}, {mt}}}'
+                      for name, cl, mt in entry_points(text, workdir))
     return (f"{text}\n\nstatic const gg_emu::KernelInfo gg_emu_kernels[] = {{\n{rows}\n}};\n"
             '#include "gg_emu_api.h"\n')
 

@@ -42,18 +42,19 @@
 
 // ---- the CUDA dialect, as plain C++ ------------------------------------------------------------------
 #define __CUDA_ARCH__ 900  // the sm_90 paths: clusters, movmatrix
-#ifdef GG_EMU_SCAN  // tests/emu/build.py's pass that lists the entry points and their cluster sizes
+#ifdef GG_EMU_SCAN  // tests/emu/build.py's pass that lists the entry points, their cluster sizes and thread limits
 #define __global__ gg_emu_global
 #define __cluster_dims__(x, y, z) gg_emu_cluster(x)
+#define __launch_bounds__(...) gg_emu_bounds(__VA_ARGS__)
 #else
 #define __global__
 #define __cluster_dims__(...)
+#define __launch_bounds__(...)
 #endif
 #define __device__
 #define __host__
 #define __forceinline__ inline
 #define __restrict__ __restrict
-#define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 
 struct gg_emu_dim3 { unsigned x, y, z; };
@@ -128,6 +129,7 @@ struct KernelInfo {
     void (*run)(void**);  // calls the kernel with its arguments unpacked from a void* array
     const char* signature;
     unsigned cluster;
+    unsigned max_threads;  // __launch_bounds__, or 1024
 };
 
 constexpr size_t STATIC_SMEM = 16 * 1024;    // room for the kernels' static __shared__ variables

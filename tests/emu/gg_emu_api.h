@@ -36,7 +36,9 @@ int gg_emu_launch(int k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, uns
     g_block = {bx, by, bz};
     g_cluster_size = g_kernel->cluster;
     const unsigned long long threads = (unsigned long long)bx * by * bz, blocks = (unsigned long long)gx * gy * gz;
-    if (threads == 0 || threads > 1024 || blocks == 0) g_error = "a launch of 0 blocks, or 0 or over 1024 threads a block";
+    if (threads == 0 || threads > g_kernel->max_threads || blocks == 0)
+        g_error = "a launch of 0 blocks, or of 0 threads a block or more than the kernel's __launch_bounds__ (" +
+                  std::to_string(g_kernel->max_threads) + ")";
     else if (gx % g_cluster_size != 0) g_error = "a grid that is not a whole number of clusters";
     else if (smem > SMEM_LIMIT) g_error = "more dynamic shared memory than a block can have";
     if (!g_error.empty()) {

@@ -78,9 +78,11 @@ class RecordingKernel:
 
 
 
-def fake_backend(monkeypatch, card=H100):
-    """A CupyBackend for `card` (sm count, shared-memory limit, compute capability) on fakes."""
-    monkeypatch.setattr(cb, "cupy", FAKE_CUPY)
+def backend_on(monkeypatch, cupy_module, make_kernel, card=H100):
+    """A CupyBackend for `card` (sm count, shared-memory limit, compute capability) whose `cupy` is
+    cupy_module and whose kernels are make_kernel(name, backend.launches), one object per name as
+    the real backend caches CuPy's. Used here with fakes and by tests/emu with the emulator."""
+    monkeypatch.setattr(cb, "cupy", cupy_module)
     monkeypatch.setattr(cb, "driver", types.SimpleNamespace(
         occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, threads, smem: 1))
     monkeypatch.setattr(cb, "LINEAR_VARIANT", dict(cb.LINEAR_VARIANT))
@@ -91,11 +93,16 @@ def fake_backend(monkeypatch, card=H100):
     be.launches = []
     kernels = {}
 
-    def kernel(name):  # one object per name, as the real backend caches CuPy's
+    def kernel(name):
         k = kernels.get(name)
         if k is None:
-            k = kernels[name] = RecordingKernel(name, be.launches)
+            k = kernels[name] = make_kernel(name, be.launches)
         return k
 
     be.kernel = kernel
     return be
+
+
+def fake_backend(monkeypatch, card=H100):
+    """A CupyBackend on fakes: launches are recorded in backend.launches, nothing runs."""
+    return backend_on(monkeypatch, FAKE_CUPY, RecordingKernel, card)

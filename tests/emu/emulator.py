@@ -17,6 +17,7 @@ import types
 
 import numpy as np
 
+from fake_cupy import backend_on
 from gpugrad.backends import cupy_backend as cb
 
 from . import build
@@ -190,25 +191,8 @@ emucupy = _EmuCupy("emucupy")
 
 def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3):
     """A CupyBackend on the emulator for `card`; the tensor-core kernels get `clusters` clusters
-    (as cuOccupancyMaxActiveClusters would say)."""
-    monkeypatch.setattr(cb, "cupy", emucupy)
-    monkeypatch.setattr(cb, "driver", types.SimpleNamespace(
-        occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, threads, smem: 1))
+    (as cuOccupancyMaxActiveClusters would say). backend.launches lists the kernels launched."""
     monkeypatch.setattr(cb, "_max_active_clusters", lambda *a: clusters)
-    monkeypatch.setattr(cb, "LINEAR_VARIANT", dict(cb.LINEAR_VARIANT))
-    be = object.__new__(cb.CupyBackend)
-    be._workspaces, be._funcs, be._clusters, be._row_launches = {}, {}, {}, {}
-    for k, v in card.items():
-        setattr(be, k, v)
+    be = backend_on(monkeypatch, emucupy, EmuFunction, card)
     be.xp = emucupy
-    be.launches = []  # the name of every kernel launched, in order
-    funcs = {}
-
-    def kernel(name):
-        f = funcs.get(name)
-        if f is None:
-            f = funcs[name] = EmuFunction(name, be.launches)
-        return f
-
-    be.kernel = kernel
     return be

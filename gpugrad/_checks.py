@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backends import is_array
+
 LOSSES = ("softmax", "svm")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INV_STD = "1/x_std"  # checked for finiteness to find zeros in x_std in the same fused pass
 
 
-def is_array(a) -> bool:
-    """numpy.ndarray or cupy.ndarray (anything else is refused, never silently converted)."""
-    return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
-
-
 def require_array(name: str, a) -> None:
+    """numpy.ndarray or cupy.ndarray: anything else is refused, never silently converted."""
     if not is_array(a):
         raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import backend_for
+from .backends import backend_for, is_array
 from .graph import Tensor, no_grad, tensor
 
 __all__ = ["gradcheck", "jacobian"]
@@ -21,7 +21,7 @@ def _float_array(x, dtype=None):
     Without ``dtype`` a float array keeps its dtype and anything else becomes float64.
     """
     x = x.value if isinstance(x, Tensor) else x
-    if not (isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy")):
+    if not is_array(x):
         x = np.asarray(x)
     if dtype is None and x.dtype.kind != "f":
         dtype = np.float64

@@ -24,7 +24,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .backends import backend_for
+from .backends import backend_for, is_array
 
 __all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "record", "defvjp", "VJPS",
            "NodeInfo", "forward_order", "to_dot"]
@@ -74,7 +74,7 @@ def _as_value(value):
     if isinstance(value, np.generic):
         # numpy reductions of 0-d arrays return scalars; a node always holds an array.
         return np.asarray(value)
-    if isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy"):
+    if is_array(value):
         array = value
     elif isinstance(value, (bool, int, float, list, tuple)):
         array = np.asarray(value)  # Python floats become float64

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .backends import backend_for, get_backend
+from .backends import backend_for, get_backend, is_cupy_array
 
 __all__ = ["linear_grad", "softmax_cross_entropy_grad", "svm_grad"]
 
@@ -22,7 +22,7 @@ def _resolve(backend, *arrays):
 
 def _returner(be, *arrays):
     """A function converting results back to the caller's array type."""
-    caller_is_numpy = all(a is None or isinstance(a, np.ndarray) for a in arrays)
+    caller_is_numpy = not any(is_cupy_array(a) for a in arrays)
     if caller_is_numpy and be.xp is not np:
         return be.to_numpy
     return lambda a: a

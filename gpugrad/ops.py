@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .backends import backend_for
+from .backends import backend_for, is_array
 from .graph import Tensor, defvjp, record
 
 __all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",
@@ -48,7 +48,7 @@ def _as_tensor(x, like: Tensor | None = None) -> Tensor:
     xp = like.xp
     if isinstance(x, (bool, int, float)):
         x = xp.asarray(x, dtype=xp.result_type(like.value, x))
-    elif isinstance(x, np.ndarray) or type(x).__module__.startswith("cupy"):
+    elif is_array(x):
         x = xp.asarray(x)  # a numpy operand of a cupy tensor moves to the device
     const = Tensor(x)
     const._op = "const"
@@ -205,7 +205,7 @@ def _index_on(xp, index):
     for p in parts:
         if isinstance(p, Tensor):
             p = p.value
-        if isinstance(p, (list, np.ndarray)) or type(p).__module__.startswith("cupy"):
+        if isinstance(p, list) or is_array(p):
             p = xp.asarray(p)
         moved.append(p)
     return tuple(moved) if isinstance(index, tuple) else moved[0]

@@ -1,9 +1,11 @@
 """Shared fixtures: every test that takes ``backend`` runs on each available backend.
 
-numpy always; CuPy when a CUDA device is usable (``gpugrad.cupy_available()``). Tests that
-need a GPU by nature carry the ``gpu`` marker and are skipped cleanly without one.
+numpy always; CuPy when a CUDA device is usable (``gpugrad.cupy_available()``); "emu", the CuPy
+backend with its kernels run by the CPU emulator (tests/emu), wherever g++ is. Tests that need a
+GPU by nature carry the ``gpu`` marker and are skipped cleanly without one.
 """
 import os
+import shutil
 import zlib
 
 import numpy as np
@@ -18,12 +20,17 @@ SESSION_SEED = int(os.environ.get("GPUGRAD_TEST_SEED", np.random.SeedSequence().
 def pytest_report_header(config):
     return f"gpugrad: test seed {SESSION_SEED} (rerun with GPUGRAD_TEST_SEED={SESSION_SEED}); {gg.why_backend()}"
 
-BACKENDS = ["numpy"] + (["cupy"] if gg.cupy_available() else [])
+# "emu": the CuPy backend with its kernels run by the CPU emulator (tests/emu), standing in as
+# gpugrad's CUDA backend, so every backend test also covers the CUDA path on machines without a GPU.
+BACKENDS = ["numpy"] + (["cupy"] if gg.cupy_available() else []) + (["emu"] if shutil.which("g++") else [])
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request):
+def backend(request, monkeypatch):
     """A backend object; ``backend.xp`` is its array module."""
+    if request.param == "emu":
+        from emu import emulator
+        return emulator.as_cuda_backend(monkeypatch)
     return gg.get_backend(request.param)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from .numpy_backend import NumpyBackend
 
-__all__ = ["NumpyBackend", "get_backend", "backend_for", "why_backend", "cupy_available"]
+__all__ = ["NumpyBackend", "get_backend", "backend_for", "why_backend", "cupy_available", "is_array",
+           "is_cupy_array"]
 
 _NUMPY = NumpyBackend()
 _CUPY = None          # created on first use: importing cupy is slow and may fail
@@ -82,10 +83,16 @@ def get_backend(name="auto"):
 def backend_for(*arrays):
     """The backend that owns these arrays: CuPy for any cupy.ndarray among them, else numpy."""
     for a in arrays:
-        if a is not None and type(a).__module__.startswith("cupy"):
+        if is_cupy_array(a):
             return get_backend("cupy")
     return _NUMPY
 
 
-def is_numpy_array(a) -> bool:
-    return isinstance(a, np.ndarray)
+def is_cupy_array(a) -> bool:
+    """Whether a is a cupy.ndarray, told by its class's module: a numpy-only machine never imports cupy."""
+    return type(a).__module__.startswith("cupy")
+
+
+def is_array(a) -> bool:
+    """numpy.ndarray or cupy.ndarray."""
+    return isinstance(a, np.ndarray) or is_cupy_array(a)

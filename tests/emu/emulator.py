@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import functools
 import os
 import types
 
@@ -132,7 +133,8 @@ class _Ptr:
 
 
 class EmuArray(np.ndarray):
-    """A numpy array that answers as a cupy.ndarray does where the backend asks: .data.ptr, .get()."""
+    """A numpy array that answers as a cupy.ndarray does where the backend asks: .data.ptr, .get().
+    Its class claims a "cupy..." module, which is how gpugrad tells a CuPy array from a numpy one."""
 
     @property
     def data(self):
@@ -140,6 +142,9 @@ class EmuArray(np.ndarray):
 
     def get(self):
         return np.array(self).view(np.ndarray)
+
+
+EmuArray.__module__ = "cupy_emulated"
 
 
 def _dev(a):
@@ -152,7 +157,15 @@ class _EmuCupy(types.ModuleType):
     ndarray = EmuArray
 
     def __getattr__(self, name):
-        return getattr(np, name)
+        attr = getattr(np, name)
+        if not callable(attr) or isinstance(attr, (type, np.ufunc)):  # ufuncs keep EmuArray inputs EmuArray
+            return attr
+
+        @functools.wraps(attr)
+        def on_device(*args, **kwargs):  # cupy's functions return device arrays
+            r = attr(*args, **kwargs)
+            return r.view(EmuArray) if type(r) is np.ndarray else r
+        return on_device
 
     @staticmethod
     def asarray(a, dtype=None):
@@ -163,7 +176,7 @@ class _EmuCupy(types.ModuleType):
         return np.array(a).view(np.ndarray)
 
     @staticmethod
-    def empty(shape, dtype=np.float32):
+    def empty(shape, dtype=float):
         return _dev(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0xAB, dtype=dtype))  # poisoned
 
     @staticmethod
@@ -171,11 +184,11 @@ class _EmuCupy(types.ModuleType):
         return _EmuCupy.empty(a.shape, dtype or a.dtype)
 
     @staticmethod
-    def zeros(shape, dtype=np.float32):
+    def zeros(shape, dtype=float):
         return _dev(np.zeros(shape, dtype))
 
     @staticmethod
-    def full(shape, value, dtype=np.float32):
+    def full(shape, value, dtype=None):
         return _dev(np.full(shape, value, dtype))
 
     @staticmethod
@@ -195,4 +208,14 @@ def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3):
     monkeypatch.setattr(cb, "_max_active_clusters", lambda *a: clusters)
     be = backend_on(monkeypatch, emucupy, EmuFunction, card)
     be.xp = emucupy
+    return be
+
+
+def as_cuda_backend(monkeypatch, card=SMALL_H100):
+    """The emulated backend installed as gpugrad's CUDA backend: get_backend("cupy") returns it and
+    EmuArray inputs are routed to it, as cupy.ndarray inputs are on a GPU machine."""
+    import gpugrad.backends as backends
+    be = emulated_backend(monkeypatch, card)
+    monkeypatch.setattr(backends, "_CUPY", be)
+    monkeypatch.setattr(backends, "_CUPY_WHY", "the kernel emulator (tests/emu)")
     return be

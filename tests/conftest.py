@@ -1,10 +1,13 @@
 """Shared fixtures: every test that takes ``backend`` runs on each available backend.
 
 numpy always; CuPy when a CUDA device is usable (``gpugrad.cupy_available()``); "emu", the CuPy
-backend with its kernels run by the CPU emulator (tests/emu), wherever g++ is. Tests that need a
+backend with its kernels run by the CPU emulator (tests/emu), on Linux wherever g++ and CuPy
+(which imports without a GPU) are. Tests that need a
 GPU by nature carry the ``gpu`` marker and are skipped cleanly without one.
 """
+import importlib.util
 import os
+import platform
 import shutil
 import zlib
 
@@ -22,7 +25,11 @@ def pytest_report_header(config):
 
 # "emu": the CuPy backend with its kernels run by the CPU emulator (tests/emu), standing in as
 # gpugrad's CUDA backend, so every backend test also covers the CUDA path on machines without a GPU.
-BACKENDS = ["numpy"] + (["cupy"] if gg.cupy_available() else []) + (["emu"] if shutil.which("g++") else [])
+HAVE_CUPY = importlib.util.find_spec("cupy") is not None  # imports without a GPU
+EMULATOR = platform.system() == "Linux" and shutil.which("g++") is not None and HAVE_CUPY
+# Helpers that import the CuPy backend; without CuPy, --doctest-modules must not import them.
+collect_ignore = [] if HAVE_CUPY else ["fake_cupy.py", "emu"]
+BACKENDS = ["numpy"] + (["cupy"] if gg.cupy_available() else []) + (["emu"] if EMULATOR else [])
 
 
 @pytest.fixture(params=BACKENDS)

@@ -11,17 +11,20 @@ land (a missing barrier or wait). The last tests plant such bugs in the kernels 
 What it cannot show: speed, and the hardware's rounding inside the tensor cores (modelled in
 tests/test_linmma_model.py). Sizes are small: a thread costs microseconds here.
 """
+import platform
 import shutil
 
 import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad.backends import cupy_backend as cb
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the kernel emulator needs g++")
+pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
+                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
+pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
+from gpugrad.backends import cupy_backend as cb  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray

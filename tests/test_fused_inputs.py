@@ -206,6 +206,7 @@ def test_int32_and_int64_labels_agree(backend, rng):
 # ---- one interface ----------------------------------------------------------------------------
 def test_cupy_backend_overrides_keep_the_reference_signatures():
     """The CuPy backend is a list of overrides: each keeps the numpy backend's signature."""
+    pytest.importorskip("cupy", reason="CuPy is not installed")
     from gpugrad.backends import cupy_backend  # imports without a GPU
     for name, member in vars(cupy_backend.CupyBackend).items():
         base = getattr(NumpyBackend, name, None)

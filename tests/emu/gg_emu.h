@@ -365,15 +365,24 @@ inline bool run_cluster(unsigned first_block, size_t smem, std::mt19937& rng) {
     }
 }
 
-// SIGSEGV in a kernel: say which kernel, block and thread before the process dies.
+// SIGSEGV in a kernel: say which kernel, block and thread, then hand over to the handler that was
+// there before (pytest's faulthandler prints the Python stack).
+inline struct sigaction g_old_segv;
 inline void on_segv(int sig) {
-    char msg[256];
-    const int n = std::snprintf(msg, sizeof msg, "gg_emu: segmentation fault in kernel %s, block %u, thread %u\n",
-                                g_kernel ? g_kernel->name : "?", g_cur ? g_cur->block->idx.x : 0u,
-                                g_cur ? g_cur->linear : 0u);
-    if (write(2, msg, n) < 0) {}
-    signal(sig, SIG_DFL);
+    if (g_kernel != nullptr) {
+        char msg[256];
+        const int n = std::snprintf(msg, sizeof msg, "gg_emu: segmentation fault in kernel %s, block %u, thread %u\n",
+                                    g_kernel->name, g_cur ? g_cur->block->idx.x : 0u, g_cur ? g_cur->linear : 0u);
+        if (write(2, msg, n) < 0) {}
+    }
+    sigaction(sig, &g_old_segv, nullptr);
     raise(sig);
+}
+inline void install_segv_handler() {
+    struct sigaction sa = {};
+    sa.sa_handler = on_segv;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
 }
 
 // ---- the kernel table: a trampoline and a signature per entry point ---------------------------------------

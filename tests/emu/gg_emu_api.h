@@ -26,7 +26,7 @@ int gg_emu_launch(int k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, uns
     using namespace gg_emu;
     static bool handler = false;
     if (!handler) {
-        signal(SIGSEGV, on_segv);
+        install_segv_handler();
         handler = true;
     }
     g_error.clear();

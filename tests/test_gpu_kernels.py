@@ -13,10 +13,21 @@ pytestmark = pytest.mark.gpu
 NP = gg.get_backend("numpy")
 
 
-def _rel(got, ref):
+def _rel(got, ref, scale=0.0):
+    """||got - ref|| / max(||ref||, scale): the relative error, or the error against `scale` where
+    the reference is smaller (cancelled sums)."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     assert np.isfinite(got).all(), "an output entry was left unwritten (NaN poison) or is not finite"
-    return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-300)
+    return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), scale, 1e-300)
+
+
+def _db_scale(X, y, W, b, loss, mean=None, std=None):
+    """The size db's float32 rounding is measured against: the norm of the per-class sums of |dL/dS|.
+    db = sum_r dL/dS_r cancels to exactly 0 for some labels (2-class hinge rows that balance), where
+    the float64 reference is rounding noise and a relative error means nothing."""
+    Xn = X if mean is None else (X - mean) / std
+    dS = (NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad)(Xn @ W.T + b, y)[1]
+    return np.linalg.norm(np.abs(dS).sum(axis=0))
 
 
 def _f32(a):
@@ -109,7 +120,7 @@ def test_linear_grad_fused_matches_numpy(n, d, C, loss, linear_variant, rng):
     _poison_pool(cupy)
     J, dW, db = gg.linear_grad(*args, lam=0.01, loss=loss)
     assert _rel(dW.get(), dW_ref) <= 1e-5
-    assert _rel(db.get(), db_ref) <= 1e-5
+    assert _rel(db.get(), db_ref, _db_scale(X, y, W, b, loss)) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
 
 
@@ -134,7 +145,7 @@ def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_va
     _poison_pool(cupy)
     J, dW, db = gg.linear_grad(*args, lam=0.1, loss=loss, x_mean=m32, x_std=s32)
     assert _rel(dW.get(), dW_ref) <= 1e-5
-    assert _rel(db.get(), db_ref) <= 1e-5
+    assert _rel(db.get(), db_ref, _db_scale(X, y, W, b, loss, mean, std)) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
 
 
@@ -166,7 +177,7 @@ def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):
         finally:
             cb.LINEAR_VARIANT["u8"] = old
         assert _rel(dW.get(), dW_ref) <= 1e-5, wscale
-        assert _rel(db.get(), db_ref) <= 1e-5, wscale
+        assert _rel(db.get(), db_ref, _db_scale(X, y, W, b, "softmax", mean, std)) <= 1e-5, wscale
         assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref), wscale
 
 

@@ -215,9 +215,9 @@ __device__ __forceinline__ void gg_ce_stream(const T* __restrict__ S, const void
 // one reduction step (merging the (m_t, o_t) pairs); then dS_j = exp(s_j - m_t) exp(m_t - m) /
 // (n total), written from the registers. Shared memory is read once per entry.
 // Needs C * sizeof(T) and the addresses of S and dS to be multiples of 16 (the host falls back to
-// gg_ce_stream otherwise): every move is a 16-byte piece. K values a thread (a multiple of
-// 16 / sizeof(T)), blockDim.x * K >= C; dynamic shared memory: C values.
-template <typename T, int K>
+// gg_ce_stream otherwise): every move is a 16-byte piece. THREADS threads a block (the launch's),
+// K values a thread (a multiple of 16 / sizeof(T)), THREADS * K >= C; dynamic shared memory: C values.
+template <typename T, int K, int THREADS>
 __device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const void* __restrict__ y, int y64,
                                                T* __restrict__ dS, gg_i64 n, int C, double* partials,
                                                unsigned* ticket, T* loss_out) {
@@ -227,16 +227,17 @@ __device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const vo
     T* buf = reinterpret_cast<T*>(gg_row_smem);
     constexpr int V = 16 / sizeof(T), P = K / V;  // values a 16-byte piece, pieces a thread
     struct alignas(16) Piece { T v[V]; };
-    // This thread's entries are first .. first + K - 1, so each piece's address is a constant offset
-    // from one base (no per-piece registers). The pieces of a warp's lanes are K values apart: with
-    // K T's = 20 mod 32 banks (52 floats, 26 doubles) the 16-byte shared-memory reads of each
-    // quarter-warp land on distinct banks.
-    const int first = K * threadIdx.x;
+    if (C % V != 0) __trap();  // the host's alignment check disagrees: a piece would cross the row
+    // Piece q of this thread holds entries V (t + q THREADS) .. + V - 1: a warp's pieces are adjacent
+    // (coalesced 16-byte copies and stores, no shared-memory bank conflicts), and with THREADS a
+    // constant each piece is a constant offset from one base address (no registers per piece).
+    const int first = V * threadIdx.x;
+    constexpr int STEP = V * THREADS;
     auto stage = [&](gg_i64 row) {  // this thread's pieces of `row` into buf, one cp.async group
         const T* src = S + row * C;
 #pragma unroll
         for (int q = 0; q < P; ++q)
-            if (first + q * V < C) gg_cp_async16(buf + first + q * V, src + first + q * V);
+            if (first + q * STEP < C) gg_cp_async16(buf + first + q * STEP, src + first + q * STEP);
         gg_cp_async_commit();
     };
 
@@ -250,8 +251,8 @@ __device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const vo
 #pragma unroll
         for (int q = 0; q < P; ++q) {
             Piece p;
-            if (first + q * V < C) {
-                p = *reinterpret_cast<const Piece*>(buf + first + q * V);
+            if (first + q * STEP < C) {
+                p = *reinterpret_cast<const Piece*>(buf + first + q * STEP);
             } else {
 #pragma unroll
                 for (int i = 0; i < V; ++i) p.v[i] = -gg_inf<T>();
@@ -267,13 +268,13 @@ __device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const vo
 
         T mt = -gg_inf<T>();
 #pragma unroll
-        for (int j = 0; j < K; ++j) mt = v[j] > mt ? v[j] : mt;
-        const bool any = mt > -gg_inf<T>();  // false for threads holding only padding
+        for (int j = 0; j < K; ++j) mt = (v[j] > mt || v[j] != v[j]) ? v[j] : mt;  // a NaN sticks
+        const bool any = !(mt == -gg_inf<T>());  // false for threads holding only padding
         T ot = 0;
 #pragma unroll
         for (int j = 0; j < K; ++j) {
             v[j] = any ? exp(v[j] - mt) : T(0);  // padding: exp(-inf) = 0
-            if (first + j != yv) ot += v[j];
+            if (first + (j / V) * STEP + j % V != yv) ot += v[j];
         }
         T m = mt, others = ot;
         gg_block_merge_online(m, others, ms, os);
@@ -283,10 +284,11 @@ __device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const vo
         T* g = dS + row * C;
 #pragma unroll
         for (int q = 0; q < P; ++q) {
+            const int e = first + q * STEP;
             Piece p;
 #pragma unroll
-            for (int i = 0; i < V; ++i) p.v[i] = gg_ce_grad(first + q * V + i == yv, v[q * V + i] * f, others, inv);
-            if (first + q * V < C) *reinterpret_cast<Piece*>(g + first + q * V) = p;
+            for (int i = 0; i < V; ++i) p.v[i] = gg_ce_grad(e + i == yv, v[q * V + i] * f, others, inv);
+            if (e < C) *reinterpret_cast<Piece*>(g + e) = p;
         }
         if (threadIdx.x == 0) loss_acc += (double)gg_ce_row_loss(s_y - m, e_y, others, total);
     }
@@ -329,7 +331,7 @@ GG_CE_STREAM(f64, double, 1024, 16)
 // Entry points gg_ce_<t>_p<THREADS>_k<K>: the prefetched long-row kernel (persistent grid).
 #define GG_CE_PREFETCH(TN, T, THREADS, K) \
     extern "C" __global__ void __launch_bounds__(THREADS, 1) gg_ce_##TN##_p##THREADS##_k##K(GG_CE_ARGS(T)) { \
-        gg_ce_prefetch<T, K>(GG_CE_PASS); }
+        gg_ce_prefetch<T, K, THREADS>(GG_CE_PASS); }
 // 640 threads leave 96 registers a thread: K values plus the loop's state without spilling (1024
 // threads would leave 64). Rows up to 33280 floats or 16640 doubles.
 GG_CE_PREFETCH(f32, float, 640, 52)

@@ -108,8 +108,39 @@ def test_long_rows_every_kernel(be, variant, C, dtype, monkeypatch, rng):
         assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * abs(ref_loss)
 
 
+@pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
+def test_long_rows_keep_nan(be, variant, monkeypatch, rng):
+    """A NaN score makes its row's gradient and the loss NaN, as in numpy (with validate=False
+    nothing stops it earlier), even where one thread's values are all NaN."""
+    monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+    n, C = 3, 9000
+    S = rng.standard_normal((n, C)).astype(np.float32)
+    first_thread = (4 * (np.arange(0, C, 4 * 640)[:, None] // 4) + np.arange(4)).ravel()  # thread 0's pieces
+    S[1, first_thread[first_thread < C]] = np.nan
+    y = np.array([0, 5, 7])
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S.astype(np.float64), y)
+    loss, dS = be.softmax_cross_entropy_grad(dev(S), dev(y))
+    assert np.isnan(float(loss)) and np.isnan(ref_loss)
+    assert np.isnan(np.asarray(dS)[1]).all() and np.isnan(ref_dS[1]).all()
+    assert np.isfinite(np.asarray(dS)[[0, 2]]).all()
+
+
+def test_rows_past_the_cards_shared_memory_take_a_block_per_row(monkeypatch, rng):
+    """A card with 99 KB of shared memory a block (sm_86): 30000 floats cannot stay in it."""
+    E.use(None)
+    be = E.emulated_backend(monkeypatch, card=dict(sm_count=6, smem_optin=101376, cc=86))
+    S, y = rng.standard_normal((8, 30000)), rng.integers(0, 30000, 8)
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
+    for variant in ("stream", "prefetch"):
+        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+        be.launches.clear()
+        loss, dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
+        assert be.launches[0] == "gg_ce_f32_b_k32"
+        assert _rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
+
+
 @pytest.mark.parametrize("C,long_rows", [(10, None), (3000, None), (20000, "stream"), (20000, "prefetch"),
-                                         (8193, "prefetch")])
+                                         (8196, "prefetch")])
 def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, long_rows, monkeypatch, rng):
     if long_rows:
         monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", long_rows)

@@ -318,6 +318,17 @@ class CupyBackend(NumpyBackend):
         launch = self._row_launches[key] = self._RowLaunch(f, (grid,), (threads,), smem, np.int64(n), np.int32(C))
         return launch
 
+    def _long_row_fallback(self, config: KernelConfig, S, out) -> KernelConfig:
+        """The persistent kernel `config` where it can run, else the next best: the prefetched
+        kernel moves 16-byte pieces (else the streamed one), and both keep a row in shared memory
+        (else a block per row: cards with less of it, e.g. sm_86's 99 KB, and rows past it)."""
+        C = S.shape[1]
+        if config.aligned16 and (S.data.ptr | out.data.ptr | C * S.itemsize) % 16:
+            config = ce_kernel_config(C, S.dtype, "stream")
+        if C * S.itemsize + 2048 > self.smem_optin:  # 2 KB for the kernels' static shared memory
+            config = ce_kernel_config(C, S.dtype, "block")
+        return config
+
     def _row_loss(self, config: KernelConfig, S, y, out):
         if not S.flags.c_contiguous:
             S = cupy.ascontiguousarray(S)
@@ -327,8 +338,8 @@ class CupyBackend(NumpyBackend):
             out = cupy.empty_like(S)
         elif out.shape != S.shape or out.dtype != S.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {S.dtype} array of shape {S.shape}")
-        if config.aligned16 and (S.data.ptr | out.data.ptr | C * S.itemsize) % 16:
-            config = ce_kernel_config(C, S.dtype, "stream")  # the prefetched kernel moves 16-byte pieces
+        if config.stream:
+            config = self._long_row_fallback(config, S, out)
         L = self._row_launch(config, n, C, S.itemsize)
         ws = self.workspace()
         loss = cupy.empty((), dtype=S.dtype)

@@ -321,12 +321,17 @@ PLANTED = {
 
 PLANTED["the next long row streams in while the current one is still read"] = ("prefetch", _replace(
     "        __syncthreads();  // buf is read: the next row may stream in while this one is worked on\n", ""))
+PLANTED["two halves of a block wait at different barriers"] = ("prefetch", _replace(
+    "        __syncthreads();  // every thread's pieces of this row have landed\n",
+    "        if (threadIdx.x & 32) {\n            __syncthreads();\n        } else {\n            __syncthreads();\n        }\n"))
+PLANTED["a row is parked one entry too far"] = ("stream", _replace(
+    "            if (idx < C) row_s[idx] = v[j];", "            if (idx < C) row_s[idx + 1] = v[j];"))
 
 
 def _planted_bug_run(kernel, monkeypatch, rng):
     """A check that fails (AssertionError, EmulatorError) where `kernel` computes a wrong result."""
-    if kernel == "prefetch":
-        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", "prefetch")
+    if kernel in ("prefetch", "stream"):
+        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", kernel)
         S, y = rng.standard_normal((20, 9000)), rng.integers(0, 9000, 20)  # 3 or 4 rows a block
         ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
 

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from gpugrad.backends import kernels as _k
@@ -33,7 +34,7 @@ _STATIC = re.compile(r"__shared__\s+([\w:]+)\s+([^;]+);")
 _DECL = re.compile(r"\s*(\w+)\s*((?:\[[^\]]+\])*)\s*$")
 _ENTRY = re.compile(r"gg_emu_global\s+void\s+((?:gg_emu_\w+\([^)]*\)\s*)*)(\w+)\s*\(")
 _CLUSTER = re.compile(r"gg_emu_cluster\((\d+)\)")
-_BOUNDS = re.compile(r"gg_emu_bounds\(\s*(\d+)")
+_BOUNDS = re.compile(r"gg_emu_bounds\(\s*(\d+)\s*[,)]")
 
 
 def _static_shared(m: re.Match) -> str:
@@ -68,6 +69,8 @@ def entry_points(text: str, workdir: Path) -> list[tuple[str, int, int]]:
     found = []
     for attrs, name in _ENTRY.findall(out):
         cluster, bounds = _CLUSTER.search(attrs), _BOUNDS.search(attrs)
+        if ("gg_emu_cluster" in attrs and not cluster) or ("gg_emu_bounds" in attrs and not bounds):
+            raise ValueError(f"{name}: cluster size or thread limit is not a number after preprocessing: {attrs}")
         found.append((name, int(cluster.group(1)) if cluster else 1, int(bounds.group(1)) if bounds else 1024))
     if not found:
         raise ValueError("no kernel entry points found")
@@ -110,7 +113,7 @@ def build(mutate=None) -> Path:
         except OSError:  # no writable home: cache for this machine's temporary directory instead
             lib = Path(tempfile.gettempdir()) / "gpugrad-emu" / lib.name
             lib.parent.mkdir(parents=True, exist_ok=True)
-        part = lib.with_suffix(f".{os.getpid()}.part")
+        part = lib.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
         shutil.copyfile(out, part)
         part.replace(lib)  # atomic: a concurrent build never sees half a library
         return lib

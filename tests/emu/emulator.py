@@ -81,16 +81,16 @@ def configure(order: str = "forward", seed: int = 1, deferred_copies: bool = Tru
 
 def _matches(kind: str, dtype: np.dtype) -> bool:
     """Whether values of dtype are what a parameter (or pointee) of kind "<f|i|u><bytes>" is."""
-    k = "i" if dtype.kind == "b" else dtype.kind
+    k = "u" if dtype.kind == "b" else dtype.kind  # C++ bool is unsigned
     return k == kind[0] and dtype.itemsize == int(kind[1:])
 
 
 def _pack(kernel: str, i: int, kind: str, a):
-    """One kernel argument as the bytes its parameter takes, or TypeError naming the mismatch: arrays
-    for pointers (of the pointee's dtype; any for void*), numpy scalars of the exact type otherwise,
-    np.uint64(0) for a null pointer."""
+    """One kernel argument as the bytes its parameter takes, or TypeError naming the mismatch: device
+    arrays (EmuArray) for pointers, of the pointee's dtype (any for void*); numpy scalars of the exact
+    type otherwise; np.uint64(0) for a null pointer. A host numpy array is refused, as CuPy does."""
     if kind.startswith("p"):
-        if isinstance(a, np.ndarray) and (kind == "pv0" or _matches(kind[1:], a.dtype)):
+        if isinstance(a, EmuArray) and (kind == "pv0" or _matches(kind[1:], a.dtype)):
             return ctypes.c_void_p(a.ctypes.data)
         if isinstance(a, np.uint64) and a == 0:
             return ctypes.c_void_p(0)

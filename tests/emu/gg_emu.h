@@ -14,12 +14,21 @@
 //     wait sees the poison), or at once (so a copy into a buffer still being read shows); sources
 //     and destinations must be aligned to the copy size, as on the hardware.
 // Checked as errors, each naming the kernel, block and thread: a barrier that not every thread
-// reaches (deadlock), a thread that exits while others wait for it, warp lanes that meet at
-// different collectives, shared-memory addresses outside the block, misaligned cp.async, __trap.
+// reaches (deadlock), threads of a block (or cluster) at different barrier instructions (source
+// lines), warp lanes at different collectives or at different mma/movmatrix instructions, a thread
+// that exits while others wait for it, writes past the dynamic or static shared memory (guard
+// bytes checked when the block ends), cp.async and distributed loads outside the block's shared
+// memory, misaligned cp.async, more threads than __launch_bounds__, __trap.
 // Scheduling order (threads first to last, last to first, or shuffled) is a setting: a missing
 // barrier makes results depend on it. Arithmetic is IEEE float on the CPU: MMAs sum in double and
 // round once, so the hardware's truncating accumulation is not modelled (tests/test_linmma_model.py
 // does that); only the logic, indexing and synchronisation of the kernels are under test here.
+// Not caught: out-of-bounds global memory accesses (a crash at best: the SIGSEGV handler names the
+// kernel), plain shared-memory loads and stores within the arena but outside any variable, data
+// passed between lanes of a warp through shared memory without __syncwarp (fibers switch only at
+// barriers and collectives, so every collective acts as a warp-wide fence here), prmt's
+// sign-replicating selectors. "Bit for bit in every order" holds within the emulator (no FMA
+// contraction, MMAs in double): on a GPU determinism is checked by tests/test_gpu_kernels.py.
 #pragma once
 #include <ucontext.h>
 #include <sys/mman.h>
@@ -89,6 +98,7 @@ namespace gg_emu {
 
 struct Barrier {
     unsigned arrived = 0, gen = 0;
+    int site = 0;  // the source line the first arriver waits at: every thread must use the same one
 };
 struct Copy {
     void* dst;
@@ -117,7 +127,9 @@ struct Warp {
 struct Block {
     gg_emu_dim3 idx;
     unsigned rank = 0;  // within the cluster
-    std::vector<unsigned char> arena;  // dynamic shared memory, then the static __shared__ variables
+    // Dynamic shared memory | guard | the static __shared__ variables | guard. The guards keep the
+    // poison and are checked when the block ends: a write past either region is an error.
+    std::vector<unsigned char> arena;
     size_t dynamic_bytes = 0, static_used = 0;
     std::unordered_map<const void*, size_t> statics;
     Barrier bar;
@@ -133,6 +145,7 @@ struct KernelInfo {
 };
 
 constexpr size_t STATIC_SMEM = 16 * 1024;    // room for the kernels' static __shared__ variables
+constexpr size_t GUARD = 256;                // bytes of poison after each region
 constexpr size_t SMEM_LIMIT = 232448;        // an H100's shared memory per block (opt-in)
 constexpr size_t STACK_BYTES = 256 * 1024;
 
@@ -173,9 +186,15 @@ inline void wait_for(Barrier& b, unsigned gen, const char* what) {
 }
 
 // Arrive at b, which completes when `expected` threads have arrived; returns when it has.
-inline void arrive(Barrier& b, unsigned expected, const char* what) {
+inline void arrive(Barrier& b, unsigned expected, const char* what, int site) {
     const unsigned gen = b.gen;
     ++g_progress;
+    if (b.arrived == 0) {
+        b.site = site;
+    } else if (b.site != site) {  // bar.sync and barrier.cluster are .aligned: one instruction for all
+        fail(std::string("threads wait at different ") + what + " (lines " + std::to_string(b.site) + " and " +
+             std::to_string(site) + " of the emulated source)");
+    }
     if (++b.arrived == expected) {
         b.arrived = 0;
         ++b.gen;
@@ -184,11 +203,12 @@ inline void arrive(Barrier& b, unsigned expected, const char* what) {
     }
 }
 
-inline void syncthreads() { arrive(g_cur->block->bar, g_cur->block->live, "__syncthreads"); }
-inline void cluster_sync() { arrive(g_cluster_bar, g_cluster_live, "cluster barrier"); }
+inline void syncthreads(int site) { arrive(g_cur->block->bar, g_cur->block->live, "__syncthreads", site); }
+inline void cluster_sync(int site) { arrive(g_cluster_bar, g_cluster_live, "cluster barrier", site); }
 
 // A warp collective: deposit this lane's operands, and when all 32 lanes are in, the last one runs
-// compute(in, out) for the whole warp; each lane then takes its result.
+// compute(in, out) for the whole warp; each lane then takes its result. `op` names the operation
+// and, for the .aligned ones (mma, movmatrix), its source line: every lane must be at the same one.
 template <class In, class Out, class F>
 inline Out collective(int op, const In& in, F compute) {
     static_assert(sizeof(In) <= sizeof(Warp::in[0]) && sizeof(Out) <= sizeof(Warp::out[0]), "slot size");
@@ -225,9 +245,9 @@ inline void* static_shared(const void* tag, size_t bytes) {
     Block& B = *g_cur->block;
     auto it = B.statics.find(tag);
     if (it == B.statics.end()) {
-        const size_t off = (B.dynamic_bytes + B.static_used + 15) / 16 * 16;
-        if (off + bytes > B.arena.size()) fail("static __shared__ variables exceed the emulator's reserve");
-        B.static_used = off + bytes - B.dynamic_bytes;
+        const size_t base = B.dynamic_bytes + GUARD, off = base + (B.static_used + 15) / 16 * 16;
+        if (off + bytes + GUARD > B.arena.size()) fail("static __shared__ variables exceed the emulator's reserve");
+        B.static_used = off + bytes - base;
         if (B.dynamic_bytes + B.static_used > SMEM_LIMIT) fail("shared memory (static + dynamic) over 227 KB");
         it = B.statics.emplace(tag, off).first;
     }
@@ -299,6 +319,21 @@ inline char* stack_for(size_t i) {
     return g_stacks[i];
 }
 
+// Whether every block's guard bytes still hold the poison (else the error names the region).
+inline bool guards_intact(const std::vector<Block>& blocks) {
+    for (const Block& B : blocks) {
+        const size_t ends[2] = {B.dynamic_bytes, B.dynamic_bytes + GUARD + B.static_used};
+        for (int r = 0; r < 2; ++r)
+            for (size_t i = ends[r]; i < ends[r] + GUARD; ++i)
+                if (B.arena[i] != 0xff) {
+                    g_error = std::string(g_kernel->name) + " (block " + std::to_string(B.idx.x) + "): a write past the " +
+                              (r == 0 ? "dynamic shared memory" : "static __shared__ variables");
+                    return false;
+                }
+    }
+    return true;
+}
+
 // Run the blocks of one cluster together until every thread has finished. Returns false on error.
 inline bool run_cluster(unsigned first_block, size_t smem, std::mt19937& rng) {
     const unsigned nthreads = g_block.x * g_block.y * g_block.z;
@@ -311,7 +346,7 @@ inline bool run_cluster(unsigned first_block, size_t smem, std::mt19937& rng) {
         B.idx = {b % g_grid.x, (b / g_grid.x) % g_grid.y, b / (g_grid.x * g_grid.y)};
         B.rank = r;
         B.dynamic_bytes = smem;
-        B.arena.assign(smem + STATIC_SMEM, 0xff);  // NaN poison: what a kernel reads unwritten shows up
+        B.arena.assign(smem + GUARD + STATIC_SMEM + GUARD, 0xff);  // NaN poison: reads of unwritten bytes show
         B.live = nthreads;
         B.warps.resize((nthreads + 31) / 32);
         for (unsigned w = 0; w < B.warps.size(); ++w) B.warps[w].live = std::min(32u, nthreads - 32 * w);
@@ -353,7 +388,7 @@ inline bool run_cluster(unsigned first_block, size_t smem, std::mt19937& rng) {
             }
         }
         g_cur = nullptr;
-        if (!alive) return true;
+        if (!alive) return guards_intact(blocks);
         if (g_progress == before) {  // everyone waits for someone: a barrier not every thread reaches
             std::string at;
             for (Fiber& f : fibers)
@@ -419,7 +454,7 @@ template <auto F> void trampoline(void** args) { run_as(F, args); }
 #define blockIdx (gg_emu::g_cur->block->idx)
 #define blockDim (gg_emu::g_block)
 #define gridDim (gg_emu::g_grid)
-#define __syncthreads() gg_emu::syncthreads()
+#define __syncthreads() gg_emu::syncthreads(__LINE__)
 #define __threadfence() ((void)0)  // one OS thread runs everything: memory is always coherent
 #define __trap() gg_emu::fail("__trap()")
 

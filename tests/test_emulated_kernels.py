@@ -272,6 +272,21 @@ def _dummy_args(f):
     return tuple(out)
 
 
+def test_strided_labels_reach_the_kernels_contiguous(be, rng):
+    """y[::2] is copied before a launch (a kernel given a strided array reads from its base pointer,
+    and the emulator refuses one)."""
+    S = rng.standard_normal((50, 7))
+    y_all = rng.integers(0, 7, 100)
+    ref = NP.softmax_cross_entropy_grad(S, y_all[::2])
+    loss, dS = be.softmax_cross_entropy_grad(dev(S), dev(y_all)[::2])
+    assert _rel(dS, ref[1]) <= 1e-12 and abs(float(loss) - ref[0]) <= 1e-12 * ref[0]
+    f = be.kernel("gg_first_invalid")
+    args = list(_dummy_args(f))
+    args[0] = dev(y_all)[::2]
+    with pytest.raises(TypeError, match="argument 0 is a strided array"):
+        f((1,), (256,), tuple(args))
+
+
 def test_launches_past_the_kernels_limits_are_errors(be):
     f = be.kernel("gg_ce_f32_p640_k52")
     with pytest.raises(E.EmulatorError, match=r"__launch_bounds__ \(640\)"):

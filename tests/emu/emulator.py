@@ -4,9 +4,13 @@
 (``EmuArray``: with ``.data.ptr`` and ``.get()`` as CuPy's have) and whose kernels run in the
 emulator, so the backend's own host code, launch arguments and kernels all run as on a GPU.
 
-Launches check what the CUDA driver would reject, and what CuPy would pass without a word: every
-argument must be an array (for a pointer parameter) or a numpy scalar of exactly the parameter's
-width and kind; dynamic shared memory must not exceed the kernel's ``max_dynamic_shared_size_bytes``.
+Launches check what the CUDA driver would reject, and what CuPy would pass without a word: a
+pointer parameter takes a device array (EmuArray) of the pointee's dtype, any other parameter a
+numpy scalar of exactly its width and kind; dynamic shared memory must not exceed the kernel's
+``max_dynamic_shared_size_bytes``; the library itself checks threads against __launch_bounds__,
+grids against cluster sizes and shared memory against an H100's 227 KB.
+``as_cuda_backend(monkeypatch)`` installs the emulated backend as gpugrad's CUDA backend (the
+``emu`` parameter of the tests' ``backend`` fixture).
 """
 from __future__ import annotations
 
@@ -53,8 +57,7 @@ def library() -> ctypes.CDLL:
     key = _active[0]
     if key in _LIBS:
         return _LIBS[key]
-    # A separate copy per library: dlopen would hand back the first one loaded under a shared name.
-    lib = _LIBS[key] = ctypes.CDLL(str(build.build(key)))
+    lib = _LIBS[key] = ctypes.CDLL(str(build.build(key)))  # one file per source digest: loads apart
     lib.gg_emu_kernel_name.restype = ctypes.c_char_p
     lib.gg_emu_kernel_signature.restype = ctypes.c_char_p
     lib.gg_emu_kernel_cluster.restype = ctypes.c_uint
@@ -88,8 +91,11 @@ def _matches(kind: str, dtype: np.dtype) -> bool:
 def _pack(kernel: str, i: int, kind: str, a):
     """One kernel argument as the bytes its parameter takes, or TypeError naming the mismatch: device
     arrays (EmuArray) for pointers, of the pointee's dtype (any for void*); numpy scalars of the exact
-    type otherwise; np.uint64(0) for a null pointer. A host numpy array is refused, as CuPy does."""
+    type otherwise; np.uint64(0) for a null pointer. A host numpy array is refused, as CuPy does, and
+    so is a strided one: the kernels index from the base pointer, which CuPy would pass silently."""
     if kind.startswith("p"):
+        if isinstance(a, EmuArray) and not a.flags.c_contiguous:
+            raise TypeError(f"{kernel}: argument {i} is a strided array (shape {a.shape}, strides {a.strides})")
         if isinstance(a, EmuArray) and (kind == "pv0" or _matches(kind[1:], a.dtype)):
             return ctypes.c_void_p(a.ctypes.data)
         if isinstance(a, np.uint64) and a == 0:

@@ -2,8 +2,8 @@
 
 numpy always; CuPy when a CUDA device is usable (``gpugrad.cupy_available()``); "emu", the CuPy
 backend with its kernels run by the CPU emulator (tests/emu), on Linux wherever g++ and CuPy
-(which imports without a GPU) are. Tests that need a
-GPU by nature carry the ``gpu`` marker and are skipped cleanly without one.
+(which imports without a GPU) are. Tests that need a GPU by nature carry the ``gpu`` marker and
+are skipped cleanly without one.
 """
 import importlib.util
 import os

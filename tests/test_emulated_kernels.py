@@ -11,8 +11,13 @@ land (a missing barrier or wait). The last tests plant such bugs in the kernels 
 What it cannot show: speed, and the hardware's rounding inside the tensor cores (modelled in
 tests/test_linmma_model.py). Sizes are small: a thread costs microseconds here.
 """
+import os
 import platform
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +29,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g+
 pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
+from emu.build import cache_dir as build_cache  # noqa: E402
 from gpugrad.backends import cupy_backend as cb  # noqa: E402
 
 NP = gg.get_backend("numpy")
@@ -358,6 +364,46 @@ def _planted_bug_run(kernel, monkeypatch, rng):
     n = 700 if kernel == "u8" else 300  # 3 or 4 tiles per cluster: each stage is refilled while in use
     ref_args, args = _linear_inputs(rng, kernel, n, 200, 10)
     return lambda be: _check_linear(be, ref_args, args, "softmax")
+
+
+ONE_PAST = _replace("            if (idx < C) g[idx] = gg_ce_grad(idx == r.yv, v[j], others, scale);",
+                    "            if (idx <= C) g[idx] = gg_ce_grad(idx == r.yv, v[j], others, scale);")
+
+
+def test_a_write_just_past_an_array_is_caught(monkeypatch, rng):
+    """The small-C softmax kernel writing one entry past each row: the last row's lands in the poison
+    after dS (3 x 10 floats end 8 bytes before the guard page)."""
+    E.use(ONE_PAST)
+    try:
+        be = E.emulated_backend(monkeypatch)
+        with pytest.raises(E.EmulatorError, match="gg_ce_f32_w2_k8: a write past the end of argument 3"):
+            be.softmax_cross_entropy_grad(dev(rng.standard_normal((3, 10)).astype(np.float32)), dev([1, 2, 3]))
+    finally:
+        E.use(None)
+
+
+def test_a_write_into_the_guard_page_names_the_kernel(tmp_path):
+    """2 x 6 floats end at the guard page: the same bug is a SIGSEGV, reported with the kernel's name
+    (in a process of its own)."""
+    E.use(ONE_PAST)
+    try:
+        E.library()  # built here, cached for the child
+    finally:
+        E.use(None)
+    script = tmp_path / "crash.py"
+    script.write_text(f"""
+import sys, numpy as np, pytest
+sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parent.parent)]!r}
+import test_emulated_kernels as T
+from emu import emulator as E
+E.use(T.ONE_PAST)
+be = E.emulated_backend(pytest.MonkeyPatch())
+be.softmax_cross_entropy_grad(E.emucupy.asarray(np.ones((2, 6), np.float32)), E.emucupy.asarray([1, 2]))
+""")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "GPUGRAD_EMU_CACHE": str(build_cache())})
+    assert r.returncode == -signal.SIGSEGV, r.stderr[-2000:]
+    assert "gg_emu: segmentation fault in kernel gg_ce_f32_w1_k8" in r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import functools
+import mmap
 import os
 import types
 
@@ -130,6 +131,9 @@ class EmuFunction:
         lib = library()
         if lib.gg_emu_launch(self.index, *g, *b, int(shared_mem), argv) != 0:
             raise EmulatorError(lib.gg_emu_error().decode())
+        for i, a in enumerate(args):
+            if isinstance(a, EmuArray) and not _slack_intact(a):
+                raise EmulatorError(f"{self.name}: a write past the end of argument {i} (shape {a.shape})")
 
 
 # ---- CuPy's array side, as numpy ------------------------------------------------------------------
@@ -153,8 +157,47 @@ class EmuArray(np.ndarray):
 EmuArray.__module__ = "cupy_emulated"
 
 
-def _dev(a):
-    return a.view(EmuArray) if isinstance(a, np.ndarray) else np.asarray(a).view(EmuArray)
+_PAGE = mmap.PAGESIZE
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _device_empty(shape, dtype) -> EmuArray:
+    """Device memory as the emulator hands it out: each array in pages of its own, 16-byte aligned,
+    ending at most 15 bytes before an inaccessible page. A kernel that reads or writes far past the
+    end crashes (and the emulator's SIGSEGV handler names it); the bytes in between hold 0xFF and are
+    checked after every launch the array is passed to."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    nbytes = count * dtype.itemsize
+    pages = max(1, -(-nbytes // _PAGE))
+    m = mmap.mmap(-1, (pages + 1) * _PAGE)
+    m.write(b"\xff" * (pages * _PAGE))
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    if _libc.mprotect(base + pages * _PAGE, _PAGE, 0) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect of the guard page failed")
+    start = (pages * _PAGE - nbytes) // 16 * 16
+    a = np.frombuffer(m, dtype=dtype, count=count, offset=start).reshape(shape).view(EmuArray)
+    a._guard = (base + start + nbytes, pages * _PAGE - start - nbytes)  # (address, bytes) of the slack
+    return a
+
+
+def _slack_intact(a) -> bool:
+    """Whether the poison after the allocation `a` belongs to is untouched (True if not one of ours)."""
+    while a is not None and not hasattr(a, "_guard"):
+        a = a.base if isinstance(a, np.ndarray) else None
+    if a is None:
+        return True
+    addr, n = a._guard
+    return ctypes.string_at(addr, n) == b"\xff" * n
+
+
+def _dev(a) -> EmuArray:
+    """a copied to the device (a fresh guarded allocation)."""
+    a = np.asarray(a)
+    d = _device_empty(a.shape, a.dtype)
+    d[...] = a
+    return d
 
 
 class _EmuCupy(types.ModuleType):
@@ -175,7 +218,7 @@ class _EmuCupy(types.ModuleType):
 
     @staticmethod
     def asarray(a, dtype=None):
-        return _dev(np.array(a, dtype=dtype, copy=True))
+        return _dev(np.asarray(a, dtype=dtype))
 
     @staticmethod
     def asnumpy(a):
@@ -183,7 +226,9 @@ class _EmuCupy(types.ModuleType):
 
     @staticmethod
     def empty(shape, dtype=float):
-        return _dev(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else 0xAB, dtype=dtype))  # poisoned
+        a = _device_empty(shape, dtype)  # poisoned: NaN, or 0xAB bytes for integers
+        a.fill(np.nan if np.dtype(dtype).kind == "f" else 0xAB)
+        return a
 
     @staticmethod
     def empty_like(a, dtype=None):
@@ -199,6 +244,8 @@ class _EmuCupy(types.ModuleType):
 
     @staticmethod
     def ascontiguousarray(a, dtype=None):
+        if isinstance(a, EmuArray) and a.flags.c_contiguous and (dtype is None or a.dtype == dtype):
+            return a  # as CuPy: no copy
         return _dev(np.ascontiguousarray(a, dtype=dtype))
 
     cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),

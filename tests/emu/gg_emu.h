@@ -23,8 +23,10 @@
 // barrier makes results depend on it. Arithmetic is IEEE float on the CPU: MMAs sum in double and
 // round once, so the hardware's truncating accumulation is not modelled (tests/test_linmma_model.py
 // does that); only the logic, indexing and synchronisation of the kernels are under test here.
-// Not caught: out-of-bounds global memory accesses (a crash at best: the SIGSEGV handler names the
-// kernel), plain shared-memory loads and stores within the arena but outside any variable, data
+// Global memory (tests/emu/emulator.py): each array ends at most 15 bytes before an inaccessible
+// page; those bytes are poison, checked after each launch, and an access further out is a SIGSEGV
+// whose handler names the kernel. Not caught: accesses before an array's start or inside another
+// array, plain shared-memory loads and stores within the arena but outside any variable, data
 // passed between lanes of a warp through shared memory without __syncwarp (fibers switch only at
 // barriers and collectives, so every collective acts as a warp-wide fence here), prmt's
 // sign-replicating selectors. "Bit for bit in every order" holds within the emulator (no FMA

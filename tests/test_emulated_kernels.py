@@ -31,6 +31,7 @@ pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (n
 from emu import emulator as E  # noqa: E402
 from emu.build import cache_dir as build_cache  # noqa: E402
 from gpugrad.backends import cupy_backend as cb  # noqa: E402
+from kernel_checks import db_scale, f32, rel  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -44,23 +45,6 @@ def be(monkeypatch):
     E.use(None)
     E.configure("forward", 1, True)
     return E.emulated_backend(monkeypatch)
-
-
-def _rel(got, ref, scale=0.0):
-    """||got - ref|| / max(||ref||, scale): the relative error, or the error against `scale` where
-    the reference is smaller (cancelled sums)."""
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert np.isfinite(got).all(), "an output entry was left unwritten (NaN poison) or is not finite"
-    return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), scale, 1e-300)
-
-
-def _db_scale(X, y, W, b, loss, mean=None, std=None):
-    """The size db's float32 rounding is measured against: the norm of the per-class sums of |dL/dS|.
-    db = sum_r dL/dS_r cancels to exactly 0 for some labels (2-class hinge rows that balance), where
-    the float64 reference is rounding noise and a relative error means nothing."""
-    Xn = X if mean is None else (X - mean) / std
-    dS = (NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad)(Xn @ W.T + b, y)[1]
-    return np.linalg.norm(np.abs(dS).sum(axis=0))
 
 
 def _row_loss(be, loss, S, y, out):
@@ -77,13 +61,15 @@ def _row_loss(be, loss, S, y, out):
 def test_row_loss_kernels(be, C, n, dtype, loss, rng):
     if n * C > 200_000:
         n = 2
-    S = rng.standard_normal((n, C)) * 3
+    # The reference sees the scores the kernel sees: a hinge margin within float32 rounding of 0
+    # would otherwise flip (about 3e-5 of dS for one flip among 24k classes).
+    S = (rng.standard_normal((n, C)) * 3).astype(dtype).astype(np.float64)
     y = rng.integers(0, C, n)
     ref_loss, ref_dS = (NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad)(S, y)
     out = E.emucupy.full((n, C), np.nan, dtype)
     got_loss, got_dS = _row_loss(be, loss, dev(S.astype(dtype)), dev(y), out)
     assert got_dS is out and got_loss.shape == ()
-    assert _rel(got_dS, ref_dS) <= TOL[dtype]
+    assert rel(got_dS, ref_dS) <= TOL[dtype]
     assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * max(abs(ref_loss), 1e-30)
 
 
@@ -110,7 +96,7 @@ def test_long_rows_every_kernel(be, variant, C, dtype, monkeypatch, rng):
         got_loss, got_dS = be.softmax_cross_entropy_grad(S_dev, dev(y), out=out)
         if variant == "prefetch" and C == 16384:  # 16-byte pieces where aligned, else the streamed kernel
             assert be.launches[0].split("_")[3][0] == ("p" if offset == 0 else "s"), be.launches
-        assert _rel(got_dS, ref_dS) <= TOL[dtype]
+        assert rel(got_dS, ref_dS) <= TOL[dtype]
         assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * abs(ref_loss)
 
 
@@ -142,7 +128,7 @@ def test_rows_past_the_cards_shared_memory_take_a_block_per_row(monkeypatch, rng
         be.launches.clear()
         loss, dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
         assert be.launches[0] == "gg_ce_f32_b_k32"
-        assert _rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
+        assert rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
 
 
 @pytest.mark.parametrize("C,long_rows", [(10, None), (3000, None), (20000, "stream"), (20000, "prefetch"),
@@ -161,26 +147,20 @@ def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, long_ro
 
 
 # ---- the fused linear step: both kernels ("simt", "mma"), both X types ---------------------------------
-def _f32(a):
-    """a as the float32 kernels get it, back in float64: the reference then solves the same problem
-    (a handful of rows whose gradients cancel can amplify input rounding far past 1e-5)."""
-    return np.asarray(a, np.float32).astype(np.float64)
-
-
 def _linear_inputs(rng, xtype, n, d, C, wscale=0.05, mean=None):
     """(float64 reference inputs, the kernels' inputs): X, y, W, b, x_mean, x_std."""
-    W = _f32(rng.standard_normal((C, d)) * wscale)
-    b = _f32(rng.standard_normal(C) * 0.1)
+    W = f32(rng.standard_normal((C, d)) * wscale)
+    b = f32(rng.standard_normal(C) * 0.1)
     y = rng.integers(0, C, n)
     if xtype == "f32":
-        X = _f32(rng.standard_normal((n, d)))
+        X = f32(rng.standard_normal((n, d)))
         return (X, y, W, b, None, None), (dev(X.astype(np.float32)), dev(y), dev(W.astype(np.float32)),
                                           dev(b.astype(np.float32)), None, None)
     X = rng.integers(0, 256, (n, d), dtype=np.uint8)
     # Means a few units off the column means: much closer, and for a few rows whose gradients are
     # alike dW ~ sum_r (x_r - m) cancels beyond what float32 inputs resolve.
-    mean = _f32(X.mean(0) + rng.standard_normal(d) * 3 if mean is None else mean)
-    std = _f32(X.std(0) + 1)
+    mean = f32(X.mean(0) + rng.standard_normal(d) * 3 if mean is None else mean)
+    std = f32(X.std(0) + 1)
     return (X, y, W, b, mean, std), (dev(X), dev(y), dev(W.astype(np.float32)), dev(b.astype(np.float32)),
                                      dev(mean.astype(np.float32)), dev(std.astype(np.float32)))
 
@@ -189,8 +169,8 @@ def _check_linear(be, ref_args, args, loss, lam=0.01):
     X, y, W, b, mean, std = ref_args
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean, std)
     J, dW, db = be.linear_grad(*args[:4], lam, loss, *args[4:])
-    assert _rel(dW, dW_ref) <= 1e-5
-    assert _rel(db, db_ref, _db_scale(X, y, W, b, loss, mean, std)) <= 1e-5
+    assert rel(dW, dW_ref) <= 1e-5
+    assert rel(db, db_ref, db_scale(X, y, W, b, loss, mean, std)) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
     return J, dW, db
 
@@ -285,7 +265,7 @@ def test_strided_labels_reach_the_kernels_contiguous(be, rng):
     y_all = rng.integers(0, 7, 100)
     ref = NP.softmax_cross_entropy_grad(S, y_all[::2])
     loss, dS = be.softmax_cross_entropy_grad(dev(S), dev(y_all)[::2])
-    assert _rel(dS, ref[1]) <= 1e-12 and abs(float(loss) - ref[0]) <= 1e-12 * ref[0]
+    assert rel(dS, ref[1]) <= 1e-12 and abs(float(loss) - ref[0]) <= 1e-12 * ref[0]
     f = be.kernel("gg_first_invalid")
     args = list(_dummy_args(f))
     args[0] = dev(y_all)[::2]
@@ -358,7 +338,7 @@ def _planted_bug_run(kernel, monkeypatch, rng):
 
         def run(be):
             loss, dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
-            assert _rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
+            assert rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
         return run
     monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": "mma", "u8": "mma"})
     n = 700 if kernel == "u8" else 300  # 3 or 4 tiles per cluster: each stage is refilled while in use

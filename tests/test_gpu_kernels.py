@@ -7,33 +7,11 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
+from kernel_checks import db_scale, f32, rel
 
 pytestmark = pytest.mark.gpu
 
 NP = gg.get_backend("numpy")
-
-
-def _rel(got, ref, scale=0.0):
-    """||got - ref|| / max(||ref||, scale): the relative error, or the error against `scale` where
-    the reference is smaller (cancelled sums)."""
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    assert np.isfinite(got).all(), "an output entry was left unwritten (NaN poison) or is not finite"
-    return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), scale, 1e-300)
-
-
-def _db_scale(X, y, W, b, loss, mean=None, std=None):
-    """The size db's float32 rounding is measured against: the norm of the per-class sums of |dL/dS|.
-    db = sum_r dL/dS_r cancels to exactly 0 for some labels (2-class hinge rows that balance), where
-    the float64 reference is rounding noise and a relative error means nothing."""
-    Xn = X if mean is None else (X - mean) / std
-    dS = (NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad)(Xn @ W.T + b, y)[1]
-    return np.linalg.norm(np.abs(dS).sum(axis=0))
-
-
-def _f32(a):
-    """a as the float32 kernels get it, back in float64: the reference then solves the same problem
-    (a handful of rows whose gradients cancel can amplify input rounding far past 1e-5)."""
-    return np.asarray(a, np.float32).astype(np.float64)
 
 
 def _poisoned(cupy, shape, dtype):
@@ -52,7 +30,9 @@ def test_row_loss_kernels_match_numpy(n, C, dtype, loss, rng):
     if n * C > 2**28:
         pytest.skip("reference too large for a unit test (benchmarks/gpu_check.py covers it)")
     be = gg.get_backend("cupy")
-    S64 = rng.standard_normal((n, C)) * 3
+    # The reference sees the scores the kernel sees: a hinge margin within float32 rounding of 0
+    # would otherwise flip (about 3e-5 of dS for one flip among 24k classes).
+    S64 = (rng.standard_normal((n, C)) * 3).astype(dtype).astype(np.float64)
     y = rng.integers(0, C, n)
     ref = NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad
     fn = be.softmax_cross_entropy_grad if loss == "softmax" else be.svm_grad
@@ -61,7 +41,7 @@ def test_row_loss_kernels_match_numpy(n, C, dtype, loss, rng):
     out = _poisoned(cupy, (n, C), dtype)
     got_loss, got_dS = fn(cupy.asarray(S64.astype(dtype)), cupy.asarray(y), out=out)
     assert got_dS is out
-    assert _rel(got_dS.get(), ref_dS) <= TOL[dtype]
+    assert rel(got_dS.get(), ref_dS) <= TOL[dtype]
     assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * max(abs(ref_loss), 1e-30)
     assert got_loss.shape == () and isinstance(got_loss, cupy.ndarray)
 
@@ -108,9 +88,9 @@ def _poison_pool(cupy, nbytes=1 << 28):
 def test_linear_grad_fused_matches_numpy(n, d, C, loss, linear_variant, rng):
     import cupy
     be = gg.get_backend("cupy")
-    X = _f32(rng.standard_normal((n, d)))
-    W = _f32(rng.standard_normal((C, d)) * 0.05)
-    b = _f32(rng.standard_normal(C) * 0.1)
+    X = f32(rng.standard_normal((n, d)))
+    W = f32(rng.standard_normal((C, d)) * 0.05)
+    b = f32(rng.standard_normal(C) * 0.1)
     y = rng.integers(0, C, n)
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, loss)
     args = [cupy.asarray(X.astype(np.float32)), cupy.asarray(y), cupy.asarray(W.astype(np.float32)),
@@ -119,8 +99,8 @@ def test_linear_grad_fused_matches_numpy(n, d, C, loss, linear_variant, rng):
         assert (be.linmma_plan(args[0], args[2], None) is not None) == (C <= 16 and d <= 3072)
     _poison_pool(cupy)
     J, dW, db = gg.linear_grad(*args, lam=0.01, loss=loss)
-    assert _rel(dW.get(), dW_ref) <= 1e-5
-    assert _rel(db.get(), db_ref, _db_scale(X, y, W, b, loss)) <= 1e-5
+    assert rel(dW.get(), dW_ref) <= 1e-5
+    assert rel(db.get(), db_ref, db_scale(X, y, W, b, loss)) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
 
 
@@ -133,9 +113,9 @@ def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_va
     X = rng.integers(0, 256, (n, d), dtype=np.uint8)
     # Means a few units off the column means: much closer, and for a few rows whose gradients are
     # alike dW ~ sum_r (x_r - m) cancels beyond what float32 inputs resolve.
-    mean, std = _f32(X.mean(0) + rng.standard_normal(d) * 3), _f32(X.std(0) + 1)
-    W = _f32(rng.standard_normal((C, d)) * 0.01)
-    b = _f32(rng.standard_normal(C) * 0.1)
+    mean, std = f32(X.mean(0) + rng.standard_normal(d) * 3), f32(X.std(0) + 1)
+    W = f32(rng.standard_normal((C, d)) * 0.01)
+    b = f32(rng.standard_normal(C) * 0.1)
     y = rng.integers(0, C, n)
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.1, loss, mean, std)
     args = [cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)), cupy.asarray(b.astype(np.float32))]
@@ -144,8 +124,8 @@ def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_va
         assert be.linmma_plan(args[0], args[2], m32) is not None
     _poison_pool(cupy)
     J, dW, db = gg.linear_grad(*args, lam=0.1, loss=loss, x_mean=m32, x_std=s32)
-    assert _rel(dW.get(), dW_ref) <= 1e-5
-    assert _rel(db.get(), db_ref, _db_scale(X, y, W, b, loss, mean, std)) <= 1e-5
+    assert rel(dW.get(), dW_ref) <= 1e-5
+    assert rel(db.get(), db_ref, db_scale(X, y, W, b, loss, mean, std)) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
 
 
@@ -160,12 +140,12 @@ def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):
         pytest.skip("the tensor-core kernel needs sm_90 (clusters)")
     n, d, C = 1000, 3072, 10
     X = rng.integers(0, 256, (n, d), dtype=np.uint8)
-    mean = _f32(rng.uniform(-400, 700, d))
-    std = _f32(rng.uniform(0.5, 90, d))
+    mean = f32(rng.uniform(-400, 700, d))
+    std = f32(rng.uniform(0.5, 90, d))
     y = rng.integers(0, C, n)
     for wscale in (1e-2, 1e-30):
-        W = _f32(rng.standard_normal((C, d)) * wscale)
-        b = _f32(rng.standard_normal(C) * 0.1)
+        W = f32(rng.standard_normal((C, d)) * wscale)
+        b = f32(rng.standard_normal(C) * 0.1)
         J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, "softmax", mean, std)
         old = cb.LINEAR_VARIANT["u8"]
         cb.LINEAR_VARIANT["u8"] = "mma"
@@ -176,8 +156,8 @@ def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):
                                        x_std=cupy.asarray(std.astype(np.float32)))
         finally:
             cb.LINEAR_VARIANT["u8"] = old
-        assert _rel(dW.get(), dW_ref) <= 1e-5, wscale
-        assert _rel(db.get(), db_ref, _db_scale(X, y, W, b, "softmax", mean, std)) <= 1e-5, wscale
+        assert rel(dW.get(), dW_ref) <= 1e-5, wscale
+        assert rel(db.get(), db_ref, db_scale(X, y, W, b, "softmax", mean, std)) <= 1e-5, wscale
         assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref), wscale
 
 
@@ -227,7 +207,7 @@ def test_long_row_kernels_match_numpy(variant, C, dtype, monkeypatch, rng):
     _poison_pool(cupy)
     out = _poisoned(cupy, (n, C), dtype)
     got_loss, got_dS = be.softmax_cross_entropy_grad(cupy.asarray(S64.astype(dtype)), cupy.asarray(y), out=out)
-    assert _rel(got_dS.get(), ref_dS) <= TOL[dtype]
+    assert rel(got_dS.get(), ref_dS) <= TOL[dtype]
     assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * abs(ref_loss)
 
 

@@ -302,11 +302,7 @@ __device__ __forceinline__ void gg_linmma_u8(
     gg_copy_rows_async(Rs, 0, roff + k0, 0, 1, dsl);
     gg_cp_async_commit();
 
-    float dacc[3][NT][4];
-#pragma unroll
-    for (int i = 0; i < 3; ++i)
-#pragma unroll
-        for (int j = 0; j < 4 * NT; ++j) dacc[i][j >> 2][j & 3] = 0.f;
+    float dacc[3][NT][4] = {};
     float db_acc = 0.f;
     double loss_acc = 0.0;
 
@@ -319,9 +315,7 @@ __device__ __forceinline__ void gg_linmma_u8(
         // Forward: warp (row block mt, column quarter kq) forms S_part = X~ W'^T over its columns.
         {
             const int mt = warp & 3, kq = warp >> 2, q4 = (nkb + 3) >> 2;
-            float acc[NT][2][4];  // one per half: twice the independent MMA chains
-#pragma unroll
-            for (int j = 0; j < 8 * NT; ++j) acc[j >> 3][(j >> 2) & 1][j & 3] = 0.f;
+            float acc[NT][2][4] = {};  // one per half: twice the independent MMA chains
             const unsigned char* xa = xs + (16 * mt + grp) * L.xstride + 4 * tig;
             const unsigned short* wb = Ws + grp * L.wstride + 4 * tig;
             const int kb_end = min(nkb, (kq + 1) * q4);
@@ -380,9 +374,7 @@ __device__ __forceinline__ void gg_linmma_u8(
             const int ct = warp + 16 * i;
             if (ct >= nkb) continue;
             const uint2 off = *reinterpret_cast<const uint2*>(Rs + 16 * ct + 4 * tig);
-            float tsum[NT][4];
-#pragma unroll
-            for (int j = 0; j < 4 * NT; ++j) tsum[j >> 2][j & 3] = 0.f;
+            float tsum[NT][4] = {};
 #pragma unroll
             for (int kr = 0; kr < R / 16; ++kr) {
                 unsigned a[4], at[4];
@@ -451,11 +443,7 @@ __device__ __forceinline__ void gg_linmma_f32(
 
     // Backward split: warp pair p = warp / 2 owns column blocks 3p .. 3p + 2 (16 columns each), the
     // pair's two warps take the tile's row halves; the pair's sums meet at the end.
-    float dacc[3][NT][4];
-#pragma unroll
-    for (int i = 0; i < 3; ++i)
-#pragma unroll
-        for (int j = 0; j < 4 * NT; ++j) dacc[i][j >> 2][j & 3] = 0.f;
+    float dacc[3][NT][4] = {};
     float db_acc = 0.f;
     double loss_acc = 0.0;
 
@@ -467,9 +455,7 @@ __device__ __forceinline__ void gg_linmma_f32(
         // Forward: warp (row block mt = warp % 2, column eighth ke = warp / 2), 8-column k-blocks.
         {
             const int mt = warp & 1, ke = warp >> 1, q8 = (nkb + 7) >> 3;
-            float acc[NT][4];
-#pragma unroll
-            for (int j = 0; j < 4 * NT; ++j) acc[j >> 2][j & 3] = 0.f;
+            float acc[NT][4] = {};
             const float* xa = xs + (16 * mt + grp) * L.xstride + 2 * tig;
             const float* wb = Ws + grp * L.wstride + 2 * tig;
             const int kb_end = min(nkb, (ke + 1) * q8);
@@ -517,9 +503,7 @@ __device__ __forceinline__ void gg_linmma_f32(
         for (int i = 0; i < 3; ++i) {
             const int ct = 3 * (warp >> 1) + i;
             if (ct >= nct) continue;
-            float tsum[NT][4];
-#pragma unroll
-            for (int j = 0; j < 4 * NT; ++j) tsum[j >> 2][j & 3] = 0.f;
+            float tsum[NT][4] = {};
 #pragma unroll
             for (int ks = 0; ks < R / 16; ++ks) {
                 const int r8 = 8 * ((R / 16) * (warp & 1) + ks);  // first row of this 8-row k-step

@@ -21,12 +21,10 @@ __device__ __forceinline__ void gg_check_array(const void* a, int kind, gg_i64 l
 }
 
 // kind_k: 0 = slot unused, 1 = float32, 2 = float64.
-extern "C" __global__ void gg_first_invalid(const void* y, int y64, gg_i64 ny, gg_i64 C,
-                                            const void* a0, int kind0, gg_i64 len0,
-                                            const void* a1, int kind1, gg_i64 len1,
-                                            const void* a2, int kind2, gg_i64 len2,
-                                            const void* a3, int kind3, gg_i64 len3,
-                                            gg_i64 total, gg_u64* out) {
+GG_KERNEL(gg_first_invalid, __launch_bounds__(256))(
+    const void* y, int y64, gg_i64 ny, gg_i64 C, const void* a0, int kind0, gg_i64 len0,
+    const void* a1, int kind1, gg_i64 len1, const void* a2, int kind2, gg_i64 len2,
+    const void* a3, int kind3, gg_i64 len3, gg_i64 total, gg_u64* out) {
     const gg_i64 stride = (gg_i64)gridDim.x * blockDim.x;
     for (gg_i64 i = (gg_i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         if (i < ny) {

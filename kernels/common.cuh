@@ -12,6 +12,28 @@
 
 #define GG_FULL_MASK 0xffffffffu
 
+// GG_KERNEL(name, attributes...) opens the definition of the kernel `name`, as
+//   extern "C" __global__ void attributes name
+// extern "C": plain names in the fatbin and for cupy.RawModule, and CuPy's disk cache applies.
+// One kernel at a time: compiled with -DGG_ONLY -DGG_WANT_<name>=1 (the loader's NVRTC path), every
+// other kernel becomes `template <int> __global__ void ...`, parsed but never instantiated, so it
+// costs no code generation: a first call on a new machine compiles the kernel it launches (0.1 to
+// 0.5 s) instead of all of them (20 s). GG_WANTED(name) is 1 or 0 by the usual probe: only a
+// defined GG_WANT_<name> turns GG_PROBE_<...> into the two tokens "~, 1".
+#define GG_CAT_(a, b) a##b
+#define GG_CAT(a, b) GG_CAT_(a, b)
+#ifdef GG_ONLY
+#define GG_SECOND_(a, b, ...) b
+#define GG_SECOND(...) GG_SECOND_(__VA_ARGS__)
+#define GG_PROBE_1 ~, 1
+#define GG_WANTED(name) GG_SECOND(GG_CAT(GG_PROBE_, GG_CAT(GG_WANT_, name)), 0, ~)
+#define GG_LINKAGE_1 extern "C"
+#define GG_LINKAGE_0 template <int>
+#define GG_KERNEL(name, ...) GG_CAT(GG_LINKAGE_, GG_WANTED(name)) __global__ void __VA_ARGS__ name
+#else
+#define GG_KERNEL(name, ...) extern "C" __global__ void __VA_ARGS__ name
+#endif
+
 typedef long long gg_i64;
 typedef unsigned long long gg_u64;
 

@@ -47,7 +47,7 @@ __device__ __forceinline__ void gg_split_tf32(float v, unsigned& hi, unsigned& l
 // into Wh[0] (hi) and Wh[1] (lo), each [8 nt][dtot] with zeros for k >= d; sinv[c] = 2^-e_c;
 // bprime[c] = b[c] - sum_k (m_k - r_k) W[c][k] inv_std[k]; wsq[c] = sum_k W[c][k]^2.
 // Block 0 also writes roff[k] = f16(1024 + r_k).
-extern "C" __global__ void __launch_bounds__(256) gg_linmma_prep(
+GG_KERNEL(gg_linmma_prep, __launch_bounds__(256))(
     const float* __restrict__ W, const float* __restrict__ b, const float* __restrict__ x_mean,
     const float* __restrict__ x_inv_std, int C, int d, int dtot, unsigned short* __restrict__ Wh,
     unsigned short* __restrict__ roff, float* __restrict__ bprime, float* __restrict__ sinv,
@@ -92,9 +92,8 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_prep(
 // W as two tf32 halves for gg_linmma_f32_nt*, one block of 256 threads per class row c < 8 nt:
 // Wt[0][c][k] = tf32(W), Wt[1][c][k] = tf32(W - hi), zeros for c >= C or k >= d (each [8 nt][dtot]);
 // wsq[c] = sum_k W[c][k]^2.
-extern "C" __global__ void __launch_bounds__(256) gg_linmma_prep_f32(const float* __restrict__ W, int C, int d,
-                                                                     int dtot, float* __restrict__ Wt,
-                                                                     double* __restrict__ wsq) {
+GG_KERNEL(gg_linmma_prep_f32, __launch_bounds__(256))(
+    const float* __restrict__ W, int C, int d, int dtot, float* __restrict__ Wt, double* __restrict__ wsq) {
     __shared__ double scratch[32];
     const int c = blockIdx.x, rows = gridDim.x;
     double sq = 0.0;
@@ -113,7 +112,7 @@ extern "C" __global__ void __launch_bounds__(256) gg_linmma_prep_f32(const float
 // dW[c][k] = inv_std_k / n (sum_p dW_raw[p][c][k] - (m_k - r_k) db_raw[c]) + 2 lam W[c][k]
 // (x_mean null, float32 X: inv_std_k = 1 and no offset term), db[c] = db_raw[c] / n,
 // J = sum_p loss[p] / n + lam sum_c wsq[c]; partials added in index order.
-extern "C" __global__ void __launch_bounds__(256) gg_linmma_finish(
+GG_KERNEL(gg_linmma_finish, __launch_bounds__(256))(
     const float* __restrict__ dW_part, const float* __restrict__ db_part, const double* __restrict__ loss_part,
     const double* __restrict__ wsq, const float* __restrict__ W, const float* __restrict__ x_mean,
     const float* __restrict__ x_inv_std, int nparts, int C, int d, double lam, double inv_n,
@@ -573,7 +572,7 @@ __device__ __forceinline__ void gg_linmma_f32(
     float* __restrict__ dW_part, float* __restrict__ db_part, double* __restrict__ loss_part
 
 // Entry points gg_linmma_{u8,f32}_nt<NT>: C <= 8 NT classes (one or two 8-class MMA tiles).
-extern "C" __global__ void GG_LINMMA_ATTRS(GG_LINMMA_U8_CLUSTER) gg_linmma_u8_nt1(GG_LINMMA_U8_ARGS) { GG_LINMMA_U8_BODY(1) }
-extern "C" __global__ void GG_LINMMA_ATTRS(GG_LINMMA_U8_CLUSTER) gg_linmma_u8_nt2(GG_LINMMA_U8_ARGS) { GG_LINMMA_U8_BODY(2) }
-extern "C" __global__ void GG_LINMMA_ATTRS(GG_LINMMA_F32_CLUSTER) gg_linmma_f32_nt1(GG_LINMMA_F32_ARGS) { GG_LINMMA_F32_BODY(1) }
-extern "C" __global__ void GG_LINMMA_ATTRS(GG_LINMMA_F32_CLUSTER) gg_linmma_f32_nt2(GG_LINMMA_F32_ARGS) { GG_LINMMA_F32_BODY(2) }
+GG_KERNEL(gg_linmma_u8_nt1, GG_LINMMA_ATTRS(GG_LINMMA_U8_CLUSTER))(GG_LINMMA_U8_ARGS) { GG_LINMMA_U8_BODY(1) }
+GG_KERNEL(gg_linmma_u8_nt2, GG_LINMMA_ATTRS(GG_LINMMA_U8_CLUSTER))(GG_LINMMA_U8_ARGS) { GG_LINMMA_U8_BODY(2) }
+GG_KERNEL(gg_linmma_f32_nt1, GG_LINMMA_ATTRS(GG_LINMMA_F32_CLUSTER))(GG_LINMMA_F32_ARGS) { GG_LINMMA_F32_BODY(1) }
+GG_KERNEL(gg_linmma_f32_nt2, GG_LINMMA_ATTRS(GG_LINMMA_F32_CLUSTER))(GG_LINMMA_F32_ARGS) { GG_LINMMA_F32_BODY(2) }

@@ -273,7 +273,7 @@ __device__ __forceinline__ void gg_linear_step(
 
 // Adds the per-block partials in block order (deterministic) and the L2 term:
 // dW = sum_p dW_part[p] + 2 lam W; db = sum_p db_part[p]; J = sum_p loss_part[p] / n + lam ||W||^2.
-extern "C" __global__ void __launch_bounds__(256) gg_linear_finish(
+GG_KERNEL(gg_linear_finish, __launch_bounds__(256))(
     const float* __restrict__ dW_part, const float* __restrict__ db_part, const double* __restrict__ loss_part,
     const double* __restrict__ wsq, const float* __restrict__ W, int nparts, int C, int d, double lam,
     double inv_n, float* __restrict__ dW, float* __restrict__ db, float* __restrict__ J) {
@@ -305,7 +305,7 @@ extern "C" __global__ void __launch_bounds__(256) gg_linear_finish(
 
 // Entry points gg_linear_<x>_c<C>: x = f32 (float X) or u8 (uint8 X with mean / inv_std), C = 1..16.
 #define GG_LIN(TN, TX, C) \
-    extern "C" __global__ void __launch_bounds__(512, 1) gg_linear_##TN##_c##C(GG_LIN_ARGS(TX)) { \
+    GG_KERNEL(gg_linear_##TN##_c##C, __launch_bounds__(512, 1))(GG_LIN_ARGS(TX)) { \
         gg_linear_step<TX, C>(GG_LIN_PASS); }
 #define GG_LIN_ALL(TN, TX) \
     GG_LIN(TN, TX, 1) GG_LIN(TN, TX, 2) GG_LIN(TN, TX, 3) GG_LIN(TN, TX, 4) GG_LIN(TN, TX, 5) \

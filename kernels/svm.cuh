@@ -54,12 +54,12 @@ __device__ __forceinline__ void gg_svm_rows(const T* __restrict__ S, const void*
 
 // Entry points: gg_svm_<t>_w<G> (G lanes per row, 256-thread blocks), gg_svm_<t>_b (a block per row).
 #define GG_SVM_TEAM(TN, T, G) \
-    extern "C" __global__ void __launch_bounds__(256) gg_svm_##TN##_w##G(GG_SVM_ARGS(T)) { \
+    GG_KERNEL(gg_svm_##TN##_w##G, __launch_bounds__(256))(GG_SVM_ARGS(T)) { \
         gg_svm_rows<T, G>(GG_SVM_PASS); }
 #define GG_SVM_ALL(TN, T) \
     GG_SVM_TEAM(TN, T, 1) GG_SVM_TEAM(TN, T, 2) GG_SVM_TEAM(TN, T, 4) GG_SVM_TEAM(TN, T, 8) \
     GG_SVM_TEAM(TN, T, 16) GG_SVM_TEAM(TN, T, 32) \
-    extern "C" __global__ void __launch_bounds__(1024) gg_svm_##TN##_b(GG_SVM_ARGS(T)) { \
+    GG_KERNEL(gg_svm_##TN##_b, __launch_bounds__(1024))(GG_SVM_ARGS(T)) { \
         gg_svm_rows<T, 0>(GG_SVM_PASS); }
 
 GG_SVM_ALL(f32, float)

@@ -87,7 +87,7 @@ def backend_on(monkeypatch, cupy_module, make_kernel, card=H100):
         occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, threads, smem: 1))
     monkeypatch.setattr(cb, "LINEAR_VARIANT", dict(cb.LINEAR_VARIANT))
     be = object.__new__(cb.CupyBackend)
-    be._workspaces, be._funcs, be._clusters, be._row_launches = {}, {}, {}, {}
+    be._workspaces, be._clusters, be._row_launches = {}, {}, {}
     for k, v in card.items():
         setattr(be, k, v)
     be.launches = []

@@ -2,6 +2,7 @@
 
 NVRTC comes from the nvidia-cuda-nvrtc wheel (through CuPy's bindings), which needs no driver.
 """
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,6 +39,72 @@ def test_every_kernel_compiles_with_nvrtc_using_the_loader_options(arch):
     binary, log = kernels.compile_nvrtc(arch)
     assert len(binary) > 10_000
     assert "warning" not in log.lower(), log
+
+
+def _entry_code(ptx: bytes, name: str) -> list[str]:
+    """The instructions of entry `name` in PTX text, with what depends on the rest of the module
+    left out: branch-label numbers, and where a shared variable is declared (a kernel alone has
+    its template helpers' shared variables "demoted" into its own scope)."""
+    text = ptx.decode()
+    body = text[text.index(f".entry {name}("):]
+    body = body[:body.index("\n}\n")]
+    return [re.sub(r"\$L__BB\d+_", "$L__BB_", ln) for ln in body.splitlines()
+            if ln.strip() and not ln.strip().startswith(("//", ".shared"))]
+
+
+@needs_nvrtc
+def test_each_kernel_compiled_alone_is_the_same_code(ptx_entries):
+    """The loader's NVRTC path compiles one kernel at a time (-DGG_ONLY -DGG_WANT_<name>=1): that
+    must give exactly that entry point, with the same instructions as in the whole module (the
+    CMake fatbin's way)."""
+    whole, _ = kernels.compile_nvrtc("compute_90")
+    assert len(ptx_entries) > 80
+    for name in ptx_entries:
+        alone, log = kernels.compile_nvrtc("compute_90", only=name)
+        assert re.findall(r"\.entry\s+(\w+)\(", alone.decode()) == [name]
+        assert _entry_code(alone, name) == _entry_code(whole, name), name
+        assert "warning" not in log.lower(), log
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_a_kernel_alone_compiles_to_machine_code(arch):
+    binary, log = kernels.compile_nvrtc(arch, only="gg_linmma_u8_nt2")
+    assert binary[:4] == b"\x7fELF" and "warning" not in log.lower(), log
+
+
+def test_loader_compiles_each_kernel_alone_without_a_fatbin(monkeypatch):
+    """No fatbin: one NVRTC module per kernel, at its first use, with the kernel's own options;
+    with a fatbin: one module for all, no compile."""
+    modules = []
+
+    class RawModule:
+        def __init__(self, **kw):
+            modules.append(kw)
+
+        def get_function(self, name):
+            return ("function", name, len(modules))
+
+    monkeypatch.setattr(cupy, "RawModule", RawModule)
+    for var, val in (("_FUNCS", {}), ("_FATBIN_MODULE", None), ("_HOW", None)):
+        monkeypatch.setattr(kernels, var, val)
+    monkeypatch.setenv("GPUGRAD_NO_FATBIN", "1")
+    assert kernels.get_function("gg_ce_f32_w2_k8") == ("function", "gg_ce_f32_w2_k8", 1)
+    assert kernels.get_function("gg_ce_f32_w2_k8") == ("function", "gg_ce_f32_w2_k8", 1)  # cached
+    kernels.get_function("gg_first_invalid")
+    assert [m["options"] for m in modules] == [
+        ("--std=c++17", "-DGG_ONLY", "-DGG_WANT_gg_ce_f32_w2_k8=1"),
+        ("--std=c++17", "-DGG_ONLY", "-DGG_WANT_gg_first_invalid=1")]
+    assert all(m["code"] == kernels.kernel_source() and m["backend"] == "nvrtc" for m in modules)
+    assert kernels.how_loaded().startswith("nvrtc")
+
+    modules.clear()
+    for var, val in (("_FUNCS", {}), ("_FATBIN_MODULE", None), ("_HOW", None)):
+        monkeypatch.setattr(kernels, var, val)
+    monkeypatch.setattr(kernels, "fatbin_path", lambda: Path("/x/gpugrad_kernels.fatbin"))
+    kernels.get_function("gg_ce_f32_w2_k8"), kernels.get_function("gg_first_invalid")
+    assert modules == [{"path": "/x/gpugrad_kernels.fatbin"}]
+    assert kernels.how_loaded() == "fatbin /x/gpugrad_kernels.fatbin"
 
 
 @needs_nvrtc

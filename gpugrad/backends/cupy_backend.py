@@ -234,7 +234,6 @@ class CupyBackend(NumpyBackend):
 
     def __init__(self):
         self._workspaces = {}
-        self._funcs = {}
         self._clusters = {}
         self._row_launches = {}
         dev = cupy.cuda.Device()
@@ -246,11 +245,9 @@ class CupyBackend(NumpyBackend):
     def to_numpy(self, a):
         return cupy.asnumpy(a)
 
-    def kernel(self, name: str):
-        f = self._funcs.get(name)
-        if f is None:
-            f = self._funcs[name] = _k.load_module().get_function(name)
-        return f
+    @staticmethod
+    def kernel(name: str):
+        return _k.get_function(name)
 
     def workspace(self) -> _Workspace:
         key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr)

@@ -6,12 +6,14 @@ One translation unit, ``gpugrad_kernels.cu``, holds every kernel. Two ways to ge
    ``kernels/gpugrad_kernels.fatbin`` (sm_80 + sm_90 machine code, compute_90 PTX for newer
    cards) and stamps it with ``source_digest()`` in ``gpugrad_kernels.fatbin.sha256``. The
    loader uses that fatbin when the stamp matches the sources: no compilation at run time.
-2. Otherwise NVRTC compiles the same sources at first use, with ``NVRTC_OPTIONS`` (CuPy adds
-   ``-arch`` for the current device). Every kernel is ``extern "C"``, so CuPy's on-disk cache
-   applies (it does not for templated name_expressions: CuPy issues 9667 and 10173) and later
-   processes load the cached binary.
+2. Otherwise NVRTC compiles each kernel at its first use, alone (``nvrtc_options(name)``: every
+   other kernel stays an uninstantiated template, see ``GG_KERNEL`` in common.cuh), so the first
+   call on a new machine compiles the one or two kernels it launches (about a second), not all of
+   them (about 30 s). Every kernel is ``extern "C"``, so CuPy's on-disk cache applies (it does not
+   for templated name_expressions: CuPy issues 9667 and 10173) and later processes load the
+   cached binary.
 
-This module imports without CuPy; only ``load_module`` needs a GPU.
+This module imports without CuPy; only ``get_function`` needs a GPU.
 """
 from __future__ import annotations
 
@@ -78,38 +80,49 @@ def fatbin_path(d: Path | None = None) -> Path | None:
     return None
 
 
-_MODULE = None
+def nvrtc_options(name: str | None = None) -> tuple[str, ...]:
+    """NVRTC's options (CuPy adds ``-arch``) for every kernel at once, or for the one kernel `name`."""
+    return NVRTC_OPTIONS if name is None else NVRTC_OPTIONS + ("-DGG_ONLY", f"-DGG_WANT_{name}=1")
+
+
+_FUNCS: dict = {}   # kernel name -> cupy.RawKernel (it holds its module)
+_FATBIN_MODULE = None
 _HOW = None
 
 
-def load_module():
-    """The loaded cupy.RawModule (cached): from the fatbin when present, else through NVRTC."""
-    global _MODULE, _HOW
-    if _MODULE is None:
+def get_function(name: str):
+    """The kernel `name` as a cupy.RawKernel (cached): from the fatbin when present, else compiled
+    alone through NVRTC at its first use."""
+    global _FATBIN_MODULE, _HOW
+    f = _FUNCS.get(name)
+    if f is None:
         import cupy
-        fb = fatbin_path()
-        if fb is not None:
-            _MODULE, _HOW = cupy.RawModule(path=str(fb)), f"fatbin {fb}"
-        else:
-            _MODULE = cupy.RawModule(code=kernel_source(), options=NVRTC_OPTIONS, backend="nvrtc")
-            _HOW = "nvrtc (run-time compile, cached on disk by CuPy)"
-    return _MODULE
+        if _HOW is None:  # decided once per process: the sources do not change under it
+            fb = fatbin_path()
+            if fb is not None:
+                _FATBIN_MODULE = cupy.RawModule(path=str(fb))
+            _HOW = f"fatbin {fb}" if fb else "nvrtc, one kernel at a time (cached on disk by CuPy)"
+        module = _FATBIN_MODULE if _FATBIN_MODULE is not None else cupy.RawModule(
+            code=kernel_source(), options=nvrtc_options(name), backend="nvrtc")
+        f = _FUNCS[name] = module.get_function(name)
+    return f
 
 
 def how_loaded() -> str | None:
-    """'fatbin <path>' or 'nvrtc ...' once ``load_module`` has run, else None."""
+    """'fatbin <path>' or 'nvrtc ...' once ``get_function`` has run, else None."""
     return _HOW
 
 
-@functools.lru_cache(maxsize=8)
-def compile_nvrtc(arch: str = "sm_90", extra: tuple = ()) -> tuple[bytes, str]:
-    """Compile the kernels with NVRTC exactly as the loader does, plus ``-arch=<arch>``; needs no
-    GPU or driver (CI uses it). Returns (cubin or PTX bytes, compiler log); raises on error.
-    Cached per process (the sources do not change under a running process)."""
+@functools.lru_cache(maxsize=32)
+def compile_nvrtc(arch: str = "sm_90", extra: tuple = (), only: str | None = None) -> tuple[bytes, str]:
+    """Compile the kernels with NVRTC exactly as the loader does (every kernel, or only the kernel
+    `only`), plus ``-arch=<arch>``; needs no GPU or driver (CI uses it). Returns (cubin or PTX
+    bytes, compiler log); raises on error. Cached per process (the sources do not change under a
+    running process)."""
     from cupy.cuda import nvrtc
     prog = nvrtc.createProgram(kernel_source(), MAIN, [], [])
     try:
-        opts = list(NVRTC_OPTIONS) + [f"-arch={arch}"] + list(extra)
+        opts = list(nvrtc_options(only)) + [f"-arch={arch}"] + list(extra)
         try:
             nvrtc.compileProgram(prog, opts)
         except nvrtc.NVRTCError as e:

@@ -13,7 +13,7 @@
 # gpu_check.py runs the established kernels alone, then each new one in a separate process.
 #
 # Build the fatbin first (cmake -S . -B build && cmake --build build) and bring
-# kernels/gpugrad_kernels.fatbin{,.sha256} along, or the first call compiles with NVRTC (~20 s).
+# kernels/gpugrad_kernels.fatbin{,.sha256} along, or each kernel compiles with NVRTC at its first use.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}

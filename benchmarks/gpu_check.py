@@ -17,6 +17,8 @@ Prints a short table last; writes results.json and the full log under --out (def
 from __future__ import annotations
 
 import argparse
+import ctypes
+import itertools
 import json
 import os
 import subprocess
@@ -378,6 +380,95 @@ def bench_ce(bw, rng, quick, long_rows_only=False):
     add_timing(f"SVM fwd+grad S {n}x{C} f32", "gpugrad kernel", time_batches(be.svm_grad, sets), 2 * nbytes / bw * 1e6)
 
 
+def host_us(fn, calls=200, repeats=25, warm=3):
+    """Host microseconds per call of fn: `calls` calls enqueued back to back (far fewer than the
+    launch queue holds, so none waits for the device), timed with perf_counter; the device is
+    synchronised outside the timed part. Median over `repeats`."""
+    times = []
+    for r in range(warm + repeats):
+        cupy.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        dt = time.perf_counter() - t0
+        if r >= warm:
+            times.append(dt / calls * 1e6)
+    cupy.cuda.Device().synchronize()
+    return float(np.median(times))
+
+
+class _RowParams(ctypes.Structure):
+    """A row-loss kernel's parameters as cuLaunchKernel reads them (GG_CE_ARGS in softmax_ce.cuh)."""
+    _fields_ = [("S", ctypes.c_uint64), ("y", ctypes.c_uint64), ("y64", ctypes.c_int32), ("dS", ctypes.c_uint64),
+                ("n", ctypes.c_int64), ("C", ctypes.c_int32), ("partials", ctypes.c_uint64),
+                ("ticket", ctypes.c_uint64), ("loss", ctypes.c_uint64)]
+
+
+def host_breakdown(n=8192, C=10):
+    """Where the host time of a small-C softmax call goes (the 8192 x 10 target is a host-cost
+    target: the kernel takes ~4.6 us on the device, a call ~15 us): the whole call, then each
+    part alone, and the alternatives a faster call path could use (arguments converted once;
+    cuLaunchKernel straight from a ctypes parameter block; the loss as a 0-d view into a slab
+    allocated once). Each alternative's result is compared with the backend's."""
+    from cupy.cuda.function import CIntptr
+    from cupy_backends.cuda.api import driver
+    log(f"== host cost per call, softmax CE S {n}x{C} f32 (perf_counter, {200} calls enqueued)")
+    be = gg.get_backend("cupy")
+    rng = np.random.default_rng(7)
+    S = cupy.asarray(rand_scores(rng, n, C).astype(np.float32))
+    y = cupy.asarray(rng.integers(0, C, n))
+    out = cupy.empty((n, C), np.float32)
+    ref_loss, _ = be.softmax_cross_entropy_grad(S, y, out=out)
+    ref_loss, ref_dS = float(ref_loss), out.copy()
+    config = cb.ce_kernel_config(C, np.float32)
+    L = be._row_launch(config, n, C, 4)
+    ws = be.workspace()
+    partials, ticket = ws.partials_for(L.grid[0]), ws.ticket
+    loss = cupy.empty((), np.float32)
+    args = (S, y, np.int32(1), out, L.n, L.C, partials, ticket, loss)
+    pre = tuple(CIntptr(a.data.ptr) if isinstance(a, cupy.ndarray) else CIntptr(int(a)) for a in args)
+    params = _RowParams(S.data.ptr, y.data.ptr, 1, out.data.ptr, n, C, partials.data.ptr, ticket.data.ptr,
+                        loss.data.ptr)
+    argv = (ctypes.c_void_p * 9)(*[ctypes.addressof(params) + getattr(_RowParams, f).offset
+                                    for f, _ in _RowParams._fields_])
+    fptr, stream = L.f.kernel.ptr, cupy.cuda.get_current_stream().ptr
+    slab, slot = cupy.empty(256, np.float32), itertools.cycle(range(256))
+
+    def slab_view():
+        return cupy.ndarray((), np.float32, memptr=slab.data + 4 * next(slot))
+
+    parts = [
+        ("the whole backend call (out given)", lambda: be.softmax_cross_entropy_grad(S, y, out=out)),
+        ("the whole backend call (dS allocated)", lambda: be.softmax_cross_entropy_grad(S, y)),
+        ("the public API, validate=False", lambda: gg.softmax_cross_entropy_grad(S, y, validate=False)),
+        ("cupy.empty((), float32), freed", lambda: cupy.empty((), np.float32)),
+        ("0-d view into a slab, freed", slab_view),
+        ("be.workspace()", be.workspace),
+        ("RawKernel launch, the backend's args", lambda: L.f(L.grid, L.block, args, shared_mem=L.smem)),
+        ("RawKernel launch, args as CIntptr", lambda: L.f(L.grid, L.block, pre, shared_mem=L.smem)),
+        ("driver.launchKernel, ctypes block", lambda: driver.launchKernel(
+            fptr, L.grid[0], 1, 1, L.block[0], 1, 1, L.smem, stream, ctypes.addressof(argv), 0)),
+    ]
+    host = {}
+    for label, fn in parts:
+        try:
+            host[label] = host_us(fn)
+            log(f"  {label:<42} {host[label]:7.2f} us")
+        except Exception as e:  # an experiment failing must not cost the rest of the run
+            log(f"  {label:<42} failed: {type(e).__name__}: {e}")
+    for label, run in (("args as CIntptr", lambda: L.f(L.grid, L.block, pre, shared_mem=L.smem)),
+                       ("ctypes block", lambda: driver.launchKernel(fptr, L.grid[0], 1, 1, L.block[0], 1, 1,
+                                                                   L.smem, stream, ctypes.addressof(argv), 0))):
+        try:
+            out.fill(np.nan), loss.fill(np.nan)
+            run()
+            same = bool(cupy.array_equal(out, ref_dS)) and float(loss) == ref_loss
+            log(f"  launch with {label}: results {'identical to' if same else 'DIFFER from'} the backend's")
+        except Exception as e:
+            log(f"  launch with {label}: failed: {type(e).__name__}: {e}")
+    RESULTS["env"]["host_breakdown_us"] = host
+
+
 def plain_cupy_linear(X, y, W, b, lam):
     S = X @ W.T + b
     loss, G = plain_cupy_ce(S, y)
@@ -535,6 +626,8 @@ def main():
         log(f"  device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
         if args.only in (None, "long-rows"):
             bench_ce(bw, rng, args.quick, long_rows_only=args.only == "long-rows")
+        if everything:
+            host_breakdown()
         if args.only in (None, "linear"):
             bench_linear(bw, rng, args.quick, args.compile)
 

@@ -7,10 +7,11 @@
 #   bash benchmarks/device_check.sh            # full sizes
 #   bash benchmarks/device_check.sh --quick    # smaller timing sizes (extra flags go to gpu_check.py)
 #
-# The kernels not yet run on a GPU when this was written (the tensor-core linear steps, "mma", and
-# the prefetched long-row softmax, "prefetch") are tested in a process of their own first: a kernel
-# that traps kills its CUDA context, and with it every later result of that process. If they fail,
-# gpu_check.py runs the established kernels alone, then each new one in a separate process.
+# The kernels and call paths not yet run on a GPU when this was written (the tensor-core linear
+# steps, "mma"; the prefetched long-row softmax, "prefetch"; the row losses' cuLaunchKernel path,
+# "direct") are tested in a process of their own first: a kernel that traps kills its CUDA context,
+# and with it every later result of that process. If they fail, gpu_check.py runs the established
+# kernels alone, then each new one in a separate process.
 #
 # Build the fatbin first (cmake -S . -B build && cmake --build build) and bring
 # kernels/gpugrad_kernels.fatbin{,.sha256} along, or each kernel compiles with NVRTC at its first use.
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/device.txt"
-NEW="mma or tensor_core or prefetch"
+NEW="mma or tensor_core or prefetch or direct"
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py -k "not ($NEW)" 2>&1 |
     tee "$OUT/gpu_tests.log" | tail -15
 tests=${PIPESTATUS[0]}

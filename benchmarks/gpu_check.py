@@ -221,6 +221,7 @@ DEFAULT_LONG = cb.CE_LONG_ROWS["variant"]
 DEFAULT_LINEAR = dict(cb.LINEAR_VARIANT)
 LINEAR_VARIANTS = ("simt", "mma")  # the fused linear kernels (cupy_backend.LINEAR_VARIANT); --linear-variants
 LONG_ROW_VARIANTS = ("stream", "prefetch", "block")  # cupy_backend.CE_LONG_ROWS; --long-rows-variants
+ROW_CALLS = ("cupy", "direct")  # cupy_backend.ROW_CALL, the row losses' host path; --row-calls
 
 
 def check_validation():
@@ -363,6 +364,13 @@ def bench_ce(bw, rng, quick, long_rows_only=False):
             cb.CE_LONG_ROWS["variant"] = DEFAULT_LONG
         add_timing(wl, "gpugrad kernel", time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
         add_timing(wl, "gpugrad kernel (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets), floor)
+        if C <= 1024 and "direct" in ROW_CALLS:  # host-bound sizes: the call path matters
+            cb.ROW_CALL["path"] = "direct"
+            add_timing(wl, "gpugrad kernel, direct call",
+                       time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
+            add_timing(wl, "gpugrad kernel, direct (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets),
+                       floor)
+            cb.ROW_CALL["path"] = "cupy"
         if C <= 1024:
             tg = time_graph(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets[0])
             if tg:
@@ -397,22 +405,16 @@ def host_us(fn, calls=200, repeats=25, warm=3):
     return float(np.median(times))
 
 
-class _RowParams(ctypes.Structure):
-    """A row-loss kernel's parameters as cuLaunchKernel reads them (GG_CE_ARGS in softmax_ce.cuh)."""
-    _fields_ = [("S", ctypes.c_uint64), ("y", ctypes.c_uint64), ("y64", ctypes.c_int32), ("dS", ctypes.c_uint64),
-                ("n", ctypes.c_int64), ("C", ctypes.c_int32), ("partials", ctypes.c_uint64),
-                ("ticket", ctypes.c_uint64), ("loss", ctypes.c_uint64)]
-
-
 def host_breakdown(n=8192, C=10):
     """Where the host time of a small-C softmax call goes (the 8192 x 10 target is a host-cost
-    target: the kernel takes ~4.6 us on the device, a call ~15 us): the whole call, then each
-    part alone, and the alternatives a faster call path could use (arguments converted once;
-    cuLaunchKernel straight from a ctypes parameter block; the loss as a 0-d view into a slab
-    allocated once). Each alternative's result is compared with the backend's."""
+    target: the kernel takes ~4.6 us on the device, a call ~15 us): the whole call on each path
+    (cupy_backend.ROW_CALL), then each part alone, and the pieces of a faster path (arguments
+    converted once; cuLaunchKernel straight from a ctypes parameter block; the loss as a 0-d view
+    into a slab allocated once). Each launch that bypasses CuPy's argument conversion is checked
+    against the backend's result."""
     from cupy.cuda.function import CIntptr
     from cupy_backends.cuda.api import driver
-    log(f"== host cost per call, softmax CE S {n}x{C} f32 (perf_counter, {200} calls enqueued)")
+    log(f"== host cost per call, softmax CE S {n}x{C} f32 (perf_counter, 200 calls enqueued)")
     be = gg.get_backend("cupy")
     rng = np.random.default_rng(7)
     S = cupy.asarray(rand_scores(rng, n, C).astype(np.float32))
@@ -420,52 +422,68 @@ def host_breakdown(n=8192, C=10):
     out = cupy.empty((n, C), np.float32)
     ref_loss, _ = be.softmax_cross_entropy_grad(S, y, out=out)
     ref_loss, ref_dS = float(ref_loss), out.copy()
-    config = cb.ce_kernel_config(C, np.float32)
-    L = be._row_launch(config, n, C, 4)
     ws = be.workspace()
+    L = be._row_launch(cb.ce_kernel_config(C, np.float32), n, C, 4, ws.device)
     partials, ticket = ws.partials_for(L.grid[0]), ws.ticket
     loss = cupy.empty((), np.float32)
     args = (S, y, np.int32(1), out, L.n, L.C, partials, ticket, loss)
     pre = tuple(CIntptr(a.data.ptr) if isinstance(a, cupy.ndarray) else CIntptr(int(a)) for a in args)
-    params = _RowParams(S.data.ptr, y.data.ptr, 1, out.data.ptr, n, C, partials.data.ptr, ticket.data.ptr,
-                        loss.data.ptr)
-    argv = (ctypes.c_void_p * 9)(*[ctypes.addressof(params) + getattr(_RowParams, f).offset
-                                    for f, _ in _RowParams._fields_])
-    fptr, stream = L.f.kernel.ptr, cupy.cuda.get_current_stream().ptr
+    params = cb._RowParams(S.data.ptr, y.data.ptr, 1, out.data.ptr, n, C, partials.data.ptr, ticket.data.ptr,
+                           loss.data.ptr)
+    argv = (ctypes.c_void_p * 9)(*[ctypes.addressof(params) + getattr(cb._RowParams, f).offset
+                                    for f, _ in cb._RowParams._fields_])
     slab, slot = cupy.empty(256, np.float32), itertools.cycle(range(256))
 
     def slab_view():
         return cupy.ndarray((), np.float32, memptr=slab.data + 4 * next(slot))
 
-    parts = [
-        ("the whole backend call (out given)", lambda: be.softmax_cross_entropy_grad(S, y, out=out)),
-        ("the whole backend call (dS allocated)", lambda: be.softmax_cross_entropy_grad(S, y)),
-        ("the public API, validate=False", lambda: gg.softmax_cross_entropy_grad(S, y, validate=False)),
-        ("cupy.empty((), float32), freed", lambda: cupy.empty((), np.float32)),
-        ("0-d view into a slab, freed", slab_view),
-        ("be.workspace()", be.workspace),
-        ("RawKernel launch, the backend's args", lambda: L.f(L.grid, L.block, args, shared_mem=L.smem)),
-        ("RawKernel launch, args as CIntptr", lambda: L.f(L.grid, L.block, pre, shared_mem=L.smem)),
-        ("driver.launchKernel, ctypes block", lambda: driver.launchKernel(
-            fptr, L.grid[0], 1, 1, L.block[0], 1, 1, L.smem, stream, ctypes.addressof(argv), 0)),
-    ]
+    def launch_cupy():
+        L.f(L.grid, L.block, args, shared_mem=L.smem)
+        return loss
+
+    def launch_cintptr():
+        L.f(L.grid, L.block, pre, shared_mem=L.smem)
+        return loss
+
+    def launch_ctypes():
+        driver.launchKernel(L.fptr, L.grid[0], 1, 1, L.block[0], 1, 1, L.smem, ws.stream_ptr,
+                            ctypes.addressof(argv), 0)
+        return loss
+
+    def call_direct():
+        cb.ROW_CALL["path"] = "direct"
+        try:
+            return be.softmax_cross_entropy_grad(S, y, out=out)[0]
+        finally:
+            cb.ROW_CALL["path"] = "cupy"
+
+    # (label, function, whether it bypasses CuPy's argument conversion)
+    parts = [("the whole backend call (out given)", lambda: be.softmax_cross_entropy_grad(S, y, out=out), False),
+             ("the same, ROW_CALL direct", call_direct, True),
+             ("the whole backend call (dS allocated)", lambda: be.softmax_cross_entropy_grad(S, y), False),
+             ("the public API, validate=False", lambda: gg.softmax_cross_entropy_grad(S, y, validate=False), False),
+             ("cupy.empty((), float32), freed", lambda: cupy.empty((), np.float32), False),
+             ("0-d view into a slab, freed", slab_view, False),
+             ("be.workspace()", be.workspace, False),
+             ("RawKernel launch, the backend's args", launch_cupy, False),
+             ("RawKernel launch, args as CIntptr", launch_cintptr, True),
+             ("driver.launchKernel, ctypes block", launch_ctypes, True)]
+    parts = [p for p in parts if "direct" in ROW_CALLS or not p[2]]
+    for label, fn, bypasses in parts:  # first the results: an experiment must not time a wrong launch
+        if bypasses:
+            try:
+                out.fill(np.nan), loss.fill(np.nan)
+                same = float(fn()) == ref_loss and bool(cupy.array_equal(out, ref_dS))
+                log(f"  {label}: results {'identical to' if same else 'DIFFER from'} the backend's")
+            except Exception as e:  # an experiment failing must not cost the rest of the run
+                log(f"  {label}: failed: {type(e).__name__}: {e}")
     host = {}
-    for label, fn in parts:
+    for label, fn, _ in parts:
         try:
             host[label] = host_us(fn)
             log(f"  {label:<42} {host[label]:7.2f} us")
-        except Exception as e:  # an experiment failing must not cost the rest of the run
-            log(f"  {label:<42} failed: {type(e).__name__}: {e}")
-    for label, run in (("args as CIntptr", lambda: L.f(L.grid, L.block, pre, shared_mem=L.smem)),
-                       ("ctypes block", lambda: driver.launchKernel(fptr, L.grid[0], 1, 1, L.block[0], 1, 1,
-                                                                   L.smem, stream, ctypes.addressof(argv), 0))):
-        try:
-            out.fill(np.nan), loss.fill(np.nan)
-            run()
-            same = bool(cupy.array_equal(out, ref_dS)) and float(loss) == ref_loss
-            log(f"  launch with {label}: results {'identical to' if same else 'DIFFER from'} the backend's")
         except Exception as e:
-            log(f"  launch with {label}: failed: {type(e).__name__}: {e}")
+            log(f"  {label:<42} failed: {type(e).__name__}: {e}")
     RESULTS["env"]["host_breakdown_us"] = host
 
 
@@ -571,7 +589,7 @@ def first_call_times():
 
 
 def main():
-    global LINEAR_VARIANTS, LONG_ROW_VARIANTS
+    global LINEAR_VARIANTS, LONG_ROW_VARIANTS, ROW_CALLS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
@@ -582,12 +600,15 @@ def main():
     ap.add_argument("--long-rows-variants", default=",".join(LONG_ROW_VARIANTS),
                     help="kernels for long softmax rows to check and time (comma-separated: stream, "
                          "prefetch, block)")
+    ap.add_argument("--row-calls", default=",".join(ROW_CALLS),
+                    help="host paths of the row-loss calls to time (comma-separated: cupy, direct)")
     ap.add_argument("--only", choices=("linear", "long-rows"),
                     help="only the linear step, or only the long-row softmax (e.g. a new variant in a "
                          "process of its own, so that a crash cannot take the other results with it)")
     args = ap.parse_args()
     LINEAR_VARIANTS = tuple(v for v in args.linear_variants.split(",") if v)
     LONG_ROW_VARIANTS = tuple(v for v in args.long_rows_variants.split(",") if v)
+    ROW_CALLS = tuple(v for v in args.row_calls.split(",") if v)
     everything = args.only is None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -601,7 +622,7 @@ def main():
                cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), driver=cupy.cuda.runtime.driverGetVersion(),
                date=time.strftime("%Y-%m-%d"), backend=gg.why_backend())
     log("== environment:", json.dumps(env), "| linear variants:", ",".join(LINEAR_VARIANTS),
-        "| long-row variants:", ",".join(LONG_ROW_VARIANTS))
+        "| long-row variants:", ",".join(LONG_ROW_VARIANTS), "| row calls:", ",".join(ROW_CALLS))
     if everything:
         log("== first gradient call in a fresh process")
         env["first_call"] = first_call_times()
@@ -626,10 +647,10 @@ def main():
         log(f"  device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
         if args.only in (None, "long-rows"):
             bench_ce(bw, rng, args.quick, long_rows_only=args.only == "long-rows")
-        if everything:
-            host_breakdown()
         if args.only in (None, "linear"):
             bench_linear(bw, rng, args.quick, args.compile)
+        if everything:  # last: its experiments launch through the driver directly
+            host_breakdown()
 
     tag = {None: "", "linear": "_linear_" + "_".join(LINEAR_VARIANTS),
            "long-rows": "_long_rows_" + "_".join(LONG_ROW_VARIANTS)}[args.only]

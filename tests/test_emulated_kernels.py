@@ -73,6 +73,58 @@ def test_row_loss_kernels(be, C, n, dtype, loss, rng):
     assert abs(float(got_loss) - ref_loss) <= TOL[dtype] * max(abs(ref_loss), 1e-30)
 
 
+# The "direct" call path (cuLaunchKernel from a ctypes parameter block, the loss a view into a slab)
+# launches the same kernels with the same arguments as CuPy's RawKernel call: bit-identical results.
+@pytest.mark.parametrize("C,long_rows", [(1, None), (10, None), (1000, None), (1025, None), (20000, "stream"),
+                                         (20000, "prefetch"), (40000, None)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_direct_call_path_matches_cupys(be, C, long_rows, dtype, loss, monkeypatch, rng):
+    if long_rows:
+        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", long_rows)
+    n = 13 if C < 10_000 else 3
+    S, y = dev((rng.standard_normal((n, C)) * 3).astype(dtype)), dev(rng.integers(0, C, n).astype(np.int32))
+    want_loss, want_dS = _row_loss(be, loss, S, y, None)
+    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
+    got_loss, got_dS = _row_loss(be, loss, S, y, None)
+    assert got_loss.shape == () and got_loss.dtype == dtype and got_dS.dtype == dtype
+    assert float(got_loss) == float(want_loss) and np.array_equal(got_dS, want_dS)
+    assert be.launches[-1] == be.launches[-2]  # the same kernel
+
+
+def test_direct_call_path_losses_stay_valid_past_a_slab(be, monkeypatch, rng):
+    """Each loss is a slot of its own: 600 calls (three slabs) keep 600 right values."""
+    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
+    S = rng.standard_normal((600, 3, 4)).astype(np.float32)
+    y = dev(np.array([0, 3, 1]))
+    losses = [be.softmax_cross_entropy_grad(dev(s), y)[0] for s in S]
+    want = [NP.softmax_cross_entropy_grad(s.astype(np.float64), np.array([0, 3, 1]))[0] for s in S]
+    assert np.allclose([float(v) for v in losses], want, rtol=1e-6)
+    assert len({v.data.ptr for v in losses}) == 600
+
+
+def test_direct_call_path_checks_what_it_passes(be, monkeypatch, rng):
+    """The emulated cuLaunchKernel reads the parameter block as the driver does and checks the
+    device arrays it points to: a write past dS, and a pointee of the wrong dtype, are errors."""
+    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
+    S = dev(rng.standard_normal((3, 10)).astype(np.float32))
+    out = E.emucupy.empty((3, 10), np.float64)
+    monkeypatch.setattr(be, "_long_row_fallback", lambda config, S, out: config)
+    L = be._row_launch(cb.ce_kernel_config(10, np.float32), 3, 10, 4, 0)
+    with pytest.raises(TypeError, match="gg_ce_f32_w2_k8: argument 3 is EmuArray float64, the parameter is pf4"):
+        be._row_loss_direct(L, be.workspace(), S, dev([1, 2, 3]), 1, out)
+
+
+def test_direct_call_path_gives_each_thread_its_own_parameter_block(be, monkeypatch):
+    """A block is filled and launched within one call; two threads never fill the same one."""
+    import threading
+    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
+    blocks = []
+    thread = threading.Thread(target=lambda: blocks.append(cb._direct().argv_ptr))
+    thread.start(), thread.join()
+    assert blocks[0] != cb._direct().argv_ptr
+
+
 @pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
 @pytest.mark.parametrize("C", [8193, 9002, 16384, 20000, 32768])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -350,12 +402,14 @@ ONE_PAST = _replace("            if (idx < C) g[idx] = gg_ce_grad(idx == r.yv, v
                     "            if (idx <= C) g[idx] = gg_ce_grad(idx == r.yv, v[j], others, scale);")
 
 
-def test_a_write_just_past_an_array_is_caught(monkeypatch, rng):
+@pytest.mark.parametrize("path", ["cupy", "direct"])
+def test_a_write_just_past_an_array_is_caught(path, monkeypatch, rng):
     """The small-C softmax kernel writing one entry past each row: the last row's lands in the poison
-    after dS (3 x 10 floats end 8 bytes before the guard page)."""
+    after dS (3 x 10 floats end 8 bytes before the guard page), through either call path."""
     E.use(ONE_PAST)
     try:
         be = E.emulated_backend(monkeypatch)
+        cb.ROW_CALL["path"] = path  # backend_on made ROW_CALL a copy the monkeypatch restores
         with pytest.raises(E.EmulatorError, match="gg_ce_f32_w2_k8: a write past the end of argument 3"):
             be.softmax_cross_entropy_grad(dev(rng.standard_normal((3, 10)).astype(np.float32)), dev([1, 2, 3]))
     finally:

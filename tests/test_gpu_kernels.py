@@ -191,6 +191,29 @@ def test_the_tensor_core_kernels_are_deterministic(xtype, rng):
             assert np.array_equal(a, b_)
 
 
+@pytest.mark.parametrize("n,C", [(1, 1), (3, 10), (65537, 10), (8192, 1000), (300, 20000), (7, 40000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_direct_call_path_matches_cupys(n, C, dtype, loss, monkeypatch, rng):
+    """cupy_backend.ROW_CALL "direct" (cuLaunchKernel from a ctypes parameter block, the loss a
+    view into a slab) gives bit for bit what CuPy's RawKernel call gives; its losses stay valid
+    past a slab (256 calls); int32 and int64 labels."""
+    import cupy
+    from gpugrad.backends import cupy_backend as cb
+    be = gg.get_backend("cupy")
+    fn = be.softmax_cross_entropy_grad if loss == "softmax" else be.svm_grad
+    S = cupy.asarray((rng.standard_normal((n, C)) * 3).astype(dtype))
+    for y in (cupy.asarray(rng.integers(0, C, n)), cupy.asarray(rng.integers(0, C, n).astype(np.int32))):
+        want_loss, want_dS = fn(S, y)
+        monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
+        _poison_pool(cupy)
+        out = _poisoned(cupy, (n, C), dtype)
+        losses = [fn(S, y, out=out)[0] for _ in range(300 if n * C < 10**6 else 3)]
+        monkeypatch.setitem(cb.ROW_CALL, "path", "cupy")
+        assert cupy.array_equal(out, want_dS)
+        assert all(float(v) == float(want_loss) for v in losses) and len({v.data.ptr for v in losses}) == len(losses)
+
+
 @pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
 @pytest.mark.parametrize("C,dtype", [(8193, np.float32), (9000, np.float32), (32768, np.float32),
                                      (16384, np.float64), (12002, np.float64)])

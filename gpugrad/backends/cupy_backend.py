@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 from typing import NamedTuple
 
 import cupy
@@ -44,6 +45,13 @@ CE_LONG_ROWS = {"variant": "stream"}
 # layout and arithmetic checked on the CPU, not yet run on a GPU). benchmarks/gpu_check.py checks and
 # times both. "mma" falls back to "simt" where it does not apply.
 LINEAR_VARIANT = {"f32": "simt", "u8": "simt"}
+# The row-loss calls' host path. A small-C call is bound by host time, not device time (S 8192 x 10:
+# 4.6 us on an H100's device, ~15 us a call from Python). "cupy": RawKernel.__call__, which converts
+# every argument on every call, and a cupy.empty for the loss; "direct": cuLaunchKernel straight
+# from a per-thread ctypes block of the parameters, and the loss a 0-d view into a slab allocated
+# once per 256 calls. Checked in the CPU emulator, not yet timed on a GPU: benchmarks/gpu_check.py
+# times both, and each part of a call on its own.
+ROW_CALL = {"path": "cupy"}
 
 
 class LinmmaShape(NamedTuple):
@@ -216,7 +224,8 @@ class _Workspace:
     block resets it) and room for per-block partial sums. Kernels on one stream run in order,
     so they can share it; another stream gets its own."""
 
-    def __init__(self):
+    def __init__(self, device: int, stream_ptr: int):
+        self.device, self.stream_ptr = device, stream_ptr
         self.ticket = cupy.zeros(1, dtype=np.uint32)
         self.partials = cupy.empty(0, dtype=np.float64)
 
@@ -224,6 +233,51 @@ class _Workspace:
         if self.partials.size < nblocks:
             self.partials = cupy.empty(max(nblocks, 2 * self.partials.size), dtype=np.float64)
         return self.partials
+
+
+class _RowParams(ctypes.Structure):
+    """The row-loss kernels' parameters (GG_CE_ARGS, GG_SVM_ARGS) as cuLaunchKernel reads them."""
+    _fields_ = [("S", ctypes.c_void_p), ("y", ctypes.c_void_p), ("y64", ctypes.c_int32),
+                ("dS", ctypes.c_void_p), ("n", ctypes.c_int64), ("C", ctypes.c_int32),
+                ("partials", ctypes.c_void_p), ("ticket", ctypes.c_void_p), ("loss", ctypes.c_void_p)]
+
+
+class _DirectCalls(threading.local):
+    """Per-thread state of the "direct" row-loss path. A _RowParams and the array of pointers to
+    its fields that cuLaunchKernel takes: filled and launched within one call, and no two threads
+    share one. The slabs the losses are 0-d views into, one per device and dtype: each slot is
+    used once, so a loss stays valid as long as it is referenced (the view holds its slab)."""
+    SLOTS = 256
+
+    def __init__(self):
+        self.params = _RowParams()
+        base = ctypes.addressof(self.params)
+        self.argv = (ctypes.c_void_p * len(_RowParams._fields_))(
+            *[base + getattr(_RowParams, f).offset for f, _ in _RowParams._fields_])
+        self.argv_ptr = ctypes.addressof(self.argv)
+        self.slabs = {}
+        # cuLaunchKernel needs the device's context current in this thread. CuPy makes it so before
+        # each of its own launches; setting the device does it too (CUDA 12 and later).
+        cupy.cuda.runtime.setDevice(cupy.cuda.runtime.getDevice())
+
+    def loss(self, device: int, dtype):
+        """A fresh 0-d array of dtype on device, for one call's loss."""
+        slab = self.slabs.get((device, dtype))
+        if slab is None or slab[1] == self.SLOTS:
+            slab = self.slabs[(device, dtype)] = [cupy.empty(self.SLOTS, dtype), 0]
+        arr, i = slab
+        slab[1] = i + 1
+        return cupy.ndarray((), dtype, memptr=arr.data + i * arr.itemsize)
+
+
+_DIRECT = None  # made at the first "direct" call: _DirectCalls() touches the device
+
+
+def _direct() -> _DirectCalls:
+    global _DIRECT
+    if _DIRECT is None:
+        _DIRECT = _DirectCalls()
+    return _DIRECT
 
 
 class CupyBackend(NumpyBackend):
@@ -253,7 +307,7 @@ class CupyBackend(NumpyBackend):
         key = (cupy.cuda.runtime.getDevice(), cupy.cuda.get_current_stream().ptr)
         ws = self._workspaces.get(key)
         if ws is None:
-            ws = self._workspaces[key] = _Workspace()
+            ws = self._workspaces[key] = _Workspace(*key)
         return ws
 
     # ---- value checks: one fused pass, one read-back ------------------------------------------
@@ -289,11 +343,12 @@ class CupyBackend(NumpyBackend):
         smem: int
         n: np.int64
         C: np.int32
+        fptr: int  # the CUfunction on this launch's device, for the "direct" path
 
-    def _row_launch(self, config: KernelConfig, n: int, C: int, itemsize: int) -> "_RowLaunch":
+    def _row_launch(self, config: KernelConfig, n: int, C: int, itemsize: int, device: int) -> "_RowLaunch":
         """Grid, block and shared memory of a row-loss kernel for (n, C), worked out once per shape:
         a small-C call is dominated by its Python cost, so the per-call path is a dict lookup."""
-        key = (config, n, C, itemsize)
+        key = (config, n, C, itemsize, device)
         launch = self._row_launches.get(key)
         if launch is not None:
             return launch
@@ -312,7 +367,8 @@ class CupyBackend(NumpyBackend):
             grid = -(-n // rows_per_block)
         else:  # a block per row: the kernel's K values a thread assume config.threads threads
             grid = n
-        launch = self._row_launches[key] = self._RowLaunch(f, (grid,), (threads,), smem, np.int64(n), np.int32(C))
+        launch = self._row_launches[key] = self._RowLaunch(f, (grid,), (threads,), smem, np.int64(n), np.int32(C),
+                                                           f.kernel.ptr)
         return launch
 
     def _long_row_fallback(self, config: KernelConfig, S, out) -> KernelConfig:
@@ -337,12 +393,25 @@ class CupyBackend(NumpyBackend):
             raise ValueError(f"out must be a C-contiguous {S.dtype} array of shape {S.shape}")
         if config.stream:
             config = self._long_row_fallback(config, S, out)
-        L = self._row_launch(config, n, C, S.itemsize)
         ws = self.workspace()
+        L = self._row_launch(config, n, C, S.itemsize, ws.device)
+        if ROW_CALL["path"] == "direct":
+            return self._row_loss_direct(L, ws, S, y, y64, out), out
         loss = cupy.empty((), dtype=S.dtype)
         L.f(L.grid, L.block, (S, y, _Y64[y64], out, L.n, L.C, ws.partials_for(L.grid[0]), ws.ticket, loss),
             shared_mem=L.smem)
         return loss, out
+
+    @staticmethod
+    def _row_loss_direct(L: "_RowLaunch", ws: _Workspace, S, y, y64: int, out):
+        """The same launch as _row_loss makes, through cuLaunchKernel from a ctypes parameter block."""
+        d = _direct()
+        loss = d.loss(ws.device, S.dtype)
+        p = d.params
+        p.S, p.y, p.y64, p.dS, p.n, p.C = S.data.ptr, y.data.ptr, y64, out.data.ptr, int(L.n), int(L.C)
+        p.partials, p.ticket, p.loss = ws.partials_for(L.grid[0]).data.ptr, ws.ticket.data.ptr, loss.data.ptr
+        driver.launchKernel(L.fptr, L.grid[0], 1, 1, L.block[0], 1, 1, L.smem, ws.stream_ptr, d.argv_ptr, 0)
+        return loss
 
     def softmax_cross_entropy_grad(self, S, y, out=None):
         return self._row_loss(ce_kernel_config(S.shape[1], S.dtype), S, y, out)

@@ -20,6 +20,7 @@ import functools
 import mmap
 import os
 import types
+import weakref
 
 import numpy as np
 
@@ -107,6 +108,10 @@ def _pack(kernel: str, i: int, kind: str, a):
                     f"the parameter is {kind}")
 
 
+_BY_PTR = {}  # kernel.ptr -> the EmuFunction made last for that kernel (launch_kernel's lookup)
+_LIVE = weakref.WeakValueDictionary()  # address -> the live device array starting there
+
+
 class EmuFunction:
     """A kernel as cupy's RawModule.get_function gives it, run by the emulator."""
 
@@ -115,40 +120,77 @@ class EmuFunction:
         self.index, self.signature, self.cluster = kernels()[name]
         self.kernel = types.SimpleNamespace(ptr=1000 + self.index)
         self.max_dynamic_shared_size_bytes = 48 * 1024
+        _BY_PTR[self.kernel.ptr] = self
 
     def __call__(self, grid, block, args, shared_mem=0):
         if len(args) != len(self.signature):
             raise TypeError(f"{self.name}: {len(args)} arguments for {len(self.signature)} parameters")
+        packed = [_pack(self.name, i, k, a) for i, (k, a) in enumerate(zip(self.signature, args))]
+        argv = (ctypes.c_void_p * len(packed))(*[ctypes.cast(ctypes.pointer(p), ctypes.c_void_p) for p in packed])
+        self.launch(tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block)), shared_mem,
+                    argv, [(i, a) for i, a in enumerate(args) if isinstance(a, EmuArray)])
+
+    def launch(self, grid, block, shared_mem, argv, arrays):
+        """Run the kernel with argv as cuLaunchKernel takes it (one pointer per parameter, to its
+        bytes), then check the poison after each (index, array) of `arrays`."""
         if shared_mem > self.max_dynamic_shared_size_bytes:
             raise EmulatorError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, the kernel "
                                 f"allows {self.max_dynamic_shared_size_bytes} (CUDA_ERROR_INVALID_VALUE)")
-        packed = [_pack(self.name, i, k, a) for i, (k, a) in enumerate(zip(self.signature, args))]
-        argv = (ctypes.c_void_p * len(packed))(*[ctypes.cast(ctypes.pointer(p), ctypes.c_void_p) for p in packed])
-        g = tuple(grid) + (1,) * (3 - len(grid))
-        b = tuple(block) + (1,) * (3 - len(block))
         if self.log is not None:
             self.log.append(self.name)
         lib = library()
-        if lib.gg_emu_launch(self.index, *g, *b, int(shared_mem), argv) != 0:
+        if lib.gg_emu_launch(self.index, *grid, *block, int(shared_mem), argv) != 0:
             raise EmulatorError(lib.gg_emu_error().decode())
-        for i, a in enumerate(args):
-            if isinstance(a, EmuArray) and not _slack_intact(a):
+        for i, a in arrays:
+            if not _slack_intact(a):
                 raise EmulatorError(f"{self.name}: a write past the end of argument {i} (shape {a.shape})")
+
+
+def launch_kernel(fptr, gx, gy, gz, bx, by, bz, shared_mem, stream, argv_ptr, extra):
+    """cuLaunchKernel (cupy_backends' driver.launchKernel) as the emulator runs it: argv_ptr is the
+    address of an array of pointers, one per parameter, each to the parameter's bytes. A pointer
+    parameter holding the start of a live device array is checked as EmuFunction checks it (the
+    pointee's dtype, then a write past the end)."""
+    f = _BY_PTR[fptr]
+    argv = ctypes.cast(argv_ptr, ctypes.POINTER(ctypes.c_void_p))
+    arrays = []
+    for i, kind in enumerate(f.signature):
+        a = _LIVE.get(ctypes.c_void_p.from_address(argv[i]).value or 0) if kind.startswith("p") else None
+        if a is not None:
+            _pack(f.name, i, kind, a)  # raises TypeError naming a pointee mismatch
+            arrays.append((i, a))
+    f.launch((gx, gy, gz), (bx, by, bz), shared_mem, argv, arrays)
 
 
 # ---- CuPy's array side, as numpy ------------------------------------------------------------------
 class _Ptr:
-    def __init__(self, ptr):
-        self.ptr = ptr
+    """cupy's MemoryPointer: an address, holding the array it points into alive."""
+
+    def __init__(self, ptr, owner):
+        self.ptr, self.owner = ptr, owner
+
+    def __add__(self, offset: int):
+        return _Ptr(self.ptr + offset, self.owner)
 
 
 class EmuArray(np.ndarray):
-    """A numpy array that answers as a cupy.ndarray does where the backend asks: .data.ptr, .get().
-    Its class claims a "cupy..." module, which is how gpugrad tells a CuPy array from a numpy one."""
+    """A numpy array that answers as a cupy.ndarray does where the backend asks: .data.ptr, .get(),
+    and cupy.ndarray(shape, dtype, memptr=...) over existing device memory. Its class claims a
+    "cupy..." module, which is how gpugrad tells a CuPy array from a numpy one."""
+
+    def __new__(cls, shape, dtype=float, memptr=None):
+        if memptr is None:
+            return _device_empty(shape, dtype)
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(memptr.ptr)
+        a = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape).view(cls)
+        a._memptr = memptr  # as CuPy's: the memory stays alive while the array does
+        return a
 
     @property
     def data(self):
-        return _Ptr(self.ctypes.data)
+        return _Ptr(self.ctypes.data, self)
 
     def get(self):
         return np.array(self).view(np.ndarray)
@@ -179,6 +221,7 @@ def _device_empty(shape, dtype) -> EmuArray:
     start = (pages * _PAGE - nbytes) // 16 * 16
     a = np.frombuffer(m, dtype=dtype, count=count, offset=start).reshape(shape).view(EmuArray)
     a._guard = (base + start + nbytes, pages * _PAGE - start - nbytes)  # (address, bytes) of the slack
+    _LIVE[a.ctypes.data] = a
     return a
 
 
@@ -248,7 +291,7 @@ class _EmuCupy(types.ModuleType):
             return a  # as CuPy: no copy
         return _dev(np.ascontiguousarray(a, dtype=dtype))
 
-    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
+    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0, setDevice=lambda d: None),
                                  get_current_stream=lambda: types.SimpleNamespace(ptr=0))
 
 
@@ -260,6 +303,7 @@ def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3):
     (as cuOccupancyMaxActiveClusters would say). backend.launches lists the kernels launched."""
     monkeypatch.setattr(cb, "_max_active_clusters", lambda *a: clusters)
     be = backend_on(monkeypatch, emucupy, EmuFunction, card)
+    cb.driver.launchKernel = launch_kernel  # backend_on's stand-in for cupy_backends' driver
     be.xp = emucupy
     return be
 

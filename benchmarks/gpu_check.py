@@ -548,6 +548,36 @@ def bench_linear(bw, rng, quick, compile_torch):
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
                 lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, lam), sets, reps=5), floor)
         del sets
+    bench_small_step(rng)
+
+
+def bench_small_step(rng, n=100, d=64, C=10):
+    """A digits mini-batch (examples/digits.py: 100 uint8 rows of 64 pixels): bound by the host
+    cost of a call, which is what a training loop over small batches feels."""
+    be = gg.get_backend("cupy")
+    sets = [(cupy.asarray(rng.integers(0, 17, (n, d), dtype=np.uint8)), cupy.asarray(rng.integers(0, C, n)))
+            for _ in range(4)]
+    W = cupy.asarray((rng.standard_normal((C, d)) * 0.01).astype(np.float32))
+    b = cupy.zeros(C, np.float32)
+    mean, std = cupy.full(d, 4.9, np.float32), cupy.full(d, 6.0, np.float32)
+    wl = f"linear step n={n} d={d} C={C} uint8"
+    for variant in LINEAR_VARIANTS:
+        cb.LINEAR_VARIANT["u8"] = variant
+        if variant == "mma" and not be.linmma_plan(sets[0][0], W, mean):
+            continue
+        add_timing(wl, f"gpugrad fused {variant}", time_batches(
+            lambda X, y: be.linear_grad(X, y, W, b, 1e-3, "softmax", mean, std), sets))
+    cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
+    add_timing(wl, "gpugrad API, validate=False", time_batches(
+        lambda X, y: gg.linear_grad(X, y, W, b, 1e-3, x_mean=mean, x_std=std, validate=False), sets))
+    add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
+        lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, 1e-3), sets))
+    if HAVE_TORCH:
+        tW, tb = torch.as_tensor(W, device="cuda"), torch.as_tensor(b, device="cuda")
+        tm, ts = torch.as_tensor(mean, device="cuda"), torch.as_tensor(std, device="cuda")
+        tsets = [(torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda")) for X, y in sets]
+        add_timing(wl, "PyTorch eager (normalise+matmul)", torch_time(
+            lambda X, y: torch_linear((X.float() - tm) / ts, y, tW, tb, 1e-3), tsets))
 
 
 FIRST_CALL = r"""

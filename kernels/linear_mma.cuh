@@ -49,7 +49,7 @@ __device__ __forceinline__ void gg_split_tf32(float v, unsigned& hi, unsigned& l
 // Block 0 also writes roff[k] = f16(1024 + r_k).
 GG_KERNEL(gg_linmma_prep, __launch_bounds__(256))(
     const float* __restrict__ W, const float* __restrict__ b, const float* __restrict__ x_mean,
-    const float* __restrict__ x_inv_std, int C, int d, int dtot, unsigned short* __restrict__ Wh,
+    const float* __restrict__ x_std, int C, int d, int dtot, unsigned short* __restrict__ Wh,
     unsigned short* __restrict__ roff, float* __restrict__ bprime, float* __restrict__ sinv,
     double* __restrict__ wsq) {
     __shared__ double scratch[32];
@@ -63,7 +63,7 @@ GG_KERNEL(gg_linmma_prep, __launch_bounds__(256))(
     double sq = 0.0, shift = 0.0;
     if (real)
         for (int k = threadIdx.x; k < d; k += blockDim.x) {
-            const float w = W[(gg_i64)c * d + k], wp = w * x_inv_std[k];
+            const float w = W[(gg_i64)c * d + k], wp = w * gg_inv_std(x_std, k);
             mx = fmaxf(mx, fabsf(wp));
             sq += (double)w * w;
             shift += ((double)x_mean[k] - (double)gg_pixel_offset(x_mean[k])) * wp;  // as gg_linmma_finish
@@ -81,7 +81,7 @@ GG_KERNEL(gg_linmma_prep, __launch_bounds__(256))(
         wsq[c] = sq;
     }
     for (int k = threadIdx.x; k < dtot; k += blockDim.x) {
-        const float v = (real && k < d) ? W[(gg_i64)c * d + k] * x_inv_std[k] * scale : 0.f;
+        const float v = (real && k < d) ? W[(gg_i64)c * d + k] * gg_inv_std(x_std, k) * scale : 0.f;
         unsigned short hi, lo;
         gg_split_f16_bits(v, hi, lo);
         Wh[(gg_i64)c * dtot + k] = hi;
@@ -115,7 +115,7 @@ GG_KERNEL(gg_linmma_prep_f32, __launch_bounds__(256))(
 GG_KERNEL(gg_linmma_finish, __launch_bounds__(256))(
     const float* __restrict__ dW_part, const float* __restrict__ db_part, const double* __restrict__ loss_part,
     const double* __restrict__ wsq, const float* __restrict__ W, const float* __restrict__ x_mean,
-    const float* __restrict__ x_inv_std, int nparts, int C, int d, double lam, double inv_n,
+    const float* __restrict__ x_std, int nparts, int C, int d, double lam, double inv_n,
     float* __restrict__ dW, float* __restrict__ db, float* __restrict__ J) {
     __shared__ double dbr[16];
     if (threadIdx.x < C) {
@@ -132,7 +132,7 @@ GG_KERNEL(gg_linmma_finish, __launch_bounds__(256))(
         double centred = s, istd = 1.0;
         if (x_mean != nullptr) {
             centred -= ((double)x_mean[k] - (double)gg_pixel_offset(x_mean[k])) * dbr[c];
-            istd = x_inv_std[k];
+            istd = gg_inv_std(x_std, k);
         }
         dW[i] = (float)(istd * inv_n * centred + 2.0 * lam * (double)W[i]);
     }

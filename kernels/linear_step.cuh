@@ -1,6 +1,6 @@
 // linear_step.cuh: the whole linear-classifier step fused, X read from device memory once.
 //
-// Reads:  X (n, d) float32, or uint8 pixels normalised on the fly as (x - mean_k) * inv_std_k;
+// Reads:  X (n, d) float32, or uint8 pixels normalised on the fly as (x - mean_k) * (1 / std_k);
 //         y (n,); W (C, d) and b (C,) float32 (W once per block, into shared memory).
 // Writes: per-block partials dW_part[block][C][d], db_part[block][C], loss_part[block], and
 //         wsq = ||W||^2; gg_linear_finish then adds the partials in a fixed order and writes
@@ -86,6 +86,10 @@ __device__ __forceinline__ const TX* gg_next_tile(TX* tiles, int it, gg_i64 next
     return tiles + (it & 1) * R * xstride;
 }
 
+// 1 / std_k in float32, correctly rounded (no fast math): what the host would get from CuPy's
+// 1 / x_std. The kernels take x_std itself, so a step launches no extra kernel for it.
+__device__ __forceinline__ float gg_inv_std(const float* x_std, int k) { return 1.f / x_std[k]; }
+
 template <typename TX>
 __device__ __forceinline__ float gg_load_x(const TX* p, int k, float mean, float inv_std);
 template <>
@@ -138,7 +142,7 @@ struct GgLinearShape {
 template <typename TX, int C>
 __device__ __forceinline__ void gg_linear_step(
     const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W,
-    const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_inv_std,
+    const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_std,
     gg_i64 n, int d, int dpad, int align, int loss_kind, float* __restrict__ dW_part,
     float* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq) {
     using Sh = GgLinearShape<TX, C>;
@@ -172,7 +176,7 @@ __device__ __forceinline__ void gg_linear_step(
     for (int j = 0; j < KPT; ++j) {
         const int k = threadIdx.x + j * T;
         mean[j] = (x_mean != nullptr && k < d) ? x_mean[k] : 0.f;
-        istd[j] = (x_inv_std != nullptr && k < d) ? x_inv_std[k] : 1.f;
+        istd[j] = (x_std != nullptr && k < d) ? gg_inv_std(x_std, k) : 1.f;
     }
     float dw[C][KPT];
 #pragma unroll
@@ -298,12 +302,12 @@ GG_KERNEL(gg_linear_finish, __launch_bounds__(256))(
 }
 
 #define GG_LIN_ARGS(TX) const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W, \
-    const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_inv_std, gg_i64 n, \
+    const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_std, gg_i64 n,     \
     int d, int dpad, int align, int loss_kind, float* __restrict__ dW_part, float* __restrict__ db_part,         \
     double* __restrict__ loss_part, double* __restrict__ wsq
-#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_inv_std, n, d, dpad, align, loss_kind, dW_part, db_part, loss_part, wsq
+#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_std, n, d, dpad, align, loss_kind, dW_part, db_part, loss_part, wsq
 
-// Entry points gg_linear_<x>_c<C>: x = f32 (float X) or u8 (uint8 X with mean / inv_std), C = 1..16.
+// Entry points gg_linear_<x>_c<C>: x = f32 (float X) or u8 (uint8 X with mean / std), C = 1..16.
 #define GG_LIN(TN, TX, C) \
     GG_KERNEL(gg_linear_##TN##_c##C, __launch_bounds__(512, 1))(GG_LIN_ARGS(TX)) { \
         gg_linear_step<TX, C>(GG_LIN_PASS); }

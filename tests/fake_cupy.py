@@ -89,7 +89,7 @@ def backend_on(monkeypatch, cupy_module, make_kernel, card=H100):
     monkeypatch.setattr(cb, "ROW_CALL", dict(cb.ROW_CALL))
     monkeypatch.setattr(cb, "_DIRECT", None)  # per-thread slabs of another backend's arrays
     be = object.__new__(cb.CupyBackend)
-    be._workspaces, be._clusters, be._row_launches = {}, {}, {}
+    be._workspaces, be._clusters, be._occupancy, be._row_launches = {}, {}, {}, {}
     for k, v in card.items():
         setattr(be, k, v)
     be.launches = []

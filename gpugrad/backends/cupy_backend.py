@@ -151,14 +151,14 @@ _NULL = np.uint64(0)  # a null pointer argument
 
 def _step_inputs(X, y, W, b, x_mean, x_std):
     """A fused linear step's inputs as its kernels take them: contiguous X, W, b; the labels and
-    their width flag; the normalisation (x_mean, 1 / x_std as float32, or two null pointers)."""
+    their width flag; the normalisation (x_mean, x_std as float32, or two null pointers)."""
     X = cupy.ascontiguousarray(X)
     W, b = cupy.ascontiguousarray(W), cupy.ascontiguousarray(b)
     y, y64 = _labels(y)
     if x_mean is None:
         norm = (_NULL, _NULL)
     else:
-        norm = (cupy.ascontiguousarray(x_mean, dtype=np.float32), 1 / cupy.ascontiguousarray(x_std, dtype=np.float32))
+        norm = (cupy.ascontiguousarray(x_mean, dtype=np.float32), cupy.ascontiguousarray(x_std, dtype=np.float32))
     return X, y, y64, W, b, norm
 
 
@@ -289,6 +289,7 @@ class CupyBackend(NumpyBackend):
     def __init__(self):
         self._workspaces = {}
         self._clusters = {}
+        self._occupancy = {}
         self._row_launches = {}
         dev = cupy.cuda.Device()
         self.sm_count = dev.attributes["MultiProcessorCount"]
@@ -471,14 +472,26 @@ class CupyBackend(NumpyBackend):
         return dict(name=f"gg_linmma_{x}_nt{nt}", x=x, nt=nt, dsl=dsl, smem=smem)
 
     def _linmma_clusters(self, f, cluster: int, smem: int) -> int:
+        """Clusters of the tensor-core step that fit at once; also lets f use smem bytes (both once
+        per kernel and size: a small step's cost is its host time)."""
         key = (f.kernel.ptr, smem)
         if key not in self._clusters:
+            _allow_dynamic_smem(f, smem)
             # Without the driver's answer, assume an eighth of the SMs sit idle in GPCs whose SM
             # count is not a multiple of the cluster size (an H100's 132 SMs: 28 clusters of 4):
             # launching more clusters than fit would run the excess as a second wave.
             self._clusters[key] = (_max_active_clusters(f.kernel.ptr, cluster, LINMMA_THREADS, smem)
                                    or max(1, (self.sm_count // cluster) * 7 // 8))
         return self._clusters[key]
+
+    def _blocks_per_sm(self, f, threads: int, smem: int) -> int:
+        """Blocks of f that fit on an SM at once (the driver's occupancy); also lets f use smem
+        bytes. Both once per kernel and size: a small step's cost is its host time."""
+        key = (f.kernel.ptr, threads, smem)
+        if key not in self._occupancy:
+            _allow_dynamic_smem(f, smem)
+            self._occupancy[key] = max(1, driver.occupancyMaxActiveBlocksPerMultiprocessor(*key))
+        return self._occupancy[key]
 
     def _linear_mma(self, plan, X, y, W, b, lam, loss, x_mean, x_std):
         """The step on the tensor cores: prepare W (uint8: fold the normalisation, scale, split into
@@ -504,7 +517,6 @@ class CupyBackend(NumpyBackend):
             self.kernel("gg_linmma_prep_f32")((nc,), (256,), (W, np.int32(C), np.int32(d), np.int32(dtot), Wt, wsq))
             weights = (Wt, b, np.int32(0 if loss == "softmax" else 1))
         f = self.kernel(plan["name"])
-        _allow_dynamic_smem(f, smem)
         clusters = min(-(-n // shape.rows), self._linmma_clusters(f, shape.cluster, smem))
         parts = _step_partials(clusters, C, d)
         f((shape.cluster * clusters,), (LINMMA_THREADS,),
@@ -533,10 +545,7 @@ class CupyBackend(NumpyBackend):
         n, d = X.shape
         C = W.shape[0]
         f = self.kernel(plan["name"])
-        _allow_dynamic_smem(f, plan["smem"])
-        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(f.kernel.ptr, plan["threads"], plan["smem"])
-        ngroups = -(-n // plan["rg"])
-        grid = max(1, min(ngroups, self.sm_count * max(1, per_sm)))
+        grid = max(1, min(-(-n // plan["rg"]), self.sm_count * self._blocks_per_sm(f, plan["threads"], plan["smem"])))
         parts = _step_partials(grid, C, d)
         wsq = cupy.empty(1, dtype=np.float64)
         f((grid,), (plan["threads"],),

@@ -105,11 +105,11 @@ def test_direct_call_path_losses_stay_valid_past_a_slab(be, monkeypatch, rng):
 
 def test_direct_call_path_checks_what_it_passes(be, monkeypatch, rng):
     """The emulated cuLaunchKernel reads the parameter block as the driver does and checks the
-    device arrays it points to: a write past dS, and a pointee of the wrong dtype, are errors."""
+    device arrays it points to: a pointee of the wrong dtype is an error (a write past an array:
+    test_a_write_just_past_an_array_is_caught)."""
     monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
     S = dev(rng.standard_normal((3, 10)).astype(np.float32))
     out = E.emucupy.empty((3, 10), np.float64)
-    monkeypatch.setattr(be, "_long_row_fallback", lambda config, S, out: config)
     L = be._row_launch(cb.ce_kernel_config(10, np.float32), 3, 10, 4, 0)
     with pytest.raises(TypeError, match="gg_ce_f32_w2_k8: argument 3 is EmuArray float64, the parameter is pf4"):
         be._row_loss_direct(L, be.workspace(), S, dev([1, 2, 3]), 1, out)

@@ -214,6 +214,28 @@ def test_direct_call_path_matches_cupys(n, C, dtype, loss, monkeypatch, rng):
         assert all(float(v) == float(want_loss) for v in losses) and len({v.data.ptr for v in losses}) == len(losses)
 
 
+def test_direct_call_path_on_other_streams(monkeypatch, rng):
+    """The "direct" path launches on the current stream, with a workspace and a loss slab of that
+    stream: two streams interleaved give each its own right results."""
+    import cupy
+    from gpugrad.backends import cupy_backend as cb
+    be = gg.get_backend("cupy")
+    S = [cupy.asarray((rng.standard_normal((4099, 10)) * 3).astype(np.float32)) for _ in range(2)]
+    y = cupy.asarray(rng.integers(0, 10, 4099))
+    want = [be.softmax_cross_entropy_grad(s, y) for s in S]
+    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
+    streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(2)]
+    got = [[], []]
+    for _ in range(300):  # more than a slab
+        for i in (0, 1):
+            with streams[i]:
+                got[i].append(be.softmax_cross_entropy_grad(S[i], y))
+    cupy.cuda.Device().synchronize()
+    for i in (0, 1):
+        assert all(float(L) == float(want[i][0]) and cupy.array_equal(dS, want[i][1]) for L, dS in got[i][-3:])
+        assert all(float(L) == float(want[i][0]) for L, _ in got[i])
+
+
 @pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
 @pytest.mark.parametrize("C,dtype", [(8193, np.float32), (9000, np.float32), (32768, np.float32),
                                      (16384, np.float64), (12002, np.float64)])

@@ -245,8 +245,10 @@ class _RowParams(ctypes.Structure):
 class _DirectCalls(threading.local):
     """Per-thread state of the "direct" row-loss path. A _RowParams and the array of pointers to
     its fields that cuLaunchKernel takes: filled and launched within one call, and no two threads
-    share one. The slabs the losses are 0-d views into, one per device and dtype: each slot is
-    used once, so a loss stays valid as long as it is referenced (the view holds its slab)."""
+    share one. The slabs the losses are 0-d views into, one per device, stream and dtype: each slot
+    is used once, so a loss stays valid as long as it is referenced (the view holds its slab); and
+    a slab is allocated on the stream whose kernels write it, so CuPy's stream-ordered pool hands
+    its memory out again only to work queued after them."""
     SLOTS = 256
 
     def __init__(self):
@@ -260,11 +262,12 @@ class _DirectCalls(threading.local):
         # each of its own launches; setting the device does it too (CUDA 12 and later).
         cupy.cuda.runtime.setDevice(cupy.cuda.runtime.getDevice())
 
-    def loss(self, device: int, dtype):
-        """A fresh 0-d array of dtype on device, for one call's loss."""
-        slab = self.slabs.get((device, dtype))
+    def loss(self, ws: _Workspace, dtype):
+        """A fresh 0-d array of dtype for one call's loss, on the workspace's device and stream."""
+        key = (ws.device, ws.stream_ptr, dtype)
+        slab = self.slabs.get(key)
         if slab is None or slab[1] == self.SLOTS:
-            slab = self.slabs[(device, dtype)] = [cupy.empty(self.SLOTS, dtype), 0]
+            slab = self.slabs[key] = [cupy.empty(self.SLOTS, dtype), 0]
         arr, i = slab
         slab[1] = i + 1
         return cupy.ndarray((), dtype, memptr=arr.data + i * arr.itemsize)
@@ -407,7 +410,7 @@ class CupyBackend(NumpyBackend):
     def _row_loss_direct(L: "_RowLaunch", ws: _Workspace, S, y, y64: int, out):
         """The same launch as _row_loss makes, through cuLaunchKernel from a ctypes parameter block."""
         d = _direct()
-        loss = d.loss(ws.device, S.dtype)
+        loss = d.loss(ws, S.dtype)
         p = d.params
         p.S, p.y, p.y64, p.dS, p.n, p.C = S.data.ptr, y.data.ptr, y64, out.data.ptr, int(L.n), int(L.C)
         p.partials, p.ticket, p.loss = ws.partials_for(L.grid[0]).data.ptr, ws.ticket.data.ptr, loss.data.ptr

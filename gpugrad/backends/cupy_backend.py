@@ -259,7 +259,8 @@ class _DirectCalls(threading.local):
         self.argv_ptr = ctypes.addressof(self.argv)
         self.slabs = {}
         # cuLaunchKernel needs the device's context current in this thread. CuPy makes it so before
-        # each of its own launches; setting the device does it too (CUDA 12 and later).
+        # each of its own launches; cudaSetDevice makes the device's primary context current (and,
+        # since CUDA 12, initialises it).
         cupy.cuda.runtime.setDevice(cupy.cuda.runtime.getDevice())
 
     def loss(self, ws: _Workspace, dtype):

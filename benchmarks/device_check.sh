@@ -31,13 +31,16 @@ if [ "$new" -eq 0 ]; then
     python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log" | tail -45
     check=${PIPESTATUS[0]}
 else
-    python3 benchmarks/gpu_check.py --out "$OUT" --linear-variants simt --long-rows-variants stream,block "$@" 2>&1 |
+    python3 benchmarks/gpu_check.py --out "$OUT" --linear-variants simt --long-rows-variants stream,block \
+        --row-calls cupy "$@" 2>&1 |
         tee "$OUT/gpu_check.log" | tail -40
     check=${PIPESTATUS[0]}
     python3 benchmarks/gpu_check.py --out "$OUT" --only linear --linear-variants mma "$@" 2>&1 |
         tee "$OUT/gpu_check_mma.log" | tail -25
     python3 benchmarks/gpu_check.py --out "$OUT" --only long-rows --long-rows-variants prefetch "$@" 2>&1 |
         tee "$OUT/gpu_check_prefetch.log" | tail -25
+    python3 benchmarks/gpu_check.py --out "$OUT" --only row-calls "$@" 2>&1 |
+        tee "$OUT/gpu_check_direct.log" | tail -25
 fi
 echo "gpu tests exit $tests, new-kernel tests exit $new, gpu_check exit $check"
 [ "$tests" -eq 0 ] && [ "$new" -eq 0 ] && [ "$check" -eq 0 ]

@@ -345,9 +345,8 @@ def add_timing(workload, variant, t, floor_us=None):
     log(f"  {workload:<34} {variant:<26} {med:10.1f} us  (p10 {p10:.1f}, p90 {p90:.1f}){fl}")
 
 
-def bench_ce(bw, rng, quick, long_rows_only=False):
+def bench_ce(bw, rng, quick, shapes=((8192, 32768), (8192, 1024), (8192, 10))):
     be = gg.get_backend("cupy")
-    shapes = [(8192, 32768)] if long_rows_only else [(8192, 32768), (8192, 1024), (8192, 10)]
     for n, C in shapes:
         nbytes = n * C * 4
         floor = 2 * nbytes / bw * 1e6
@@ -366,9 +365,9 @@ def bench_ce(bw, rng, quick, long_rows_only=False):
         add_timing(wl, "gpugrad kernel (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets), floor)
         if C <= 1024 and "direct" in ROW_CALLS:  # host-bound sizes: the call path matters
             cb.ROW_CALL["path"] = "direct"
-            add_timing(wl, "gpugrad kernel, direct call",
+            add_timing(wl, "gpugrad direct call",
                        time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
-            add_timing(wl, "gpugrad kernel, direct (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets),
+            add_timing(wl, "gpugrad direct (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets),
                        floor)
             cb.ROW_CALL["path"] = "cupy"
         if C <= 1024:
@@ -632,9 +631,10 @@ def main():
                          "prefetch, block)")
     ap.add_argument("--row-calls", default=",".join(ROW_CALLS),
                     help="host paths of the row-loss calls to time (comma-separated: cupy, direct)")
-    ap.add_argument("--only", choices=("linear", "long-rows"),
-                    help="only the linear step, or only the long-row softmax (e.g. a new variant in a "
-                         "process of its own, so that a crash cannot take the other results with it)")
+    ap.add_argument("--only", choices=("linear", "long-rows", "row-calls"),
+                    help="only the linear step, the long-row softmax, or the small-C calls' host paths "
+                         "(e.g. a new variant in a process of its own, so that a crash cannot take the "
+                         "other results with it)")
     args = ap.parse_args()
     LINEAR_VARIANTS = tuple(v for v in args.linear_variants.split(",") if v)
     LONG_ROW_VARIANTS = tuple(v for v in args.long_rows_variants.split(",") if v)
@@ -664,6 +664,7 @@ def main():
     if everything:
         check_precision_cases()
         check_validation()
+    if args.only in (None, "row-calls"):
         check_row_losses(rng, args.quick)
     if args.only in (None, "linear"):
         check_linear(rng, args.quick)
@@ -675,15 +676,18 @@ def main():
         bw = copy_bandwidth()
         env["copy_bandwidth_TBps"] = bw / 1e12
         log(f"  device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
-        if args.only in (None, "long-rows"):
-            bench_ce(bw, rng, args.quick, long_rows_only=args.only == "long-rows")
+        if args.only in (None, "long-rows", "row-calls"):
+            bench_ce(bw, rng, args.quick, {None: ((8192, 32768), (8192, 1024), (8192, 10)),
+                                           "long-rows": ((8192, 32768),),
+                                           "row-calls": ((8192, 1024), (8192, 10))}[args.only])
         if args.only in (None, "linear"):
             bench_linear(bw, rng, args.quick, args.compile)
-        if everything:  # last: its experiments launch through the driver directly
+        if args.only in (None, "row-calls"):  # last: its experiments launch through the driver directly
             host_breakdown()
 
     tag = {None: "", "linear": "_linear_" + "_".join(LINEAR_VARIANTS),
-           "long-rows": "_long_rows_" + "_".join(LONG_ROW_VARIANTS)}[args.only]
+           "long-rows": "_long_rows_" + "_".join(LONG_ROW_VARIANTS),
+           "row-calls": "_row_calls_" + "_".join(ROW_CALLS)}[args.only]
     (out / f"results{tag}.json").write_text(json.dumps(RESULTS, indent=1))
     log("\n== summary:", RESULTS["env"]["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")
     log(f"correctness: {sum(r['ok'] for r in RESULTS['correctness'])} ok, {len(FAILURES)} failed")

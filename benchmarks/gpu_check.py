@@ -412,7 +412,6 @@ def host_breakdown(n=8192, C=10):
     into a slab allocated once). Each launch that bypasses CuPy's argument conversion is checked
     against the backend's result."""
     from cupy.cuda.function import CIntptr
-    from cupy_backends.cuda.api import driver
     log(f"== host cost per call, softmax CE S {n}x{C} f32 (perf_counter, 200 calls enqueued)")
     be = gg.get_backend("cupy")
     rng = np.random.default_rng(7)
@@ -445,8 +444,8 @@ def host_breakdown(n=8192, C=10):
         return loss
 
     def launch_ctypes():
-        driver.launchKernel(L.fptr, L.grid[0], 1, 1, L.block[0], 1, 1, L.smem, ws.stream_ptr,
-                            ctypes.addressof(argv), 0)
+        cb.driver.launchKernel(L.fptr, L.grid[0], 1, 1, L.block[0], 1, 1, L.smem, ws.stream_ptr,
+                               ctypes.addressof(argv), 0)
         return loss
 
     def call_direct():

@@ -500,6 +500,18 @@ def torch_linear(X, y, W, b, lam):
     return J, W.grad, b.grad
 
 
+def time_linear_variants(be, workload, sets, W, mean, step, floor=None, reps=20):
+    """Time step(X, y) (a backend linear step) with each fused kernel of LINEAR_VARIANTS for the X
+    type of sets, skipping "mma" where it does not apply; the defaults restored after."""
+    key = "u8" if sets[0][0].dtype == np.uint8 else "f32"
+    for variant in LINEAR_VARIANTS:
+        cb.LINEAR_VARIANT[key] = variant
+        if variant == "mma" and not be.linmma_plan(sets[0][0], W, mean):
+            continue
+        add_timing(workload, f"gpugrad fused {variant}", time_batches(step, sets, reps=reps), floor)
+    cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
+
+
 def bench_linear(bw, rng, quick, compile_torch):
     be = gg.get_backend("cupy")
     n, d, C = (65536, 3072, 10) if not quick else (16384, 3072, 10)
@@ -514,13 +526,8 @@ def bench_linear(bw, rng, quick, compile_torch):
             sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=np.float32)), cupy.asarray(rng.integers(0, C, n)))
                     for _ in range(k)]
             wl = f"linear step n={n} d={d} C={C} f32"
-            for variant in LINEAR_VARIANTS:
-                cb.LINEAR_VARIANT["f32"] = variant
-                if variant == "mma" and not be.linmma_plan(sets[0][0], W, None):
-                    continue
-                add_timing(wl, f"gpugrad fused {variant}", time_batches(
-                    lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"), sets, reps=5), floor)
-            cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
+            time_linear_variants(be, wl, sets, W, None, lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"),
+                                 floor, reps=5)
             add_timing(wl, "gpugrad API, validate=True", time_batches(lambda X, y: gg.linear_grad(X, y, W, b, lam), sets, reps=5), floor)
             add_timing(wl, "plain CuPy (cuBLAS)", time_batches(lambda X, y: plain_cupy_linear(X, y, W, b, lam), sets, reps=5), floor)
             if HAVE_TORCH:
@@ -536,13 +543,8 @@ def bench_linear(bw, rng, quick, compile_torch):
             mean = cupy.full(d, 120.0, np.float32)
             std = cupy.full(d, 64.0, np.float32)
             wl = f"linear step n={n} d={d} C={C} uint8"
-            for variant in LINEAR_VARIANTS:
-                cb.LINEAR_VARIANT["u8"] = variant
-                if variant == "mma" and not be.linmma_plan(sets[0][0], W, mean):
-                    continue
-                add_timing(wl, f"gpugrad fused {variant}", time_batches(
-                    lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, reps=5), floor)
-            cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
+            time_linear_variants(be, wl, sets, W, mean,
+                                 lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), floor, reps=5)
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
                 lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, lam), sets, reps=5), floor)
         del sets
@@ -559,13 +561,7 @@ def bench_small_step(rng, n=100, d=64, C=10):
     b = cupy.zeros(C, np.float32)
     mean, std = cupy.full(d, 4.9, np.float32), cupy.full(d, 6.0, np.float32)
     wl = f"linear step n={n} d={d} C={C} uint8"
-    for variant in LINEAR_VARIANTS:
-        cb.LINEAR_VARIANT["u8"] = variant
-        if variant == "mma" and not be.linmma_plan(sets[0][0], W, mean):
-            continue
-        add_timing(wl, f"gpugrad fused {variant}", time_batches(
-            lambda X, y: be.linear_grad(X, y, W, b, 1e-3, "softmax", mean, std), sets))
-    cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
+    time_linear_variants(be, wl, sets, W, mean, lambda X, y: be.linear_grad(X, y, W, b, 1e-3, "softmax", mean, std))
     add_timing(wl, "gpugrad API, validate=False", time_batches(
         lambda X, y: gg.linear_grad(X, y, W, b, 1e-3, x_mean=mean, x_std=std, validate=False), sets))
     add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(

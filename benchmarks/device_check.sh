@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call, for a machine lent for a few minutes: the GPU tests (every kernel
 # against float64 numpy, outputs and shared memory poisoned first), then benchmarks/gpu_check.py
-# (correctness and timings side by side, with the copy-bandwidth floor). Logs and JSON go to $OUT
-# (default ./out).
+# (correctness and timings side by side, with the copy-bandwidth floor). Each stage runs under a
+# time limit, and all of them end within GG_BUDGET_S seconds (default 540: give the call ~570).
+# The log ($OUT/device_check.log, each stage's exit status and duration in it) and gpu_check's
+# JSON go to $OUT (default ./out).
 #
 #   bash benchmarks/device_check.sh            # full sizes
-#   bash benchmarks/device_check.sh --quick    # smaller timing sizes (extra flags go to gpu_check.py)
+#   bash benchmarks/device_check.sh --quick    # fewer large correctness sizes; timings still at the
+#                                              # target shapes (extra flags go to gpu_check.py)
 #
 # The kernels and call paths not yet run on a GPU when this was written (the tensor-core linear
 # steps, "mma"; the prefetched long-row softmax, "prefetch"; the row losses' cuLaunchKernel path,
@@ -19,28 +22,50 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/device.txt"
+LOG="$OUT/device_check.log"  # every stage's output, one after the other (a lease returns only 8 files)
+DEADLINE=$((SECONDS + ${GG_BUDGET_S:-540}))  # end on our own, logs intact, before the call's limit
+
+# stage NAME CAP CMD...: run CMD under `timeout`, at most CAP seconds and never past DEADLINE (a
+# hung kernel must not take the later stages with it). Its output goes to $OUT/current.log while it
+# runs (so a killed call still returns it), then onto $LOG; its last lines are printed here.
+# Returns CMD's status: 124 when stopped at its limit, 125 when too little time was left to start.
+stage() {
+    local name=$1 cap=$2 left rc t0=$SECONDS
+    shift 2
+    left=$((DEADLINE - SECONDS))
+    if [ "$left" -lt "${GG_MIN_STAGE_S:-30}" ]; then
+        echo "== stage $name: not started, ${left} s left" | tee -a "$LOG"
+        return 125
+    fi
+    [ "$cap" -le "$left" ] || cap=$left
+    PYTHONUNBUFFERED=1 timeout -k 10 "$cap" "$@" > "$OUT/current.log" 2>&1
+    rc=$?
+    tail -n 45 "$OUT/current.log"
+    { echo "== stage $name: $*"; cat "$OUT/current.log"
+      echo "== stage $name: exit $rc after $((SECONDS - t0)) s (limit $cap s)"; } >> "$LOG"
+    rm -f "$OUT/current.log"
+    echo "== stage $name: exit $rc after $((SECONDS - t0)) s (limit $cap s)"
+    return $rc
+}
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$LOG"
 NEW="mma or tensor_core or prefetch or direct"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py -k "not ($NEW)" 2>&1 |
-    tee "$OUT/gpu_tests.log" | tail -15
-tests=${PIPESTATUS[0]}
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py -k "$NEW" 2>&1 |
-    tee "$OUT/gpu_tests_new.log" | tail -15
-new=${PIPESTATUS[0]}
+TESTS=(python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py)
+stage tests 240 "${TESTS[@]}" -k "not ($NEW)"
+tests=$?
+stage new-tests 150 "${TESTS[@]}" -k "$NEW"
+new=$?
 if [ "$new" -eq 0 ]; then
-    python3 benchmarks/gpu_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log" | tail -45
-    check=${PIPESTATUS[0]}
+    stage gpu_check 360 python3 benchmarks/gpu_check.py --out "$OUT" "$@"
+    check=$?
 else
-    python3 benchmarks/gpu_check.py --out "$OUT" --linear-variants simt --long-rows-variants stream,block \
-        --row-calls cupy "$@" 2>&1 |
-        tee "$OUT/gpu_check.log" | tail -40
-    check=${PIPESTATUS[0]}
-    python3 benchmarks/gpu_check.py --out "$OUT" --only linear --linear-variants mma "$@" 2>&1 |
-        tee "$OUT/gpu_check_mma.log" | tail -25
-    python3 benchmarks/gpu_check.py --out "$OUT" --only long-rows --long-rows-variants prefetch "$@" 2>&1 |
-        tee "$OUT/gpu_check_prefetch.log" | tail -25
-    python3 benchmarks/gpu_check.py --out "$OUT" --only row-calls "$@" 2>&1 |
-        tee "$OUT/gpu_check_direct.log" | tail -25
+    stage gpu_check-established 240 python3 benchmarks/gpu_check.py --out "$OUT" --linear-variants simt \
+        --long-rows-variants stream,block --row-calls cupy "$@"
+    check=$?
+    stage gpu_check-mma 90 python3 benchmarks/gpu_check.py --out "$OUT" --only linear --linear-variants mma "$@"
+    stage gpu_check-prefetch 60 python3 benchmarks/gpu_check.py --out "$OUT" --only long-rows \
+        --long-rows-variants prefetch "$@"
+    stage gpu_check-direct 60 python3 benchmarks/gpu_check.py --out "$OUT" --only row-calls "$@"
 fi
-echo "gpu tests exit $tests, new-kernel tests exit $new, gpu_check exit $check"
+echo "gpu tests exit $tests, new-kernel tests exit $new, gpu_check exit $check" | tee -a "$LOG"
 [ "$tests" -eq 0 ] && [ "$new" -eq 0 ] && [ "$check" -eq 0 ]

@@ -65,3 +65,58 @@ def test_small_step_timings_run(gpu_check):
     variants = [r["variant"] for r in gpu_check.RESULTS["timing"]]
     assert variants == ["gpugrad fused simt", "gpugrad fused mma", "gpugrad API, validate=False",
                         "plain CuPy (normalise+cuBLAS)"]
+
+
+# device_check.sh's stages, driven by stand-ins for python3 and nvidia-smi: `python3` prints its
+# arguments and acts as told by the words in them (a test stage that hangs or fails, a gpu_check
+# that writes its JSON), so the script's control flow runs here in seconds.
+STUB_PYTHON = r"""#!/usr/bin/env bash
+echo "stub python3 $*"
+case "$*" in
+  *"-k not ("*) exit 0 ;;
+  *"-k mma"*) [ "$GG_STUB_NEW" = hang ] && exec sleep 600; [ "$GG_STUB_NEW" = fail ] && exit 1; exit 0 ;;
+  *gpu_check.py*)
+    out=$(echo "$*" | sed -n 's/.*--out \([^ ]*\).*/\1/p')
+    tag=$(echo "$*" | sed -n 's/.*--only \([^ ]*\).*/_\1/p')
+    echo '{}' > "$out/results$tag.json"; echo "table line"; exit 0 ;;
+esac
+exit 3
+"""
+
+
+def _device_check(tmp_path, new, budget):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    for name, text in (("python3", STUB_PYTHON), ("nvidia-smi", "#!/bin/sh\necho 'name, driver'\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(tmp_path / "out"), "GG_STUB_NEW": new,
+           "GG_BUDGET_S": str(budget), "GG_MIN_STAGE_S": "1"}
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--quick"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    out = tmp_path / "out"
+    return r, sorted(p.name for p in out.iterdir()), (out / "device_check.log").read_text()
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_device_check_runs_every_stage_and_returns_few_files(tmp_path):
+    r, files, log = _device_check(tmp_path, "ok", 100)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert files == ["device_check.log", "results.json"]
+    assert log.count("exit 0 after") == 3 and "--quick" in log
+    # new kernels failing: the established ones, then each new one alone; still under 8 files
+    r, files, log = _device_check(tmp_path / "fail", "fail", 100)
+    assert r.returncode != 0
+    assert files == ["device_check.log", "results.json", "results_linear.json", "results_long-rows.json",
+                     "results_row-calls.json"]
+    for stage in ("gpu_check-established", "gpu_check-mma", "gpu_check-prefetch", "gpu_check-direct"):
+        assert f"== stage {stage}: exit 0" in log
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
+def test_device_check_stops_a_hung_stage_at_its_deadline(tmp_path):
+    r, files, log = _device_check(tmp_path, "hang", 4)
+    assert r.returncode != 0
+    assert "== stage new-tests: exit 124" in log  # killed by timeout, the log kept
+    assert "not started" in log and "gpu tests exit 0, new-kernel tests exit 124" in log
+    assert "current.log" not in files

@@ -75,6 +75,7 @@ echo "stub python3 $*"
 case "$*" in
   *"-k not ("*) exit 0 ;;
   *"-k mma"*) [ "$GG_STUB_NEW" = hang ] && exec sleep 600; [ "$GG_STUB_NEW" = fail ] && exit 1; exit 0 ;;
+  -c*) [ "$GG_STUB_NEW" = ok ] && exit 1; exit 0 ;;  # is the fatbin current? (not in the "ok" runs)
   *gpu_check.py*)
     out=$(echo "$*" | sed -n 's/.*--out \([^ ]*\).*/\1/p')
     tag=$(echo "$*" | sed -n 's/.*--only \([^ ]*\).*/_\1/p')
@@ -87,7 +88,8 @@ exit 3
 def _device_check(tmp_path, new, budget):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
-    for name, text in (("python3", STUB_PYTHON), ("nvidia-smi", "#!/bin/sh\necho 'name, driver'\n")):
+    for name, text in (("python3", STUB_PYTHON), ("nvidia-smi", "#!/bin/sh\necho 'name, driver'\n"),
+                       ("cmake", "#!/bin/sh\necho cmake \"$@\"\n"), ("nvcc", "#!/bin/sh\n")):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(tmp_path / "out"), "GG_STUB_NEW": new,
@@ -103,7 +105,8 @@ def test_device_check_runs_every_stage_and_returns_few_files(tmp_path):
     r, files, log = _device_check(tmp_path, "ok", 100)
     assert r.returncode == 0, r.stdout + r.stderr
     assert files == ["device_check.log", "results.json"]
-    assert log.count("exit 0 after") == 3 and "--quick" in log
+    assert "cmake --build build-device" in log  # no current fatbin: built first
+    assert log.count("exit 0 after") == 4 and "--quick" in log
     # new kernels failing: the established ones, then each new one alone; still under 8 files
     r, files, log = _device_check(tmp_path / "fail", "fail", 100)
     assert r.returncode != 0

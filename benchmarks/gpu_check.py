@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -477,7 +478,10 @@ def host_breakdown(n=8192, C=10):
                 same = float(fn()) == ref_loss and bool(cupy.array_equal(out, ref_dS))
                 log(f"  {label}: results {'identical to' if same else 'DIFFER from'} the backend's")
             except Exception as e:  # an experiment failing must not cost the rest of the run
+                same = False
                 log(f"  {label}: failed: {type(e).__name__}: {e}")
+            if fn is call_direct:  # a product path (the others are experiments): a correctness check
+                record("call path", "ROW_CALL direct vs cupy, bit for bit", 0.0 if same else float("inf"), 0.0)
     host = {}
     for label, fn, _ in parts:
         try:
@@ -486,6 +490,64 @@ def host_breakdown(n=8192, C=10):
         except Exception as e:
             log(f"  {label:<42} failed: {type(e).__name__}: {e}")
     RESULTS["env"]["host_breakdown_us"] = host
+
+
+class Switch(NamedTuple):
+    """A variant switch of cupy_backend and what decides it: the fastest of its variants on
+    `workload` (the issue's target shape) whose correctness records all passed in this run.
+    variants: {variant: (its timing row, the correctness records that are its own: kind, name
+    prefix and suffix, or None where the variant has no check of its own)}."""
+    name: str
+    current: Callable[[], str]
+    workload: str
+    variants: dict
+
+
+def _linear_switch(x: str, suffix: str) -> Switch:
+    return Switch(f"LINEAR_VARIANT[{x!r}]", lambda: cb.LINEAR_VARIANT[x], f"linear step n=65536 d=3072 C=10 {suffix}",
+                  {"simt": ("gpugrad fused simt", ("linear", "fused ", f" {x}")),
+                   "mma": ("gpugrad fused mma", ("linear", "mma ", f" {x}"))})
+
+
+SWITCHES = (
+    _linear_switch("f32", "f32"),
+    _linear_switch("u8", "uint8"),
+    Switch("CE_LONG_ROWS['variant']", lambda: cb.CE_LONG_ROWS["variant"], "CE fwd+grad S 8192x32768 f32",
+           {v: (f"gpugrad kernel {v}", ("variant", f"CE long rows {v} ", "")) for v in ("stream", "prefetch", "block")}),
+    Switch("ROW_CALL['path']", lambda: cb.ROW_CALL["path"], "CE fwd+grad S 8192x10 f32",
+           {"cupy": ("gpugrad kernel", None), "direct": ("gpugrad direct call", ("call path", "ROW_CALL direct", ""))}),
+)
+
+
+def _own_checks_pass(own) -> bool:
+    """Whether the correctness records selected by own = (kind, name prefix, name suffix) exist and
+    all passed ("mma n/a: ..." records ran another kernel and do not count)."""
+    if own is None:
+        return True
+    kind, prefix, suffix = own
+    mine = [c for c in RESULTS["correctness"] if c["kind"] == kind and c["name"].startswith(prefix)
+            and c["name"].endswith(suffix) and "n/a" not in c["name"]]
+    return bool(mine) and all(c["ok"] for c in mine)
+
+
+def recommend_defaults():
+    """For each switch, the fastest variant this run timed among those whose own checks passed;
+    logs a line each and stores them in the results. The defaults themselves are not changed here:
+    that is a commit, after reading the log."""
+    out = {}
+    for sw in SWITCHES:
+        times = {r["variant"]: r["median_us"] for r in RESULTS["timing"] if r["workload"] == sw.workload}
+        sound = {v: times[row] for v, (row, own) in sw.variants.items() if row in times and _own_checks_pass(own)}
+        now = sw.current()
+        best = min(sound, key=sound.get) if len(sound) >= 2 else None
+        out[sw.name] = dict(now=now, best=best, us=sound)
+        if best is None:
+            log(f"  {sw.name:<24} keep {now!r}: fewer than two sound variants timed on {sw.workload}")
+            continue
+        alts = ", ".join(f"{v} {t:.1f} us" for v, t in sorted(sound.items(), key=lambda kv: kv[1]))
+        log(f"  {sw.name:<24} {'keep' if best == now else 'SET'} {best!r} (now {now!r}) on {sw.workload}: {alts}")
+    RESULTS["env"]["recommended_defaults"] = out
+    return out
 
 
 def plain_cupy_linear(X, y, W, b, lam):
@@ -687,7 +749,6 @@ def main():
     tag = {None: "", "linear": "_linear_" + "_".join(LINEAR_VARIANTS),
            "long-rows": "_long_rows_" + "_".join(LONG_ROW_VARIANTS),
            "row-calls": "_row_calls_" + "_".join(ROW_CALLS)}[args.only]
-    (out / f"results{tag}.json").write_text(json.dumps(RESULTS, indent=1))
     log("\n== summary:", RESULTS["env"]["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")
     log(f"correctness: {sum(r['ok'] for r in RESULTS['correctness'])} ok, {len(FAILURES)} failed")
     for f in FAILURES:
@@ -696,6 +757,10 @@ def main():
     for r in RESULTS["timing"]:
         fl = f"{r['median_us'] / r['floor_us']:9.2f}" if r["floor_us"] else ""
         log(f"{r['workload']:<36}{r['variant']:<32}{r['median_us']:10.1f}{fl}")
+    if RESULTS["timing"]:
+        log("defaults (gpugrad/backends/cupy_backend.py), from this run:")
+        recommend_defaults()
+    (out / f"results{tag}.json").write_text(json.dumps(RESULTS, indent=1))
     return 1 if FAILURES else 0
 
 

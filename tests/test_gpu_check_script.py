@@ -54,6 +54,7 @@ def test_host_breakdown_runs_and_checks_its_launches(gpu_check, capsys):
     assert "the same, ROW_CALL direct: results identical to the backend's" in out
     assert "driver.launchKernel, ctypes block: results identical to the backend's" in out
     assert "DIFFER" not in out
+    assert [(c["kind"], c["ok"]) for c in gpu_check.RESULTS["correctness"]] == [("call path", True)]
     # the emulator refuses raw integers for pointers, which CuPy passes through: that one fails here
     assert set(gpu_check.RESULTS["env"]["host_breakdown_us"]) >= {
         "the whole backend call (out given)", "the same, ROW_CALL direct", "cupy.empty((), float32), freed",
@@ -123,3 +124,47 @@ def test_device_check_stops_a_hung_stage_at_its_deadline(tmp_path):
     assert "== stage new-tests: exit 124" in log  # killed by timeout, the log kept
     assert "not started" in log and "gpu tests exit 0, new-kernel tests exit 124" in log
     assert "current.log" not in files
+
+
+@pytest.fixture
+def bare_gpu_check(monkeypatch):
+    """gpu_check imported as it is (importing needs CuPy installed, not a GPU), with empty results."""
+    pytest.importorskip("cupy", reason="gpu_check imports cupy (no GPU needed)")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check as G
+    monkeypatch.setattr(G, "RESULTS", {"correctness": [], "timing": [], "env": {}})
+    return G
+
+
+def test_recommended_defaults_take_the_fastest_sound_variant(bare_gpu_check, capsys):
+    G = bare_gpu_check
+
+    def timed(workload, variant, us):
+        G.RESULTS["timing"].append(dict(workload=workload, variant=variant, median_us=us))
+
+    def checked(kind, name, ok):
+        G.RESULTS["correctness"].append(dict(kind=kind, name=name, ok=ok))
+    f32, u8 = "linear step n=65536 d=3072 C=10 f32", "linear step n=65536 d=3072 C=10 uint8"
+    timed(f32, "gpugrad fused simt", 812.7), timed(f32, "gpugrad fused mma", 300.0)
+    timed(u8, "gpugrad fused simt", 939.7), timed(u8, "gpugrad fused mma", 80.0)
+    checked("linear", "fused softmax n=3 d=64 C=10 f32", True)
+    checked("linear", "mma softmax n=3 d=64 C=10 f32", True)
+    checked("linear", "mma n/a: fused softmax n=1 d=5 C=1 f32", False)  # another kernel ran: not mma's
+    checked("linear", "fused softmax n=3 d=64 C=10 u8", True)
+    checked("linear", "mma svm n=3 d=64 C=10 u8", False)                # wrong: never the default
+    long_rows = "CE fwd+grad S 8192x32768 f32"
+    for v, us in (("stream", 1017.6), ("prefetch", 900.0), ("block", 1089.9)):
+        timed(long_rows, f"gpugrad kernel {v}", us)
+        checked("variant", f"CE long rows {v} n=1000 C=32768 f32", True)
+    timed("CE fwd+grad S 8192x10 f32", "gpugrad kernel", 15.3)
+    timed("CE fwd+grad S 8192x10 f32", "gpugrad direct call", 7.0)  # fast, but never checked here
+    rec = G.recommend_defaults()
+    assert {k: v["best"] for k, v in rec.items()} == {
+        "LINEAR_VARIANT['f32']": "mma", "LINEAR_VARIANT['u8']": None,
+        "CE_LONG_ROWS['variant']": "prefetch", "ROW_CALL['path']": None}
+    out = capsys.readouterr().out
+    assert "LINEAR_VARIANT['f32']    SET 'mma' (now 'simt')" in out
+    assert G.RESULTS["env"]["recommended_defaults"] == rec
+    # once the direct call is checked bit for bit, it is recommended
+    checked("call path", "ROW_CALL direct vs cupy, bit for bit", True)
+    assert G.recommend_defaults()["ROW_CALL['path']"]["best"] == "direct"

@@ -41,7 +41,7 @@ stage() {
     [ "$cap" -le "$left" ] || cap=$left
     PYTHONUNBUFFERED=1 timeout -k 10 "$cap" "$@" > "$OUT/current.log" 2>&1
     rc=$?
-    tail -n 45 "$OUT/current.log"
+    tail -n 60 "$OUT/current.log"
     { echo "== stage $name: $*"; cat "$OUT/current.log"
       echo "== stage $name: exit $rc after $((SECONDS - t0)) s (limit $cap s)"; } >> "$LOG"
     rm -f "$OUT/current.log"

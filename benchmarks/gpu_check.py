@@ -739,8 +739,8 @@ def main():
         log(f"  device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
         if args.only in (None, "long-rows", "row-calls"):
             bench_ce(bw, rng, {None: ((8192, 32768), (8192, 1024), (8192, 10)),
-                                           "long-rows": ((8192, 32768),),
-                                           "row-calls": ((8192, 1024), (8192, 10))}[args.only])
+                               "long-rows": ((8192, 32768),),
+                               "row-calls": ((8192, 1024), (8192, 10))}[args.only])
         if args.only in (None, "linear"):
             bench_linear(bw, rng, args.compile)
         if args.only in (None, "row-calls"):  # last: its experiments launch through the driver directly

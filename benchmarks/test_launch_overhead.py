@@ -24,6 +24,26 @@ def test_row_loss_call(benchmark, monkeypatch, C):
     benchmark(be.softmax_cross_entropy_grad, S, y, out=out)
 
 
+class _FakeCupyArray(FakeArray):
+    """A FakeArray that gpugrad takes for a cupy.ndarray (it looks at the class's module)."""
+
+
+_FakeCupyArray.__module__ = "cupy._fake"
+
+
+def test_public_softmax_call(benchmark, monkeypatch):
+    """gg.softmax_cross_entropy_grad(S, y, validate=False) on CuPy arrays: the checks, the choice
+    of backend and the backend call (compare with test_row_loss_call[10])."""
+    import gpugrad as gg
+    import gpugrad.backends as B
+    be = fake_backend(monkeypatch)
+    monkeypatch.setattr(B, "_CUPY", be)
+    S, y = _FakeCupyArray((8192, 10), np.float32), _FakeCupyArray(8192, np.int64)
+    loss, dS = gg.softmax_cross_entropy_grad(S, y, validate=False)
+    assert dS.shape == (8192, 10) and [k.name for k in be.launches] == ["gg_ce_f32_w2_k8"]
+    benchmark(gg.softmax_cross_entropy_grad, S, y, validate=False)
+
+
 @pytest.mark.parametrize("variant", ["simt", "mma"])
 def test_linear_step_call(benchmark, monkeypatch, variant):
     be = fake_backend(monkeypatch)

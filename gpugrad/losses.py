@@ -10,28 +10,29 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .backends import backend_for, get_backend, is_cupy_array
+from .backends import get_backend, is_cupy_array
 
 __all__ = ["linear_grad", "softmax_cross_entropy_grad", "svm_grad"]
 
 
-def _resolve(backend, *arrays):
-    """The backend to run on: the one asked for, else the one owning the arrays."""
-    return get_backend(backend) if backend is not None else backend_for(*arrays)
+def _same(a):
+    return a
 
 
-def _returner(be, *arrays):
-    """A function converting results back to the caller's array type."""
-    caller_is_numpy = not any(is_cupy_array(a) for a in arrays)
-    if caller_is_numpy and be.xp is not np:
-        return be.to_numpy
-    return lambda a: a
+def _placement(backend, *arrays, extra=()):
+    """(be, back): the backend to run on (the one asked for, else the one owning the arrays: CuPy
+    for any cupy.ndarray among arrays and extra) and a function turning its results into the
+    caller's array type, which `arrays` decide (numpy in -> numpy out). A small call's cost is
+    its Python, so each array is looked at once."""
+    caller_on_gpu = any(map(is_cupy_array, arrays))
+    if backend is None:
+        backend = "cupy" if caller_on_gpu or any(map(is_cupy_array, extra)) else "numpy"
+    be = get_backend(backend)
+    return be, (be.to_numpy if not caller_on_gpu and be.xp is not np else _same)
 
 
-def _check_values(be, y, C, named, validate):
+def _check_values(be, y, C, named):
     """Labels in [0, C) and every (name, array) in ``named`` finite: one backend call."""
-    if not validate:
-        return
     label_pos, bad = be.first_invalid(y, C, [a for _, a in named])
     _checks.raise_first_invalid(label_pos, bad, y, C, named)
 
@@ -39,10 +40,10 @@ def _check_values(be, y, C, named, validate):
 def _score_loss(method, S, y, backend, check_finite, validate):
     """Check (S, y), run the backend's fused loss ``method`` on them, return (loss, dS)."""
     _checks.check_scores(S, y)
-    be = _resolve(backend, S, y)
-    back = _returner(be, S, y)
+    be, back = _placement(backend, S, y)
     S, y = be.asarray(S), be.asarray(y)
-    _check_values(be, y, S.shape[1], [("S", S)] if check_finite else [], validate)
+    if validate:
+        _check_values(be, y, S.shape[1], [("S", S)] if check_finite else [])
     loss, dS = getattr(be, method)(S, y)
     return back(loss), back(dS)
 
@@ -116,20 +117,21 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
     _checks.check_loss_name(loss)
     lam = _checks.check_lam(lam)
     _checks.check_linear(X, y, W, b, x_mean, x_std)
-    be = _resolve(backend, X, y, W, b, x_mean, x_std)
-    back = _returner(be, X, y, W, b)
+    be, back = _placement(backend, X, y, W, b, extra=(x_mean, x_std))
     X, y, W, b = (be.asarray(a) for a in (X, y, W, b))
-    named = [("X", X)] if X.dtype.kind == "f" else []
-    named += [("W", W), ("b", b)]
     if x_mean is not None:
         x_mean, x_std = be.asarray(x_mean), be.asarray(x_std)
-        named += [("x_mean", x_mean), ("x_std", x_std)]
-    if not check_finite:
-        named = []
-    if x_mean is not None and validate:
-        with np.errstate(divide="ignore"):
-            # A zero in x_std shows up as an infinite 1/x_std in the same fused check.
-            named.append((_checks.INV_STD, 1 / x_std.astype(np.float64)))
-    _check_values(be, y, W.shape[0], named, validate)
+    if validate:
+        named = [("X", X)] if X.dtype.kind == "f" else []
+        named += [("W", W), ("b", b)]
+        if x_mean is not None:
+            named += [("x_mean", x_mean), ("x_std", x_std)]
+        if not check_finite:
+            named = []
+        if x_mean is not None:
+            with np.errstate(divide="ignore"):
+                # A zero in x_std shows up as an infinite 1/x_std in the same fused check.
+                named.append((_checks.INV_STD, 1 / x_std.astype(np.float64)))
+        _check_values(be, y, W.shape[0], named)
     J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
     return back(J), back(dW), back(db)

@@ -36,6 +36,10 @@ class FakeArray:
         self.itemsize = self.dtype.itemsize
         self.size = math.prod(self.shape)
 
+    @property
+    def ndim(self):
+        return len(self.shape)
+
     def astype(self, dtype):
         return FakeArray(self.shape, dtype)
 
@@ -58,6 +62,7 @@ FAKE_CUPY = types.SimpleNamespace(
     zeros=lambda shape, dtype=np.float32: FakeArray(shape, dtype),
     full=lambda shape, value, dtype=np.float32: FakeArray(shape, dtype),
     empty_like=_like,
+    asarray=lambda a, dtype=None: a if dtype is None or dtype == a.dtype else _like(a, dtype),
     ascontiguousarray=lambda a, dtype=None: _like(a, dtype),
     cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
                                get_current_stream=lambda: types.SimpleNamespace(ptr=0)),
@@ -89,6 +94,7 @@ def backend_on(monkeypatch, cupy_module, make_kernel, card=H100):
     monkeypatch.setattr(cb, "ROW_CALL", dict(cb.ROW_CALL))
     monkeypatch.setattr(cb, "_DIRECT", None)  # per-thread slabs of another backend's arrays
     be = object.__new__(cb.CupyBackend)
+    be.xp = cupy_module  # the backend's array module (the class's is the real cupy)
     be._workspaces, be._clusters, be._occupancy, be._row_launches = {}, {}, {}, {}
     for k, v in card.items():
         setattr(be, k, v)

@@ -304,7 +304,6 @@ def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3):
     monkeypatch.setattr(cb, "_max_active_clusters", lambda *a: clusters)
     be = backend_on(monkeypatch, emucupy, EmuFunction, card)
     cb.driver.launchKernel = launch_kernel  # backend_on's stand-in for cupy_backends' driver
-    be.xp = emucupy
     return be
 
 

@@ -62,6 +62,30 @@ def check_scores(S, y) -> None:
     check_labels_shape(y, S.shape[0], "rows of S")
 
 
+def check_out(out, S) -> None:
+    """``out`` for dS: an array of S's type, shape and dtype, C-contiguous, not overlapping S."""
+    require_array("out", out)
+    if type(out) is not type(S):
+        raise TypeError(f"out must be the same kind of array as S ({type(S).__module__.split('.')[0]}."
+                        f"{type(S).__name__}), got {type(out).__module__.split('.')[0]}.{type(out).__name__}")
+    if out.shape != S.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, but dS has S's shape {tuple(S.shape)}")
+    if out.dtype != S.dtype:
+        raise TypeError(f"out has dtype {out.dtype}, but dS has S's dtype {S.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous (the kernels write dS row after row)")
+    if _may_share_memory(out, S):
+        raise ValueError("out overlaps S: dS needs memory of its own")
+
+
+def _may_share_memory(a, b) -> bool:
+    """Whether the memory bounds of two arrays of one kind (numpy or cupy) overlap."""
+    if isinstance(a, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    import cupy  # a cupy.ndarray was passed: cupy is there
+    return bool(cupy.may_share_memory(a, b))
+
+
 def check_linear(X, y, W, b, x_mean=None, x_std=None):
     """Shapes and dtypes of ``linear_grad``'s inputs; returns the compute dtype.
 

@@ -37,23 +37,33 @@ def _check_values(be, y, C, named):
     _checks.raise_first_invalid(label_pos, bad, y, C, named)
 
 
-def _score_loss(method, S, y, backend, check_finite, validate):
-    """Check (S, y), run the backend's fused loss ``method`` on them, return (loss, dS)."""
+def _score_loss(method, S, y, out, backend, check_finite, validate):
+    """Check (S, y, out), run the backend's fused loss ``method`` on them, return (loss, dS)."""
     _checks.check_scores(S, y)
+    if out is not None:
+        _checks.check_out(out, S)
     be, back = _placement(backend, S, y)
     S, y = be.asarray(S), be.asarray(y)
     if validate:
         _check_values(be, y, S.shape[1], [("S", S)] if check_finite else [])
+    if back is _same:  # out, if any, is the backend's own array: the kernels write into it
+        return getattr(be, method)(S, y, out=out)
     loss, dS = getattr(be, method)(S, y)
-    return back(loss), back(dS)
+    if out is None:
+        return back(loss), back(dS)
+    out[...] = back(dS)
+    return back(loss), out
 
 
-def softmax_cross_entropy_grad(S, y, *, backend=None, check_finite=True, validate=True):
+def softmax_cross_entropy_grad(S, y, *, out=None, backend=None, check_finite=True, validate=True):
     """Mean softmax cross-entropy over a batch of score rows, and its gradient.
 
     Args:
         S: (n, C) float32/float64 scores, one example per row.
         y: (n,) integer labels in [0, C).
+        out: optional (n, C) C-contiguous array of S's type and dtype, not overlapping S, that
+            receives dS (and is returned): a training loop can reuse one buffer.
+        backend, check_finite, validate: as for ``linear_grad``.
     Returns:
         (loss, dS): loss a 0-d array, loss = (1/n) sum_i [log sum_j exp(S_ij) - S_i,y_i];
         dS (n, C) = (P - Y) / n with P = softmax(S) row-wise and Y the one-hot labels.
@@ -64,14 +74,15 @@ def softmax_cross_entropy_grad(S, y, *, backend=None, check_finite=True, validat
         >>> round(float(loss), 4), dS.round(4).tolist()
         (0.1269, [[-0.1192, 0.1192]])
     """
-    return _score_loss("softmax_cross_entropy_grad", S, y, backend, check_finite, validate)
+    return _score_loss("softmax_cross_entropy_grad", S, y, out, backend, check_finite, validate)
 
 
-def svm_grad(S, y, *, backend=None, check_finite=True, validate=True):
+def svm_grad(S, y, *, out=None, backend=None, check_finite=True, validate=True):
     """Mean multi-class SVM (hinge) loss over a batch of score rows, and its subgradient.
 
     Args:
         S: (n, C) float32/float64 scores; y: (n,) integer labels in [0, C).
+        out, backend, check_finite, validate: as for ``softmax_cross_entropy_grad``.
     Returns:
         (loss, dS): loss = (1/n) sum_i sum_{j != y_i} max(0, S_ij - S_i,y_i + 1);
         dS_ij = [margin_ij > 0] / n for j != y_i and dS_i,y_i = -#{j: margin_ij > 0} / n.
@@ -82,7 +93,7 @@ def svm_grad(S, y, *, backend=None, check_finite=True, validate=True):
         >>> float(loss), dS.tolist()
         (1.5, [[-1.0, 1.0, 0.0]])
     """
-    return _score_loss("svm_grad", S, y, backend, check_finite, validate)
+    return _score_loss("svm_grad", S, y, out, backend, check_finite, validate)
 
 
 def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None, backend=None,

@@ -223,3 +223,48 @@ def test_get_backend_names_and_errors():
     if not gg.cupy_available():
         with pytest.raises(RuntimeError, match="the cupy backend is not usable"):
             gg.get_backend("cupy")
+
+
+# ---- out=: dS into the caller's buffer ---------------------------------------------------------
+@pytest.mark.parametrize("fn", [gg.softmax_cross_entropy_grad, gg.svm_grad])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_out_receives_ds_and_is_returned(backend, rng, fn, dtype):
+    S = backend.xp.asarray((rng.standard_normal((37, 11)) * 3).astype(dtype))
+    y = backend.xp.asarray(rng.integers(0, 11, 37))
+    loss, dS = fn(S, y)
+    out = backend.xp.asarray(np.full((37, 11), np.nan, dtype))  # poisoned: every entry must be written
+    loss_out, dS_out = fn(S, y, out=out)
+    assert dS_out is out
+    np.testing.assert_array_equal(backend.to_numpy(out), backend.to_numpy(dS))
+    assert float(loss_out) == float(loss)
+
+
+def test_out_on_another_backend_than_the_caller_is_filled_in_place(backend, rng):
+    """numpy arrays run on the backend asked for; dS still lands in the caller's numpy out."""
+    S, y = rng.standard_normal((5, 3)), rng.integers(0, 3, 5)
+    out = np.full((5, 3), np.nan)
+    loss, dS = gg.softmax_cross_entropy_grad(S, y, out=out, backend=backend)
+    assert dS is out and type(loss) is np.ndarray
+    np.testing.assert_allclose(out, gg.softmax_cross_entropy_grad(S, y)[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad,err,match", [
+    (lambda S, xp: xp.empty((7, 3)), ValueError, r"out has shape \(7, 3\), but dS has S's shape \(6, 3\)"),
+    (lambda S, xp: xp.empty((6, 3), np.float32), TypeError, "out has dtype float32, but dS has S's dtype float64"),
+    (lambda S, xp: xp.empty((3, 6)).T, ValueError, "out must be C-contiguous"),
+    (lambda S, xp: S, ValueError, "out overlaps S"),
+    (lambda S, xp: [[0.0] * 3] * 6, TypeError, "out must be a numpy.ndarray or cupy.ndarray, got list"),
+])
+def test_bad_out_is_refused_by_name(backend, rng, bad, err, match):
+    X, y, W, b = _problem(backend, rng)
+    S = X @ W.T
+    with pytest.raises(err, match=match):
+        gg.softmax_cross_entropy_grad(S, y, out=bad(S, backend.xp))
+
+
+def test_out_of_another_array_kind_than_s_is_refused(backend, rng):
+    if backend.xp is np:
+        pytest.skip("needs a CUDA backend's array kind next to numpy's")
+    X, y, W, b = _problem(backend, rng)
+    with pytest.raises(TypeError, match="out must be the same kind of array as S"):
+        gg.svm_grad(X @ W.T, y, out=np.empty((6, 3)))

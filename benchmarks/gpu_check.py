@@ -367,12 +367,16 @@ def bench_ce(bw, rng, shapes=((8192, 32768), (8192, 1024), (8192, 10))):
             cb.CE_LONG_ROWS["variant"] = DEFAULT_LONG
         add_timing(wl, "gpugrad kernel", time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
         add_timing(wl, "gpugrad kernel (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets), floor)
+        api = lambda S, y: gg.softmax_cross_entropy_grad(S, y, out=outs[0], validate=False)  # noqa: E731
+        if C <= 1024:  # host-bound sizes: what a user's call costs, checks and all
+            add_timing(wl, "gpugrad API, validate=False, out=", time_batches(api, sets), floor)
         if C <= 1024 and "direct" in ROW_CALLS:  # host-bound sizes: the call path matters
             cb.ROW_CALL["path"] = "direct"
             add_timing(wl, "gpugrad direct call",
                        time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
             add_timing(wl, "gpugrad direct (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets),
                        floor)
+            add_timing(wl, "gpugrad API direct, validate=False, out=", time_batches(api, sets), floor)
             cb.ROW_CALL["path"] = "cupy"
         if C <= 1024:
             tg = time_graph(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets[0])

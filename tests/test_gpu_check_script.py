@@ -168,3 +168,11 @@ def test_recommended_defaults_take_the_fastest_sound_variant(bare_gpu_check, cap
     # once the direct call is checked bit for bit, it is recommended
     checked("call path", "ROW_CALL direct vs cupy, bit for bit", True)
     assert G.recommend_defaults()["ROW_CALL['path']"]["best"] == "direct"
+
+
+def test_small_c_softmax_timings_run(gpu_check, monkeypatch):
+    monkeypatch.setattr(gpu_check, "time_graph", lambda fn, args, **k: None)  # no CUDA graphs here
+    gpu_check.bench_ce(3e12, np.random.default_rng(0), shapes=((300, 10),))
+    variants = [r["variant"] for r in gpu_check.RESULTS["timing"]]
+    assert "gpugrad API, validate=False, out=" in variants
+    assert "gpugrad API direct, validate=False, out=" in variants

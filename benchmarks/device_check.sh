@@ -31,7 +31,7 @@ DEADLINE=$((SECONDS + ${GG_BUDGET_S:-540}))  # end on our own, logs intact, befo
 # runs (so a killed call still returns it), then onto $LOG; its last lines are printed here.
 # Returns CMD's status: 124 when stopped at its limit, 125 when too little time was left to start.
 stage() {
-    local name=$1 cap=$2 left rc t0=$SECONDS
+    local name=$1 cap=$2 left rc status t0=$SECONDS
     shift 2
     left=$((DEADLINE - SECONDS))
     if [ "$left" -lt "${GG_MIN_STAGE_S:-30}" ]; then
@@ -41,11 +41,11 @@ stage() {
     [ "$cap" -le "$left" ] || cap=$left
     PYTHONUNBUFFERED=1 timeout -k 10 "$cap" "$@" > "$OUT/current.log" 2>&1
     rc=$?
+    status="== stage $name: exit $rc after $((SECONDS - t0)) s (limit $cap s)"
     tail -n 60 "$OUT/current.log"
-    { echo "== stage $name: $*"; cat "$OUT/current.log"
-      echo "== stage $name: exit $rc after $((SECONDS - t0)) s (limit $cap s)"; } >> "$LOG"
+    { echo "== stage $name: $*"; cat "$OUT/current.log"; echo "$status"; } >> "$LOG"
     rm -f "$OUT/current.log"
-    echo "== stage $name: exit $rc after $((SECONDS - t0)) s (limit $cap s)"
+    echo "$status"
     return $rc
 }
 

@@ -349,6 +349,19 @@ def add_timing(workload, variant, t, floor_us=None):
     log(f"  {workload:<34} {variant:<26} {med:10.1f} us  (p10 {p10:.1f}, p90 {p90:.1f}){fl}")
 
 
+LINEAR_TARGET = (65536, 3072, 10)  # the issue's linear-step shape (n, d, C)
+
+
+def ce_workload(n: int, C: int) -> str:
+    """A softmax CE timing row's workload name (float32 S); recommend_defaults looks rows up by it."""
+    return f"CE fwd+grad S {n}x{C} f32"
+
+
+def linear_workload(n: int, d: int, C: int, x: str) -> str:
+    """A linear step timing row's workload name, x = "f32" or "uint8" (the X type)."""
+    return f"linear step n={n} d={d} C={C} {x}"
+
+
 def bench_ce(bw, rng, shapes=((8192, 32768), (8192, 1024), (8192, 10))):
     be = gg.get_backend("cupy")
     for n, C in shapes:
@@ -358,7 +371,7 @@ def bench_ce(bw, rng, shapes=((8192, 32768), (8192, 1024), (8192, 10))):
         sets = [(cupy.asarray((rng.standard_normal((n, C)) * 3).astype(np.float32)),
                  cupy.asarray(rng.integers(0, C, n))) for _ in range(k)]
         outs = [cupy.empty((n, C), np.float32) for _ in range(2)]
-        wl = f"CE fwd+grad S {n}x{C} f32"
+        wl = ce_workload(n, C)
         if C == 32768:
             for variant in LONG_ROW_VARIANTS:
                 cb.CE_LONG_ROWS["variant"] = variant
@@ -508,7 +521,7 @@ class Switch(NamedTuple):
 
 
 def _linear_switch(x: str, suffix: str) -> Switch:
-    return Switch(f"LINEAR_VARIANT[{x!r}]", lambda: cb.LINEAR_VARIANT[x], f"linear step n=65536 d=3072 C=10 {suffix}",
+    return Switch(f"LINEAR_VARIANT[{x!r}]", lambda: cb.LINEAR_VARIANT[x], linear_workload(*LINEAR_TARGET, suffix),
                   {"simt": ("gpugrad fused simt", ("linear", "fused ", f" {x}")),
                    "mma": ("gpugrad fused mma", ("linear", "mma ", f" {x}"))})
 
@@ -516,9 +529,9 @@ def _linear_switch(x: str, suffix: str) -> Switch:
 SWITCHES = (
     _linear_switch("f32", "f32"),
     _linear_switch("u8", "uint8"),
-    Switch("CE_LONG_ROWS['variant']", lambda: cb.CE_LONG_ROWS["variant"], "CE fwd+grad S 8192x32768 f32",
+    Switch("CE_LONG_ROWS['variant']", lambda: cb.CE_LONG_ROWS["variant"], ce_workload(8192, 32768),
            {v: (f"gpugrad kernel {v}", ("variant", f"CE long rows {v} ", "")) for v in ("stream", "prefetch", "block")}),
-    Switch("ROW_CALL['path']", lambda: cb.ROW_CALL["path"], "CE fwd+grad S 8192x10 f32",
+    Switch("ROW_CALL['path']", lambda: cb.ROW_CALL["path"], ce_workload(8192, 10),
            {"cupy": ("gpugrad kernel", None), "direct": ("gpugrad direct call", ("call path", "ROW_CALL direct", ""))}),
 )
 
@@ -583,7 +596,7 @@ def time_linear_variants(be, workload, sets, W, mean, step, floor=None, reps=20)
 
 def bench_linear(bw, rng, compile_torch):
     be = gg.get_backend("cupy")
-    n, d, C = 65536, 3072, 10  # the issue's target shape, --quick or not
+    n, d, C = LINEAR_TARGET  # --quick or not
     lam = 1e-3
     for xdtype in (np.float32, np.uint8):
         item = np.dtype(xdtype).itemsize
@@ -594,7 +607,7 @@ def bench_linear(bw, rng, compile_torch):
         if xdtype == np.float32:
             sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=np.float32)), cupy.asarray(rng.integers(0, C, n)))
                     for _ in range(k)]
-            wl = f"linear step n={n} d={d} C={C} f32"
+            wl = linear_workload(n, d, C, "f32")
             time_linear_variants(be, wl, sets, W, None, lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"),
                                  floor, reps=5)
             add_timing(wl, "gpugrad API, validate=True", time_batches(lambda X, y: gg.linear_grad(X, y, W, b, lam), sets, reps=5), floor)
@@ -611,7 +624,7 @@ def bench_linear(bw, rng, compile_torch):
                     for _ in range(k)]
             mean = cupy.full(d, 120.0, np.float32)
             std = cupy.full(d, 64.0, np.float32)
-            wl = f"linear step n={n} d={d} C={C} uint8"
+            wl = linear_workload(n, d, C, "uint8")
             time_linear_variants(be, wl, sets, W, mean,
                                  lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), floor, reps=5)
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
@@ -629,7 +642,7 @@ def bench_small_step(rng, n=100, d=64, C=10):
     W = cupy.asarray((rng.standard_normal((C, d)) * 0.01).astype(np.float32))
     b = cupy.zeros(C, np.float32)
     mean, std = cupy.full(d, 4.9, np.float32), cupy.full(d, 6.0, np.float32)
-    wl = f"linear step n={n} d={d} C={C} uint8"
+    wl = linear_workload(n, d, C, "uint8")
     time_linear_variants(be, wl, sets, W, mean, lambda X, y: be.linear_grad(X, y, W, b, 1e-3, "softmax", mean, std))
     add_timing(wl, "gpugrad API, validate=False", time_batches(
         lambda X, y: gg.linear_grad(X, y, W, b, 1e-3, x_mean=mean, x_std=std, validate=False), sets))

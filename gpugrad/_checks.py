@@ -66,8 +66,7 @@ def check_out(out, S) -> None:
     """``out`` for dS: an array of S's type, shape and dtype, C-contiguous, not overlapping S."""
     require_array("out", out)
     if type(out) is not type(S):
-        raise TypeError(f"out must be the same kind of array as S ({type(S).__module__.split('.')[0]}."
-                        f"{type(S).__name__}), got {type(out).__module__.split('.')[0]}.{type(out).__name__}")
+        raise TypeError(f"out must be the same kind of array as S ({_kind(S)}), got {_kind(out)}")
     if out.shape != S.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, but dS has S's shape {tuple(S.shape)}")
     if out.dtype != S.dtype:
@@ -76,6 +75,11 @@ def check_out(out, S) -> None:
         raise ValueError("out must be C-contiguous (the kernels write dS row after row)")
     if _may_share_memory(out, S):
         raise ValueError("out overlaps S: dS needs memory of its own")
+
+
+def _kind(a) -> str:
+    """An array's class as users know it: numpy.ndarray, cupy.ndarray."""
+    return f"{type(a).__module__.split('.')[0]}.{type(a).__name__}"
 
 
 def _may_share_memory(a, b) -> bool:

@@ -134,12 +134,12 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
     if x_mean is not None:
         x_mean, x_std = be.asarray(x_mean), be.asarray(x_std)
     if validate:
-        named = [("X", X)] if X.dtype.kind == "f" else []
-        named += [("W", W), ("b", b)]
-        if x_mean is not None:
-            named += [("x_mean", x_mean), ("x_std", x_std)]
-        if not check_finite:
-            named = []
+        named = []
+        if check_finite:
+            named = [("X", X)] if X.dtype.kind == "f" else []
+            named += [("W", W), ("b", b)]
+            if x_mean is not None:
+                named += [("x_mean", x_mean), ("x_std", x_std)]
         if x_mean is not None:
             with np.errstate(divide="ignore"):
                 # A zero in x_std shows up as an infinite 1/x_std in the same fused check.

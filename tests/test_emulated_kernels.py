@@ -11,6 +11,7 @@ land (a missing barrier or wait). The last tests plant such bugs in the kernels 
 What it cannot show: speed, and the hardware's rounding inside the tensor cores (modelled in
 tests/test_linmma_model.py). Sizes are small: a thread costs microseconds here.
 """
+import ctypes
 import os
 import platform
 import shutil
@@ -120,9 +121,11 @@ def test_direct_call_path_gives_each_thread_its_own_parameter_block(be, monkeypa
     import threading
     monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
     blocks = []
-    thread = threading.Thread(target=lambda: blocks.append(cb._direct().argv_ptr))
+    # Keep the other thread's block itself, not just its address: a thread's locals are freed
+    # when it ends, and the allocator may hand the same address to this thread's block.
+    thread = threading.Thread(target=lambda: blocks.append(cb._direct().argv))
     thread.start(), thread.join()
-    assert blocks[0] != cb._direct().argv_ptr
+    assert ctypes.addressof(blocks[0]) != cb._direct().argv_ptr
 
 
 @pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])

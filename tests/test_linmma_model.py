@@ -16,6 +16,7 @@ import gpugrad as gg
 
 pytest.importorskip("cupy", reason="the tile shapes live in the CuPy backend")
 from gpugrad.backends.cupy_backend import LINMMA  # noqa: E402
+from kernel_checks import db_scale, rel  # noqa: E402
 
 NP = gg.get_backend("numpy")
 f16, f32, f64 = np.float16, np.float32, np.float64
@@ -88,10 +89,6 @@ def linmma_model(X, y, W, b, lam, loss, mean, std):
     return J, dW, db
 
 
-def _rel(got, ref):
-    return np.linalg.norm(np.asarray(got, f64) - ref) / max(np.linalg.norm(ref), 1e-300)
-
-
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 @pytest.mark.parametrize("case", ["pixels", "offset means", "tiny weights", "large weights", "narrow std",
                                   "tiny gradients"])
@@ -118,8 +115,11 @@ def test_the_kernels_arithmetic_meets_float32_accuracy(case, loss, rng):
         lam = 0.0
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean.astype(f32), std.astype(f32))
     J, dW, db = linmma_model(X, y, W, b, lam, loss, mean, std)
-    assert _rel(dW, dW_ref) <= 1e-5
-    assert _rel(db, db_ref) <= 1e-5
+    assert rel(dW, dW_ref) <= 1e-5
+    # db against the per-class sums of |dL/dS|, as on the GPU: with large weights the softmax is
+    # nearly one-hot, db = (predicted - true class counts) / n cancels to ~0.03, and the float32
+    # rounding of a near-tied row's scores (~1e-6 of a row) is then ~3e-5 of ||db||.
+    assert rel(db, db_ref, db_scale(X, y, W, b, loss, mean.astype(f32), std.astype(f32))) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref) or J_ref == 0.0
 
 
@@ -135,7 +135,7 @@ def test_one_f16_half_would_not_be_enough(rng):
     hi_only = (Wp * scale).astype(f16).astype(f64) / scale
     Xc = X.astype(f64) - _pixel_offset(mean.astype(f32))
     exact = Xc @ Wp.astype(f64).T
-    assert _rel(Xc @ hi_only.T, exact) > 1e-5
+    assert rel(Xc @ hi_only.T, exact) > 1e-5
 
 
 def _tf32(v32):
@@ -187,8 +187,8 @@ def test_the_3xtf32_arithmetic_meets_float32_accuracy(scale, loss, rng):
     y = rng.integers(0, C, n)
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, 0.01, loss)
     J, dW, db = linmma_f32_model(X, y, W, b, 0.01, loss)
-    assert _rel(dW, dW_ref) <= 1e-5
-    assert _rel(db, db_ref) <= 1e-5
+    assert rel(dW, dW_ref) <= 1e-5
+    assert rel(db, db_ref, db_scale(X, y, W, b, loss)) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
 
 
@@ -234,7 +234,7 @@ def test_per_tile_accumulators_keep_truncation_in_bounds(rng):
     Xc = rng.integers(-128, 128, (n, m)).astype(f64)
     exact = (G * Xc).sum(axis=0)
     parts = (G * Xc).reshape(n // 16, 16, m).sum(axis=1)
-    err_tile = _rel(_mma_chain(parts, per_tile=4), exact)
-    err_chain = _rel(_mma_chain(parts), exact)
+    err_tile = rel(_mma_chain(parts, per_tile=4), exact)
+    err_chain = rel(_mma_chain(parts), exact)
     assert err_tile <= 1e-6
     assert err_chain > 3 * err_tile  # why the kernels restart their accumulators

@@ -189,6 +189,39 @@ def check_linear(rng, quick):
             cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
 
 
+# The kinds of X with only the "simt" kernel: (X dtype, normalised on the fly), checked and timed
+# apart from f32/u8 (whose two kernels LINEAR_VARIANTS compares).
+OTHER_KINDS = {"f32n": (np.float32, True), "f64": (np.float64, False), "f64n": (np.float64, True)}
+
+
+def check_other_linear_kinds(rng, quick, shapes=((1, 5, 1), (3, 7, 2), (65537, 784, 10), (4097, 1024, 10),
+                                                   (2049, 2048, 4), (513, 100, 16), (300, 1025, 10),
+                                                   (1000, 3072, 10))):
+    """float32 X normalised on the fly, float64 X plain and normalised: the fused kernel where the
+    row fits (float64: d <= 2048 for C <= 4, 1024 above), the inherited path past it."""
+    be = gg.get_backend("cupy")
+    if quick:
+        shapes = [s for s in shapes if s[0] * s[1] < 50_000_000]
+    for kind, (dtype, norm) in OTHER_KINDS.items():
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        for n, d, C in shapes:
+            X64 = rng.standard_normal((n, d)) * (3 if norm else 1) + (5 if norm else 0)
+            mean = X64.mean(0) + rng.standard_normal(d) if norm else None
+            std = X64.std(0) * rng.uniform(0.5, 2, d) + 0.1 if norm else None
+            W64, b64, y = rng.standard_normal((C, d)) * 0.05, rng.standard_normal(C) * 0.1, rng.integers(0, C, n)
+            # The reference gets the values the kernel sees (float32 rounding included).
+            host = [None if a is None else a.astype(dtype) for a in (X64, W64, b64, mean, std)]
+            X, W, b, m, sd = (None if a is None else cupy.asarray(a) for a in host)
+            fused = "fused" if be.linear_plan(X, W, m) else "fallback"
+            for loss_name in ("softmax", "svm"):
+                ref = NP.linear_grad(host[0].astype(np.float64), y, *(a.astype(np.float64) for a in host[1:3]), 0.01,
+                                     loss_name, *(None if a is None else a.astype(np.float64) for a in host[3:]))
+                poison_pool(1 << 28)
+                J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, 0.01, loss_name, m, sd)
+                err = max(rel_err(dW.get(), ref[1]), rel_err(db.get(), ref[2]), abs(float(J) - ref[0]) / abs(ref[0]))
+                record("linear", f"{fused} {loss_name} n={n} d={d} C={C} {kind}", err, tol, n=n, d=d, C=C)
+
+
 def linear_kind(be, variant, X, W, mean):
     """Which kernel the fused linear step runs for these inputs under `variant`."""
     if variant == "mma" and be.linmma_plan(X, W, mean):
@@ -358,7 +391,8 @@ def ce_workload(n: int, C: int) -> str:
 
 
 def linear_workload(n: int, d: int, C: int, x: str) -> str:
-    """A linear step timing row's workload name, x = "f32" or "uint8" (the X type)."""
+    """A linear step timing row's workload name, x = "f32", "uint8" (the X type) or another kind of
+    X ("f32n", "f64": OTHER_KINDS)."""
     return f"linear step n={n} d={d} C={C} {x}"
 
 
@@ -630,7 +664,30 @@ def bench_linear(bw, rng, compile_torch):
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
                 lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, lam), sets, reps=5), floor)
         del sets
+    bench_other_linear_kinds(bw, rng)
     bench_small_step(rng)
+
+
+def bench_other_linear_kinds(bw, rng, shapes=(("f32n", LINEAR_TARGET), ("f64", (65536, 1024, 10)))):
+    """The "simt" kernel for float32 X normalised on the fly (at the target shape) and float64 X
+    (d = 1024, the longest float64 row it takes at C = 10), against plain CuPy."""
+    be = gg.get_backend("cupy")
+    lam = 1e-3
+    for kind, (n, d, C) in shapes:
+        dtype, norm = OTHER_KINDS[kind]
+        floor = n * d * np.dtype(dtype).itemsize / bw * 1e6  # one read of X
+        W = cupy.asarray(rng.standard_normal((C, d)) * 0.01, dtype=dtype)
+        b = cupy.asarray(rng.standard_normal(C) * 0.1, dtype=dtype)
+        mean, std = (cupy.full(d, 0.5, dtype), cupy.full(d, 2.0, dtype)) if norm else (None, None)
+        sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=dtype)), cupy.asarray(rng.integers(0, C, n)))
+                for _ in range(2)]
+        wl = linear_workload(n, d, C, kind)
+        assert be.linear_plan(sets[0][0], W, mean) is not None, wl
+        add_timing(wl, "gpugrad fused simt", time_batches(
+            lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), sets, reps=5), floor)
+        add_timing(wl, "plain CuPy (cuBLAS)", time_batches(
+            lambda X, y: plain_cupy_linear(X if mean is None else (X - mean) / std, y, W, b, lam), sets, reps=5), floor)
+        del sets
 
 
 def bench_small_step(rng, n=100, d=64, C=10):
@@ -746,6 +803,7 @@ def main():
         check_row_losses(rng, args.quick)
     if args.only in (None, "linear"):
         check_linear(rng, args.quick)
+        check_other_linear_kinds(rng, args.quick)
     if args.only in (None, "long-rows"):
         check_long_row_variants(rng)
 

@@ -42,6 +42,17 @@ template <> __device__ __forceinline__ float gg_inf<float>() { return __int_as_f
 template <> __device__ __forceinline__ double gg_inf<double>() {
     return __longlong_as_double(0x7ff0000000000000LL);
 }
+// a * b + c with one rounding, in the arguments' type. Spelled out per type: the float overload
+// of fma is not in the global namespace of every host C++ library (the CPU emulator's compiler).
+__device__ __forceinline__ float gg_fma(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double gg_fma(double a, double b, double c) { return fma(a, b, c); }
+
+// A quiet NaN: what a row with a bad label yields (validation off), never an out-of-bounds read.
+template <typename T> __device__ __forceinline__ T gg_nan();
+template <> __device__ __forceinline__ float gg_nan<float>() { return __int_as_float(0x7fc00000); }
+template <> __device__ __forceinline__ double gg_nan<double>() {
+    return __longlong_as_double(0x7ff8000000000000LL);
+}
 
 // Labels arrive as int32 or int64 (numpy's default); the width is a run-time flag, uniform
 // across the grid, so the branch costs nothing and halves the number of kernel instantiations.

@@ -1,12 +1,14 @@
 // linear_step.cuh: the whole linear-classifier step fused, X read from device memory once.
 //
-// Reads:  X (n, d) float32, or uint8 pixels normalised on the fly as (x - mean_k) * (1 / std_k);
-//         y (n,); W (C, d) and b (C,) float32 (W once per block, into shared memory).
-// Writes: per-block partials dW_part[block][C][d], db_part[block][C], loss_part[block], and
-//         wsq = ||W||^2; gg_linear_finish then adds the partials in a fixed order and writes
+// Reads:  X (n, d): float32 or float64, or uint8 pixels; with x_mean/x_std (NORM) each value is
+//         normalised on the fly as (x - mean_k) * (1 / std_k); y (n,); W (C, d) and b (C,) in the
+//         compute type T (float32: float32 or uint8 X; float64: float64 X); W once per block,
+//         into shared memory.
+// Writes: per-block partials dW_part[block][C][d], db_part[block][C] (T), loss_part[block], and
+//         wsq = ||W||^2; gg_linear_finish(_f64) then adds the partials in a fixed order and writes
 //         J (0-d), dW = G^T X + 2 lam W and db = column sums of G (G = dL/dS, already / n).
-// Traffic: one read of X (4 n d bytes, or n d for uint8) + (grid) x (C d) partials, which is
-//         about 2% of X at n = 65536, d = 3072, C = 10 on 132 multiprocessors.
+// Traffic: one read of X (n d sizeof(X)) + (grid) x (C d) partials, which is about 2% of X at
+//         n = 65536, d = 3072, C = 10 on 132 multiprocessors (float32).
 //
 // Layout: a persistent grid; each block walks groups of RG rows. Thread t owns the columns
 // k = t + j * blockDim.x (j < KPT) for the whole run, so
@@ -17,6 +19,8 @@
 //            p - y of rowmath.cuh; svm: the hinge indicators);
 //   phase 2  dW[c][k] += G[r][c] X[r][k] accumulates in registers, from the same X values.
 // X tiles stream into shared memory with cp.async, one row group ahead of the compute.
+// float64 keeps the same layout with fewer rows per group and columns per thread (GgLinearShape):
+// its accumulators take two registers each.
 #pragma once
 #include "common.cuh"
 #include "rowmath.cuh"
@@ -30,14 +34,15 @@ template <> struct GgPow2<1> { static constexpr int value = 1; };
 // all for 32 values, against 5 per value for separate reductions.
 template <int O, int NV>
 struct GgButterfly {
-    static __device__ __forceinline__ void run(float* v, int lane) {
+    template <typename T>
+    static __device__ __forceinline__ void run(T* v, int lane) {
         if constexpr (NV > 1) {
             constexpr int H = NV / 2;
             const bool upper = lane & O;
 #pragma unroll
             for (int i = 0; i < H; ++i) {
-                const float send = upper ? v[i] : v[i + H];
-                const float keep = upper ? v[i + H] : v[i];
+                const T send = upper ? v[i] : v[i + H];
+                const T keep = upper ? v[i + H] : v[i];
                 v[i] = keep + __shfl_xor_sync(GG_FULL_MASK, send, O);
             }
             if constexpr (O > 1) GgButterfly<O / 2, H>::run(v, lane);
@@ -86,75 +91,78 @@ __device__ __forceinline__ const TX* gg_next_tile(TX* tiles, int it, gg_i64 next
     return tiles + (it & 1) * R * xstride;
 }
 
-// 1 / std_k in float32, correctly rounded (no fast math): what the host would get from CuPy's
+// 1 / std_k in T, correctly rounded (no fast math): what the host would get from CuPy's
 // 1 / x_std. The kernels take x_std itself, so a step launches no extra kernel for it.
-__device__ __forceinline__ float gg_inv_std(const float* x_std, int k) { return 1.f / x_std[k]; }
+template <typename T>
+__device__ __forceinline__ T gg_inv_std(const T* x_std, int k) { return T(1) / x_std[k]; }
 
-template <typename TX>
-__device__ __forceinline__ float gg_load_x(const TX* p, int k, float mean, float inv_std);
-template <>
-__device__ __forceinline__ float gg_load_x<float>(const float* p, int k, float, float) { return p[k]; }
-template <>
-__device__ __forceinline__ float gg_load_x<unsigned char>(const unsigned char* p, int k, float mean, float inv_std) {
-    return ((float)p[k] - mean) * inv_std;
+// X[k] of a staged row as the compute type T, normalised when NORM.
+template <typename T, bool NORM, typename TX>
+__device__ __forceinline__ T gg_load_x(const TX* p, int k, T mean, T inv_std) {
+    if constexpr (NORM) return ((T)p[k] - mean) * inv_std;
+    else return (T)p[k];
 }
 
 // The row's loss and G[c] * scale from its C scores, a team of TW lanes (TW a power of two, C <= TW)
 // per row: team lane c < C holds s. Returns this lane's G * scale (0 for lanes >= C) and adds the
 // row's loss to *loss in team lane 0. scale = 1/n gives dL/dS of the batch mean.
-template <int TW>
-__device__ __forceinline__ float gg_row_loss_grad(float s, int lane, int C, gg_i64 yv, bool row_ok,
-                                                  int loss_kind, float scale, double* loss) {
+template <int TW, typename T>
+__device__ __forceinline__ T gg_row_loss_grad(T s, int lane, int C, gg_i64 yv, bool row_ok,
+                                              int loss_kind, T scale, double* loss) {
     const bool in = lane < C;
     const bool label_ok = yv >= 0 && yv < C;
-    float s_y = __shfl_sync(GG_FULL_MASK, s, label_ok ? (int)yv : 0, TW);
-    if (!label_ok) s_y = __int_as_float(0x7fc00000);  // bad label (validation off): NaN, no stray read
-    float g, l;
+    T s_y = __shfl_sync(GG_FULL_MASK, s, label_ok ? (int)yv : 0, TW);
+    if (!label_ok) s_y = gg_nan<T>();  // bad label (validation off): NaN, no stray read
+    T g, l;
     if (loss_kind == 0) {
-        const float m = gg_subwarp_reduce<TW>(in ? s : -gg_inf<float>(), GgMax());
-        const float e = in ? expf(s - m) : 0.f;
-        const float others = gg_subwarp_reduce<TW>(lane != yv ? e : 0.f, GgSum());
-        const float e_y = expf(s_y - m), total = others + e_y;
-        g = in ? gg_ce_grad(lane == yv, e, others, scale / total) : 0.f;
+        const T m = gg_subwarp_reduce<TW>(in ? s : -gg_inf<T>(), GgMax());
+        const T e = in ? exp(s - m) : T(0);
+        const T others = gg_subwarp_reduce<TW>(lane != yv ? e : T(0), GgSum());
+        const T e_y = exp(s_y - m), total = others + e_y;
+        g = in ? gg_ce_grad(lane == yv, e, others, scale / total) : T(0);
         l = gg_ce_row_loss(s_y - m, e_y, others, total);
     } else {
-        const float margin = gg_hinge_margin(s, s_y);
-        const bool on = in && lane != yv && margin > 0.f;
+        const T margin = gg_hinge_margin(s, s_y);
+        const bool on = in && lane != yv && margin > T(0);
         const int active = gg_subwarp_reduce<TW>((int)on, GgSum());
-        l = gg_subwarp_reduce<TW>(on ? margin : 0.f, GgSum());
+        l = gg_subwarp_reduce<TW>(on ? margin : T(0), GgSum());
         if (!label_ok) l = s_y;
-        g = lane == yv ? -(float)active * scale : (on ? scale : 0.f);
+        g = lane == yv ? -(T)active * scale : (on ? scale : T(0));
     }
-    if (!row_ok) return 0.f;
+    if (!row_ok) return T(0);
     if (lane == 0) *loss += (double)l;
     return g;
 }
 
-template <typename TX, int C>
+// Rows per group and columns per thread: the registers a thread holds are dW (C x KPT), its X
+// values (RG x KPT) and the RG x C dot-product parts. float64 values take two registers, so it
+// gets fewer rows and columns (at 512 threads a block, 128 registers a thread).
+template <typename T, int C>
 struct GgLinearShape {
+    static constexpr bool F64 = sizeof(T) == 8;
     static constexpr int P2 = GgPow2<C>::value;
-    static constexpr int RG = (32 / P2) < 4 ? (32 / P2) : 4;        // rows per group
+    static constexpr int RG = F64 ? (C <= 4 ? 2 : 1) : ((32 / P2) < 4 ? (32 / P2) : 4);
     static constexpr int NPART = RG * C;                             // dot products per group
     static constexpr int PP2 = GgPow2<NPART>::value;                 // padded for the butterfly
-    static constexpr int KPT = C <= 5 ? 8 : (C <= 10 ? 6 : 4);       // columns per thread
+    static constexpr int KPT = F64 ? (C <= 4 ? 4 : 2) : (C <= 5 ? 8 : (C <= 10 ? 6 : 4));
 };
 
-template <typename TX, int C>
+template <typename T, typename TX, bool NORM, int C>
 __device__ __forceinline__ void gg_linear_step(
-    const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W,
-    const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_std,
-    gg_i64 n, int d, int dpad, int align, int loss_kind, float* __restrict__ dW_part,
-    float* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq) {
-    using Sh = GgLinearShape<TX, C>;
+    const TX* __restrict__ X, const void* __restrict__ y, int y64, const T* __restrict__ W,
+    const T* __restrict__ b, const T* __restrict__ x_mean, const T* __restrict__ x_std,
+    gg_i64 n, int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part,
+    T* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq) {
+    using Sh = GgLinearShape<T, C>;
     constexpr int RG = Sh::RG, KPT = Sh::KPT, NPART = Sh::NPART, PP2 = Sh::PP2;
-    const int T = blockDim.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = T >> 5;
+    const int nthreads = blockDim.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = nthreads >> 5;
 
     // Shared memory: Ws[C][d] | red[nwarps][32] | Gs[RG][C] | Xs[2][RG][dpad].
     extern __shared__ __align__(16) unsigned char gg_smem[];
-    float* Ws = reinterpret_cast<float*>(gg_smem);
-    float* red = Ws + C * d;
-    float* Gs = red + nwarps * 32;
-    TX* Xs = reinterpret_cast<TX*>(gg_smem + ((sizeof(float) * (C * d + nwarps * 32 + RG * C) + 15) / 16) * 16);
+    T* Ws = reinterpret_cast<T*>(gg_smem);
+    T* red = Ws + C * d;
+    T* Gs = red + nwarps * 32;
+    TX* Xs = reinterpret_cast<TX*>(gg_smem + ((sizeof(T) * (C * d + nwarps * 32 + RG * C) + 15) / 16) * 16);
     __shared__ double scratch[32];
 
     const gg_i64 ngroups = (n + RG - 1) / RG;
@@ -163,56 +171,56 @@ __device__ __forceinline__ void gg_linear_step(
 
     // W into shared memory once per block; ||W||^2 on the way (block 0 writes it).
     double wsq_local = 0.0;
-    for (int i = threadIdx.x; i < C * d; i += T) {
-        const float w = W[i];
+    for (int i = threadIdx.x; i < C * d; i += nthreads) {
+        const T w = W[i];
         Ws[i] = w;
         wsq_local += (double)w * w;
     }
     wsq_local = gg_block_reduce(wsq_local, GgSum(), scratch);
     if (blockIdx.x == 0 && threadIdx.x == 0) *wsq = wsq_local;
 
-    float mean[KPT], istd[KPT];
+    T mean[KPT], istd[KPT];
 #pragma unroll
     for (int j = 0; j < KPT; ++j) {
-        const int k = threadIdx.x + j * T;
-        mean[j] = (x_mean != nullptr && k < d) ? x_mean[k] : 0.f;
-        istd[j] = (x_std != nullptr && k < d) ? gg_inv_std(x_std, k) : 1.f;
+        const int k = threadIdx.x + j * nthreads;
+        mean[j] = (NORM && k < d) ? x_mean[k] : T(0);
+        istd[j] = (NORM && k < d) ? gg_inv_std(x_std, k) : T(1);
     }
-    float dw[C][KPT];
+    T dw[C][KPT];
 #pragma unroll
     for (int c = 0; c < C; ++c)
 #pragma unroll
-        for (int j = 0; j < KPT; ++j) dw[c][j] = 0.f;
-    float db_acc = 0.f;   // lane c of warp r < RG: sum of G[.][c] over this block's rows
+        for (int j = 0; j < KPT; ++j) dw[c][j] = T(0);
+    T db_acc = T(0);   // lane c of warp r < RG: sum of G[.][c] over this block's rows
     double loss_acc = 0.0;
-    const float inv_n = 1.0f / (float)n;
+    const T inv_n = T(1) / (T)n;
 
     for (int it = 0; g < ngroups; g += gridDim.x, ++it) {
         const TX* xs = gg_next_tile<TX, RG>(Xs, it, g + gridDim.x, ngroups, X, n, d, 0, d, dpad, align);
 
         // Phase 1: this thread's share of the RG x C dot products.
-        float xr[RG][KPT];
+        T xr[RG][KPT];
 #pragma unroll
         for (int r = 0; r < RG; ++r) {
             const bool row_ok = g * RG + r < n;
 #pragma unroll
             for (int j = 0; j < KPT; ++j) {
-                const int k = threadIdx.x + j * T;
-                xr[r][j] = (row_ok && k < d) ? gg_load_x<TX>(xs + r * dpad, k, mean[j], istd[j]) : 0.f;
+                const int k = threadIdx.x + j * nthreads;
+                xr[r][j] = (row_ok && k < d) ? gg_load_x<T, NORM>(xs + r * dpad, k, mean[j], istd[j]) : T(0);
             }
         }
-        float part[PP2];
+        T part[PP2];
 #pragma unroll
-        for (int p = 0; p < PP2; ++p) part[p] = 0.f;
+        for (int p = 0; p < PP2; ++p) part[p] = T(0);
 #pragma unroll
         for (int j = 0; j < KPT; ++j) {
-            const int k = threadIdx.x + j * T;
+            const int k = threadIdx.x + j * nthreads;
             if (k < d) {
 #pragma unroll
                 for (int c = 0; c < C; ++c) {
-                    const float w = Ws[c * d + k];
+                    const T w = Ws[c * d + k];
 #pragma unroll
-                    for (int r = 0; r < RG; ++r) part[r * C + c] = fmaf(xr[r][j], w, part[r * C + c]);
+                    for (int r = 0; r < RG; ++r) part[r * C + c] = gg_fma(xr[r][j], w, part[r * C + c]);
                 }
             }
         }
@@ -228,13 +236,13 @@ __device__ __forceinline__ void gg_linear_step(
         if (warp < RG) {
             const gg_i64 row = g * RG + warp;
             const bool row_ok = row < n;
-            float s = -gg_inf<float>();
+            T s = -gg_inf<T>();
             if (lane < C) {
                 s = b[lane];
                 for (int w = 0; w < nwarps; ++w) s += red[w * 32 + warp * C + lane];
             }
             const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
-            const float gval = gg_row_loss_grad<32>(s, lane, C, yv, row_ok, loss_kind, inv_n, &loss_acc);
+            const T gval = gg_row_loss_grad<32>(s, lane, C, yv, row_ok, loss_kind, inv_n, &loss_acc);
             if (lane < C) { Gs[warp * C + lane] = gval; db_acc += gval; }
         }
         __syncthreads();
@@ -244,9 +252,9 @@ __device__ __forceinline__ void gg_linear_step(
         for (int r = 0; r < RG; ++r)
 #pragma unroll
             for (int c = 0; c < C; ++c) {
-                const float gv = Gs[r * C + c];
+                const T gv = Gs[r * C + c];
 #pragma unroll
-                for (int j = 0; j < KPT; ++j) dw[c][j] = fmaf(gv, xr[r][j], dw[c][j]);
+                for (int j = 0; j < KPT; ++j) dw[c][j] = gg_fma(gv, xr[r][j], dw[c][j]);
             }
     }
 
@@ -256,7 +264,7 @@ __device__ __forceinline__ void gg_linear_step(
     for (int c = 0; c < C; ++c)
 #pragma unroll
         for (int j = 0; j < KPT; ++j) {
-            const int k = threadIdx.x + j * T;
+            const int k = threadIdx.x + j * nthreads;
             if (k < d) dW_part[((gg_i64)blockIdx.x * C + c) * d + k] = dw[c][j];
         }
     __syncthreads();
@@ -264,7 +272,7 @@ __device__ __forceinline__ void gg_linear_step(
     if (warp < RG && lane == 0) scratch[warp] = loss_acc;
     __syncthreads();
     if (threadIdx.x < C) {
-        float s = 0.f;
+        T s = T(0);
         for (int r = 0; r < RG; ++r) s += red[r * 32 + threadIdx.x];
         db_part[(gg_i64)blockIdx.x * C + threadIdx.x] = s;
     }
@@ -275,47 +283,62 @@ __device__ __forceinline__ void gg_linear_step(
     }
 }
 
-// Adds the per-block partials in block order (deterministic) and the L2 term:
+// Adds the per-block partials in block order (deterministic, in double) and the L2 term:
 // dW = sum_p dW_part[p] + 2 lam W; db = sum_p db_part[p]; J = sum_p loss_part[p] / n + lam ||W||^2.
-GG_KERNEL(gg_linear_finish, __launch_bounds__(256))(
-    const float* __restrict__ dW_part, const float* __restrict__ db_part, const double* __restrict__ loss_part,
-    const double* __restrict__ wsq, const float* __restrict__ W, int nparts, int C, int d, double lam,
-    double inv_n, float* __restrict__ dW, float* __restrict__ db, float* __restrict__ J) {
+template <typename T>
+__device__ __forceinline__ void gg_linear_finish_step(
+    const T* __restrict__ dW_part, const T* __restrict__ db_part, const double* __restrict__ loss_part,
+    const double* __restrict__ wsq, const T* __restrict__ W, int nparts, int C, int d, double lam,
+    double inv_n, T* __restrict__ dW, T* __restrict__ db, T* __restrict__ J) {
     const gg_i64 cd = (gg_i64)C * d;
     for (gg_i64 i = (gg_i64)blockIdx.x * blockDim.x + threadIdx.x; i < cd; i += (gg_i64)gridDim.x * blockDim.x) {
         double s = 0.0;
         for (int p = 0; p < nparts; ++p) s += dW_part[p * cd + i];
-        dW[i] = (float)(s + 2.0 * lam * (double)W[i]);
+        dW[i] = (T)(s + 2.0 * lam * (double)W[i]);
     }
     if (blockIdx.x == 0) {
         if (threadIdx.x < C) {
             double s = 0.0;
             for (int p = 0; p < nparts; ++p) s += db_part[p * C + threadIdx.x];
-            db[threadIdx.x] = (float)s;
+            db[threadIdx.x] = (T)s;
         }
         if (threadIdx.x == 0) {
             double s = 0.0;
             for (int p = 0; p < nparts; ++p) s += loss_part[p];
-            J[0] = (float)(s * inv_n + lam * wsq[0]);
+            J[0] = (T)(s * inv_n + lam * wsq[0]);
         }
     }
 }
 
-#define GG_LIN_ARGS(TX) const TX* __restrict__ X, const void* __restrict__ y, int y64, const float* __restrict__ W, \
-    const float* __restrict__ b, const float* __restrict__ x_mean, const float* __restrict__ x_std, gg_i64 n,     \
-    int d, int dpad, int align, int loss_kind, float* __restrict__ dW_part, float* __restrict__ db_part,         \
+#define GG_FIN_ARGS(T) const T* __restrict__ dW_part, const T* __restrict__ db_part,                            \
+    const double* __restrict__ loss_part, const double* __restrict__ wsq, const T* __restrict__ W, int nparts,  \
+    int C, int d, double lam, double inv_n, T* __restrict__ dW, T* __restrict__ db, T* __restrict__ J
+#define GG_FIN_PASS dW_part, db_part, loss_part, wsq, W, nparts, C, d, lam, inv_n, dW, db, J
+GG_KERNEL(gg_linear_finish, __launch_bounds__(256))(GG_FIN_ARGS(float)) { gg_linear_finish_step(GG_FIN_PASS); }
+GG_KERNEL(gg_linear_finish_f64, __launch_bounds__(256))(GG_FIN_ARGS(double)) { gg_linear_finish_step(GG_FIN_PASS); }
+
+#define GG_LIN_ARGS(T, TX) const TX* __restrict__ X, const void* __restrict__ y, int y64, const T* __restrict__ W, \
+    const T* __restrict__ b, const T* __restrict__ x_mean, const T* __restrict__ x_std, gg_i64 n,                \
+    int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part, T* __restrict__ db_part,                \
     double* __restrict__ loss_part, double* __restrict__ wsq
 #define GG_LIN_PASS X, y, y64, W, b, x_mean, x_std, n, d, dpad, align, loss_kind, dW_part, db_part, loss_part, wsq
 
-// Entry points gg_linear_<x>_c<C>: x = f32 (float X) or u8 (uint8 X with mean / std), C = 1..16.
-#define GG_LIN(TN, TX, C) \
-    GG_KERNEL(gg_linear_##TN##_c##C, __launch_bounds__(512, 1))(GG_LIN_ARGS(TX)) { \
-        gg_linear_step<TX, C>(GG_LIN_PASS); }
-#define GG_LIN_ALL(TN, TX) \
-    GG_LIN(TN, TX, 1) GG_LIN(TN, TX, 2) GG_LIN(TN, TX, 3) GG_LIN(TN, TX, 4) GG_LIN(TN, TX, 5) \
-    GG_LIN(TN, TX, 6) GG_LIN(TN, TX, 7) GG_LIN(TN, TX, 8) GG_LIN(TN, TX, 9) GG_LIN(TN, TX, 10) \
-    GG_LIN(TN, TX, 11) GG_LIN(TN, TX, 12) GG_LIN(TN, TX, 13) GG_LIN(TN, TX, 14) GG_LIN(TN, TX, 15) \
-    GG_LIN(TN, TX, 16)
+// Entry points gg_linear_<x>_c<C>, C = 1..16, x naming X and the compute type T:
+//   f32: float32 X;   f32n: float32 X normalised by x_mean/x_std;   u8: uint8 X normalised (T float32);
+//   f64: float64 X;   f64n: float64 X normalised.
+// (x_mean and x_std are null pointers for f32 and f64.)
+#define GG_LIN(TN, T, TX, NORM, C) \
+    GG_KERNEL(gg_linear_##TN##_c##C, __launch_bounds__(512, 1))(GG_LIN_ARGS(T, TX)) { \
+        gg_linear_step<T, TX, NORM, C>(GG_LIN_PASS); }
+#define GG_LIN_ALL(TN, T, TX, NORM) \
+    GG_LIN(TN, T, TX, NORM, 1) GG_LIN(TN, T, TX, NORM, 2) GG_LIN(TN, T, TX, NORM, 3) GG_LIN(TN, T, TX, NORM, 4) \
+    GG_LIN(TN, T, TX, NORM, 5) GG_LIN(TN, T, TX, NORM, 6) GG_LIN(TN, T, TX, NORM, 7) GG_LIN(TN, T, TX, NORM, 8) \
+    GG_LIN(TN, T, TX, NORM, 9) GG_LIN(TN, T, TX, NORM, 10) GG_LIN(TN, T, TX, NORM, 11)                          \
+    GG_LIN(TN, T, TX, NORM, 12) GG_LIN(TN, T, TX, NORM, 13) GG_LIN(TN, T, TX, NORM, 14)                         \
+    GG_LIN(TN, T, TX, NORM, 15) GG_LIN(TN, T, TX, NORM, 16)
 
-GG_LIN_ALL(f32, float)
-GG_LIN_ALL(u8, unsigned char)
+GG_LIN_ALL(f32, float, float, false)
+GG_LIN_ALL(f32n, float, float, true)
+GG_LIN_ALL(u8, float, unsigned char, true)
+GG_LIN_ALL(f64, double, double, false)
+GG_LIN_ALL(f64n, double, double, true)

@@ -1,5 +1,5 @@
 """Comparisons shared by the kernel tests (tests/test_gpu_kernels.py on a GPU, tests/test_emulated_kernels.py
-on the CPU emulator): float32 kernels against the float64 numpy backend."""
+on the CPU emulator): the kernels against the float64 numpy backend."""
 import numpy as np
 
 import gpugrad as gg
@@ -29,3 +29,45 @@ def f32(a):
     """a as the float32 kernels get it, back in float64: the reference then solves the same problem
     (a handful of rows whose gradients cancel can amplify input rounding far past 1e-5)."""
     return np.asarray(a, np.float32).astype(np.float64)
+
+
+# Kinds of X the fused linear step takes (cupy_backend.CupyBackend._fused_x), with the compute
+# dtype and whether x_mean/x_std normalise X on the fly.
+LINEAR_KINDS = {"f32": (np.float32, False), "f32n": (np.float32, True), "u8": (np.float32, True),
+                "f64": (np.float64, False), "f64n": (np.float64, True)}
+
+
+def linear_case(rng, kind, n, d, C, wscale=0.05, mean=None):
+    """Inputs of a fused linear step of `kind`: (float64 reference args, the kernels' numpy args),
+    each (X, y, W, b, x_mean, x_std); the reference gets the values the kernels see (float32
+    rounding included), so the two solve the same problem."""
+    dtype, norm = LINEAR_KINDS[kind]
+    rnd = f32 if dtype == np.float32 else np.asarray
+    W, b, y = rnd(rng.standard_normal((C, d)) * wscale), rnd(rng.standard_normal(C) * 0.1), rng.integers(0, C, n)
+    if kind == "u8":
+        X = rng.integers(0, 256, (n, d), dtype=np.uint8)
+        # Means a few units off the column means: much closer, and for a few rows whose gradients
+        # are alike dW ~ sum_r (x_r - m) cancels beyond what float32 inputs resolve.
+        mean = X.mean(0) + rng.standard_normal(d) * 3 if mean is None else mean
+        std = X.std(0) + 1
+    else:
+        X = rnd(rng.standard_normal((n, d)) * (3 if norm else 1) + (5 if norm else 0))
+        mean = X.mean(0) + rng.standard_normal(d) if norm else None
+        std = X.std(0) * rng.uniform(0.5, 2, d) + 0.1 if norm else None
+    if norm:
+        mean, std = rnd(mean), rnd(std)
+    ref = (X, y, W, b, mean, std)
+    as_kernel = (lambda a: a if a is None or a.dtype == np.uint8 else a.astype(dtype))
+    return ref, tuple(as_kernel(a) if i != 1 else a for i, a in enumerate(ref))
+
+
+def check_linear_step(ref_args, got, loss, lam):
+    """The fused step's (J, dW, db), as numpy, against the float64 numpy backend on ref_args: within
+    1e-5 relative for float32 results, 1e-12 for float64 (db against db_scale where it cancels)."""
+    X, y, W, b, mean, std = ref_args
+    J, dW, db = got
+    tol = 1e-5 if np.asarray(dW).dtype == np.float32 else 1e-12
+    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean, std)
+    assert rel(dW, dW_ref) <= tol
+    assert rel(db, db_ref, db_scale(X, y, W, b, loss, mean, std)) <= tol
+    assert abs(float(J) - J_ref) <= tol * abs(J_ref)

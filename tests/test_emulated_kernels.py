@@ -32,7 +32,7 @@ pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (n
 from emu import emulator as E  # noqa: E402
 from emu.build import cache_dir as build_cache  # noqa: E402
 from gpugrad.backends import cupy_backend as cb  # noqa: E402
-from kernel_checks import db_scale, f32, rel  # noqa: E402
+from kernel_checks import check_linear_step, linear_case, rel  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -202,32 +202,16 @@ def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, long_ro
 
 
 # ---- the fused linear step: both kernels ("simt", "mma"), both X types ---------------------------------
-def _linear_inputs(rng, xtype, n, d, C, wscale=0.05, mean=None):
-    """(float64 reference inputs, the kernels' inputs): X, y, W, b, x_mean, x_std."""
-    W = f32(rng.standard_normal((C, d)) * wscale)
-    b = f32(rng.standard_normal(C) * 0.1)
-    y = rng.integers(0, C, n)
-    if xtype == "f32":
-        X = f32(rng.standard_normal((n, d)))
-        return (X, y, W, b, None, None), (dev(X.astype(np.float32)), dev(y), dev(W.astype(np.float32)),
-                                          dev(b.astype(np.float32)), None, None)
-    X = rng.integers(0, 256, (n, d), dtype=np.uint8)
-    # Means a few units off the column means: much closer, and for a few rows whose gradients are
-    # alike dW ~ sum_r (x_r - m) cancels beyond what float32 inputs resolve.
-    mean = f32(X.mean(0) + rng.standard_normal(d) * 3 if mean is None else mean)
-    std = f32(X.std(0) + 1)
-    return (X, y, W, b, mean, std), (dev(X), dev(y), dev(W.astype(np.float32)), dev(b.astype(np.float32)),
-                                     dev(mean.astype(np.float32)), dev(std.astype(np.float32)))
+def _linear_inputs(rng, kind, n, d, C, wscale=0.05, mean=None):
+    """(float64 reference inputs, the kernels' inputs on the emulated device): X, y, W, b, x_mean, x_std."""
+    ref, args = linear_case(rng, kind, n, d, C, wscale, mean)
+    return ref, tuple(None if a is None else dev(a) for a in args)
 
 
 def _check_linear(be, ref_args, args, loss, lam=0.01):
-    X, y, W, b, mean, std = ref_args
-    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean, std)
-    J, dW, db = be.linear_grad(*args[:4], lam, loss, *args[4:])
-    assert rel(dW, dW_ref) <= 1e-5
-    assert rel(db, db_ref, db_scale(X, y, W, b, loss, mean, std)) <= 1e-5
-    assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
-    return J, dW, db
+    got = be.linear_grad(*args[:4], lam, loss, *args[4:])
+    check_linear_step(ref_args, got, loss, lam)
+    return got
 
 
 @pytest.fixture(params=["simt", "mma"])
@@ -251,7 +235,28 @@ def test_linear_step_kernels(be, variant, xtype, n, d, C, loss, rng):
 def test_linear_step_kernels_agree_bit_for_bit_in_every_thread_order(be, variant, xtype, rng):
     """The same bits whichever thread runs first and whenever the copies land: no missing barrier,
     no read of a tile before its cp.async wait, partial sums in a fixed order."""
-    _, args = _linear_inputs(rng, xtype, 300, 200, 10)
+    _agree_in_every_thread_order(be, *_linear_inputs(rng, xtype, 300, 200, 10)[1])
+
+
+@pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (700, 131, 10, "softmax"),
+                                        (300, 1023, 10, "svm"), (513, 100, 16, "softmax"), (200, 784, 9, "svm"),
+                                        (129, 33, 5, "softmax"), (100, 2047, 4, "svm")])
+@pytest.mark.parametrize("kind", ["f32n", "f64", "f64n"])
+def test_linear_step_kernel_for_each_other_kind_of_x(be, kind, n, d, C, loss, rng):
+    """float32 X normalised on the fly, float64 X plain and normalised: the "simt" kernel only."""
+    ref_args, args = _linear_inputs(rng, kind, n, d, C)
+    plan = be.linear_plan(args[0], args[2], args[4])
+    assert plan is not None and plan["name"] == f"gg_linear_{kind}_c{C}"
+    _check_linear(be, ref_args, args, loss)
+    assert be.launches[-2:] == [plan["name"], "gg_linear_finish" + ("_f64" if kind.startswith("f64") else "")]
+
+
+@pytest.mark.parametrize("kind", ["f32n", "f64n"])
+def test_linear_step_kernel_for_each_other_kind_agrees_in_every_thread_order(be, kind, rng):
+    _agree_in_every_thread_order(be, *_linear_inputs(rng, kind, 100, 150, 7)[1])
+
+
+def _agree_in_every_thread_order(be, *args):
     runs = []
     for order, deferred in MODES:
         E.configure(order, 5, deferred)
@@ -277,13 +282,29 @@ def test_linear_step_stages_x_from_an_unaligned_address(be, variant, xtype, rng)
     rows of d % 4 == 0), or one element (odd d), never a misaligned 16-byte cp.async."""
     for d in (64, 67):
         ref_args, args = _linear_inputs(rng, xtype, 70, d, 10)
-        X = np.asarray(args[0])
-        buf = np.empty(X.nbytes + 32, np.uint8)
-        start = (-buf.ctypes.data) % 16 + 4
-        moved = buf[start:start + X.nbytes].view(X.dtype).reshape(X.shape).view(E.EmuArray)
-        moved[...] = X
-        assert moved.data.ptr % 16 == 4
-        _check_linear(be, ref_args, (moved, *args[1:]), "softmax")
+        _check_linear(be, ref_args, (_moved(args[0], 4), *args[1:]), "softmax")
+
+
+def _moved(X, offset):
+    """A copy of X starting `offset` bytes past a 16-byte boundary."""
+    X = np.asarray(X)
+    buf = np.empty(X.nbytes + 32, np.uint8)
+    start = (-buf.ctypes.data) % 16 + offset
+    moved = buf[start:start + X.nbytes].view(X.dtype).reshape(X.shape).view(E.EmuArray)
+    moved[...] = X
+    assert moved.data.ptr % 16 == offset
+    return moved
+
+
+def test_float64_x_off_a_16_byte_boundary(be, rng):
+    """8 bytes past: the kernel copies one element at a time; 4 bytes past (not even aligned to its
+    elements): the inherited path, never the kernel."""
+    for d in (64, 67):
+        ref_args, args = _linear_inputs(rng, "f64n", 70, d, 10)
+        be.launches.clear()
+        _check_linear(be, ref_args, (_moved(args[0], 8), *args[1:]), "softmax")
+        assert be.launches[0] == "gg_linear_f64n_c10"
+        assert be.linear_plan(_moved(args[0], 4), args[2], args[4]) is None
 
 
 def test_misaligned_copies_are_an_error(be, monkeypatch, rng):

@@ -68,6 +68,21 @@ def test_small_step_timings_run(gpu_check):
                         "plain CuPy (normalise+cuBLAS)"]
 
 
+def test_other_linear_kinds_check_and_time(gpu_check, monkeypatch):
+    monkeypatch.setattr(gpu_check, "poison_pool", lambda *a: None)
+    rng = np.random.default_rng(0)
+    gpu_check.check_other_linear_kinds(rng, False, shapes=((3, 7, 2), (40, 1025, 5)))
+    names = [(c["name"], c["ok"]) for c in gpu_check.RESULTS["correctness"]]
+    assert len(names) == 12 and all(ok for _, ok in names), names
+    assert sum(name.startswith("fused") for name, _ in names) == 8  # float64 d = 1025 at C = 5: inherited
+    gpu_check.bench_other_linear_kinds(3e12, rng, shapes=(("f32n", (50, 300, 10)), ("f64", (50, 100, 3))))
+    rows = [(r["workload"], r["variant"]) for r in gpu_check.RESULTS["timing"]]
+    assert rows == [("linear step n=50 d=300 C=10 f32n", "gpugrad fused simt"),
+                    ("linear step n=50 d=300 C=10 f32n", "plain CuPy (cuBLAS)"),
+                    ("linear step n=50 d=100 C=3 f64", "gpugrad fused simt"),
+                    ("linear step n=50 d=100 C=3 f64", "plain CuPy (cuBLAS)")]
+
+
 # device_check.sh's stages, driven by stand-ins for python3 and nvidia-smi: `python3` prints its
 # arguments and acts as told by the words in them (a test stage that hangs or fails, a gpu_check
 # that writes its JSON), so the script's control flow runs here in seconds.

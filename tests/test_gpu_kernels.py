@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from kernel_checks import db_scale, f32, rel
+from kernel_checks import check_linear_step, db_scale, f32, linear_case, rel
 
 pytestmark = pytest.mark.gpu
 
@@ -127,6 +127,27 @@ def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_va
     assert rel(dW.get(), dW_ref) <= 1e-5
     assert rel(db.get(), db_ref, db_scale(X, y, W, b, loss, mean, std)) <= 1e-5
     assert abs(float(J) - J_ref) <= 1e-5 * abs(J_ref)
+
+
+@pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (65537, 131, 10, "softmax"),
+                                        (4099, 1024, 10, "svm"), (513, 100, 16, "softmax"), (70, 784, 9, "svm"),
+                                        (2049, 2047, 4, "softmax"), (300, 1025, 10, "softmax")])
+@pytest.mark.parametrize("kind", ["f32n", "f64", "f64n"])
+def test_linear_grad_other_kinds_of_x(kind, n, d, C, loss, rng):
+    """float32 X normalised on the fly, float64 X plain and normalised ("simt" kernels; float64 rows
+    past 1024 columns at C > 4 take the inherited path)."""
+    import cupy
+    be = gg.get_backend("cupy")
+    ref_args, args = linear_case(rng, kind, n, d, C)
+    args = [None if a is None else cupy.asarray(a) for a in args]
+    plan = be.linear_plan(args[0], args[2], args[4])
+    if not (kind == "f32n" or d <= 1024 or C <= 4):
+        assert plan is None
+    elif be.cc >= 90:  # (smaller cards' shared memory may not hold every W here)
+        assert plan is not None
+    _poison_pool(cupy)
+    got = gg.linear_grad(*args[:4], lam=0.01, loss=loss, x_mean=args[4], x_std=args[5])
+    check_linear_step(ref_args, [a.get() for a in got], loss, 0.01)
 
 
 def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):

@@ -112,7 +112,7 @@ def test_backend_only_launches_kernels_that_exist(ptx_entries):
     """Every name the CuPy backend can pick is an entry point of the module."""
     from gpugrad.backends import cupy_backend as cb  # imports without a GPU
     import numpy as np
-    wanted = {"gg_first_invalid", "gg_linear_finish", "gg_linmma_prep", "gg_linmma_prep_f32", "gg_linmma_finish",
+    wanted = {"gg_first_invalid", "gg_linear_finish", "gg_linear_finish_f64", "gg_linmma_prep", "gg_linmma_prep_f32", "gg_linmma_finish",
               "gg_linmma_u8_nt1", "gg_linmma_u8_nt2", "gg_linmma_f32_nt1", "gg_linmma_f32_nt2"}
     for dtype in (np.float32, np.float64):
         for C in (1, 2, 7, 8, 9, 16, 17, 33, 64, 65, 128, 129, 256, 257, 1000, 1024, 1025, 2048, 4096,
@@ -122,7 +122,7 @@ def test_backend_only_launches_kernels_that_exist(ptx_entries):
             wanted.add(cb.ce_kernel_config(C, dtype, "prefetch").name)
             wanted.add(cb.svm_kernel_config(C, dtype).name)
     for C in range(1, 17):
-        wanted |= {f"gg_linear_f32_c{C}", f"gg_linear_u8_c{C}"}
+        wanted |= {f"gg_linear_{kind}_c{C}" for kind in ("f32", "f32n", "u8", "f64", "f64n")}
     missing = wanted - set(ptx_entries)
     assert not missing, f"kernels the backend may launch but the module lacks: {sorted(missing)}"
 

@@ -5,11 +5,12 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
 
 - ``softmax_cross_entropy_grad`` / ``svm_grad``: one launch, one read of S, one write of dS,
   the mean loss reduced in the same launch;
-- ``linear_grad``: X read once for J, dW and db (float32 X, or uint8 X with x_mean/x_std),
-  for C <= 16 classes and rows short enough for the fused kernel; other shapes and float64 take
-  the inherited path (cuBLAS matmuls around the fused loss kernel). Each X type has two kernels,
-  chosen by ``LINEAR_VARIANT``: "simt" (fp32 FMA, any sm_80+ card) and "mma" (tensor cores and
-  thread-block clusters, sm_90+, d <= 3072);
+- ``linear_grad``: X read once for J, dW and db (float32 or float64 X, either normalised by
+  x_mean/x_std on the fly or not, and uint8 X with them under float32 weights), for C <= 16
+  classes and rows short enough for the fused kernel (W in shared memory); other inputs take the
+  inherited path (cuBLAS matmuls around the fused loss kernel). Every kind of X has a "simt"
+  kernel (FMA, any sm_80+ card); float32 X (not normalised) and uint8 X also have an "mma" one
+  (tensor cores and thread-block clusters, sm_90+, d <= 3072), chosen by ``LINEAR_VARIANT``;
 - ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back.
 
 No host synchronisation happens in a gradient step: J comes back as a 0-d device array. Only the
@@ -40,7 +41,8 @@ _PREFETCH_K = {"f32": 52, "f64": 26}  # gg_ce_<t>_p640_k<K>: 640 threads, rows u
 # memory by cp.async, the current one in registers; checked in the CPU emulator, not yet timed on a
 # GPU) or "block" (a block per row). benchmarks/gpu_check.py times all three.
 CE_LONG_ROWS = {"variant": "stream"}
-# The fused linear step, per X type: "simt" (gg_linear_<x>_c<C>, fp32 FMA, measured on an H100) or
+# The fused linear step, per kind of X ("f32", "u8"; "f32n", "f64" and "f64n" have only "simt"):
+# "simt" (gg_linear_<x>_c<C>, FMA, measured on an H100 for f32 and u8) or
 # "mma" (gg_linmma_<x>_nt<NT>, tensor cores in thread-block clusters, sm_90+; compiled, its fragment
 # layout and arithmetic checked on the CPU, not yet run on a GPU). benchmarks/gpu_check.py checks and
 # times both. "mma" falls back to "simt" where it does not apply.
@@ -136,8 +138,11 @@ def svm_kernel_config(C: int, dtype) -> KernelConfig:
     return KernelConfig(f"gg_svm_{t}_b", 1024, 1)
 
 
-def linear_shape(C: int) -> tuple[int, int]:
-    """(rows per group RG, columns per thread KPT) of gg_linear_*_c<C>: mirrors GgLinearShape."""
+def linear_shape(C: int, dtype=np.float32) -> tuple[int, int]:
+    """(rows per group RG, columns per thread KPT) of gg_linear_*_c<C> computing in dtype: mirrors
+    GgLinearShape."""
+    if np.dtype(dtype) == np.float64:
+        return (2, 4) if C <= 4 else (1, 2)
     p2 = 1
     while p2 < C:
         p2 *= 2
@@ -151,29 +156,30 @@ _NULL = np.uint64(0)  # a null pointer argument
 
 def _step_inputs(X, y, W, b, x_mean, x_std):
     """A fused linear step's inputs as its kernels take them: contiguous X, W, b; the labels and
-    their width flag; the normalisation (x_mean, x_std as float32, or two null pointers)."""
+    their width flag; the normalisation (x_mean, x_std in W's dtype, or two null pointers)."""
     X = cupy.ascontiguousarray(X)
     W, b = cupy.ascontiguousarray(W), cupy.ascontiguousarray(b)
     y, y64 = _labels(y)
     if x_mean is None:
         norm = (_NULL, _NULL)
     else:
-        norm = (cupy.ascontiguousarray(x_mean, dtype=np.float32), cupy.ascontiguousarray(x_std, dtype=np.float32))
+        norm = (cupy.ascontiguousarray(x_mean, dtype=W.dtype), cupy.ascontiguousarray(x_std, dtype=W.dtype))
     return X, y, y64, W, b, norm
 
 
-def _step_partials(parts: int, C: int, d: int):
+def _step_partials(parts: int, C: int, d: int, dtype=np.float32):
     """Per-block (or per-cluster) partials of a fused linear step: dW (parts, C, d), db (parts, C)
-    and the loss sums (parts,), each written whole by the kernel."""
-    return (cupy.empty((parts, C, d), dtype=np.float32), cupy.empty((parts, C), dtype=np.float32),
+    in the compute dtype and the loss sums (parts,) in float64, each written whole by the kernel."""
+    return (cupy.empty((parts, C, d), dtype=dtype), cupy.empty((parts, C), dtype=dtype),
             cupy.empty(parts, dtype=np.float64))
 
 
 def _copy_align(X) -> int:
     """The widest copy (16, 4 or 1 bytes) the kernels' X staging (gg_stage_tile) may use on this
-    C-contiguous X: its row length in bytes and its address are both multiples of it."""
+    C-contiguous X: its row length in bytes and its address are both multiples of it, and so is
+    the element size (1: one element at a time, e.g. float64 X 8 bytes past a 16-byte boundary)."""
     row = X.shape[1] * X.itemsize
-    return next(a for a in (16, 4, 1) if row % a == 0 and X.data.ptr % a == 0)
+    return next(a for a in (16, 4, 1) if row % a == 0 and X.data.ptr % a == 0 and (a == 1 or a % X.itemsize == 0))
 
 
 def linmma_smem_bytes(x: str, dsl: int, nt: int) -> int:
@@ -427,14 +433,15 @@ class CupyBackend(NumpyBackend):
     # ---- the fused linear step ----------------------------------------------------------------
     @staticmethod
     def _fused_x(X, W, x_mean) -> str | None:
-        """The X type a fused linear kernel takes these inputs as ("f32": float32 X, no
-        normalisation; "u8": uint8 X with x_mean/x_std), or None: float32 W, 1 <= C <= 16."""
-        if W.dtype != np.float32 or not 1 <= W.shape[0] <= 16:
-            return None
-        if X.dtype == np.float32 and x_mean is None:
-            return "f32"
-        if X.dtype == np.uint8 and x_mean is not None:
-            return "u8"
+        """The kind of X a fused linear kernel takes these inputs as, or None (1 <= C <= 16 only):
+        "f32"/"f64": float X in W's dtype; "f32n"/"f64n": the same normalised by x_mean/x_std;
+        "u8": uint8 X with x_mean/x_std, float32 W."""
+        if W.dtype not in _TYPE or not 1 <= W.shape[0] <= 16 or X.data.ptr % X.itemsize:
+            return None  # (an X not aligned to its elements is left to CuPy's own operations)
+        if X.dtype == W.dtype:
+            return _TYPE[W.dtype] + ("" if x_mean is None else "n")
+        if X.dtype == np.uint8 and W.dtype == np.float32:
+            return "u8"  # (check_linear asks x_mean/x_std of uint8 X)
         return None
 
     def linear_plan(self, X, W, x_mean):
@@ -445,15 +452,15 @@ class CupyBackend(NumpyBackend):
         tname = self._fused_x(X, W, x_mean)
         if tname is None:
             return None
-        rg, kpt = linear_shape(C)
+        rg, kpt = linear_shape(C, W.dtype)
         cols = -(-d // kpt)
         if cols > 512:
             return None
         threads = max(32 * rg, -(-cols // 32) * 32)
         item = X.dtype.itemsize
         dpad = -(-d * item // 16) * 16 // item
-        # Ws[C][d] | red[threads] | Gs[RG][C], 16-byte aligned, then two X row groups.
-        smem = -(-4 * (C * d + threads + rg * C) // 16) * 16 + 2 * rg * dpad * item
+        # Ws[C][d] | red[threads] | Gs[RG][C] in W's dtype, 16-byte aligned, then two X row groups.
+        smem = -(-W.dtype.itemsize * (C * d + threads + rg * C) // 16) * 16 + 2 * rg * dpad * item
         if smem + 1024 > self.smem_optin:  # 1 KB for the kernel's static shared memory
             return None
         return dict(name=f"gg_linear_{tname}_c{C}", threads=threads, smem=smem, dpad=dpad, rg=rg)
@@ -464,7 +471,7 @@ class CupyBackend(NumpyBackend):
         n, d = X.shape
         C = W.shape[0]
         x = self._fused_x(X, W, x_mean)
-        if self.cc < 90 or x is None or n == 0:
+        if self.cc < 90 or x not in LINMMA or n == 0:
             return None
         dsl = linmma_slice(x, d)
         if dsl > LINMMA[x].max_dsl:
@@ -531,14 +538,14 @@ class CupyBackend(NumpyBackend):
     def _linear_finish(self, name, args, W, b, n, lam):
         """The finish kernel `name`: (*args, C, d, lam, 1/n, dW, db, J), the partials in a fixed order."""
         C, d = W.shape
-        dW, db, J = cupy.empty_like(W), cupy.empty_like(b), cupy.empty((), dtype=np.float32)
+        dW, db, J = cupy.empty_like(W), cupy.empty_like(b), cupy.empty((), dtype=W.dtype)
         grid = max(1, min(4 * self.sm_count, -(-C * d // 256)))
         self.kernel(name)((grid,), (256,), (*args, np.int32(C), np.int32(d), np.float64(lam), np.float64(1.0 / n),
                                             dW, db, J))
         return J, dW, db
 
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
-        if LINEAR_VARIANT.get("u8" if X.dtype == np.uint8 else "f32") == "mma":
+        if LINEAR_VARIANT.get(self._fused_x(X, W, x_mean)) == "mma":
             plan = self.linmma_plan(X, W, x_mean)
             if plan is not None:
                 return self._linear_mma(plan, X, y, W, b, lam, loss, x_mean, x_std)
@@ -550,10 +557,11 @@ class CupyBackend(NumpyBackend):
         C = W.shape[0]
         f = self.kernel(plan["name"])
         grid = max(1, min(-(-n // plan["rg"]), self.sm_count * self._blocks_per_sm(f, plan["threads"], plan["smem"])))
-        parts = _step_partials(grid, C, d)
+        parts = _step_partials(grid, C, d, W.dtype)
         wsq = cupy.empty(1, dtype=np.float64)
         f((grid,), (plan["threads"],),
           (X, y, np.int32(y64), W, b, *norm, np.int64(n), np.int32(d), np.int32(plan["dpad"]),
            np.int32(_copy_align(X)), np.int32(0 if loss == "softmax" else 1), *parts, wsq),
           shared_mem=plan["smem"])
-        return self._linear_finish("gg_linear_finish", (*parts, wsq, W, np.int32(grid)), W, b, n, lam)
+        finish = "gg_linear_finish" if W.dtype == np.float32 else "gg_linear_finish_f64"
+        return self._linear_finish(finish, (*parts, wsq, W, np.int32(grid)), W, b, n, lam)

@@ -256,6 +256,20 @@ def test_linear_step_kernel_for_each_other_kind_agrees_in_every_thread_order(be,
     _agree_in_every_thread_order(be, *_linear_inputs(rng, kind, 100, 150, 7)[1])
 
 
+@pytest.mark.parametrize("kind", ["f32", "f32n", "u8", "f64", "f64n"])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_linear_step_kernel_turns_a_bad_label_into_nan(be, kind, loss, rng):
+    """With validation off a label out of range reaches the kernel: the loss is NaN, and the label
+    is never used as an index (the emulator would catch the stray read)."""
+    _, args = _linear_inputs(rng, kind, 9, 20, 5)
+    for bad in (-1, 5):
+        y = np.array(args[1])
+        y[4] = bad
+        be.launches.clear()
+        J = be.linear_grad(args[0], dev(y), *args[2:4], 0.01, loss, *args[4:])[0]
+        assert be.launches[0].startswith(f"gg_linear_{kind}_c5") and np.isnan(float(J))
+
+
 def _agree_in_every_thread_order(be, *args):
     runs = []
     for order, deferred in MODES:

@@ -12,7 +12,8 @@
 #
 # The kernels and call paths not yet run on a GPU when this was written (the tensor-core linear
 # steps, "mma"; the prefetched long-row softmax, "prefetch"; the row losses' cuLaunchKernel path,
-# "direct") are tested in a process of their own first: a kernel that traps kills its CUDA context,
+# "direct"; the linear step for float32 X normalised and float64 X, "other_kinds") are tested in a
+# process of their own first: a kernel that traps kills its CUDA context,
 # and with it every later result of that process. If they fail, gpu_check.py runs the established
 # kernels alone, then each new one in a separate process.
 #
@@ -59,7 +60,7 @@ if ! python3 -c "from gpugrad.backends import kernels as k; raise SystemExit(k.f
         echo "== no current fatbin and no cmake/nvcc: kernels compile through NVRTC" | tee -a "$LOG"
     fi
 fi
-NEW="mma or tensor_core or prefetch or direct"
+NEW="mma or tensor_core or prefetch or direct or other_kinds"
 TESTS=(python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu_kernels.py)
 stage tests 240 "${TESTS[@]}" -k "not ($NEW)"
 tests=$?
@@ -70,12 +71,13 @@ if [ "$new" -eq 0 ]; then
     check=$?
 else
     stage gpu_check-established 240 python3 benchmarks/gpu_check.py --out "$OUT" --linear-variants simt \
-        --long-rows-variants stream,block --row-calls cupy "$@"
+        --long-rows-variants stream,block --row-calls cupy --skip-other-kinds "$@"
     check=$?
     stage gpu_check-mma 90 python3 benchmarks/gpu_check.py --out "$OUT" --only linear --linear-variants mma "$@"
     stage gpu_check-prefetch 60 python3 benchmarks/gpu_check.py --out "$OUT" --only long-rows \
         --long-rows-variants prefetch "$@"
     stage gpu_check-direct 60 python3 benchmarks/gpu_check.py --out "$OUT" --only row-calls "$@"
+    stage gpu_check-other-kinds 60 python3 benchmarks/gpu_check.py --out "$OUT" --only other-kinds "$@"
 fi
 echo "gpu tests exit $tests, new-kernel tests exit $new, gpu_check exit $check" | tee -a "$LOG"
 [ "$tests" -eq 0 ] && [ "$new" -eq 0 ] && [ "$check" -eq 0 ]

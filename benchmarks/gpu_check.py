@@ -664,7 +664,6 @@ def bench_linear(bw, rng, compile_torch):
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
                 lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, lam), sets, reps=5), floor)
         del sets
-    bench_other_linear_kinds(bw, rng)
     bench_small_step(rng)
 
 
@@ -766,10 +765,13 @@ def main():
                          "prefetch, block)")
     ap.add_argument("--row-calls", default=",".join(ROW_CALLS),
                     help="host paths of the row-loss calls to time (comma-separated: cupy, direct)")
-    ap.add_argument("--only", choices=("linear", "long-rows", "row-calls"),
-                    help="only the linear step, the long-row softmax, or the small-C calls' host paths "
-                         "(e.g. a new variant in a process of its own, so that a crash cannot take the "
-                         "other results with it)")
+    ap.add_argument("--only", choices=("linear", "long-rows", "row-calls", "other-kinds"),
+                    help="only the linear step, the long-row softmax, the small-C calls' host paths, or "
+                         "the linear step for the other kinds of X (float32 normalised, float64) (e.g. a "
+                         "new variant in a process of its own, so that a crash cannot take the other "
+                         "results with it)")
+    ap.add_argument("--skip-other-kinds", action="store_true",
+                    help="leave out the linear step for float32 X normalised and float64 X")
     args = ap.parse_args()
     LINEAR_VARIANTS = tuple(v for v in args.linear_variants.split(",") if v)
     LONG_ROW_VARIANTS = tuple(v for v in args.long_rows_variants.split(",") if v)
@@ -801,8 +803,10 @@ def main():
         check_validation()
     if args.only in (None, "row-calls"):
         check_row_losses(rng, args.quick)
+    other_kinds = args.only == "other-kinds" or (args.only is None and not args.skip_other_kinds)
     if args.only in (None, "linear"):
         check_linear(rng, args.quick)
+    if other_kinds:
         check_other_linear_kinds(rng, args.quick)
     if args.only in (None, "long-rows"):
         check_long_row_variants(rng)
@@ -818,12 +822,14 @@ def main():
                                "row-calls": ((8192, 1024), (8192, 10))}[args.only])
         if args.only in (None, "linear"):
             bench_linear(bw, rng, args.compile)
+        if other_kinds:
+            bench_other_linear_kinds(bw, rng)
         if args.only in (None, "row-calls"):  # last: its experiments launch through the driver directly
             host_breakdown()
 
     tag = {None: "", "linear": "_linear_" + "_".join(LINEAR_VARIANTS),
            "long-rows": "_long_rows_" + "_".join(LONG_ROW_VARIANTS),
-           "row-calls": "_row_calls_" + "_".join(ROW_CALLS)}[args.only]
+           "row-calls": "_row_calls_" + "_".join(ROW_CALLS), "other-kinds": "_other_kinds"}[args.only]
     log("\n== summary:", RESULTS["env"]["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")
     log(f"correctness: {sum(r['ok'] for r in RESULTS['correctness'])} ok, {len(FAILURES)} failed")
     for f in FAILURES:

@@ -127,9 +127,11 @@ def test_device_check_runs_every_stage_and_returns_few_files(tmp_path):
     r, files, log = _device_check(tmp_path / "fail", "fail", 100)
     assert r.returncode != 0
     assert files == ["device_check.log", "results.json", "results_linear.json", "results_long-rows.json",
-                     "results_row-calls.json"]
-    for stage in ("gpu_check-established", "gpu_check-mma", "gpu_check-prefetch", "gpu_check-direct"):
+                     "results_other-kinds.json", "results_row-calls.json"]
+    for stage in ("gpu_check-established", "gpu_check-mma", "gpu_check-prefetch", "gpu_check-direct",
+                  "gpu_check-other-kinds"):
         assert f"== stage {stage}: exit 0" in log
+    assert "--skip-other-kinds" in log  # the established kernels' run leaves the new ones out
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")

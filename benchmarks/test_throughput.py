@@ -68,12 +68,19 @@ def test_linear_step_cpu(benchmark, case, impl):
         benchmark(step)
 
 
+# float64 at d = 1024: the longest float64 row the fused kernel takes at C = 10.
+GPU_CASES = {"float32 n=16384 d=3072 C=10": (16384, 3072, 10, np.float32),
+             "float64 n=16384 d=1024 C=10": (16384, 1024, 10, np.float64)}
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("case", list(GPU_CASES))
 @pytest.mark.parametrize("impl", ["gpugrad fused", "plain cupy", "torch cuda"])
-def test_linear_step_gpu(benchmark, impl):
+def test_linear_step_gpu(benchmark, case, impl):
     import cupy
-    X, y, W, b = (cupy.asarray(a) for a in _data(16384, 3072, 10))
-    benchmark.group = "linear step, GPU, n=16384 d=3072 C=10"
+    n, d, C, dtype = GPU_CASES[case]
+    X, y, W, b = (cupy.asarray(a) for a in _data(n, d, C, dtype))
+    benchmark.group = f"linear step, GPU, {case}"
     sync = cupy.cuda.Device().synchronize
     if impl == "gpugrad fused":
         fn = lambda: gg.linear_grad(X, y, W, b, 1e-3, validate=False)

@@ -40,6 +40,7 @@ import cupy  # noqa: E402
 import gpugrad as gg  # noqa: E402
 from gpugrad.backends import cupy_backend as cb  # noqa: E402
 from gpugrad.backends import kernels as kmod  # noqa: E402
+from tests.kernel_checks import linear_case  # noqa: E402  (the inputs the kernel tests use)
 
 try:
     import torch
@@ -202,23 +203,18 @@ def check_other_linear_kinds(rng, quick, shapes=((1, 5, 1), (3, 7, 2), (65537, 7
     be = gg.get_backend("cupy")
     if quick:
         shapes = [s for s in shapes if s[0] * s[1] < 50_000_000]
-    for kind, (dtype, norm) in OTHER_KINDS.items():
+    for kind, (dtype, _) in OTHER_KINDS.items():
         tol = 1e-5 if dtype == np.float32 else 1e-12
         for n, d, C in shapes:
-            X64 = rng.standard_normal((n, d)) * (3 if norm else 1) + (5 if norm else 0)
-            mean = X64.mean(0) + rng.standard_normal(d) if norm else None
-            std = X64.std(0) * rng.uniform(0.5, 2, d) + 0.1 if norm else None
-            W64, b64, y = rng.standard_normal((C, d)) * 0.05, rng.standard_normal(C) * 0.1, rng.integers(0, C, n)
             # The reference gets the values the kernel sees (float32 rounding included).
-            host = [None if a is None else a.astype(dtype) for a in (X64, W64, b64, mean, std)]
-            X, W, b, m, sd = (None if a is None else cupy.asarray(a) for a in host)
+            ref, host = linear_case(rng, kind, n, d, C)
+            X, y, W, b, m, sd = (None if a is None else cupy.asarray(a) for a in host)
             fused = "fused" if be.linear_plan(X, W, m) else "fallback"
             for loss_name in ("softmax", "svm"):
-                ref = NP.linear_grad(host[0].astype(np.float64), y, *(a.astype(np.float64) for a in host[1:3]), 0.01,
-                                     loss_name, *(None if a is None else a.astype(np.float64) for a in host[3:]))
+                J_ref, dW_ref, db_ref = NP.linear_grad(*ref[:4], 0.01, loss_name, *ref[4:])
                 poison_pool(1 << 28)
-                J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, 0.01, loss_name, m, sd)
-                err = max(rel_err(dW.get(), ref[1]), rel_err(db.get(), ref[2]), abs(float(J) - ref[0]) / abs(ref[0]))
+                J, dW, db = be.linear_grad(X, y, W, b, 0.01, loss_name, m, sd)
+                err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
                 record("linear", f"{fused} {loss_name} n={n} d={d} C={C} {kind}", err, tol, n=n, d=d, C=C)
 
 

@@ -447,11 +447,14 @@ class CupyBackend(NumpyBackend):
     def linear_plan(self, X, W, x_mean):
         """Launch parameters of the fused linear kernel for these inputs, or None when it does not
         apply (then the inherited matmul path runs)."""
-        n, d = X.shape
-        C = W.shape[0]
-        tname = self._fused_x(X, W, x_mean)
+        return self._simt_plan(self._fused_x(X, W, x_mean), X, W)
+
+    def _simt_plan(self, tname: str | None, X, W):
+        """linear_plan for X of the kind tname (``_fused_x``'s answer, which the caller has)."""
         if tname is None:
             return None
+        n, d = X.shape
+        C = W.shape[0]
         rg, kpt = linear_shape(C, W.dtype)
         cols = -(-d // kpt)
         if cols > 512:
@@ -545,11 +548,12 @@ class CupyBackend(NumpyBackend):
         return J, dW, db
 
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
-        if LINEAR_VARIANT.get(self._fused_x(X, W, x_mean)) == "mma":
+        kind = self._fused_x(X, W, x_mean)
+        if LINEAR_VARIANT.get(kind) == "mma":
             plan = self.linmma_plan(X, W, x_mean)
             if plan is not None:
                 return self._linear_mma(plan, X, y, W, b, lam, loss, x_mean, x_std)
-        plan = self.linear_plan(X, W, x_mean)
+        plan = self._simt_plan(kind, X, W)
         if plan is None:
             return super().linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
         X, y, y64, W, b, norm = _step_inputs(X, y, W, b, x_mean, x_std)

@@ -12,9 +12,9 @@
 #
 # The kernels and call paths not yet run on a GPU when this was written (the tensor-core linear
 # steps, "mma"; the prefetched long-row softmax, "prefetch"; the row losses' cuLaunchKernel path,
-# "direct"; the linear step for float32 X normalised and float64 X, "other_kinds") are tested in a
-# process of their own first: a kernel that traps kills its CUDA context,
-# and with it every later result of that process. If they fail, gpu_check.py runs the established
+# "direct"; the linear step for float32 X normalised, float64 X and uint8 X under float64
+# weights, "other_kinds") are tested in a process of their own first: a kernel that traps kills
+# its CUDA context, and with it every later result of that process. If they fail, gpu_check.py runs the established
 # kernels alone, then each new one in a separate process.
 #
 # Build the fatbin first (cmake -S . -B build && cmake --build build) and bring

@@ -192,14 +192,15 @@ def check_linear(rng, quick):
 
 # The kinds of X with only the "simt" kernel: (X dtype, normalised on the fly), checked and timed
 # apart from f32/u8 (whose two kernels LINEAR_VARIANTS compares).
-OTHER_KINDS = {"f32n": (np.float32, True), "f64": (np.float64, False), "f64n": (np.float64, True)}
+OTHER_KINDS = {"f32n": (np.float32, True), "f64": (np.float64, False), "f64n": (np.float64, True),
+               "u8f64": (np.float64, True)}
 
 
 def check_other_linear_kinds(rng, quick, shapes=((1, 5, 1), (3, 7, 2), (65537, 784, 10), (4097, 1024, 10),
                                                    (2049, 2048, 4), (513, 100, 16), (300, 1025, 10),
                                                    (1000, 3072, 10))):
-    """float32 X normalised on the fly, float64 X plain and normalised: the fused kernel where the
-    row fits (float64: d <= 2048 for C <= 4, 1024 above), the inherited path past it."""
+    """float32 X normalised on the fly, float64 X plain and normalised, uint8 X under float64
+    weights: the fused kernel where the row fits (float64: d <= 2048 for C <= 4, 1024 above), the inherited path past it."""
     be = gg.get_backend("cupy")
     if quick:
         shapes = [s for s in shapes if s[0] * s[1] < 50_000_000]
@@ -388,7 +389,7 @@ def ce_workload(n: int, C: int) -> str:
 
 def linear_workload(n: int, d: int, C: int, x: str) -> str:
     """A linear step timing row's workload name, x = "f32", "uint8" (the X type) or another kind of
-    X ("f32n", "f64": OTHER_KINDS)."""
+    X ("f32n", "f64", "f64n", "u8f64": OTHER_KINDS)."""
     return f"linear step n={n} d={d} C={C} {x}"
 
 
@@ -663,19 +664,23 @@ def bench_linear(bw, rng, compile_torch):
     bench_small_step(rng)
 
 
-def bench_other_linear_kinds(bw, rng, shapes=(("f32n", LINEAR_TARGET), ("f64", (65536, 1024, 10)))):
-    """The "simt" kernel for float32 X normalised on the fly (at the target shape) and float64 X
-    (d = 1024, the longest float64 row it takes at C = 10), against plain CuPy."""
+def bench_other_linear_kinds(bw, rng, shapes=(("f32n", LINEAR_TARGET), ("f64", (65536, 1024, 10)),
+                                              ("u8f64", (65536, 1024, 10)))):
+    """The "simt" kernel for float32 X normalised on the fly (at the target shape), float64 X and
+    uint8 X under float64 weights (d = 1024, the longest float64 row it takes at C = 10), against
+    plain CuPy."""
     be = gg.get_backend("cupy")
     lam = 1e-3
     for kind, (n, d, C) in shapes:
         dtype, norm = OTHER_KINDS[kind]
-        floor = n * d * np.dtype(dtype).itemsize / bw * 1e6  # one read of X
+        xtype = np.uint8 if kind.startswith("u8") else dtype
+        floor = n * d * np.dtype(xtype).itemsize / bw * 1e6  # one read of X
         W = cupy.asarray(rng.standard_normal((C, d)) * 0.01, dtype=dtype)
         b = cupy.asarray(rng.standard_normal(C) * 0.1, dtype=dtype)
         mean, std = (cupy.full(d, 0.5, dtype), cupy.full(d, 2.0, dtype)) if norm else (None, None)
-        sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=dtype)), cupy.asarray(rng.integers(0, C, n)))
-                for _ in range(2)]
+        draw = ((lambda: rng.integers(0, 256, (n, d), dtype=np.uint8)) if xtype == np.uint8
+                else (lambda: rng.standard_normal((n, d), dtype=dtype)))
+        sets = [(cupy.asarray(draw()), cupy.asarray(rng.integers(0, C, n))) for _ in range(2)]
         wl = linear_workload(n, d, C, kind)
         assert be.linear_plan(sets[0][0], W, mean) is not None, wl
         add_timing(wl, "gpugrad fused simt", time_batches(
@@ -763,11 +768,13 @@ def main():
                     help="host paths of the row-loss calls to time (comma-separated: cupy, direct)")
     ap.add_argument("--only", choices=("linear", "long-rows", "row-calls", "other-kinds"),
                     help="only the linear step, the long-row softmax, the small-C calls' host paths, or "
-                         "the linear step for the other kinds of X (float32 normalised, float64) (e.g. a "
+                         "the linear step for the other kinds of X (float32 normalised, float64, uint8 under "
+                         "float64 weights) (e.g. a "
                          "new variant in a process of its own, so that a crash cannot take the other "
                          "results with it)")
     ap.add_argument("--skip-other-kinds", action="store_true",
-                    help="leave out the linear step for float32 X normalised and float64 X")
+                    help="leave out the linear step for float32 X normalised, float64 X and uint8 X "
+                         "under float64 weights")
     args = ap.parse_args()
     LINEAR_VARIANTS = tuple(v for v in args.linear_variants.split(",") if v)
     LONG_ROW_VARIANTS = tuple(v for v in args.long_rows_variants.split(",") if v)

@@ -2,8 +2,8 @@
 //
 // Reads:  X (n, d): float32 or float64, or uint8 pixels; with x_mean/x_std (NORM) each value is
 //         normalised on the fly as (x - mean_k) * (1 / std_k); y (n,); W (C, d) and b (C,) in the
-//         compute type T (float32: float32 or uint8 X; float64: float64 X); W once per block,
-//         into shared memory.
+//         compute type T (float32 for float32 X, float64 for float64 X, either for uint8 X); W once
+//         per block, into shared memory.
 // Writes: per-block partials dW_part[block][C][d], db_part[block][C] (T), loss_part[block], and
 //         wsq = ||W||^2; gg_linear_finish(_f64) then adds the partials in a fixed order and writes
 //         J (0-d), dW = G^T X + 2 lam W and db = column sums of G (G = dL/dS, already / n).
@@ -325,7 +325,7 @@ GG_KERNEL(gg_linear_finish_f64, __launch_bounds__(256))(GG_FIN_ARGS(double)) { g
 
 // Entry points gg_linear_<x>_c<C>, C = 1..16, x naming X and the compute type T:
 //   f32: float32 X;   f32n: float32 X normalised by x_mean/x_std;   u8: uint8 X normalised (T float32);
-//   f64: float64 X;   f64n: float64 X normalised.
+//   f64: float64 X;   f64n: float64 X normalised;   u8f64: uint8 X normalised (T float64).
 // (x_mean and x_std are null pointers for f32 and f64.)
 #define GG_LIN(TN, T, TX, NORM, C) \
     GG_KERNEL(gg_linear_##TN##_c##C, __launch_bounds__(512, 1))(GG_LIN_ARGS(T, TX)) { \
@@ -342,3 +342,4 @@ GG_LIN_ALL(f32n, float, float, true)
 GG_LIN_ALL(u8, float, unsigned char, true)
 GG_LIN_ALL(f64, double, double, false)
 GG_LIN_ALL(f64n, double, double, true)
+GG_LIN_ALL(u8f64, double, unsigned char, true)

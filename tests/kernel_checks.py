@@ -34,7 +34,7 @@ def f32(a):
 # Kinds of X the fused linear step takes (cupy_backend.CupyBackend._fused_x), with the compute
 # dtype and whether x_mean/x_std normalise X on the fly.
 LINEAR_KINDS = {"f32": (np.float32, False), "f32n": (np.float32, True), "u8": (np.float32, True),
-                "f64": (np.float64, False), "f64n": (np.float64, True)}
+                "f64": (np.float64, False), "f64n": (np.float64, True), "u8f64": (np.float64, True)}
 
 
 def linear_case(rng, kind, n, d, C, wscale=0.05, mean=None):
@@ -44,7 +44,7 @@ def linear_case(rng, kind, n, d, C, wscale=0.05, mean=None):
     dtype, norm = LINEAR_KINDS[kind]
     rnd = f32 if dtype == np.float32 else np.asarray
     W, b, y = rnd(rng.standard_normal((C, d)) * wscale), rnd(rng.standard_normal(C) * 0.1), rng.integers(0, C, n)
-    if kind == "u8":
+    if kind.startswith("u8"):
         X = rng.integers(0, 256, (n, d), dtype=np.uint8)
         # Means a few units off the column means: much closer, and for a few rows whose gradients
         # are alike dW ~ sum_r (x_r - m) cancels beyond what float32 inputs resolve.

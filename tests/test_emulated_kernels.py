@@ -241,22 +241,23 @@ def test_linear_step_kernels_agree_bit_for_bit_in_every_thread_order(be, variant
 @pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (700, 131, 10, "softmax"),
                                         (300, 1023, 10, "svm"), (513, 100, 16, "softmax"), (200, 784, 9, "svm"),
                                         (129, 33, 5, "softmax"), (100, 2047, 4, "svm")])
-@pytest.mark.parametrize("kind", ["f32n", "f64", "f64n"])
+@pytest.mark.parametrize("kind", ["f32n", "f64", "f64n", "u8f64"])
 def test_linear_step_kernel_for_each_other_kind_of_x(be, kind, n, d, C, loss, rng):
-    """float32 X normalised on the fly, float64 X plain and normalised: the "simt" kernel only."""
+    """float32 X normalised on the fly, float64 X plain and normalised, uint8 X under float64
+    weights: the "simt" kernel only."""
     ref_args, args = _linear_inputs(rng, kind, n, d, C)
     plan = be.linear_plan(args[0], args[2], args[4])
     assert plan is not None and plan["name"] == f"gg_linear_{kind}_c{C}"
     _check_linear(be, ref_args, args, loss)
-    assert be.launches[-2:] == [plan["name"], "gg_linear_finish" + ("_f64" if kind.startswith("f64") else "")]
+    assert be.launches[-2:] == [plan["name"], "gg_linear_finish" + ("" if kind == "f32n" else "_f64")]
 
 
-@pytest.mark.parametrize("kind", ["f32n", "f64n"])
+@pytest.mark.parametrize("kind", ["f32n", "f64n", "u8f64"])
 def test_linear_step_kernel_for_each_other_kind_agrees_in_every_thread_order(be, kind, rng):
     _agree_in_every_thread_order(be, *_linear_inputs(rng, kind, 100, 150, 7)[1])
 
 
-@pytest.mark.parametrize("kind", ["f32", "f32n", "u8", "f64", "f64n"])
+@pytest.mark.parametrize("kind", ["f32", "f32n", "u8", "f64", "f64n", "u8f64"])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_linear_step_kernel_turns_a_bad_label_into_nan(be, kind, loss, rng):
     """With validation off a label out of range reaches the kernel: the loss is NaN, and the label

@@ -73,14 +73,17 @@ def test_other_linear_kinds_check_and_time(gpu_check, monkeypatch):
     rng = np.random.default_rng(0)
     gpu_check.check_other_linear_kinds(rng, False, shapes=((3, 7, 2), (40, 1025, 5)))
     names = [(c["name"], c["ok"]) for c in gpu_check.RESULTS["correctness"]]
-    assert len(names) == 12 and all(ok for _, ok in names), names
-    assert sum(name.startswith("fused") for name, _ in names) == 8  # float64 d = 1025 at C = 5: inherited
-    gpu_check.bench_other_linear_kinds(3e12, rng, shapes=(("f32n", (50, 300, 10)), ("f64", (50, 100, 3))))
+    assert len(names) == 16 and all(ok for _, ok in names), names
+    assert sum(name.startswith("fused") for name, _ in names) == 10  # float64 d = 1025 at C = 5: inherited
+    gpu_check.bench_other_linear_kinds(3e12, rng, shapes=(("f32n", (50, 300, 10)), ("f64", (50, 100, 3)),
+                                                          ("u8f64", (40, 64, 4))))
     rows = [(r["workload"], r["variant"]) for r in gpu_check.RESULTS["timing"]]
     assert rows == [("linear step n=50 d=300 C=10 f32n", "gpugrad fused simt"),
                     ("linear step n=50 d=300 C=10 f32n", "plain CuPy (cuBLAS)"),
                     ("linear step n=50 d=100 C=3 f64", "gpugrad fused simt"),
-                    ("linear step n=50 d=100 C=3 f64", "plain CuPy (cuBLAS)")]
+                    ("linear step n=50 d=100 C=3 f64", "plain CuPy (cuBLAS)"),
+                    ("linear step n=40 d=64 C=4 u8f64", "gpugrad fused simt"),
+                    ("linear step n=40 d=64 C=4 u8f64", "plain CuPy (cuBLAS)")]
 
 
 # device_check.sh's stages, driven by stand-ins for python3 and nvidia-smi: `python3` prints its

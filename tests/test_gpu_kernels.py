@@ -132,10 +132,10 @@ def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_va
 @pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (65537, 131, 10, "softmax"),
                                         (4099, 1024, 10, "svm"), (513, 100, 16, "softmax"), (70, 784, 9, "svm"),
                                         (2049, 2047, 4, "softmax"), (300, 1025, 10, "softmax")])
-@pytest.mark.parametrize("kind", ["f32n", "f64", "f64n"])
+@pytest.mark.parametrize("kind", ["f32n", "f64", "f64n", "u8f64"])
 def test_linear_grad_other_kinds_of_x(kind, n, d, C, loss, rng):
-    """float32 X normalised on the fly, float64 X plain and normalised ("simt" kernels; float64 rows
-    past 1024 columns at C > 4 take the inherited path)."""
+    """float32 X normalised on the fly, float64 X plain and normalised, uint8 X under float64
+    weights ("simt" kernels; float64 rows past 1024 columns at C > 4 take the inherited path)."""
     import cupy
     be = gg.get_backend("cupy")
     ref_args, args = linear_case(rng, kind, n, d, C)

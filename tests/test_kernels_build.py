@@ -122,7 +122,7 @@ def test_backend_only_launches_kernels_that_exist(ptx_entries):
             wanted.add(cb.ce_kernel_config(C, dtype, "prefetch").name)
             wanted.add(cb.svm_kernel_config(C, dtype).name)
     for C in range(1, 17):
-        wanted |= {f"gg_linear_{kind}_c{C}" for kind in ("f32", "f32n", "u8", "f64", "f64n")}
+        wanted |= {f"gg_linear_{kind}_c{C}" for kind in ("f32", "f32n", "u8", "f64", "f64n", "u8f64")}
     missing = wanted - set(ptx_entries)
     assert not missing, f"kernels the backend may launch but the module lacks: {sorted(missing)}"
 

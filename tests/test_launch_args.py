@@ -116,27 +116,31 @@ def test_linear_step_launches(backend, entries, variant, n, d, C, loss):
                                    (70, 784, 9), (129, 2047, 4)])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_linear_step_launches_for_the_other_kinds_of_x(backend, entries, n, d, C, loss):
-    """float32 X normalised on the fly; float64 X, plain and normalised: the "simt" kernels and the
-    float64 finish."""
+    """float32 X normalised on the fly; float64 X, plain and normalised; uint8 X under float64
+    weights: the "simt" kernels and the float64 finish."""
     y = FakeArray(n, np.int64)
     for dtype in (np.float32, np.float64):
         X, W, b = FakeArray((n, d), dtype), FakeArray((C, d), dtype), FakeArray(C, dtype)
         if dtype == np.float64:
             backend.linear_grad(X, y, W, b, 0.01, loss)
         backend.linear_grad(X, y, W, b, 0.01, loss, FakeArray(d, dtype), FakeArray(d, dtype))
+    W, b, norm = FakeArray((C, d), np.float64), FakeArray(C, np.float64), FakeArray(d, np.float64)
+    backend.linear_grad(FakeArray((n, d), np.uint8), y, W, b, 0.01, loss, norm, norm)
     names = [ln.name for ln in backend.launches]
     assert names == [f"gg_linear_f32n_c{C}", "gg_linear_finish", f"gg_linear_f64_c{C}", "gg_linear_finish_f64",
-                     f"gg_linear_f64n_c{C}", "gg_linear_finish_f64"]
+                     f"gg_linear_f64n_c{C}", "gg_linear_finish_f64", f"gg_linear_u8f64_c{C}", "gg_linear_finish_f64"]
     _check(backend, entries)
 
 
 @pytest.mark.parametrize("C,d_max", [(1, 2048), (4, 2048), (5, 1024), (10, 1024), (16, 1024)])
 def test_float64_rows_the_fused_step_takes(backend, C, d_max):
     """float64 keeps 2 or 4 columns a thread (its values take two registers), 512 threads: longer
-    rows take the inherited path."""
+    rows take the inherited path. uint8 X under float64 weights has the same limits."""
     f64 = np.float64
     for d, fused in ((d_max, True), (d_max + 1, False)):
         plan = backend.linear_plan(FakeArray((100, d), f64), FakeArray((C, d), f64), None)
+        assert (plan is not None) == fused, d
+        plan = backend.linear_plan(FakeArray((100, d), np.uint8), FakeArray((C, d), f64), FakeArray(d, f64))
         assert (plan is not None) == fused, d
 
 

@@ -6,7 +6,7 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
 - ``softmax_cross_entropy_grad`` / ``svm_grad``: one launch, one read of S, one write of dS,
   the mean loss reduced in the same launch;
 - ``linear_grad``: X read once for J, dW and db (float32 or float64 X, either normalised by
-  x_mean/x_std on the fly or not, and uint8 X with them under float32 weights), for C <= 16
+  x_mean/x_std on the fly or not, and uint8 X with them under float32 or float64 weights), for C <= 16
   classes and rows short enough for the fused kernel (W in shared memory); other inputs take the
   inherited path (cuBLAS matmuls around the fused loss kernel). Every kind of X has a "simt"
   kernel (FMA, any sm_80+ card); float32 X (not normalised) and uint8 X also have an "mma" one
@@ -41,7 +41,7 @@ _PREFETCH_K = {"f32": 52, "f64": 26}  # gg_ce_<t>_p640_k<K>: 640 threads, rows u
 # memory by cp.async, the current one in registers; checked in the CPU emulator, not yet timed on a
 # GPU) or "block" (a block per row). benchmarks/gpu_check.py times all three.
 CE_LONG_ROWS = {"variant": "stream"}
-# The fused linear step, per kind of X ("f32", "u8"; "f32n", "f64" and "f64n" have only "simt"):
+# The fused linear step, per kind of X ("f32", "u8"; "f32n", "f64", "f64n", "u8f64" have only "simt"):
 # "simt" (gg_linear_<x>_c<C>, FMA, measured on an H100 for f32 and u8) or
 # "mma" (gg_linmma_<x>_nt<NT>, tensor cores in thread-block clusters, sm_90+; compiled, its fragment
 # layout and arithmetic checked on the CPU, not yet run on a GPU). benchmarks/gpu_check.py checks and
@@ -435,13 +435,13 @@ class CupyBackend(NumpyBackend):
     def _fused_x(X, W, x_mean) -> str | None:
         """The kind of X a fused linear kernel takes these inputs as, or None (1 <= C <= 16 only):
         "f32"/"f64": float X in W's dtype; "f32n"/"f64n": the same normalised by x_mean/x_std;
-        "u8": uint8 X with x_mean/x_std, float32 W."""
+        "u8"/"u8f64": uint8 X with x_mean/x_std under float32/float64 W."""
         if W.dtype not in _TYPE or not 1 <= W.shape[0] <= 16 or X.data.ptr % X.itemsize:
             return None  # (an X not aligned to its elements is left to CuPy's own operations)
         if X.dtype == W.dtype:
             return _TYPE[W.dtype] + ("" if x_mean is None else "n")
-        if X.dtype == np.uint8 and W.dtype == np.float32:
-            return "u8"  # (check_linear asks x_mean/x_std of uint8 X)
+        if X.dtype == np.uint8:  # (check_linear asks x_mean/x_std of uint8 X)
+            return "u8" if W.dtype == np.float32 else "u8f64"
         return None
 
     def linear_plan(self, X, W, x_mean):

@@ -200,7 +200,8 @@ def check_other_linear_kinds(rng, quick, shapes=((1, 5, 1), (3, 7, 2), (65537, 7
                                                    (2049, 2048, 4), (513, 100, 16), (300, 1025, 10),
                                                    (1000, 3072, 10))):
     """float32 X normalised on the fly, float64 X plain and normalised, uint8 X under float64
-    weights: the fused kernel where the row fits (float64: d <= 2048 for C <= 4, 1024 above), the inherited path past it."""
+    weights: the fused kernel where the row fits (float64: d <= 2048 for C <= 4, 1024 above), the
+    inherited path past it."""
     be = gg.get_backend("cupy")
     if quick:
         shapes = [s for s in shapes if s[0] * s[1] < 50_000_000]
@@ -768,10 +769,9 @@ def main():
                     help="host paths of the row-loss calls to time (comma-separated: cupy, direct)")
     ap.add_argument("--only", choices=("linear", "long-rows", "row-calls", "other-kinds"),
                     help="only the linear step, the long-row softmax, the small-C calls' host paths, or "
-                         "the linear step for the other kinds of X (float32 normalised, float64, uint8 under "
-                         "float64 weights) (e.g. a "
-                         "new variant in a process of its own, so that a crash cannot take the other "
-                         "results with it)")
+                         "the linear step for the other kinds of X (float32 normalised, float64, uint8 "
+                         "under float64 weights) (e.g. a new variant in a process of its own, so that a "
+                         "crash cannot take the other results with it)")
     ap.add_argument("--skip-other-kinds", action="store_true",
                     help="leave out the linear step for float32 X normalised, float64 X and uint8 X "
                          "under float64 weights")

@@ -6,9 +6,9 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
 - ``softmax_cross_entropy_grad`` / ``svm_grad``: one launch, one read of S, one write of dS,
   the mean loss reduced in the same launch;
 - ``linear_grad``: X read once for J, dW and db (float32 or float64 X, either normalised by
-  x_mean/x_std on the fly or not, and uint8 X with them under float32 or float64 weights), for C <= 16
-  classes and rows short enough for the fused kernel (W in shared memory); other inputs take the
-  inherited path (cuBLAS matmuls around the fused loss kernel). Every kind of X has a "simt"
+  x_mean/x_std on the fly or not, and uint8 X with them under float32 or float64 weights), for
+  C <= 16 classes and rows short enough for the fused kernel (W in shared memory); other inputs
+  take the inherited path (cuBLAS matmuls around the fused loss kernel). Every kind of X has a "simt"
   kernel (FMA, any sm_80+ card); float32 X (not normalised) and uint8 X also have an "mma" one
   (tensor cores and thread-block clusters, sm_90+, d <= 3072), chosen by ``LINEAR_VARIANT``;
 - ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back.

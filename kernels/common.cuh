@@ -47,7 +47,8 @@ template <> __device__ __forceinline__ double gg_inf<double>() {
 __device__ __forceinline__ float gg_fma(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double gg_fma(double a, double b, double c) { return fma(a, b, c); }
 
-// A quiet NaN: what a row with a bad label yields (validation off), never an out-of-bounds read.
+// A quiet NaN: the target score of a row with a bad label (validation off), so its loss and
+// gradient are NaN and the label is never used as an index.
 template <typename T> __device__ __forceinline__ T gg_nan();
 template <> __device__ __forceinline__ float gg_nan<float>() { return __int_as_float(0x7fc00000); }
 template <> __device__ __forceinline__ double gg_nan<double>() {

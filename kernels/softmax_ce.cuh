@@ -34,7 +34,7 @@ __device__ __forceinline__ GgCeRow<T> gg_ce_row_begin(const T* s, const void* y,
     GgCeRow<T> r;
     r.yv = valid ? gg_label(y, y64, row) : 0;
     r.ok = r.yv >= 0 && r.yv < C;
-    r.s_y = (valid && r.ok) ? s[r.yv] : (T)__longlong_as_double(0x7ff8000000000000LL);
+    r.s_y = (valid && r.ok) ? s[r.yv] : gg_nan<T>();
     return r;
 }
 
@@ -185,7 +185,7 @@ __device__ __forceinline__ void gg_ce_stream(const T* __restrict__ S, const void
 
         const gg_i64 yv = gg_label(y, y64, row);
         const bool ok = yv >= 0 && yv < C;
-        const T s_y = ok ? row_s[yv] : (T)__longlong_as_double(0x7ff8000000000000LL);
+        const T s_y = ok ? row_s[yv] : gg_nan<T>();
         T mx = -gg_inf<T>();
         for (int idx = t; idx < C; idx += step) mx = row_s[idx] > mx ? row_s[idx] : mx;
         mx = gg_block_reduce(mx, GgMax(), ms);
@@ -262,7 +262,7 @@ __device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const vo
         }
         const gg_i64 yl = gg_label(y, y64, row);
         const int yv = (yl >= 0 && yl < C) ? (int)yl : -1;  // -1: no entry is the target, s_y is NaN
-        const T s_y = yv >= 0 ? buf[yv] : (T)__longlong_as_double(0x7ff8000000000000LL);
+        const T s_y = yv >= 0 ? buf[yv] : gg_nan<T>();
         __syncthreads();  // buf is read: the next row may stream in while this one is worked on
         if (row + gridDim.x < n) stage(row + gridDim.x);
 

@@ -25,7 +25,7 @@ __device__ __forceinline__ void gg_svm_rows(const T* __restrict__ S, const void*
     T* g = dS + row * C;
     const gg_i64 yv = valid ? gg_label(y, y64, row) : 0;
     const bool ok = yv >= 0 && yv < C;  // a bad label yields NaN, never an out-of-bounds read
-    const T s_y = (valid && ok) ? s[yv] : (T)__longlong_as_double(0x7ff8000000000000LL);
+    const T s_y = (valid && ok) ? s[yv] : gg_nan<T>();
     const T inv_n = T(1) / T(n);
 
     T loss = 0;

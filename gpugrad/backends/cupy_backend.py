@@ -471,9 +471,12 @@ class CupyBackend(NumpyBackend):
     def linmma_plan(self, X, W, x_mean):
         """Launch parameters of the tensor-core kernel for these inputs, or None where it does not
         apply (sm_90+, float32 X without normalisation or uint8 X with it, C <= 16, d <= 3072)."""
+        return self._mma_plan(self._fused_x(X, W, x_mean), X, W)
+
+    def _mma_plan(self, x: str | None, X, W):
+        """linmma_plan for X of the kind x (``_fused_x``'s answer, which the caller has)."""
         n, d = X.shape
         C = W.shape[0]
-        x = self._fused_x(X, W, x_mean)
         if self.cc < 90 or x not in LINMMA or n == 0:
             return None
         dsl = linmma_slice(x, d)
@@ -550,7 +553,7 @@ class CupyBackend(NumpyBackend):
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
         kind = self._fused_x(X, W, x_mean)
         if LINEAR_VARIANT.get(kind) == "mma":
-            plan = self.linmma_plan(X, W, x_mean)
+            plan = self._mma_plan(kind, X, W)
             if plan is not None:
                 return self._linear_mma(plan, X, y, W, b, lam, loss, x_mean, x_std)
         plan = self._simt_plan(kind, X, W)

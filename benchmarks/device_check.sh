@@ -14,8 +14,8 @@
 # steps, "mma"; the prefetched long-row softmax, "prefetch"; the row losses' cuLaunchKernel path,
 # "direct"; the linear step for float32 X normalised, float64 X and uint8 X under float64
 # weights, "other_kinds") are tested in a process of their own first: a kernel that traps kills
-# its CUDA context, and with it every later result of that process. If they fail, gpu_check.py runs the established
-# kernels alone, then each new one in a separate process.
+# its CUDA context, and with it every later result of that process. If they fail, gpu_check.py
+# runs the established kernels alone, then each new one in a separate process.
 #
 # Build the fatbin first (cmake -S . -B build && cmake --build build) and bring
 # kernels/gpugrad_kernels.fatbin{,.sha256} along; without a current one the script builds it first

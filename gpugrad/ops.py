@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
+from . import _validation
 from .backends import backend_for, is_array
 from .graph import Tensor, defvjp, record
 
@@ -320,7 +320,7 @@ def _label_array(name, labels):
         return labels.value
     if isinstance(labels, (int, np.integer)) and not isinstance(labels, bool):
         return np.asarray(labels)
-    _checks.require_array(f"{name}: labels", labels)
+    _validation.require_array(f"{name}: labels", labels)
     return labels
 
 
@@ -347,16 +347,16 @@ def _loss_inputs(name, S, labels, soft_ok):
     if soft:
         _check_probability_rows(name, S2, y)
         return S2, be.asarray(y, dtype=S2.dtype)
-    _checks.check_scores(S2, y)
+    _validation.check_scores(S2, y)
     y = be.asarray(y)
     label_pos, _ = be.first_invalid(y, S2.shape[1], [])
-    _checks.raise_first_invalid(label_pos, [], y, S2.shape[1], [])
+    _validation.raise_first_invalid(label_pos, [], y, S2.shape[1], [])
     return S2, y
 
 
 def _check_probability_rows(name, S, Y):
     """Scores (n, C) float and one-hot / probability rows Y of the same shape, Y >= 0."""
-    if S.dtype not in _checks.FLOAT_DTYPES:
+    if S.dtype not in _validation.FLOAT_DTYPES:
         raise TypeError(f"{name}: scores must be float32 or float64, got dtype {S.dtype}")
     if tuple(Y.shape) != tuple(S.shape):
         raise ValueError(f"{name}: probability rows must have the scores' shape "

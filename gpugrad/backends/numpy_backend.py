@@ -13,7 +13,7 @@ import numpy as np
 
 class NumpyBackend:
     """Reference backend. Methods take and return arrays of ``self.xp``; no input checks here
-    (the public functions in ``gpugrad.losses`` check before calling)."""
+    (the public functions in ``gpugrad.fused`` check before calling)."""
 
     name = "numpy"
     xp = np
@@ -26,7 +26,7 @@ class NumpyBackend:
     def to_numpy(self, a):
         return np.asarray(a)
 
-    # ---- value checks (one call per public function; see gpugrad._checks) ----------------
+    # ---- value checks (one call per public function; see gpugrad._validation) ----------------
     def first_invalid(self, y, C, arrays):
         """(first index i with y[i] outside [0, C) or -1, [first flat NaN/Inf index or -1 per array])."""
         xp = self.xp
@@ -65,17 +65,32 @@ class NumpyBackend:
         dS = E / total[:, None]
         dS[rows, y] = -others / total
         dS /= n
-        return self._ce_loss(S, y, m[:, 0], e_y, others, total), self._into(out, dS)
+        loss = self._ce_rows(S, y, m[:, 0], e_y, others, total).mean(dtype=S.dtype)
+        return self.xp.asarray(loss), self._into(out, dS)
 
-    def _ce_loss(self, S, y, m, e_y, others, total):
-        """Mean of l_i = log(total) - (s_y - m); log1p(others / e_y) when y is (near) the max,
+    def _ce_rows(self, S, y, m, e_y, others, total):
+        """Row losses l_i = log(total) - (s_y - m); log1p(others / e_y) when y is (near) the max,
         where log(total) would round a small loss away."""
         xp = self.xp
         shift = S[xp.arange(S.shape[0]), y] - m  # s_y - m <= 0
         near_max = shift > -1
         safe_e_y = xp.where(near_max, e_y, 1)
-        l = xp.where(near_max, xp.log1p(others / safe_e_y), xp.log(total) - shift)
-        return self.xp.asarray(l.mean(dtype=S.dtype))
+        return xp.where(near_max, xp.log1p(others / safe_e_y), xp.log(total) - shift)
+
+    def row_losses(self, S, y, loss):
+        """(n,) per-row losses l_i of the score rows S (n, C): the softmax cross-entropy
+        logsumexp(S_i) - S_i,y_i, or the hinge sum_{j != y_i} max(0, S_ij - S_i,y_i + 1)."""
+        xp = self.xp
+        rows = xp.arange(S.shape[0])
+        if loss == "softmax":
+            m = S.max(axis=1)
+            E = xp.exp(S - m[:, None])
+            e_y = E[rows, y]
+            total = E.sum(axis=1)
+            return self._ce_rows(S, y, m, e_y, xp.maximum(total - e_y, 0), total)
+        margins = xp.maximum(S - S[rows, y][:, None] + 1, 0)
+        margins[rows, y] = 0
+        return margins.sum(axis=1)
 
     def svm_grad(self, S, y, out=None):
         """Mean multi-class hinge loss of the rows of S and its (sub)gradient.
@@ -104,11 +119,16 @@ class NumpyBackend:
         out[...] = a
         return out
 
-    def loss_grad(self, S, y, loss):
-        """Dispatch on the loss name: 'softmax' or 'svm'."""
-        if loss == "softmax":
-            return self.softmax_cross_entropy_grad(S, y)
-        return self.svm_grad(S, y)
+    def loss_grad(self, S, y, loss, sample_weight=None):
+        """(L, dL/dS) for the loss name 'softmax' or 'svm'. With ``sample_weight`` w (n,),
+        L = (1/n) sum_i w_i l_i and row i of dL/dS is scaled by w_i (w = 1: the plain mean)."""
+        L, G = (self.softmax_cross_entropy_grad if loss == "softmax" else self.svm_grad)(S, y)
+        if sample_weight is None:
+            return L, G
+        w = sample_weight.astype(S.dtype, copy=False)
+        G *= w[:, None]
+        L = self.xp.asarray((self.row_losses(S, y, loss) * w).sum(dtype=S.dtype) / S.shape[0])
+        return L, G
 
     # ---- the whole linear-classifier step -------------------------------------------------
     def normalise(self, X, x_mean, x_std, dtype):
@@ -117,15 +137,16 @@ class NumpyBackend:
             return X
         return (X.astype(dtype) - x_mean.astype(dtype)) / x_std.astype(dtype)
 
-    def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
-        """J, dJ/dW, dJ/db of J = (1/n) sum_i l(x_i, y_i) + lam ||W||^2 with s = W x + b.
+    def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None, sample_weight=None):
+        """J, dJ/dW, dJ/db of J = (1/n) sum_i w_i l(x_i, y_i) + lam ||W||^2 with s = W x + b
+        (w_i = ``sample_weight[i]``, 1 when it is None).
 
         The lecture's mini-batch formulas, vectorised: S = X W^T + b; (loss, G) from the fused
         loss (G = dL/dS, already divided by n); dW = G^T X + 2 lam W; db = column sums of G.
         """
         Xn = self.normalise(X, x_mean, x_std, W.dtype)
         S = Xn @ W.T + b
-        L, G = self.loss_grad(S, y, loss)
+        L, G = self.loss_grad(S, y, loss, sample_weight)
         # (X^T G)^T, not G^T X: the same product, but BLAS runs the (d, n) x (n, C) shape with
         # C small several times faster (80 ms against 16 ms at n=4096, d=3072, C=10, OpenBLAS).
         dW = self.xp.ascontiguousarray((Xn.T @ G).T)

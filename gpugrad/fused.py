@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _checks
+from . import _validation
 from .backends import get_backend, is_cupy_array
 
 __all__ = ["linear_grad", "softmax_cross_entropy_grad", "svm_grad"]
@@ -35,14 +35,14 @@ def _placement(backend, *arrays, extra=()):
 def _check_values(be, y, C, named):
     """Labels in [0, C) and every (name, array) in ``named`` finite: one backend call."""
     label_pos, bad = be.first_invalid(y, C, [a for _, a in named])
-    _checks.raise_first_invalid(label_pos, bad, y, C, named)
+    _validation.raise_first_invalid(label_pos, bad, y, C, named)
 
 
 def _score_loss(method, S, y, out, backend, check_finite, validate):
     """Check (S, y, out), run the backend's fused loss ``method`` on them, return (loss, dS)."""
-    _checks.check_scores(S, y)
+    _validation.check_scores(S, y)
     if out is not None:
-        _checks.check_out(out, S)
+        _validation.check_out(out, S)
     be, back = _placement(backend, S, y)
     S, y = be.asarray(S), be.asarray(y)
     if validate:
@@ -126,9 +126,9 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
         >>> bool(np.isclose(J, np.log(3))), dW.shape, db.shape
         (True, (3, 5), (3,))
     """
-    _checks.check_loss_name(loss)
-    lam = _checks.check_lam(lam)
-    _checks.check_linear(X, y, W, b, x_mean, x_std)
+    _validation.check_loss_name(loss)
+    lam = _validation.check_lam(lam)
+    _validation.check_linear(X, y, W, b, x_mean, x_std)
     be, back = _placement(backend, X, y, W, b, extra=(x_mean, x_std))
     X, y, W, b = (be.asarray(a) for a in (X, y, W, b))
     if x_mean is not None:
@@ -143,7 +143,7 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
         if x_mean is not None:
             with np.errstate(divide="ignore"):
                 # A zero in x_std shows up as an infinite 1/x_std in the same fused check.
-                named.append((_checks.INV_STD, 1 / x_std.astype(np.float64)))
+                named.append((_validation.INV_STD, 1 / x_std.astype(np.float64)))
         _check_values(be, y, W.shape[0], named)
     J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
     return back(J), back(dW), back(db)

@@ -1,0 +1,395 @@
+"""Models on the engine: the lecture's linear classifier and a k-layer MLP, one interface.
+
+Both keep their trainable arrays in ``model.params`` (updated in place by ``gpugrad.optim``) and
+what is not trained in ``model.buffers`` (the input normalisation, batch-norm running averages),
+all on ``model.backend`` (numpy or CuPy arrays). One training step is ``model.loss_grad``:
+
+- ``LinearClassifier``: s = W x + b, its whole step through the fused ``linear_grad`` (one CUDA
+  kernel on CuPy that reads X once, normalises uint8 pixels on the fly and forms the loss, G,
+  dW and db).
+- ``MLP``: k layers s_l = W_l h_{l-1} + b_l, optional batch normalisation, h_l = ReLU(.), built
+  on the computational graph (``gpugrad.ops``; the backward pass is the generic BackOp), with
+  the last layer's loss and dL/dS from the fused softmax / hinge kernels.
+
+Cost of a batch: J = (1/n) sum_i w_i l_i + lam sum_l ||W_l||^2 (weight matrices only; biases and
+batch-norm scales are not penalised; w_i = 1 without sample weights).
+
+    >>> import numpy as np, gpugrad as gg
+    >>> m = gg.models.LinearClassifier(4, 3, backend="numpy", dtype="float64")
+    >>> X, y = np.random.default_rng(0).standard_normal((5, 4)), np.array([0, 1, 2, 0, 1])
+    >>> cost, loss, grads = m.loss_grad(X, y, lam=0.0)
+    >>> sorted(grads), grads["W"].shape
+    (['W', 'b'], (3, 4))
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .backends import get_backend
+from .graph import no_grad, tensor
+from . import _validation
+
+__all__ = ["LinearClassifier", "MLP", "model_from_config", "save_model", "load_model"]
+
+CONFIG_KEY = "__config__"  # the JSON metadata inside a model .npz, stored as uint8 bytes
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in _validation.FLOAT_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _positive_int(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class _Model:
+    """What both models share: construction checks, normalisation, state, moving, predicting."""
+
+    kind = ""
+
+    def __init__(self, n_features, n_classes, loss, dtype, backend, x_mean, x_std):
+        self.n_features = _positive_int("n_features", n_features)
+        self.n_classes = _positive_int("n_classes", n_classes)
+        _validation.check_loss_name(loss)
+        self.loss = loss
+        self.dtype = _float_dtype(dtype)
+        self.backend = get_backend(backend)
+        self.params: dict = {}
+        self.buffers: dict = {}
+        if x_mean is not None or x_std is not None:
+            self.set_normalisation(x_mean, x_std)
+
+    # ---- input normalisation ---------------------------------------------------------------
+    def set_normalisation(self, x_mean, x_std):
+        """Normalise inputs as (x - x_mean) / x_std from now on ((d,) each; zeros in x_std refused)."""
+        d = self.n_features
+        arrays = {}
+        for name, v in (("x_mean", x_mean), ("x_std", x_std)):
+            if v is None:
+                raise ValueError("x_mean and x_std must be given together")
+            v = np.asarray(self.backend.to_numpy(v), dtype=np.float64)
+            if v.shape != (d,):
+                raise ValueError(f"{name} must have shape ({d},), got {v.shape}")
+            if not np.isfinite(v).all():
+                raise ValueError(f"{name} has a NaN or Inf at feature {int(np.argmin(np.isfinite(v)))}")
+            arrays[name] = v
+        if (arrays["x_std"] == 0).any():
+            raise ValueError(f"x_std is 0 at feature {int(np.argmax(arrays['x_std'] == 0))}")
+        for name, v in arrays.items():
+            self.buffers[name] = self.backend.asarray(v, dtype=self.dtype)
+
+    @property
+    def normalised(self) -> bool:
+        return "x_mean" in self.buffers
+
+    def prepare(self, X):
+        """X (n, d) as this model's training input on its backend: float data in the model's dtype;
+        uint8 pixels kept as uint8 when the model normalises (normalised on the fly, batch by batch)."""
+        X = self.backend.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"X must have shape (n, {self.n_features}), got {tuple(X.shape)}")
+        if X.dtype == np.uint8 and self.normalised:
+            return X
+        if X.dtype.kind not in "fiub":
+            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+        return X.astype(self.dtype, copy=False)
+
+    def _normalise(self, X):
+        """(X - x_mean) / x_std in the model's dtype (X itself, cast, when not normalising)."""
+        return self.backend.normalise(X, self.buffers.get("x_mean"), self.buffers.get("x_std"),
+                                      self.dtype) if self.normalised else X.astype(self.dtype, copy=False)
+
+    # ---- inference -------------------------------------------------------------------------
+    def predict(self, X):
+        """(n,) class indices argmax_j s_j on the backend."""
+        return self.backend.xp.argmax(self.scores(self.prepare(X)), axis=1)
+
+    def penalty(self):
+        """0-d: sum over the weight matrices of ||W||^2 (the lam term's factor)."""
+        xp = self.backend.xp
+        return sum((xp.vdot(W, W) for name, W in self.params.items() if name.startswith("W")),
+                   xp.zeros((), self.dtype))
+
+    # ---- state -----------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {"kind": self.kind, "n_features": self.n_features, "n_classes": self.n_classes,
+                "loss": self.loss, "dtype": self.dtype.name, "normalised": self.normalised}
+
+    def state(self) -> dict:
+        """Parameters and buffers as numpy copies, by name."""
+        to_np = self.backend.to_numpy
+        return {k: np.array(to_np(v)) for k, v in {**self.params, **self.buffers}.items()}
+
+    def load_state(self, state: dict, source="state"):
+        """Take parameters and buffers from ``state`` (name -> array), checking every name and shape.
+
+        Arrays are written into the existing ones (in place), so optimisers holding them stay valid.
+        """
+        expected = {**self.params, **self.buffers}
+        if "x_mean" in state and "x_mean" not in expected:
+            self.set_normalisation(state["x_mean"], state["x_std"])
+            expected = {**self.params, **self.buffers}
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise ValueError(f"{source} does not fit this {self.describe()}: "
+                             + (f"missing {missing}" if missing else "")
+                             + ("; " if missing and extra else "")
+                             + (f"unexpected {extra}" if extra else ""))
+        for name, target in expected.items():
+            a = np.asarray(state[name])
+            if a.shape != tuple(target.shape):
+                raise ValueError(f"{source}: {name} has shape {a.shape}, but this {self.describe()} "
+                                 f"needs {tuple(target.shape)}")
+            target[...] = self.backend.asarray(a, dtype=target.dtype)
+
+    def to(self, backend):
+        """Move parameters and buffers to ``backend`` (a name or backend object); returns self."""
+        be = get_backend(backend)
+        for d in (self.params, self.buffers):
+            for k, v in d.items():
+                d[k] = be.asarray(self.backend.to_numpy(v))
+        self.backend = be
+        return self
+
+    def describe(self) -> str:
+        return f"{self.kind} model ({self.n_features} features, {self.n_classes} classes)"
+
+
+class LinearClassifier(_Model):
+    """s = W x + b with the softmax cross-entropy or multi-class SVM loss and lam ||W||^2.
+
+    Args:
+        n_features: d. n_classes: C. loss: "softmax" or "svm".
+        dtype: "float32" or "float64", what the model computes in.
+        backend: "numpy", "cupy", "auto" (CuPy when a GPU is usable) or a backend object.
+        x_mean, x_std: (d,) input normalisation kept by the model, applied on the fly by the fused
+            step, so uint8 pixels train unconverted.
+        init_scale, seed: W ~ N(0, init_scale^2) from ``numpy.random.default_rng(seed)``, b = 0.
+    Attributes:
+        params: {"W": (C, d), "b": (C,)}; buffers: {"x_mean", "x_std"} when normalising.
+
+        >>> import numpy as np, gpugrad as gg
+        >>> m = gg.models.LinearClassifier(2, 2, backend="numpy", dtype="float64", init_scale=0)
+        >>> float(m.loss_grad(np.ones((1, 2)), np.array([1]), lam=0.0)[0])  # log 2
+        0.6931471805599453
+    """
+
+    kind = "linear"
+
+    def __init__(self, n_features, n_classes, loss="softmax", *, dtype="float32", backend="auto",
+                 x_mean=None, x_std=None, init_scale=0.01, seed=0):
+        super().__init__(n_features, n_classes, loss, dtype, backend, x_mean, x_std)
+        rng = np.random.default_rng(seed)
+        W = rng.standard_normal((self.n_classes, self.n_features)) * init_scale
+        self.params = {"W": self.backend.asarray(W, dtype=self.dtype),
+                       "b": self.backend.asarray(np.zeros(self.n_classes), dtype=self.dtype)}
+
+    def loss_grad(self, X, y, lam, sample_weight=None):
+        """(cost, loss, {"W": dJ/dW, "b": dJ/db}) of a batch, through the fused step (no input checks,
+        no host synchronisation). X (n, d) from ``prepare``; y (n,) labels in [0, C)."""
+        p = self.params
+        mean, std = self.buffers.get("x_mean"), self.buffers.get("x_std")
+        loss, dW, db = self.backend.linear_grad(X, y, p["W"], p["b"], 0.0, self.loss, mean, std,
+                                                sample_weight)
+        if not lam:
+            return loss, loss, {"W": dW, "b": db}
+        dW += (2 * lam) * p["W"]
+        return loss + lam * self.penalty(), loss, {"W": dW, "b": db}
+
+    def scores(self, X):
+        """(n, C) scores S = X W^T + b of prepared inputs (normalised like training)."""
+        return self._normalise(X) @ self.params["W"].T + self.params["b"]
+
+
+class MLP(_Model):
+    """A k-layer perceptron: s_l = W_l h_{l-1} + b_l, [batch norm], h_l = ReLU; scores s_k.
+
+    Args:
+        n_features, n_classes, loss, dtype, backend, x_mean, x_std, seed: as ``LinearClassifier``.
+        hidden: the hidden layer sizes, e.g. (50, 50) for the course's 3-layer network.
+        batchnorm: batch normalisation after each hidden layer's linear map (batch statistics
+            in training, running averages, momentum ``bn_momentum``, for inference).
+    Attributes:
+        params: W1 (m1, d), b1, [gamma1, beta1], ..., Wk (C, m_{k-1}), bk. He initialisation:
+            W_l ~ N(0, 2 / fan_in), biases 0, gamma 1, beta 0.
+        buffers: running_mean_l, running_var_l (batch norm), x_mean, x_std (normalisation).
+
+        >>> import numpy as np, gpugrad as gg
+        >>> m = gg.models.MLP(4, 3, hidden=(8, 8), batchnorm=True, backend="numpy")
+        >>> [k for k in m.params]
+        ['W1', 'b1', 'gamma1', 'beta1', 'W2', 'b2', 'gamma2', 'beta2', 'W3', 'b3']
+    """
+
+    kind = "mlp"
+
+    def __init__(self, n_features, n_classes, hidden=(50,), loss="softmax", *, batchnorm=False,
+                 dtype="float32", backend="auto", x_mean=None, x_std=None, seed=0, bn_momentum=0.1):
+        super().__init__(n_features, n_classes, loss, dtype, backend, x_mean, x_std)
+        self.hidden = tuple(_positive_int("hidden layer size", h) for h in hidden)
+        self.batchnorm = bool(batchnorm)
+        self.bn_momentum = float(bn_momentum)
+        rng = np.random.default_rng(seed)
+        sizes = (self.n_features, *self.hidden, self.n_classes)
+        asarray = lambda a: self.backend.asarray(a, dtype=self.dtype)  # noqa: E731
+        for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+            # He et al. (2015): variance 2 / fan_in keeps ReLU activations' scale through depth.
+            self.params[f"W{l}"] = asarray(rng.standard_normal((fan_out, fan_in)) * np.sqrt(2 / fan_in))
+            self.params[f"b{l}"] = asarray(np.zeros(fan_out))
+            if self.batchnorm and l < len(sizes) - 1:
+                self.params[f"gamma{l}"] = asarray(np.ones(fan_out))
+                self.params[f"beta{l}"] = asarray(np.zeros(fan_out))
+                self.buffers[f"running_mean{l}"] = asarray(np.zeros(fan_out))
+                self.buffers[f"running_var{l}"] = asarray(np.ones(fan_out))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.hidden) + 1
+
+    def _forward(self, params, X, training):
+        """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor)."""
+        from .ops import batch_norm, relu
+        h = tensor(self._normalise(X))
+        for l in range(1, self.n_layers):
+            s = h @ params[f"W{l}"].T + params[f"b{l}"]
+            if self.batchnorm:
+                s = batch_norm(s, params[f"gamma{l}"], params[f"beta{l}"],
+                               self.buffers[f"running_mean{l}"], self.buffers[f"running_var{l}"],
+                               training=training, momentum=self.bn_momentum)
+            h = relu(s)
+        k = self.n_layers
+        return h @ params[f"W{k}"].T + params[f"b{k}"]
+
+    def loss_grad(self, X, y, lam, sample_weight=None):
+        """(cost, loss, grads) of a batch in training mode (batch-norm batch statistics; the running
+        averages are updated). The graph gives S; the fused loss gives (L, dL/dS); the generic
+        backward pass from S seeded with dL/dS gives every parameter's gradient."""
+        params = {k: tensor(v, requires_grad=True) for k, v in self.params.items()}
+        S = self._forward(params, X, training=True)
+        loss, dS = self.backend.loss_grad(S.value, y, self.loss, sample_weight)
+        S.backward(dS)
+        grads = {k: t.grad for k, t in params.items()}
+        if not lam:
+            return loss, loss, grads
+        for k, W in self.params.items():
+            if k.startswith("W"):
+                grads[k] += (2 * lam) * W
+        return loss + lam * self.penalty(), loss, grads
+
+    def scores(self, X):
+        """(n, C) scores of prepared inputs in inference mode (batch norm by running averages)."""
+        with no_grad():
+            return self._forward({k: tensor(v) for k, v in self.params.items()}, X, training=False).value
+
+    def config(self) -> dict:
+        return {**super().config(), "hidden": list(self.hidden), "batchnorm": self.batchnorm,
+                "bn_momentum": self.bn_momentum}
+
+    def describe(self) -> str:
+        bn = " with batch norm" if self.batchnorm else ""
+        return (f"mlp model ({self.n_features} features, hidden {list(self.hidden)}{bn}, "
+                f"{self.n_classes} classes)")
+
+
+MODELS = {"linear": LinearClassifier, "mlp": MLP}
+
+
+def model_from_config(config: dict, backend="auto"):
+    """A freshly initialised model of the kind and shape ``config`` (from ``model.config()``) says."""
+    try:
+        kind = config["kind"]
+        cls = MODELS[kind]
+        kw = dict(loss=config["loss"], dtype=config["dtype"], backend=backend)
+        if kind == "mlp":
+            kw.update(hidden=tuple(config["hidden"]), batchnorm=config["batchnorm"],
+                      bn_momentum=config.get("bn_momentum", 0.1))
+        return cls(config["n_features"], config["n_classes"], **kw)
+    except KeyError as e:
+        raise ValueError(f"model config lacks {e} or names an unknown kind: {config!r}") from None
+
+
+def encode_json(obj) -> np.ndarray:
+    """JSON text as a uint8 array, so metadata rides in an .npz without pickling."""
+    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
+
+
+def decode_json(a: np.ndarray):
+    return json.loads(np.asarray(a, dtype=np.uint8).tobytes().decode())
+
+
+def atomic_savez(path, arrays: dict) -> str:
+    """Write ``arrays`` to the .npz ``path`` atomically: a temporary file in the same folder,
+    flushed to disk, then renamed over ``path``. A process killed at any moment leaves either the
+    old file or the new one, never a torn one."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # the rename itself reaches the disk once the folder is synced
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def read_npz(path, what="file") -> dict:
+    """All arrays of an .npz (no pickles), with a clear error naming the file when it is missing,
+    not an .npz, or torn."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such {what}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable gpugrad {what} ({type(e).__name__}: {e})") from None
+
+
+def save_model(model, path) -> str:
+    """Save ``model`` as an .npz: one array per parameter and buffer, plus its config as JSON.
+
+        >>> import os, tempfile, gpugrad as gg
+        >>> m = gg.models.LinearClassifier(3, 2, backend="numpy")
+        >>> p = gg.models.save_model(m, os.path.join(tempfile.mkdtemp(), "model.npz"))
+        >>> gg.models.load_model(p).params["W"].shape
+        (2, 3)
+    """
+    return atomic_savez(path, {**model.state(), CONFIG_KEY: encode_json(model.config())})
+
+
+def load_model(path, backend="auto"):
+    """The model saved at ``path`` by ``save_model``, on ``backend``. A missing, corrupt or foreign
+    file, or arrays that do not fit the saved shape, are refused with an error naming the file."""
+    arrays = read_npz(path, "model file")
+    if CONFIG_KEY not in arrays:
+        raise ValueError(f"{path}: not a gpugrad model file (no {CONFIG_KEY} entry)")
+    try:
+        config = decode_json(arrays.pop(CONFIG_KEY))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: its model config is corrupt ({e})") from None
+    model = model_from_config(config, backend)
+    model.load_state(arrays, source=str(path))
+    return model

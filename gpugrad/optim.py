@@ -1,0 +1,327 @@
+"""Optimisers and learning-rate schedules: mini-batch gradient descent and its relatives.
+
+An optimiser updates a model's ``params`` (name -> array) in place from ``grads`` of the same
+names, on the arrays' own backend, with no host synchronisation: the learning rate comes from a
+schedule, a function of the update count t evaluated on the host. Its state (t and the slot
+arrays: velocities, moments) is plain data, so a checkpoint holds it and a resumed run continues
+exactly (the optax idea, with in-place updates).
+
+    >>> import numpy as np, gpugrad as gg
+    >>> params = {"W": np.ones(3)}
+    >>> opt = gg.optim.SGD(lr=0.5)
+    >>> opt.init(params)
+    >>> opt.step(params, {"W": np.full(3, 2.0)}), params["W"].tolist()
+    (0.5, [0.0, 0.0, 0.0])
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backends import backend_for
+
+__all__ = ["Constant", "StepDecay", "Cyclical", "make_schedule", "SGD", "Adam", "make_optimizer",
+           "lbfgs", "OPTIMIZERS", "SCHEDULES"]
+
+
+def _positive(name, value, allow_zero=False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
+    return v
+
+
+# ---- schedules: learning rate as a function of the update step t (0-based) -------------------
+
+class Constant:
+    """eta_t = lr."""
+
+    def __init__(self, lr):
+        self.lr = _positive("lr", lr, allow_zero=True)
+
+    def __call__(self, t: int) -> float:
+        return self.lr
+
+    def config(self) -> dict:
+        return {"schedule": "constant", "lr": self.lr}
+
+
+class StepDecay:
+    """eta_t = lr * gamma ** (t // step_size): the rate drops by ``gamma`` every ``step_size`` updates.
+
+        >>> [gg_lr for gg_lr in map(StepDecay(1.0, 2, 0.5), range(5))]
+        [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
+
+    def __init__(self, lr, step_size, gamma=0.1):
+        self.lr = _positive("lr", lr, allow_zero=True)
+        if isinstance(step_size, bool) or int(step_size) != step_size or step_size < 1:
+            raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
+        self.step_size = int(step_size)
+        self.gamma = _positive("gamma", gamma)
+
+    def __call__(self, t: int) -> float:
+        return self.lr * self.gamma ** (t // self.step_size)
+
+    def config(self) -> dict:
+        return {"schedule": "step", "lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
+
+
+class Cyclical:
+    """The triangular cyclical rate (Smith 2017; the course's second assignment): eta rises
+    linearly from eta_min to eta_max over n_s updates, falls back over the next n_s, and repeats
+    with period 2 n_s.
+
+        >>> s = Cyclical(0.0, 1.0, 2)
+        >>> [s(t) for t in range(6)]
+        [0.0, 0.5, 1.0, 0.5, 0.0, 0.5]
+    """
+
+    def __init__(self, eta_min, eta_max, n_s):
+        self.eta_min = _positive("eta_min", eta_min, allow_zero=True)
+        self.eta_max = _positive("eta_max", eta_max, allow_zero=True)
+        if self.eta_max < self.eta_min:
+            raise ValueError(f"eta_max ({eta_max}) must be >= eta_min ({eta_min})")
+        if isinstance(n_s, bool) or int(n_s) != n_s or n_s < 1:
+            raise ValueError(f"n_s must be a positive integer (updates per half cycle), got {n_s!r}")
+        self.n_s = int(n_s)
+
+    def __call__(self, t: int) -> float:
+        phase = t % (2 * self.n_s)
+        rise = phase if phase <= self.n_s else 2 * self.n_s - phase
+        return self.eta_min + rise / self.n_s * (self.eta_max - self.eta_min)
+
+    def config(self) -> dict:
+        return {"schedule": "cyclical", "eta_min": self.eta_min, "eta_max": self.eta_max, "n_s": self.n_s}
+
+
+SCHEDULES = {"constant": Constant, "step": StepDecay, "cyclical": Cyclical}
+
+
+def make_schedule(spec):
+    """A schedule from a number (constant rate), a schedule object, or a ``config()`` dict."""
+    if callable(spec) and hasattr(spec, "config"):
+        return spec
+    if isinstance(spec, dict):
+        kw = dict(spec)
+        name = kw.pop("schedule", None)
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
+        return SCHEDULES[name](**kw)
+    return Constant(spec)
+
+
+# ---- optimisers ---------------------------------------------------------------------------------
+
+class _Optimizer:
+    """t (updates taken), a schedule, and per-parameter slot arrays named "<slot>/<param>"."""
+
+    name = ""
+    slot_names: tuple = ()
+
+    def __init__(self, lr):
+        self.schedule = make_schedule(lr)
+        self.t = 0
+        self.slots: dict = {}
+
+    def init(self, params) -> None:
+        """Allocate the slot arrays (zeros like each parameter, on its backend) and reset t."""
+        self.t = 0
+        self.slots = {f"{s}/{k}": _zeros_like(v) for s in self.slot_names for k, v in params.items()}
+
+    def initialised_for(self, params) -> bool:
+        """Whether the slots match ``params`` (names and shapes), so ``step`` can go on."""
+        want = {f"{s}/{k}": tuple(v.shape) for s in self.slot_names for k, v in params.items()}
+        return (self.t > 0 or bool(self.slots) or not self.slot_names) and \
+            want == {k: tuple(v.shape) for k, v in self.slots.items()}
+
+    def step(self, params, grads) -> float:
+        """Update every parameter in place from its gradient; returns the learning rate used."""
+        lr = self.schedule(self.t)
+        for k, p in params.items():
+            self._update(k, p, grads[k], lr)
+        self.t += 1
+        return lr
+
+    def state(self) -> dict:
+        """t and the slot arrays, as numpy."""
+        out = {"t": np.array(self.t, dtype=np.int64)}
+        for k, v in self.slots.items():
+            out[k] = np.array(v.get() if hasattr(v, "get") else v)
+        return out
+
+    def load_state(self, state: dict, params) -> None:
+        """Restore t and the slots for ``params`` (their backend and shapes), names checked."""
+        self.init(params)
+        missing = sorted(set(self.slots) - set(state))
+        if missing or "t" not in state:
+            raise ValueError(f"the {self.name} optimiser state lacks {missing or ['t']}")
+        for k, v in self.slots.items():
+            a = np.asarray(state[k])
+            if a.shape != tuple(v.shape):
+                raise ValueError(f"optimiser slot {k} has shape {a.shape}, the parameter {tuple(v.shape)}")
+            v[...] = _like(v, a)
+        self.t = int(state["t"])
+
+    def config(self) -> dict:
+        return {"optimizer": self.name, "lr": self.schedule.config()}
+
+
+def _xp(a):
+    return backend_for(a).xp
+
+
+def _zeros_like(a):
+    return _xp(a).zeros_like(a)
+
+
+def _like(target, a):
+    return _xp(target).asarray(a, dtype=target.dtype)
+
+
+class SGD(_Optimizer):
+    """Mini-batch gradient descent, with optional (Nesterov) momentum.
+
+    momentum = 0:  p <- p - eta_t g
+    momentum mu:   v <- mu v - eta_t g;  p <- p + v           (heavy ball)
+    nesterov:      v <- mu v - eta_t g;  p <- p + mu v - eta_t g
+    """
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
+        super().__init__(lr)
+        self.momentum = _positive("momentum", momentum, allow_zero=True)
+        if self.momentum >= 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        if nesterov and not self.momentum:
+            raise ValueError("nesterov momentum needs momentum > 0")
+        self.nesterov = bool(nesterov)
+        self.slot_names = ("velocity",) if self.momentum else ()
+        self.name = "nesterov" if self.nesterov else ("momentum" if self.momentum else "sgd")
+
+    def _update(self, k, p, g, lr):
+        if not self.momentum:
+            p -= lr * g
+            return
+        v = self.slots[f"velocity/{k}"]
+        v *= self.momentum
+        v -= lr * g
+        if self.nesterov:
+            p += self.momentum * v - lr * g
+        else:
+            p += v
+
+    def config(self) -> dict:
+        return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(_Optimizer):
+    """Adam (Kingma & Ba 2015), bias-corrected:
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+    p <- p - eta_t * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)   (t counted from 1)."""
+
+    name = "adam"
+    slot_names = ("m", "v")
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__(lr)
+        for name, b in (("beta1", beta1), ("beta2", beta2)):
+            if not 0 <= float(b) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {b!r}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), _positive("eps", eps)
+
+    def step(self, params, grads) -> float:
+        t = self.t + 1
+        # The bias corrections are host floats: folding them into the rate keeps the update one pass.
+        self._c1, self._c2 = 1 - self.beta1 ** t, math.sqrt(1 - self.beta2 ** t)
+        return super().step(params, grads)
+
+    def _update(self, k, p, g, lr):
+        m, v = self.slots[f"m/{k}"], self.slots[f"v/{k}"]
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        v *= self.beta2
+        v += (1 - self.beta2) * (g * g)
+        p -= (lr * self._c2 / self._c1) * m / (_xp(v).sqrt(v) + self.eps * self._c2)
+
+    def config(self) -> dict:
+        return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+
+
+def make_optimizer(name="sgd", lr=0.01, momentum=0.9, **kw):
+    """An optimiser by name: "sgd" (plain), "momentum", "nesterov" (SGD with that momentum) or
+    "adam"; ``lr`` a number, schedule or schedule config. An optimiser object passes through."""
+    if isinstance(name, _Optimizer):
+        return name
+    if isinstance(name, dict):  # a config() dict
+        kw = dict(name)
+        name, lr = kw.pop("optimizer", None), kw.pop("lr", lr)
+        momentum = kw.pop("momentum", momentum)
+        kw.pop("nesterov", None)
+    if name == "sgd":
+        return SGD(lr, **kw)
+    if name in ("momentum", "nesterov"):
+        return SGD(lr, momentum=momentum, nesterov=name == "nesterov", **kw)
+    if name == "adam":
+        return Adam(lr, **kw)
+    raise ValueError(f"unknown optimizer {name!r}; expected one of {list(OPTIMIZERS)}")
+
+
+# ---- full-batch L-BFGS ------------------------------------------------------------------------
+
+def lbfgs(value_and_grad, params0: dict, *, max_iter=100, tol=1e-4, callback=None):
+    """Minimise a full-batch cost with L-BFGS (scipy's L-BFGS-B, no bounds).
+
+    Args:
+        value_and_grad: params (name -> float64 numpy array) -> (J float, grads of the same names).
+        params0: the start. max_iter: iterations at most. tol: stop when the largest gradient
+            entry is below tol (scipy's gtol), or the cost stops decreasing (ftol 64 eps, as
+            scikit-learn's LogisticRegression).
+        callback: optional f(iteration, J) after each iteration.
+    Returns:
+        (params, n_iter, losses): the minimiser, the iterations taken, J after each iteration.
+
+        >>> import numpy as np
+        >>> p, n, _ = lbfgs(lambda p: (float(((p["x"] - 3) ** 2).sum()), {"x": 2 * (p["x"] - 3)}),
+        ...                 {"x": np.zeros(2)})
+        >>> np.round(p["x"], 6).tolist()
+        [3.0, 3.0]
+    """
+    from scipy.optimize import minimize
+
+    names = list(params0)
+    shapes = [np.shape(params0[k]) for k in names]
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    def unflatten(theta):
+        out, i = {}, 0
+        for k, s, m in zip(names, shapes, sizes):
+            out[k] = theta[i:i + m].reshape(s)
+            i += m
+        return out
+
+    last = {}
+
+    def fun(theta):
+        J, grads = value_and_grad(unflatten(theta))
+        last["J"] = float(J)
+        return float(J), np.concatenate([np.asarray(grads[k], np.float64).ravel() for k in names])
+
+    losses = []
+
+    def on_iteration(theta):
+        losses.append(last["J"])
+        if callback is not None:
+            callback(len(losses), last["J"])
+
+    theta0 = np.concatenate([np.asarray(params0[k], np.float64).ravel() for k in names])
+    res = minimize(fun, theta0, jac=True, method="L-BFGS-B", callback=on_iteration,
+                   options={"maxiter": int(max_iter), "gtol": float(tol),
+                            "ftol": 64 * np.finfo(float).eps})
+    return unflatten(res.x), int(res.nit), losses

@@ -1,0 +1,398 @@
+"""The mini-batch trainer: epochs of shuffled batches, history, early stopping, checkpoints.
+
+``Trainer(model, optimizer, ...).fit(X, y)`` runs mini-batch gradient descent on
+J = (1/n) sum_i w_i l_i + lam sum ||W||^2 (the lecture's cost) with any model of
+``gpugrad.models`` and any optimiser of ``gpugrad.optim``:
+
+- the data move to the model's backend once (on CuPy they live on the GPU, uint8 stays uint8)
+  and each batch is gathered there by a permutation drawn from a seeded generator;
+- a step never synchronises with the host: per-step costs stay on the device, and the host reads
+  the epoch's figures once, at its end, for the history (and to stop on a NaN or Inf cost,
+  naming the epoch and the step);
+- after each epoch a checkpoint (model, optimiser state, generator state, epoch, history) is
+  written atomically, so a run killed at any moment leaves a loadable checkpoint, and
+  ``fit(..., resume=path)`` continues it exactly: on numpy the weights end bit-identical to an
+  uninterrupted run.
+
+    >>> import numpy as np, gpugrad as gg
+    >>> rng = np.random.default_rng(0)
+    >>> X, y = rng.standard_normal((200, 5)), rng.integers(0, 3, 200)
+    >>> model = gg.models.LinearClassifier(5, 3, backend="numpy", dtype="float64")
+    >>> history = gg.Trainer(model, "sgd", epochs=3, batch_size=50, progress=False).fit(X, y)
+    >>> len(history), sorted(history.rows[0])[:3]
+    (3, ['accuracy', 'cost', 'epoch'])
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import _validation
+from .models import atomic_savez, decode_json, encode_json, model_from_config, read_npz
+from .optim import make_optimizer
+
+__all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS"]
+
+COLUMNS = ("epoch", "loss", "cost", "accuracy", "val_loss", "val_cost", "val_accuracy", "lr", "seconds")
+CHECKPOINT_FORMAT = 1
+EVAL_BATCH = 8192  # rows scored at once when evaluating: bounds the memory of S
+
+
+class History:
+    """Per-epoch figures: ``rows`` (one dict per epoch, keys in ``COLUMNS``), by column with
+    ``history["val_loss"]``. NaN where a figure was not computed (no validation set;
+    training accuracy when the trainer does not evaluate the training set)."""
+
+    def __init__(self, rows=()):
+        self.rows = [dict(r) for r in rows]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, column):
+        return [r.get(column, math.nan) for r in self.rows]
+
+    def append(self, row):
+        self.rows.append(dict(row))
+
+    def to_csv(self, path):
+        """One row per epoch, the columns of ``COLUMNS``."""
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.rows)
+        return path
+
+    def to_json(self, path):
+        """A JSON list of the per-epoch rows (NaN written as null)."""
+        clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                 for r in self.rows]
+        with open(path, "w") as f:
+            json.dump(clean, f, indent=1)
+        return path
+
+
+def _positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class Trainer:
+    """Mini-batch training of a model (see the module docstring).
+
+    Args:
+        model: a ``gpugrad.models`` model (its ``backend`` is where training runs).
+        optimizer: an optimiser object or a name for ``gpugrad.optim.make_optimizer``
+            ("sgd", "momentum", "nesterov", "adam"; rate 0.01).
+        epochs: the total number of epochs; a trainer whose history already holds k epochs
+            (a previous ``fit``, or a resumed checkpoint) continues with epoch k + 1.
+        batch_size: rows per step (the last batch of an epoch may be smaller).
+        lam: the L2 strength of J (>= 0).
+        seed: seeds the per-epoch shuffles and the validation split.
+        validation_fraction: when no validation set is given, hold out this fraction of the
+            training rows (stratified) to validate on.
+        early_stopping, n_iter_no_change, tol: stop when the validation loss (the training loss
+            without a validation set) has not improved by ``tol`` for ``n_iter_no_change`` epochs,
+            and restore the parameters of the best epoch.
+        eval_train: after each epoch score the whole training set (loss, cost, accuracy in
+            inference mode). False: loss and cost are the means over the epoch's batches and
+            the training accuracy is NaN (cheaper: no extra pass over X).
+        callbacks: callables ``cb(trainer, epoch, row)`` run after each epoch; True stops.
+        progress: a tqdm bar over the steps; None shows it when stderr is a terminal.
+        checkpoint: path of the checkpoint .npz, written atomically every ``checkpoint_every``
+            epochs and after the last one.
+    """
+
+    def __init__(self, model, optimizer="sgd", *, epochs=10, batch_size=100, lam=0.0, seed=0,
+                 validation_fraction=0.0, early_stopping=False, n_iter_no_change=10, tol=1e-4,
+                 eval_train=True, callbacks=(), progress=None, checkpoint=None, checkpoint_every=1):
+        self.model = model
+        self.optimizer = make_optimizer(optimizer)
+        self.epochs = _positive_int("epochs", epochs, 0)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.lam = _validation.check_lam(lam)
+        self.seed = seed
+        if not 0 <= validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
+        self.validation_fraction = float(validation_fraction)
+        self.early_stopping = bool(early_stopping)
+        self.n_iter_no_change = _positive_int("n_iter_no_change", n_iter_no_change)
+        self.tol = float(tol)
+        self.eval_train = bool(eval_train)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+        self.checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
+        self.history = History()
+        self.rng = np.random.default_rng(seed)  # the shuffles; its state is checkpointed
+        self._best = None  # early stopping: (metric, epoch, params as numpy)
+        self._stale = 0
+
+    # ---- data ----------------------------------------------------------------------------------
+    def _labels(self, y, n, what):
+        be = self.model.backend
+        y = be.asarray(y)
+        _validation.check_labels_shape(y, n, f"rows of {what}")
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"labels of {what} must be integers in [0, {self.model.n_classes}), "
+                            f"got dtype {y.dtype}")
+        return y.astype(np.int64, copy=False)
+
+    def _check_values(self, X, y, w, what):
+        """Labels in range and finite values: one backend call for the whole data set."""
+        be, C = self.model.backend, self.model.n_classes
+        named = [(what, X)] if X.dtype.kind == "f" else []
+        if w is not None:
+            named.append(("sample_weight", w))
+        label_pos, bad = be.first_invalid(y, C, [a for _, a in named])
+        _validation.raise_first_invalid(label_pos, bad, y, C, named)
+
+    def _data(self, X, y, sample_weight, X_val, y_val):
+        """Everything on the model's backend, checked once: (X, y, w, X_val, y_val)."""
+        model, be = self.model, self.model.backend
+        X = model.prepare(X)
+        y = self._labels(y, X.shape[0], "X")
+        w = None
+        if sample_weight is not None:
+            w = be.asarray(sample_weight, dtype=model.dtype)
+            if tuple(w.shape) != (X.shape[0],):
+                raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {tuple(w.shape)}")
+        if X.shape[0] == 0:
+            raise ValueError("X has no rows to train on")
+        self._check_values(X, y, w, "X")
+        if w is not None and bool((w < 0).any()):
+            raise ValueError("sample_weight must be >= 0")
+        if X_val is None and self.validation_fraction:
+            from .data import stratified_split
+            keep, held = stratified_split(be.to_numpy(y), self.validation_fraction, self.seed)
+            keep, held = be.asarray(keep), be.asarray(held)
+            X, X_val, y, y_val = X[keep], X[held], y[keep], y[held]
+            w = None if w is None else w[keep]
+        elif X_val is not None:
+            X_val = model.prepare(X_val)
+            y_val = self._labels(y_val, X_val.shape[0], "X_val")
+            self._check_values(X_val, y_val, None, "X_val")
+        return X, y, w, X_val, y_val
+
+    # ---- training ------------------------------------------------------------------------------
+    def fit(self, X, y, X_val=None, y_val=None, sample_weight=None, resume=None) -> History:
+        """Train until ``self.epochs`` epochs in all; returns the history.
+
+        Args:
+            X: (n, d) training inputs (numpy or the backend's arrays; uint8 pixels when the model
+               normalises). y: (n,) integer labels in [0, C).
+            X_val, y_val: a validation set (else ``validation_fraction`` of X, or none).
+            sample_weight: (n,) per-row weights w_i >= 0 of the cost.
+            resume: a checkpoint path written by a trainer with the same settings: continue it.
+        Raises:
+            FloatingPointError: the cost became NaN or Inf (the message names the epoch and step;
+                the last checkpoint written is left intact).
+        """
+        model, opt = self.model, self.optimizer
+        if resume is not None:  # first: the checkpoint may set the model's input normalisation
+            self._restore(resume)
+        elif not opt.initialised_for(model.params):
+            opt.init(model.params)
+        X, y, w, X_val, y_val = self._data(X, y, sample_weight, X_val, y_val)
+        n, bs = X.shape[0], self.batch_size
+        steps = -(-n // bs)
+        first = len(self.history) + 1
+        bar = self._bar(steps * max(0, self.epochs - first + 1))
+        try:
+            for epoch in range(first, self.epochs + 1):
+                t0 = time.perf_counter()
+                figures, lr = self._epoch(X, y, w, steps, bar)
+                row = self._row(epoch, figures, steps, n, X, y, X_val, y_val, lr)
+                row["seconds"] = time.perf_counter() - t0
+                self.history.append(row)
+                stop = self._early_stop(row)
+                stop = any([bool(cb(self, epoch, row)) for cb in self.callbacks]) or stop
+                if bar is not None:
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "accuracy", "val_accuracy")
+                                     if not math.isnan(row.get(k, math.nan))})
+                last = stop or epoch == self.epochs
+                if self.checkpoint and (last or epoch % self.checkpoint_every == 0):
+                    self.save_checkpoint(self.checkpoint)
+                if stop:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        if self._best is not None and self.early_stopping and self._stale >= self.n_iter_no_change:
+            model.load_state({**model.state(), **self._best[2]})
+        return self.history
+
+    def _epoch(self, X, y, w, steps, bar):
+        """One pass over shuffled batches. Returns (the epoch's per-step costs and losses, still on
+        the device, as a (2, steps) array; the last learning rate)."""
+        model, opt, be = self.model, self.optimizer, self.model.backend
+        xp = be.xp
+        order = be.asarray(self.rng.permutation(X.shape[0]))
+        per_step = xp.empty((2, steps), dtype=np.float64)
+        lr = math.nan
+        for i in range(steps):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            cost, loss, grads = model.loss_grad(X[idx], y[idx], self.lam, None if w is None else w[idx])
+            per_step[0, i] = cost  # device to device: no synchronisation
+            per_step[1, i] = loss
+            lr = opt.step(model.params, grads)
+            if bar is not None:
+                bar.update(1)
+        return per_step, lr
+
+    def _sums(self, X, y):
+        """Device (3,) [sum of row losses, correct predictions, rows] of the model on (X, y)."""
+        model, be = self.model, self.model.backend
+        xp = be.xp
+        loss_sum, correct = xp.zeros((), np.float64), xp.zeros((), np.float64)
+        for start in range(0, X.shape[0], EVAL_BATCH):
+            Xb, yb = X[start:start + EVAL_BATCH], y[start:start + EVAL_BATCH]
+            S = model.scores(Xb)
+            loss_sum = loss_sum + be.row_losses(S, yb, model.loss).sum(dtype=np.float64)
+            correct = correct + (xp.argmax(S, axis=1) == yb).sum()
+        return xp.stack([loss_sum, correct, xp.asarray(float(X.shape[0]))])
+
+    def _row(self, epoch, per_step, steps, n, X, y, X_val, y_val, lr):
+        """The history row of an epoch, from one read of the device: the per-step costs (for the
+        NaN check and the batch means) and the evaluation sums."""
+        be, xp = self.model.backend, self.model.backend.xp
+        parts = [per_step.ravel()]
+        if self.eval_train:
+            parts.append(self._sums(X, y))
+        if X_val is not None:
+            parts.append(self._sums(X_val, y_val))
+        parts.append(xp.asarray(self.model.penalty(), dtype=np.float64).reshape(1))
+        host = be.to_numpy(xp.concatenate(parts))  # the epoch's one read
+        costs, losses, rest = host[:steps], host[steps:2 * steps], host[2 * steps:]
+        bad = ~np.isfinite(costs)
+        if bad.any():
+            i = int(np.argmax(bad))
+            kept = (f"; the last checkpoint, {self.checkpoint} (epoch {epoch - 1}), is left intact"
+                    if self.checkpoint and epoch > 1 else "")
+            raise FloatingPointError(f"the cost became {costs[i]} at epoch {epoch}, step {i + 1} of "
+                                     f"{steps}: training stopped (lower the learning rate or check the "
+                                     f"data){kept}")
+        penalty = float(rest[-1])
+        sizes = np.full(steps, self.batch_size, dtype=np.float64)
+        sizes[-1] = n - self.batch_size * (steps - 1)
+        row = {"epoch": epoch, "loss": float(losses @ sizes / n), "cost": float(costs @ sizes / n),
+               "accuracy": math.nan}
+        k = 0
+        if self.eval_train:
+            loss_sum, correct, rows = rest[0:3]
+            row.update(loss=loss_sum / rows, cost=loss_sum / rows + self.lam * penalty, accuracy=correct / rows)
+            k = 3
+        if X_val is not None:
+            loss_sum, correct, rows = rest[k:k + 3]
+            row.update(val_loss=loss_sum / rows, val_cost=loss_sum / rows + self.lam * penalty,
+                       val_accuracy=correct / rows)
+        else:
+            row.update(val_loss=math.nan, val_cost=math.nan, val_accuracy=math.nan)
+        row["lr"] = lr
+        return {k: (float(v) if k != "epoch" else v) for k, v in row.items()}
+
+    def _early_stop(self, row) -> bool:
+        """Track the best epoch; True when ``n_iter_no_change`` epochs passed without improving."""
+        if not self.early_stopping:
+            return False
+        metric = row["val_loss"] if not math.isnan(row["val_loss"]) else row["loss"]
+        if self._best is None or metric < self._best[0] - self.tol:
+            self._best = (metric, row["epoch"], {k: v for k, v in self.model.state().items()
+                                                 if k in self.model.params})
+            self._stale = 0
+        else:
+            self._stale += 1
+        return self._stale >= self.n_iter_no_change
+
+    def _bar(self, total):
+        show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
+        if not show or total == 0:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=total, unit="step", desc=f"training {self.model.kind}", leave=False,
+                    dynamic_ncols=True)
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, X, y, lam=None) -> dict:
+        """{"loss", "cost", "accuracy"} of the model on (X, y) in inference mode (one host read)."""
+        X = self.model.prepare(X)
+        y = self._labels(y, X.shape[0], "X")
+        loss_sum, correct, rows = (float(v) for v in self.model.backend.to_numpy(self._sums(X, y)))
+        lam = self.lam if lam is None else lam
+        return {"loss": loss_sum / rows, "cost": loss_sum / rows + lam * float(self.model.penalty()),
+                "accuracy": correct / rows}
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def settings(self) -> dict:
+        """What a resumed run must share with the run it continues (``epochs`` may grow)."""
+        return {"batch_size": self.batch_size, "lam": self.lam, "seed": self.seed,
+                "validation_fraction": self.validation_fraction, "early_stopping": self.early_stopping,
+                "n_iter_no_change": self.n_iter_no_change, "tol": self.tol, "eval_train": self.eval_train}
+
+    def save_checkpoint(self, path):
+        """Model, optimiser state, generator state, epoch, history and early-stopping state, in one
+        .npz written atomically."""
+        meta = {"format": CHECKPOINT_FORMAT, "epoch": len(self.history), "epochs": self.epochs,
+                "history": self.history.rows, "rng": self.rng.bit_generator.state,
+                "model": self.model.config(), "optimizer": self.optimizer.config(),
+                "trainer": self.settings(), "stale": self._stale,
+                "best": None if self._best is None else list(self._best[:2])}
+        arrays = {f"model/{k}": v for k, v in self.model.state().items()}
+        arrays.update({f"optimizer/{k}": v for k, v in self.optimizer.state().items()})
+        if self._best is not None:
+            arrays.update({f"best/{k}": v for k, v in self._best[2].items()})
+        arrays["__meta__"] = encode_json(meta)
+        return atomic_savez(path, arrays)
+
+    def _restore(self, path):
+        """Take model, optimiser, generator, history and early-stopping state from a checkpoint."""
+        ck = load_checkpoint(path, backend=self.model.backend, model=self.model)
+        mine, theirs = self.settings(), ck["meta"]["trainer"]
+        for k in mine:
+            if mine[k] != theirs.get(k):
+                raise ValueError(f"{path}: the checkpoint was written with {k}={theirs.get(k)!r}, this "
+                                 f"trainer has {k}={mine[k]!r}; an exact continuation needs the same")
+        if self.optimizer.config() != ck["meta"]["optimizer"]:
+            raise ValueError(f"{path}: the checkpoint's optimiser is {ck['meta']['optimizer']}, this "
+                             f"trainer's {self.optimizer.config()}")
+        self.optimizer.load_state(ck["optimizer"], self.model.params)
+        self.rng.bit_generator.state = ck["meta"]["rng"]
+        self.history = History(ck["meta"]["history"])
+        self._stale = ck["meta"]["stale"]
+        best = ck["meta"]["best"]
+        self._best = None if best is None else (best[0], best[1], ck["best"])
+
+
+def load_checkpoint(path, backend="numpy", model=None) -> dict:
+    """A checkpoint's contents: {"model": the model with its saved state (``model`` when given,
+    after checking it has the saved shape), "optimizer": the optimiser state arrays, "best": the
+    best epoch's parameters (early stopping), "meta": epoch, history, generator state, settings}.
+
+    A missing, torn or foreign file, or a model of another shape, is refused naming the file."""
+    arrays = read_npz(path, "checkpoint")
+    if "__meta__" not in arrays:
+        raise ValueError(f"{path}: not a gpugrad checkpoint (no __meta__ entry)")
+    try:
+        meta = decode_json(arrays.pop("__meta__"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: its metadata is corrupt ({e})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    groups = {"model": {}, "optimizer": {}, "best": {}}
+    for key, a in arrays.items():
+        group, _, name = key.partition("/")
+        if group in groups:
+            groups[group][name] = a
+    if model is None:
+        model = model_from_config(meta["model"], backend)
+    elif model.config() != meta["model"] and {**model.config(), "normalised": True} != meta["model"]:
+        raise ValueError(f"{path}: the checkpoint holds a {meta['model']}, not this {model.describe()}")
+    model.load_state(groups["model"], source=str(path))
+    return {"model": model, "optimizer": groups["optimizer"], "best": groups["best"], "meta": meta}

@@ -23,11 +23,11 @@ import numpy as np
 
 from . import _validation
 from .backends import backend_for, is_array
-from .graph import Tensor, defvjp, record
+from .graph import Tensor, defvjp, is_grad_enabled, record
 
 __all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",
            "sum", "mean", "transpose", "reshape", "getitem", "softmax", "cross_entropy",
-           "svm_loss", "unbroadcast"]
+           "svm_loss", "batch_norm", "unbroadcast"]
 
 
 def _xp(a):
@@ -237,7 +237,7 @@ def softmax(s, axis=-1):
     return record("softmax", e / e.sum(axis=axis, keepdims=True), (s,), axis=axis)
 
 
-def cross_entropy(scores, labels):
+def cross_entropy(scores, labels, *, validate=True):
     """Mean softmax cross-entropy of raw scores, differentiated by the fused rule g = p - y.
 
     Args:
@@ -246,12 +246,22 @@ def cross_entropy(scores, labels):
         labels: integer class indices (n,) in [0, C) (a scalar for (C,) scores), or one-hot /
             probability rows (n, C) (a row (C,) for (C,) scores) as a float array. Labels are
             data: an array, or a Tensor that does not require grad.
+        validate: check the label values: class indices in [0, C), probability rows >= 0.
+            On CuPy that check reads one value back from the device, so it waits for the GPU
+            on every call; pass False in a training loop whose labels were checked once
+            (shapes and dtypes are still checked: they are metadata and cost nothing).
+            With False nothing looks at the label values: a class index outside [0, C) or a
+            negative probability gives a meaningless result (an IndexError, a negative index
+            counted from the end of the row, a NaN or a wrong finite number, depending on the
+            backend) instead of a ValueError.
     Returns:
         0-d Tensor J = (1/n) sum_i [logsumexp(s_i) sum_j y_ij - sum_j y_ij s_ij], which for
         one-hot rows is (1/n) sum_i -log p_i,y_i with p_i = softmax(s_i).
     Backward:
         dJ/dS = (P - Y) / n for class indices (``backend.softmax_cross_entropy_grad``), and
-        (P * rowsum(Y) - Y) / n for probability rows; both computed with the loss.
+        (P * rowsum(Y) - Y) / n for probability rows; both computed with the loss. When the
+        result will not be differentiated (inside ``no_grad()``, or scores that do not require
+        grad) only the loss is computed (``backend.row_losses``), never dS.
     Raises:
         TypeError / ValueError naming the problem: wrong types, shapes or dtypes, a label out
         of range (position and value), negative probabilities.
@@ -263,19 +273,37 @@ def cross_entropy(scores, labels):
         (1.386294, 1.386294)
     """
     S = _as_tensor(scores)
-    S2, y = _loss_inputs("cross_entropy", S, labels, soft_ok=True)
-    if y.dtype.kind in "iu":
-        loss, dS = backend_for(S2).softmax_cross_entropy_grad(S2, y)
-    else:
+    S2, y = _loss_inputs("cross_entropy", S, labels, soft_ok=True, validate=validate)
+    be = backend_for(S2)
+    soft = y.dtype.kind == "f"
+    if not _will_differentiate(S):
+        loss = _soft_cross_entropy(S2, y, grad=False) if soft else _mean_row_loss(be, S2, y,
+                                                                                  "softmax")
+        return record("cross_entropy", S.xp.asarray(loss, dtype=S.dtype), (S,))
+    if soft:
         loss, dS = _soft_cross_entropy(S2, y)
+    else:
+        loss, dS = be.softmax_cross_entropy_grad(S2, y)
     # dS is kept for the backward pass (the fused gradient, computed in the same pass as J).
     return record("cross_entropy", S.xp.asarray(loss, dtype=S.dtype), (S,),
                   dS=dS.reshape(S.shape))
 
 
-def _soft_cross_entropy(S, Y):
+def _will_differentiate(S):
+    """Whether the loss node of scores S will be recorded for a backward pass (see ``record``):
+    otherwise its dS would never be used."""
+    return is_grad_enabled() and S.requires_grad
+
+
+def _mean_row_loss(be, S, y, loss):
+    """(1/n) sum_i l_i from the backend's per-row losses: the loss without its gradient."""
+    return be.row_losses(S, y, loss).mean(dtype=S.dtype)
+
+
+def _soft_cross_entropy(S, Y, grad=True):
     """(loss, dS) for probability rows Y (n, C): the fused rule dS = (P * rowsum(Y) - Y) / n,
-    loss = mean_i sum_j Y_ij (logsumexp(S_i) - S_ij) from max-shifted scores."""
+    loss = mean_i sum_j Y_ij (logsumexp(S_i) - S_ij) from max-shifted scores. With
+    ``grad=False`` the loss alone."""
     xp = _xp(S)
     n = S.shape[0]
     shifted = S - S.max(axis=1, keepdims=True)  # <= 0, so exp() cannot overflow
@@ -284,30 +312,157 @@ def _soft_cross_entropy(S, Y):
     # sum_j Y_ij (log Z_i - shifted_ij): the max cancels before the subtraction, so large
     # scores lose no precision to logsumexp(S_i) - S_ij.
     loss = (Y * (xp.log(Z) - shifted)).sum() / n
+    if not grad:
+        return loss
     dS = (E / Z * Y.sum(axis=1, keepdims=True) - Y) / n
     return loss, dS
 
 
-def svm_loss(scores, labels):
+def svm_loss(scores, labels, *, validate=True):
     """Mean multi-class SVM (hinge) loss of the lecture, differentiated in closed form.
 
     Args:
         scores: Tensor or array (n, C) float32/float64, or one score vector (C,) (n = 1).
         labels: integer class indices (n,) in [0, C) (a scalar for (C,) scores).
+        validate: check that every label is in [0, C) (on CuPy one read-back from the device
+            per call). False skips that check only (shapes and dtypes are still checked); a
+            label outside [0, C) then gives a meaningless result (an IndexError, a negative
+            index counted from the end of the row, a NaN or a wrong finite number, depending
+            on the backend) instead of a ValueError.
     Returns:
         0-d Tensor J = (1/n) sum_i sum_{j != y_i} max(0, s_ij - s_i,y_i + 1).
     Backward:
         ``backend.svm_grad``: dJ/dS_ij = [margin_ij > 0] / n for j != y_i and
-        dJ/dS_i,y_i = -#{j: margin_ij > 0} / n (0 at a kink, margin exactly 0).
+        dJ/dS_i,y_i = -#{j: margin_ij > 0} / n (0 at a kink, margin exactly 0). Inside
+        ``no_grad()`` (or for scores that do not require grad) only the loss is computed.
 
         >>> import numpy as np, gpugrad as gg
         >>> gg.svm_loss(np.array([[1.0, 1.5, -3.0]]), np.array([0])).item()
         1.5
     """
     S = _as_tensor(scores)
-    S2, y = _loss_inputs("svm_loss", S, labels, soft_ok=False)
-    loss, dS = backend_for(S2).svm_grad(S2, y)
+    S2, y = _loss_inputs("svm_loss", S, labels, soft_ok=False, validate=validate)
+    be = backend_for(S2)
+    if not _will_differentiate(S):
+        loss = _mean_row_loss(be, S2, y, "svm")
+        return record("svm_loss", S.xp.asarray(loss, dtype=S.dtype), (S,))
+    loss, dS = be.svm_grad(S2, y)
     return record("svm_loss", S.xp.asarray(loss, dtype=S.dtype), (S,), dS=dS.reshape(S.shape))
+
+
+# ---- batch normalisation ----
+
+def batch_norm(x, gamma, beta, running_mean=None, running_var=None, *, training=True,
+               momentum=0.1, eps=1e-5):
+    """Batch normalisation of the columns of x, then a per-column scale and shift.
+
+    PyTorch's ``torch.nn.functional.batch_norm`` for 2-D inputs: the same options and meaning,
+    with the scale and shift (PyTorch's weight and bias) before the running statistics.
+
+    Args:
+        x: Tensor or array (n, m) float32/float64, one example per row, m features.
+        gamma, beta: Tensors or arrays (m,) of x's dtype: the learned scale and shift.
+        running_mean, running_var: arrays (m,) of x's backend (float32/float64), or None.
+            In training mode they are updated IN PLACE when given (both or neither); in
+            inference mode both are required.
+        training: True normalises by the batch statistics, False by the running ones.
+        momentum: weight in [0, 1] of the new batch statistic in the running averages.
+        eps: added to the variance before the square root, > 0.
+    Returns:
+        Tensor (n, m): y = gamma * xhat + beta with xhat = (x - mu) / sqrt(var + eps), where
+        training=True: mu = (1/n) sum_i x_i and var = (1/n) sum_i (x_i - mu)^2 (the biased
+        batch variance), differentiated through; the running averages become
+        running_mean = (1 - momentum) running_mean + momentum mu and
+        running_var = (1 - momentum) running_var + momentum var * n / (n - 1) (unbiased).
+        training=False: mu = running_mean and var = running_var, constants.
+    Backward (one fused rule per child, with g = dJ/dy and ghat = g * gamma):
+        dJ/dx = (1/n) inv_std (n ghat - sum_i ghat_i - xhat sum_i ghat_i xhat_i) in training
+        mode, g * gamma * inv_std in inference mode (inv_std = 1 / sqrt(var + eps));
+        dJ/dgamma = sum_i g_i xhat_i, dJ/dbeta = sum_i g_i.
+    Raises:
+        TypeError / ValueError naming the argument: x not 2-D, gamma/beta/running stats not
+        (m,), dtypes, missing running stats in inference mode, a momentum outside [0, 1],
+        eps <= 0, and a batch of one row in training mode (its variance is undefined).
+
+        >>> import numpy as np, gpugrad as gg
+        >>> from gpugrad.ops import batch_norm
+        >>> x = gg.tensor(np.array([[1.0, 10.0], [3.0, 30.0]]), requires_grad=True)
+        >>> rm, rv = np.zeros(2), np.ones(2)
+        >>> y = batch_norm(x, np.ones(2), np.zeros(2), rm, rv)
+        >>> y.value.round(4).tolist()
+        [[-1.0, -1.0], [1.0, 1.0]]
+        >>> rm.round(6).tolist(), rv.round(6).tolist()
+        ([0.2, 2.0], [1.1, 20.9])
+    """
+    x = _as_tensor(x)
+    gamma, beta = _as_tensor(gamma, like=x), _as_tensor(beta, like=x)
+    _check_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+    xp = x.xp
+    X = x.value
+    if training:
+        n = X.shape[0]
+        mu = X.mean(axis=0)
+        centred = X - mu
+        var = (centred * centred).mean(axis=0)  # two passes: no cancellation as in E[x^2]-mu^2
+        inv_std = 1 / xp.sqrt(var + eps)
+        xhat = centred * inv_std
+        if running_mean is not None:
+            # In place, so that the caller's buffers (a model's state) hold the new averages.
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mu
+            running_var[...] = (1 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+    else:
+        mean = running_mean.astype(X.dtype, copy=False)
+        inv_std = 1 / xp.sqrt(running_var.astype(X.dtype, copy=False) + eps)
+        xhat = (X - mean) * inv_std
+    # xhat and inv_std are kept for the backward pass, which then recomputes nothing.
+    return record("batch_norm", gamma.value * xhat + beta.value, (x, gamma, beta),
+                  xhat=xhat, inv_std=inv_std, training=bool(training))
+
+
+def _check_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps):
+    """The shapes, dtypes and options of ``batch_norm`` (metadata only: no device read)."""
+    if x.ndim != 2:
+        raise ValueError(f"batch_norm: x must be 2-D (n, m) with one example per row, got "
+                         f"shape {x.shape}")
+    n, m = x.shape
+    if x.dtype not in _validation.FLOAT_DTYPES:
+        raise TypeError(f"batch_norm: x must be float32 or float64, got dtype {x.dtype}")
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        if t.shape != (m,):
+            raise ValueError(f"batch_norm: {name} must have shape ({m},) (one value per column "
+                             f"of x {x.shape}), got {t.shape}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"batch_norm: {name} has dtype {t.dtype} but x has {x.dtype}; "
+                            f"they must match")
+    given = [running_mean is not None, running_var is not None]
+    if given[0] != given[1]:
+        raise ValueError("batch_norm: running_mean and running_var must be given together")
+    if not training and not given[0]:
+        raise ValueError("batch_norm: training=False normalises by running_mean and "
+                         "running_var, so both must be given")
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if r is None:
+            continue
+        _validation.require_array(f"batch_norm: {name}", r)
+        if backend_for(r) is not backend_for(x.value):
+            raise TypeError(f"batch_norm: {name} is a {type(r).__module__.split('.')[0]} array "
+                            f"but x is on {backend_for(x.value).name}; they must be on one "
+                            f"backend")
+        if tuple(r.shape) != (m,):
+            raise ValueError(f"batch_norm: {name} must have shape ({m},) (one value per column "
+                             f"of x {x.shape}), got {tuple(r.shape)}")
+        if r.dtype not in _validation.FLOAT_DTYPES:
+            raise TypeError(f"batch_norm: {name} must be float32 or float64, got dtype {r.dtype}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)) \
+            or not 0 <= momentum <= 1:
+        raise ValueError(f"batch_norm: momentum must be a number in [0, 1], got {momentum!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) \
+            or not 0 < eps < float("inf"):
+        raise ValueError(f"batch_norm: eps must be a finite number > 0, got {eps!r}")
+    if training and n <= 1:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, "
+                         f"got x of shape {x.shape} (the batch variance of {n} row(s) is "
+                         f"undefined; use training=False)")
 
 
 def _label_array(name, labels):
@@ -324,10 +479,11 @@ def _label_array(name, labels):
     return labels
 
 
-def _loss_inputs(name, S, labels, soft_ok):
+def _loss_inputs(name, S, labels, soft_ok, validate=True):
     """The checked (scores (n, C), labels on the scores' backend); (C,) scores become 1 row.
 
-    Structural checks (shapes, dtypes) first, then the label range with one backend call.
+    Structural checks (shapes, dtypes) first, then, when ``validate``, the label values: the
+    range of class indices with one backend call, the sign of probability rows.
     """
     y = _label_array(name, labels)
     if S.ndim not in (1, 2):
@@ -345,17 +501,20 @@ def _loss_inputs(name, S, labels, soft_ok):
         S2, y = S2.reshape(1, -1), y.reshape((1, -1) if soft else (1,))
     be = backend_for(S2)
     if soft:
-        _check_probability_rows(name, S2, y)
+        _check_probability_rows(name, S2, y, validate)
         return S2, be.asarray(y, dtype=S2.dtype)
     _validation.check_scores(S2, y)
     y = be.asarray(y)
+    if not validate:
+        return S2, y
     label_pos, _ = be.first_invalid(y, S2.shape[1], [])
     _validation.raise_first_invalid(label_pos, [], y, S2.shape[1], [])
     return S2, y
 
 
-def _check_probability_rows(name, S, Y):
-    """Scores (n, C) float and one-hot / probability rows Y of the same shape, Y >= 0."""
+def _check_probability_rows(name, S, Y, validate=True):
+    """Scores (n, C) float and one-hot / probability rows Y of the same shape; Y >= 0 too when
+    ``validate`` (a value check: one read-back on CuPy)."""
     if S.dtype not in _validation.FLOAT_DTYPES:
         raise TypeError(f"{name}: scores must be float32 or float64, got dtype {S.dtype}")
     if tuple(Y.shape) != tuple(S.shape):
@@ -363,7 +522,7 @@ def _check_probability_rows(name, S, Y):
                          f"{tuple(S.shape)}, got {tuple(Y.shape)}")
     if S.shape[0] == 0 or S.shape[1] == 0:
         raise ValueError(f"{name}: scores of shape {tuple(S.shape)} are empty")
-    if bool((Y < 0).any()):
+    if validate and bool((Y < 0).any()):
         raise ValueError(f"{name}: probability rows must be >= 0, got a negative entry")
 
 
@@ -434,6 +593,20 @@ defvjp("mean", lambda g, ans, a, *, axis, keepdims:
 defvjp("transpose", lambda g, ans, a: g.T)
 defvjp("reshape", lambda g, ans, a: g.reshape(a.shape))
 defvjp("getitem", _getitem_vjp)
+
+# ---- batch normalisation ----
+def _batch_norm_vjp_x(g, ans, x, gamma, beta, *, xhat, inv_std, training):
+    ghat = g * gamma
+    if not training:  # mean and variance are constants: y is affine in x
+        return ghat * inv_std
+    # The fused rule: the paths through the batch mean and variance collapse to two column sums.
+    n = x.shape[0]
+    return (inv_std / n) * (n * ghat - ghat.sum(axis=0) - xhat * (ghat * xhat).sum(axis=0))
+
+
+defvjp("batch_norm", _batch_norm_vjp_x,
+       lambda g, ans, x, gamma, beta, **cache: (g * cache["xhat"]).sum(axis=0),
+       lambda g, ans, x, gamma, beta, **cache: g.sum(axis=0))
 
 # ---- softmax and the losses ----
 # g (diag(p) - p p^T) = p * (g - <g, p>): the lecture's softmax Jacobian, applied as a VJP.

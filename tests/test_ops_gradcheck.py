@@ -91,6 +91,8 @@ OPS = [
     ("getitem_repeated_int_array", [(3, 4)], "normal", lambda a: a[[0, 2, 0]]),
     ("getitem_rows_and_columns", [(3, 4)], "normal",
      lambda a: a[np.array([0, 1, 2, 1]), np.array([3, 0, 3, 3])]),
+    # Training mode, through the batch mean and variance; inference mode is in test_batch_norm.py.
+    ("batch_norm_training", [(5, 3), (3,), (3,)], "normal", gg.ops.batch_norm),
 ]
 
 

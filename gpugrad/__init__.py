@@ -15,7 +15,7 @@
 from .backends import cupy_available, get_backend, why_backend
 from .fused import linear_grad, softmax_cross_entropy_grad, svm_grad
 from .graph import Tensor, tensor, no_grad
-from .ops import cross_entropy, exp, log, relu, softmax, svm_loss
+from .ops import batch_norm, cross_entropy, exp, log, relu, softmax, svm_loss
 from .gradient_check import gradcheck, jacobian
 from . import models, optim
 from .trainer import History, Trainer
@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "tensor", "no_grad",
-    "exp", "log", "relu", "softmax", "cross_entropy", "svm_loss",
+    "exp", "log", "relu", "softmax", "cross_entropy", "svm_loss", "batch_norm",
     "gradcheck", "jacobian",
     "linear_grad", "softmax_cross_entropy_grad", "svm_grad",
     "get_backend", "cupy_available", "why_backend",

@@ -1,0 +1,169 @@
+"""Figures of a training run, written as PNG files: the learning curves and the class templates.
+
+Both functions draw on a matplotlib ``Figure`` attached to the Agg canvas directly, not through
+``pyplot``: no window ever opens, the backend a user has chosen (a notebook's, say) is left as it
+is, and no figure stays registered in pyplot after the file is written. matplotlib is imported
+inside the functions, so ``import gpugrad`` does not pay for it.
+
+- `plot_history`: loss, cost and accuracy per epoch, training against validation, the three
+  panels of the DD2424 reports.
+- `plot_templates`: each row of a linear classifier's W (C, d) shown as an image, the class
+  "templates" the lecture shows for CIFAR-10.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from .backends import is_cupy_array
+from .data import as_images
+
+__all__ = ["plot_history", "plot_templates"]
+
+_PANELS = (("loss", "loss"), ("cost", "cost (loss + L2 penalty)"), ("accuracy", "accuracy"))
+
+
+def _new_figure(width, height):
+    """A Figure drawing on the Agg canvas (PNG in memory, no GUI)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _check_out_path(path):
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {os.fspath(path)}: folder {folder} does not exist")
+
+
+def _column(rows, key):
+    """rows[i][key] as a float array, NaN where a row lacks it (or holds None)."""
+    values = []
+    for i, row in enumerate(rows):
+        v = row.get(key)
+        try:
+            values.append(np.nan if v is None else float(v))
+        except (TypeError, ValueError):
+            raise ValueError(f"history row {i}: {key} = {v!r} is not a number") from None
+    return np.array(values, dtype=np.float64)
+
+
+def plot_history(history_rows, path, *, title=None):
+    """Write the learning curves of a run as one PNG with three panels: loss, cost, accuracy.
+
+    history_rows: one dict per epoch (``Trainer.history.rows``, or a History itself) with keys
+    epoch, loss, cost, accuracy, val_loss, val_cost, val_accuracy (lr and seconds are not drawn).
+    Each panel plots the training value and the validation value (``val_<name>``) against the
+    epoch; a curve whose values are all missing or NaN is left out, and a panel with no curve
+    says so. Returns ``path``.
+
+        >>> import tempfile, os
+        >>> rows = [dict(epoch=e, loss=1 / e, cost=1 / e + 0.1, accuracy=1 - 0.5 / e,
+        ...              val_loss=1.2 / e, val_cost=1.2 / e + 0.1) for e in (1, 2, 3)]
+        >>> out = plot_history(rows, os.path.join(tempfile.mkdtemp(), "history.png"))
+        >>> open(out, "rb").read(8) == b"\\x89PNG\\r\\n\\x1a\\n"
+        True
+    """
+    rows = getattr(history_rows, "rows", history_rows)
+    if isinstance(rows, dict) or not hasattr(rows, "__len__"):
+        raise TypeError(f"history_rows must be a list of per-epoch dicts, got {type(rows).__name__}")
+    rows = list(rows)
+    if not rows:
+        raise ValueError("history_rows is empty: no epoch to plot")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"history row {i} must be a dict, got {type(row).__name__}")
+    _check_out_path(path)
+    epochs = _column(rows, "epoch")
+    if np.isnan(epochs).any():
+        epochs = np.arange(1, len(rows) + 1, dtype=np.float64)  # rows without numbers: count them
+    # Markers make a short run (or an isolated finite value among NaNs) visible as points.
+    style = dict(marker="o", markersize=3) if len(rows) <= 60 else {}
+    fig = _new_figure(13, 3.8)
+    axes = fig.subplots(1, 3)
+    for ax, (key, label) in zip(axes, _PANELS):
+        drawn = 0
+        for prefix, name, color in (("", "training", "tab:blue"), ("val_", "validation", "tab:orange")):
+            values = _column(rows, prefix + key)
+            if np.isnan(values).all():
+                continue
+            ax.plot(epochs, values, color=color, label=name, **style)
+            drawn += 1
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(key)
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no {key} recorded", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+    fig.suptitle(title or f"Training history ({len(rows)} epoch{'s' if len(rows) != 1 else ''})")
+    fig.savefig(path, format="png", dpi=100)
+    return path
+
+
+def plot_templates(W, image_shape, path, class_names=None, *, title=None):
+    """Write the rows of W (C, d) as images, one tile per class, to a PNG; returns ``path``.
+
+    Row c is laid out as an image by `gpugrad.data.as_images` (image_shape (H, W) for grey
+    images such as digits' (8, 8); (H, W, 3) for CIFAR-10's channel-major rows) and min-max
+    scaled on its own, ``(w - min w) / (max w - min w)``, so each template uses the full range
+    (a constant row shows mid-grey). Tiles go in rows of at most 10, titled by ``class_names``
+    (default "0".."C-1"). W may be a numpy or CuPy array.
+
+        >>> import tempfile, os
+        >>> W = np.random.default_rng(0).normal(size=(3, 64))
+        >>> out = plot_templates(W, (8, 8), os.path.join(tempfile.mkdtemp(), "W.png"), ["a", "b", "c"])
+        >>> os.path.getsize(out) > 0
+        True
+    """
+    W = W.get() if is_cupy_array(W) else np.asarray(W)  # plotting happens on the host
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (C, d), one row per class, got shape {W.shape}")
+    C, d = W.shape
+    if C == 0 or d == 0:
+        raise ValueError(f"W is empty (shape {W.shape})")
+    if W.dtype.kind not in "biuf":
+        raise TypeError(f"W must hold real numbers, got dtype {W.dtype}")
+    W = W.astype(np.float64)
+    if not np.isfinite(W).all():
+        c, j = map(int, np.argwhere(~np.isfinite(W))[0])
+        raise ValueError(f"W[{c}, {j}] = {W[c, j]} is not finite: nothing sensible to show")
+    images = as_images(W, image_shape)  # (C, H, W) or (C, H, W, channels); checks d fits
+    if images.ndim == 4:
+        if images.shape[-1] == 1:
+            images = images[..., 0]
+        elif images.shape[-1] != 3:
+            raise ValueError(f"image_shape {tuple(image_shape)}: only 1 (grey) or 3 (RGB) "
+                             f"channels can be shown, got {images.shape[-1]}")
+    if class_names is None:
+        class_names = [str(c) for c in range(C)]
+    class_names = [str(s) for s in class_names]
+    if len(class_names) != C:
+        raise ValueError(f"class_names has {len(class_names)} names but W has {C} rows (classes)")
+    _check_out_path(path)
+    lo = images.reshape(C, -1).min(axis=1)
+    span = images.reshape(C, -1).max(axis=1) - lo
+    shape = (C,) + (1,) * (images.ndim - 1)
+    scaled = np.where(span.reshape(shape) > 0,
+                      (images - lo.reshape(shape)) / np.where(span > 0, span, 1).reshape(shape), 0.5)
+    cols = min(C, 10)
+    n_rows = math.ceil(C / cols)
+    fig = _new_figure(1.5 * cols, 1.5 * n_rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(n_rows, cols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for c in range(C):
+        if scaled.ndim == 3:
+            axes[c].imshow(scaled[c], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            axes[c].imshow(scaled[c], interpolation="nearest")
+        axes[c].set_title(class_names[c], fontsize=9)
+    fig.suptitle(title or f"Class templates (rows of W, {C} classes)")
+    fig.savefig(path, format="png", dpi=100)
+    return path

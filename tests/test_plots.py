@@ -1,0 +1,120 @@
+"""gpugrad.plots: the PNGs are written, readable, the right size, and bad input is refused."""
+import math
+
+import numpy as np
+import pytest
+
+from gpugrad import data, plots
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def read_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE
+    import matplotlib.image
+    return matplotlib.image.imread(path)
+
+
+def history_rows(n, val=True, accuracy=True):
+    rows = []
+    for e in range(1, n + 1):
+        row = dict(epoch=e, loss=2 / e, cost=2 / e + 0.1, lr=0.01, seconds=0.5,
+                   accuracy=1 - 0.8 / e if accuracy else math.nan)
+        if val:
+            row.update(val_loss=2.2 / e, val_cost=2.2 / e + 0.1, val_accuracy=1 - 0.9 / e)
+        rows.append(row)
+    return rows
+
+
+def drawn_lines(monkeypatch):
+    """Record the labels of every curve plotted, per axes title."""
+    from matplotlib.axes import Axes
+    lines = []
+    original = Axes.plot
+
+    def plot(self, *args, **kw):
+        lines.append(kw.get("label"))
+        return original(self, *args, **kw)
+    monkeypatch.setattr(Axes, "plot", plot)
+    return lines
+
+
+def test_history_png_is_written_with_three_panels(tmp_path, monkeypatch):
+    lines = drawn_lines(monkeypatch)
+    out = plots.plot_history(history_rows(12), tmp_path / "history.png")
+    assert out == tmp_path / "history.png"
+    image = read_png(out)
+    assert image.shape == (380, 1300, 4)  # figsize (13, 3.8) at 100 dpi, RGBA
+    assert lines == ["training", "validation"] * 3
+
+
+def test_history_skips_missing_and_nan_curves(tmp_path, monkeypatch):
+    lines = drawn_lines(monkeypatch)
+    plots.plot_history(history_rows(5, val=False, accuracy=False), tmp_path / "h.png")
+    assert lines == ["training", "training"]  # loss, cost; no accuracy, no validation
+    read_png(tmp_path / "h.png")
+    lines.clear()
+    rows = history_rows(3)
+    rows[1]["val_loss"] = None  # a gap in one curve is drawn as a gap, the curve stays
+    for row in rows:
+        row["val_accuracy"] = float("nan")
+    plots.plot_history(rows, tmp_path / "h2.png")
+    assert lines == ["training", "validation", "training", "validation", "training"]
+
+
+def test_history_accepts_a_history_object(tmp_path):
+    class History:
+        rows = history_rows(1)
+    read_png(plots.plot_history(History(), str(tmp_path / "one.png")))
+
+
+def test_history_refuses_bad_rows(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        plots.plot_history([], tmp_path / "h.png")
+    with pytest.raises(TypeError, match="history row 1 must be a dict"):
+        plots.plot_history([dict(epoch=1, loss=1.0), 3], tmp_path / "h.png")
+    with pytest.raises(ValueError, match="history row 0: loss = 'high' is not a number"):
+        plots.plot_history([dict(epoch=1, loss="high")], tmp_path / "h.png")
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        plots.plot_history(history_rows(2), tmp_path / "no_such_folder" / "h.png")
+
+
+def test_templates_png_for_grey_digits_and_rgb_cifar(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = read_png(plots.plot_templates(rng.normal(size=(10, 64)), (8, 8), tmp_path / "digits.png"))
+    rgb = read_png(plots.plot_templates(rng.normal(size=(10, 3072)), (32, 32, 3), tmp_path / "cifar.png",
+                                        list(data.CIFAR10_CLASSES)))
+    assert grey.shape == rgb.shape == (200, 1500, 4)  # one row of 10 tiles, 1.5 in each, 100 dpi
+    # Grey tiles have R = G = B everywhere; the random colour templates do not.
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and not np.array_equal(rgb[..., 0], rgb[..., 1])
+    grid = read_png(plots.plot_templates(rng.normal(size=(12, 64)), (8, 8), tmp_path / "grid.png"))
+    assert grid.shape == (350, 1500, 4)  # 12 classes: two rows of up to 10
+
+
+def test_templates_scale_each_class_on_its_own(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    shown = []
+    original = Axes.imshow
+    monkeypatch.setattr(Axes, "imshow", lambda self, img, **kw: shown.append(img) or original(self, img, **kw))
+    W = np.stack([np.arange(3072.0), -1000 * np.arange(3072.0), np.full(3072, 7.0)])
+    plots.plot_templates(W, (32, 32, 3), tmp_path / "t.png", ["up", "down", "flat"])
+    images = data.as_images(W, (32, 32, 3))
+    np.testing.assert_allclose(shown[0], images[0] / 3071)
+    np.testing.assert_allclose(shown[1], 1 - images[0] / 3071)
+    np.testing.assert_array_equal(shown[2], np.full((32, 32, 3), 0.5))
+
+
+def test_templates_refuse_bad_input(tmp_path):
+    W = np.zeros((3, 64))
+    with pytest.raises(ValueError, match=r"W must be 2-D \(C, d\).*shape \(64,\)"):
+        plots.plot_templates(W[0], (8, 8), tmp_path / "t.png")
+    with pytest.raises(ValueError, match=r"rows of length 64 do not fit image_shape \(32, 32, 3\)"):
+        plots.plot_templates(W, (32, 32, 3), tmp_path / "t.png")
+    with pytest.raises(ValueError, match="class_names has 2 names but W has 3 rows"):
+        plots.plot_templates(W, (8, 8), tmp_path / "t.png", ["a", "b"])
+    with pytest.raises(ValueError, match="only 1 .grey. or 3 .RGB. channels"):
+        plots.plot_templates(np.zeros((3, 128)), (8, 8, 2), tmp_path / "t.png")
+    W[1, 5] = np.nan
+    with pytest.raises(ValueError, match=r"W\[1, 5\] = nan is not finite"):
+        plots.plot_templates(W, (8, 8), tmp_path / "t.png")

@@ -140,9 +140,6 @@ class Trainer:
         be = self.model.backend
         y = be.asarray(y)
         _validation.check_labels_shape(y, n, f"rows of {what}")
-        if y.dtype.kind not in "iu":
-            raise TypeError(f"labels of {what} must be integers in [0, {self.model.n_classes}), "
-                            f"got dtype {y.dtype}")
         return y.astype(np.int64, copy=False)
 
     def _check_values(self, X, y, w, what):

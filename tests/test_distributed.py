@@ -1,0 +1,265 @@
+"""Training on Dask arrays (gpugrad.distributed) on a 2-process LocalCluster and on the local scheduler.
+
+The reference is the in-memory computation the estimators make: ``gpugrad.optim.lbfgs`` over
+``be.linear_grad`` on the whole array, from the same start and with the same normalisation.
+"""
+import os
+import signal
+import types
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+import dask  # noqa: E402
+
+from gpugrad import distributed as ggd  # noqa: E402
+from gpugrad import get_backend  # noqa: E402
+from gpugrad.data import normalisation  # noqa: E402
+from gpugrad.models import LinearClassifier  # noqa: E402
+from gpugrad.optim import lbfgs  # noqa: E402
+
+N, D, C, ROWS = 4000, 8, 3, 500
+LAM = 1e-3
+
+
+def make_problem(seed=0, n=N, rows=ROWS):
+    """X (n, D) float64 and labels in {"a", "b", "c"}, built by the workers block by block
+    (nothing but the graph leaves this process), plus per-row weights."""
+    rng = da.random.default_rng(seed)
+    X = rng.standard_normal((n, D), chunks=(rows, D)) * np.arange(1, D + 1) + 2.0
+    W = np.random.default_rng(seed + 1).standard_normal((D, C))
+    noise = rng.standard_normal((n, C), chunks=(rows, C)) * 6.0
+    y = da.from_array(np.array(["a", "b", "c"]), chunks=-1)[(X @ W + noise).argmax(axis=1)]
+    w = rng.uniform(0.5, 2.0, n, chunks=rows)
+    return X, y, w
+
+
+def in_memory_fit(Xn, yn, wn=None, *, loss="softmax", lam=LAM, seed=0, tol=1e-10, max_iter=500):
+    """L-BFGS over the whole array in memory: the same start, normalisation and cost."""
+    classes, y_idx = np.unique(yn, return_inverse=True)
+    mean, std = normalisation(Xn)
+    be = get_backend("numpy")
+    start = LinearClassifier(Xn.shape[1], len(classes), loss, dtype="float64", backend="numpy",
+                             seed=seed).params
+
+    def value_and_grad(p):
+        J, dW, db = be.linear_grad(Xn, y_idx, p["W"], p["b"], lam, loss, mean, std, wn)
+        return float(J), {"W": dW, "b": db}
+
+    params, n_iter, _ = lbfgs(value_and_grad, {k: v.astype(np.float64) for k, v in start.items()},
+                              max_iter=max_iter, tol=tol)
+    return params, classes, mean, std
+
+
+def relative_error(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=50)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def problem():
+    X, y, w = make_problem()
+    with dask.config.set(scheduler="sync"):
+        Xn, yn, wn = dask.compute(X, y, w)
+    return X, y, w, Xn, yn, wn
+
+
+# ---- L-BFGS equals the in-memory fit ---------------------------------------------------------------
+
+def test_lbfgs_on_local_scheduler_equals_in_memory_fit(problem):
+    X, y, _, Xn, yn, _ = problem
+    ref, classes, mean, std = in_memory_fit(Xn, yn)
+    with dask.config.set(scheduler="threads"):
+        fit = ggd.fit_linear(X, y, lam=LAM, tol=1e-10, max_iter=500)
+    model = fit["model"]
+    assert fit["classes_"].tolist() == classes.tolist()
+    np.testing.assert_allclose(model.buffers["x_mean"], mean, rtol=1e-12)
+    np.testing.assert_allclose(model.buffers["x_std"], std, rtol=1e-12)
+    assert relative_error(model.params["W"], ref["W"]) < 1e-6
+    assert relative_error(model.params["b"], ref["b"]) < 1e-6
+    assert len(fit["loss_curve_"]) == fit["n_iter_"]
+
+
+def test_weighted_lbfgs_on_cluster_equals_in_memory_fit(client, problem):
+    X, y, w, Xn, yn, wn = problem
+    ref, _, _, _ = in_memory_fit(Xn, yn, wn, seed=5, tol=1e-8)
+    fit = ggd.fit_linear(X, y, sample_weight=w, lam=LAM, tol=1e-8, max_iter=500, random_state=5)
+    assert relative_error(fit["model"].params["W"], ref["W"]) < 1e-6
+    assert relative_error(fit["model"].params["b"], ref["b"]) < 1e-6
+
+
+def test_svm_lbfgs_on_cluster_equals_in_memory_fit(client, problem):
+    X, y, _, Xn, yn, _ = problem
+    ref, _, _, _ = in_memory_fit(Xn, yn, loss="svm", lam=1e-2, tol=1e-8, max_iter=30)
+    fit = ggd.fit_linear(X, y, loss="svm", lam=1e-2, tol=1e-8, max_iter=30)
+    assert relative_error(fit["model"].params["W"], ref["W"]) < 1e-6
+
+
+# ---- data locality -----------------------------------------------------------------------------------
+
+def transfers(client):
+    """{(worker, direction): [(keys, bytes)]}: each worker's transfers so far, in and out (to
+    other workers, to the scheduler and so to the client)."""
+    def logs(dask_worker):
+        return {d: [(list(t["keys"]), t["total"]) for t in log] for d, log in
+                (("in", dask_worker.transfer_incoming_log), ("out", dask_worker.transfer_outgoing_log))}
+    return {(w, d): log for w, per_worker in client.run(logs).items() for d, log in per_worker.items()}
+
+
+def test_no_block_of_X_travels_during_fit_or_predict(client):
+    X, y, _ = make_problem(seed=11, n=8000, rows=1000)
+    X, y = client.persist([X, y])  # the test data are made (y from X) before the log is read
+    distributed.wait([X, y])
+    before = {k: len(log) for k, log in transfers(client).items()}
+    fit = ggd.fit_linear(X, y, lam=LAM, max_iter=20)
+    for solver in ("sgd", "adam"):
+        ggd.fit_linear(X, y, lam=LAM, solver=solver, max_iter=2)
+    (ggd.predict(fit["model"], fit["classes_"], X) == "a").sum().compute()
+    moved = [t for k, log in transfers(client).items() for t in log[before.get(k, 0):]]
+    block_bytes = 1000 * D * 8
+    assert moved, "the transfer log recorded nothing: the check would prove nothing"
+    for keys, nbytes in moved:
+        assert not any(isinstance(k, tuple) and k[0] == X.name for k in keys), keys
+        assert nbytes < block_bytes / 4, (keys, nbytes)
+
+
+# ---- a worker lost mid-fit ---------------------------------------------------------------------------
+
+def test_worker_killed_mid_fit_is_recovered_and_gives_the_same_model(client):
+    X, y, _ = make_problem(seed=3)
+    undisturbed = ggd.fit_linear(X, y, lam=LAM, tol=1e-8, max_iter=40)
+    pid = next(iter(client.run(os.getpid).values()))
+    killed = []
+
+    def kill_at_iteration_3(iteration, J):
+        if iteration == 3 and not killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(iteration)
+
+    fit = ggd.fit_linear(X, y, lam=LAM, tol=1e-8, max_iter=40, callback=kill_at_iteration_3)
+    assert killed == [3]
+    assert pid not in client.run(os.getpid).values()
+    assert fit["n_iter_"] == undisturbed["n_iter_"]
+    np.testing.assert_allclose(fit["model"].params["W"], undisturbed["model"].params["W"],
+                               rtol=0, atol=1e-12)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the tests after this one
+
+
+def test_a_loss_dask_gives_up_on_names_the_worker_and_rows(monkeypatch, problem):
+    X, y, _, _, _, _ = problem
+    from distributed.scheduler import KilledWorker
+    calls = []
+    real_compute = dask.compute
+
+    def compute_losing_chunk_2(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # the survey, then one gradient, then the worker is "lost"
+            key = next(k for k in args[0].__dask_graph__() if str(k[0]).startswith("gpugrad-grad")
+                       and k[1] == 2)
+            raise KilledWorker(key, types.SimpleNamespace(address="tcp://10.0.0.7:4000"), 3)
+        return real_compute(*args, **kw)
+
+    monkeypatch.setattr(dask, "compute", compute_losing_chunk_2)
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(RuntimeError, match=r"lost worker tcp://10\.0\.0\.7:4000 .*"
+                                               r"chunk 2, rows 1000:1500.*no model"):
+            ggd.fit_linear(X, y, lam=LAM)
+
+
+# ---- mini-batch solvers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("solver, sync_every", [("sgd", None), ("adam", 5)])
+def test_local_sgd_is_reproducible_and_reaches_the_optimum(client, problem, solver, sync_every):
+    X, y, _, Xn, yn, _ = problem
+    kw = dict(lam=LAM, solver=solver, max_iter=8, random_state=2, sync_every=sync_every,
+              batch_size=25, learning_rate_init=0.02 if solver == "sgd" else 0.01)
+    a = ggd.fit_linear(X, y, **kw)
+    b = ggd.fit_linear(X, y, **kw)
+    assert np.array_equal(a["model"].params["W"], b["model"].params["W"])
+    assert a["loss_curve_"] == b["loss_curve_"] and a["n_iter_"] == 8
+    ref, classes, mean, std = in_memory_fit(Xn, yn)
+    be = get_backend("numpy")
+    y_idx = np.searchsorted(classes, yn)
+
+    def cost(p):
+        return float(be.linear_grad(Xn, y_idx, p["W"], p["b"], LAM, "softmax", mean, std)[0])
+
+    # 8 epochs of local steps come within a few percent of the optimal cost, and to its accuracy.
+    assert cost(a["model"].params) < cost(ref) * 1.05
+    acc = lambda p: np.mean((((Xn - mean) / std) @ p["W"].T + p["b"]).argmax(1) == y_idx)  # noqa: E731
+    assert acc(a["model"].params) > acc(ref) - 0.01
+
+
+# ---- inference -----------------------------------------------------------------------------------------
+
+def test_predictions_are_lazy_dask_arrays_equal_to_the_model_in_memory(client, problem):
+    X, y, _, Xn, _, _ = problem
+    fit = ggd.fit_linear(X, y, lam=LAM, max_iter=15)
+    model, classes = fit["model"], fit["classes_"]
+    S, P, labels = (ggd.decision_function(model, X), ggd.predict_proba(model, X),
+                    ggd.predict(model, classes, X))
+    assert all(isinstance(a, da.Array) for a in (S, P, labels))
+    assert S.chunks == (X.chunks[0], (C,)) and labels.chunks == (X.chunks[0],)
+    S_ref = model.scores(model.prepare(Xn))
+    np.testing.assert_allclose(S.compute(), S_ref, rtol=1e-12)
+    P_ref = np.exp(S_ref - S_ref.max(1, keepdims=True))
+    np.testing.assert_allclose(P.compute(), P_ref / P_ref.sum(1, keepdims=True), rtol=1e-12)
+    assert labels.compute().tolist() == classes[S_ref.argmax(1)].tolist()
+
+
+# ---- refused input, naming the chunk -------------------------------------------------------------------
+
+def test_nan_in_one_chunk_is_refused_naming_its_rows(problem):
+    X, y, _, _, _, _ = problem
+    bad = da.where((da.arange(N) == 1717)[:, None] & (da.arange(D) == 4), np.nan, X)
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(ValueError, match=r"chunk 3 \(rows 1500:2000\): X contains NaN at row "
+                                             r"1717, column 4"):
+            ggd.fit_linear(bad, y)
+
+
+def test_label_outside_classes_is_refused_naming_its_rows(problem):
+    X, y, _, _, _, _ = problem
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(ValueError, match=r"chunk 0 \(rows 0:500\): label 'c' at row \d+ is "
+                                             r"not one of classes \['a', 'b'\]"):
+            ggd.fit_linear(X, y, classes=["a", "b"])
+
+
+def test_chunks_of_another_dtype_are_refused_naming_their_rows(problem):
+    X, y, _, _, _, _ = problem
+
+    def float32_from_row_2000(block, block_info=None):
+        start = block_info[0]["array-location"][0][0]
+        return block.astype(np.float32) if start >= 2000 else block
+
+    mixed = X.map_blocks(float32_from_row_2000, dtype=np.float64)
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(TypeError, match=r"chunk 4 \(rows 2000:2500\) has dtype float32 but "
+                                            r"chunk 0 \(rows 0:500\) has float64"):
+            ggd.fit_linear(mixed, y)
+
+
+def test_bad_options_and_shapes_are_refused_by_name(problem):
+    X, y, _, _, _, _ = problem
+    with pytest.raises(ValueError, match="unknown solver 'newton'"):
+        ggd.fit_linear(X, y, solver="newton")
+    with pytest.raises(ValueError, match="chunked by rows only"):
+        ggd.fit_linear(X.rechunk((500, 4)), y)
+    with pytest.raises(ValueError, match=r"y must have shape \(4000,\)"):
+        ggd.fit_linear(X, y[:-1])
+    with pytest.raises(TypeError, match="X must be a dask.array.Array"):
+        ggd.fit_linear(np.zeros((4, 2)), y)
+    with pytest.raises(ValueError, match="X has 8 features, but the model was trained on 3"):
+        ggd.predict_proba(LinearClassifier(3, 2, backend="numpy"), X)
+    assert ggd.is_dask_collection(X) and not ggd.is_dask_collection(np.zeros(2))

@@ -7,6 +7,8 @@ reference; ``cupy_backend`` fuses it into CUDA kernels).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import _validation
@@ -111,9 +113,18 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
         W: (C, d) weights, b: (C,) bias, in X's dtype (W's dtype decides for uint8 X).
         lam: L2 strength, >= 0.
         backend: "numpy", "cupy", "auto" or None (None: the backend owning the arrays).
-        check_finite: refuse NaN/Inf in X, W, b (one fused device-side check on CuPy).
-        validate: run the value checks (labels in range, finite) at all; on CuPy they cost one
-            small device-to-host read per call, so a training loop on trusted data may turn them off.
+        check_finite: refuse NaN/Inf in X, W, b (and x_mean, x_std), naming the first one found.
+            On CuPy it is one fused device-side check. On numpy W, b, x_mean and x_std are
+            searched before the step and X only when J, dW or db come out NaN/Inf: a NaN or Inf
+            anywhere in X reaches every class's row of dW (0 * NaN and 0 * Inf are NaN), so a
+            finite result clears X without a pass over it.
+        validate: run the value checks (labels in range, finite, x_std nonzero) at all. On CuPy
+            they cost one small device-to-host read per call, so a training loop on trusted
+            data may turn them off; then nothing is checked: a label outside [0, C) makes J NaN
+            in the fused kernels and goes unnoticed elsewhere (C > 16, the matmul path). On
+            numpy the labels are checked even with validate=False (a pass over y, microseconds;
+            numpy would read y = -1 as class C-1), and only the finiteness and x_std checks are
+            skipped.
     Returns:
         (J, dW, db): J a 0-d array, dW (C, d) = G^T X / n + 2 lam W, db (C,) = column means of G,
         with G = P - Y (softmax) or the hinge indicator matrix (svm).
@@ -133,17 +144,47 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
     X, y, W, b = (be.asarray(a) for a in (X, y, W, b))
     if x_mean is not None:
         x_mean, x_std = be.asarray(x_mean), be.asarray(x_std)
-    if validate:
-        named = []
-        if check_finite:
-            named = [("X", X)] if X.dtype.kind == "f" else []
-            named += [("W", W), ("b", b)]
-            if x_mean is not None:
-                named += [("x_mean", x_mean), ("x_std", x_std)]
-        if x_mean is not None:
-            with np.errstate(divide="ignore"):
-                # A zero in x_std shows up as an infinite 1/x_std in the same fused check.
-                named.append((_validation.INV_STD, 1 / x_std.astype(np.float64)))
-        _check_values(be, y, W.shape[0], named)
-    J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
+    C = W.shape[0]
+    named = _linear_checks(X, W, b, x_mean, x_std, check_finite) if validate else []
+    if be.xp is not np:
+        if validate:
+            _check_values(be, y, C, named)
+        J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
+        return back(J), back(dW), back(db)
+    _check_labels(be, y, C)
+    # numpy: a pass over X to look for NaN/Inf would cost a quarter of the step; everything but X
+    # is checked now, X through the results (see check_finite above).
+    if validate and not all(np.isfinite(a).all() for _, a in named if a is not X):
+        _check_values(be, y, C, named)  # raises; X is searched too so that it is named first
+    check_x = validate and check_finite and X.dtype.kind == "f"
+    # A NaN/Inf in X must end in the ValueError below, not in warnings (or errors under
+    # np.seterr(all="raise")) from the arithmetic on the way.
+    quiet = np.errstate(invalid="ignore", over="ignore", divide="ignore")
+    with quiet if check_x else contextlib.nullcontext():
+        J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
+    if check_x and not (np.isfinite(J) and np.isfinite(db).all() and np.isfinite(dW).all()):
+        # Raises when an input holds NaN/Inf; finite inputs whose step overflowed return as they are.
+        _check_values(be, y, C, named)
     return back(J), back(dW), back(db)
+
+
+def _linear_checks(X, W, b, x_mean, x_std, check_finite):
+    """The (name, array) pairs ``linear_grad``'s value check looks at, in the order it names them:
+    the float inputs when ``check_finite``, and 1/x_std, whose infinities are x_std's zeros."""
+    named = []
+    if check_finite:
+        named = [("X", X)] if X.dtype.kind == "f" else []
+        named += [("W", W), ("b", b)]
+        if x_mean is not None:
+            named += [("x_mean", x_mean), ("x_std", x_std)]
+    if x_mean is not None:
+        with np.errstate(divide="ignore"):
+            named.append((_validation.INV_STD, 1 / x_std.astype(np.float64)))
+    return named
+
+
+def _check_labels(be, y, C):
+    """Labels in [0, C): two reductions over y, then the backend's search only on the error path."""
+    if int(y.min()) < 0 or int(y.max()) >= C:
+        _check_values(be, y, C, [])
+

@@ -1,0 +1,723 @@
+"""The command line: ``gpugrad train`` and ``gpugrad gradcheck`` (also ``python -m gpugrad``).
+
+``gpugrad train`` trains a classifier (the linear softmax or SVM classifier, or an MLP) with the
+mini-batch trainer and writes everything a run produces into one folder::
+
+    gpugrad train                                   # softmax classifier on digits, backend "auto"
+    gpugrad train --model mlp --hidden 50,50 --batchnorm --optimizer adam --epochs 20
+    gpugrad train --data ~/cifar-10-batches-py --preset assignment1
+    gpugrad train --resume runs/digits-softmax --epochs 80   # continue that run to 80 epochs
+
+The output folder (``--out``; by default ``runs/<data>-<model>``, with ``-2``, ``-3``, ... added
+when that name is taken) holds::
+
+    run.json         the run's settings (what --resume reads back) and, at the end, its results
+    checkpoint.npz   the latest checkpoint (weights, optimiser state, RNG state, epoch, history),
+                     rewritten atomically after every epoch: a killed run can be resumed
+    model.npz        the final parameters (gpugrad.models.load_model reads it)
+    history.csv, history.json   one row per epoch: loss, cost, accuracy (training, validation), lr
+    curves.png       loss / cost / accuracy per epoch, training against validation
+    templates.png    the linear models' class templates (the rows of W as images)
+
+``gpugrad gradcheck`` is the course's gradient check: the model's analytic gradients
+(``loss_grad``) against central differences of its cost, in float64 on a few rows of digits,
+one relative error ||g_a - g_n|| / (||g_a|| + ||g_n||) per parameter; exit status 1 when one
+exceeds ``--tol``.
+
+Bad option values are refused before any work with one line naming the option, exit status 2::
+
+    $ gpugrad train --batch-size 0
+    gpugrad train: error: --batch-size must be a positive integer, got 0
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "parse_hidden", "PRESETS", "DEFAULTS"]
+
+# ---------------------------------------------------------------------------------------------
+# Settings: built-in defaults, presets, and which settings a resumed run may change
+# ---------------------------------------------------------------------------------------------
+
+# Every training setting, with the value used when neither the command line nor a preset gives
+# one. None means "worked out from the data or the optimiser" (see _resolve).
+DEFAULTS = {
+    "data": "digits", "model": "softmax", "hidden": "50", "batchnorm": False, "dtype": "float32",
+    "optimizer": "sgd", "momentum": 0.9, "lr": None,
+    "schedule": "constant", "step_size": None, "gamma": 0.1, "eta_min": 1e-5, "eta_max": 0.1,
+    "n_s": None, "lam": 1e-3, "epochs": 40, "batch_size": 100, "seed": 0,
+    "validation_fraction": 0.1,
+}
+
+# The learning rate when --lr is not given: plain SGD takes larger steps than momentum (whose
+# effective step is lr / (1 - momentum)) and Adam (whose steps are about lr in size).
+DEFAULT_LR = {"sgd": 0.2, "momentum": 0.01, "nesterov": 0.01, "adam": 0.001}
+
+# Named bundles of settings, one option away. Options given on the command line override them.
+PRESETS = {
+    # DD2424 assignment 1, first parameter setting: lam=0, eta=0.001, n_batch=100, n_epochs=40,
+    # plain mini-batch gradient descent on the softmax linear classifier.
+    "assignment1": {"model": "softmax", "optimizer": "sgd", "schedule": "constant", "lr": 0.001,
+                    "lam": 0.0, "batch_size": 100, "epochs": 40},
+}
+
+# Settings that define the run: --resume refuses a different value for these.
+FIXED_ON_RESUME = ("data", "model", "hidden", "batchnorm", "dtype", "optimizer", "momentum", "lr",
+                   "schedule", "step_size", "gamma", "eta_min", "eta_max", "n_s", "lam",
+                   "batch_size", "seed", "validation_fraction")
+
+RUN_FILE, CHECKPOINT_FILE, MODEL_FILE = "run.json", "checkpoint.npz", "model.npz"
+MODELS = ("softmax", "svm", "mlp")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+SCHEDULES = ("constant", "step", "cyclical")
+BACKENDS = ("auto", "numpy", "cupy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing and checking option values
+# ---------------------------------------------------------------------------------------------
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """The hidden layer sizes of ``--hidden``: a comma list of positive integers.
+
+        >>> parse_hidden("50,50")
+        (50, 50)
+        >>> parse_hidden("0")
+        Traceback (most recent call last):
+        ...
+        ValueError: --hidden must be a comma list of positive integers (e.g. 50,50), got '0'
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        sizes = ()
+    if not sizes or any(s <= 0 for s in sizes):
+        raise ValueError(f"--hidden must be a comma list of positive integers (e.g. 50,50), got {text!r}")
+    return sizes
+
+
+def _number(parser, option, text, kind=float, low=None, low_open=False, high=None, high_open=False,
+            what=None):
+    """text as int/float within [low, high] (open ends when asked), else parser.error naming option."""
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        value = None
+    ok = value is not None and (kind is int or math.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        parser.error(f"{option} must be {what}, got {text}")
+    return value
+
+
+def _check_values(parser, args):
+    """Convert and check every numeric option given on the command line (None stays None)."""
+    pos_int, pos = "a positive integer", "a positive number"
+    args.epochs = _number(parser, "--epochs", args.epochs, int, 1, what=pos_int)
+    args.batch_size = _number(parser, "--batch-size", args.batch_size, int, 1, what=pos_int)
+    args.seed = _number(parser, "--seed", args.seed, int, 0, what="a non-negative integer")
+    args.lr = _number(parser, "--lr", args.lr, float, 0, low_open=True, what=pos)
+    args.lam = _number(parser, "--lam", args.lam, float, 0, what="a non-negative number")
+    args.momentum = _number(parser, "--momentum", args.momentum, float, 0, high=1, high_open=True,
+                            what="a number in [0, 1)")
+    args.step_size = _number(parser, "--step-size", args.step_size, int, 1, what=pos_int)
+    args.gamma = _number(parser, "--gamma", args.gamma, float, 0, low_open=True, what=pos)
+    args.eta_min = _number(parser, "--eta-min", args.eta_min, float, 0, what="a non-negative number")
+    args.eta_max = _number(parser, "--eta-max", args.eta_max, float, 0, low_open=True, what=pos)
+    args.n_s = _number(parser, "--n-s", args.n_s, int, 1, what=pos_int)
+    args.validation_fraction = _number(parser, "--validation-fraction", args.validation_fraction,
+                                       float, 0, high=1, high_open=True, what="a number in [0, 1)")
+    if args.hidden is not None:
+        try:
+            parse_hidden(args.hidden)
+        except ValueError as e:
+            parser.error(str(e))
+
+
+def _data_kind(parser, spec: str) -> str:
+    """'digits', 'cifar10' or 'npz' for a --data value; refuses what cannot be a dataset."""
+    if spec == "digits":
+        return "digits"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not sorted(path.glob("data_batch_*")):
+            parser.error(f"--data {spec}: a folder must hold the CIFAR-10 python batches "
+                         f"(data_batch_1 ... data_batch_5, test_batch); none found there")
+        return "cifar10"
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            parser.error(f"--data {spec}: expected 'digits', a CIFAR-10 folder or an .npz file "
+                         f"with arrays X and y")
+        return "npz"
+    parser.error(f"--data {spec}: no such file or folder (expected 'digits', a CIFAR-10 folder "
+                 f"or an .npz file)")
+
+
+def _data_name(spec: str, kind: str) -> str:
+    return {"digits": "digits", "cifar10": "cifar10"}.get(kind) or Path(spec).stem
+
+
+def _resolve(parser, args) -> dict:
+    """The run's settings: command line, then the preset, then DEFAULTS; checks combinations."""
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    preset = PRESETS[args.preset] if args.preset else {}
+    opts = {**DEFAULTS, **preset, **given}
+    opts["preset"] = args.preset
+    # Options that only mean something with another one are refused rather than ignored.
+    if opts["model"] != "mlp":
+        for name, flag in (("hidden", "--hidden"), ("batchnorm", "--batchnorm")):
+            if name in given:
+                parser.error(f"{flag} applies to --model mlp only (the run's model is {opts['model']})")
+    if "momentum" in given and opts["optimizer"] not in ("momentum", "nesterov"):
+        parser.error(f"--momentum applies to --optimizer momentum or nesterov only "
+                     f"(the optimiser is {opts['optimizer']})")
+    own = {"step": ("step_size", "gamma"), "cyclical": ("eta_min", "eta_max", "n_s")}
+    for schedule, names in own.items():
+        for name in names:
+            if name in given and opts["schedule"] != schedule:
+                parser.error(f"--{name.replace('_', '-')} applies to --schedule {schedule} only "
+                             f"(the schedule is {opts['schedule']})")
+    if opts["schedule"] == "cyclical":
+        if "lr" in given:
+            parser.error("--lr does not apply to --schedule cyclical: it runs from --eta-min to --eta-max")
+        if opts["eta_min"] >= opts["eta_max"]:
+            parser.error(f"--eta-min must be below --eta-max, got {opts['eta_min']} >= {opts['eta_max']}")
+        opts["lr"] = None
+    elif opts["lr"] is None:
+        opts["lr"] = DEFAULT_LR[opts["optimizer"]]
+    if opts["model"] != "mlp":
+        opts["hidden"], opts["batchnorm"] = None, False
+    else:
+        opts["hidden"] = ",".join(map(str, parse_hidden(opts["hidden"])))
+    return opts
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser
+# ---------------------------------------------------------------------------------------------
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is the one line "gpugrad train: error: ..." (exit status 2) without
+    the usage block before it: the line that names the option is the one a user needs to see."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gpugrad`` parser with its ``train`` and ``gradcheck`` subcommands."""
+    parser = _Parser(
+        prog="gpugrad", description="Train and check classifiers with gpugrad.",
+        epilog="Run 'gpugrad train --help' or 'gpugrad gradcheck --help' for their options.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,gradcheck}")
+
+    d = DEFAULTS
+    t = sub.add_parser(
+        "train", prog="gpugrad train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="train a classifier; writes model, checkpoint, history and plots to one folder",
+        description=(
+            "Train a classifier with mini-batch gradient descent and write the run to one folder:\n"
+            "run.json (settings, results), checkpoint.npz (after every epoch), model.npz,\n"
+            "history.csv/.json, curves.png and, for the linear models, templates.png.\n"
+            "With no options: the softmax linear classifier on scikit-learn's digits,\n"
+            "backend auto (CuPy when a CUDA device is usable, numpy otherwise).\n\n"
+            "Presets (--preset NAME; options given beside it override it):\n"
+            "  assignment1   DD2424 assignment 1: softmax, sgd, lam 0, lr (eta) 0.001,\n"
+            "                batch size 100, 40 epochs"),
+        epilog=(
+            "examples:\n"
+            "  gpugrad train\n"
+            "  gpugrad train --model mlp --hidden 50,50 --batchnorm --optimizer adam --epochs 20\n"
+            "  gpugrad train --data ~/cifar-10-batches-py --preset assignment1\n"
+            "  gpugrad train --resume runs/digits-softmax --epochs 80"))
+    g = t.add_argument_group("data and model")
+    g.add_argument("--data", metavar="SPEC",
+                   help=f"'digits' (scikit-learn's bundled 8x8 digits, 75/25 stratified split), "
+                        f"a CIFAR-10 python folder (data_batch_1..5, test_batch), or an .npz file "
+                        f"with arrays X (n, d) and y (n,) (25%% held out for testing) "
+                        f"(default: {d['data']})")
+    g.add_argument("--model", choices=MODELS,
+                   help=f"softmax or svm: the linear classifier s = Wx + b with that loss; "
+                        f"mlp: ReLU layers then softmax (default: {d['model']})")
+    g.add_argument("--hidden", metavar="SIZES",
+                   help=f"MLP hidden layer sizes, a comma list (default: {d['hidden']})")
+    g.add_argument("--batchnorm", action="store_const", const=True,
+                   help="MLP: batch normalisation after each hidden linear layer")
+    g.add_argument("--dtype", choices=("float32", "float64"),
+                   help=f"the dtype the model computes in (default: {d['dtype']})")
+    g = t.add_argument_group("optimisation")
+    g.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help=f"sgd, momentum (heavy ball), nesterov, adam (default: {d['optimizer']})")
+    g.add_argument("--momentum", metavar="BETA",
+                   help=f"momentum / nesterov: the velocity's decay (default: {d['momentum']})")
+    g.add_argument("--lr", metavar="ETA",
+                   help="learning rate (constant schedule), or the starting rate of --schedule step "
+                        "(default: sgd 0.2, momentum/nesterov 0.01, adam 0.001)")
+    g.add_argument("--schedule", choices=SCHEDULES,
+                   help=f"constant; step: lr * gamma^floor(t / step-size); cyclical: triangular "
+                        f"between --eta-min and --eta-max with half-cycle --n-s updates "
+                        f"(default: {d['schedule']})")
+    g.add_argument("--step-size", metavar="STEPS",
+                   help="step: updates between decays (default: 10 epochs' updates)")
+    g.add_argument("--gamma", help=f"step: the decay factor (default: {d['gamma']})")
+    g.add_argument("--eta-min", help=f"cyclical: the lowest rate (default: {d['eta_min']})")
+    g.add_argument("--eta-max", help=f"cyclical: the highest rate (default: {d['eta_max']})")
+    g.add_argument("--n-s", metavar="STEPS",
+                   help="cyclical: updates per half cycle (default: 2 epochs' updates, the course's "
+                        "n_s = 2 floor(n / n_batch))")
+    g.add_argument("--lam", metavar="LAMBDA",
+                   help=f"L2 penalty lam * sum ||W||^2 over the weight matrices (default: {d['lam']})")
+    g.add_argument("--epochs", metavar="N", help=f"epochs to train (default: {d['epochs']})")
+    g.add_argument("--batch-size", metavar="N", help=f"mini-batch size (default: {d['batch_size']})")
+    g.add_argument("--seed", metavar="N",
+                   help=f"seeds the initial weights and the shuffles; the train/test split is fixed "
+                        f"(default: {d['seed']})")
+    g.add_argument("--validation-fraction", metavar="F",
+                   help=f"part of the training set held out for the validation curves; 0: none. "
+                        f"CIFAR-10 holds out that part of its training batches "
+                        f"(default: {d['validation_fraction']})")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="a named bundle of settings (see above)")
+    g = t.add_argument_group("running")
+    g.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="auto: CuPy when a CUDA device is usable, else numpy (default: auto)")
+    g.add_argument("--out", metavar="FOLDER",
+                   help="output folder, new or empty (default: runs/<data>-<model>, with -2, -3, ... "
+                        "added when taken)")
+    g.add_argument("--resume", metavar="FOLDER",
+                   help="continue the run saved in FOLDER from its checkpoint, with its settings; "
+                        "--epochs may raise the number of epochs")
+    g.add_argument("--quiet", action="store_true", help="no progress bar and no start line")
+    t.set_defaults(func=_train_command, subparser=t)
+
+    c = sub.add_parser(
+        "gradcheck", prog="gpugrad gradcheck", formatter_class=_Formatter,
+        help="check a model's analytic gradients against central differences",
+        description=(
+            "The course's gradient check: the model's analytic gradients g_a (loss_grad) against\n"
+            "central differences g_n = (J(p + h) - J(p - h)) / 2h of its cost J, in float64 on the\n"
+            "first --n rows of digits. Per parameter it prints the relative error\n"
+            "||g_a - g_n|| / (||g_a|| + ||g_n||) and max |g_a - g_n|; the exit status is 1 when a\n"
+            "relative error exceeds --tol. A parameter that does not change the cost (a bias\n"
+            "before batch normalisation) shows as 'no grad'."))
+    c.add_argument("--model", choices=MODELS, default="softmax", help="the model to check")
+    c.add_argument("--hidden", metavar="SIZES", help="MLP hidden layer sizes (default: 50)")
+    c.add_argument("--batchnorm", action="store_true", help="MLP: batch normalisation")
+    c.add_argument("--n", default="8", metavar="ROWS", help="rows in the batch")
+    c.add_argument("--lam", default="0.01", metavar="LAMBDA", help="the L2 penalty (checked too)")
+    c.add_argument("--seed", default="0", metavar="N", help="seeds the initial weights")
+    c.add_argument("--h", default="1e-5", metavar="STEP", help="the finite-difference step")
+    c.add_argument("--tol", default="1e-6", metavar="TOL", help="the largest relative error accepted")
+    c.add_argument("--backend", choices=BACKENDS, default="auto", help="the backend to check")
+    c.set_defaults(func=_gradcheck_command, subparser=c)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
+
+    Bad options raise SystemExit(2) with argparse's one-line message on stderr.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    args.argv = argv
+    return args.func(args.subparser, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# gpugrad train
+# ---------------------------------------------------------------------------------------------
+
+def _train_command(parser, args) -> int:
+    _check_values(parser, args)
+    if args.resume is not None:
+        folder, opts, run = _resume_settings(parser, args)
+    else:
+        opts = _resolve(parser, args)
+        opts["data_kind"] = _data_kind(parser, opts["data"])
+        if opts["data_kind"] != "digits":
+            opts["data"] = str(Path(opts["data"]).expanduser().resolve())
+        folder = _output_folder(parser, args.out, _data_name(opts["data"], opts["data_kind"]), opts["model"])
+        run = None
+    backend = _backend(parser, args.backend or "auto")
+    try:
+        return _train(parser, args, opts, folder, run, backend)
+    except KeyboardInterrupt:
+        print(f"gpugrad train: interrupted; continue with: gpugrad train --resume {folder}", file=sys.stderr)
+        return 130
+
+
+def _backend(parser, name):
+    import gpugrad
+    try:
+        return gpugrad.get_backend(name)
+    except RuntimeError as e:
+        parser.error(f"--backend {name}: {e}")
+
+
+def _output_folder(parser, out, data_name, model) -> Path:
+    """--out (refused when it holds files), or the first free runs/<data>-<model>[-k]; not created yet."""
+    if out is not None:
+        path = Path(out).expanduser()
+        if path.exists() and not path.is_dir():
+            parser.error(f"--out {out}: is a file, not a folder")
+        if path.is_dir() and any(path.iterdir()):
+            hint = (f"; continue that run with --resume {out}" if (path / RUN_FILE).exists() else "")
+            parser.error(f"--out {out}: the folder is not empty (a run would overwrite files there){hint}")
+        return path
+    base = Path("runs") / f"{data_name}-{model}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+def _resume_settings(parser, args):
+    """(folder, settings, run.json dict) of --resume FOLDER; refuses changed settings."""
+    folder = Path(args.resume).expanduser()
+    if not folder.is_dir():
+        parser.error(f"--resume {args.resume}: no such folder")
+    for name in (RUN_FILE, CHECKPOINT_FILE):
+        if not (folder / name).is_file():
+            parser.error(f"--resume {args.resume}: no {name} there (not a gpugrad train output "
+                         f"folder, or killed before its first epoch ended)")
+    if args.out is not None:
+        parser.error("--out does not apply with --resume: the run continues in its own folder")
+    if args.preset is not None:
+        parser.error("--preset does not apply with --resume: the run keeps its own settings")
+    try:
+        run = json.loads((folder / RUN_FILE).read_text())
+        opts = dict(run["settings"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        parser.error(f"--resume {args.resume}: {RUN_FILE} is unreadable ({e})")
+    for name in FIXED_ON_RESUME:
+        value = getattr(args, name, None)
+        if name == "hidden" and value is not None:
+            value = ",".join(map(str, parse_hidden(value)))
+        if name == "data" and value is not None and value != "digits":
+            value = str(Path(value).expanduser().resolve())
+        if value is not None and value != opts.get(name):
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} {getattr(args, name)} differs from the run in {args.resume} "
+                         f"({flag} {opts.get(name)}); --resume keeps the run's settings (only "
+                         f"--epochs, --backend and --quiet may change)")
+    if args.epochs is not None:
+        opts["epochs"] = args.epochs
+    return folder, opts, run
+
+
+def _load_data(opts, parser):
+    """The Dataset of the run's --data. The test split is fixed (seed 0), whatever --seed says."""
+    from . import data
+    kind, spec = opts["data_kind"], opts["data"]
+    try:
+        if kind == "digits":
+            return data.load_digits()
+        if kind == "npz":
+            return data.load_npz(spec)
+        ds = data.load_cifar10(spec, n_val=0)
+    except (ValueError, TypeError, OSError) as e:
+        parser.error(f"--data {spec}: {e}")
+    # CIFAR-10's validation rows are the last part of its training batches (the course's split).
+    n_val = int(round(len(ds.y_train) * opts["validation_fraction"]))
+    if n_val == 0:
+        return ds
+    cut = len(ds.y_train) - n_val
+    return dataclasses.replace(ds, X_train=ds.X_train[:cut], y_train=ds.y_train[:cut],
+                               X_val=ds.X_train[cut:], y_val=ds.y_train[cut:])
+
+
+def _fingerprint(X, y) -> str:
+    """sha256 of the training arrays: --resume refuses data that changed under the run."""
+    h = hashlib.sha256()
+    for a in (X, y):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def _make_model(opts, ds, backend):
+    from . import data, models
+    mean, std = data.normalisation(ds.X_train)
+    n_features, n_classes = ds.X_train.shape[1], ds.n_classes
+    common = dict(dtype=opts["dtype"], backend=backend, x_mean=mean, x_std=std, seed=opts["seed"])
+    if opts["model"] == "mlp":
+        return models.MLP(n_features, n_classes, hidden=parse_hidden(opts["hidden"]), loss="softmax",
+                          batchnorm=opts["batchnorm"], **common)
+    return models.LinearClassifier(n_features, n_classes, loss=opts["model"], **common)
+
+
+def _make_optimizer(opts, n_train):
+    """The optimiser of the run's settings; fills in the schedule's data-dependent defaults."""
+    from . import optim
+    steps_per_epoch = max(1, math.ceil(n_train / opts["batch_size"]))
+    if opts["schedule"] == "cyclical":
+        if opts["n_s"] is None:
+            opts["n_s"] = 2 * max(1, n_train // opts["batch_size"])
+        lr = optim.Cyclical(opts["eta_min"], opts["eta_max"], opts["n_s"])
+    elif opts["schedule"] == "step":
+        if opts["step_size"] is None:
+            opts["step_size"] = 10 * steps_per_epoch
+        lr = optim.StepDecay(opts["lr"], opts["step_size"], opts["gamma"])
+    else:
+        lr = optim.Constant(opts["lr"])
+    kw = {"momentum": opts["momentum"]} if opts["optimizer"] in ("momentum", "nesterov") else {}
+    return optim.make_optimizer(opts["optimizer"], lr=lr, **kw)
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write JSON atomically (a temporary file, then a rename): a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _train(parser, args, opts, folder: Path, run, backend) -> int:
+    from . import models, trainer as trainer_mod
+
+    ds = _load_data(opts, parser)
+    n_train = len(ds.y_train)
+    val_given = ds.X_val is not None
+    n_fit = n_train if val_given else n_train - int(round(n_train * opts["validation_fraction"]))
+    fingerprint = _fingerprint(ds.X_train, ds.y_train)
+    if run is not None and run.get("data_sha256") not in (None, fingerprint):
+        parser.error(f"--resume {folder}: the training data of {opts['data']} changed since the run "
+                     f"started; it cannot continue on other data")
+    model = _make_model(opts, ds, backend)
+    optimizer = _make_optimizer(opts, n_fit)
+    if run is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        run = {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
+               "settings": opts, "model": model.config(), "data_sha256": fingerprint,
+               "dataset": {"name": ds.name, "n_train": n_train,
+                           "n_val": 0 if ds.y_val is None else len(ds.y_val),
+                           "n_test": 0 if ds.y_test is None else len(ds.y_test),
+                           "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
+                           "image_shape": None if ds.image_shape is None else list(ds.image_shape)}}
+    else:
+        run["settings"] = opts
+    _write_json(folder / RUN_FILE, run)
+
+    checkpoint = folder / CHECKPOINT_FILE
+    resume = checkpoint if args.resume is not None else None
+    if resume is not None:
+        try:
+            done = trainer_mod.load_checkpoint(checkpoint)["meta"]["epoch"]
+        except ValueError as e:
+            parser.error(f"--resume {folder}: {e}")
+        if opts["epochs"] < done:
+            parser.error(f"--epochs {opts['epochs']}: the run in {folder} has already trained "
+                         f"{done} epochs")
+    if not args.quiet:
+        val = (f"{len(ds.y_val)} validation" if val_given else
+               f"{n_train - n_fit} validation" if n_fit < n_train else "no validation")
+        what = (f"mlp {opts['hidden']}{' batchnorm' if opts['batchnorm'] else ''}"
+                if opts["model"] == "mlp" else f"linear {opts['model']}")
+        verb = "resuming" if resume else "training"
+        print(f"gpugrad train: {verb} {what} on {ds.name} ({n_fit} train, {val}, "
+              f"{0 if ds.y_test is None else len(ds.y_test)} test; {ds.X_train.shape[1]} features) "
+              f"for {opts['epochs']} epochs | {_describe_optimizer(opts)} | backend {backend.name} "
+              f"| out {folder}", file=sys.stderr)
+
+    trainer = trainer_mod.Trainer(
+        model, optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"], lam=opts["lam"],
+        seed=opts["seed"], validation_fraction=0.0 if val_given else opts["validation_fraction"],
+        progress=False if args.quiet else None, checkpoint=checkpoint)
+    try:
+        # A diverging run overflows before the trainer sees the NaN cost at the epoch's end and
+        # stops with its own message: numpy's warnings on the way would only bury that line.
+        with np.errstate(over="ignore", invalid="ignore"):
+            history = trainer.fit(ds.X_train, ds.y_train,
+                                  ds.X_val if val_given else None, ds.y_val if val_given else None,
+                                  resume=resume)
+    except FloatingPointError as e:
+        print(f"gpugrad train: error: {e}", file=sys.stderr)
+        return 1
+
+    models.save_model(model, folder / MODEL_FILE)
+    history.to_csv(folder / "history.csv")
+    history.to_json(folder / "history.json")
+    _plots(model, history, ds, folder)
+    test = (trainer.evaluate(ds.X_test, ds.y_test) if ds.y_test is not None else None)
+    seconds = sum(float(r.get("seconds", 0.0)) for r in history.rows)
+    run["result"] = {"epochs": len(history), "seconds": seconds, "backend": backend.name,
+                     "test": test, "last": _jsonable(history.rows[-1]) if len(history) else None}
+    _write_json(folder / RUN_FILE, run)
+    accuracy = (f"test accuracy {test['accuracy']:.4f}" if test is not None else "no test set")
+    epochs = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
+    print(f"{accuracy} | {epochs} in {seconds:.1f} s | backend {backend.name} | out {folder}")
+    return 0
+
+
+def _plots(model, history, ds, folder):
+    from . import plots
+    plots.plot_history(history.rows, folder / "curves.png")
+    if getattr(model, "kind", None) == "linear" and ds.image_shape is not None:
+        W = model.backend.to_numpy(model.params["W"])
+        plots.plot_templates(W, ds.image_shape, folder / "templates.png", class_names=ds.class_names)
+
+
+def _describe_optimizer(opts) -> str:
+    name = opts["optimizer"]
+    if name in ("momentum", "nesterov"):
+        name += f" {opts['momentum']}"
+    if opts["schedule"] == "cyclical":
+        rate = f"cyclical lr {opts['eta_min']}..{opts['eta_max']} n_s {opts['n_s']}"
+    elif opts["schedule"] == "step":
+        rate = f"lr {opts['lr']} x {opts['gamma']} every {opts['step_size']} updates"
+    else:
+        rate = f"lr {opts['lr']}"
+    return f"{name}, {rate}, lam {opts['lam']}, batch {opts['batch_size']}"
+
+
+def _jsonable(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        v = float(v) if isinstance(v, (float, np.floating)) else v
+        out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return out
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# gpugrad gradcheck
+# ---------------------------------------------------------------------------------------------
+
+def _gradcheck_command(parser, args) -> int:
+    n = _number(parser, "--n", args.n, int, 1, what="a positive integer")
+    lam = _number(parser, "--lam", args.lam, float, 0, what="a non-negative number")
+    seed = _number(parser, "--seed", args.seed, int, 0, what="a non-negative integer")
+    h = _number(parser, "--h", args.h, float, 0, low_open=True, what="a positive number")
+    tol = _number(parser, "--tol", args.tol, float, 0, low_open=True, what="a positive number")
+    if args.model != "mlp":
+        for name in ("hidden", "batchnorm"):
+            if getattr(args, name) not in (None, False):
+                parser.error(f"--{name} applies to --model mlp only")
+    try:
+        hidden = parse_hidden(args.hidden or "50")
+    except ValueError as e:
+        parser.error(str(e))
+    backend = _backend(parser, args.backend)
+    from . import data, models
+    ds = data.load_digits()
+    if n > len(ds.y_train):
+        parser.error(f"--n must be at most {len(ds.y_train)} (the digits training rows), got {n}")
+    X, y = ds.X_train[:n], ds.y_train[:n]
+    mean, std = data.normalisation(ds.X_train)
+    common = dict(dtype="float64", backend=backend, x_mean=mean, x_std=std, seed=seed)
+    if args.model == "mlp":
+        model = models.MLP(X.shape[1], ds.n_classes, hidden=hidden, loss="softmax",
+                           batchnorm=args.batchnorm, **common)
+        what = f"mlp {X.shape[1]}-{'-'.join(map(str, hidden))}-{ds.n_classes}" + (
+            " batchnorm" if args.batchnorm else "")
+    else:
+        model = models.LinearClassifier(X.shape[1], ds.n_classes, loss=args.model, **common)
+        what = f"linear {args.model}"
+    results = gradient_errors(model, backend.asarray(X), backend.asarray(y), lam, h=h)
+    print(f"gradient check: {what}, lam {lam:g}, {n} rows of digits, float64, backend "
+          f"{backend.name}, central differences h={h:g}")
+    print("relative error ||g_a - g_n|| / (||g_a|| + ||g_n||), g_a = model.loss_grad, "
+          "g_n = numerical")
+    width = max(9, *(len(k) for k in results))
+    print(f"{'parameter':<{width}}  {'shape':<10}  {'relative':>11}  {'max |g_a - g_n|':>15}  "
+          f"{'max |g_a|':>9}")
+    bad = []
+    for name, r in results.items():
+        shape = "x".join(map(str, model.params[name].shape))
+        rel = "0 (no grad)" if r["zero"] else f"{r['relative']:.2e}"
+        print(f"{name:<{width}}  {shape:<10}  {rel:>11}  {r['max_abs']:15.2e}  {r['max_analytic']:9.2e}")
+        if not (r["zero"] or r["relative"] <= tol):
+            bad.append(name)
+    zero = [k for k, r in results.items() if r["zero"]]
+    if zero:
+        print(f"no grad: {', '.join(zero)} {'does' if len(zero) == 1 else 'do'} not change the cost "
+              f"(both gradients below "
+              f"{ZERO_GRADIENT:g}; biases before batch normalisation are such)")
+    if bad:
+        print(f"FAILED: {', '.join(bad)} above {tol:g}")
+        return 1
+    print(f"ok: every relative error is below {tol:g}")
+    return 0
+
+
+# A parameter whose analytic and numerical gradients are both below this everywhere does not
+# move the cost (a bias followed by batch normalisation): its relative error would compare two
+# rounding noises, so it is reported as "no grad" instead. The numerical gradient's noise is about
+# eps_machine * |J| / h (~1e-11 at h = 1e-5), far below it; a real gradient of a few rows is far above.
+ZERO_GRADIENT = 1e-8
+
+
+def gradient_errors(model, X, y, lam, h=1e-5) -> dict[str, dict]:
+    """Compare ``model.loss_grad``'s gradients with central differences of its cost, per parameter.
+
+    g_a comes from ``model.loss_grad(X, y, lam)``; g_n[i] = (J(p + h e_i) - J(p - h e_i)) / (2h)
+    from the cost J the same call returns (training mode: batch normalisation's running averages
+    move between calls, but the training-mode cost does not read them). For each parameter:
+    relative = ||g_a - g_n|| / (||g_a|| + ||g_n||) (norms over its entries), max_abs =
+    max |g_a - g_n|, max_analytic = max |g_a|, zero = both gradients below ``ZERO_GRADIENT``.
+    A parameter's entries are perturbed in place and restored.
+
+        >>> import numpy as np
+        >>> from gpugrad.models import LinearClassifier
+        >>> m = LinearClassifier(3, 2, backend="numpy", dtype="float64")
+        >>> r = gradient_errors(m, np.eye(3), np.array([0, 1, 1]), lam=0.1)
+        >>> sorted(r), r["W"]["relative"] < 1e-7
+        (['W', 'b'], True)
+    """
+    to_np = model.backend.to_numpy
+    _, _, grads = model.loss_grad(X, y, lam)
+    analytic = {k: np.array(to_np(g), dtype=np.float64) for k, g in grads.items()}
+
+    def cost():
+        return float(model.loss_grad(X, y, lam)[0])
+
+    results = {}
+    for name, p in model.params.items():
+        flat = p.reshape(-1)  # a view: perturbs the parameter in place
+        g_n = np.zeros(flat.size)
+        for j in range(flat.size):
+            old = float(flat[j])
+            flat[j] = old + h
+            plus = cost()
+            flat[j] = old - h
+            minus = cost()
+            flat[j] = old
+            # Divide by the step actually taken: (old + h) - (old - h) is not exactly 2h in floats.
+            g_n[j] = (plus - minus) / ((old + h) - (old - h))
+        g_a = analytic[name].reshape(-1)
+        norm = np.linalg.norm(g_a) + np.linalg.norm(g_n)
+        top = max(np.abs(g_a).max(initial=0.0), np.abs(g_n).max(initial=0.0))
+        results[name] = {"relative": float(np.linalg.norm(g_a - g_n) / norm) if norm > 0 else 0.0,
+                         "max_abs": float(np.abs(g_a - g_n).max(initial=0.0)),
+                         "max_analytic": float(np.abs(g_a).max(initial=0.0)),
+                         "zero": bool(top < ZERO_GRADIENT)}
+    return results

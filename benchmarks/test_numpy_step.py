@@ -4,8 +4,16 @@ CIFAR-10's shape (n=10000, d=3072, C=10, float32), side by side in one group:
     python -m pytest benchmarks/test_numpy_step.py --benchmark-only
 
 gpugrad runs with default arguments (value checks on). Compare the ratios within one run; the
-numbers of record are in benchmarks/RESULTS.md ("The numpy step").
+numbers of record are in benchmarks/RESULTS.md ("The numpy step"). On a machine shared with
+other work, pytest-benchmark's rounds of one step after another see different loads; run as a
+script, the steps take turns round by round and the median of each round's ratio is reported:
+
+    python benchmarks/test_numpy_step.py --rounds 15          # wall time, BLAS's own threads
+    python benchmarks/test_numpy_step.py --rounds 15 --one-core   # CPU time of one core
 """
+import argparse
+import time
+
 import numpy as np
 import pytest
 
@@ -22,9 +30,7 @@ N, D, C, LAM = 10000, 3072, 10, 1e-3
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(0)
-    return (rng.standard_normal((N, D), dtype=np.float32), rng.integers(0, C, N),
-            (rng.standard_normal((C, D)) * 0.01).astype(np.float32), np.zeros(C, np.float32))
+    return _fresh_data()
 
 
 def numpy_by_hand(X, y, W, b, lam):
@@ -69,3 +75,59 @@ def test_the_three_steps_agree(data):
     want = numpy_by_hand(X, y, W, b, LAM)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
+
+
+def _side_by_side(rounds, one_core):
+    """Median time and median ratio to the hand-written step, the steps taking turns each round."""
+    X, y, W, b = _fresh_data()
+    be = gg.get_backend("numpy")
+    steps = {"numpy by hand": lambda: numpy_by_hand(X, y, W, b, LAM),
+             "gpugrad linear_grad": lambda: gg.linear_grad(X, y, W, b, LAM)}
+    if torch is not None:
+        tX, ty, tW0, tb0 = (torch.from_numpy(a) for a in (X, y, W, b))
+
+        def torch_step():
+            tW, tb = tW0.clone().requires_grad_(True), tb0.clone().requires_grad_(True)
+            J = F.cross_entropy(tX @ tW.T + tb, ty) + LAM * (tW * tW).sum()
+            J.backward()
+        steps["torch cpu eager"] = torch_step
+    clock = time.thread_time if one_core else time.perf_counter
+    if one_core:  # one BLAS thread and one gpugrad worker: all the work in this thread
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(1)
+        be.threads = 1
+        if torch is not None:
+            torch.set_num_threads(1)
+    start = time.perf_counter()
+    gg.linear_grad(X, y, W, b, LAM)  # the first call times the block plan for this shape
+    first = time.perf_counter() - start
+    times = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, step in steps.items():
+            t = clock()
+            step()
+            times[k].append(clock() - t)
+    if one_core:
+        limits.unregister()
+        del be.threads
+    hand = np.array(times["numpy by hand"])
+    print(f"{'one core, CPU time' if one_core else 'wall time'}, {rounds} rounds; first gpugrad call "
+          f"{first * 1e3:.0f} ms (times the block plan)")
+    for k, v in times.items():
+        v = np.array(v)
+        print(f"  {k:22s} median {np.median(v) * 1e3:7.1f} ms  min {v.min() * 1e3:7.1f} ms  "
+              f"median ratio to by hand {np.median(v / hand):.2f}")
+
+
+def _fresh_data():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((N, D), dtype=np.float32), rng.integers(0, C, N),
+            (rng.standard_normal((C, D)) * 0.01).astype(np.float32), np.zeros(C, np.float32))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--one-core", action="store_true", help="CPU time of one core (BLAS and gpugrad on one thread)")
+    args = parser.parse_args()
+    _side_by_side(args.rounds, args.one_core)

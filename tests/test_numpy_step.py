@@ -121,26 +121,11 @@ def test_blocked_and_whole_steps_agree(rng, blocked):
 
 
 @pytest.mark.parametrize("x_first", [False, True])
-def test_both_product_shapes_give_the_weight_gradient(rng, monkeypatch, blocked, x_first):
+def test_both_product_shapes_give_the_weight_gradient(rng, blocked, x_first):
     """Whichever product shape the timing picks, dW is G^T X in (C, d) layout."""
-    monkeypatch.setattr(nb, "_x_first", lambda *key: x_first)
     X, y, W, b, _, _ = problem(rng, 37, 19, 3, np.float64)
-    whole = NumpyBackend()
-    whole.blocked_from = 1 << 60
-    for be in (blocked(10, 3, 2, x_first), whole):
+    for be in (blocked(10, 3, 2, x_first), blocked(37, 37, 1, x_first)):
         assert_step_close(be.linear_grad(X, y, W, b, 0.0, "svm"), reference(X, y, W, b, 0.0, "svm"), np.float64)
-
-
-def test_product_shape_is_timed_once_per_shape(monkeypatch):
-    timed = []
-    time_x_first = nb._time_x_first
-    monkeypatch.setattr(nb, "_X_FIRST", {})
-    monkeypatch.setattr(nb, "_time_x_first", lambda *key: timed.append(key) or True)
-    assert nb._x_first(np.float32, 10, 64, 128) is True
-    assert nb._x_first("float32", 10, 64, 128) is True
-    nb._x_first(np.float64, 10, 64, 128)
-    assert timed == [(np.dtype(np.float32), 10, 64, 128), (np.dtype(np.float64), 10, 64, 128)]
-    assert isinstance(time_x_first(np.dtype(np.float32), 3, 8, 16, repeats=1), bool)
 
 
 def test_plan_is_timed_once_per_shape_and_is_a_candidate(monkeypatch):
@@ -154,17 +139,6 @@ def test_plan_is_timed_once_per_shape_and_is_a_candidate(monkeypatch):
     assert timed == [(np.dtype(np.float32), 10, 64, 2), (np.dtype(np.float64), 10, 64, 2)]
     plan = time_plans(np.dtype(np.float32), 3, 16, 2, rows=32)
     assert plan.rows in nb._PLAN_ROWS and plan.rows <= 32 and isinstance(plan.x_first, bool)
-
-
-def test_product_shape_of_whole_steps_is_timed_once_per_shape(monkeypatch):
-    timed = []
-    time_x_first = nb._time_x_first
-    monkeypatch.setattr(nb, "_X_FIRST", {})
-    monkeypatch.setattr(nb, "_time_x_first", lambda *key: timed.append(key) or True)
-    assert nb._x_first(np.float32, 10, 64, 128) is True
-    assert nb._x_first("float32", 10, 64, 128) is True
-    assert timed == [(np.dtype(np.float32), 10, 64, 128)]
-    assert isinstance(time_x_first(np.dtype(np.float32), 3, 8, 16, repeats=1), bool)
 
 
 def test_blocking_follows_the_sizes_and_spares_other_array_modules():
@@ -307,3 +281,9 @@ def test_without_a_fixed_plan_the_timed_one_is_used(rng, monkeypatch):
     be.blocked_from, be.threads = 0, 2
     X, y, W, b, _, _ = problem(rng, 600, 9, 3, np.float64)
     assert_step_close(be.linear_grad(X, y, W, b, 0.0, "svm"), reference(X, y, W, b, 0.0, "svm"), np.float64)
+
+
+def test_more_workers_than_before_get_a_larger_pool():
+    assert nb._run_side_by_side(lambda lo, hi: lo, [(0, 1), (1, 2)]) == [0, 1]
+    assert nb._run_side_by_side(lambda lo, hi: lo, [(i, i + 1) for i in range(6)]) == list(range(6))
+    assert nb._POOL["size"] >= 5

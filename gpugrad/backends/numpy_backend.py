@@ -166,7 +166,9 @@ class NumpyBackend:
         else:
             Xn = self.normalise(X, x_mean, x_std, W.dtype)
             L, G = self.loss_grad(Xn @ W.T + b, y, loss, sample_weight)
-            dW = self._weight_grad(G, Xn)
+            # One product, as written: for an X this small (or on CuPy, whose cuBLAS reads
+            # either operand transposed at no cost) the shape makes no difference worth timing.
+            dW = G.T @ Xn
             db = G.sum(axis=0)
         if lam:
             dW += (2 * lam) * W
@@ -240,14 +242,6 @@ class NumpyBackend:
         dW = np.ascontiguousarray(acc.T) if plan.x_first else acc
         return np.asarray(total / n, dtype=dtype), dW, db
 
-    def _weight_grad(self, G, X):
-        """G^T X (C, d), C-contiguous, for G (m, C) and X (m, d) in one product."""
-        if self.xp is not np:  # cuBLAS reads either operand transposed at no cost
-            return G.T @ X
-        if _x_first(G.dtype, G.shape[1], X.shape[1], _pow2_at_least(G.shape[0])):
-            return np.ascontiguousarray((X.T @ G).T)
-        return G.T @ X
-
 
 class _Plan(NamedTuple):
     """How the blocked step runs its products: blocks of ``rows`` rows of X, and whether the
@@ -307,6 +301,8 @@ def _run_side_by_side(fn, ranges):
         return [fn(*ranges[0])]
     with _POOL_LOCK:
         if _POOL["pool"] is None or _POOL["size"] < len(ranges) - 1 or _POOL["pid"] != os.getpid():
+            if _POOL["pool"] is not None and _POOL["pid"] == os.getpid():
+                _POOL["pool"].shutdown(wait=False)  # too few workers: its threads end when idle
             _POOL.update(pool=ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="gpugrad-step"),
                          size=len(ranges) - 1, pid=os.getpid())
         pool = _POOL["pool"]
@@ -358,10 +354,11 @@ def _time_plans(dtype, C, d, workers, rows=256) -> _Plan:
     G = np.full((rows, C), 0.5, dtype)
 
     def run(plan):
-        def products(lo, hi):
+        def products(lo, hi):  # as _step_span runs them, the sum of the blocks' parts included
             r = plan.rows
             S = np.empty((r, C), dtype)
             part = np.empty((d, C) if plan.x_first else (C, d), dtype)
+            acc = np.zeros_like(part)
             for i in range(0, rows - r + 1, r):
                 np.matmul(X[i:i + r], W.T, out=S)
             for i in range(0, rows - r + 1, r):
@@ -369,6 +366,7 @@ def _time_plans(dtype, C, d, workers, rows=256) -> _Plan:
                     np.matmul(X[i:i + r].T, G[i:i + r], out=part)
                 else:
                     np.matmul(G[i:i + r].T, X[i:i + r], out=part)
+                acc += part
         t = time.perf_counter()
         _run_side_by_side(products, [(0, rows)] * workers)
         return time.perf_counter() - t
@@ -383,37 +381,3 @@ def _time_plans(dtype, C, d, workers, rows=256) -> _Plan:
         if seconds < (1.05 if plan.rows > (best.rows if best else 0) else 0.95) * best_time:
             best, best_time = plan, seconds
     return best
-
-
-# (dtype char, C, d, rows) -> whether X^T G runs faster than G^T X here (see _x_first).
-_X_FIRST: dict = {}
-
-
-def _x_first(dtype, C: int, d: int, rows: int) -> bool:
-    """Whether this process's BLAS computes the weight gradient of a whole (unblocked) step
-    faster as (X^T G)^T than as G^T X, for G (rows, C) and X (rows, d) of ``dtype``: timed once
-    per process and shape (``_time_x_first``), for the reason ``_step_plan`` gives."""
-    key = (np.dtype(dtype).char, int(C), int(d), int(rows))
-    choice = _X_FIRST.get(key)
-    if choice is None:
-        choice = _X_FIRST[key] = _time_x_first(np.dtype(dtype), *key[1:])
-    return choice
-
-
-def _time_x_first(dtype, C, d, rows, repeats=3) -> bool:
-    """Best of ``repeats`` alternating timings of the two product shapes on throwaway data.
-    Ties (within 5%) go to G^T X, which needs no transpose."""
-    X = np.ones((rows, d), dtype)
-    G = np.full((rows, C), 0.5, dtype)
-    best = [float("inf"), float("inf")]
-    for _ in range(repeats):
-        for i, product in enumerate((lambda: G.T @ X, lambda: X.T @ G)):
-            t = time.perf_counter()
-            product()
-            best[i] = min(best[i], time.perf_counter() - t)
-    return best[1] < 0.95 * best[0]
-
-
-def _pow2_at_least(n: int) -> int:
-    """The smallest power of two >= n: the row counts whose product shape is timed for whole steps."""
-    return 1 << max(0, int(n) - 1).bit_length()

@@ -401,10 +401,11 @@ def _resume_settings(parser, args):
     folder = Path(args.resume).expanduser()
     if not folder.is_dir():
         parser.error(f"--resume {args.resume}: no such folder")
-    for name in (RUN_FILE, CHECKPOINT_FILE):
-        if not (folder / name).is_file():
-            parser.error(f"--resume {args.resume}: no {name} there (not a gpugrad train output "
-                         f"folder, or killed before its first epoch ended)")
+    if not (folder / RUN_FILE).is_file():
+        parser.error(f"--resume {args.resume}: no {RUN_FILE} there (not a gpugrad train output folder)")
+    if not (folder / CHECKPOINT_FILE).is_file():
+        parser.error(f"--resume {args.resume}: no {CHECKPOINT_FILE} there (the run stopped before "
+                     f"its first epoch ended: start it again)")
     if args.out is not None:
         parser.error("--out does not apply with --resume: the run continues in its own folder")
     if args.preset is not None:
@@ -425,7 +426,15 @@ def _resume_settings(parser, args):
             parser.error(f"{flag} {getattr(args, name)} differs from the run in {args.resume} "
                          f"({flag} {opts.get(name)}); --resume keeps the run's settings (only "
                          f"--epochs, --backend and --quiet may change)")
+    from .trainer import load_checkpoint
+    try:
+        done = load_checkpoint(folder / CHECKPOINT_FILE)["meta"]["epoch"]
+    except (ValueError, KeyError, OSError) as e:
+        parser.error(f"--resume {args.resume}: {e}")
     if args.epochs is not None:
+        if args.epochs < done:
+            parser.error(f"--epochs {args.epochs}: the run in {args.resume} has already trained "
+                         f"{done} epochs")
         opts["epochs"] = args.epochs
     return folder, opts, run
 
@@ -525,14 +534,6 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
 
     checkpoint = folder / CHECKPOINT_FILE
     resume = checkpoint if args.resume is not None else None
-    if resume is not None:
-        try:
-            done = trainer_mod.load_checkpoint(checkpoint)["meta"]["epoch"]
-        except ValueError as e:
-            parser.error(f"--resume {folder}: {e}")
-        if opts["epochs"] < done:
-            parser.error(f"--epochs {opts['epochs']}: the run in {folder} has already trained "
-                         f"{done} epochs")
     if not args.quiet:
         val = (f"{len(ds.y_val)} validation" if val_given else
                f"{n_train - n_fit} validation" if n_fit < n_train else "no validation")

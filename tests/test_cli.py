@@ -2,6 +2,7 @@
 (also after SIGKILL), refuses bad options before any work, and `gpugrad gradcheck` agrees with
 central differences. Small runs on the numpy backend, output folders under tmp_path."""
 import json
+import math
 import os
 import pickle
 import re
@@ -111,12 +112,14 @@ def test_default_output_folder_is_made_unique_and_explicit_out_is_not_overwritte
 def test_mlp_run_has_curves_but_no_templates(tmp_path, capsys, quick_plots):
     out = tmp_path / "mlp"
     assert train("--model", "mlp", "--hidden", "16,8", "--batchnorm", "--optimizer", "adam",
-                 "--epochs", 2, "--out", out) == 0
+                 "--epochs", 2, "--validation-fraction", 0, "--out", out) == 0
     model = models.load_model(out / "model.npz", backend="numpy")
     assert model.kind == "mlp" and model.hidden == (16, 8) and model.batchnorm
     assert (out / "curves.png").exists() and not (out / "templates.png").exists()
     [(name, (rows, path))] = quick_plots
     assert name == "history" and [r["epoch"] for r in rows] == [1, 2]
+    assert all(math.isnan(r["val_loss"]) for r in rows)  # --validation-fraction 0: none
+    assert json.loads((out / "run.json").read_text())["dataset"]["n_train"] == 1347
 
 
 def test_preset_assignment1_sets_the_course_settings_and_options_override_it(tmp_path, quick_plots):

@@ -1,6 +1,8 @@
 """The numpy linear step: the blocked path (X in row blocks that stay in cache between the two
 products) against an independent float64 formula, and the checks that look at the results
 instead of X (labels always, NaN/Inf in X found through J, dW, db)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -152,6 +154,10 @@ def test_blocking_follows_the_sizes_and_spares_other_array_modules():
     assert be._block_rows(X[:600], W) == 300 and be._block_rows(X[:550], W) == 300
     be.loss_rows = 5000
     assert be._block_rows(X, W) == 1000
+    be.loss_rows = None  # about 4 MiB of rows, 256 to 4096 of them
+    assert be._block_rows(np.zeros((10000, 3072), np.uint8), np.zeros((10, 3072), np.float32)) == 341
+    assert be._block_rows(np.zeros((10000, 64), np.float32), np.zeros((10, 64), np.float32)) == 4096
+    assert be._block_rows(np.zeros((300, 10 ** 5), np.float32), np.zeros((10, 10 ** 5), np.float32)) == 256
     other = type("OnAnotherArrayModule", (NumpyBackend,), {"xp": object()})()
     other.blocked_from = 0
     assert other._block_rows(X, W) == 0  # CuPy: never a loop of small products on a GPU
@@ -287,3 +293,22 @@ def test_more_workers_than_before_get_a_larger_pool():
     assert nb._run_side_by_side(lambda lo, hi: lo, [(0, 1), (1, 2)]) == [0, 1]
     assert nb._run_side_by_side(lambda lo, hi: lo, [(i, i + 1) for i in range(6)]) == list(range(6))
     assert nb._POOL["size"] >= 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_steps_with_workers_of_its_own(rng, blocked):
+    """The parent's worker threads do not exist in a forked child: it makes its own."""
+    import multiprocessing
+    blocked(16, 4, 2)
+    X, y, W, b, _, _ = problem(rng, 64, 5, 3, np.float64)
+    want = gg.linear_grad(X, y, W, b)[1]  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_step_dw, (X, y, W, b)).get(timeout=60)
+    np.testing.assert_array_equal(got, want)
+
+
+def _step_dw(X, y, W, b):
+    NumpyBackend.blocked_from, NumpyBackend.loss_rows, NumpyBackend.threads = 0, 16, 2
+    NumpyBackend.worker_rows, NumpyBackend.plan = 1, (4, False)
+    return gg.linear_grad(X, y, W, b)[1]

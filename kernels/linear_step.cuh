@@ -3,7 +3,8 @@
 // Reads:  X (n, d): float32 or float64, or uint8 pixels; with x_mean/x_std (NORM) each value is
 //         normalised on the fly as (x - mean_k) * (1 / std_k); y (n,); W (C, d) and b (C,) in the
 //         compute type T (float32 for float32 X, float64 for float64 X, either for uint8 X); W once
-//         per block, into shared memory.
+//         per block, into shared memory; sw (n,) in T, the per-row sample weights, or a null
+//         pointer (every weight 1): J = (1/n) sum_r sw_r l_r + lam ||W||^2, row r's G times sw_r.
 // Writes: per-block partials dW_part[block][C][d], db_part[block][C] (T), loss_part[block], and
 //         wsq = ||W||^2; gg_linear_finish(_f64) then adds the partials in a fixed order and writes
 //         J (0-d), dW = G^T X + 2 lam W and db = column sums of G (G = dL/dS, already / n).
@@ -105,10 +106,11 @@ __device__ __forceinline__ T gg_load_x(const TX* p, int k, T mean, T inv_std) {
 
 // The row's loss and G[c] * scale from its C scores, a team of TW lanes (TW a power of two, C <= TW)
 // per row: team lane c < C holds s. Returns this lane's G * scale (0 for lanes >= C) and adds the
-// row's loss to *loss in team lane 0. scale = 1/n gives dL/dS of the batch mean.
+// row's loss times `weight` to *loss in team lane 0. scale = 1/n gives dL/dS of the batch mean;
+// a sample weight w_r enters as scale = w_r / n and weight = w_r (w_r = 1: the unweighted bits).
 template <int TW, typename T>
 __device__ __forceinline__ T gg_row_loss_grad(T s, int lane, int C, gg_i64 yv, bool row_ok,
-                                              int loss_kind, T scale, double* loss) {
+                                              int loss_kind, T scale, double* loss, T weight = T(1)) {
     const bool in = lane < C;
     const bool label_ok = yv >= 0 && yv < C;
     T s_y = __shfl_sync(GG_FULL_MASK, s, label_ok ? (int)yv : 0, TW);
@@ -130,7 +132,7 @@ __device__ __forceinline__ T gg_row_loss_grad(T s, int lane, int C, gg_i64 yv, b
         g = lane == yv ? -(T)active * scale : (on ? scale : T(0));
     }
     if (!row_ok) return T(0);
-    if (lane == 0) *loss += (double)l;
+    if (lane == 0) *loss += (double)(l * weight);
     return g;
 }
 
@@ -151,7 +153,7 @@ template <typename T, typename TX, bool NORM, int C>
 __device__ __forceinline__ void gg_linear_step(
     const TX* __restrict__ X, const void* __restrict__ y, int y64, const T* __restrict__ W,
     const T* __restrict__ b, const T* __restrict__ x_mean, const T* __restrict__ x_std,
-    gg_i64 n, int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part,
+    const T* __restrict__ sw, gg_i64 n, int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part,
     T* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq) {
     using Sh = GgLinearShape<T, C>;
     constexpr int RG = Sh::RG, KPT = Sh::KPT, NPART = Sh::NPART, PP2 = Sh::PP2;
@@ -194,6 +196,7 @@ __device__ __forceinline__ void gg_linear_step(
     T db_acc = T(0);   // lane c of warp r < RG: sum of G[.][c] over this block's rows
     double loss_acc = 0.0;
     const T inv_n = T(1) / (T)n;
+    const bool weighted = sw != nullptr;  // the same for the whole grid: tested once a row, not per value
 
     for (int it = 0; g < ngroups; g += gridDim.x, ++it) {
         const TX* xs = gg_next_tile<TX, RG>(Xs, it, g + gridDim.x, ngroups, X, n, d, 0, d, dpad, align);
@@ -242,7 +245,12 @@ __device__ __forceinline__ void gg_linear_step(
                 for (int w = 0; w < nwarps; ++w) s += red[w * 32 + warp * C + lane];
             }
             const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
-            const T gval = gg_row_loss_grad<32>(s, lane, C, yv, row_ok, loss_kind, inv_n, &loss_acc);
+            // The sample weight scales the row's G through the one factor w_r / n (phase 2 and db
+            // then carry it), and its loss term by w_r. Unweighted, the scale stays 1/n and the
+            // loss is multiplied by exactly 1: the same bits as before weights existed.
+            T wr = T(1), scale = inv_n;
+            if (weighted && row_ok) { wr = sw[row]; scale = wr * inv_n; }
+            const T gval = gg_row_loss_grad<32>(s, lane, C, yv, row_ok, loss_kind, scale, &loss_acc, wr);
             if (lane < C) { Gs[warp * C + lane] = gval; db_acc += gval; }
         }
         __syncthreads();
@@ -318,15 +326,16 @@ GG_KERNEL(gg_linear_finish, __launch_bounds__(256))(GG_FIN_ARGS(float)) { gg_lin
 GG_KERNEL(gg_linear_finish_f64, __launch_bounds__(256))(GG_FIN_ARGS(double)) { gg_linear_finish_step(GG_FIN_PASS); }
 
 #define GG_LIN_ARGS(T, TX) const TX* __restrict__ X, const void* __restrict__ y, int y64, const T* __restrict__ W, \
-    const T* __restrict__ b, const T* __restrict__ x_mean, const T* __restrict__ x_std, gg_i64 n,                \
-    int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part, T* __restrict__ db_part,                \
+    const T* __restrict__ b, const T* __restrict__ x_mean, const T* __restrict__ x_std, const T* __restrict__ sw, \
+    gg_i64 n, int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part, T* __restrict__ db_part,      \
     double* __restrict__ loss_part, double* __restrict__ wsq
-#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_std, n, d, dpad, align, loss_kind, dW_part, db_part, loss_part, wsq
+#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_std, sw, n, d, dpad, align, loss_kind, dW_part, db_part, loss_part, wsq
 
 // Entry points gg_linear_<x>_c<C>, C = 1..16, x naming X and the compute type T:
 //   f32: float32 X;   f32n: float32 X normalised by x_mean/x_std;   u8: uint8 X normalised (T float32);
 //   f64: float64 X;   f64n: float64 X normalised;   u8f64: uint8 X normalised (T float64).
-// (x_mean and x_std are null pointers for f32 and f64.)
+// (x_mean and x_std are null pointers for f32 and f64; sw, the sample weights, a null pointer when
+// there are none.)
 #define GG_LIN(TN, T, TX, NORM, C) \
     GG_KERNEL(gg_linear_##TN##_c##C, __launch_bounds__(512, 1))(GG_LIN_ARGS(T, TX)) { \
         gg_linear_step<T, TX, NORM, C>(GG_LIN_PASS); }

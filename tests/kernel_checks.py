@@ -16,12 +16,15 @@ def rel(got, ref, scale=0.0):
     return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), scale, 1e-300)
 
 
-def db_scale(X, y, W, b, loss, mean=None, std=None):
-    """The size db's float32 rounding is measured against: the norm of the per-class sums of |dL/dS|.
-    db = sum_r dL/dS_r cancels to exactly 0 for some labels (2-class hinge rows that balance), where
-    the float64 reference is rounding noise and a relative error means nothing."""
+def db_scale(X, y, W, b, loss, mean=None, std=None, sample_weight=None):
+    """The size db's float32 rounding is measured against: the norm of the per-class sums of |dL/dS|
+    (rows times |w_r| when weighted). db = sum_r dL/dS_r cancels to exactly 0 for some labels
+    (2-class hinge rows that balance), where the float64 reference is rounding noise and a relative
+    error means nothing."""
     Xn = X if mean is None else (X - mean) / std
     dS = (NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad)(Xn @ W.T + b, y)[1]
+    if sample_weight is not None:
+        dS = dS * np.abs(sample_weight)[:, None]
     return np.linalg.norm(np.abs(dS).sum(axis=0))
 
 
@@ -61,13 +64,24 @@ def linear_case(rng, kind, n, d, C, wscale=0.05, mean=None):
     return ref, tuple(as_kernel(a) if i != 1 else a for i, a in enumerate(ref))
 
 
-def check_linear_step(ref_args, got, loss, lam):
-    """The fused step's (J, dW, db), as numpy, against the float64 numpy backend on ref_args: within
-    1e-5 relative for float32 results, 1e-12 for float64 (db against db_scale where it cancels)."""
+def sample_weights(rng, n, kind, zeros=0.25):
+    """Per-row weights for a weighted step of `kind`: (float64 reference weights, the kernels'
+    weights in the compute dtype), the same values. Uniform in [0, 3), with about a fraction
+    `zeros` of them exactly 0 (rows that must drop out of J, dW and db)."""
+    dtype = LINEAR_KINDS[kind][0]
+    w = rng.uniform(0, 3, n) * (rng.uniform(size=n) >= zeros)
+    w = f32(w) if dtype == np.float32 else w
+    return w, w.astype(dtype)
+
+
+def check_linear_step(ref_args, got, loss, lam, sample_weight=None):
+    """The fused step's (J, dW, db), as numpy, against the float64 numpy backend on ref_args (with
+    the float64 per-row weights `sample_weight` when given): within 1e-5 relative for float32
+    results, 1e-12 for float64 (db against db_scale where it cancels)."""
     X, y, W, b, mean, std = ref_args
     J, dW, db = got
     tol = 1e-5 if np.asarray(dW).dtype == np.float32 else 1e-12
-    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean, std)
+    J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean, std, sample_weight=sample_weight)
     assert rel(dW, dW_ref) <= tol
-    assert rel(db, db_ref, db_scale(X, y, W, b, loss, mean, std)) <= tol
+    assert rel(db, db_ref, db_scale(X, y, W, b, loss, mean, std, sample_weight)) <= tol
     assert abs(float(J) - J_ref) <= tol * abs(J_ref)

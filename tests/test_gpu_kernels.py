@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from kernel_checks import check_linear_step, f32, linear_case, rel
+from kernel_checks import check_linear_step, f32, linear_case, rel, sample_weights
 
 pytestmark = pytest.mark.gpu
 
@@ -134,6 +134,25 @@ def test_linear_grad_other_kinds_of_x(kind, n, d, C, loss, rng):
     elif be.cc >= 90:  # (smaller cards' shared memory may not hold every W here)
         assert plan is not None
     _check_linear(ref_args, args, loss, 0.01)
+
+
+@pytest.mark.parametrize("n,d,C", [(3, 7, 2), (65537, 131, 10), (4099, 1024, 16)])
+@pytest.mark.parametrize("kind", ["f32", "f32n", "u8", "f64", "f64n", "u8f64"])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_linear_grad_with_sample_weights(kind, n, d, C, loss, rng):
+    """Per-row weights (a quarter of them 0) read by each kind's simt kernel, on poisoned memory,
+    against the weighted numpy backend; weights of 1 give the unweighted bits."""
+    import cupy
+    be = gg.get_backend("cupy")
+    ref_args, args = _linear_inputs(rng, kind, n, d, C, wscale=0.01 if kind.startswith("u8") else 0.05)
+    w_ref, w = sample_weights(rng, n, kind)
+    _poison_pool(cupy)
+    got = be.linear_grad(*args[:4], 0.01, loss, *args[4:], sample_weight=cupy.asarray(w))
+    check_linear_step(ref_args, [a.get() for a in got], loss, 0.01, sample_weight=w_ref)
+    plain = be.linear_grad(*args[:4], 0.01, loss, *args[4:])
+    ones = be.linear_grad(*args[:4], 0.01, loss, *args[4:], sample_weight=cupy.ones(n, w.dtype))
+    for a, b in zip(plain, ones):
+        assert np.array_equal(a.get(), b.get())
 
 
 def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):

@@ -109,6 +109,7 @@ def test_linear_step_launches(backend, entries, variant, n, d, C, loss):
                          "gg_linmma_prep", f"gg_linmma_u8_nt{nt}", "gg_linmma_finish"]
     else:
         assert names == [f"gg_linear_f32_c{C}", "gg_linear_finish", f"gg_linear_u8_c{C}", "gg_linear_finish"]
+        assert all(ln.args[7] == cb._NULL for ln in backend.launches[::2])  # no weights: a null pointer
     _check(backend, entries)
 
 
@@ -129,6 +130,29 @@ def test_linear_step_launches_for_the_other_kinds_of_x(backend, entries, n, d, C
     names = [ln.name for ln in backend.launches]
     assert names == [f"gg_linear_f32n_c{C}", "gg_linear_finish", f"gg_linear_f64_c{C}", "gg_linear_finish_f64",
                      f"gg_linear_f64n_c{C}", "gg_linear_finish_f64", f"gg_linear_u8f64_c{C}", "gg_linear_finish_f64"]
+    _check(backend, entries)
+
+
+@pytest.mark.parametrize("variant", ["simt", "mma"])
+@pytest.mark.parametrize("n,d,C", [(1, 5, 1), (65537, 131, 10), (513, 100, 16), (70, 784, 9)])
+def test_weighted_linear_step_launches(backend, entries, variant, n, d, C):
+    """sample_weight reaches every kind's simt kernel as its per-row weight pointer (float64 weights
+    converted to a float32 step's dtype); with "mma" chosen, a weighted step still takes simt."""
+    cb.LINEAR_VARIANT.update(f32=variant, u8=variant)
+    y = FakeArray(n, np.int64)
+    for dtype in (np.float32, np.float64):
+        X, W, b, norm = FakeArray((n, d), dtype), FakeArray((C, d), dtype), FakeArray(C, dtype), FakeArray(d, dtype)
+        w = FakeArray(n, np.float64)
+        backend.linear_grad(X, y, W, b, 0.01, "softmax", sample_weight=w)
+        backend.linear_grad(X, y, W, b, 0.01, "svm", norm, norm, sample_weight=w)
+        backend.linear_grad(FakeArray((n, d), np.uint8), y, W, b, 0.01, "softmax", norm, norm, sample_weight=w)
+    names = [ln.name for ln in backend.launches]
+    fin, fin64 = "gg_linear_finish", "gg_linear_finish_f64"
+    assert names == [f"gg_linear_f32_c{C}", fin, f"gg_linear_f32n_c{C}", fin, f"gg_linear_u8_c{C}", fin,
+                     f"gg_linear_f64_c{C}", fin64, f"gg_linear_f64n_c{C}", fin64, f"gg_linear_u8f64_c{C}", fin64]
+    for ln in backend.launches[::2]:
+        weight = ln.args[7]
+        assert isinstance(weight, FakeArray) and weight.shape == (n,) and weight.dtype == ln.args[3].dtype
     _check(backend, entries)
 
 

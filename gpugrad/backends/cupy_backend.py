@@ -9,8 +9,9 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
   x_mean/x_std on the fly or not, and uint8 X with them under float32 or float64 weights), for
   C <= 16 classes and rows short enough for the fused kernel (W in shared memory); other inputs
   take the inherited path (cuBLAS matmuls around the fused loss kernel). Every kind of X has a "simt"
-  kernel (FMA, any sm_80+ card); float32 X (not normalised) and uint8 X also have an "mma" one
-  (tensor cores and thread-block clusters, sm_90+, d <= 3072), chosen by ``LINEAR_VARIANT``;
+  kernel (FMA, any sm_80+ card), which also reads per-row sample weights; float32 X (not
+  normalised) and uint8 X also have an "mma" one (tensor cores and thread-block clusters, sm_90+,
+  d <= 3072, unweighted steps only), chosen by ``LINEAR_VARIANT``;
 - ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back.
 
 No host synchronisation happens in a gradient step: J comes back as a 0-d device array. Only the
@@ -165,6 +166,14 @@ def _step_inputs(X, y, W, b, x_mean, x_std):
     else:
         norm = (cupy.ascontiguousarray(x_mean, dtype=W.dtype), cupy.ascontiguousarray(x_std, dtype=W.dtype))
     return X, y, y64, W, b, norm
+
+
+def _row_weights(sample_weight, dtype):
+    """The simt linear kernels' per-row weight argument: sample_weight (n,) as a contiguous device
+    array of the compute dtype (no copy when it already is one), or a null pointer for none."""
+    if sample_weight is None:
+        return _NULL
+    return cupy.ascontiguousarray(sample_weight, dtype=dtype)
 
 
 def _step_partials(parts: int, C: int, d: int, dtype=np.float32):
@@ -550,16 +559,21 @@ class CupyBackend(NumpyBackend):
                                             dW, db, J))
         return J, dW, db
 
-    def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None):
+    def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None, sample_weight=None):
+        """J, dW, db of the linear classifier (``NumpyBackend.linear_grad``), fused into one pass over
+        X where a kernel takes these inputs. ``sample_weight`` (n,) scales row i's loss term and
+        gradient by w_i; the "simt" kernels read it per row (the tensor-core ones do not, so a
+        weighted step never takes them)."""
         kind = self._fused_x(X, W, x_mean)
-        if LINEAR_VARIANT.get(kind) == "mma":
+        if sample_weight is None and LINEAR_VARIANT.get(kind) == "mma":
             plan = self._mma_plan(kind, X, W)
             if plan is not None:
                 return self._linear_mma(plan, X, y, W, b, lam, loss, x_mean, x_std)
         plan = self._simt_plan(kind, X, W)
         if plan is None:
-            return super().linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
+            return super().linear_grad(X, y, W, b, lam, loss, x_mean, x_std, sample_weight)
         X, y, y64, W, b, norm = _step_inputs(X, y, W, b, x_mean, x_std)
+        sw = _row_weights(sample_weight, W.dtype)
         n, d = X.shape
         C = W.shape[0]
         f = self.kernel(plan["name"])
@@ -567,7 +581,7 @@ class CupyBackend(NumpyBackend):
         parts = _step_partials(grid, C, d, W.dtype)
         wsq = cupy.empty(1, dtype=np.float64)
         f((grid,), (plan["threads"],),
-          (X, y, np.int32(y64), W, b, *norm, np.int64(n), np.int32(d), np.int32(plan["dpad"]),
+          (X, y, np.int32(y64), W, b, *norm, sw, np.int64(n), np.int32(d), np.int32(plan["dpad"]),
            np.int32(_copy_align(X)), np.int32(0 if loss == "softmax" else 1), *parts, wsq),
           shared_mem=plan["smem"])
         finish = "gg_linear_finish" if W.dtype == np.float32 else "gg_linear_finish_f64"

@@ -121,7 +121,7 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
         validate: run the value checks (labels in range, finite, x_std nonzero) at all. On CuPy
             they cost one small device-to-host read per call, so a training loop on trusted
             data may turn them off; then nothing is checked: a label outside [0, C) makes J NaN
-            in the fused kernels and goes unnoticed elsewhere (C > 16, the matmul path). On
+            in the fused kernels and goes unnoticed on the matmul path (C > 16, among others). On
             numpy the labels are checked even with validate=False (a pass over y, microseconds;
             numpy would read y = -1 as class C-1), and only the finiteness and x_std checks are
             skipped.
@@ -152,8 +152,9 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
         J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
         return back(J), back(dW), back(db)
     _check_labels(be, y, C)
-    # numpy: a pass over X to look for NaN/Inf would cost a quarter of the step; everything but X
-    # is checked now, X through the results (see check_finite above).
+    # numpy: a pass over X to look for NaN/Inf would cost about 40% of the step (14.7 ms against
+    # 35-39 ms at n=10000, d=3072 on one core); everything but X is checked now, X through the
+    # results (see check_finite above).
     if validate and not all(np.isfinite(a).all() for _, a in named if a is not X):
         _check_values(be, y, C, named)  # raises; X is searched too so that it is named first
     check_x = validate and check_finite and X.dtype.kind == "f"

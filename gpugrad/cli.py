@@ -38,7 +38,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -366,7 +365,11 @@ def _train_command(parser, args) -> int:
     try:
         return _train(parser, args, opts, folder, run, backend)
     except KeyboardInterrupt:
-        print(f"gpugrad train: interrupted; continue with: gpugrad train --resume {folder}", file=sys.stderr)
+        if (folder / CHECKPOINT_FILE).exists():
+            print(f"gpugrad train: interrupted; continue with: gpugrad train --resume {folder}",
+                  file=sys.stderr)
+        else:
+            print("gpugrad train: interrupted before the first epoch ended", file=sys.stderr)
         return 130
 
 
@@ -512,7 +515,10 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     ds = _load_data(opts, parser)
     n_train = len(ds.y_train)
     val_given = ds.X_val is not None
-    n_fit = n_train if val_given else n_train - int(round(n_train * opts["validation_fraction"]))
+    n_fit = n_train
+    if not val_given and opts["validation_fraction"]:  # the trainer's own split, for the counts
+        from .data import stratified_split
+        n_fit = len(stratified_split(ds.y_train, opts["validation_fraction"], opts["seed"])[0])
     fingerprint = _fingerprint(ds.X_train, ds.y_train)
     if run is not None and run.get("data_sha256") not in (None, fingerprint):
         parser.error(f"--resume {folder}: the training data of {opts['data']} changed since the run "
@@ -523,13 +529,14 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         run = {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
                "settings": opts, "model": model.config(), "data_sha256": fingerprint,
-               "dataset": {"name": ds.name, "n_train": n_train,
-                           "n_val": 0 if ds.y_val is None else len(ds.y_val),
+               "dataset": {"name": ds.name, "n_train": n_fit,
+                           "n_val": len(ds.y_val) if val_given else n_train - n_fit,
                            "n_test": 0 if ds.y_test is None else len(ds.y_test),
                            "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
                            "image_shape": None if ds.image_shape is None else list(ds.image_shape)}}
     else:
         run["settings"] = opts
+        run.setdefault("resumed", []).append("gpugrad " + " ".join(args.argv))
     _write_json(folder / RUN_FILE, run)
 
     checkpoint = folder / CHECKPOINT_FILE
@@ -571,7 +578,8 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     _write_json(folder / RUN_FILE, run)
     accuracy = (f"test accuracy {test['accuracy']:.4f}" if test is not None else "no test set")
     epochs = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
-    print(f"{accuracy} | {epochs} in {seconds:.1f} s | backend {backend.name} | out {folder}")
+    took = f"{seconds:.{1 if seconds >= 1 else 2}f} s"
+    print(f"{accuracy} | {epochs} in {took} | backend {backend.name} | out {folder}")
     return 0
 
 

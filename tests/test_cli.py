@@ -86,6 +86,8 @@ def test_train_writes_every_output_file_and_each_loads(tmp_path, capsys):
         assert (out / png).read_bytes()[:8] == PNG, png
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["epochs"] == 3 and run["model"] == model.config()
+    keep, held = data.stratified_split(ds.y_train, 0.1, 0)  # the trainer's validation split
+    assert (run["dataset"]["n_train"], run["dataset"]["n_val"]) == (len(keep), len(held))
     assert run["result"]["test"]["accuracy"] == pytest.approx(accuracy, abs=5e-5)
 
 
@@ -126,7 +128,8 @@ def test_preset_assignment1_sets_the_course_settings_and_options_override_it(tmp
     out = tmp_path / "a1"
     assert train("--preset", "assignment1", "--epochs", 1, "--out", out) == 0
     s = json.loads((out / "run.json").read_text())["settings"]
-    assert (s["model"], s["optimizer"], s["lr"], s["lam"], s["batch_size"]) == ("softmax", "sgd", 0.001, 0.0, 100)
+    assert (s["model"], s["optimizer"], s["lr"], s["lam"], s["batch_size"]) == \
+        ("softmax", "sgd", 0.001, 0.0, 100)
     assert s["epochs"] == 1 and cli.PRESETS["assignment1"]["epochs"] == 40
 
 
@@ -137,7 +140,8 @@ def test_preset_assignment1_sets_the_course_settings_and_options_override_it(tmp
     ("--model", "mlp", "--hidden", "12", "--batchnorm", "--optimizer", "adam", "--schedule", "step",
      "--step-size", 7),
 ], ids=["linear-momentum", "mlp-batchnorm-adam-step"])
-def test_resume_after_2_epochs_to_4_equals_a_straight_4_epoch_run_bit_for_bit(tmp_path, capsys, options, quick_plots):
+def test_resume_after_2_epochs_to_4_equals_a_straight_4_epoch_run_bit_for_bit(tmp_path, capsys, options,
+                                                                             quick_plots):
     a, b = tmp_path / "a", tmp_path / "b"
     assert train(*options, "--epochs", 2, "--out", a) == 0
     assert train("--resume", a, "--epochs", 4) == 0
@@ -148,6 +152,9 @@ def test_resume_after_2_epochs_to_4_equals_a_straight_4_epoch_run_bit_for_bit(tm
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     ha, hb = (json.loads((f / "history.json").read_text()) for f in (a, b))
     assert len(ha) == 4 and drop(ha) == drop(hb)
+    run = json.loads((a / "run.json").read_text())
+    assert run["settings"]["epochs"] == 4
+    assert run["resumed"] == [f"gpugrad train --backend numpy --quiet --resume {a} --epochs 4"]
     lines = capsys.readouterr().out.splitlines()
     assert summary(lines[1])[:2] == summary(lines[2])[:2]  # same accuracy, 4 epochs each
 
@@ -244,7 +251,8 @@ def test_a_malformed_data_file_is_refused_naming_it(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         train("--data", bad, "--out", tmp_path / "out")
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err.startswith("gpugrad train: error: --data ") and "lacks the array y" in err
+    assert e.value.code == 2 and err.startswith("gpugrad train: error: --data ")
+    assert "lacks the array y" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -141,6 +141,7 @@ def test_plan_is_timed_once_per_shape_and_is_a_candidate(monkeypatch):
     assert timed == [(np.dtype(np.float32), 10, 64, 2), (np.dtype(np.float64), 10, 64, 2)]
     plan = time_plans(np.dtype(np.float32), 3, 16, 2, rows=32)
     assert plan.rows in nb._PLAN_ROWS and plan.rows <= 32 and isinstance(plan.x_first, bool)
+    assert time_plans(np.dtype(np.float64), 2, 100_000, 1).rows == 8  # rows of 0.8 MB: 8 are timed
 
 
 def test_blocking_follows_the_sizes_and_spares_other_array_modules():
@@ -154,10 +155,11 @@ def test_blocking_follows_the_sizes_and_spares_other_array_modules():
     assert be._block_rows(X[:600], W) == 300 and be._block_rows(X[:550], W) == 300
     be.loss_rows = 5000
     assert be._block_rows(X, W) == 1000
-    be.loss_rows = None  # about 4 MiB of rows, 256 to 4096 of them
+    be.loss_rows = None  # about 4 MiB of rows, 8 to 4096 of them
     assert be._block_rows(np.zeros((10000, 3072), np.uint8), np.zeros((10, 3072), np.float32)) == 341
     assert be._block_rows(np.zeros((10000, 64), np.float32), np.zeros((10, 64), np.float32)) == 4096
-    assert be._block_rows(np.zeros((300, 10 ** 5), np.float32), np.zeros((10, 10 ** 5), np.float32)) == 256
+    assert be._block_rows(np.zeros((300, 10 ** 5), np.uint8), np.zeros((10, 10 ** 5), np.float32)) == 10
+    assert be._block_rows(np.zeros((300, 10 ** 6), np.uint8), np.zeros((10, 10 ** 6), np.float32)) == 8
     other = type("OnAnotherArrayModule", (NumpyBackend,), {"xp": object()})()
     other.blocked_from = 0
     assert other._block_rows(X, W) == 0  # CuPy: never a loop of small products on a GPU

@@ -186,7 +186,7 @@ class NumpyBackend:
     # small, and ``threads`` workers step contiguous row ranges side by side (BLAS small-matrix
     # calls are single-threaded; numpy lets go of the GIL inside them).
     blocked_from = 256 << 10  # bytes of X (as W's dtype) from which X is stepped in blocks
-    # Rows per loss evaluation; None: about 4 MiB of X (as W's dtype), 256 to 4096 rows. Fewer
+    # Rows per loss evaluation; None: about 4 MiB of X (as W's dtype), 8 to 4096 rows. Fewer
     # rows pay the loss's Python cost more often, more rows no longer stay in cache between the
     # two products (normalised uint8 X at d = 3072 on one core: 55 ms a step at 256 rows, 65 ms
     # at 2048; float X: 38 ms at 256, 35 ms at 1024).
@@ -206,7 +206,7 @@ class NumpyBackend:
         row_bytes = d * W.dtype.itemsize
         if n * row_bytes < self.blocked_from:
             return 0
-        return min(self.loss_rows or min(4096, max(256, (4 << 20) // row_bytes)), n)
+        return min(self.loss_rows or _rows_in(4 << 20, row_bytes, 8, 4096), n)
 
     def _workers(self, n: int) -> int:
         """How many row ranges the blocked step runs side by side: ``threads`` (or the CPUs this
@@ -359,12 +359,19 @@ def _step_plan(dtype, C: int, d: int, workers: int) -> _Plan:
     return plan
 
 
-def _time_plans(dtype, C, d, workers, rows=256) -> _Plan:
-    """The candidate plan with the least time over ``rows`` rows per worker: the block rows
+def _rows_in(nbytes: int, row_bytes: int, least: int, most: int) -> int:
+    """How many rows of ``row_bytes`` fit in ``nbytes``, kept within [least, most]."""
+    return min(most, max(least, nbytes // row_bytes))
+
+
+def _time_plans(dtype, C, d, workers, rows=None) -> _Plan:
+    """The candidate plan with the least time over ``rows`` rows per worker (None: 256, fewer
+    where that is more than 4 MiB, at least 8): the block rows
     with G^T X first, smallest first, then X^T G at the best block rows. A candidate is timed
     twice (the better time counts) unless its first time is 1.5x the best so far (a candidate
     that far behind is not worth the second run; on a busy machine a slow candidate can take
     a large share of the timing). Larger blocks win ties (within 5%): fewer partial sums."""
+    rows = rows or _rows_in(4 << 20, d * dtype.itemsize, 8, 256)
     X = np.ones((rows, d), dtype)  # the values do not matter to BLAS's speed; NaN-free
     W = np.full((C, d), 0.5, dtype)
     G = np.full((rows, C), 0.5, dtype)

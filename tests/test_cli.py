@@ -380,3 +380,25 @@ def test_help_names_the_preset_and_every_option(capsys):
                    "--quiet", "--validation-fraction", "--eta-min", "--eta-max", "--n-s", "--step-size",
                    "--gamma", "assignment1"):
         assert option in text, option
+
+
+# ---- the CUDA path ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", ["softmax", "mlp"])
+def test_train_on_each_backend_matches_numpy(tmp_path, monkeypatch, capsys, quick_plots, backend, model):
+    """`gpugrad train` on the backend under test (numpy, the emulated CUDA backend, a GPU) ends with
+    the weights a numpy run reaches, within float32 rounding."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 48)
+    np.savez(tmp_path / "small.npz", X=rng.integers(0, 256, (48, 12)).astype(np.uint8) + y[:, None] * 20,
+             y=y)
+    options = ["--data", tmp_path / "small.npz", "--model", model, "--epochs", 2, "--batch-size", 12]
+    options += ["--hidden", "5"] if model == "mlp" else []
+    assert train(*options, "--out", tmp_path / "numpy") == 0
+    monkeypatch.setattr(cli, "_backend", lambda parser, name: backend)
+    assert cli.main(["train", "--quiet", *map(str, options), "--out", str(tmp_path / "other")]) == 0
+    assert f"| backend {backend.name} |" in capsys.readouterr().out.splitlines()[-1]
+    ref = models.load_model(tmp_path / "numpy" / "model.npz", backend="numpy").state()
+    got = models.load_model(tmp_path / "other" / "model.npz", backend="numpy").state()
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)

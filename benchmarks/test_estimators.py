@@ -1,0 +1,189 @@
+"""The scikit-learn estimators against their peers and against a hand-written loop (pytest-benchmark).
+
+    python -m pytest benchmarks/test_estimators.py --benchmark-only --benchmark-group-by=group -s
+
+Targets of the trainer issue, each measured side by side in one run:
+
+- digits (stratified 75/25 split, random_state=0, in a Pipeline after StandardScaler, default
+  parameters): test accuracy >= 0.96 (SoftmaxClassifier), >= 0.95 (SVMClassifier), >= 0.97
+  (MLPClassifier); scikit-learn's LogisticRegression, SGDClassifier(loss="hinge") and
+  MLPClassifier on the same split for time and accuracy (``extra_info``);
+- CPU, numpy backend: 10 epochs of the course's shape (10,000 x 3072 float32, C = 10, batch 100,
+  plain SGD) through ``SoftmaxClassifier.fit`` take at most 1.1x the same loop written by hand in
+  numpy;
+- an MLPClassifier on digits fits faster than scikit-learn's with the same layers, solver and
+  epochs.
+
+The ratio tests alternate the two sides round by round and compare the fastest round of each, so
+a machine shared with other work slows both alike; they print the figures (``-s``).
+"""
+import time
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier as SkMLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from gpugrad.estimators import MLPClassifier, SoftmaxClassifier, SVMClassifier
+
+DIGITS_TARGETS = {"SoftmaxClassifier": 0.96, "SVMClassifier": 0.95, "MLPClassifier": 0.97}
+DIGITS_MODELS = {
+    "SoftmaxClassifier": lambda: SoftmaxClassifier(backend="numpy"),
+    "SVMClassifier": lambda: SVMClassifier(backend="numpy"),
+    "MLPClassifier": lambda: MLPClassifier(backend="numpy"),
+    "sklearn LogisticRegression": lambda: LogisticRegression(),
+    "sklearn SGDClassifier(hinge)": lambda: SGDClassifier(loss="hinge"),
+    "sklearn MLPClassifier": lambda: SkMLPClassifier(),
+}
+
+
+def digits_split():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+
+
+@pytest.mark.parametrize("model", list(DIGITS_MODELS))
+def test_digits_default_parameters(benchmark, model):
+    """Fit time and test accuracy with default parameters; gpugrad's must reach its target."""
+    X_train, X_test, y_train, y_test = digits_split()
+    benchmark.group = "digits, Pipeline(StandardScaler, model), default parameters"
+    fitted = []
+
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fitted.append(make_pipeline(StandardScaler(), DIGITS_MODELS[model]()).fit(X_train, y_train))
+
+    benchmark.pedantic(fit, rounds=1, iterations=1)
+    accuracy = fitted[-1].score(X_test, y_test)
+    benchmark.extra_info["test_accuracy"] = round(accuracy, 4)
+    print(f"\n{model}: digits test accuracy {accuracy:.4f}")
+    if model in DIGITS_TARGETS:
+        assert accuracy >= DIGITS_TARGETS[model]
+
+
+# ---- the course's shape: the estimator against the loop written by hand ----------------------
+
+N, D, C, BATCH, EPOCHS, ETA = 10_000, 3072, 10, 100, 10, 0.001
+
+
+def course_data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((N, D), dtype=np.float32), rng.integers(0, C, N)
+
+
+def sgd_by_hand(X, y, epochs=EPOCHS, seed=0):
+    """The course's mini-batch gradient descent in plain numpy: shuffle each epoch, then for each
+    batch S = X W^T + b, P = softmax(S), G = (P - Y) / n, W -= eta G^T X, b -= eta sum G."""
+    rng = np.random.default_rng(seed)
+    n = X.shape[0]
+    W = (rng.standard_normal((C, D)) * 0.01).astype(np.float32)
+    b = np.zeros(C, np.float32)
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for start in range(0, n, BATCH):
+            idx = order[start:start + BATCH]
+            Xb, yb = X[idx], y[idx]
+            S = Xb @ W.T + b
+            P = np.exp(S - S.max(axis=1, keepdims=True))
+            P /= P.sum(axis=1, keepdims=True)
+            P[np.arange(len(yb)), yb] -= 1
+            P /= len(yb)
+            W -= ETA * (P.T @ Xb)
+            b -= ETA * P.sum(axis=0)
+    return W, b
+
+
+def sgd_estimator(X, y, epochs=EPOCHS):
+    """The same loop through the estimator: plain SGD (no momentum, no penalty), fixed epochs."""
+    return SoftmaxClassifier(solver="sgd", batch_size=BATCH, max_iter=epochs, tol=None, momentum=0.0,
+                             learning_rate_init=ETA, alpha=0.0, backend="numpy",
+                             random_state=0).fit(X, y)
+
+
+@pytest.mark.parametrize("impl", ["SoftmaxClassifier.fit", "numpy by hand"])
+def test_course_shape_sgd(benchmark, impl):
+    X, y = course_data()
+    benchmark.group = f"{EPOCHS} epochs of SGD, {N} x {D} float32, C={C}, batch {BATCH}, numpy"
+    run = sgd_estimator if impl == "SoftmaxClassifier.fit" else sgd_by_hand
+    benchmark.pedantic(run, args=(X, y), rounds=3, iterations=1)
+
+
+def alternate(a, b, rounds):
+    """Fastest time of each of two callables, run alternately ``rounds`` times each."""
+    best = [np.inf, np.inf]
+    for _ in range(rounds):
+        for k, f in enumerate((a, b)):
+            t0 = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def test_course_shape_sgd_ratio(benchmark):
+    """Target: the estimator's fit at most 1.1x the hand-written loop, side by side."""
+    X, y = course_data()
+    benchmark.group = "ratios"
+    est, hand = alternate(lambda: sgd_estimator(X, y), lambda: sgd_by_hand(X, y), rounds=3)
+    benchmark.extra_info.update(estimator_s=round(est, 3), by_hand_s=round(hand, 3), ratio=round(est / hand, 3))
+    print(f"\ncourse shape, {EPOCHS} epochs: estimator {est:.2f} s, by hand {hand:.2f} s, "
+          f"ratio {est / hand:.3f} (target <= 1.1)")
+    benchmark.pedantic(lambda: None, rounds=1)
+    assert est <= 1.1 * hand
+
+
+# ---- the MLP against scikit-learn's on digits ---------------------------------------------------
+
+MLP_EPOCHS = 50
+
+
+def mlp_pair(X, y):
+    """gpugrad's and scikit-learn's MLPClassifier with the same layers (100,), Adam at 0.001,
+    batches of 200, alpha and exactly MLP_EPOCHS epochs (no early stop)."""
+    ours = MLPClassifier(hidden_layer_sizes=(100,), solver="adam", max_iter=MLP_EPOCHS, tol=None,
+                         backend="numpy", random_state=0)
+    theirs = SkMLPClassifier(hidden_layer_sizes=(100,), solver="adam", max_iter=MLP_EPOCHS,
+                             n_iter_no_change=MLP_EPOCHS + 1, random_state=0)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("impl", ["gpugrad MLPClassifier", "sklearn MLPClassifier"])
+def test_mlp_digits_same_epochs(benchmark, impl):
+    X_train, X_test, y_train, y_test = digits_split()
+    scaler = StandardScaler().fit(X_train)
+    X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    clf = mlp_pair(X_train, y_train)[0 if impl.startswith("gpugrad") else 1]
+    benchmark.group = f"MLP (100,), adam, {MLP_EPOCHS} epochs, digits"
+
+    def fit():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(X_train, y_train)
+
+    benchmark.pedantic(fit, rounds=3, iterations=1)
+    benchmark.extra_info["test_accuracy"] = round(clf.score(X_test, y_test), 4)
+
+
+def test_mlp_digits_ratio(benchmark):
+    """Target: gpugrad's MLPClassifier fits digits faster than scikit-learn's, same settings."""
+    X_train, _, y_train, _ = digits_split()
+    X_train = StandardScaler().fit_transform(X_train)
+    ours, theirs = mlp_pair(X_train, y_train)
+    benchmark.group = "ratios"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t_ours, t_theirs = alternate(lambda: ours.fit(X_train, y_train), lambda: theirs.fit(X_train, y_train),
+                                     rounds=3)
+    assert ours.n_iter_ == theirs.n_iter_ == MLP_EPOCHS
+    benchmark.extra_info.update(gpugrad_s=round(t_ours, 3), sklearn_s=round(t_theirs, 3),
+                                ratio=round(t_ours / t_theirs, 3))
+    print(f"\nMLP on digits, {MLP_EPOCHS} epochs: gpugrad {t_ours:.2f} s, scikit-learn {t_theirs:.2f} s, "
+          f"ratio {t_ours / t_theirs:.3f} (target < 1)")
+    benchmark.pedantic(lambda: None, rounds=1)
+    assert t_ours < t_theirs

@@ -1,0 +1,936 @@
+"""scikit-learn estimators on gpugrad's models, optimisers and trainer: the drop-in.
+
+- `SoftmaxClassifier` for ``LogisticRegression`` (multinomial): s = W x + b, softmax cross-entropy.
+- `SVMClassifier` for ``SGDClassifier(loss="hinge")``: s = W x + b, the multi-class SVM loss
+  sum_{j != y} max(0, s_j - s_y + 1) (Weston-Watkins, the lecture's), one model for all classes.
+- `MLPClassifier` for ``MLPClassifier``: ReLU layers, optional batch normalisation, softmax.
+
+They follow scikit-learn's contract (``__init__`` stores the parameters, ``fit`` validates and
+learns attributes ending in ``_``) and pass its ``check_estimator`` suite; the work is done by
+`gpugrad.models` (the model), `gpugrad.optim` (the optimiser; ``lbfgs`` for full-batch) and
+`gpugrad.trainer.Trainer` (the mini-batch loop, on the GPU when ``backend`` picks CuPy).
+
+The cost minimised, for every estimator and solver (n rows, weights w_i, weight matrices W_l)::
+
+    J = sum_i w_i l_i / sum_i sw_i  +  (alpha / 2) * sum_l ||W_l||^2
+
+where w_i = sw_i * cw_{y_i} (``sample_weight`` times ``class_weight``; 1 when not given). This
+is the lecture's J = (1/n) sum_i l_i + lam ||W||^2 with **lam = alpha / 2**, scikit-learn's
+``SGDClassifier`` objective exactly (its alpha * ||W||^2 / 2), and integer sample weights are
+the same as repeating rows. Peers' parameters map as follows: ``LogisticRegression(C=c)`` is
+``alpha = 1 / (c * n)`` on n training rows; scikit-learn's ``MLPClassifier(alpha=a)`` divides its
+penalty by the batch size, which is ``alpha = a / batch_size`` here. Biases (and batch-norm
+scales) are not penalised.
+
+Backends and dtypes: ``backend="auto"`` trains on the GPU (CuPy, the fused kernels) when one is
+usable, else on numpy; ``"numpy"``/``"cupy"`` force one. The model computes in ``dtype``; by
+default float32 on CuPy (the fused kernels' fast path) and on numpy X's own precision (float32
+stays float32, every other input, float64 and integers, computes in float64). X may be numpy
+(any dtype scikit-learn accepts, a list, a DataFrame) or CuPy; results come back in the caller's
+array type (CuPy in, CuPy out; numpy otherwise). With ``standardize=True`` the model keeps the
+training data's per-feature mean and std and normalises on the fly, so uint8 pixels stay uint8
+on the device. Dask arrays go to `gpugrad.distributed` (linear estimators).
+
+    >>> from sklearn.datasets import load_iris
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = make_pipeline(StandardScaler(), SoftmaxClassifier(backend="numpy")).fit(X, y)
+    >>> round(clf.score(X, y), 2)
+    0.98
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from . import models, optim
+from .backends import backend_for, get_backend, is_cupy_array
+from .trainer import Trainer
+
+__all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
+
+SOLVERS = ("sgd", "adam", "lbfgs")
+LEARNING_RATES = ("constant", "invscaling", "step", "cyclical")
+PREDICT_BATCH = 65536  # rows scored at once by predict & co.: bounds the memory of S (and hidden layers)
+
+
+def _is_dask(a) -> bool:
+    """A Dask collection, told without importing dask on machines that do not use it."""
+    return type(a).__module__.startswith("dask") and hasattr(a, "__dask_graph__")
+
+
+class InvScaling:
+    """eta_t = eta0 / (1 + t / steps_per_epoch) ** power_t: the rate shrinks with the epochs
+    (scikit-learn's "invscaling", counted in epochs rather than samples).
+
+        >>> s = InvScaling(1.0, 0.5, steps_per_epoch=2)
+        >>> [round(s(t), 3) for t in range(0, 8, 2)]
+        [1.0, 0.707, 0.577, 0.5]
+    """
+
+    def __init__(self, eta0, power_t, steps_per_epoch):
+        self.eta0, self.power_t, self.steps_per_epoch = float(eta0), float(power_t), int(steps_per_epoch)
+
+    def __call__(self, t: int) -> float:
+        return self.eta0 / (1.0 + t / self.steps_per_epoch) ** self.power_t
+
+    def config(self) -> dict:
+        return {"schedule": "invscaling", "eta0": self.eta0, "power_t": self.power_t,
+                "steps_per_epoch": self.steps_per_epoch}
+
+
+class _Plateau:
+    """Stop when the epoch's cost has not improved by ``tol`` for ``patience`` epochs in a row
+    (scikit-learn's rule without early stopping: ``loss > best_loss - tol`` counts as no change)."""
+
+    def __init__(self, tol, patience):
+        self.tol, self.patience = tol, patience
+        self.best, self.stale = math.inf, 0
+
+    def __call__(self, trainer, epoch, row):
+        cost = row["cost"]
+        self.stale = self.stale + 1 if cost > self.best - self.tol else 0
+        self.best = min(self.best, cost)
+        return self.stale >= self.patience
+
+
+class _Verbose:
+    """scikit-learn's per-epoch line when verbose > 1."""
+
+    def __call__(self, trainer, epoch, row):
+        val = "" if math.isnan(row["val_accuracy"]) else f", validation accuracy = {row['val_accuracy']:.4f}"
+        print(f"Iteration {epoch}, loss = {row['cost']:.8f}{val}")
+
+
+class _GpugradClassifier(ClassifierMixin, BaseEstimator):
+    """What the three estimators share. Subclasses set ``_loss`` and build their model in
+    ``_new_model``; their ``__init__`` lists the parameters (scikit-learn reads the signature)."""
+
+    _loss = "softmax"
+
+    # ---- parameters --------------------------------------------------------------------------
+    def _param_error(self, name, expected):
+        return ValueError(f"{type(self).__name__}: parameter {name} must be {expected}, "
+                          f"got {getattr(self, name)!r}")
+
+    def _check_number(self, name, low=None, high=None, low_open=False, high_open=False, integer=False):
+        v = getattr(self, name)
+        kind = "an integer" if integer else "a number"
+        ok = isinstance(v, numbers.Integral if integer else numbers.Real) and not isinstance(v, bool)
+        ok = ok and math.isfinite(v)
+        if ok and low is not None:
+            ok = v > low if low_open else v >= low
+        if ok and high is not None:
+            ok = v < high if high_open else v <= high
+        if not ok:
+            bounds = []
+            if low is not None:
+                bounds.append(f"{'>' if low_open else '>='} {low}")
+            if high is not None:
+                bounds.append(f"{'<' if high_open else '<='} {high}")
+            raise self._param_error(name, f"{kind} {' and '.join(bounds)}".strip())
+
+    def _check_params(self):
+        """Every parameter checked at fit (scikit-learn's contract), errors naming it."""
+        self._check_number("alpha", 0)
+        if self.solver not in SOLVERS:
+            raise self._param_error("solver", f"one of {SOLVERS}")
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            self._check_number("batch_size", 1, integer=True)
+        if not (callable(self.learning_rate) and hasattr(self.learning_rate, "config")) and \
+                self.learning_rate not in LEARNING_RATES:
+            raise self._param_error("learning_rate", f"one of {LEARNING_RATES} or a gpugrad.optim schedule")
+        self._check_number("learning_rate_init", 0, low_open=True)
+        self._check_number("power_t", 0)
+        self._check_number("momentum", 0, 1, high_open=True)
+        for name in ("nesterovs_momentum", "early_stopping", "warm_start", "standardize"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise self._param_error(name, "True or False")
+        self._check_number("max_iter", 1, integer=True)
+        if self.tol is not None:
+            self._check_number("tol", 0)
+        self._check_number("validation_fraction", 0, 1, low_open=True, high_open=True)
+        self._check_number("n_iter_no_change", 1, integer=True)
+        self._check_number("beta_1", 0, 1, high_open=True)
+        self._check_number("beta_2", 0, 1, high_open=True)
+        self._check_number("epsilon", 0, low_open=True)
+        cw = self.class_weight
+        if not (cw is None or (isinstance(cw, str) and cw == "balanced") or isinstance(cw, dict)):
+            raise self._param_error("class_weight", "None, 'balanced' or a dict {label: weight}")
+        if isinstance(cw, dict):
+            for label, w in cw.items():
+                if not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+                    raise ValueError(f"{type(self).__name__}: class_weight[{label!r}] must be a "
+                                     f"finite number >= 0, got {w!r}")
+        if not isinstance(self.verbose, (numbers.Integral, bool)):
+            raise self._param_error("verbose", "an integer or a bool")
+        if self.dtype is not None:
+            try:
+                dt = np.dtype(self.dtype)
+            except TypeError:
+                dt = None
+            if dt not in (np.float32, np.float64):
+                raise self._param_error("dtype", "None, 'float32' or 'float64'")
+
+    def _backend(self):
+        try:
+            return get_backend(self.backend)
+        except (ValueError, RuntimeError) as e:
+            raise ValueError(f"{type(self).__name__}: parameter backend={self.backend!r}: {e}") from None
+
+    def _seed(self) -> int:
+        """An integer seed: random_state itself when it is one (the Dask path uses it the same way),
+        else drawn from it (None: numpy's global generator, as scikit-learn does)."""
+        rs = self.random_state
+        if isinstance(rs, numbers.Integral) and not isinstance(rs, bool):
+            if not 0 <= rs < 2 ** 32:
+                raise self._param_error("random_state", "None, an integer in [0, 2**32) or a RandomState")
+            return int(rs)
+        try:
+            return int(check_random_state(rs).randint(0, 2 ** 31 - 1))
+        except ValueError:
+            raise self._param_error("random_state", "None, an integer in [0, 2**32) or a RandomState") from None
+
+    def _compute_dtype(self, be, X_dtype) -> np.dtype:
+        if self.dtype is not None:
+            return np.dtype(self.dtype)
+        if be.xp is not np:
+            return np.dtype(np.float32)
+        return np.dtype(np.float32) if X_dtype == np.float32 else np.dtype(np.float64)
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def _validate_X(self, X, reset):
+        """X checked as scikit-learn checks it: numpy (2-D, numeric, finite, non-empty) through
+        ``validate_data``; a CuPy array checked on its device (one read for the finiteness)."""
+        if not is_cupy_array(X):
+            return validate_data(self, X, reset=reset, dtype="numeric")
+        name = type(self).__name__
+        if X.ndim != 2:
+            raise ValueError(f"Expected a 2-D array (n_samples, n_features), got shape {tuple(X.shape)}")
+        if X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(f"Found array with shape {tuple(X.shape)}, while {name} needs at least "
+                             "1 sample and 1 feature")
+        if X.dtype.kind not in "fiub":
+            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+        if X.dtype.kind == "f":
+            xp = backend_for(X).xp
+            if not bool(xp.isfinite(X).all()):
+                raise ValueError("Input X contains NaN or infinity.")
+        if reset:
+            self.n_features_in_ = int(X.shape[1])
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        return X
+
+    def _validate_Xy(self, X, y, reset):
+        """(X, y): X as ``_validate_X``; y as a 1-D numpy array of class labels."""
+        if not is_cupy_array(X):
+            X, y = validate_data(self, X, y, reset=reset, dtype="numeric")
+        else:
+            X = self._validate_X(X, reset)
+            y = column_or_1d(y.get() if is_cupy_array(y) else np.asarray(y), warn=True)
+            if y.shape[0] != X.shape[0]:
+                raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]} labels")
+        check_classification_targets(y)
+        return X, y
+
+    def _sample_weights(self, sample_weight, y_enc, n, partial):
+        """The per-row weights w_i = sw_i * cw_{y_i}, scaled to sum to n so that the trainer's
+        (1/n) sum_i w_i l_i is the weighted mean sum_i w_i l_i / sum_i w_i; None when all are 1."""
+        name = type(self).__name__
+        sw = None
+        if sample_weight is not None:
+            raw = sample_weight.get() if is_cupy_array(sample_weight) else sample_weight
+            sw = np.asarray(raw, dtype=np.float64)
+            if sw.ndim == 0:
+                sw = np.full(n, float(sw))
+            if sw.shape != (n,):
+                raise ValueError(f"sample_weight has shape {sw.shape}, but X has {n} rows: expected ({n},)")
+            bad = ~np.isfinite(sw) | (sw < 0)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"sample_weight[{i}] = {sw[i]}: weights must be finite and >= 0")
+            if not sw.any():
+                raise ValueError("sample_weight: every weight is zero; at least one must be positive")
+        cw = self._class_weights(y_enc, partial)
+        if sw is None and cw is None:
+            return None
+        w = np.ones(n) if sw is None else sw.copy()  # never write into the caller's array
+        if cw is not None:
+            w *= cw[y_enc]
+        total = float(w.sum())
+        if total <= 0:
+            raise ValueError(f"{name}: with class_weight={self.class_weight!r} every row has weight zero")
+        return w * (n / total)
+
+    def _class_weights(self, y_enc, partial):
+        """(C,) weight per class index from ``class_weight``, or None."""
+        cw = self.class_weight
+        if cw is None:
+            return None
+        C = len(self.classes_)
+        if isinstance(cw, str):  # "balanced": n / (C * count of the class), as scikit-learn
+            if partial:
+                raise ValueError(f"{type(self).__name__}: class_weight='balanced' is not supported by "
+                                 "partial_fit (the class counts of one batch are not the data's); pass "
+                                 "sklearn.utils.class_weight.compute_class_weight's result as a dict")
+            present = np.unique(y_enc)
+            out = np.ones(C)
+            out[present] = compute_class_weight("balanced", classes=present, y=y_enc)
+            return out
+        out = np.ones(C)
+        index = {label: i for i, label in enumerate(self.classes_.tolist())}
+        for label, w in cw.items():
+            key = label.item() if isinstance(label, np.generic) else label
+            if key not in index:
+                raise ValueError(f"{type(self).__name__}: class_weight names the label {label!r}, which "
+                                 f"is not a class of y (classes: {self.classes_.tolist()})")
+            out[index[key]] = float(w)
+        return out
+
+    def _encode(self, y, classes=None):
+        """Labels as class indices into ``self.classes_`` (int64), refusing unknown labels by name."""
+        classes = self.classes_ if classes is None else classes
+        idx = np.searchsorted(classes, y)
+        idx = np.clip(idx, 0, len(classes) - 1)
+        unknown = classes[idx] != y
+        if unknown.any():
+            i = int(np.argmax(unknown))
+            value = y[i].item() if isinstance(y[i], np.generic) else y[i]
+            raise ValueError(f"label y[{i}] = {value!r} is not one of the classes {classes.tolist()}")
+        return idx.astype(np.int64)
+
+    def _device_X(self, model, X):
+        """X on the model's backend as it takes it: uint8 kept when the model normalises, otherwise
+        C-contiguous in the model's dtype (one conversion, no copy when it already is)."""
+        be, dtype = model.backend, model.dtype
+        if X.dtype == np.uint8 and model.normalised:
+            return be.xp.ascontiguousarray(be.asarray(X))
+        if is_cupy_array(X) and be.xp is np:
+            X = X.get()
+        return be.xp.ascontiguousarray(be.asarray(X, dtype=dtype))
+
+    # ---- training ----------------------------------------------------------------------------
+    def _batch_size(self, n):
+        return min(200, n) if isinstance(self.batch_size, str) else min(int(self.batch_size), n)
+
+    def _schedule(self, steps_per_epoch):
+        lr = self.learning_rate
+        if callable(lr):
+            return lr
+        eta = float(self.learning_rate_init)
+        if lr == "constant":
+            return optim.Constant(eta)
+        if lr == "invscaling":
+            return InvScaling(eta, self.power_t, steps_per_epoch)
+        if lr == "step":  # a tenth of the rate after each third of max_iter
+            return optim.StepDecay(eta, max(1, self.max_iter // 3) * steps_per_epoch, 0.1)
+        # "cyclical": the course's triangle from eta/100 up to eta and back, 2 epochs each way
+        return optim.Cyclical(eta / 100, eta, 2 * steps_per_epoch)
+
+    def _new_optimizer(self, steps_per_epoch):
+        lr = self._schedule(steps_per_epoch)
+        if self.solver == "adam":
+            return optim.Adam(lr, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
+        return optim.SGD(lr, momentum=self.momentum, nesterov=bool(self.nesterovs_momentum and self.momentum))
+
+    def _partial_seed(self, first):
+        """The shuffle seed of a partial_fit call: drawn once from random_state, then one more a call."""
+        if first or not hasattr(self, "_base_seed"):
+            self._base_seed = self._seed()
+        return self._base_seed + getattr(self, "n_iter_", 0) * (not first)
+
+    def _standardisation(self, X):
+        if not self.standardize:
+            return None, None
+        from .data import normalisation
+        return normalisation(X)
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model on (X, y).
+
+        X: (n, d) numbers (numpy, CuPy, a list or DataFrame; a Dask array for the linear models),
+        y: (n,) labels of any values, sample_weight: (n,) weights >= 0 or None.
+        ``max_iter`` epochs at most (iterations for L-BFGS). Returns self.
+        """
+        self._check_params()
+        if _is_dask(X):
+            return self._fit_dask(X, y, sample_weight)
+        return self._fit(X, y, sample_weight, classes=None, partial=False)
+
+    def _stochastic(self):
+        return self.solver in ("sgd", "adam")
+
+    def _partial_fit_available(self):
+        if self.solver not in ("sgd", "adam"):
+            raise AttributeError(f"partial_fit is only available for the stochastic solvers 'sgd' and "
+                                 f"'adam'; {type(self).__name__} has solver={self.solver!r}")
+        return True
+
+    @available_if(_partial_fit_available)
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch over (X, y), continuing the model and the optimiser's state (momentum, Adam's
+        moments, the step count of the schedule). ``classes`` (every label the model will see)
+        is required on the first call. Returns self."""
+        first = not hasattr(self, "model_")
+        if first:
+            self._check_params()
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit")
+        elif classes is not None:
+            given = np.unique(np.asarray(classes))
+            if not np.array_equal(given, self.classes_):
+                raise ValueError(f"classes={given.tolist()} differs from the classes of the first call "
+                                 f"to partial_fit, {self.classes_.tolist()}")
+        return self._fit(X, y, sample_weight, classes=classes, partial=True)
+
+    def _fit(self, X, y, sample_weight, classes, partial):
+        name = type(self).__name__
+        first_partial = partial and not hasattr(self, "model_")
+        warm = (partial and not first_partial) or (self.warm_start and hasattr(self, "model_"))
+        X, y = self._validate_Xy(X, y, reset=not warm)
+        if partial and first_partial:
+            all_classes = np.unique(np.asarray(classes))
+        elif partial:
+            all_classes = self.classes_
+        else:
+            all_classes = np.unique(y)
+        if warm and not partial and not np.array_equal(all_classes, self.classes_):
+            raise ValueError(f"{name}: warm_start needs y to have the classes of the previous fit, "
+                             f"{self.classes_.tolist()}; y has {all_classes.tolist()}")
+        if len(all_classes) < 2:
+            raise ValueError(f"{name} needs samples of at least 2 classes, but the data contain only "
+                             f"one class: {all_classes.tolist()}")
+        self.classes_ = all_classes
+        y_enc = self._encode(y)
+        n = X.shape[0]
+        w = self._sample_weights(sample_weight, y_enc, n, partial)
+
+        be = self._backend() if not warm else self.model_.backend
+        if warm:
+            model = self.model_
+        else:
+            dtype = self._compute_dtype(be, X.dtype)
+            x_mean, x_std = self._standardisation(X)
+            model = self._new_model(be, X.shape[1], len(all_classes), dtype, x_mean, x_std, self._seed())
+        Xd = self._device_X(model, X)
+        lam = self.alpha / 2
+
+        if self.solver == "lbfgs":
+            self.model_ = model
+            self._fit_lbfgs(model, Xd, y_enc, w, lam)
+            return self
+
+        bs = self._batch_size(n)
+        steps = -(-n // bs)
+        previous = getattr(self, "_trainer", None) if warm else None
+        if partial:
+            # One epoch on this batch of data with the optimiser of the previous calls (its state,
+            # momentum or Adam's moments and the schedule's step count, carries on); a new shuffle
+            # seed each call. No early stopping, as in scikit-learn.
+            keep = previous is not None and previous.model is model
+            trainer = Trainer(model, previous.optimizer if keep else self._new_optimizer(steps), epochs=1,
+                              batch_size=bs, lam=lam, seed=self._partial_seed(first_partial),
+                              eval_train=False, progress=bool(self.verbose))
+        else:
+            callbacks = []
+            if self.verbose and int(self.verbose) > 1:
+                callbacks.append(_Verbose())
+            if not self.early_stopping and self.tol is not None:
+                callbacks.append(_Plateau(self.tol, self.n_iter_no_change))
+            trainer = Trainer(
+                model, self._new_optimizer(steps), epochs=self.max_iter, batch_size=bs, lam=lam,
+                seed=self._seed(), validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
+                early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
+                tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
+                progress=bool(self.verbose))
+        history = trainer.fit(Xd, y_enc, sample_weight=w)
+        self.model_, self._trainer = model, trainer
+        rows = history.rows
+        if partial:
+            self.n_iter_ = getattr(self, "n_iter_", 0) + 1 if not first_partial else 1
+            self.loss_curve_ = (getattr(self, "loss_curve_", []) if not first_partial else []) + [rows[-1]["cost"]]
+        else:
+            self.n_iter_ = len(rows)
+            self.loss_curve_ = [r["cost"] for r in rows]
+            if self.early_stopping:
+                self.validation_scores_ = [r["val_accuracy"] for r in rows]
+                self.best_validation_score_ = float(np.nanmax(self.validation_scores_))
+            converged = self.n_iter_ < self.max_iter
+            if not converged and self.tol is not None:
+                warnings.warn(f"{name}: the {self.solver} solver ran max_iter={self.max_iter} epochs "
+                              f"without its cost improving by less than tol={self.tol}; raise max_iter "
+                              "to train further", ConvergenceWarning)
+        self.t_ = trainer.optimizer.t
+        return self
+
+    def _fit_lbfgs(self, model, X, y_enc, w, lam):
+        """Full-batch L-BFGS (``gpugrad.optim.lbfgs``) over the model's whole-data cost and gradient
+        (``model.loss_grad`` on all rows: on CuPy, one fused step per evaluation)."""
+        be = model.backend
+        y_dev = be.asarray(y_enc)
+        w_dev = None if w is None else be.asarray(w, dtype=model.dtype)
+        names = list(model.params)
+
+        def value_and_grad(params):
+            for k in names:
+                model.params[k][...] = be.asarray(params[k], dtype=model.dtype)
+            cost, _, grads = model.loss_grad(X, y_dev, lam, w_dev)
+            return float(cost), {k: np.asarray(be.to_numpy(grads[k]), dtype=np.float64) for k in names}
+
+        start = {k: np.asarray(be.to_numpy(v), dtype=np.float64) for k, v in model.params.items()}
+        params, n_iter, losses = optim.lbfgs(value_and_grad, start, max_iter=self.max_iter,
+                                             tol=0.0 if self.tol is None else self.tol)
+        for k in names:
+            model.params[k][...] = be.asarray(params[k], dtype=model.dtype)
+        if not math.isfinite(losses[-1] if losses else 0.0):
+            raise FloatingPointError(f"{type(self).__name__}: the L-BFGS cost became {losses[-1]}")
+        self.n_iter_ = max(1, n_iter)
+        self.loss_curve_ = losses
+        self.t_ = n_iter
+        if n_iter >= self.max_iter:
+            warnings.warn(f"{type(self).__name__}: lbfgs stopped at max_iter={self.max_iter} iterations "
+                          f"before its gradient fell below tol={self.tol}; raise max_iter to train further",
+                          ConvergenceWarning)
+
+    # ---- Dask --------------------------------------------------------------------------------
+    def _fit_dask(self, X, y, sample_weight):
+        raise TypeError(f"{type(self).__name__} does not take Dask arrays; fit it on a numpy or CuPy "
+                        "array (SoftmaxClassifier and SVMClassifier take Dask arrays)")
+
+    # ---- inference ---------------------------------------------------------------------------
+    def _scores(self, X):
+        """(S, X as given): the model's (n, C) scores on its backend, scored in row batches."""
+        check_is_fitted(self)
+        Xv = self._validate_X(X, reset=False)
+        model = self.model_
+        Xd = self._device_X(model, Xv)
+        if Xd.shape[0] <= PREDICT_BATCH:
+            return model.scores(Xd)
+        xp = model.backend.xp
+        return xp.concatenate([model.scores(Xd[i:i + PREDICT_BATCH])
+                               for i in range(0, Xd.shape[0], PREDICT_BATCH)])
+
+    def _caller(self, a, X):
+        """``a`` (on the model's backend) in the caller's array type: CuPy for CuPy X, else numpy."""
+        if is_cupy_array(X):
+            return a if is_cupy_array(a) else backend_for(X).xp.asarray(a)
+        return np.asarray(self.model_.backend.to_numpy(a))
+
+    def decision_function(self, X):
+        """Scores of X (n, d): (n, C) S = the model's class scores; (n,) s_1 - s_0 for two classes
+        (positive means ``classes_[1]``), as scikit-learn's binary classifiers give them."""
+        if _is_dask(X):
+            return self._dask_call("decision_function", X)
+        S = self._scores(X)
+        if S.shape[1] == 2:
+            S = S[:, 1] - S[:, 0]
+        return self._caller(S, X)
+
+    def predict(self, X):
+        """(n,) labels (values of ``classes_``) of the highest score."""
+        if _is_dask(X):
+            return self._dask_call("predict", X)
+        S = self._scores(X)
+        idx = S.argmax(axis=1)
+        if is_cupy_array(X) and self.classes_.dtype.kind in "iufb":
+            xp = backend_for(X).xp
+            return xp.asarray(self.classes_)[xp.asarray(idx)]
+        # Labels that CuPy cannot hold (strings, objects) come back as numpy.
+        return self.classes_[np.asarray(self.model_.backend.to_numpy(idx))]
+
+    def _predict_proba(self, X):
+        """(n, C) class probabilities softmax(S) (rows sum to 1, columns in the order of ``classes_``)."""
+        if _is_dask(X):
+            return self._dask_call("predict_proba", X)
+        S = self._scores(X)
+        xp = self.model_.backend.xp
+        E = xp.exp(S - S.max(axis=1, keepdims=True))  # the row max keeps exp() in range
+        return self._caller(E / E.sum(axis=1, keepdims=True), X)
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy of ``predict(X)`` against y (weighted by sample_weight), as a float."""
+        from sklearn.metrics import accuracy_score
+        pred = self.predict(X)
+        host = lambda a: a.get() if is_cupy_array(a) else a  # noqa: E731
+        return float(accuracy_score(host(y), host(pred),
+                                    sample_weight=None if sample_weight is None else host(sample_weight)))
+
+    def _dask_call(self, method, X):
+        raise TypeError(f"{type(self).__name__} does not take Dask arrays")
+
+    # ---- pickling: the model as its config and numpy arrays, whatever backend it lives on ------
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        model = state.pop("model_", None)
+        if model is not None:
+            state["_model_saved"] = (model.config(), model.state())
+        # The trainer holds the model and device arrays; a restored estimator continues partial_fit
+        # with a fresh optimiser state.
+        state.pop("_trainer", None)
+        return state
+
+    def __setstate__(self, state):
+        saved = state.pop("_model_saved", None)
+        super().__setstate__(state)
+        if saved is not None:
+            config, arrays = saved
+            try:
+                be = get_backend(self.backend)
+            except (ValueError, RuntimeError) as e:
+                warnings.warn(f"{type(self).__name__}: backend={self.backend!r} is not usable here ({e}); "
+                              "the model is loaded on numpy")
+                be = get_backend("numpy")
+            model = models.model_from_config(config, backend=be)
+            model.load_state(arrays)
+            self.model_ = model
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.multi_class = True
+        return tags
+
+
+class _LinearMixin:
+    """coef_/intercept_ and the Dask path of the linear estimators."""
+
+    @property
+    def coef_(self):
+        """(C, d) weights in the units of the raw input X (n_features); (1, d) for two classes
+        (w_1 - w_0), as scikit-learn's linear classifiers; numpy."""
+        W, b = self._raw_weights()
+        return W if W.shape[0] != 2 else (W[1] - W[0])[None, :]
+
+    @property
+    def intercept_(self):
+        """(C,) biases in the units of the raw input; (1,) for two classes (b_1 - b_0); numpy."""
+        W, b = self._raw_weights()
+        return b if b.shape[0] != 2 else np.array([b[1] - b[0]])
+
+    def _raw_weights(self):
+        check_is_fitted(self)
+        state = self.model_.state()
+        W, b = state["W"].astype(np.float64), state["b"].astype(np.float64)
+        if "x_mean" in state:  # s = W (x - m) / s + b = (W / s) x + (b - W m / s)
+            W = W / state["x_std"]
+            b = b - W @ state["x_mean"]
+        return W, b
+
+    def _fit_dask(self, X, y, sample_weight):
+        """Fit on a Dask array across the current cluster with ``gpugrad.distributed.fit_linear``
+        (the model standardises its inputs there, as with ``standardize=True``)."""
+        from . import distributed
+        name = type(self).__name__
+        if self.warm_start and hasattr(self, "model_"):
+            warnings.warn(f"{name}: warm_start is not supported on Dask arrays; fitting from scratch")
+        classes = None
+        if self.class_weight is not None:
+            classes, sample_weight = self._dask_class_weights(y, sample_weight)
+        if sample_weight is not None:
+            # fit_linear's cost is (1/n) sum_i w_i l_i: weights scaled to sum to n make it the
+            # weighted mean, as in memory.
+            sample_weight = sample_weight * (X.shape[0] / sample_weight.sum())
+        out = distributed.fit_linear(
+            X, y, loss=self._loss, lam=self.alpha / 2, solver=self.solver, max_iter=self.max_iter,
+            tol=0.0 if self.tol is None else self.tol,
+            batch_size=200 if isinstance(self.batch_size, str) else int(self.batch_size),
+            learning_rate_init=self.learning_rate_init, momentum=self.momentum,
+            random_state=self._seed(), sample_weight=sample_weight,
+            dtype=str(np.dtype(self.dtype)) if self.dtype is not None else "float64",
+            verbose=bool(self.verbose), classes=classes)
+        self.model_ = out["model"]
+        self.classes_ = np.asarray(out["classes_"])
+        self.n_iter_ = int(out["n_iter_"])
+        self.loss_curve_ = list(out["loss_curve_"])
+        self.n_features_in_ = int(X.shape[1])
+        return self
+
+    def _dask_class_weights(self, y, sample_weight):
+        """(classes, sample_weight times class_weight[y]): the labels are read once here (only y;
+        X stays on the workers), the weights are built lazily per chunk."""
+        import dask.array as da
+        y_host = np.asarray(y.compute() if hasattr(y, "compute") else y)
+        classes = np.unique(y_host)
+        self.classes_ = classes
+        cw = self._class_weights(np.searchsorted(classes, y_host), partial=False)
+        y_dask = y if hasattr(y, "map_blocks") else da.from_array(y_host, chunks=len(y_host))
+        per_row = y_dask.map_blocks(lambda b: cw[np.searchsorted(classes, np.asarray(b))], dtype=np.float64)
+        return classes, per_row if sample_weight is None else per_row * sample_weight
+
+    def _dask_call(self, method, X):
+        from . import distributed
+        check_is_fitted(self)
+        if method == "predict":
+            return distributed.predict(self.model_, self.classes_, X)
+        out = getattr(distributed, method)(self.model_, X)
+        if method == "decision_function" and len(self.classes_) == 2:
+            return out[:, 1] - out[:, 0]
+        return out
+
+
+_COMMON_DOC = """
+    Parameters (scikit-learn's names where the idea is the same):
+        alpha: L2 strength; the cost is mean weighted loss + (alpha / 2) * sum ||W||^2, i.e. the
+            lecture's lam = alpha / 2 (see the module docstring for LogisticRegression's C).
+        solver: "lbfgs" (full batch, scipy's L-BFGS-B on the exact cost; max_iter iterations),
+            "sgd" (mini-batch SGD with ``momentum``, Nesterov when ``nesterovs_momentum``) or
+            "adam" (``beta_1``, ``beta_2``, ``epsilon``); max_iter epochs for these two.
+        batch_size: rows per step, "auto" = min(200, n).
+        learning_rate: the schedule of the stochastic solvers: "constant" (learning_rate_init),
+            "invscaling" (learning_rate_init / (1 + epoch) ** power_t, counted in steps),
+            "step" (divided by 10 after each third of max_iter epochs), "cyclical" (the course's
+            triangle between learning_rate_init / 100 and learning_rate_init, 2 epochs up and 2
+            down), or a ``gpugrad.optim`` schedule object (``optim.Cyclical(1e-5, 0.1, 500)``).
+        max_iter, tol, n_iter_no_change: stop after max_iter epochs, or earlier when the epoch's
+            cost (validation loss with early_stopping) has not improved by tol for
+            n_iter_no_change epochs; tol=None never stops early. L-BFGS: gradient tolerance.
+        early_stopping, validation_fraction: hold out that stratified fraction, stop on its loss
+            and keep the best epoch's weights.
+        class_weight: None, "balanced" (n / (C * class count)) or {label: weight}, multiplying
+            the rows' weights.
+        random_state: None, an int or a RandomState: the initial weights and the shuffles.
+        warm_start: fit continues from the previous fit's weights (same classes).
+        verbose: 1 shows a progress bar; 2 also prints the cost of each epoch.
+        standardize: keep the training data's per-feature mean and std in the model and
+            normalise inputs on the fly (uint8 stays uint8 on the GPU). Off by default: the
+            objective is then the peer's, e.g. after a StandardScaler.
+        dtype: what the model computes in: None (float32 on CuPy; on numpy float32 for float32
+            X, else float64), "float32" or "float64".
+        backend: "auto" (the GPU when one is usable), "numpy", "cupy" or a backend object.
+
+    Attributes:
+        classes_ (C,), n_features_in_, feature_names_in_ (DataFrames), n_iter_ (epochs, or
+        L-BFGS iterations), loss_curve_ (the cost of each epoch: mean over its batches; L-BFGS:
+        per iteration), t_ (optimiser steps), model_ (the ``gpugrad.models`` model),
+        validation_scores_ / best_validation_score_ (validation accuracy, early stopping).
+"""
+
+
+class SoftmaxClassifier(_LinearMixin, _GpugradClassifier):
+    __doc__ = """Multinomial logistic regression, s = W x + b with the softmax cross-entropy: a
+    drop-in for ``sklearn.linear_model.LogisticRegression`` (defaults: full-batch L-BFGS, as its;
+    alpha = 1e-3, about its C = 1 on 1000 rows).
+
+    Attributes besides the common ones: coef_ (C, d) / (1, d) for two classes, intercept_.
+""" + _COMMON_DOC + """
+        >>> import numpy as np
+        >>> X = np.array([[0., 0.], [0., 1.], [2., 0.], [2., 1.]])
+        >>> clf = SoftmaxClassifier(backend="numpy").fit(X, ["a", "a", "b", "b"])
+        >>> clf.predict([[0.1, 0.5], [1.9, 0.5]]).tolist()
+        ['a', 'b']
+        >>> clf.predict_proba([[1.0, 0.5]]).round(2).tolist()
+        [[0.5, 0.5]]
+    """
+
+    _loss = "softmax"
+
+    def __init__(self, *, alpha=1e-3, solver="lbfgs", batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.01, power_t=0.5, momentum=0.9, nesterovs_momentum=True,
+                 max_iter=100, tol=1e-4, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=10, beta_1=0.9, beta_2=0.999, epsilon=1e-8, class_weight=None,
+                 random_state=None, warm_start=False, verbose=0, standardize=False, dtype=None,
+                 backend="auto"):
+        self.alpha = alpha
+        self.solver = solver
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.max_iter = max_iter
+        self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.standardize = standardize
+        self.dtype = dtype
+        self.backend = backend
+
+    def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
+        return models.LinearClassifier(d, C, loss=self._loss, dtype=dtype, backend=be,
+                                       x_mean=x_mean, x_std=x_std, seed=seed)
+
+    def predict_proba(self, X):
+        return self._predict_proba(X)
+
+    predict_proba.__doc__ = _GpugradClassifier._predict_proba.__doc__
+
+    def predict_log_proba(self, X):
+        """(n, C) log of ``predict_proba``."""
+        P = self.predict_proba(X)
+        return backend_for(P).xp.log(P) if is_cupy_array(P) else np.log(P)
+
+
+class SVMClassifier(_LinearMixin, _GpugradClassifier):
+    __doc__ = """The multi-class linear SVM, s = W x + b with the loss sum_{j != y} max(0, s_j - s_y + 1):
+    a drop-in for ``sklearn.linear_model.SGDClassifier(loss="hinge")`` (one model for all classes
+    instead of one-vs-rest; no predict_proba, as the hinge loss gives none).
+
+    Defaults: mini-batch SGD with Nesterov momentum 0.9, rate 0.001, 200 rows a batch, until the
+    cost stops improving (1000 epochs at most); alpha = 1e-3 (about LinearSVC's C = 1 on 1000 rows).
+    Attributes besides the common ones: coef_ (C, d) / (1, d) for two classes, intercept_.
+""" + _COMMON_DOC + """
+        >>> import numpy as np
+        >>> X = np.array([[0., 0.], [0., 1.], [2., 0.], [2., 1.]])
+        >>> SVMClassifier(backend="numpy", random_state=0).fit(X, [-1, -1, 3, 3]).predict(X).tolist()
+        [-1, -1, 3, 3]
+    """
+
+    _loss = "svm"
+
+    def __init__(self, *, alpha=1e-3, solver="sgd", batch_size="auto", learning_rate="constant",
+                 learning_rate_init=0.001, power_t=0.5, momentum=0.9, nesterovs_momentum=True,
+                 max_iter=1000, tol=1e-4, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=10, beta_1=0.9, beta_2=0.999, epsilon=1e-8, class_weight=None,
+                 random_state=None, warm_start=False, verbose=0, standardize=False, dtype=None,
+                 backend="auto"):
+        self.alpha = alpha
+        self.solver = solver
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.max_iter = max_iter
+        self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.standardize = standardize
+        self.dtype = dtype
+        self.backend = backend
+
+    def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
+        return models.LinearClassifier(d, C, loss=self._loss, dtype=dtype, backend=be,
+                                       x_mean=x_mean, x_std=x_std, seed=seed)
+
+
+class MLPClassifier(_GpugradClassifier):
+    __doc__ = """A multi-layer perceptron with ReLU hidden layers, optional batch normalisation and
+    the softmax cross-entropy: a drop-in for ``sklearn.neural_network.MLPClassifier``.
+
+    hidden_layer_sizes: (m1, ..., m_{k-1}) hidden units (an int for one layer);
+    batchnorm: batch normalisation after each hidden linear map (batch statistics in training,
+    running averages in predict). He initialisation. Defaults: Adam, rate 0.001, 200 epochs.
+    Attributes besides the common ones: coefs_ (list of (in, out) weight matrices, numpy, as
+    scikit-learn's), intercepts_.
+""" + _COMMON_DOC + """
+        >>> from sklearn.datasets import load_iris
+        >>> from sklearn.preprocessing import StandardScaler
+        >>> X, y = load_iris(return_X_y=True)
+        >>> X = StandardScaler().fit_transform(X)
+        >>> clf = MLPClassifier(hidden_layer_sizes=(20,), solver="lbfgs", backend="numpy",
+        ...                     random_state=0).fit(X, y)
+        >>> clf.score(X, y) > 0.95, [W.shape for W in clf.coefs_]
+        (True, [(4, 20), (20, 3)])
+    """
+
+    _loss = "softmax"
+
+    def __init__(self, hidden_layer_sizes=(100,), *, batchnorm=False, alpha=1e-4, solver="adam",
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 momentum=0.9, nesterovs_momentum=True, max_iter=200, tol=1e-4, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-8, class_weight=None, random_state=None, warm_start=False, verbose=0,
+                 standardize=False, dtype=None, backend="auto"):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.batchnorm = batchnorm
+        self.alpha = alpha
+        self.solver = solver
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.max_iter = max_iter
+        self.tol = tol
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.standardize = standardize
+        self.dtype = dtype
+        self.backend = backend
+
+    def _hidden(self):
+        h = self.hidden_layer_sizes
+        sizes = (h,) if isinstance(h, numbers.Integral) else h
+        try:
+            sizes = tuple(sizes)
+        except TypeError:
+            raise self._param_error("hidden_layer_sizes", "a positive int or a sequence of them") from None
+        if not all(isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 1 for m in sizes):
+            raise self._param_error("hidden_layer_sizes", "a positive int or a sequence of them")
+        return tuple(int(m) for m in sizes)
+
+    def _check_params(self):
+        super()._check_params()
+        self._hidden()
+        if not isinstance(self.batchnorm, (bool, np.bool_)):
+            raise self._param_error("batchnorm", "True or False")
+
+    def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
+        return models.MLP(d, C, hidden=self._hidden(), loss="softmax", batchnorm=bool(self.batchnorm),
+                          dtype=dtype, backend=be, x_mean=x_mean, x_std=x_std, seed=seed)
+
+    def predict_proba(self, X):
+        return self._predict_proba(X)
+
+    predict_proba.__doc__ = _GpugradClassifier._predict_proba.__doc__
+
+    def predict_log_proba(self, X):
+        """(n, C) log of ``predict_proba``."""
+        P = self.predict_proba(X)
+        return backend_for(P).xp.log(P) if is_cupy_array(P) else np.log(P)
+
+    @property
+    def coefs_(self):
+        """Weight matrices as scikit-learn lays them out: (n_in, n_out) each, numpy."""
+        check_is_fitted(self)
+        state = self.model_.state()
+        return [state[f"W{l}"].T for l in range(1, self.model_.n_layers + 1)]
+
+    @property
+    def intercepts_(self):
+        """Biases (n_out,) of each layer, numpy."""
+        check_is_fitted(self)
+        state = self.model_.state()
+        return [state[f"b{l}"] for l in range(1, self.model_.n_layers + 1)]

@@ -49,7 +49,21 @@ def reference(X, y, W, b, lam, loss, x_mean=None, x_std=None, sample_weight=None
 
 
 def problem(rng, n, d, C, dtype=np.float32, pixels=False):
-    """X (float, or uint8 pixels with x_mean/x_std a few units off the column means), y, W, b."""
+    """X (float, or uint8 pixels with x_mean/x_std a few units off the column means), y, W, b,
+    x_mean, x_std; drawn again while a hinge margin is within 1e-3 of its kink, where float32
+    scores could fall on the other side of it than the float64 reference's."""
+    for _ in range(100):
+        X, y, W, b, mean, std = _draw(rng, n, d, C, dtype, pixels)
+        Xn = X if mean is None else (X - mean.astype(np.float64)) / std.astype(np.float64)
+        S = Xn.astype(np.float64) @ W.T.astype(np.float64) + b
+        margins = S - S[np.arange(n), y][:, None] + 1
+        margins[np.arange(n), y] = 1
+        if np.abs(margins).min() > 1e-3:
+            return X, y, W, b, mean, std
+    raise AssertionError("no draw without a margin at its kink")
+
+
+def _draw(rng, n, d, C, dtype, pixels):
     y = rng.integers(0, C, n)
     W = (rng.standard_normal((C, d)) * 0.1).astype(dtype)
     b = (rng.standard_normal(C) * 0.1).astype(dtype)

@@ -328,3 +328,15 @@ def _step_dw(X, y, W, b):
     NumpyBackend.blocked_from, NumpyBackend.loss_rows, NumpyBackend.threads = 0, 16, 2
     NumpyBackend.worker_rows, NumpyBackend.plan = 1, (4, False)
     return gg.linear_grad(X, y, W, b)[1]
+
+
+@pytest.mark.parametrize("layout", ["fortran", "every other column"])
+def test_blocked_step_takes_x_in_any_layout(rng, blocked, layout):
+    X, y, W, b, _, _ = problem(rng, 40, 24, 3, np.float64)
+    if layout == "fortran":
+        X = np.asfortranarray(X)
+    else:
+        X = np.repeat(X, 2, axis=1)[:, ::2]
+    assert not X.flags.c_contiguous
+    got = blocked(12, 5, 2).linear_grad(X, y, W, b, 0.1, "softmax")
+    assert_step_close(got, reference(X, y, W, b, 0.1, "softmax"), np.float64)

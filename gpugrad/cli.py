@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gpugrad", description="Train and check classifiers with gpugrad.",
         epilog="Run 'gpugrad train --help' or 'gpugrad gradcheck --help' for their options.")
+    parser.add_argument("--version", action="version", version=f"gpugrad {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="{train,gradcheck}")
 
     d = DEFAULTS

@@ -371,6 +371,14 @@ def test_gradcheck_bad_option_is_one_line_naming_it(capsys):
     assert e.value.code == 2 and err == "gpugrad gradcheck: error: --n must be a positive integer, got 0"
 
 
+def test_version_and_no_command(capsys):
+    import gpugrad
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"gpugrad {gpugrad.__version__}"
+    assert cli.main([]) == 2 and "train" in capsys.readouterr().out
+
+
 def test_help_names_the_preset_and_every_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])

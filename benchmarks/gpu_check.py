@@ -692,7 +692,7 @@ def bench_other_linear_kinds(bw, rng, shapes=(("f32n", LINEAR_TARGET), ("f64", (
 
 
 def bench_small_step(rng, n=100, d=64, C=10):
-    """A digits mini-batch (examples/digits.py: 100 uint8 rows of 64 pixels): bound by the host
+    """A digits mini-batch (`gpugrad train`'s default: 100 uint8 rows of 64 pixels): bound by the host
     cost of a call, which is what a training loop over small batches feels."""
     be = gg.get_backend("cupy")
     sets = [(cupy.asarray(rng.integers(0, 17, (n, d), dtype=np.uint8)), cupy.asarray(rng.integers(0, C, n)))

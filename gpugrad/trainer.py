@@ -204,6 +204,8 @@ class Trainer:
         bar = self._bar(steps * max(0, self.epochs - first + 1))
         try:
             for epoch in range(first, self.epochs + 1):
+                if bar is not None:
+                    bar.set_description(f"epoch {epoch}/{self.epochs}")
                 t0 = time.perf_counter()
                 figures, lr = self._epoch(X, y, w, steps, bar)
                 row = self._row(epoch, figures, steps, n, X, y, X_val, y_val, lr)
@@ -313,8 +315,7 @@ class Trainer:
         if not show or total == 0:
             return None
         from tqdm.auto import tqdm
-        return tqdm(total=total, unit="step", desc=f"training {self.model.kind}", leave=False,
-                    dynamic_ncols=True)
+        return tqdm(total=total, unit="step", leave=False, dynamic_ncols=True)
 
     # ---- evaluation ------------------------------------------------------------------------------
     def evaluate(self, X, y, lam=None) -> dict:

@@ -79,5 +79,8 @@ else
     stage gpu_check-direct 60 python3 benchmarks/gpu_check.py --out "$OUT" --only row-calls "$@"
     stage gpu_check-other-kinds 60 python3 benchmarks/gpu_check.py --out "$OUT" --only other-kinds "$@"
 fi
-echo "gpu tests exit $tests, new-kernel tests exit $new, gpu_check exit $check" | tee -a "$LOG"
-[ "$tests" -eq 0 ] && [ "$new" -eq 0 ] && [ "$check" -eq 0 ]
+# Training on the card (the trainer, the estimators, gpugrad train) against numpy, epochs beside PyTorch.
+stage trainer_check 150 python3 benchmarks/trainer_check.py --out "$OUT"
+trainer=$?
+echo "gpu tests exit $tests, new-kernel tests exit $new, gpu_check exit $check, trainer_check exit $trainer" | tee -a "$LOG"
+[ "$tests" -eq 0 ] && [ "$new" -eq 0 ] && [ "$check" -eq 0 ] && [ "$trainer" -eq 0 ]

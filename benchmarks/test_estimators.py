@@ -78,9 +78,10 @@ def course_data(seed=0):
     return rng.standard_normal((N, D), dtype=np.float32), rng.integers(0, C, N)
 
 
-def sgd_by_hand(X, y, epochs=EPOCHS, seed=0):
+def sgd_by_hand(X, y, epochs=EPOCHS, seed=0, tuned=False):
     """The course's mini-batch gradient descent in plain numpy: shuffle each epoch, then for each
-    batch S = X W^T + b, P = softmax(S), G = (P - Y) / n, W -= eta G^T X, b -= eta sum G."""
+    batch S = X W^T + b, P = softmax(S), G = (P - Y) / n, W -= eta G^T X, b -= eta sum G.
+    ``tuned``: dW as (X^T G)^T, the product shape BLAS runs several times faster for small C."""
     rng = np.random.default_rng(seed)
     n = X.shape[0]
     W = (rng.standard_normal((C, D)) * 0.01).astype(np.float32)
@@ -95,7 +96,7 @@ def sgd_by_hand(X, y, epochs=EPOCHS, seed=0):
             P /= P.sum(axis=1, keepdims=True)
             P[np.arange(len(yb)), yb] -= 1
             P /= len(yb)
-            W -= ETA * (P.T @ Xb)
+            W -= ETA * ((Xb.T @ P).T if tuned else P.T @ Xb)
             b -= ETA * P.sum(axis=0)
     return W, b
 
@@ -107,19 +108,23 @@ def sgd_estimator(X, y, epochs=EPOCHS):
                              random_state=0).fit(X, y)
 
 
-@pytest.mark.parametrize("impl", ["SoftmaxClassifier.fit", "numpy by hand"])
+HAND = {"SoftmaxClassifier.fit": sgd_estimator,
+        "numpy by hand": sgd_by_hand,
+        "numpy by hand, tuned dW": lambda X, y: sgd_by_hand(X, y, tuned=True)}
+
+
+@pytest.mark.parametrize("impl", list(HAND))
 def test_course_shape_sgd(benchmark, impl):
     X, y = course_data()
     benchmark.group = f"{EPOCHS} epochs of SGD, {N} x {D} float32, C={C}, batch {BATCH}, numpy"
-    run = sgd_estimator if impl == "SoftmaxClassifier.fit" else sgd_by_hand
-    benchmark.pedantic(run, args=(X, y), rounds=3, iterations=1)
+    benchmark.pedantic(HAND[impl], args=(X, y), rounds=3, iterations=1)
 
 
-def alternate(a, b, rounds):
-    """Fastest time of each of two callables, run alternately ``rounds`` times each."""
-    best = [np.inf, np.inf]
+def alternate(rounds, *funcs):
+    """Fastest time of each callable, run in turn ``rounds`` times each."""
+    best = [np.inf] * len(funcs)
     for _ in range(rounds):
-        for k, f in enumerate((a, b)):
+        for k, f in enumerate(funcs):
             t0 = time.perf_counter()
             f()
             best[k] = min(best[k], time.perf_counter() - t0)
@@ -127,13 +132,17 @@ def alternate(a, b, rounds):
 
 
 def test_course_shape_sgd_ratio(benchmark):
-    """Target: the estimator's fit at most 1.1x the hand-written loop, side by side."""
+    """Target: the estimator's fit at most 1.1x the hand-written loop, side by side (against the
+    faster of the two hand-written loops)."""
     X, y = course_data()
     benchmark.group = "ratios"
-    est, hand = alternate(lambda: sgd_estimator(X, y), lambda: sgd_by_hand(X, y), rounds=3)
-    benchmark.extra_info.update(estimator_s=round(est, 3), by_hand_s=round(hand, 3), ratio=round(est / hand, 3))
-    print(f"\ncourse shape, {EPOCHS} epochs: estimator {est:.2f} s, by hand {hand:.2f} s, "
-          f"ratio {est / hand:.3f} (target <= 1.1)")
+    est, obvious, tuned = alternate(3, lambda: sgd_estimator(X, y), lambda: sgd_by_hand(X, y),
+                                    lambda: sgd_by_hand(X, y, tuned=True))
+    hand = min(obvious, tuned)
+    benchmark.extra_info.update(estimator_s=round(est, 3), by_hand_s=round(obvious, 3),
+                                by_hand_tuned_s=round(tuned, 3), ratio=round(est / hand, 3))
+    print(f"\ncourse shape, {EPOCHS} epochs: estimator {est:.2f} s, by hand {obvious:.2f} s, "
+          f"by hand with the tuned dW {tuned:.2f} s, ratio to the faster {est / hand:.3f} (target <= 1.1)")
     benchmark.pedantic(lambda: None, rounds=1)
     assert est <= 1.1 * hand
 
@@ -178,8 +187,7 @@ def test_mlp_digits_ratio(benchmark):
     benchmark.group = "ratios"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        t_ours, t_theirs = alternate(lambda: ours.fit(X_train, y_train), lambda: theirs.fit(X_train, y_train),
-                                     rounds=3)
+        t_ours, t_theirs = alternate(3, lambda: ours.fit(X_train, y_train), lambda: theirs.fit(X_train, y_train))
     assert ours.n_iter_ == theirs.n_iter_ == MLP_EPOCHS
     benchmark.extra_info.update(gpugrad_s=round(t_ours, 3), sklearn_s=round(t_theirs, 3),
                                 ratio=round(t_ours / t_theirs, 3))

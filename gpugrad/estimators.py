@@ -200,7 +200,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         try:
             return int(check_random_state(rs).randint(0, 2 ** 31 - 1))
         except ValueError:
-            raise self._param_error("random_state", "None, an integer in [0, 2**32) or a RandomState") from None
+            raise self._param_error("random_state",
+                                    "None, an integer in [0, 2**32) or a RandomState") from None
 
     def _compute_dtype(self, be, X_dtype) -> np.dtype:
         if self.dtype is not None:
@@ -454,7 +455,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                 callbacks.append(_Plateau(self.tol, self.n_iter_no_change))
             trainer = Trainer(
                 model, self._new_optimizer(steps), epochs=self.max_iter, batch_size=bs, lam=lam,
-                seed=self._seed(), validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
+                seed=self._seed(),
+                validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
                 early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
                 tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
                 progress=bool(self.verbose))
@@ -463,7 +465,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         rows = history.rows
         if partial:
             self.n_iter_ = getattr(self, "n_iter_", 0) + 1 if not first_partial else 1
-            self.loss_curve_ = (getattr(self, "loss_curve_", []) if not first_partial else []) + [rows[-1]["cost"]]
+            before = [] if first_partial else getattr(self, "loss_curve_", [])
+            self.loss_curve_ = before + [rows[-1]["cost"]]
         else:
             self.n_iter_ = len(rows)
             self.loss_curve_ = [r["cost"] for r in rows]
@@ -472,9 +475,9 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                 self.best_validation_score_ = float(np.nanmax(self.validation_scores_))
             converged = self.n_iter_ < self.max_iter
             if not converged and self.tol is not None:
-                warnings.warn(f"{name}: the {self.solver} solver ran max_iter={self.max_iter} epochs "
-                              f"without its cost improving by less than tol={self.tol}; raise max_iter "
-                              "to train further", ConvergenceWarning)
+                warnings.warn(f"{name}: the {self.solver} solver ran max_iter={self.max_iter} epochs and its "
+                              f"cost was still improving by more than tol={self.tol}; raise max_iter to "
+                              "train further", ConvergenceWarning)
         self.t_ = trainer.optimizer.t
         return self
 
@@ -493,8 +496,11 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             return float(cost), {k: np.asarray(be.to_numpy(grads[k]), dtype=np.float64) for k in names}
 
         start = {k: np.asarray(be.to_numpy(v), dtype=np.float64) for k, v in model.params.items()}
+        report = None
+        if self.verbose and int(self.verbose) > 1:
+            report = lambda it, J: print(f"Iteration {it}, loss = {J:.8f}")  # noqa: E731
         params, n_iter, losses = optim.lbfgs(value_and_grad, start, max_iter=self.max_iter,
-                                             tol=0.0 if self.tol is None else self.tol)
+                                             tol=0.0 if self.tol is None else self.tol, callback=report)
         for k in names:
             model.params[k][...] = be.asarray(params[k], dtype=model.dtype)
         if not math.isfinite(losses[-1] if losses else 0.0):
@@ -542,7 +548,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         return self._caller(S, X)
 
     def predict(self, X):
-        """(n,) labels (values of ``classes_``) of the highest score."""
+        """(n,) labels (values of ``classes_``) of the highest score: a CuPy array for CuPy X when
+        the labels are numbers, numpy otherwise (CuPy holds no strings)."""
         if _is_dask(X):
             return self._dask_call("predict", X)
         S = self._scores(X)
@@ -692,7 +699,8 @@ _COMMON_DOC = """
             "adam" (``beta_1``, ``beta_2``, ``epsilon``); max_iter epochs for these two.
         batch_size: rows per step, "auto" = min(200, n).
         learning_rate: the schedule of the stochastic solvers: "constant" (learning_rate_init),
-            "invscaling" (learning_rate_init / (1 + epoch) ** power_t, counted in steps),
+            "invscaling" (learning_rate_init / (1 + t / steps_per_epoch) ** power_t after t
+            updates: it shrinks with the epochs),
             "step" (divided by 10 after each third of max_iter epochs), "cyclical" (the course's
             triangle between learning_rate_init / 100 and learning_rate_init, 2 epochs up and 2
             down), or a ``gpugrad.optim`` schedule object (``optim.Cyclical(1e-5, 0.1, 500)``).
@@ -705,13 +713,14 @@ _COMMON_DOC = """
             the rows' weights.
         random_state: None, an int or a RandomState: the initial weights and the shuffles.
         warm_start: fit continues from the previous fit's weights (same classes).
-        verbose: 1 shows a progress bar; 2 also prints the cost of each epoch.
+        verbose: 1 shows a progress bar; 2 also prints the cost of each epoch (L-BFGS: iteration).
         standardize: keep the training data's per-feature mean and std in the model and
             normalise inputs on the fly (uint8 stays uint8 on the GPU). Off by default: the
             objective is then the peer's, e.g. after a StandardScaler.
         dtype: what the model computes in: None (float32 on CuPy; on numpy float32 for float32
             X, else float64), "float32" or "float64".
         backend: "auto" (the GPU when one is usable), "numpy", "cupy" or a backend object.
+            On Dask arrays the chunks decide (numpy or CuPy), and the model always standardises.
 
     Attributes:
         classes_ (C,), n_features_in_, feature_names_in_ (DataFrames), n_iter_ (epochs, or

@@ -145,7 +145,8 @@ def test_multiclass_coef_reproduces_the_scores_of_a_standardising_model():
     X = X * [1, 10, 100, 0.1] + 5
     clf = SoftmaxClassifier(standardize=True, backend="numpy").fit(X, y)
     assert clf.coef_.shape == (3, 4)
-    np.testing.assert_allclose(X @ clf.coef_.T + clf.intercept_, clf.decision_function(X), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(X @ clf.coef_.T + clf.intercept_, clf.decision_function(X),
+                               rtol=1e-8, atol=1e-8)
 
 
 def test_cuda_backend_trains_like_numpy_with_sample_weights(backend):
@@ -333,12 +334,40 @@ def test_early_stopping_keeps_validation_scores():
     assert len(clf.validation_scores_) == clf.n_iter_ and 0 < clf.best_validation_score_ <= 1
 
 
+@pytest.mark.parametrize("learning_rate, rate", [
+    ("constant", lambda t: 0.1),
+    ("invscaling", lambda t: 0.1 / (1 + t / 4) ** 0.5),
+    ("step", lambda t: 0.1 * 0.1 ** (t // 8)),            # max_iter // 3 = 2 epochs of 4 steps
+    ("cyclical", lambda t: 0.001 + (0.1 - 0.001) * (1 - abs(t % 16 - 8) / 8)),  # n_s = 2 epochs
+])
+def test_learning_rate_schedules_follow_their_formulas(learning_rate, rate):
+    X, y = blobs(n=40)
+    clf = SoftmaxClassifier(solver="sgd", learning_rate=learning_rate, learning_rate_init=0.1, batch_size=10,
+                            max_iter=6, tol=None, backend="numpy", random_state=0).fit(X, y)
+    # The trainer's history holds the rate of each epoch's last step (t = 4 epoch - 1).
+    np.testing.assert_allclose(clf._trainer.history["lr"], [rate(4 * e - 1) for e in range(1, 7)], rtol=1e-12)
+
+
+def test_a_schedule_object_is_taken_as_the_learning_rate():
+    X, y = blobs(n=40)
+    clf = SVMClassifier(learning_rate=gg.optim.StepDecay(0.05, 4, 0.5), batch_size=10, max_iter=3, tol=None,
+                        backend="numpy", random_state=0).fit(X, y)
+    assert clf._trainer.history["lr"] == [0.05, 0.025, 0.0125]
+
+
+def test_verbose_two_prints_each_epoch(capsys):
+    X, y = blobs(n=20)
+    SVMClassifier(max_iter=3, tol=None, verbose=2, backend="numpy", random_state=0).fit(X, y)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("Iteration")]
+    assert len(lines) == 3 and lines[0].startswith("Iteration 1, loss = ")
+
+
 # ---- MLP specifics -----------------------------------------------------------------------------
 
 def test_mlp_layers_and_batchnorm(backend):
     X, y = blobs(n=40)
-    clf = MLPClassifier(hidden_layer_sizes=(7, 5), batchnorm=True, max_iter=40, learning_rate_init=0.02, backend=backend,
-                        random_state=0).fit(X, y)
+    clf = MLPClassifier(hidden_layer_sizes=(7, 5), batchnorm=True, max_iter=40, learning_rate_init=0.02,
+                        backend=backend, random_state=0).fit(X, y)
     assert [W.shape for W in clf.coefs_] == [(4, 7), (7, 5), (5, 3)]
     assert [b.shape for b in clf.intercepts_] == [(7,), (5,), (3,)]
     assert "running_mean1" in clf.model_.buffers
@@ -378,6 +407,22 @@ def test_dask_arrays_train_through_gpugrad_distributed():
             in_memory = E(**kw).fit(X, y)
             np.testing.assert_allclose(on_dask.predict_proba(Xd).compute(), in_memory.predict_proba(X),
                                        atol=1e-4)
+
+
+def test_dask_class_and_sample_weights_match_the_in_memory_fit():
+    da = pytest.importorskip("dask.array")
+    try:
+        import gpugrad.distributed  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"gpugrad.distributed is not importable: {e}")
+    X, y = blobs(n=60)
+    sw = np.random.default_rng(0).uniform(0.5, 2, 60)
+    kw = dict(random_state=0, backend="numpy", tol=1e-8, max_iter=500, class_weight={0: 2.0, 1: 1.0, 2: 0.5})
+    on_dask = SoftmaxClassifier(**kw).fit(da.from_array(X, chunks=20), da.from_array(y, chunks=20),
+                                          sample_weight=da.from_array(sw, chunks=20))
+    in_memory = SoftmaxClassifier(**kw).fit(X, y, sample_weight=sw)
+    np.testing.assert_allclose(on_dask.predict_proba(da.from_array(X, chunks=20)).compute(),
+                               in_memory.predict_proba(X), atol=1e-4)
 
 
 def test_mlp_refuses_dask_arrays_by_name():

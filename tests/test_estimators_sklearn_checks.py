@@ -9,7 +9,6 @@ in ``expected_failed_checks``.
 """
 import warnings
 
-import pytest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 

@@ -32,7 +32,9 @@ from . import build
 # A card smaller than an H100, so that persistent kernels loop over several rows or tiles per block
 # or cluster (the double-buffered paths) even at the small sizes an emulator can run.
 SMALL_H100 = dict(sm_count=6, smem_optin=232448, cc=90)
-ORDERS = {"forward": 0, "reverse": 1, "shuffled": 2}
+# "runahead": shuffled, and before each pass one warp (or block of a cluster) at random runs alone
+# until it waits for the others (gg_emu.h, run_cluster).
+ORDERS = {"forward": 0, "reverse": 1, "shuffled": 2, "runahead": 3}
 
 
 class EmulatorError(RuntimeError):
@@ -80,7 +82,10 @@ def kernels() -> dict[str, tuple[int, list[str], int]]:
 
 
 def configure(order: str = "forward", seed: int = 1, deferred_copies: bool = True) -> None:
-    """Thread order within a cluster (and cluster order when shuffled); when cp.async copies land."""
+    """Thread order within a cluster (and cluster order when shuffled or runahead): one of ORDERS;
+    when cp.async copies land."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown thread order {order!r}: one of {sorted(ORDERS)}")
     library().gg_emu_configure(ORDERS[order], seed, int(deferred_copies))
 
 

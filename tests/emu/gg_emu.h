@@ -19,10 +19,16 @@
 // that exits while others wait for it, writes past the dynamic or static shared memory (guard
 // bytes checked when the block ends), cp.async and distributed loads outside the block's shared
 // memory, misaligned cp.async, more threads than __launch_bounds__, __trap.
-// Scheduling order (threads first to last, last to first, or shuffled) is a setting: a missing
-// barrier makes results depend on it. Arithmetic is IEEE float on the CPU: MMAs sum in double and
-// round once, so the hardware's truncating accumulation is not modelled (tests/test_linmma_model.py
-// does that); only the logic, indexing and synchronisation of the kernels are under test here.
+// Scheduling order is a setting: a missing barrier makes results depend on it. In the first three
+// orders every runnable thread gets one turn per pass (first to last, last to first, or shuffled),
+// so no warp gets more than one collective ahead of another between two barriers; "runahead" lets
+// one warp (or, one round in four, one whole block of a cluster) chosen at random run alone until
+// all its threads wait for the others, before every thread gets a turn: a fast warp that
+// overwrites shared memory a slow warp has yet to read (a missing leading barrier before a
+// scratch buffer is reused) shows only there. Arithmetic is IEEE float on the CPU: MMAs sum in
+// double and round once, so the hardware's truncating accumulation is not modelled
+// (tests/test_linmma_model.py does that); only the logic, indexing and synchronisation of the
+// kernels are under test here.
 // Global memory (tests/emu/emulator.py): each array ends at most 15 bytes before an inaccessible
 // page; those bytes are poison, checked after each launch, and an access further out is a SIGSEGV
 // whose handler names the kernel. Not caught: accesses before an array's start or inside another
@@ -163,7 +169,8 @@ inline Fiber* g_cur = nullptr;
 inline ucontext_t g_sched;
 inline std::string g_error;
 inline unsigned long long g_progress = 0;
-inline int g_order = 0;         // 0: first to last thread, 1: last to first, 2: shuffled every pass
+inline int g_order = 0;         // 0: first to last thread, 1: last to first, 2: shuffled every pass,
+                                // 3: runahead (a random warp or block runs alone until it waits, then all)
 inline unsigned g_seed = 1;
 inline bool g_deferred = true;  // cp.async lands at the wait (true) or at once (false)
 inline std::vector<char*> g_stacks;
@@ -372,24 +379,54 @@ inline bool run_cluster(unsigned first_block, size_t smem, std::mt19937& rng) {
         f.ctx.uc_link = nullptr;
         makecontext(&f.ctx, fiber_main, 0);
     }
-    std::vector<size_t> order(fibers.size());
+    // One turn of fiber i (until it waits or exits); false when the launch failed.
+    auto turn = [&](size_t i) {
+        g_cur = &fibers[i];
+        swapcontext(&g_sched, &fibers[i].ctx);
+        g_cur = nullptr;
+        return g_error.empty();
+    };
+    std::vector<size_t> order(fibers.size()), ahead;
     for (size_t i = 0; i < order.size(); ++i) order[i] = g_order == 1 ? order.size() - 1 - i : i;
+    const size_t warp_size = std::min<size_t>(32, nthreads);
     for (;;) {
-        if (g_order == 2) std::shuffle(order.begin(), order.end(), rng);
+        if (g_order >= 2) std::shuffle(order.begin(), order.end(), rng);
         const unsigned long long before = g_progress;
-        bool alive = false;
-        for (size_t i : order) {
-            Fiber& f = fibers[i];
-            if (f.done) continue;
-            alive = true;
-            g_cur = &f;
-            swapcontext(&g_sched, &f.ctx);
-            if (!g_error.empty()) {
-                g_cur = nullptr;
-                return false;
+        if (g_order == 3) {
+            // The warp (or block) of a random live thread runs alone, pass after pass, until a pass
+            // moves none of its threads: they all wait at a barrier that needs threads outside it
+            // (__syncthreads for a warp, the cluster barrier for a block), or have exited. Their
+            // collectives (and a block's own barriers) complete among themselves, so this is as far
+            // ahead as they can get. (Warp w of block b is fibers b * nthreads + 32 w ... + 31.)
+            size_t pick = order.size();
+            for (size_t i : order)
+                if (!fibers[i].done) {
+                    pick = i;
+                    break;
+                }
+            if (pick == order.size()) return guards_intact(blocks);
+            const size_t block_start = pick / nthreads * nthreads;
+            const bool whole_block = g_cluster_size > 1 && rng() % 4 == 0;
+            const size_t warp_start = block_start + (pick - block_start) / warp_size * warp_size;
+            const size_t first = whole_block ? block_start : warp_start;
+            const size_t last = std::min(whole_block ? block_start + nthreads : first + warp_size,
+                                         block_start + nthreads);
+            ahead.clear();
+            for (size_t i = first; i < last; ++i) ahead.push_back(i);
+            for (;;) {
+                std::shuffle(ahead.begin(), ahead.end(), rng);
+                const unsigned long long mark = g_progress;
+                for (size_t i : ahead)
+                    if (!fibers[i].done && !turn(i)) return false;
+                if (g_progress == mark) break;
             }
         }
-        g_cur = nullptr;
+        bool alive = false;
+        for (size_t i : order) {
+            if (fibers[i].done) continue;
+            alive = true;
+            if (!turn(i)) return false;
+        }
         if (!alive) return guards_intact(blocks);
         if (g_progress == before) {  // everyone waits for someone: a barrier not every thread reaches
             std::string at;

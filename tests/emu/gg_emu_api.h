@@ -11,7 +11,8 @@ const char* gg_emu_kernel_signature(int k) { return gg_emu_kernels[k].signature;
 unsigned gg_emu_kernel_cluster(int k) { return gg_emu_kernels[k].cluster; }
 const char* gg_emu_error() { return gg_emu::g_error.c_str(); }
 
-// order: 0 first to last thread, 1 last to first, 2 shuffled (threads every pass, and clusters);
+// order: 0 first to last thread, 1 last to first, 2 shuffled (threads every pass, and clusters),
+// 3 runahead (shuffled, and before each pass a random warp or block runs alone until it waits);
 // deferred: cp.async lands at the wait (1) or at once (0).
 void gg_emu_configure(int order, unsigned seed, int deferred) {
     gg_emu::g_order = order;
@@ -49,7 +50,7 @@ int gg_emu_launch(int k, unsigned gx, unsigned gy, unsigned gz, unsigned bx, uns
     std::vector<unsigned> order(g_cluster_count);
     for (unsigned c = 0; c < g_cluster_count; ++c) order[c] = g_order == 1 ? g_cluster_count - 1 - c : c;
     std::mt19937 rng(g_seed);
-    if (g_order == 2) std::shuffle(order.begin(), order.end(), rng);
+    if (g_order >= 2) std::shuffle(order.begin(), order.end(), rng);
     for (unsigned c : order) {
         g_cluster_id = c;
         if (!run_cluster(c * g_cluster_size, smem, rng)) return 1;

@@ -1,0 +1,379 @@
+"""The numerical edges, for every kernel family, on the CPU emulator (tests/emu) against numpy.
+
+Every row-loss kernel (each lane-team width, block-per-row, streamed, prefetched and online
+kernel, float32 and float64) and the fused linear step (each kind of X, on the "simt" and the
+tensor-core "mma" kernels) is run on the inputs where a kernel that is right on random scores
+can still be wrong:
+
+- the largest score of a row in each column, the last one of a long row included: a row max that
+  misses a column leaves exp(s - max) to overflow (a gap of 120 in float32, 1000 in float64);
+- confident rows, where p_y rounds to 1: the target's gradient is -others / total (tiny, not 0);
+- hinge margins of exactly 0 (integer scores): the subgradient there is 0, as in numpy;
+- labels -1 and C: the device-side check names the first, the public functions refuse them, and
+  with validation off every kernel turns the row into NaN instead of reading out of bounds.
+
+The last test plants a race that only the emulator's "runahead" schedule exposes: a block
+reduction without its leading barrier, whose scratch a fast warp overwrites before a slow one has
+read it.
+"""
+import platform
+import shutil
+
+import numpy as np
+import pytest
+
+import gpugrad as gg
+
+pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
+                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
+pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+
+from emu import emulator as E  # noqa: E402
+from gpugrad.backends import cupy_backend as cb  # noqa: E402
+from kernel_checks import LINEAR_KINDS, check_linear_step, linear_case, rel, row_kernel_shapes  # noqa: E402
+
+NP = gg.get_backend("numpy")
+dev = E.emucupy.asarray
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+# A score this far above the rest of its row overflows exp() when the row max misses it.
+GAP = {np.float32: 120.0, np.float64: 1000.0}
+
+
+def _shapes(loss):
+    """[(kernel name, C, long-row variant, dtype)] for every row-loss kernel of `loss`."""
+    return [(name, C, variant, dtype) for dtype in (np.float32, np.float64)
+            for name, (C, variant) in row_kernel_shapes(loss, dtype).items()]
+
+
+CE = _shapes("softmax")
+SVM = _shapes("svm")
+ROWS = CE + SVM
+# The fused linear step: every kind of X on the simt kernels (C = 3, 10, 16: a row's team of 4,
+# 16 and 16 lanes, partly and fully used), and both tensor-core kernels for each of their X.
+LINEAR = ([(kind, C, "simt") for kind in LINEAR_KINDS for C in (3, 10, 16)]
+          + [(x, C, "mma") for x in ("f32", "u8") for C in (5, 12)])
+LINEAR_IDS = [f"{variant}-{kind}-c{C}" for kind, C, variant in LINEAR]
+
+
+@pytest.fixture
+def be(monkeypatch):
+    """A CupyBackend on the emulator, kernels as they are, threads first to last."""
+    E.use(None)
+    E.configure("forward", 1, True)
+    return E.emulated_backend(monkeypatch)
+
+
+def _select(be, monkeypatch, name, variant):
+    """Route long rows to `variant`; returns a check that the next call launched `name` first."""
+    if variant is not None:
+        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+    be.launches.clear()
+
+    def launched():
+        assert be.launches[0] == name, be.launches
+    return launched
+
+
+def _call(be, name, S, y):
+    fn = be.softmax_cross_entropy_grad if name.startswith("gg_ce") else be.svm_grad
+    return fn(dev(S), dev(y))
+
+
+def _elsewhere(rng, columns, C):
+    """A random label for each row other than its entry of `columns` (C >= 2)."""
+    return (columns + rng.integers(1, C, len(columns))) % C
+
+
+def _positions(C):
+    """Columns to put a row's largest score in: all of them for rows up to 1024 long; for longer
+    rows the ends, the edges of what one thread holds (a 1024-thread stride, 640 threads' 16-byte
+    pieces) and the middle."""
+    if C <= 1024:
+        return np.arange(C)
+    edges = [0, 1, 2, 3, 4, 7, 8, 1023, 1024, 1025, 2559, 2560, 5119, 5120, C // 2, C - 5, C - 4, C - 3, C - 2, C - 1]
+    return np.unique([p for p in edges if p < C])
+
+
+# ---- the row max covers every column ---------------------------------------------------------------
+@pytest.mark.parametrize("name,C,variant,dtype", CE, ids=[c[0] for c in CE])
+def test_softmax_row_max_covers_every_column(be, name, C, variant, dtype, monkeypatch, rng):
+    """Row i has its largest score, GAP above the others, in column pos[i] (every column of a
+    short row; the ends and thread boundaries of a long one), and a label elsewhere: a max that
+    misses the column overflows exp() into the row's total. Three more rows have the max as their
+    target (first, middle and last column)."""
+    launched = _select(be, monkeypatch, name, variant)
+    pos = _positions(C)
+    pos = np.concatenate([pos, [0, C // 2, C - 1]])
+    n = len(pos)
+    S = rng.standard_normal((n, C))
+    S[np.arange(n), pos] = GAP[dtype]
+    y = _elsewhere(rng, pos, C)
+    y[-3:] = pos[-3:]
+    S = S.astype(dtype).astype(np.float64)
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
+    loss, dS = _call(be, name, S.astype(dtype), y)
+    launched()
+    assert rel(dS, ref_dS) <= TOL[dtype]
+    assert abs(float(loss) - ref_loss) <= TOL[dtype] * ref_loss
+
+
+@pytest.mark.parametrize("name,C,variant,dtype", SVM, ids=[c[0] for c in SVM])
+def test_hinge_sees_a_margin_in_every_column(be, name, C, variant, dtype, monkeypatch, rng):
+    """Row i has one active margin, in column pos[i] (all columns of a short row, the ends and
+    thread boundaries of a long one): a kernel that skips a column misses it."""
+    launched = _select(be, monkeypatch, name, variant)
+    pos = _positions(C)
+    n = len(pos)
+    S = -2 - np.round(rng.uniform(0, 0.5, (n, C)) * 64) / 64  # margins <= -1: inactive
+    y = _elsewhere(rng, pos, C)
+    S[np.arange(n), y] = 0
+    S[np.arange(n), pos] = 0.5  # margin 1.5
+    ref_loss, ref_dS = NP.svm_grad(S, y)
+    loss, dS = _call(be, name, S.astype(dtype), y)
+    launched()
+    assert rel(dS, ref_dS) <= TOL[dtype]
+    assert abs(float(loss) - 1.5) <= TOL[dtype] * 1.5 and abs(ref_loss - 1.5) < 1e-12
+
+
+# ---- confident rows: p_y rounds to 1, its gradient does not vanish ----------------------------------
+@pytest.mark.parametrize("name,C,variant,dtype", CE, ids=[c[0] for c in CE])
+def test_confident_rows_keep_the_target_gradient(be, name, C, variant, dtype, monkeypatch, rng):
+    """s_y so far above the rest that p_y rounds to 1 in the kernel's dtype: dS_y must be
+    -others / (total n), which is tiny but not 0 (1 - p_y would give 0), entry by entry."""
+    launched = _select(be, monkeypatch, name, variant)
+    n = 4
+    S = np.clip(rng.standard_normal((n, C)), -3, 3)
+    y = np.array([0, C - 1, *rng.integers(0, C, n - 2)])
+    S[np.arange(n), y] = (30.0 if dtype == np.float32 else 45.0) + np.log(C)
+    S = S.astype(dtype).astype(np.float64)
+    P = np.exp(S - S.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    assert (P[np.arange(n), y].astype(dtype) == 1).all()  # the edge: p_y is 1 in the kernel's dtype
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
+    loss, dS = _call(be, name, S.astype(dtype), y)
+    launched()
+    dS = np.asarray(dS, np.float64)
+    target, ref_target = dS[np.arange(n), y], ref_dS[np.arange(n), y]
+    assert (ref_target < 0).all()
+    assert np.all(np.abs(target - ref_target) <= TOL[dtype] * np.abs(ref_target)), (target, ref_target)
+    for i in range(n):  # every entry of the row is tiny: each row against its own size
+        assert rel(dS[i], ref_dS[i]) <= TOL[dtype]
+    assert 0 < ref_loss and abs(float(loss) - ref_loss) <= TOL[dtype] * ref_loss
+
+
+# ---- hinge margins of exactly 0 --------------------------------------------------------------------
+@pytest.mark.parametrize("name,C,variant,dtype", SVM, ids=[c[0] for c in SVM])
+def test_hinge_margin_of_exactly_zero_has_subgradient_zero(be, name, C, variant, dtype, monkeypatch, rng):
+    """Scores in {0, 1, 2}: margins s_j - s_y + 1 are exact integers, many exactly 0, where the
+    subgradient is 0 (as in numpy): not counted on the target, no 1/n off it."""
+    launched = _select(be, monkeypatch, name, variant)
+    n = 9
+    S = rng.integers(0, 3, (n, C)).astype(np.float64)
+    y = rng.integers(0, C, n)
+    y[0] = C - 1
+    S[np.arange(n), y] = rng.integers(1, 3, n)
+    S[np.arange(n), (y + 1) % C] = S[np.arange(n), y] - 1  # at least one kink a row
+    kink = (S - S[np.arange(n), y][:, None] + 1 == 0)
+    kink[np.arange(n), y] = False
+    assert kink.sum() >= n  # the edge is there
+    ref_loss, ref_dS = NP.svm_grad(S, y)
+    loss, dS = _call(be, name, S.astype(dtype), y)
+    launched()
+    dS = np.asarray(dS)
+    assert (dS[kink] == 0).all()
+    assert rel(dS, ref_dS) <= TOL[dtype]
+    assert abs(float(loss) - ref_loss) <= TOL[dtype] * ref_loss
+
+
+# ---- bad labels ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,C,variant,dtype", ROWS, ids=[c[0] for c in ROWS])
+def test_bad_labels_make_the_loss_nan_without_a_stray_read(be, name, C, variant, dtype, monkeypatch, rng):
+    """Validation off, labels -1 and C reach the kernel: read as an index, -1 is the previous row's
+    last score and C the next row's first (finite: the loss would come out a number). The loss is
+    NaN, the bad rows follow the formula with s_y = NaN (softmax: NaN; hinge: no active margin),
+    and the other rows are unaffected."""
+    launched = _select(be, monkeypatch, name, variant)
+    n = 5
+    S = np.round(rng.standard_normal((n, C)) * 3 * 64) / 64
+    y = rng.integers(0, C, n)
+    y[1:3], y[n - 1] = [-1, C], C
+    good = np.array([0, 3])
+    ref_loss, ref_dS = (NP.softmax_cross_entropy_grad if name.startswith("gg_ce") else NP.svm_grad)(S[good], y[good])
+    loss, dS = _call(be, name, S.astype(dtype), y)
+    launched()
+    dS = np.asarray(dS)
+    assert np.isnan(float(loss))
+    assert rel(dS[good], ref_dS * len(good) / n) <= TOL[dtype]  # the reference's mean is over 2 rows
+    bad_rows = dS[[1, 2, n - 1]]
+    assert np.isnan(bad_rows).all() if name.startswith("gg_ce") else (bad_rows == 0).all()
+
+
+@pytest.mark.parametrize("ydtype", [np.int32, np.int64])
+@pytest.mark.parametrize("bad", [-1, "C"])
+@pytest.mark.parametrize("where", [0, 255, 256, 2999])
+def test_device_side_check_finds_label_minus_one_and_c(be, ydtype, bad, where, rng):
+    """gg_first_invalid over 3000 labels (12 blocks of 256, each thread a label): the first label
+    outside [0, C) wherever it is, -1 or C, int32 or int64; 0 and C - 1 are fine."""
+    C = 10
+    y = rng.integers(0, C, 3000)
+    y[:where:7] = 0
+    y[1:where:7] = C - 1
+    y[where] = C if bad == "C" else -1
+    y[where + 1:] = rng.choice([-1, C], 3000 - where - 1)  # later bad labels: the first is reported
+    label_pos, bad_pos = be.first_invalid(dev(y.astype(ydtype)), C, [])
+    assert label_pos == where and bad_pos == []
+    y[where:] = C - 1
+    assert be.first_invalid(dev(y.astype(ydtype)), C, [])[0] == -1
+
+
+@pytest.mark.parametrize("call", ["softmax_cross_entropy_grad", "svm_grad", "linear_grad"])
+@pytest.mark.parametrize("bad", [-1, 10])
+def test_public_functions_name_the_bad_label(call, bad, monkeypatch, rng):
+    """On the (emulated) CUDA backend, a label -1 or C = 10 is refused before any loss kernel runs,
+    by the device-side check, with an error naming its position and value."""
+    E.use(None)
+    E.configure("forward", 1, True)
+    be = E.as_cuda_backend(monkeypatch)
+    n, C, d = 40, 10, 6
+    y = rng.integers(0, C, n)
+    y[17] = bad
+    X = dev(rng.standard_normal((n, d)).astype(np.float32))
+    W, b = dev(np.zeros((C, d), np.float32)), dev(np.zeros(C, np.float32))
+    args = (X, dev(y), W, b) if call == "linear_grad" else (dev(rng.standard_normal((n, C)).astype(np.float32)),
+                                                            dev(y))
+    with pytest.raises(ValueError, match=rf"label y\[17\] = {bad} is outside \[0, 10\)"):
+        getattr(gg, call)(*args)
+    assert be.launches == ["gg_first_invalid"]
+
+
+# ---- the fused linear step -------------------------------------------------------------------------
+def _on_device(kind, ref):
+    """The kernels' arguments for the float64 reference inputs `ref` (X, y, W, b, x_mean, x_std):
+    uint8 X as it is, the float arrays in the kind's compute dtype."""
+    dtype = LINEAR_KINDS[kind][0]
+    return tuple(None if a is None else dev(a if a.dtype == np.uint8 or i == 1 else a.astype(dtype))
+                 for i, a in enumerate(ref))
+
+
+def _planted_scores(rng, kind, C, n, y, column, gap):
+    """Inputs of a step of `kind` whose row i scores `gap` more on class column[i]: X's first C
+    features are the one-hot rows of `column` times gap (times gap / 10 under float64 weights, and
+    W's identity block times 10: uint8 X holds at most 255), left unnormalised (mean 0, std 1);
+    the other 8 features and b random. Returns the float64 reference inputs."""
+    X, _, W, b, mean, std = linear_case(rng, kind, n, C + 8, C)[0]
+    scale = 10.0 if LINEAR_KINDS[kind][0] == np.float64 and gap > 255 else 1.0
+    X[:, :C] = 0
+    X[np.arange(n), column] = gap / scale
+    W[:, :C] = scale * np.eye(C)
+    if mean is not None:
+        mean[:C], std[:C] = 0, 1
+    return X, y, W, b, mean, std
+
+
+def _linear_step(be, monkeypatch, kind, C, variant, ref, loss, lam):
+    """The step on the kernel `variant` ("simt" or "mma") against numpy (check_linear_step)."""
+    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": variant, "u8": variant})
+    be.launches.clear()
+    args = _on_device(kind, ref)
+    got = be.linear_grad(*args[:4], lam, loss, *args[4:])
+    name = f"gg_linmma_{kind}_nt{1 if C <= 8 else 2}" if variant == "mma" else f"gg_linear_{kind}_c{C}"
+    assert name in be.launches, be.launches
+    check_linear_step(ref, got, loss, lam)
+
+
+def _probabilities(ref):
+    X, y, W, b, mean, std = ref
+    S = (X if mean is None else (X - mean) / std) @ W.T + b
+    P = np.exp(S - S.max(1, keepdims=True))
+    return P / P.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("kind,C,variant", LINEAR, ids=LINEAR_IDS)
+def test_linear_step_row_max_in_every_class(be, kind, C, variant, loss, monkeypatch, rng):
+    """Each class holds two rows' largest score, GAP above the rest, with a label elsewhere (a lane
+    missed by the row max overflows exp), and a third row's, its target."""
+    dtype = LINEAR_KINDS[kind][0]
+    n = 3 * C
+    column = np.arange(n) % C
+    y = _elsewhere(rng, column, C)
+    y[2 * C:] = column[2 * C:]
+    ref = _planted_scores(rng, kind, C, n, y, column, GAP[dtype])
+    _linear_step(be, monkeypatch, kind, C, variant, ref, loss, 0.01)
+
+
+@pytest.mark.parametrize("kind,C,variant", LINEAR, ids=LINEAR_IDS)
+def test_linear_step_confident_rows(be, kind, C, variant, monkeypatch, rng):
+    """Every row's target score far above the rest, so that p_y rounds to 1 in the kernel's dtype:
+    db and dW come only from -others/total on the targets and p_j off them, all tiny (lam = 0, so
+    that nothing larger hides them); a kernel using 1 - p_y = 0 loses about half of db."""
+    dtype = LINEAR_KINDS[kind][0]
+    n = 2 * C + 1
+    y = rng.integers(0, C, n)
+    ref = _planted_scores(rng, kind, C, n, y, y, 30.0 if dtype == np.float32 else 45.0)
+    assert (_probabilities(ref)[np.arange(n), y].astype(dtype) == 1).all()  # the edge: p_y is 1
+    _linear_step(be, monkeypatch, kind, C, variant, ref, "softmax", 0.0)
+
+
+@pytest.mark.parametrize("kind,C,variant", LINEAR, ids=LINEAR_IDS)
+def test_linear_step_hinge_margin_of_exactly_zero(be, kind, C, variant, monkeypatch, rng):
+    """Small integer X, W and b (mean 0, std 1 where X is normalised): every score is an exact
+    integer in every kernel (tf32 and f16 halves included). Class 1 scores exactly 1 below class
+    0 (its row of W repeated, its bias 1 lower), so every row labelled 0 has a margin of exactly
+    0 there, where the subgradient is 0 as in numpy; other margins are 0 by chance."""
+    n, d = 3 * C + 2, 6
+    X = rng.integers(0, 3, (n, d)).astype(np.uint8 if kind.startswith("u8") else np.float64)
+    W, b = rng.integers(-1, 2, (C, d)).astype(np.float64), rng.integers(-1, 2, C).astype(np.float64)
+    W[1], b[1] = W[0], b[0] - 1
+    y = rng.integers(0, C, n)
+    y[:2] = [0, 1]
+    norm = LINEAR_KINDS[kind][1]
+    ref = (X, y, W, b, np.zeros(d) if norm else None, np.ones(d) if norm else None)
+    _linear_step(be, monkeypatch, kind, C, variant, ref, "svm", 0.01)
+
+
+# ---- the schedule: a warp that runs ahead ----------------------------------------------------------
+LEADING_BARRIER = "    v = gg_subwarp_reduce<32>(v, op);\n    __syncthreads();\n    if (lane == 0) scratch[warp] = v;"
+
+
+def _without_leading_barrier(text):
+    """gg_block_reduce without the barrier that keeps a warp from overwriting the scratch of the
+    previous reduction (the block kernel's row max) while other warps still read it."""
+    assert text.count(LEADING_BARRIER) == 1, "gg_block_reduce's leading barrier is not in the source once"
+    return text.replace(LEADING_BARRIER, LEADING_BARRIER.replace("    __syncthreads();\n", ""))
+
+
+@pytest.fixture(scope="module")
+def unbarriered_build():
+    E.prebuild([_without_leading_barrier])
+
+
+def test_runahead_schedule_catches_a_block_reduction_reusing_its_scratch_too_soon(unbarriered_build, monkeypatch,
+                                                                                  rng):
+    """The block-per-row softmax reduces the row max, then the row sum, through one scratch array.
+    Without the leading barrier, a warp that finishes the max early writes its part of the sum
+    over a max that slower warps have yet to read. With every thread taking one turn a pass (the
+    forward, reverse and shuffled orders) no warp gets that far ahead, and the bug passes; the
+    runahead schedule lets a warp run alone until it waits, and the row comes out wrong. The
+    kernels as they are pass under runahead."""
+    S = rng.uniform(0, 1, (3, 1500))  # a warp's sum of exp (~40) exceeds the row max (~1)
+    y = rng.integers(0, 1500, 3)
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S.astype(np.float32).astype(np.float64), y)
+
+    def right(order, seed, deferred=True):
+        E.configure(order, seed, deferred)
+        be = E.emulated_backend(monkeypatch)
+        loss, dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
+        assert be.launches == ["gg_ce_f32_b_k2"]
+        return rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
+
+    E.use(None)
+    assert all(right("runahead", seed) for seed in (1, 2, 3))
+    E.use(_without_leading_barrier)
+    try:
+        assert all(right(order, 7, deferred) for order in ("forward", "reverse", "shuffled")
+                   for deferred in (True, False))
+        assert not any(right("runahead", seed) for seed in (1, 2, 3))
+    finally:
+        E.use(None)
+        E.configure("forward", 1, True)

@@ -1,6 +1,10 @@
 """The CUDA kernels build without a GPU: NVRTC with the loader's exact options, and CMake/nvcc.
 
 NVRTC comes from the nvidia-cuda-nvrtc wheel (through CuPy's bindings), which needs no driver.
+Every kernel is compiled by NVRTC three ways here, each once: the whole module to sm_80 machine
+code, the whole module to compute_90 PTX (shared with tests/test_launch_args.py through the
+run's compile cache, see tests/conftest.py), and each kernel alone, as the loader compiles it, to
+sm_90 machine code and PTX (in shards, so that a parallel run spreads them over its workers).
 """
 import re
 import shutil
@@ -28,17 +32,35 @@ def _nvrtc_usable():
 needs_nvrtc = pytest.mark.skipif(not _nvrtc_usable(), reason="libnvrtc is not loadable (pip install nvidia-cuda-nvrtc)")
 
 
+def _entries(ptx: bytes) -> list[str]:
+    return re.findall(r"\.entry\s+(\w+)\(", ptx.decode())
+
+
 @pytest.fixture(scope="module")
 def ptx_entries():
-    return kernels.kernel_names()
+    """Every entry point of the whole module, from its compute_90 PTX (the compile the
+    alone-versus-whole comparison needs anyway; kernel_names() would compile compute_80 PTX)."""
+    return sorted(set(_entries(kernels.compile_nvrtc("compute_90")[0])))
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_every_kernel_compiles_with_nvrtc_using_the_loader_options(arch):
-    binary, log = kernels.compile_nvrtc(arch)
-    assert len(binary) > 10_000
+@pytest.mark.slow
+def test_every_kernel_compiles_to_sm_80_with_nvrtc_using_the_loader_options():
+    """The whole module to sm_80 machine code, without a warning (sm_90 machine code: each kernel
+    alone, below; both: the CMake build's fatbin)."""
+    binary, log = kernels.compile_nvrtc("sm_80")
+    assert binary[:4] == b"\x7fELF" and len(binary) > 10_000
     assert "warning" not in log.lower(), log
+
+
+@needs_nvrtc
+def test_kernel_names_are_the_entry_points_of_the_module(monkeypatch, ptx_entries):
+    """kernel_names() lists each entry point of the compiled module once, sorted (given the whole
+    module's PTX here instead of compiling it once more for compute_80)."""
+    whole, asked = kernels.compile_nvrtc("compute_90"), []
+    monkeypatch.setattr(kernels, "compile_nvrtc", lambda arch: asked.append(arch) or whole)
+    assert kernels.kernel_names() == ptx_entries and asked == ["compute_80"]
+    assert len(ptx_entries) > 80
 
 
 def _entry_code(ptx: bytes, name: str) -> list[str]:
@@ -52,24 +74,47 @@ def _entry_code(ptx: bytes, name: str) -> list[str]:
             if ln.strip() and not ln.strip().startswith(("//", ".shared"))]
 
 
+def _compile_alone(name: str, arch: str) -> tuple[bytes, bytes, str]:
+    """(PTX, machine code, log) of the kernel `name` compiled alone, as the loader compiles it
+    (``get_function``: ``kernel_source()`` with ``nvrtc_options(name)``), for `arch`: one NVRTC
+    run gives both, which compile_nvrtc (one or the other) would take two for."""
+    prog = nvrtc.createProgram(kernels.kernel_source(), kernels.MAIN, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, [*kernels.nvrtc_options(name), f"-arch={arch}"])
+        except nvrtc.NVRTCError as e:
+            raise AssertionError(f"{name} alone does not compile for {arch} ({e}):\n"
+                                 f"{nvrtc.getProgramLog(prog)}") from None
+        return nvrtc.getPTX(prog), nvrtc.getCUBIN(prog), nvrtc.getProgramLog(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+ALONE_SHARDS = 6  # ~25 kernels each: a few tens of seconds of NVRTC per shard on this CI's cores
+
+
 @needs_nvrtc
-def test_each_kernel_compiled_alone_is_the_same_code(ptx_entries):
+@pytest.mark.slow
+@pytest.mark.parametrize("shard", range(ALONE_SHARDS))
+def test_each_kernel_compiled_alone_is_the_same_code(ptx_entries, shard):
     """The loader's NVRTC path compiles one kernel at a time (-DGG_ONLY -DGG_WANT_<name>=1): that
     must give exactly that entry point, with the same instructions as in the whole module (the
-    CMake fatbin's way)."""
+    CMake fatbin's way), and sm_90 machine code without a warning. Every kernel is in one shard."""
     whole, _ = kernels.compile_nvrtc("compute_90")
     assert len(ptx_entries) > 80
-    for name in ptx_entries:
-        alone, log = kernels.compile_nvrtc("compute_90", only=name)
-        assert re.findall(r"\.entry\s+(\w+)\(", alone.decode()) == [name]
-        assert _entry_code(alone, name) == _entry_code(whole, name), name
-        assert "warning" not in log.lower(), log
+    for name in ptx_entries[shard::ALONE_SHARDS]:
+        ptx, cubin, log = _compile_alone(name, "sm_90")
+        assert _entries(ptx) == [name]
+        assert _entry_code(ptx, name) == _entry_code(whole, name), name
+        assert cubin[:4] == b"\x7fELF", name
+        assert "warning" not in log.lower(), f"{name}: {log}"
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_a_kernel_alone_compiles_to_machine_code(arch):
-    binary, log = kernels.compile_nvrtc(arch, only="gg_linmma_u8_nt2")
+def test_a_tensor_core_kernel_alone_compiles_to_sm_80_machine_code():
+    """What the loader compiles on an A100 for a kernel written for sm_90 (every kernel alone to
+    sm_90 machine code: above)."""
+    binary, log = kernels.compile_nvrtc("sm_80", only="gg_linmma_u8_nt2")
     assert binary[:4] == b"\x7fELF" and "warning" not in log.lower(), log
 
 
@@ -167,6 +212,7 @@ def test_python_mirror_of_the_tensor_core_kernel_layout(tmp_path):
 
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("nvcc") is None and
                     not Path("/usr/local/cuda/bin/nvcc").exists(), reason="cmake or nvcc missing")
+@pytest.mark.slow
 def test_cmake_builds_a_stamped_fatbin_and_the_cpu_rowmath_test(tmp_path):
     """CMake + nvcc produce the fatbin the loader accepts, and CTest checks rowmath.cuh on the CPU.
 

@@ -14,10 +14,11 @@ The library is cached by the digest of its source and compiler command, under
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -91,29 +92,63 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GPUGRAD_EMU_CACHE", Path.home() / ".cache" / "gpugrad" / "emu"))
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` (created if missing), released on exit or when the process dies.
+
+    flock locks an open file description, so it also excludes the other threads of this process
+    (``emulator.prebuild`` builds several libraries at once) and the other processes of a parallel
+    run (pytest -n): the second builder of a library waits for the first instead of compiling it
+    again."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _writable_cache(name: str) -> Path:
+    """Where the library `name` lives: the cache directory, or this machine's temporary directory
+    when that cannot be created or written (no writable home)."""
+    for d in (cache_dir(), Path(tempfile.gettempdir()) / "gpugrad-emu"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(d, os.W_OK):
+            return d / name
+    raise OSError(f"no writable directory for the kernel emulator's cache: set GPUGRAD_EMU_CACHE "
+                  f"(tried {cache_dir()} and {Path(tempfile.gettempdir()) / 'gpugrad-emu'})")
+
+
 def build(mutate=None) -> Path:
     """The emulator library for the current kernel sources, compiled unless cached. `mutate`
-    (text -> text) edits the kernel source first: the tests plant bugs to see the emulator catch them."""
+    (text -> text) edits the kernel source first: the tests plant bugs to see the emulator catch them.
+
+    Safe to call from several threads and processes at once: one of them compiles a given library
+    while the others wait on its lock, and the library appears under its final name only once
+    complete (compiled to a temporary name in the same directory, then renamed)."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tu = translation_unit(tmp, mutate)
         headers = "".join((HERE / h).read_text() for h in ("gg_emu.h", "gg_emu_api.h"))
         digest = hashlib.sha256("\0".join([tu, headers, CXX, *FLAGS]).encode()).hexdigest()[:24]
-        lib = cache_dir() / f"gg_emu_{digest}.so"
+        lib = _writable_cache(f"gg_emu_{digest}.so")
         if lib.is_file():
             return lib
-        src = tmp / "gg_emu.cpp"
-        src.write_text(tu)
-        out = tmp / lib.name
-        r = subprocess.run([CXX, *FLAGS, "-o", str(out), str(src)], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"building the kernel emulator failed:\n{r.stderr[-6000:]}")
-        try:
-            lib.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:  # no writable home: cache for this machine's temporary directory instead
-            lib = Path(tempfile.gettempdir()) / "gpugrad-emu" / lib.name
-            lib.parent.mkdir(parents=True, exist_ok=True)
-        part = lib.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
-        shutil.copyfile(out, part)
-        part.replace(lib)  # atomic: a concurrent build never sees half a library
+        with _locked(lib.with_suffix(".lock")):
+            if lib.is_file():  # built by another thread or process while this one waited
+                return lib
+            src = tmp / "gg_emu.cpp"
+            src.write_text(tu)
+            part = lib.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+            try:
+                r = subprocess.run([CXX, *FLAGS, "-o", str(part), str(src)], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise RuntimeError(f"building the kernel emulator failed ({CXX}, {src.name}):\n"
+                                       f"{r.stderr[-6000:]}")
+                os.replace(part, lib)  # atomic: a reader sees no library or all of it
+            finally:
+                part.unlink(missing_ok=True)
         return lib

@@ -132,19 +132,30 @@ def alternate(rounds, *funcs):
 
 
 def test_course_shape_sgd_ratio(benchmark):
-    """Target: the estimator's fit at most 1.1x the hand-written loop, side by side (against the
-    faster of the two hand-written loops)."""
+    """Target: the estimator's fit at most 1.1x the hand-written loop, side by side, against the
+    faster of the two hand-written loops, as a user runs them (BLAS's own threads). The same
+    comparison with BLAS held to one thread is printed and recorded too (``extra_info``): the
+    hand loop's small products lose most on a busy machine when BLAS threads them."""
+    from threadpoolctl import threadpool_limits
     X, y = course_data()
     benchmark.group = "ratios"
-    est, obvious, tuned = alternate(3, lambda: sgd_estimator(X, y), lambda: sgd_by_hand(X, y),
-                                    lambda: sgd_by_hand(X, y, tuned=True))
-    hand = min(obvious, tuned)
+    sides = (lambda: sgd_estimator(X, y), lambda: sgd_by_hand(X, y), lambda: sgd_by_hand(X, y, tuned=True))
+    est, obvious, tuned = alternate(3, *sides)
+    with threadpool_limits(1):
+        est1, obvious1, tuned1 = alternate(3, *sides)
+    ratio, ratio1 = est / min(obvious, tuned), est1 / min(obvious1, tuned1)
     benchmark.extra_info.update(estimator_s=round(est, 3), by_hand_s=round(obvious, 3),
-                                by_hand_tuned_s=round(tuned, 3), ratio=round(est / hand, 3))
-    print(f"\ncourse shape, {EPOCHS} epochs: estimator {est:.2f} s, by hand {obvious:.2f} s, "
-          f"by hand with the tuned dW {tuned:.2f} s, ratio to the faster {est / hand:.3f} (target <= 1.1)")
+                                by_hand_tuned_s=round(tuned, 3), ratio=round(ratio, 3),
+                                one_blas_thread=dict(estimator_s=round(est1, 3),
+                                                     by_hand_s=round(obvious1, 3),
+                                                     by_hand_tuned_s=round(tuned1, 3),
+                                                     ratio=round(ratio1, 3)))
+    for what, e, o, t, r in (("BLAS threads", est, obvious, tuned, ratio),
+                             ("one BLAS thread", est1, obvious1, tuned1, ratio1)):
+        print(f"\ncourse shape, {EPOCHS} epochs, {what}: estimator {e:.3f} s, by hand {o:.3f} s, by hand "
+              f"with the tuned dW {t:.3f} s, ratio to the faster {r:.3f} (target <= 1.1)")
     benchmark.pedantic(lambda: None, rounds=1)
-    assert est <= 1.1 * hand
+    assert ratio <= 1.1
 
 
 # ---- the MLP against scikit-learn's on digits ---------------------------------------------------
@@ -154,9 +165,10 @@ MLP_EPOCHS = 50
 
 def mlp_pair(X, y):
     """gpugrad's and scikit-learn's MLPClassifier with the same layers (100,), Adam at 0.001,
-    batches of 200, alpha and exactly MLP_EPOCHS epochs (no early stop)."""
-    ours = MLPClassifier(hidden_layer_sizes=(100,), solver="adam", max_iter=MLP_EPOCHS, tol=None,
-                         backend="numpy", random_state=0)
+    batches of 200, the same penalty (scikit-learn's alpha 1e-4 is divided by the batch size) and
+    exactly MLP_EPOCHS epochs (no early stop)."""
+    ours = MLPClassifier(hidden_layer_sizes=(100,), solver="adam", learning_rate_init=0.001,
+                         alpha=1e-4 / 200, max_iter=MLP_EPOCHS, tol=None, backend="numpy", random_state=0)
     theirs = SkMLPClassifier(hidden_layer_sizes=(100,), solver="adam", max_iter=MLP_EPOCHS,
                              n_iter_no_change=MLP_EPOCHS + 1, random_state=0)
     return ours, theirs
@@ -187,7 +199,8 @@ def test_mlp_digits_ratio(benchmark):
     benchmark.group = "ratios"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        t_ours, t_theirs = alternate(3, lambda: ours.fit(X_train, y_train), lambda: theirs.fit(X_train, y_train))
+        t_ours, t_theirs = alternate(3, lambda: ours.fit(X_train, y_train),
+                                     lambda: theirs.fit(X_train, y_train))
     assert ours.n_iter_ == theirs.n_iter_ == MLP_EPOCHS
     benchmark.extra_info.update(gpugrad_s=round(t_ours, 3), sklearn_s=round(t_theirs, 3),
                                 ratio=round(t_ours / t_theirs, 3))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one call, for a machine lent for a few minutes: the GPU tests (every kernel
+# The whole GPU check in one command: the GPU tests (every kernel
 # against float64 numpy, outputs and shared memory poisoned first), then benchmarks/gpu_check.py
 # (correctness and timings side by side, with the copy-bandwidth floor). Each stage runs under a
 # time limit, and all of them end within GG_BUDGET_S seconds (default 540: give the call ~570).
@@ -10,7 +10,7 @@
 #   bash benchmarks/device_check.sh --quick    # fewer large correctness sizes; timings still at the
 #                                              # target shapes (extra flags go to gpu_check.py)
 #
-# The kernels and call paths not yet run on a GPU when this was written (the tensor-core linear
+# The kernel variants without a measured result yet (benchmarks/RESULTS.md: the tensor-core linear
 # steps, "mma"; the prefetched long-row softmax, "prefetch"; the row losses' cuLaunchKernel path,
 # "direct"; the linear step for float32 X normalised, float64 X and uint8 X under float64
 # weights, "other_kinds") are tested in a process of their own first: a kernel that traps kills
@@ -24,7 +24,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
-LOG="$OUT/device_check.log"  # every stage's output, one after the other (a lease returns only 8 files)
+LOG="$OUT/device_check.log"  # every stage's output, one after the other: one file to read or send
 DEADLINE=$((SECONDS + ${GG_BUDGET_S:-540}))  # end on our own, logs intact, before the call's limit
 
 # stage NAME CAP CMD...: run CMD under `timeout`, at most CAP seconds and never past DEADLINE (a

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import cupy  # noqa: E402
 
 import gpugrad as gg  # noqa: E402
-from gpugrad.backends import cupy_backend as cb  # noqa: E402
+from gpugrad.backends import cuda_driver, plans  # noqa: E402
 from gpugrad.backends import kernels as kmod  # noqa: E402
 from tests.kernel_checks import linear_case  # noqa: E402  (the inputs the kernel tests use)
 
@@ -125,7 +125,7 @@ def check_row_losses(rng, quick):
                 poison_pool(1 << 26)
                 out = cupy.full(S.shape, np.nan, dtype=dtype)
                 loss, dS = fn(S, yd, out=out)
-                cfg = (cb.ce_kernel_config if loss_name == "softmax" else cb.svm_kernel_config)(C, dtype).name
+                cfg = (plans.ce_kernel_config if loss_name == "softmax" else plans.svm_kernel_config)(C, dtype).name
                 written = bool(cupy.isfinite(dS).all())
                 err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - float(ref_loss)) / max(1e-30, abs(float(ref_loss))))
                 if not written:
@@ -163,13 +163,12 @@ def check_linear(rng, quick):
             J_ref, dW_ref, db_ref = NP.linear_grad(X64, y, W64, b64, lam, loss_name)
             X, W, b = (cupy.asarray(a.astype(np.float32)) for a in (X64, W64, b64))
             for variant in LINEAR_VARIANTS:
-                cb.LINEAR_VARIANT["f32"] = variant
+                be = backend_with(linear_f32=variant)
                 poison_pool(1 << 28)
                 J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, lam, loss_name)
                 err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
                 record("linear", f"{linear_kind(be, variant, X, W, None)} {loss_name} n={n} d={d} C={C} f32", err,
                        1e-5, n=n, d=d, C=C)
-            cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
         # uint8 pixels normalised on the fly, by each uint8 kernel
         Xu = rng.integers(0, 256, (n, d), dtype=np.uint8)
         mean = Xu.mean(0) + rng.standard_normal(d) * 0.1
@@ -180,14 +179,13 @@ def check_linear(rng, quick):
         for loss_name in ("softmax", "svm"):
             J_ref, dW_ref, db_ref = NP.linear_grad(Xu, y, W64, b64, 0.01, loss_name, mean, std)
             for variant in LINEAR_VARIANTS:
-                cb.LINEAR_VARIANT["u8"] = variant
+                be = backend_with(linear_u8=variant)
                 poison_pool(1 << 28)
                 J, dW, db = be.linear_grad(cupy.asarray(Xu), cupy.asarray(y), W, b, 0.01, loss_name, m32,
                                            cupy.asarray(std.astype(np.float32)))
                 err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
                 record("linear", f"{linear_kind(be, variant, cupy.asarray(Xu), W, m32)} {loss_name} n={n} d={d} C={C} u8",
                        err, 1e-5, n=n, d=d, C=C)
-            cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
 
 
 # The kinds of X with only the "simt" kernel: (X dtype, normalised on the fly), checked and timed
@@ -236,7 +234,7 @@ def check_long_row_variants(rng):
                        ("prefetch", 32768), ("prefetch", 9004), ("prefetch", 16384)):
         if variant not in LONG_ROW_VARIANTS:
             continue
-        cb.CE_LONG_ROWS["variant"] = variant
+        be = backend_with(ce_long_rows=variant)
         S64, yy = rand_scores(rng, 1000, C), rng.integers(0, C, 1000)
         ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, yy)
         out = cupy.full(S64.shape, np.nan, np.float32)
@@ -249,14 +247,16 @@ def check_long_row_variants(rng):
         loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64), cupy.asarray(yy), out=cupy.full(S64.shape, np.nan))
         err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - ref_loss) / abs(ref_loss))
         record("variant", f"CE long rows {variant} n=1000 C={C - 1} f64", err, 1e-12)
-    cb.CE_LONG_ROWS["variant"] = DEFAULT_LONG
 
 
-DEFAULT_LONG = cb.CE_LONG_ROWS["variant"]
-DEFAULT_LINEAR = dict(cb.LINEAR_VARIANT)
-LINEAR_VARIANTS = ("simt", "mma")  # the fused linear kernels (cupy_backend.LINEAR_VARIANT); --linear-variants
-LONG_ROW_VARIANTS = ("stream", "prefetch", "block")  # cupy_backend.CE_LONG_ROWS; --long-rows-variants
-ROW_CALLS = ("cupy", "direct")  # cupy_backend.ROW_CALL, the row losses' host path; --row-calls
+def backend_with(**variants):
+    """The CUDA backend with these kernel variants (plans.Variants) in place of the measured ones."""
+    return gg.get_backend("cupy")._with_variants(**variants)
+
+
+LINEAR_VARIANTS = plans.CHOICES["linear_f32"]  # the fused linear kernels; --linear-variants
+LONG_ROW_VARIANTS = plans.CHOICES["ce_long_rows"]  # --long-rows-variants
+ROW_CALLS = plans.CHOICES["row_call"]  # the row losses' host path; --row-calls
 
 
 def check_validation():
@@ -406,23 +406,23 @@ def bench_ce(bw, rng, shapes=((8192, 32768), (8192, 1024), (8192, 10))):
         wl = ce_workload(n, C)
         if C == 32768:
             for variant in LONG_ROW_VARIANTS:
-                cb.CE_LONG_ROWS["variant"] = variant
+                bv = backend_with(ce_long_rows=variant)
                 add_timing(wl, f"gpugrad kernel {variant}",
-                           time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
-            cb.CE_LONG_ROWS["variant"] = DEFAULT_LONG
+                           time_batches(lambda S, y: bv.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
         add_timing(wl, "gpugrad kernel", time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
         add_timing(wl, "gpugrad kernel (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets), floor)
         api = lambda S, y: gg.softmax_cross_entropy_grad(S, y, out=outs[0], validate=False)  # noqa: E731
         if C <= 1024:  # host-bound sizes: what a user's call costs, checks and all
             add_timing(wl, "gpugrad API, validate=False, out=", time_batches(api, sets), floor)
         if C <= 1024 and "direct" in ROW_CALLS:  # host-bound sizes: the call path matters
-            cb.ROW_CALL["path"] = "direct"
+            bd = backend_with(row_call="direct")
             add_timing(wl, "gpugrad direct call",
-                       time_batches(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
-            add_timing(wl, "gpugrad direct (alloc dS)", time_batches(be.softmax_cross_entropy_grad, sets),
+                       time_batches(lambda S, y: bd.softmax_cross_entropy_grad(S, y, out=outs[0]), sets), floor)
+            add_timing(wl, "gpugrad direct (alloc dS)", time_batches(bd.softmax_cross_entropy_grad, sets),
                        floor)
-            add_timing(wl, "gpugrad API direct, validate=False, out=", time_batches(api, sets), floor)
-            cb.ROW_CALL["path"] = "cupy"
+            api_direct = lambda S, y: gg.softmax_cross_entropy_grad(  # noqa: E731
+                S, y, out=outs[0], validate=False, backend=bd)
+            add_timing(wl, "gpugrad API direct, validate=False, out=", time_batches(api_direct, sets), floor)
         if C <= 1024:
             tg = time_graph(lambda S, y: be.softmax_cross_entropy_grad(S, y, out=outs[0]), sets[0])
             if tg:
@@ -460,7 +460,7 @@ def host_us(fn, calls=200, repeats=25, warm=3):
 def host_breakdown(n=8192, C=10):
     """Where the host time of a small-C softmax call goes (the 8192 x 10 target is a host-cost
     target: the kernel takes ~4.6 us on the device, a call ~15 us): the whole call on each path
-    (cupy_backend.ROW_CALL), then each part alone, and the pieces of a faster path (arguments
+    (the row_call variants), then each part alone, and the pieces of a faster path (arguments
     converted once; cuLaunchKernel straight from a ctypes parameter block; the loss as a 0-d view
     into a slab allocated once). Each launch that bypasses CuPy's argument conversion is checked
     against the backend's result."""
@@ -474,15 +474,15 @@ def host_breakdown(n=8192, C=10):
     ref_loss, _ = be.softmax_cross_entropy_grad(S, y, out=out)
     ref_loss, ref_dS = float(ref_loss), out.copy()
     ws = be.workspace()
-    L = be._row_launch(cb.ce_kernel_config(C, np.float32), n, C, 4, ws.device)
+    L = ws.device.row_launch(plans.ce_kernel_config(C, np.float32), n, C, 4)
     partials, ticket = ws.partials_for(L.grid[0]), ws.ticket
     loss = cupy.empty((), np.float32)
     args = (S, y, np.int32(1), out, L.n, L.C, partials, ticket, loss)
     pre = tuple(CIntptr(a.data.ptr) if isinstance(a, cupy.ndarray) else CIntptr(int(a)) for a in args)
-    params = cb._RowParams(S.data.ptr, y.data.ptr, 1, out.data.ptr, n, C, partials.data.ptr, ticket.data.ptr,
+    params = cuda_driver.RowParams(S.data.ptr, y.data.ptr, 1, out.data.ptr, n, C, partials.data.ptr, ticket.data.ptr,
                            loss.data.ptr)
-    argv = (ctypes.c_void_p * 9)(*[ctypes.addressof(params) + getattr(cb._RowParams, f).offset
-                                    for f, _ in cb._RowParams._fields_])
+    argv = (ctypes.c_void_p * 9)(*[ctypes.addressof(params) + getattr(cuda_driver.RowParams, f).offset
+                                    for f, _ in cuda_driver.RowParams._fields_])
     slab, slot = cupy.empty(256, np.float32), itertools.cycle(range(256))
 
     def slab_view():
@@ -497,20 +497,18 @@ def host_breakdown(n=8192, C=10):
         return loss
 
     def launch_ctypes():
-        cb.driver.launchKernel(L.fptr, L.grid[0], 1, 1, L.block[0], 1, 1, L.smem, ws.stream_ptr,
+        cuda_driver.driver.launchKernel(L.fptr, L.grid[0], 1, 1, L.block[0], 1, 1, L.smem, ws.stream_ptr,
                                ctypes.addressof(argv), 0)
         return loss
 
+    direct = be._with_variants(row_call="direct")
+
     def call_direct():
-        cb.ROW_CALL["path"] = "direct"
-        try:
-            return be.softmax_cross_entropy_grad(S, y, out=out)[0]
-        finally:
-            cb.ROW_CALL["path"] = "cupy"
+        return direct.softmax_cross_entropy_grad(S, y, out=out)[0]
 
     # (label, function, whether it bypasses CuPy's argument conversion)
     parts = [("the whole backend call (out given)", lambda: be.softmax_cross_entropy_grad(S, y, out=out), False),
-             ("the same, ROW_CALL direct", call_direct, True),
+             ("the same, row_call direct", call_direct, True),
              ("the whole backend call (dS allocated)", lambda: be.softmax_cross_entropy_grad(S, y), False),
              ("the public API, validate=False", lambda: gg.softmax_cross_entropy_grad(S, y, validate=False), False),
              ("cupy.empty((), float32), freed", lambda: cupy.empty((), np.float32), False),
@@ -530,7 +528,7 @@ def host_breakdown(n=8192, C=10):
                 same = False
                 log(f"  {label}: failed: {type(e).__name__}: {e}")
             if fn is call_direct:  # a product path (the others are experiments): a correctness check
-                record("call path", "ROW_CALL direct vs cupy, bit for bit", 0.0 if same else float("inf"), 0.0)
+                record("call path", "row_call direct vs cupy, bit for bit", 0.0 if same else float("inf"), 0.0)
     host = {}
     for label, fn, _ in parts:
         try:
@@ -552,8 +550,15 @@ class Switch(NamedTuple):
     variants: dict
 
 
+def _measured(field: str) -> str:
+    """The variant the backend uses now on the current device for the switch `field` (without a
+    device: the newest architecture's measured row)."""
+    variants = gg.get_backend("cupy").variants if gg.cupy_available() else plans.MEASURED[max(plans.MEASURED)]
+    return getattr(variants, field)
+
+
 def _linear_switch(x: str, suffix: str) -> Switch:
-    return Switch(f"LINEAR_VARIANT[{x!r}]", lambda: cb.LINEAR_VARIANT[x], linear_workload(*LINEAR_TARGET, suffix),
+    return Switch(f"linear_{x}", lambda: _measured(f"linear_{x}"), linear_workload(*LINEAR_TARGET, suffix),
                   {"simt": ("gpugrad fused simt", ("linear", "fused ", f" {x}")),
                    "mma": ("gpugrad fused mma", ("linear", "mma ", f" {x}"))})
 
@@ -561,10 +566,10 @@ def _linear_switch(x: str, suffix: str) -> Switch:
 SWITCHES = (
     _linear_switch("f32", "f32"),
     _linear_switch("u8", "uint8"),
-    Switch("CE_LONG_ROWS['variant']", lambda: cb.CE_LONG_ROWS["variant"], ce_workload(8192, 32768),
+    Switch("ce_long_rows", lambda: _measured("ce_long_rows"), ce_workload(8192, 32768),
            {v: (f"gpugrad kernel {v}", ("variant", f"CE long rows {v} ", "")) for v in ("stream", "prefetch", "block")}),
-    Switch("ROW_CALL['path']", lambda: cb.ROW_CALL["path"], ce_workload(8192, 10),
-           {"cupy": ("gpugrad kernel", None), "direct": ("gpugrad direct call", ("call path", "ROW_CALL direct", ""))}),
+    Switch("row_call", lambda: _measured("row_call"), ce_workload(8192, 10),
+           {"cupy": ("gpugrad kernel", None), "direct": ("gpugrad direct call", ("call path", "row_call direct", ""))}),
 )
 
 
@@ -614,16 +619,16 @@ def torch_linear(X, y, W, b, lam):
     return J, W.grad, b.grad
 
 
-def time_linear_variants(be, workload, sets, W, mean, step, floor=None, reps=20):
-    """Time step(X, y) (a backend linear step) with each fused kernel of LINEAR_VARIANTS for the X
-    type of sets, skipping "mma" where it does not apply; the defaults restored after."""
-    key = "u8" if sets[0][0].dtype == np.uint8 else "f32"
+def time_linear_variants(workload, sets, W, mean, step, floor=None, reps=20):
+    """Time step(be, X, y) (a backend linear step) on a backend with each fused kernel of
+    LINEAR_VARIANTS for the X type of sets, skipping "mma" where it does not apply."""
+    key = "linear_u8" if sets[0][0].dtype == np.uint8 else "linear_f32"
     for variant in LINEAR_VARIANTS:
-        cb.LINEAR_VARIANT[key] = variant
+        be = backend_with(**{key: variant})
         if variant == "mma" and not be.linmma_plan(sets[0][0], W, mean):
             continue
-        add_timing(workload, f"gpugrad fused {variant}", time_batches(step, sets, reps=reps), floor)
-    cb.LINEAR_VARIANT.update(DEFAULT_LINEAR)
+        add_timing(workload, f"gpugrad fused {variant}",
+                   time_batches(lambda X, y: step(be, X, y), sets, reps=reps), floor)
 
 
 def bench_linear(bw, rng, compile_torch):
@@ -640,7 +645,7 @@ def bench_linear(bw, rng, compile_torch):
             sets = [(cupy.asarray(rng.standard_normal((n, d), dtype=np.float32)), cupy.asarray(rng.integers(0, C, n)))
                     for _ in range(k)]
             wl = linear_workload(n, d, C, "f32")
-            time_linear_variants(be, wl, sets, W, None, lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax"),
+            time_linear_variants(wl, sets, W, None, lambda be, X, y: be.linear_grad(X, y, W, b, lam, "softmax"),
                                  floor, reps=5)
             add_timing(wl, "gpugrad API, validate=True", time_batches(lambda X, y: gg.linear_grad(X, y, W, b, lam), sets, reps=5), floor)
             add_timing(wl, "plain CuPy (cuBLAS)", time_batches(lambda X, y: plain_cupy_linear(X, y, W, b, lam), sets, reps=5), floor)
@@ -657,8 +662,8 @@ def bench_linear(bw, rng, compile_torch):
             mean = cupy.full(d, 120.0, np.float32)
             std = cupy.full(d, 64.0, np.float32)
             wl = linear_workload(n, d, C, "uint8")
-            time_linear_variants(be, wl, sets, W, mean,
-                                 lambda X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), floor, reps=5)
+            time_linear_variants(wl, sets, W, mean,
+                                 lambda be, X, y: be.linear_grad(X, y, W, b, lam, "softmax", mean, std), floor, reps=5)
             add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
                 lambda X, y: plain_cupy_linear((X.astype(np.float32) - mean) / std, y, W, b, lam), sets, reps=5), floor)
         del sets
@@ -701,7 +706,7 @@ def bench_small_step(rng, n=100, d=64, C=10):
     b = cupy.zeros(C, np.float32)
     mean, std = cupy.full(d, 4.9, np.float32), cupy.full(d, 6.0, np.float32)
     wl = linear_workload(n, d, C, "uint8")
-    time_linear_variants(be, wl, sets, W, mean, lambda X, y: be.linear_grad(X, y, W, b, 1e-3, "softmax", mean, std))
+    time_linear_variants(wl, sets, W, mean, lambda be, X, y: be.linear_grad(X, y, W, b, 1e-3, "softmax", mean, std))
     add_timing(wl, "gpugrad API, validate=False", time_batches(
         lambda X, y: gg.linear_grad(X, y, W, b, 1e-3, x_mean=mean, x_std=std, validate=False), sets))
     add_timing(wl, "plain CuPy (normalise+cuBLAS)", time_batches(
@@ -842,7 +847,7 @@ def main():
         fl = f"{r['median_us'] / r['floor_us']:9.2f}" if r["floor_us"] else ""
         log(f"{r['workload']:<36}{r['variant']:<32}{r['median_us']:10.1f}{fl}")
     if RESULTS["timing"]:
-        log("defaults (gpugrad/backends/cupy_backend.py), from this run:")
+        log("measured defaults (plans.MEASURED in gpugrad/backends/plans.py), from this run:")
         recommend_defaults()
     (out / f"results{tag}.json").write_text(json.dumps(RESULTS, indent=1))
     return 1 if FAILURES else 0

@@ -2,7 +2,8 @@
 
 ``fake_backend(monkeypatch)`` gives a CupyBackend whose array functions make FakeArray objects
 (shape, dtype, a 256-byte aligned pointer, nothing on a device) and whose kernels record their
-launches in ``backend.launches`` instead of running. Used by tests/test_launch_args.py (each
+launches in ``backend.launches`` instead of running. ``FAKE_CUPY.cuda.Device(i)`` switches the
+current device as ``cupy.cuda.Device(i)`` does, for backends given several cards. Used by tests/test_launch_args.py (each
 launch against its kernel's PTX signature) and benchmarks/test_launch_overhead.py (the Python
 cost of a call).
 """
@@ -11,6 +12,7 @@ import types
 
 import numpy as np
 
+from gpugrad.backends import cuda_driver, plans
 from gpugrad.backends import cupy_backend as cb
 
 H100 = dict(sm_count=132, smem_optin=232448, cc=90)
@@ -57,6 +59,24 @@ def _like(a, dtype=None):
     return FakeArray(a.shape, dtype or a.dtype)
 
 
+_CURRENT = [0]  # the fake current device
+_STREAM = types.SimpleNamespace(ptr=0)
+
+
+class _Device:
+    """cupy.cuda.Device: the current device inside its `with` block."""
+
+    def __init__(self, device=None):
+        self.id = _CURRENT[0] if device is None else device
+
+    def __enter__(self):
+        self._before, _CURRENT[0] = _CURRENT[0], self.id
+        return self
+
+    def __exit__(self, *exc):
+        _CURRENT[0] = self._before
+
+
 FAKE_CUPY = types.SimpleNamespace(
     empty=lambda shape, dtype=np.float32: FakeArray(shape, dtype),
     zeros=lambda shape, dtype=np.float32: FakeArray(shape, dtype),
@@ -64,8 +84,8 @@ FAKE_CUPY = types.SimpleNamespace(
     empty_like=_like,
     asarray=lambda a, dtype=None: a if dtype is None or dtype == a.dtype else _like(a, dtype),
     ascontiguousarray=lambda a, dtype=None: _like(a, dtype),
-    cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0),
-                               get_current_stream=lambda: types.SimpleNamespace(ptr=0)),
+    cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: _CURRENT[0], setDevice=lambda d: None),
+                               get_current_stream=lambda: _STREAM, Device=_Device),
 )
 
 
@@ -83,34 +103,29 @@ class RecordingKernel:
 
 
 
-def backend_on(monkeypatch, cupy_module, make_kernel, card=H100):
-    """A CupyBackend for `card` (sm count, shared-memory limit, compute capability) whose `cupy` is
-    cupy_module and whose kernels are make_kernel(name, backend.launches), one object per name as
-    the real backend caches CuPy's. Used here with fakes and by tests/emu with the emulator."""
-    monkeypatch.setattr(cb, "cupy", cupy_module)
-    monkeypatch.setattr(cb, "driver", types.SimpleNamespace(
+def backend_on(monkeypatch, cupy_module, make_kernel, card=H100, cards=None, variants=None):
+    """A CupyBackend for `card` (sm count, shared-memory limit, compute capability), or for
+    `cards` ({device id: card}), whose `cupy` is cupy_module and whose kernels are
+    make_kernel(name, backend.launches), one object per device and name as the real backend loads
+    them; `variants` overrides the measured kernel variants. Used here with fakes and by tests/emu
+    with the emulator."""
+    monkeypatch.setattr(cuda_driver, "driver", types.SimpleNamespace(
         occupancyMaxActiveBlocksPerMultiprocessor=lambda ptr, threads, smem: 1))
-    monkeypatch.setattr(cb, "LINEAR_VARIANT", dict(cb.LINEAR_VARIANT))
-    monkeypatch.setattr(cb, "ROW_CALL", dict(cb.ROW_CALL))
-    monkeypatch.setattr(cb, "_DIRECT", None)  # per-thread slabs of another backend's arrays
-    be = object.__new__(cb.CupyBackend)
+    monkeypatch.setattr(cuda_driver, "_DIRECT", None)  # per-thread slabs of another backend's arrays
+    cards = {d: plans.Card(**c) for d, c in (cards or {0: card}).items()}
+    launches = []
+
+    def card_of(device):
+        if device not in cards:
+            raise AssertionError(f"device {device} is not one of this test's cards {sorted(cards)}")
+        return cards[device]
+
+    be = cb.CupyBackend(_variants=variants, _card=card_of, _load=lambda device, name: make_kernel(name, launches))
     be.xp = cupy_module  # the backend's array module (the class's is the real cupy)
-    be._workspaces, be._clusters, be._occupancy, be._row_launches = {}, {}, {}, {}
-    for k, v in card.items():
-        setattr(be, k, v)
-    be.launches = []
-    kernels = {}
-
-    def kernel(name):
-        k = kernels.get(name)
-        if k is None:
-            k = kernels[name] = make_kernel(name, be.launches)
-        return k
-
-    be.kernel = kernel
+    be.launches = launches
     return be
 
 
-def fake_backend(monkeypatch, card=H100):
+def fake_backend(monkeypatch, card=H100, cards=None, variants=None):
     """A CupyBackend on fakes: launches are recorded in backend.launches, nothing runs."""
-    return backend_on(monkeypatch, FAKE_CUPY, RecordingKernel, card)
+    return backend_on(monkeypatch, FAKE_CUPY, RecordingKernel, card, cards, variants)

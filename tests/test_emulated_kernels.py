@@ -31,7 +31,7 @@ pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (n
 
 from emu import emulator as E  # noqa: E402
 from emu.build import cache_dir as build_cache  # noqa: E402
-from gpugrad.backends import cupy_backend as cb  # noqa: E402
+from gpugrad.backends import cuda_driver, plans  # noqa: E402
 from kernel_checks import check_linear_step, linear_case, rel  # noqa: E402
 
 NP = gg.get_backend("numpy")
@@ -82,12 +82,11 @@ def test_row_loss_kernels(be, C, n, dtype, loss, rng):
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_direct_call_path_matches_cupys(be, C, long_rows, dtype, loss, monkeypatch, rng):
     if long_rows:
-        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", long_rows)
+        be = be._with_variants(ce_long_rows=long_rows)
     n = 13 if C < 10_000 else 3
     S, y = dev((rng.standard_normal((n, C)) * 3).astype(dtype)), dev(rng.integers(0, C, n).astype(np.int32))
     want_loss, want_dS = _row_loss(be, loss, S, y, None)
-    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
-    got_loss, got_dS = _row_loss(be, loss, S, y, None)
+    got_loss, got_dS = _row_loss(be._with_variants(row_call="direct"), loss, S, y, None)
     assert got_loss.shape == () and got_loss.dtype == dtype and got_dS.dtype == dtype
     assert float(got_loss) == float(want_loss) and np.array_equal(got_dS, want_dS)
     assert be.launches[-1] == be.launches[-2]  # the same kernel
@@ -95,7 +94,7 @@ def test_direct_call_path_matches_cupys(be, C, long_rows, dtype, loss, monkeypat
 
 def test_direct_call_path_losses_stay_valid_past_a_slab(be, monkeypatch, rng):
     """Each loss is a slot of its own: 600 calls (three slabs) keep 600 right values."""
-    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
+    be = be._with_variants(row_call="direct")
     S = rng.standard_normal((600, 3, 4)).astype(np.float32)
     y = dev(np.array([0, 3, 1]))
     losses = [be.softmax_cross_entropy_grad(dev(s), y)[0] for s in S]
@@ -108,24 +107,23 @@ def test_direct_call_path_checks_what_it_passes(be, monkeypatch, rng):
     """The emulated cuLaunchKernel reads the parameter block as the driver does and checks the
     device arrays it points to: a pointee of the wrong dtype is an error (a write past an array:
     test_a_write_just_past_an_array_is_caught)."""
-    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
     S = dev(rng.standard_normal((3, 10)).astype(np.float32))
     out = E.emucupy.empty((3, 10), np.float64)
-    L = be._row_launch(cb.ce_kernel_config(10, np.float32), 3, 10, 4, 0)
+    ws = be.workspace()
+    L = ws.device.row_launch(plans.ce_kernel_config(10, np.float32), 3, 10, 4)
     with pytest.raises(TypeError, match="gg_ce_f32_w2_k8: argument 3 is EmuArray float64, the parameter is pf4"):
-        be._row_loss_direct(L, be.workspace(), S, dev([1, 2, 3]), 1, out)
+        cuda_driver.launch_row_direct(E.emucupy, L, ws, S, dev([1, 2, 3]), 1, out)
 
 
 def test_direct_call_path_gives_each_thread_its_own_parameter_block(be, monkeypatch):
     """A block is filled and launched within one call; two threads never fill the same one."""
     import threading
-    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
     blocks = []
     # Keep the other thread's block itself, not just its address: a thread's locals are freed
     # when it ends, and the allocator may hand the same address to this thread's block.
-    thread = threading.Thread(target=lambda: blocks.append(cb._direct().argv))
+    thread = threading.Thread(target=lambda: blocks.append(cuda_driver.direct(E.emucupy).argv))
     thread.start(), thread.join()
-    assert ctypes.addressof(blocks[0]) != cb._direct().argv_ptr
+    assert ctypes.addressof(blocks[0]) != cuda_driver.direct(E.emucupy).argv_ptr
 
 
 @pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
@@ -134,7 +132,7 @@ def test_direct_call_path_gives_each_thread_its_own_parameter_block(be, monkeypa
 def test_long_rows_every_kernel(be, variant, C, dtype, monkeypatch, rng):
     """n above the small card's 6 SMs (the persistent kernels' next-row path); C odd, even, and a
     multiple of 4 (16-byte pieces); int32 labels; S and dS 8 bytes past a 16-byte boundary."""
-    monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+    be = be._with_variants(ce_long_rows=variant)
     n = 9 if C * np.dtype(dtype).itemsize <= 131072 else 2
     S = rng.standard_normal((n, C)) * 3
     y = rng.integers(0, C, n).astype(np.int32)
@@ -159,7 +157,7 @@ def test_long_rows_every_kernel(be, variant, C, dtype, monkeypatch, rng):
 def test_long_rows_keep_nan(be, variant, monkeypatch, rng):
     """A NaN score makes its row's gradient and the loss NaN, as in numpy (with validate=False
     nothing stops it earlier), even where one thread's values are all NaN."""
-    monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+    be = be._with_variants(ce_long_rows=variant)
     n, C = 3, 9000
     S = rng.standard_normal((n, C)).astype(np.float32)
     first_thread = (4 * (np.arange(0, C, 4 * 640)[:, None] // 4) + np.arange(4)).ravel()  # thread 0's pieces
@@ -175,12 +173,11 @@ def test_long_rows_keep_nan(be, variant, monkeypatch, rng):
 def test_rows_past_the_cards_shared_memory_take_a_block_per_row(monkeypatch, rng):
     """A card with 99 KB of shared memory a block (sm_86): 30000 floats cannot stay in it."""
     E.use(None)
-    be = E.emulated_backend(monkeypatch, card=dict(sm_count=6, smem_optin=101376, cc=86))
     S, y = rng.standard_normal((8, 30000)), rng.integers(0, 30000, 8)
     ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
     for variant in ("stream", "prefetch"):
-        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
-        be.launches.clear()
+        be = E.emulated_backend(monkeypatch, card=dict(sm_count=6, smem_optin=101376, cc=86),
+                                variants={"ce_long_rows": variant})
         loss, dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
         assert be.launches[0] == "gg_ce_f32_b_k32"
         assert rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
@@ -190,7 +187,7 @@ def test_rows_past_the_cards_shared_memory_take_a_block_per_row(monkeypatch, rng
                                          (8196, "prefetch")])
 def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, long_rows, monkeypatch, rng):
     if long_rows:
-        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", long_rows)
+        be = be._with_variants(ce_long_rows=long_rows)
     S, y = dev(rng.standard_normal((7, C)).astype(np.float32)), dev(rng.integers(0, C, 7))
     runs = []
     for order, deferred in MODES:
@@ -215,27 +212,32 @@ def _check_linear(be, ref_args, args, loss, lam=0.01):
 
 
 @pytest.fixture(params=["simt", "mma"])
-def variant(request, monkeypatch):
-    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": request.param, "u8": request.param})
+def variant(request):
     return request.param
+
+
+@pytest.fixture
+def vbe(be, variant):
+    """The emulated backend with the fused linear step on the `variant` kernel."""
+    return be._with_variants(linear_f32=variant, linear_u8=variant)
 
 
 @pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (700, 131, 10, "softmax"),
                                         (300, 3072, 10, "svm"), (513, 100, 16, "softmax"), (200, 784, 9, "svm"),
                                         (129, 33, 5, "softmax"), (100, 3072, 8, "softmax")])
 @pytest.mark.parametrize("xtype", ["f32", "u8"])
-def test_linear_step_kernels(be, variant, xtype, n, d, C, loss, rng):
+def test_linear_step_kernels(vbe, variant, xtype, n, d, C, loss, rng):
     ref_args, args = _linear_inputs(rng, xtype, n, d, C, wscale=0.05 if xtype == "f32" else 0.01)
-    plan = (be.linmma_plan if variant == "mma" else be.linear_plan)(args[0], args[2], args[4])
+    plan = (vbe.linmma_plan if variant == "mma" else vbe.linear_plan)(args[0], args[2], args[4])
     assert plan is not None  # the fused kernel runs, not the inherited matmul path
-    _check_linear(be, ref_args, args, loss)
+    _check_linear(vbe, ref_args, args, loss)
 
 
 @pytest.mark.parametrize("xtype", ["f32", "u8"])
-def test_linear_step_kernels_agree_bit_for_bit_in_every_thread_order(be, variant, xtype, rng):
+def test_linear_step_kernels_agree_bit_for_bit_in_every_thread_order(vbe, xtype, rng):
     """The same bits whichever thread runs first and whenever the copies land: no missing barrier,
     no read of a tile before its cp.async wait, partial sums in a fixed order."""
-    _agree_in_every_thread_order(be, *_linear_inputs(rng, xtype, 300, 200, 10)[1])
+    _agree_in_every_thread_order(vbe, *_linear_inputs(rng, xtype, 300, 200, 10)[1])
 
 
 @pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (700, 131, 10, "softmax"),
@@ -283,7 +285,7 @@ def _agree_in_every_thread_order(be, *args):
 
 def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(be, monkeypatch, rng):
     """Means far outside the pixel range (offsets clamp to 0..255) and weights near float32's small end."""
-    monkeypatch.setitem(cb.LINEAR_VARIANT, "u8", "mma")
+    be = be._with_variants(linear_u8="mma")
     n, d, C = 150, 300, 10
     mean = rng.uniform(-400, 700, d)
     for wscale in (1e-2, 1e-30):
@@ -292,12 +294,12 @@ def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(be, monkeyp
 
 
 @pytest.mark.parametrize("xtype", ["f32", "u8"])
-def test_linear_step_stages_x_from_an_unaligned_address(be, variant, xtype, rng):
+def test_linear_step_stages_x_from_an_unaligned_address(vbe, xtype, rng):
     """X that starts 4 bytes past a 16-byte boundary: the kernels copy 4 bytes at a time (uint8
     rows of d % 4 == 0), or one element (odd d), never a misaligned 16-byte cp.async."""
     for d in (64, 67):
         ref_args, args = _linear_inputs(rng, xtype, 70, d, 10)
-        _check_linear(be, ref_args, (_moved(args[0], 4), *args[1:]), "softmax")
+        _check_linear(vbe, ref_args, (_moved(args[0], 4), *args[1:]), "softmax")
 
 
 def _moved(X, offset):
@@ -323,7 +325,7 @@ def test_float64_x_off_a_16_byte_boundary(be, rng):
 
 
 def test_misaligned_copies_are_an_error(be, monkeypatch, rng):
-    monkeypatch.setattr(cb, "_copy_align", lambda X: 16)  # claim 16-byte copies for 20-byte rows
+    monkeypatch.setattr(plans, "copy_align", lambda row_bytes, ptr, itemsize: 16)  # 16-byte copies of 20-byte rows
     _, args = _linear_inputs(rng, "u8", 10, 20, 3)
     with pytest.raises(E.EmulatorError, match="cp.async with an address not aligned"):
         be.linear_grad(*args[:4], 0.01, "softmax", *args[4:])
@@ -420,21 +422,20 @@ PLANTED["a row is parked one entry too far"] = ("stream", _replace(
     "            if (idx < C) row_s[idx] = v[j];", "            if (idx < C) row_s[idx + 1] = v[j];"))
 
 
-def _planted_bug_run(kernel, monkeypatch, rng):
-    """A check that fails (AssertionError, EmulatorError) where `kernel` computes a wrong result."""
+def _planted_bug_run(kernel, rng):
+    """(the variants that launch `kernel`, a check that fails (AssertionError, EmulatorError) where
+    it computes a wrong result)."""
     if kernel in ("prefetch", "stream"):
-        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", kernel)
         S, y = rng.standard_normal((20, 9000)), rng.integers(0, 9000, 20)  # 3 or 4 rows a block
         ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
 
         def run(be):
             loss, dS = be.softmax_cross_entropy_grad(dev(S.astype(np.float32)), dev(y))
             assert rel(dS, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * ref_loss
-        return run
-    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": "mma", "u8": "mma"})
+        return {"ce_long_rows": kernel}, run
     n = 700 if kernel == "u8" else 300  # 3 or 4 tiles per cluster: each stage is refilled while in use
     ref_args, args = _linear_inputs(rng, kernel, n, 200, 10)
-    return lambda be: _check_linear(be, ref_args, args, "softmax")
+    return {"linear_f32": "mma", "linear_u8": "mma"}, lambda be: _check_linear(be, ref_args, args, "softmax")
 
 
 ONE_PAST = _replace("            if (idx < C) g[idx] = gg_ce_grad(idx == r.yv, v[j], others, scale);",
@@ -447,8 +448,7 @@ def test_a_write_just_past_an_array_is_caught(path, monkeypatch, rng):
     after dS (3 x 10 floats end 8 bytes before the guard page), through either call path."""
     E.use(ONE_PAST)
     try:
-        be = E.emulated_backend(monkeypatch)
-        cb.ROW_CALL["path"] = path  # backend_on made ROW_CALL a copy the monkeypatch restores
+        be = E.emulated_backend(monkeypatch, variants={"row_call": path})
         with pytest.raises(E.EmulatorError, match="gg_ce_f32_w2_k8: a write past the end of argument 3"):
             be.softmax_cross_entropy_grad(dev(rng.standard_normal((3, 10)).astype(np.float32)), dev([1, 2, 3]))
     finally:
@@ -487,10 +487,10 @@ def planted_builds():
 @pytest.mark.parametrize("bug", list(PLANTED))
 def test_the_emulator_catches_a_planted_bug(bug, planted_builds, monkeypatch, rng):
     kernel, mutate = PLANTED[bug]
-    run = _planted_bug_run(kernel, monkeypatch, rng)
+    variants, run = _planted_bug_run(kernel, rng)
     E.use(mutate)
     try:
-        be = E.emulated_backend(monkeypatch)
+        be = E.emulated_backend(monkeypatch, variants=variants)
         for order, deferred in MODES:
             E.configure(order, 3, deferred)
             try:

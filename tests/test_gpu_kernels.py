@@ -48,15 +48,12 @@ def test_row_loss_kernels_match_numpy(n, C, dtype, loss, rng):
 
 @pytest.fixture(params=["simt", "mma"])
 def linear_variant(request):
-    """Each fused linear kernel in turn (cupy_backend.LINEAR_VARIANT), restored afterwards; "mma"
-    (tensor cores, thread-block clusters) needs sm_90."""
-    from gpugrad.backends import cupy_backend as cb
-    if request.param == "mma" and gg.get_backend("cupy").cc < 90:
+    """Each fused linear kernel in turn: (variant, a CUDA backend that uses it); "mma" (tensor
+    cores, thread-block clusters) needs sm_90."""
+    be = gg.get_backend("cupy")
+    if request.param == "mma" and be.card.cc < 90:
         pytest.skip("the tensor-core kernels need sm_90 (clusters)")
-    old = dict(cb.LINEAR_VARIANT)
-    cb.LINEAR_VARIANT.update(f32=request.param, u8=request.param)
-    yield request.param
-    cb.LINEAR_VARIANT.update(old)
+    return request.param, be._with_variants(linear_f32=request.param, linear_u8=request.param)
 
 
 _NAN_SMEM = r"""
@@ -77,9 +74,9 @@ def _poison_pool(cupy, nbytes=1 << 28):
     del block
     be = gg.get_backend("cupy")
     fill = cupy.RawKernel(_NAN_SMEM, "fill_shared_with_nan")
-    nbytes_smem = be.smem_optin
+    nbytes_smem = be.card.smem_optin
     fill.max_dynamic_shared_size_bytes = nbytes_smem
-    fill((4 * be.sm_count,), (1024,), (np.int32(nbytes_smem // 4),), shared_mem=nbytes_smem)
+    fill((4 * be.card.sm_count,), (1024,), (np.int32(nbytes_smem // 4),), shared_mem=nbytes_smem)
 
 
 def _linear_inputs(rng, kind, n, d, C, wscale=0.05):
@@ -89,11 +86,11 @@ def _linear_inputs(rng, kind, n, d, C, wscale=0.05):
     return ref, [None if a is None else cupy.asarray(a) for a in args]
 
 
-def _check_linear(ref_args, args, loss, lam):
+def _check_linear(ref_args, args, loss, lam, backend=None):
     """One public linear_grad call on poisoned memory, against the numpy backend (check_linear_step)."""
     import cupy
     _poison_pool(cupy)
-    got = gg.linear_grad(*args[:4], lam=lam, loss=loss, x_mean=args[4], x_std=args[5])
+    got = gg.linear_grad(*args[:4], lam=lam, loss=loss, x_mean=args[4], x_std=args[5], backend=backend)
     check_linear_step(ref_args, [a.get() for a in got], loss, lam)
 
 
@@ -101,22 +98,22 @@ def _check_linear(ref_args, args, loss, lam):
                                    (300, 3073, 10), (257, 50, 40), (4099, 3072, 10), (70, 784, 9)])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_linear_grad_fused_matches_numpy(n, d, C, loss, linear_variant, rng):
-    be = gg.get_backend("cupy")
+    variant, be = linear_variant
     ref_args, args = _linear_inputs(rng, "f32", n, d, C)
-    if linear_variant == "mma":
+    if variant == "mma":
         assert (be.linmma_plan(args[0], args[2], None) is not None) == (C <= 16 and d <= 3072)
-    _check_linear(ref_args, args, loss, 0.01)
+    _check_linear(ref_args, args, loss, 0.01, be)
 
 
 @pytest.mark.parametrize("n,d,C,loss", [(3, 7, 2, "softmax"), (4099, 3072, 10, "softmax"), (70, 784, 10, "svm"),
                                         (129, 33, 5, "softmax"), (1, 5, 1, "softmax"), (65537, 3071, 16, "svm"),
                                         (200, 3072, 9, "softmax"), (513, 100, 8, "svm")])
 def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_variant, rng):
-    be = gg.get_backend("cupy")
+    variant, be = linear_variant
     ref_args, args = _linear_inputs(rng, "u8", n, d, C, wscale=0.01)
-    if linear_variant == "mma":
+    if variant == "mma":
         assert be.linmma_plan(args[0], args[2], args[4]) is not None
-    _check_linear(ref_args, args, loss, 0.1)
+    _check_linear(ref_args, args, loss, 0.1, be)
 
 
 @pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (65537, 131, 10, "softmax"),
@@ -131,7 +128,7 @@ def test_linear_grad_other_kinds_of_x(kind, n, d, C, loss, rng):
     plan = be.linear_plan(args[0], args[2], args[4])
     if not (kind == "f32n" or d <= 1024 or C <= 4):
         assert plan is None
-    elif be.cc >= 90:  # (smaller cards' shared memory may not hold every W here)
+    elif be.card.cc >= 90:  # (smaller cards' shared memory may not hold every W here)
         assert plan is not None
     _check_linear(ref_args, args, loss, 0.01)
 
@@ -160,9 +157,8 @@ def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):
     the rest goes through the bias and the finish) and weights near float32's small end (the
     per-class f16 scaling)."""
     import cupy
-    from gpugrad.backends import cupy_backend as cb
-    be = gg.get_backend("cupy")
-    if be.cc < 90:
+    be = gg.get_backend("cupy")._with_variants(linear_u8="mma")
+    if be.card.cc < 90:
         pytest.skip("the tensor-core kernel needs sm_90 (clusters)")
     n, d, C = 1000, 3072, 10
     X = rng.integers(0, 256, (n, d), dtype=np.uint8)
@@ -172,15 +168,10 @@ def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):
     for wscale in (1e-2, 1e-30):
         W = f32(rng.standard_normal((C, d)) * wscale)
         b = f32(rng.standard_normal(C) * 0.1)
-        old = cb.LINEAR_VARIANT["u8"]
-        cb.LINEAR_VARIANT["u8"] = "mma"
-        try:
-            J, dW, db = gg.linear_grad(cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)),
-                                       cupy.asarray(b.astype(np.float32)), lam=0.01,
-                                       x_mean=cupy.asarray(mean.astype(np.float32)),
-                                       x_std=cupy.asarray(std.astype(np.float32)))
-        finally:
-            cb.LINEAR_VARIANT["u8"] = old
+        J, dW, db = gg.linear_grad(cupy.asarray(X), cupy.asarray(y), cupy.asarray(W.astype(np.float32)),
+                                   cupy.asarray(b.astype(np.float32)), lam=0.01,
+                                   x_mean=cupy.asarray(mean.astype(np.float32)),
+                                   x_std=cupy.asarray(std.astype(np.float32)), backend=be)
         check_linear_step((X, y, W, b, mean, std), [a.get() for a in (J, dW, db)], "softmax", 0.01)
 
 
@@ -188,9 +179,8 @@ def test_uint8_tensor_core_kernel_with_offset_means_and_tiny_weights(rng):
 def test_the_tensor_core_kernels_are_deterministic(xtype, rng):
     """The partial sums meet in a fixed order (ranks, warp groups, clusters): bit-identical reruns."""
     import cupy
-    from gpugrad.backends import cupy_backend as cb
-    be = gg.get_backend("cupy")
-    if be.cc < 90:
+    be = gg.get_backend("cupy")._with_variants(**{f"linear_{xtype}": "mma"})
+    if be.card.cc < 90:
         pytest.skip("the tensor-core kernels need sm_90 (clusters)")
     n, d, C = 20000, 3072, 10
     if xtype == "u8":
@@ -202,13 +192,8 @@ def test_the_tensor_core_kernels_are_deterministic(xtype, rng):
     y = cupy.asarray(rng.integers(0, C, n))
     W = cupy.asarray((rng.standard_normal((C, d)) * 0.01).astype(np.float32))
     b = cupy.zeros(C, np.float32)
-    old = cb.LINEAR_VARIANT[xtype]
-    cb.LINEAR_VARIANT[xtype] = "mma"
-    try:
-        assert be.linmma_plan(X, W, norm[0]) is not None
-        runs = [[a.get() for a in be.linear_grad(X, y, W, b, 0.01, "softmax", *norm)] for _ in range(3)]
-    finally:
-        cb.LINEAR_VARIANT[xtype] = old
+    assert be.linmma_plan(X, W, norm[0]) is not None
+    runs = [[a.get() for a in be.linear_grad(X, y, W, b, 0.01, "softmax", *norm)] for _ in range(3)]
     for other in runs[1:]:
         for a, b_ in zip(runs[0], other):
             assert np.array_equal(a, b_)
@@ -217,36 +202,34 @@ def test_the_tensor_core_kernels_are_deterministic(xtype, rng):
 @pytest.mark.parametrize("n,C", [(1, 1), (3, 10), (65537, 10), (8192, 1000), (300, 20000), (7, 40000)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
-def test_direct_call_path_matches_cupys(n, C, dtype, loss, monkeypatch, rng):
-    """cupy_backend.ROW_CALL "direct" (cuLaunchKernel from a ctypes parameter block, the loss a
+def test_direct_call_path_matches_cupys(n, C, dtype, loss, rng):
+    """The "direct" row_call variant (cuLaunchKernel from a ctypes parameter block, the loss a
     view into a slab) gives bit for bit what CuPy's RawKernel call gives; its losses stay valid
     past a slab (256 calls); int32 and int64 labels."""
     import cupy
-    from gpugrad.backends import cupy_backend as cb
     be = gg.get_backend("cupy")
+    direct = be._with_variants(row_call="direct")
     fn = be.softmax_cross_entropy_grad if loss == "softmax" else be.svm_grad
+    fn_direct = direct.softmax_cross_entropy_grad if loss == "softmax" else direct.svm_grad
     S = cupy.asarray((rng.standard_normal((n, C)) * 3).astype(dtype))
     for y in (cupy.asarray(rng.integers(0, C, n)), cupy.asarray(rng.integers(0, C, n).astype(np.int32))):
         want_loss, want_dS = fn(S, y)
-        monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
         _poison_pool(cupy)
         out = _poisoned(cupy, (n, C), dtype)
-        losses = [fn(S, y, out=out)[0] for _ in range(300 if n * C < 10**6 else 3)]
-        monkeypatch.setitem(cb.ROW_CALL, "path", "cupy")
+        losses = [fn_direct(S, y, out=out)[0] for _ in range(300 if n * C < 10**6 else 3)]
         assert cupy.array_equal(out, want_dS)
         assert all(float(v) == float(want_loss) for v in losses) and len({v.data.ptr for v in losses}) == len(losses)
 
 
-def test_direct_call_path_on_other_streams(monkeypatch, rng):
+def test_direct_call_path_on_other_streams(rng):
     """The "direct" path launches on the current stream, with a workspace and a loss slab of that
     stream: two streams interleaved give each its own right results."""
     import cupy
-    from gpugrad.backends import cupy_backend as cb
     be = gg.get_backend("cupy")
     S = [cupy.asarray((rng.standard_normal((4099, 10)) * 3).astype(np.float32)) for _ in range(2)]
     y = cupy.asarray(rng.integers(0, 10, 4099))
     want = [be.softmax_cross_entropy_grad(s, y) for s in S]
-    monkeypatch.setitem(cb.ROW_CALL, "path", "direct")
+    be = be._with_variants(row_call="direct")
     streams = [cupy.cuda.Stream(non_blocking=True) for _ in range(2)]
     got = [[], []]
     for _ in range(300):  # more than a slab
@@ -262,13 +245,11 @@ def test_direct_call_path_on_other_streams(monkeypatch, rng):
 @pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
 @pytest.mark.parametrize("C,dtype", [(8193, np.float32), (9000, np.float32), (32768, np.float32),
                                      (16384, np.float64), (12002, np.float64)])
-def test_long_row_kernels_match_numpy(variant, C, dtype, monkeypatch, rng):
-    """Every kernel for long softmax rows (cupy_backend.CE_LONG_ROWS), with more rows than SMs."""
+def test_long_row_kernels_match_numpy(variant, C, dtype, rng):
+    """Every kernel for long softmax rows (the ce_long_rows variants), with more rows than SMs."""
     import cupy
-    from gpugrad.backends import cupy_backend as cb
-    monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
-    be = gg.get_backend("cupy")
-    n = 2 * be.sm_count + 3
+    be = gg.get_backend("cupy")._with_variants(ce_long_rows=variant)
+    n = 2 * be.card.sm_count + 3
     S64 = rng.standard_normal((n, C)) * 3
     y = rng.integers(0, C, n)
     ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, y)
@@ -315,3 +296,18 @@ def test_the_one_launch_mean_is_deterministic(rng):
     y = cupy.asarray(rng.integers(0, 10, 65537))
     losses = {float(be.softmax_cross_entropy_grad(S, y)[0]) for _ in range(20)}
     assert len(losses) == 1
+
+
+def test_work_under_another_device_runs_there(rng):
+    """`with cupy.cuda.Device(1)`: the kernels are loaded on device 1 and the results live there."""
+    import cupy
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    be = gg.get_backend("cupy")
+    S64, y = rng.standard_normal((300, 10)), rng.integers(0, 10, 300)
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, y)
+    for device in (1, 0):
+        with cupy.cuda.Device(device):
+            loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64), cupy.asarray(y))
+            assert dS.device.id == device and be.workspace().device.id == device
+            assert rel(dS.get(), ref_dS) <= 1e-12 and abs(float(loss) - ref_loss) <= 1e-12 * ref_loss

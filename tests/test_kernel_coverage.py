@@ -25,7 +25,6 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g+
 pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
-from gpugrad.backends import cupy_backend as cb  # noqa: E402
 from kernel_checks import check_linear_step, linear_case, rel, row_kernel_shapes, LINEAR_KINDS  # noqa: E402
 
 NP = gg.get_backend("numpy")
@@ -37,7 +36,7 @@ def _row_case(loss, dtype, C, variant):
     """A row-loss call on (n, C) scores that must launch the kernel the planning picks for C."""
     def run(be, monkeypatch, rng):
         if variant is not None:
-            monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+            be = be._with_variants(ce_long_rows=variant)
         # 7 rows: past the small card's 6 SMs for the persistent kernels (a block takes a second
         # row), a partial block for the lane teams. Scores on a 1/64 grid: hinge margins are
         # exact in float32 too, so no margin within rounding of 0 flips between kernel and reference.
@@ -56,7 +55,7 @@ def _row_case(loss, dtype, C, variant):
 def _linear_case(kind, C, variant):
     """A fused linear step with X of `kind` and C classes on the "simt" or "mma" kernel."""
     def run(be, monkeypatch, rng):
-        monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": variant, "u8": variant})
+        be = be._with_variants(linear_f32=variant, linear_u8=variant)
         # Two row groups of X a block and one block more than the small card has SMs would need
         # many rows; a few rows and a short d keep the emulator fast and still cover a partial
         # row group and a d that is no multiple of the columns a thread takes.

@@ -29,7 +29,6 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g+
 pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
-from gpugrad.backends import cupy_backend as cb  # noqa: E402
 from kernel_checks import LINEAR_KINDS, check_linear_step, linear_case, rel, row_kernel_shapes  # noqa: E402
 
 NP = gg.get_backend("numpy")
@@ -64,14 +63,14 @@ def be(monkeypatch):
 
 
 def _select(be, monkeypatch, name, variant):
-    """Route long rows to `variant`; returns a check that the next call launched `name` first."""
+    """(the backend with long rows routed to `variant`, a check that its next call launched `name` first)."""
     if variant is not None:
-        monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", variant)
+        be = be._with_variants(ce_long_rows=variant)
     be.launches.clear()
 
     def launched():
         assert be.launches[0] == name, be.launches
-    return launched
+    return be, launched
 
 
 def _call(be, name, S, y):
@@ -101,7 +100,7 @@ def test_softmax_row_max_covers_every_column(be, name, C, variant, dtype, monkey
     short row; the ends and thread boundaries of a long one), and a label elsewhere: a max that
     misses the column overflows exp() into the row's total. Three more rows have the max as their
     target (first, middle and last column)."""
-    launched = _select(be, monkeypatch, name, variant)
+    be, launched = _select(be, monkeypatch, name, variant)
     pos = _positions(C)
     pos = np.concatenate([pos, [0, C // 2, C - 1]])
     n = len(pos)
@@ -121,7 +120,7 @@ def test_softmax_row_max_covers_every_column(be, name, C, variant, dtype, monkey
 def test_hinge_sees_a_margin_in_every_column(be, name, C, variant, dtype, monkeypatch, rng):
     """Row i has one active margin, in column pos[i] (all columns of a short row, the ends and
     thread boundaries of a long one): a kernel that skips a column misses it."""
-    launched = _select(be, monkeypatch, name, variant)
+    be, launched = _select(be, monkeypatch, name, variant)
     pos = _positions(C)
     n = len(pos)
     S = -2 - np.round(rng.uniform(0, 0.5, (n, C)) * 64) / 64  # margins <= -1: inactive
@@ -140,7 +139,7 @@ def test_hinge_sees_a_margin_in_every_column(be, name, C, variant, dtype, monkey
 def test_confident_rows_keep_the_target_gradient(be, name, C, variant, dtype, monkeypatch, rng):
     """s_y so far above the rest that p_y rounds to 1 in the kernel's dtype: dS_y must be
     -others / (total n), which is tiny but not 0 (1 - p_y would give 0), entry by entry."""
-    launched = _select(be, monkeypatch, name, variant)
+    be, launched = _select(be, monkeypatch, name, variant)
     n = 4
     S = np.clip(rng.standard_normal((n, C)), -3, 3)
     y = np.array([0, C - 1, *rng.integers(0, C, n - 2)])
@@ -166,7 +165,7 @@ def test_confident_rows_keep_the_target_gradient(be, name, C, variant, dtype, mo
 def test_hinge_margin_of_exactly_zero_has_subgradient_zero(be, name, C, variant, dtype, monkeypatch, rng):
     """Scores in {0, 1, 2}: margins s_j - s_y + 1 are exact integers, many exactly 0, where the
     subgradient is 0 (as in numpy): not counted on the target, no 1/n off it."""
-    launched = _select(be, monkeypatch, name, variant)
+    be, launched = _select(be, monkeypatch, name, variant)
     n = 9
     S = rng.integers(0, 3, (n, C)).astype(np.float64)
     y = rng.integers(0, C, n)
@@ -192,7 +191,7 @@ def test_bad_labels_make_the_loss_nan_without_a_stray_read(be, name, C, variant,
     last score and C the next row's first (finite: the loss would come out a number). The loss is
     NaN, the bad rows follow the formula with s_y = NaN (softmax: NaN; hinge: no active margin),
     and the other rows are unaffected."""
-    launched = _select(be, monkeypatch, name, variant)
+    be, launched = _select(be, monkeypatch, name, variant)
     n = 5
     S = np.round(rng.standard_normal((n, C)) * 3 * 64) / 64
     y = rng.integers(0, C, n)
@@ -272,7 +271,7 @@ def _planted_scores(rng, kind, C, n, y, column, gap):
 
 def _linear_step(be, monkeypatch, kind, C, variant, ref, loss, lam):
     """The step on the kernel `variant` ("simt" or "mma") against numpy (check_linear_step)."""
-    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": variant, "u8": variant})
+    be = be._with_variants(linear_f32=variant, linear_u8=variant)
     be.launches.clear()
     args = _on_device(kind, ref)
     got = be.linear_grad(*args[:4], lam, loss, *args[4:])

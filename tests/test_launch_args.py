@@ -16,9 +16,9 @@ import pytest
 cupy = pytest.importorskip("cupy", reason="CuPy (with NVRTC) is not installed")
 from cupy.cuda import nvrtc  # noqa: E402
 
-from fake_cupy import H100, FakeArray, fake_backend  # noqa: E402
+from fake_cupy import FAKE_CUPY, H100, FakeArray, fake_backend  # noqa: E402
 from gpugrad.backends import cupy_backend as cb  # noqa: E402
-from gpugrad.backends import kernels  # noqa: E402
+from gpugrad.backends import kernels, plans  # noqa: E402
 
 try:
     nvrtc.getVersion()
@@ -79,7 +79,7 @@ def _check(be, entries):
 @pytest.mark.parametrize("n", [1, 8192])
 @pytest.mark.parametrize("long_rows", ["stream", "prefetch", "block"])
 def test_row_loss_launches(backend, entries, n, C, dtype, long_rows, monkeypatch):
-    monkeypatch.setitem(cb.CE_LONG_ROWS, "variant", long_rows)
+    backend = backend._with_variants(ce_long_rows=long_rows)
     S, y = FakeArray((n, C), dtype), FakeArray(n, np.int64)
     backend.softmax_cross_entropy_grad(S, y)
     backend.softmax_cross_entropy_grad(S, FakeArray(n, np.int32), out=FakeArray((n, C), dtype))
@@ -92,7 +92,7 @@ def test_row_loss_launches(backend, entries, n, C, dtype, long_rows, monkeypatch
                                    (4099, 3072, 10), (70, 784, 9), (129, 33, 5), (10, 3072, 8)])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_linear_step_launches(backend, entries, variant, n, d, C, loss):
-    cb.LINEAR_VARIANT.update(f32=variant, u8=variant)
+    backend = backend._with_variants(linear_f32=variant, linear_u8=variant)
     y, W, b = FakeArray(n, np.int64), FakeArray((C, d), np.float32), FakeArray(C, np.float32)
     X, Xu = FakeArray((n, d), np.float32), FakeArray((n, d), np.uint8)
     mean, std = FakeArray(d, np.float32), FakeArray(d, np.float32)
@@ -138,7 +138,7 @@ def test_linear_step_launches_for_the_other_kinds_of_x(backend, entries, n, d, C
 def test_weighted_linear_step_launches(backend, entries, variant, n, d, C):
     """sample_weight reaches every kind's simt kernel as its per-row weight pointer (float64 weights
     converted to a float32 step's dtype); with "mma" chosen, a weighted step still takes simt."""
-    cb.LINEAR_VARIANT.update(f32=variant, u8=variant)
+    backend = backend._with_variants(linear_f32=variant, linear_u8=variant)
     y = FakeArray(n, np.int64)
     for dtype in (np.float32, np.float64):
         X, W, b, norm = FakeArray((n, d), dtype), FakeArray((C, d), dtype), FakeArray(C, dtype), FakeArray(d, dtype)
@@ -173,3 +173,56 @@ def test_device_check_launches(backend, entries, narrays):
     arrays = [FakeArray((10, 3), np.float32 if i % 2 else np.float64) for i in range(narrays)]
     assert backend.first_invalid(FakeArray(10, np.int64), 3, arrays) == (-1, [-1] * narrays)
     _check(backend, entries)
+
+
+def test_planning_knows_exactly_the_kernels_the_ptx_defines(entries):
+    """plans.entry_points() expands the sources' instantiation macros: the same set NVRTC compiles,
+    so planning picks only among kernels that exist, from the one source."""
+    assert plans.entry_points() == set(entries)
+    assert plans.LINMMA_THREADS == entries["gg_linmma_u8_nt1"][1]
+    for x in ("u8", "f32"):
+        assert plans.LINMMA[x].cluster == entries[f"gg_linmma_{x}_nt1"][2]
+
+
+def test_variants_are_frozen_options_of_the_backend_with_measured_defaults(monkeypatch):
+    """No module-level switch: a backend's variants are the measured row for its card's
+    architecture unless given to that backend, and a misspelt switch or variant is refused."""
+    assert not any(hasattr(cb, old) for old in ("LINEAR_VARIANT", "CE_LONG_ROWS", "ROW_CALL"))
+    assert fake_backend(monkeypatch).variants == plans.default_variants(90) == plans.MEASURED[90]
+    assert fake_backend(monkeypatch, card=dict(H100, cc=86)).variants == plans.MEASURED[80]
+    assert fake_backend(monkeypatch, card=dict(H100, cc=100)).variants == plans.MEASURED[90]
+    be = fake_backend(monkeypatch, variants={"ce_long_rows": "block"})
+    assert be.variants.ce_long_rows == "block" and fake_backend(monkeypatch).variants.ce_long_rows == "stream"
+    with pytest.raises(AttributeError):
+        be.variants.ce_long_rows = "stream"
+    with pytest.raises(ValueError, match="ce_long_rows='fast' is not a variant"):
+        cb.CupyBackend(_variants={"ce_long_rows": "fast"})
+    with pytest.raises(ValueError, match="unknown kernel variant switch 'long_rows'"):
+        be._with_variants(long_rows="block")
+
+
+def test_each_device_gets_its_own_kernels_card_and_scratch(monkeypatch, entries):
+    """Under `with cupy.cuda.Device(1)` the backend plans for device 1's card and launches kernels
+    loaded on device 1; device 0's are untouched, and each device keeps its own workspace."""
+    small = dict(sm_count=8, smem_optin=101376, cc=86)
+    be = fake_backend(monkeypatch, cards={0: H100, 1: small})
+    S, y = FakeArray((8192, 30000), np.float32), FakeArray(8192, np.int64)
+    be.softmax_cross_entropy_grad(S, y)
+    with FAKE_CUPY.cuda.Device(1):
+        be.softmax_cross_entropy_grad(S, y)
+        ws1, f1 = be.workspace(), be.kernel("gg_ce_f32_b_k32")
+        assert be.card.sm_count == 8
+    ws0 = be.workspace()
+    first, second = be.launches
+    assert first.name == "gg_ce_f32_s1024_k32" and first.grid == (132,)
+    # 30000 floats do not fit in an sm_86 block's shared memory: a block per row there
+    assert second.name == "gg_ce_f32_b_k32" and second.grid == (8192,)
+    assert ws0 is not ws1 and ws0.device.id == 0 and ws1.device.id == 1
+    assert f1 is not be.kernel("gg_ce_f32_b_k32")  # a kernel object per device
+    be.linear_grad(FakeArray((100, 784), np.float32), y, FakeArray((10, 784), np.float32),
+                   FakeArray(10, np.float32), 0.01, "softmax")
+    with FAKE_CUPY.cuda.Device(1):
+        be.linear_grad(FakeArray((100, 784), np.float32), y, FakeArray((10, 784), np.float32),
+                       FakeArray(10, np.float32), 0.01, "softmax")
+    assert [ln.grid for ln in be.launches[2::2]] == [(50,), (8,)]  # one block per SM at most
+    _check(be, entries)

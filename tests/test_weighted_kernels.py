@@ -20,7 +20,6 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g+
 pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
-from gpugrad.backends import cupy_backend as cb  # noqa: E402
 from kernel_checks import LINEAR_KINDS, check_linear_step, db_scale, linear_case, sample_weights  # noqa: E402
 
 NP = gg.get_backend("numpy")
@@ -128,9 +127,9 @@ def test_weights_given_strided_or_in_another_dtype_reach_the_kernel_as_its_own(b
 
 @pytest.mark.parametrize("xtype", ["f32", "u8"])
 def test_a_weighted_step_takes_the_simt_kernel_when_mma_is_chosen(be, xtype, monkeypatch, rng):
-    """The tensor-core kernels read no weights: with LINEAR_VARIANT "mma", a weighted step runs the
+    """The tensor-core kernels read no weights: with the "mma" variant, a weighted step runs the
     simt kernel (and matches the reference), an unweighted one the tensor-core kernel."""
-    monkeypatch.setattr(cb, "LINEAR_VARIANT", {"f32": "mma", "u8": "mma"})
+    be = be._with_variants(linear_f32="mma", linear_u8="mma")
     ref_args, args = _inputs(rng, xtype, 50, 64, 10)
     w_ref, w = sample_weights(rng, 50, xtype)
     assert be.linmma_plan(args[0], args[2], args[4]) is not None

@@ -65,6 +65,8 @@ def get_backend(name="auto"):
 
     ``"auto"`` picks CuPy when a CUDA device is usable, numpy otherwise
     (``gpugrad.why_backend()`` says which and why). A backend object passes through unchanged.
+    The CuPy backend works on the current device: under ``with cupy.cuda.Device(1):`` its calls
+    run on device 1, with kernels loaded there and the kernel variants measured for that card.
     """
     if isinstance(name, NumpyBackend):
         return name

@@ -8,12 +8,12 @@ One translation unit, ``gpugrad_kernels.cu``, holds every kernel. Two ways to ge
    loader uses that fatbin when the stamp matches the sources: no compilation at run time.
 2. Otherwise NVRTC compiles each kernel at its first use, alone (``nvrtc_options(name)``: every
    other kernel stays an uninstantiated template, see ``GG_KERNEL`` in common.cuh), so the first
-   call on a new machine compiles the one or two kernels it launches (0.1 to 0.5 s each), not all
-   84 of them (20 s on 2 cores). Every kernel is ``extern "C"``, so CuPy's on-disk cache applies (it does not
-   for templated name_expressions: CuPy issues 9667 and 10173) and later processes load the
-   cached binary.
+   call on a new machine compiles the one or two kernels it launches (0.1 to 0.5 s each), not the
+   whole module (about a minute on 2 cores; benchmarks/RESULTS.md has the figures). Every kernel
+   is ``extern "C"``, so CuPy's on-disk cache applies (it does not for templated name_expressions:
+   CuPy issues 9667 and 10173) and later processes load the cached binary.
 
-This module imports without CuPy; only ``get_function`` needs a GPU.
+Kernels are cached per device (a CUfunction belongs to one device's context). This module imports without CuPy; only ``get_function`` needs a GPU.
 """
 from __future__ import annotations
 
@@ -85,16 +85,17 @@ def nvrtc_options(name: str | None = None) -> tuple[str, ...]:
     return NVRTC_OPTIONS if name is None else NVRTC_OPTIONS + ("-DGG_ONLY", f"-DGG_WANT_{name}=1")
 
 
-_FUNCS: dict = {}   # kernel name -> cupy.RawKernel (it holds its module)
-_FATBIN_MODULE = None
+_FUNCS: dict = {}       # (device id, kernel name) -> cupy.RawKernel (it holds its module)
+_FATBIN_MODULE = None   # the fatbin's cupy.RawModule: CuPy loads it into each device's context
 _HOW = None
 
 
-def get_function(name: str):
-    """The kernel `name` as a cupy.RawKernel (cached): from the fatbin when present, else compiled
-    alone through NVRTC at its first use."""
+def get_function(name: str, device: int | None = None):
+    """The kernel `name` loaded on `device` as a cupy.RawKernel, cached per device and name: from
+    the fatbin when present, else compiled alone through NVRTC at its first use. The backend passes
+    the device id; None takes whichever device is current, for callers that only ever use one."""
     global _FATBIN_MODULE, _HOW
-    f = _FUNCS.get(name)
+    f = _FUNCS.get((device, name))
     if f is None:
         import cupy
         if _HOW is None:  # decided once per process: the sources do not change under it
@@ -104,7 +105,12 @@ def get_function(name: str):
             _HOW = f"fatbin {fb}" if fb else "nvrtc, one kernel at a time (cached on disk by CuPy)"
         module = _FATBIN_MODULE if _FATBIN_MODULE is not None else cupy.RawModule(
             code=kernel_source(), options=nvrtc_options(name), backend="nvrtc")
-        f = _FUNCS[name] = module.get_function(name)
+        if device is None:
+            f = module.get_function(name)
+        else:
+            with cupy.cuda.Device(device):  # the function of the module as loaded on this device
+                f = module.get_function(name)
+        _FUNCS[(device, name)] = f
     return f
 
 

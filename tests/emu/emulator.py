@@ -25,7 +25,7 @@ import weakref
 import numpy as np
 
 from fake_cupy import backend_on
-from gpugrad.backends import cupy_backend as cb
+from gpugrad.backends import cuda_driver
 
 from . import build
 
@@ -303,20 +303,21 @@ class _EmuCupy(types.ModuleType):
 emucupy = _EmuCupy("emucupy")
 
 
-def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3):
+def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3, variants=None):
     """A CupyBackend on the emulator for `card`; the tensor-core kernels get `clusters` clusters
-    (as cuOccupancyMaxActiveClusters would say). backend.launches lists the kernels launched."""
-    monkeypatch.setattr(cb, "_max_active_clusters", lambda *a: clusters)
-    be = backend_on(monkeypatch, emucupy, EmuFunction, card)
-    cb.driver.launchKernel = launch_kernel  # backend_on's stand-in for cupy_backends' driver
+    (as cuOccupancyMaxActiveClusters would say); `variants` overrides the measured kernel variants
+    (``plans.Variants``). backend.launches lists the kernels launched."""
+    monkeypatch.setattr(cuda_driver, "max_active_clusters", lambda *a: clusters)
+    be = backend_on(monkeypatch, emucupy, EmuFunction, card, variants=variants)
+    cuda_driver.driver.launchKernel = launch_kernel  # backend_on's stand-in for cupy_backends' driver
     return be
 
 
-def as_cuda_backend(monkeypatch, card=SMALL_H100):
+def as_cuda_backend(monkeypatch, card=SMALL_H100, variants=None):
     """The emulated backend installed as gpugrad's CUDA backend: get_backend("cupy") returns it and
     EmuArray inputs are routed to it, as cupy.ndarray inputs are on a GPU machine."""
     import gpugrad.backends as backends
-    be = emulated_backend(monkeypatch, card)
+    be = emulated_backend(monkeypatch, card, variants=variants)
     monkeypatch.setattr(backends, "_CUPY", be)
     monkeypatch.setattr(backends, "_CUPY_WHY", "the kernel emulator (tests/emu)")
     return be

@@ -12,12 +12,13 @@ learns attributes ending in ``_``) and pass its ``check_estimator`` suite; the w
 
 The cost minimised, for every estimator and solver (n rows, weights w_i, weight matrices W_l)::
 
-    J = sum_i w_i l_i / sum_i sw_i  +  (alpha / 2) * sum_l ||W_l||^2
+    J = sum_i w_i l_i / sum_i w_i  +  (alpha / 2) * sum_l ||W_l||^2
 
-where w_i = sw_i * cw_{y_i} (``sample_weight`` times ``class_weight``; 1 when not given). This
-is the lecture's J = (1/n) sum_i l_i + lam ||W||^2 with **lam = alpha / 2**, scikit-learn's
-``SGDClassifier`` objective exactly (its alpha * ||W||^2 / 2), and integer sample weights are
-the same as repeating rows. Peers' parameters map as follows: ``LogisticRegression(C=c)`` is
+where w_i = sw_i * cw_{y_i} (``sample_weight`` times ``class_weight``; 1 when not given): a
+weighted mean of the row losses, as scikit-learn's MLPClassifier takes it, so integer sample
+weights are the same as repeating rows and no weight scale changes the step size. Without
+weights this is the lecture's J = (1/n) sum_i l_i + lam ||W||^2 with **lam = alpha / 2**, and
+scikit-learn's ``SGDClassifier`` objective exactly (its alpha * ||W||^2 / 2). Peers' parameters map as follows: ``LogisticRegression(C=c)`` is
 ``alpha = 1 / (c * n)`` on n training rows; scikit-learn's ``MLPClassifier(alpha=a)`` divides its
 penalty by the batch size, which is ``alpha = a / batch_size`` here. Biases (and batch-norm
 scales) are not penalised.

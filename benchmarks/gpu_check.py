@@ -1,21 +1,19 @@
-"""The GPU check: correctness of every kernel against the numpy backend, then timings against
-plain CuPy and PyTorch, with the bandwidth floor measured in the same run. One command:
+"""The GPU check: the kernel tests, then timings against plain CuPy and PyTorch, with the bandwidth
+floor measured in the same run. One command, on your own card:
 
     python benchmarks/gpu_check.py [--out DIR] [--quick] [--compile]
 
---quick leaves out the largest correctness sizes (the GPU tests cover n = 65537); the timings
-always run at the issue's target shapes, so every run's table compares with the targets.
-
-Correctness: fresh random inputs (never zeros) at odd sizes and sizes above one grid; outputs
-poisoned with NaN before each launch (an ``out=`` array for dS, and CuPy's memory pool filled
-with NaN so every internal buffer starts poisoned); float32 results within 1e-5 relative of
-float64 numpy; float64 within 1e-12.
+Correctness lives in ``pytest -m gpu tests/test_gpu_kernels.py`` (every kernel against float64
+numpy, outputs and shared memory poisoned first). This script runs those tests first, one group
+of kernel variants per process (a kernel that traps kills its CUDA context, and only its own
+process), and times only the variants whose tests passed. --quick leaves out the tests' largest
+sizes; the timings always run at the target shapes, so every run's table compares with them.
 
 Timing: CUDA events around R back-to-back calls, after warm-up; the median over many batches;
 inputs rotated among copies that together exceed the L2 cache. "floor" = the bytes the workload
 must move / the device-to-device copy bandwidth measured here (bytes read + written / time).
-
-Prints a short table last; writes results.json and the full log under --out (default $OUT or .).
+Its last lines name, for each kernel-variant switch (``plans.Variants``), the fastest variant
+whose tests passed. Writes results.json under --out (default $OUT or .) and ends with the table.
 """
 from __future__ import annotations
 
@@ -28,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,7 +38,6 @@ import cupy  # noqa: E402
 import gpugrad as gg  # noqa: E402
 from gpugrad.backends import cuda_driver, plans  # noqa: E402
 from gpugrad.backends import kernels as kmod  # noqa: E402
-from tests.kernel_checks import linear_case  # noqa: E402  (the inputs the kernel tests use)
 
 try:
     import torch
@@ -50,7 +47,6 @@ except Exception:  # pragma: no cover - torch is optional
     torch = None
     HAVE_TORCH = False
 
-NP = gg.get_backend("numpy")
 RESULTS = {"correctness": [], "timing": [], "env": {}}
 FAILURES = []
 
@@ -62,191 +58,21 @@ def log(*a):
     print(*a, flush=True)
 
 
-def poison_pool(nbytes=1 << 30):
-    """Fill free memory of CuPy's pool with NaN so that buffers a kernel should write start as NaN."""
-    pool = cupy.get_default_memory_pool()
-    pool.free_all_blocks()
-    blocks = []
-    for size in (nbytes, nbytes // 4, nbytes // 16, 1 << 20, 1 << 16):
-        b = cupy.empty(size // 4, dtype=np.float32)
-        b.fill(np.nan)
-        blocks.append(b)
-    del blocks  # back to the pool, NaN-filled; CuPy splits these chunks for later allocations
-
-
-def rel_err(got, ref):
-    got = np.asarray(got, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    if not np.all(np.isfinite(got)):
-        return float("inf")
-    den = np.linalg.norm(ref.ravel())
-    num = np.linalg.norm((got - ref).ravel())
-    return float(num / den) if den > 0 else float(num)
-
-
-def record(kind, name, err, tol, **info):
-    ok = bool(err <= tol)
-    RESULTS["correctness"].append(dict(kind=kind, name=name, err=err, tol=tol, ok=ok, **info))
+def record(kind, name, ok, **info):
+    """One correctness result of this run (a test group, or an experiment's launch checked bit for bit)."""
+    RESULTS["correctness"].append(dict(kind=kind, name=name, ok=bool(ok), **info))
     if not ok:
-        FAILURES.append(f"{kind} {name}: err {err:.3g} > tol {tol:.1g} {info}")
-    log(f"  {'ok  ' if ok else 'FAIL'} {kind:<10} {name:<44} err {err:.2e} (tol {tol:.0e})")
+        FAILURES.append(f"{kind} {name} {info}")
+    log(f"  {'ok  ' if ok else 'FAIL'} {kind:<10} {name}")
 
 
 def rand_scores(rng, n, C, scale=3.0):
     return (rng.standard_normal((n, C)) * scale).astype(np.float64)
 
 
-# ---------------------------------------------------------------------------------------------
-# correctness
-# ---------------------------------------------------------------------------------------------
-def check_row_losses(rng, quick):
-    be = gg.get_backend("cupy")
-    sizes = [(1, 1), (3, 2), (3, 10), (65537, 10), (65537, 2), (1, 1000), (65537, 1000),
-             (3, 7), (5, 33), (9, 129), (7, 257), (4, 1500), (3, 5000), (2, 20000),
-             (3, 32768), (257, 32768), (2, 70000)]
-    if quick:
-        sizes = [s for s in sizes if s[0] * s[1] < 5_000_000]
-    for n, C in sizes:
-        S64 = rand_scores(rng, n, C)
-        y = rng.integers(0, C, n)
-        for loss_name, ref_fn, fn in (("softmax", NP.softmax_cross_entropy_grad, be.softmax_cross_entropy_grad),
-                                      ("svm", NP.svm_grad, be.svm_grad)):
-            ref = None
-            for dtype, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):
-                if dtype == np.float64 and n * C > 40_000_000:
-                    continue
-                if loss_name == "svm":  # discontinuous: the reference must see the kernel's rounded scores
-                    ref_loss, ref_dS = ref_fn(S64.astype(dtype).astype(np.float64), y)
-                else:  # one float64 reference serves both dtypes
-                    ref = ref or ref_fn(S64, y)
-                    ref_loss, ref_dS = ref
-                S = cupy.asarray(S64.astype(dtype))
-                yd = cupy.asarray(y.astype(np.int32 if C % 2 else np.int64))
-                poison_pool(1 << 26)
-                out = cupy.full(S.shape, np.nan, dtype=dtype)
-                loss, dS = fn(S, yd, out=out)
-                cfg = (plans.ce_kernel_config if loss_name == "softmax" else plans.svm_kernel_config)(C, dtype).name
-                written = bool(cupy.isfinite(dS).all())
-                err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - float(ref_loss)) / max(1e-30, abs(float(ref_loss))))
-                if not written:
-                    err = float("inf")
-                record(loss_name, f"{cfg} n={n} C={C} {np.dtype(dtype).name}", err, tol, n=n, C=C)
-
-
-def check_precision_cases():
-    """p_y rounding to 1 in float32, and scores of magnitude 1e4."""
-    be = gg.get_backend("cupy")
-    S64 = np.array([[30.0, 0.0, -1.0, 2.0], [1e4, -1e4, 9990.0, 0.0]])
-    y = np.array([0, 1])
-    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, y)
-    loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64.astype(np.float32)), cupy.asarray(y))
-    g = dS.get()
-    err = abs(g[0, 0] - ref_dS[0, 0]) / abs(ref_dS[0, 0])  # -others/total/n, about -3e-13
-    record("precision", "target grad when p_y rounds to 1 (f32)", float(err), 1e-5)
-    record("precision", "scores 1e4: loss and dS (f32)", max(rel_err(g, ref_dS),
-           abs(float(loss) - ref_loss) / abs(ref_loss)), 1e-5)
-
-
-def check_linear(rng, quick):
-    be = gg.get_backend("cupy")
-    shapes = [(1, 5, 1), (3, 7, 2), (3, 64, 10), (65537, 3072, 10), (1000, 3071, 10), (4097, 130, 3),
-              (2049, 2048, 16), (513, 100, 12), (300, 3073, 10), (257, 50, 40)]
-    if quick:
-        shapes = [s for s in shapes if s[0] * s[1] < 50_000_000]
-    for n, d, C in shapes:
-        X64 = rng.standard_normal((n, d))
-        W64 = rng.standard_normal((C, d)) * 0.05
-        b64 = rng.standard_normal(C) * 0.1
-        y = rng.integers(0, C, n)
-        for loss_name in ("softmax", "svm"):
-            lam = 0.01
-            J_ref, dW_ref, db_ref = NP.linear_grad(X64, y, W64, b64, lam, loss_name)
-            X, W, b = (cupy.asarray(a.astype(np.float32)) for a in (X64, W64, b64))
-            for variant in LINEAR_VARIANTS:
-                be = backend_with(linear_f32=variant)
-                poison_pool(1 << 28)
-                J, dW, db = be.linear_grad(X, cupy.asarray(y), W, b, lam, loss_name)
-                err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
-                record("linear", f"{linear_kind(be, variant, X, W, None)} {loss_name} n={n} d={d} C={C} f32", err,
-                       1e-5, n=n, d=d, C=C)
-        # uint8 pixels normalised on the fly, by each uint8 kernel
-        Xu = rng.integers(0, 256, (n, d), dtype=np.uint8)
-        mean = Xu.mean(0) + rng.standard_normal(d) * 0.1
-        std = Xu.std(0) + 1.0
-        W = cupy.asarray(W64.astype(np.float32))
-        b = cupy.asarray(b64.astype(np.float32))
-        m32 = cupy.asarray(mean.astype(np.float32))
-        for loss_name in ("softmax", "svm"):
-            J_ref, dW_ref, db_ref = NP.linear_grad(Xu, y, W64, b64, 0.01, loss_name, mean, std)
-            for variant in LINEAR_VARIANTS:
-                be = backend_with(linear_u8=variant)
-                poison_pool(1 << 28)
-                J, dW, db = be.linear_grad(cupy.asarray(Xu), cupy.asarray(y), W, b, 0.01, loss_name, m32,
-                                           cupy.asarray(std.astype(np.float32)))
-                err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
-                record("linear", f"{linear_kind(be, variant, cupy.asarray(Xu), W, m32)} {loss_name} n={n} d={d} C={C} u8",
-                       err, 1e-5, n=n, d=d, C=C)
-
-
-# The kinds of X with only the "simt" kernel: (X dtype, normalised on the fly), checked and timed
-# apart from f32/u8 (whose two kernels LINEAR_VARIANTS compares).
+# The linear step's kinds of X with only the "simt" kernel: (X dtype, normalised on the fly).
 OTHER_KINDS = {"f32n": (np.float32, True), "f64": (np.float64, False), "f64n": (np.float64, True),
                "u8f64": (np.float64, True)}
-
-
-def check_other_linear_kinds(rng, quick, shapes=((1, 5, 1), (3, 7, 2), (65537, 784, 10), (4097, 1024, 10),
-                                                   (2049, 2048, 4), (513, 100, 16), (300, 1025, 10),
-                                                   (1000, 3072, 10))):
-    """float32 X normalised on the fly, float64 X plain and normalised, uint8 X under float64
-    weights: the fused kernel where the row fits (float64: d <= 2048 for C <= 4, 1024 above), the
-    inherited path past it."""
-    be = gg.get_backend("cupy")
-    if quick:
-        shapes = [s for s in shapes if s[0] * s[1] < 50_000_000]
-    for kind, (dtype, _) in OTHER_KINDS.items():
-        tol = 1e-5 if dtype == np.float32 else 1e-12
-        for n, d, C in shapes:
-            # The reference gets the values the kernel sees (float32 rounding included).
-            ref, host = linear_case(rng, kind, n, d, C)
-            X, y, W, b, m, sd = (None if a is None else cupy.asarray(a) for a in host)
-            fused = "fused" if be.linear_plan(X, W, m) else "fallback"
-            for loss_name in ("softmax", "svm"):
-                J_ref, dW_ref, db_ref = NP.linear_grad(*ref[:4], 0.01, loss_name, *ref[4:])
-                poison_pool(1 << 28)
-                J, dW, db = be.linear_grad(X, y, W, b, 0.01, loss_name, m, sd)
-                err = max(rel_err(dW.get(), dW_ref), rel_err(db.get(), db_ref), abs(float(J) - J_ref) / abs(J_ref))
-                record("linear", f"{fused} {loss_name} n={n} d={d} C={C} {kind}", err, tol, n=n, d=d, C=C)
-
-
-def linear_kind(be, variant, X, W, mean):
-    """Which kernel the fused linear step runs for these inputs under `variant`."""
-    if variant == "mma" and be.linmma_plan(X, W, mean):
-        return "mma"
-    simt = "fused" if be.linear_plan(X, W, mean) else "fallback"
-    return simt if variant == "simt" else f"mma n/a: {simt}"
-
-
-def check_long_row_variants(rng):
-    """Every kernel for long softmax rows: a block per row, or a persistent kernel with the next row
-    in registers ("stream") or in shared memory ("prefetch")."""
-    be = gg.get_backend("cupy")
-    for variant, C in (("block", 32768), ("stream", 32768), ("stream", 9001), ("stream", 16383),
-                       ("prefetch", 32768), ("prefetch", 9004), ("prefetch", 16384)):
-        if variant not in LONG_ROW_VARIANTS:
-            continue
-        be = backend_with(ce_long_rows=variant)
-        S64, yy = rand_scores(rng, 1000, C), rng.integers(0, C, 1000)
-        ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, yy)
-        out = cupy.full(S64.shape, np.nan, np.float32)
-        loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64.astype(np.float32)), cupy.asarray(yy), out=out)
-        err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - ref_loss) / abs(ref_loss))
-        record("variant", f"CE long rows {variant} n=1000 C={C} f32", err, 1e-5)
-        S64 = S64[:, :C - 1]
-        yy = np.minimum(yy, C - 2)
-        ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, yy)
-        loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64), cupy.asarray(yy), out=cupy.full(S64.shape, np.nan))
-        err = max(rel_err(dS.get(), ref_dS), abs(float(loss) - ref_loss) / abs(ref_loss))
-        record("variant", f"CE long rows {variant} n=1000 C={C - 1} f64", err, 1e-12)
 
 
 def backend_with(**variants):
@@ -258,24 +84,45 @@ LINEAR_VARIANTS = plans.CHOICES["linear_f32"]  # the fused linear kernels; --lin
 LONG_ROW_VARIANTS = plans.CHOICES["ce_long_rows"]  # --long-rows-variants
 ROW_CALLS = plans.CHOICES["row_call"]  # the row losses' host path; --row-calls
 
+# ---------------------------------------------------------------------------------------------
+# correctness: the GPU tests, a process per group of variants
+# ---------------------------------------------------------------------------------------------
+NEW = "mma or tensor_core or prefetch or direct or other_kinds"
+# group: (pytest -k expression, seconds allowed); "established" holds simt, stream, block, cupy.
+# The limits add up to a little over half of device_check.sh's budget, leaving the rest for timing.
+TEST_GROUPS = {"established": (f"not ({NEW})", 150), "mma": ("mma or tensor_core", 60),
+               "prefetch": ("prefetch", 30), "direct": ("direct", 30), "other_kinds": ("other_kinds", 45)}
 
-def check_validation():
-    """Bad input through the CuPy path gives the same clear errors as numpy."""
-    S = cupy.asarray(np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32))
-    cases = [("label out of range", cupy.asarray([0, 1, 2, 3, 9, 0]), S, "y[4] = 9"),
-             ("negative label", cupy.asarray([0, -1, 2, 3, 1, 0]), S, "y[1] = -1")]
-    Snan = S.copy()
-    Snan[2, 3] = np.nan
-    cases.append(("NaN in S", cupy.asarray([0, 1, 2, 3, 1, 0]), Snan, "NaN at index [2, 3]"))
-    for name, y, SS, want in cases:
+
+def groups_wanted() -> list[str]:
+    """The groups whose variants this run was asked for (--linear-variants and the others)."""
+    wanted = {"established": True, "mma": "mma" in LINEAR_VARIANTS, "prefetch": "prefetch" in LONG_ROW_VARIANTS,
+              "direct": "direct" in ROW_CALLS, "other_kinds": True}
+    return [g for g, w in wanted.items() if w]
+
+
+def run_gpu_tests(groups, quick: bool) -> set[str]:
+    """Run tests/test_gpu_kernels.py's tests of each group in a pytest process of its own; record
+    each group's result and return the groups that passed."""
+    passed = set()
+    for group in groups:
+        expr, limit = TEST_GROUPS[group]
+        if quick:
+            expr = f"({expr}) and not 65537"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
+               str(ROOT / "tests" / "test_gpu_kernels.py"), "-k", expr]
+        t0 = time.perf_counter()
         try:
-            gg.softmax_cross_entropy_grad(SS, y)
-            err = float("inf")
-        except ValueError as e:
-            err = 0.0 if want in str(e) else float("inf")
-            if err:
-                log("   message was:", e)
-        record("validate", name, err, 0.0)
+            r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=limit)
+            ok, tail = r.returncode == 0, (r.stdout + r.stderr).strip().splitlines()[-1:]
+        except subprocess.TimeoutExpired:
+            ok, tail = False, [f"stopped after {limit} s"]
+        record("tests", f"{group}: pytest -k {expr!r}", ok, seconds=round(time.perf_counter() - t0, 1),
+               summary=" ".join(tail))
+        log(f"       {' '.join(tail)}")
+        if ok:
+            passed.add(group)
+    return passed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,7 +375,7 @@ def host_breakdown(n=8192, C=10):
                 same = False
                 log(f"  {label}: failed: {type(e).__name__}: {e}")
             if fn is call_direct:  # a product path (the others are experiments): a correctness check
-                record("call path", "row_call direct vs cupy, bit for bit", 0.0 if same else float("inf"), 0.0)
+                record("call path", "row_call direct vs cupy, bit for bit", same)
     host = {}
     for label, fn, _ in parts:
         try:
@@ -540,14 +387,33 @@ def host_breakdown(n=8192, C=10):
 
 
 class Switch(NamedTuple):
-    """A variant switch of cupy_backend and what decides it: the fastest of its variants on
-    `workload` (the issue's target shape) whose correctness records all passed in this run.
-    variants: {variant: (its timing row, the correctness records that are its own: kind, name
-    prefix and suffix, or None where the variant has no check of its own)}."""
+    """A kernel-variant switch (a field of plans.Variants) and what decides it: the fastest of its
+    variants on `workload` (the target shape) whose tests passed in this run.
+    variants: {variant: (its timing row, the test group it must have passed)}."""
     name: str
-    current: Callable[[], str]
     workload: str
     variants: dict
+
+
+SWITCHES = (
+    Switch("linear_f32", linear_workload(*LINEAR_TARGET, "f32"),
+           {"simt": ("gpugrad fused simt", "established"), "mma": ("gpugrad fused mma", "mma")}),
+    Switch("linear_u8", linear_workload(*LINEAR_TARGET, "uint8"),
+           {"simt": ("gpugrad fused simt", "established"), "mma": ("gpugrad fused mma", "mma")}),
+    Switch("ce_long_rows", ce_workload(8192, 32768),
+           {v: (f"gpugrad kernel {v}", "prefetch" if v == "prefetch" else "established")
+            for v in ("stream", "prefetch", "block")}),
+    Switch("row_call", ce_workload(8192, 10),
+           {"cupy": ("gpugrad kernel", "established"), "direct": ("gpugrad direct call", "direct")}),
+)
+
+
+def _passed(group: str) -> bool:
+    """Whether this run's tests of `group` passed (and, for direct, its launch matched bit for bit)."""
+    mine = [c for c in RESULTS["correctness"] if c["kind"] == "tests" and c["name"].startswith(group + ":")]
+    if group == "direct":
+        mine += [c for c in RESULTS["correctness"] if c["kind"] == "call path"]
+    return bool(mine) and all(c["ok"] for c in mine)
 
 
 def _measured(field: str) -> str:
@@ -557,49 +423,22 @@ def _measured(field: str) -> str:
     return getattr(variants, field)
 
 
-def _linear_switch(x: str, suffix: str) -> Switch:
-    return Switch(f"linear_{x}", lambda: _measured(f"linear_{x}"), linear_workload(*LINEAR_TARGET, suffix),
-                  {"simt": ("gpugrad fused simt", ("linear", "fused ", f" {x}")),
-                   "mma": ("gpugrad fused mma", ("linear", "mma ", f" {x}"))})
-
-
-SWITCHES = (
-    _linear_switch("f32", "f32"),
-    _linear_switch("u8", "uint8"),
-    Switch("ce_long_rows", lambda: _measured("ce_long_rows"), ce_workload(8192, 32768),
-           {v: (f"gpugrad kernel {v}", ("variant", f"CE long rows {v} ", "")) for v in ("stream", "prefetch", "block")}),
-    Switch("row_call", lambda: _measured("row_call"), ce_workload(8192, 10),
-           {"cupy": ("gpugrad kernel", None), "direct": ("gpugrad direct call", ("call path", "row_call direct", ""))}),
-)
-
-
-def _own_checks_pass(own) -> bool:
-    """Whether the correctness records selected by own = (kind, name prefix, name suffix) exist and
-    all passed ("mma n/a: ..." records ran another kernel and do not count)."""
-    if own is None:
-        return True
-    kind, prefix, suffix = own
-    mine = [c for c in RESULTS["correctness"] if c["kind"] == kind and c["name"].startswith(prefix)
-            and c["name"].endswith(suffix) and "n/a" not in c["name"]]
-    return bool(mine) and all(c["ok"] for c in mine)
-
-
 def recommend_defaults():
-    """For each switch, the fastest variant this run timed among those whose own checks passed;
-    logs a line each and stores them in the results. The defaults themselves are not changed here:
-    that is a commit, after reading the log."""
+    """For each switch, the fastest variant this run timed among those whose tests passed; logs a
+    line each and stores them in the results. The defaults themselves are not changed here: that
+    is an edit of plans.MEASURED, after reading the log."""
     out = {}
     for sw in SWITCHES:
         times = {r["variant"]: r["median_us"] for r in RESULTS["timing"] if r["workload"] == sw.workload}
-        sound = {v: times[row] for v, (row, own) in sw.variants.items() if row in times and _own_checks_pass(own)}
-        now = sw.current()
+        sound = {v: times[row] for v, (row, group) in sw.variants.items() if row in times and _passed(group)}
+        now = _measured(sw.name)
         best = min(sound, key=sound.get) if len(sound) >= 2 else None
         out[sw.name] = dict(now=now, best=best, us=sound)
         if best is None:
-            log(f"  {sw.name:<24} keep {now!r}: fewer than two sound variants timed on {sw.workload}")
+            log(f"  {sw.name:<14} keep {now!r}: fewer than two sound variants timed on {sw.workload}")
             continue
         alts = ", ".join(f"{v} {t:.1f} us" for v, t in sorted(sound.items(), key=lambda kv: kv[1]))
-        log(f"  {sw.name:<24} {'keep' if best == now else 'SET'} {best!r} (now {now!r}) on {sw.workload}: {alts}")
+        log(f"  {sw.name:<14} {'keep' if best == now else 'SET'} {best!r} (now {now!r}) on {sw.workload}: {alts}")
     RESULTS["env"]["recommended_defaults"] = out
     return out
 
@@ -761,30 +600,21 @@ def main():
     global LINEAR_VARIANTS, LONG_ROW_VARIANTS, ROW_CALLS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--quick", action="store_true",
-                    help="leave out the largest correctness sizes (timings stay at the target shapes)")
+    ap.add_argument("--quick", action="store_true", help="leave out the tests' largest sizes (n = 65537)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    ap.add_argument("--skip-tests", action="store_true", help="time without running the GPU tests first "
+                    "(every variant asked for is timed; none is recommended)")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--linear-variants", default=",".join(LINEAR_VARIANTS),
-                    help="fused linear kernels to check and time (comma-separated: simt, mma)")
+                    help="fused linear kernels to test and time (comma-separated: simt, mma)")
     ap.add_argument("--long-rows-variants", default=",".join(LONG_ROW_VARIANTS),
-                    help="kernels for long softmax rows to check and time (comma-separated: stream, "
-                         "prefetch, block)")
+                    help="kernels for long softmax rows to test and time (stream, prefetch, block)")
     ap.add_argument("--row-calls", default=",".join(ROW_CALLS),
-                    help="host paths of the row-loss calls to time (comma-separated: cupy, direct)")
-    ap.add_argument("--only", choices=("linear", "long-rows", "row-calls", "other-kinds"),
-                    help="only the linear step, the long-row softmax, the small-C calls' host paths, or "
-                         "the linear step for the other kinds of X (float32 normalised, float64, uint8 "
-                         "under float64 weights) (e.g. a new variant in a process of its own, so that a "
-                         "crash cannot take the other results with it)")
-    ap.add_argument("--skip-other-kinds", action="store_true",
-                    help="leave out the linear step for float32 X normalised, float64 X and uint8 X "
-                         "under float64 weights")
+                    help="host paths of the row-loss calls to test and time (cupy, direct)")
     args = ap.parse_args()
     LINEAR_VARIANTS = tuple(v for v in args.linear_variants.split(",") if v)
     LONG_ROW_VARIANTS = tuple(v for v in args.long_rows_variants.split(",") if v)
     ROW_CALLS = tuple(v for v in args.row_calls.split(",") if v)
-    everything = args.only is None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(int(time.time()))
@@ -796,60 +626,47 @@ def main():
                cupy=cupy.__version__, numpy=np.__version__, torch=getattr(torch, "__version__", None),
                cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), driver=cupy.cuda.runtime.driverGetVersion(),
                date=time.strftime("%Y-%m-%d"), backend=gg.why_backend())
-    log("== environment:", json.dumps(env), "| linear variants:", ",".join(LINEAR_VARIANTS),
-        "| long-row variants:", ",".join(LONG_ROW_VARIANTS), "| row calls:", ",".join(ROW_CALLS))
-    if everything:
-        log("== first gradient call in a fresh process")
-        env["first_call"] = first_call_times()
+    log("== environment:", json.dumps(env))
+    log("== first gradient call in a fresh process")
+    env["first_call"] = first_call_times()
     kmod.get_function("gg_first_invalid")
     env["kernels"] = kmod.how_loaded()
     log("== kernels loaded from:", env["kernels"])
 
-    log("== correctness (vs float64 numpy backend)")
-    if everything:
-        check_precision_cases()
-        check_validation()
-    if args.only in (None, "row-calls"):
-        check_row_losses(rng, args.quick)
-    other_kinds = args.only == "other-kinds" or (args.only is None and not args.skip_other_kinds)
-    if args.only in (None, "linear"):
-        check_linear(rng, args.quick)
-    if other_kinds:
-        check_other_linear_kinds(rng, args.quick)
-    if args.only in (None, "long-rows"):
-        check_long_row_variants(rng)
+    groups = groups_wanted()
+    if not args.skip_tests:
+        log("== the GPU tests (pytest -m gpu tests/test_gpu_kernels.py), a process per group")
+        passed = run_gpu_tests(groups, args.quick)
+        # time only what passed: a kernel that traps would end this process's CUDA context
+        LINEAR_VARIANTS = tuple(v for v in LINEAR_VARIANTS if v != "mma" or "mma" in passed)
+        LONG_ROW_VARIANTS = tuple(v for v in LONG_ROW_VARIANTS if v != "prefetch" or "prefetch" in passed)
+        ROW_CALLS = tuple(v for v in ROW_CALLS if v != "direct" or "direct" in passed)
+        groups = [g for g in groups if g in passed or g == "established"]
 
     if not args.skip_timing:
-        log("== timing")
+        log("== timing | linear variants:", ",".join(LINEAR_VARIANTS), "| long-row variants:",
+            ",".join(LONG_ROW_VARIANTS), "| row calls:", ",".join(ROW_CALLS))
         bw = copy_bandwidth()
         env["copy_bandwidth_TBps"] = bw / 1e12
         log(f"  device-to-device copy: {bw / 1e12:.2f} TB/s (read + write)")
-        if args.only in (None, "long-rows", "row-calls"):
-            bench_ce(bw, rng, {None: ((8192, 32768), (8192, 1024), (8192, 10)),
-                               "long-rows": ((8192, 32768),),
-                               "row-calls": ((8192, 1024), (8192, 10))}[args.only])
-        if args.only in (None, "linear"):
-            bench_linear(bw, rng, args.compile)
-        if other_kinds:
+        bench_ce(bw, rng)
+        bench_linear(bw, rng, args.compile)
+        if "other_kinds" in groups:
             bench_other_linear_kinds(bw, rng)
-        if args.only in (None, "row-calls"):  # last: its experiments launch through the driver directly
-            host_breakdown()
+        host_breakdown()  # last: its experiments launch through the driver directly
 
-    tag = {None: "", "linear": "_linear_" + "_".join(LINEAR_VARIANTS),
-           "long-rows": "_long_rows_" + "_".join(LONG_ROW_VARIANTS),
-           "row-calls": "_row_calls_" + "_".join(ROW_CALLS), "other-kinds": "_other_kinds"}[args.only]
-    log("\n== summary:", RESULTS["env"]["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")
+    log("\n== summary:", env["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")
     log(f"correctness: {sum(r['ok'] for r in RESULTS['correctness'])} ok, {len(FAILURES)} failed")
     for f in FAILURES:
         log("  FAIL", f)
+    if RESULTS["timing"]:
+        log("fastest variant per switch whose tests passed (the defaults are plans.MEASURED):")
+        recommend_defaults()
+    (out / "results.json").write_text(json.dumps(RESULTS, indent=1))
     log(f"{'workload':<36}{'variant':<32}{'median us':>10}{'x floor':>9}")
     for r in RESULTS["timing"]:
         fl = f"{r['median_us'] / r['floor_us']:9.2f}" if r["floor_us"] else ""
         log(f"{r['workload']:<36}{r['variant']:<32}{r['median_us']:10.1f}{fl}")
-    if RESULTS["timing"]:
-        log("measured defaults (plans.MEASURED in gpugrad/backends/plans.py), from this run:")
-        recommend_defaults()
-    (out / f"results{tag}.json").write_text(json.dumps(RESULTS, indent=1))
     return 1 if FAILURES else 0
 
 

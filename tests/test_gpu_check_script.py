@@ -68,13 +68,8 @@ def test_small_step_timings_run(gpu_check):
                         "plain CuPy (normalise+cuBLAS)"]
 
 
-def test_other_linear_kinds_check_and_time(gpu_check, monkeypatch):
-    monkeypatch.setattr(gpu_check, "poison_pool", lambda *a: None)
+def test_other_linear_kinds_timings_run(gpu_check):
     rng = np.random.default_rng(0)
-    gpu_check.check_other_linear_kinds(rng, False, shapes=((3, 7, 2), (40, 1025, 5)))
-    names = [(c["name"], c["ok"]) for c in gpu_check.RESULTS["correctness"]]
-    assert len(names) == 16 and all(ok for _, ok in names), names
-    assert sum(name.startswith("fused") for name, _ in names) == 10  # float64 d = 1025 at C = 5: inherited
     gpu_check.bench_other_linear_kinds(3e12, rng, shapes=(("f32n", (50, 300, 10)), ("f64", (50, 100, 3)),
                                                           ("u8f64", (40, 64, 4))))
     rows = [(r["workload"], r["variant"]) for r in gpu_check.RESULTS["timing"]]
@@ -87,32 +82,30 @@ def test_other_linear_kinds_check_and_time(gpu_check, monkeypatch):
 
 
 # device_check.sh's stages, driven by stand-ins for python3 and nvidia-smi: `python3` prints its
-# arguments and acts as told by the words in them (a test stage that hangs or fails, a gpu_check
-# that writes its JSON), so the script's control flow runs here in seconds.
+# arguments and acts as told (gpu_check hangs, fails, or writes its JSON), so the script's control
+# flow runs here in seconds.
 STUB_PYTHON = r"""#!/usr/bin/env bash
 echo "stub python3 $*"
 case "$*" in
-  *"-k not ("*) exit 0 ;;
-  *"-k mma"*) [ "$GG_STUB_NEW" = hang ] && exec sleep 600; [ "$GG_STUB_NEW" = fail ] && exit 1; exit 0 ;;
-  -c*) [ "$GG_STUB_NEW" = ok ] && exit 1; exit 0 ;;  # is the fatbin current? (not in the "ok" runs)
+  -c*) [ "$GG_STUB" = ok ] && exit 1; exit 0 ;;  # is the fatbin current? (not in the "ok" runs)
   *gpu_check.py*)
+    [ "$GG_STUB" = hang ] && exec sleep 600
     out=$(echo "$*" | sed -n 's/.*--out \([^ ]*\).*/\1/p')
-    tag=$(echo "$*" | sed -n 's/.*--only \([^ ]*\).*/_\1/p')
-    echo '{}' > "$out/results$tag.json"; echo "table line"; exit 0 ;;
+    echo '{}' > "$out/results.json"; echo "table line"; [ "$GG_STUB" = fail ] && exit 1; exit 0 ;;
   *trainer_check.py*) exit 0 ;;
 esac
 exit 3
 """
 
 
-def _device_check(tmp_path, new, budget):
+def _device_check(tmp_path, stub, budget):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True)
     for name, text in (("python3", STUB_PYTHON), ("nvidia-smi", "#!/bin/sh\necho 'name, driver'\n"),
                        ("cmake", "#!/bin/sh\necho cmake \"$@\"\n"), ("nvcc", "#!/bin/sh\n")):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(tmp_path / "out"), "GG_STUB_NEW": new,
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(tmp_path / "out"), "GG_STUB": stub,
            "GG_BUDGET_S": str(budget), "GG_MIN_STAGE_S": "1"}
     r = subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--quick"], env=env,
                        capture_output=True, text=True, timeout=60)
@@ -126,24 +119,18 @@ def test_device_check_runs_every_stage_and_returns_its_log_and_results(tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert files == ["device_check.log", "results.json"]
     assert "cmake --build build-device" in log  # no current fatbin: built first
-    assert log.count("exit 0 after") == 5 and "--quick" in log  # fatbin, tests, new-tests, gpu_check, trainer_check
-    # new kernels failing: the established ones, then each new one alone
-    r, files, log = _device_check(tmp_path / "fail", "fail", 100)
-    assert r.returncode != 0
-    assert files == ["device_check.log", "results.json", "results_linear.json", "results_long-rows.json",
-                     "results_other-kinds.json", "results_row-calls.json"]
-    for stage in ("gpu_check-established", "gpu_check-mma", "gpu_check-prefetch", "gpu_check-direct",
-                  "gpu_check-other-kinds"):
-        assert f"== stage {stage}: exit 0" in log
-    assert "--skip-other-kinds" in log  # the established kernels' run leaves the new ones out
+    assert log.count("exit 0 after") == 3 and "--quick" in log  # fatbin, gpu_check, trainer_check
+    r, files, log = _device_check(tmp_path / "fail", "fail", 100)  # a failed check: still every stage
+    assert r.returncode != 0 and "== stage trainer_check: exit 0" in log
+    assert "gpu_check exit 1, trainer_check exit 0" in log
 
 
 @pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_device_check_stops_a_hung_stage_at_its_deadline(tmp_path):
     r, files, log = _device_check(tmp_path, "hang", 4)
     assert r.returncode != 0
-    assert "== stage new-tests: exit 124" in log  # killed by timeout, the log kept
-    assert "not started" in log and "gpu tests exit 0, new-kernel tests exit 124" in log
+    assert "== stage gpu_check: exit 124" in log  # killed by timeout, the log kept
+    assert "not started" in log and "gpu_check exit 124" in log
     assert "current.log" not in files
 
 
@@ -157,7 +144,7 @@ def bare_gpu_check(monkeypatch):
     return G
 
 
-def test_recommended_defaults_take_the_fastest_sound_variant(bare_gpu_check, capsys):
+def test_recommended_defaults_take_the_fastest_variant_whose_tests_passed(bare_gpu_check, capsys):
     G = bare_gpu_check
 
     def timed(workload, variant, us):
@@ -168,26 +155,50 @@ def test_recommended_defaults_take_the_fastest_sound_variant(bare_gpu_check, cap
     f32, u8 = "linear step n=65536 d=3072 C=10 f32", "linear step n=65536 d=3072 C=10 uint8"
     timed(f32, "gpugrad fused simt", 812.7), timed(f32, "gpugrad fused mma", 300.0)
     timed(u8, "gpugrad fused simt", 939.7), timed(u8, "gpugrad fused mma", 80.0)
-    checked("linear", "fused softmax n=3 d=64 C=10 f32", True)
-    checked("linear", "mma softmax n=3 d=64 C=10 f32", True)
-    checked("linear", "mma n/a: fused softmax n=1 d=5 C=1 f32", False)  # another kernel ran: not mma's
-    checked("linear", "fused softmax n=3 d=64 C=10 u8", True)
-    checked("linear", "mma svm n=3 d=64 C=10 u8", False)                # wrong: never the default
     long_rows = "CE fwd+grad S 8192x32768 f32"
     for v, us in (("stream", 1017.6), ("prefetch", 900.0), ("block", 1089.9)):
         timed(long_rows, f"gpugrad kernel {v}", us)
-        checked("variant", f"CE long rows {v} n=1000 C=32768 f32", True)
     timed("CE fwd+grad S 8192x10 f32", "gpugrad kernel", 15.3)
-    timed("CE fwd+grad S 8192x10 f32", "gpugrad direct call", 7.0)  # fast, but never checked here
+    timed("CE fwd+grad S 8192x10 f32", "gpugrad direct call", 7.0)  # fast, but its tests did not run
+    checked("tests", "established: pytest -k 'not (...)'", True)
+    checked("tests", "mma: pytest -k 'mma or tensor_core'", True)
+    checked("tests", "prefetch: pytest -k 'prefetch'", False)  # fastest, but wrong: never recommended
     rec = G.recommend_defaults()
     assert {k: v["best"] for k, v in rec.items()} == {
-        "linear_f32": "mma", "linear_u8": None, "ce_long_rows": "prefetch", "row_call": None}
+        "linear_f32": "mma", "linear_u8": "mma", "ce_long_rows": "stream", "row_call": None}
     out = capsys.readouterr().out
-    assert "linear_f32               SET 'mma' (now 'simt')" in out
+    assert "linear_f32     SET 'mma' (now 'simt')" in out and "ce_long_rows   keep 'stream'" in out
     assert G.RESULTS["env"]["recommended_defaults"] == rec
-    # once the direct call is checked bit for bit, it is recommended
+    # once the direct path's tests pass and its launch matches bit for bit, it is recommended
+    checked("tests", "direct: pytest -k 'direct'", True)
     checked("call path", "row_call direct vs cupy, bit for bit", True)
     assert G.recommend_defaults()["row_call"]["best"] == "direct"
+
+
+def test_gpu_tests_run_a_process_per_group_and_gate_the_timings(bare_gpu_check, monkeypatch):
+    """Each group of variants is tested by its own pytest process (a trapping kernel ends only that
+    one); a failed or timed-out group is recorded as such and its variants are not timed."""
+    G = bare_gpu_check
+    monkeypatch.setattr(G, "FAILURES", [])
+    calls = []
+
+    def run(cmd, **kw):
+        expr = cmd[cmd.index("-k") + 1]
+        calls.append((expr, kw["timeout"]))
+        if expr.startswith("(prefetch)"):
+            raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+        return types.SimpleNamespace(returncode=1 if expr.startswith("(mma") else 0, stdout="3 passed", stderr="")
+    monkeypatch.setattr(G.subprocess, "run", run)
+    monkeypatch.setattr(G, "ROW_CALLS", ("cupy",))  # the direct path not asked for: not tested
+    groups = G.groups_wanted()
+    assert groups == ["established", "mma", "prefetch", "other_kinds"]
+    passed = G.run_gpu_tests(groups, quick=True)
+    assert passed == {"established", "other_kinds"}
+    assert [e for e, _ in calls] == [f"({G.TEST_GROUPS[g][0]}) and not 65537" for g in groups]
+    assert [t for _, t in calls] == [G.TEST_GROUPS[g][1] for g in groups]
+    assert [(c["name"].split(":")[0], c["ok"]) for c in G.RESULTS["correctness"]] == [
+        ("established", True), ("mma", False), ("prefetch", False), ("other_kinds", True)]
+    assert "stopped after" in G.RESULTS["correctness"][2]["summary"] and len(G.FAILURES) == 2
 
 
 def test_small_c_softmax_timings_run(gpu_check, monkeypatch):

@@ -22,10 +22,12 @@ TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 @pytest.mark.parametrize("n", [1, 3, 65537])
-@pytest.mark.parametrize("C", [1, 2, 10, 1000, 32768])
+@pytest.mark.parametrize("C", [1, 2, 7, 10, 33, 129, 257, 1000, 1500, 5000, 20000, 32768, 70000])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_row_loss_kernels_match_numpy(n, C, dtype, loss, rng):
+    """Every row-loss family: lane teams of 1 to 32 lanes, a warp of 32 values a lane, a block per
+    row (K = 2 to 32), the persistent kernel, and the two-pass kernel past the registers."""
     import cupy
     if n * C > 2**28:
         pytest.skip("reference too large for a unit test (benchmarks/gpu_check.py covers it)")
@@ -276,6 +278,29 @@ def test_device_side_check_names_the_bad_label_and_the_nan(rng):
     S[2, 3] = np.inf
     with pytest.raises(ValueError, match=r"S contains inf at index \[2, 3\]"):
         gg.svm_grad(S, cupy.asarray([0, 1, 2, 3, 1, 0]))
+
+
+def test_device_side_check_names_a_negative_label_and_a_nan(rng):
+    import cupy
+    S = cupy.asarray(rng.standard_normal((6, 4)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"y\[1\] = -1"):
+        gg.softmax_cross_entropy_grad(S, cupy.asarray([0, -1, 2, 3, 1, 0]))
+    S[2, 3] = np.nan
+    with pytest.raises(ValueError, match=r"S contains NaN at index \[2, 3\]"):
+        gg.softmax_cross_entropy_grad(S, cupy.asarray([0, 1, 2, 3, 1, 0]))
+
+
+def test_confident_rows_and_large_scores_keep_float32_accuracy():
+    """A row whose p_y rounds to 1 in float32 keeps its target gradient -others/total/n (about
+    -3e-13 here, not 0), and scores of magnitude 1e4 lose nothing to the max subtraction."""
+    import cupy
+    S64 = np.array([[30.0, 0.0, -1.0, 2.0], [1e4, -1e4, 9990.0, 0.0]])
+    y = np.array([0, 1])
+    ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S64, y)
+    loss, dS = gg.get_backend("cupy").softmax_cross_entropy_grad(cupy.asarray(S64.astype(np.float32)), cupy.asarray(y))
+    g = dS.get()
+    assert abs(g[0, 0] - ref_dS[0, 0]) <= 1e-5 * abs(ref_dS[0, 0]) and g[0, 0] < 0
+    assert rel(g, ref_dS) <= 1e-5 and abs(float(loss) - ref_loss) <= 1e-5 * abs(ref_loss)
 
 
 def test_strided_labels_are_read_as_labels(rng):

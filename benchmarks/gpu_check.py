@@ -305,8 +305,8 @@ def host_us(fn, calls=200, repeats=25, warm=3):
 
 
 def host_breakdown(n=8192, C=10):
-    """Where the host time of a small-C softmax call goes (the 8192 x 10 target is a host-cost
-    target: the kernel takes ~4.6 us on the device, a call ~15 us): the whole call on each path
+    """Where the host time of a small-C softmax call goes (at 8192 x 10 a call costs more host
+    time than device time): the whole call on each path
     (the row_call variants), then each part alone, and the pieces of a faster path (arguments
     converted once; cuLaunchKernel straight from a ctypes parameter block; the loss as a 0-d view
     into a slab allocated once). Each launch that bypasses CuPy's argument conversion is checked

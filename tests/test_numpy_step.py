@@ -149,12 +149,13 @@ def test_plan_is_timed_once_per_shape_and_is_a_candidate(monkeypatch):
     time_plans = nb._time_plans
     monkeypatch.setattr(nb, "_PLANS", {})
     monkeypatch.setattr(nb, "_time_plans", lambda *key: timed.append(key) or nb._Plan(8, True))
-    assert nb._step_plan(np.float32, 10, 64, 2) == (8, True)
-    assert nb._step_plan("float32", 10, 64, 2) == (8, True)
+    assert nb._step_plan(np.float32, 10, 64, 2) == (8, True, 0)
+    assert nb._step_plan("float32", 10, 64, 2) == (8, True, 0)
     nb._step_plan(np.float64, 10, 64, 2)
     assert timed == [(np.dtype(np.float32), 10, 64, 2), (np.dtype(np.float64), 10, 64, 2)]
     plan = time_plans(np.dtype(np.float32), 3, 16, 2, rows=32)
     assert plan.rows in nb._PLAN_ROWS and plan.rows <= 32 and isinstance(plan.x_first, bool)
+    assert plan.workers in (1, 2)
     assert time_plans(np.dtype(np.float64), 2, 100_000, 1).rows == 8  # rows of 0.8 MB: 8 are timed
 
 
@@ -340,3 +341,15 @@ def test_blocked_step_takes_x_in_any_layout(rng, blocked, layout):
     assert not X.flags.c_contiguous
     got = blocked(12, 5, 2).linear_grad(X, y, W, b, 0.1, "softmax")
     assert_step_close(got, reference(X, y, W, b, 0.1, "softmax"), np.float64)
+
+
+def test_a_plan_of_one_range_steps_in_one_range(rng, monkeypatch, blocked):
+    """A plan timed best as one range with BLAS's own threads keeps the step to one range."""
+    ranges = []
+    real = nb._run_side_by_side
+    monkeypatch.setattr(nb, "_run_side_by_side", lambda fn, r: ranges.append(r) or real(fn, r))
+    be = blocked(16, 8, 4)
+    be.plan = (8, False, 1)
+    X, y, W, b, _, _ = problem(rng, 64, 5, 3, np.float64)
+    assert_step_close(be.linear_grad(X, y, W, b, 0.0, "svm"), reference(X, y, W, b, 0.0, "svm"), np.float64)
+    assert ranges == [[(0, 64)]]

@@ -197,9 +197,10 @@ class NumpyBackend:
     loss_rows = None
     threads = None  # workers over the row ranges; None: the CPUs this process may run on
     worker_rows = 256  # fewest rows worth a worker of their own
-    # (rows, x_first) to use instead of the timed plan. The block rows set the order in which
-    # dW's float sums are taken, so a timed plan can differ from one process to the next in the
-    # last bits of dW; a fixed plan (and fixed ``threads``) repeats them bit for bit.
+    # (rows, x_first[, workers]) to use instead of the timed plan (see _Plan). The block rows
+    # and the workers set the order in which dW's float sums are taken, so a timed plan can
+    # differ from one process to the next in the last bits of dW; a fixed plan (and fixed
+    # ``threads``) repeats them bit for bit.
     plan = None
 
     def _block_rows(self, X, W) -> int:
@@ -235,6 +236,7 @@ class NumpyBackend:
         dtype = W.dtype
         k = self._workers(n)
         plan = _Plan(*self.plan) if self.plan else _step_plan(dtype, C, d, k)
+        k = min(k, plan.workers or k)
         cuts = [min(n, -(-i * n // k // plan.rows) * plan.rows) for i in range(k)] + [n]
         norm = None if x_mean is None else (x_mean.astype(dtype), x_std.astype(dtype))
 
@@ -253,10 +255,12 @@ class NumpyBackend:
 
 
 class _Plan(NamedTuple):
-    """How the blocked step runs its products: blocks of ``rows`` rows of X, and whether the
-    weight gradient is taken as (X^T G)^T (``x_first``) or as G^T X."""
+    """How the blocked step runs its products: blocks of ``rows`` rows of X, the weight gradient
+    as (X^T G)^T (``x_first``) or as G^T X, and in how many row ranges side by side (``workers``;
+    0: as many as ``NumpyBackend._workers`` allows; 1: one range, BLAS's own threads)."""
     rows: int
     x_first: bool
+    workers: int = 0
 
 
 def _step_span(be, X, y, W, b, loss, norm, w, n, loss_rows, plan):
@@ -369,12 +373,15 @@ def _rows_in(nbytes: int, row_bytes: int, least: int, most: int) -> int:
 
 
 def _time_plans(dtype, C, d, workers, rows=None) -> _Plan:
-    """The candidate plan with the least time over ``rows`` rows per worker (None: 256, fewer
-    where that is more than 4 MiB, at least 8): the block rows
-    with G^T X first, smallest first, then X^T G at the best block rows. A candidate is timed
-    twice (the better time counts) unless its first time is 1.5x the best so far (a candidate
-    that far behind is not worth the second run; on a busy machine a slow candidate can take
-    a large share of the timing). Larger blocks win ties (within 5%): fewer partial sums."""
+    """The candidate plan that steps ``workers`` x ``rows`` rows the fastest (rows None: 256,
+    fewer where that is more than 4 MiB, at least 8). Candidates: each block size in
+    ``_PLAN_ROWS`` with ``workers`` ranges side by side, and the largest with one range whose
+    BLAS calls use BLAS's own threads (the better plan where BLAS has no small-matrix kernels,
+    since two ranges calling a multi-threaded BLAS at once only get in each other's way); then
+    the product shape at the best of them. Each is timed in rounds that take turns, so that a
+    burst of load elsewhere falls on all of them, keeping its best time; one twice as slow as
+    the best after a round is not timed again (on a busy machine such a candidate can take most
+    of the timing). Larger blocks win ties (within 5%): fewer partial sums."""
     rows = rows or _rows_in(4 << 20, d * dtype.itemsize, 8, 256)
     X = np.ones((rows, d), dtype)  # the values do not matter to BLAS's speed; NaN-free
     W = np.full((C, d), 0.5, dtype)
@@ -395,16 +402,27 @@ def _time_plans(dtype, C, d, workers, rows=None) -> _Plan:
                     np.matmul(G[i:i + r].T, X[i:i + r], out=part)
                 acc += part
         t = time.perf_counter()
-        _run_side_by_side(products, [(0, rows)] * workers)
+        for _ in range(workers // plan.workers):  # the same rows in all: workers x rows
+            _run_side_by_side(products, [(0, rows)] * plan.workers)
         return time.perf_counter() - t
 
-    best, best_time = None, float("inf")
-    candidates = [_Plan(r, False) for r in _PLAN_ROWS if r <= rows]
-    for plan in candidates + [None]:
-        plan = plan or _Plan(best.rows, True)
-        seconds = run(plan)
-        if seconds < 1.5 * best_time:
-            seconds = min(seconds, run(plan))
-        if seconds < (1.05 if plan.rows > (best.rows if best else 0) else 0.95) * best_time:
-            best, best_time = plan, seconds
-    return best
+    def fastest(candidates, rounds=3):
+        times = dict.fromkeys(candidates, float("inf"))
+        for _ in range(rounds):
+            for plan in candidates:
+                times[plan] = min(times[plan], run(plan))
+            candidates = [p for p in candidates if times[p] < 2 * min(times.values())]
+        quickest = min(times.values())
+        return max((p for p in candidates if times[p] <= 1.05 * quickest), key=lambda p: p.rows)
+
+    sizes = [r for r in _PLAN_ROWS if r <= rows] or [rows]
+    candidates = [_Plan(r, False, workers) for r in sizes]
+    if workers > 1:
+        candidates.append(_Plan(sizes[-1], False, 1))
+    best = fastest(candidates)
+    other = best._replace(x_first=True)
+    times = {best: float("inf"), other: float("inf")}
+    for _ in range(3):
+        for plan in times:
+            times[plan] = min(times[plan], run(plan))
+    return other if times[other] < 0.95 * times[best] else best

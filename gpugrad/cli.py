@@ -1,4 +1,5 @@
-"""The command line: ``gpugrad train`` and ``gpugrad gradcheck`` (also ``python -m gpugrad``).
+"""The command line: ``gpugrad train``, ``gpugrad gradcheck`` and ``gpugrad bench`` (also
+``python -m gpugrad``; ``gpugrad bench`` is described in ``gpugrad.bench``).
 
 ``gpugrad train`` trains a classifier (the linear softmax or SVM classifier, or an MLP) with the
 mini-batch trainer and writes everything a run produces into one folder::
@@ -224,12 +225,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``gpugrad`` parser with its ``train`` and ``gradcheck`` subcommands."""
+    """The ``gpugrad`` parser with its ``train``, ``gradcheck`` and ``bench`` subcommands."""
     parser = _Parser(
         prog="gpugrad", description="Train and check classifiers with gpugrad.",
-        epilog="Run 'gpugrad train --help' or 'gpugrad gradcheck --help' for their options.")
+        epilog="Run 'gpugrad train --help', 'gpugrad gradcheck --help' or 'gpugrad bench --help' "
+               "for their options.")
     parser.add_argument("--version", action="version", version=f"gpugrad {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,gradcheck}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,gradcheck,bench}")
 
     d = DEFAULTS
     t = sub.add_parser(
@@ -329,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tol", default="1e-6", metavar="TOL", help="the largest relative error accepted")
     c.add_argument("--backend", choices=BACKENDS, default="auto", help="the backend to check")
     c.set_defaults(func=_gradcheck_command, subparser=c)
+
+    from . import bench
+    b = bench.add_parser(sub)
+    b.set_defaults(func=bench.command, subparser=b)
     return parser
 
 

@@ -112,8 +112,9 @@ def _side_by_side(rounds, one_core):
         del be.threads
     hand = np.array(times["numpy by hand"])
     from gpugrad.backends.numpy_backend import _PLANS
-    plans = ", ".join(f"{rows} rows, {'(X^T G)^T' if x_first else 'G^T X'} with {key[3]} worker(s)"
-                      for key, (rows, x_first) in _PLANS.items() if key[1:3] == (C, D))
+    plans = ", ".join(f"{p.rows} rows, {'(X^T G)^T' if p.x_first else 'G^T X'}, "
+                      f"{p.workers or key[3]} range(s) side by side"
+                      for key, p in _PLANS.items() if key[1:3] == (C, D))
     print(f"{'one core, CPU time' if one_core else 'wall time'}, {rounds} rounds; first gpugrad call "
           f"{first * 1e3:.0f} ms (times the block plan: {plans})")
     for k, v in times.items():

@@ -75,6 +75,7 @@ __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "
 SOLVERS = ("lbfgs", "sgd", "adam")
 TREE_FAN_IN = 8     # partial sums added 8 at a time: depth log_8(chunks), no single hot task
 N_ITER_NO_CHANGE = 10   # SGD/Adam: epochs without a tol improvement of the loss before stopping
+SURVEY_ROWS = 4096      # rows per float64 block in the statistics pass: the block stays in cache
 
 
 def is_dask_collection(a) -> bool:
@@ -186,8 +187,9 @@ def _pinned(func, args, workers, key):
 
 
 def _shared(value, name):
-    """One graph key holding ``value`` (parameters): sent to the cluster once per pass, fetched by
-    the workers that need it, rather than copied into every task."""
+    """``value`` (the parameters) under one graph key that every chunk's task reads: sent to the
+    cluster once per pass rather than copied into every task. (Not ``client.scatter``: a broadcast
+    to a worker that has just died fails, where a graph key is simply computed elsewhere.)"""
     import dask
     return dask.delayed(value, name=name, traverse=False)
 
@@ -238,14 +240,16 @@ def _chunk_summary(Xc, yc, wc, index, start, classes):
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None)
         return out
     problem = None
-    if Xc.dtype.kind == "f":
-        bad_rows = ~xp.isfinite(Xc).all(axis=1)
-        if bool(bad_rows.any()):
-            r = int(xp.argmax(bad_rows))
-            c = int(xp.argmax(~xp.isfinite(Xc[r])))
-            v = float(Xc[r, c])
-            problem = f"X contains {'NaN' if v != v else v} at row {start + r}, column {c}"
+    lo = be.to_numpy(Xc.min(axis=0)).astype(np.float64)
+    hi = be.to_numpy(Xc.max(axis=0)).astype(np.float64)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):  # min/max carry any NaN or Inf
+        r = int(xp.argmax(~xp.isfinite(Xc).all(axis=1)))
+        c = int(xp.argmax(~xp.isfinite(Xc[r])))
+        v = float(Xc[r, c])
+        problem = f"X contains {'NaN' if v != v else v} at row {start + r}, column {c}"
     y = np.asarray(be.to_numpy(yc))
+    if problem is None and y.dtype.kind in "fc" and np.isnan(y).any():
+        problem = f"label NaN at row {start + int(np.argmax(np.isnan(y)))}"
     if problem is None and classes is not None:
         unknown = ~np.isin(y, classes)
         if unknown.any():
@@ -261,11 +265,12 @@ def _chunk_summary(Xc, yc, wc, index, start, classes):
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None,
                    problem=(index, problem))
         return out
-    X64 = Xc.astype(np.float64)
-    mean = X64.mean(axis=0)
-    out.update(mean=be.to_numpy(mean), m2=be.to_numpy(((X64 - mean) ** 2).sum(axis=0)),
-               lo=be.to_numpy(Xc.min(axis=0)).astype(np.float64),
-               hi=be.to_numpy(Xc.max(axis=0)).astype(np.float64), labels=np.unique(y))
+    mean = Xc.mean(axis=0, dtype=np.float64)   # accumulated in float64, X not copied
+    m2 = xp.zeros(Xc.shape[1], np.float64)
+    for r in range(0, n, SURVEY_ROWS):  # float64 deviations a few thousand rows at a time
+        dev = Xc[r:r + SURVEY_ROWS] - mean
+        m2 += xp.einsum("ij,ij->j", dev, dev)
+    out.update(mean=be.to_numpy(mean), m2=be.to_numpy(m2), lo=lo, hi=hi, labels=np.unique(y))
     return out
 
 
@@ -361,6 +366,7 @@ def _chunk_grad(Xc, yc, wc, shared, loss, dtype):
     if n == 0:
         return 0.0, np.zeros(W.shape), np.zeros(b.shape)
     be = backend_for(Xc)
+    yc, wc = be.asarray(yc), (be.asarray(wc) if wc is not None else None)  # next to X (GPU)
     J, dW, db = be.linear_grad(Xc, yc, be.asarray(W, dtype), be.asarray(b, dtype), 0.0, loss,
                                be.asarray(x_mean), be.asarray(x_std), wc)
     return (float(J) * n, be.to_numpy(dW).astype(np.float64) * n,
@@ -391,6 +397,7 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
         return {"rows": 0, "cost": 0.0, "params": None, "slots": None, "t": 0}
     be = backend_for(Xc)
     xp = be.xp
+    yc, wc = be.asarray(yc), (be.asarray(wc) if wc is not None else None)  # next to X (GPU)
     # Copies: the task's inputs may be shared with other tasks in this worker process.
     params = {k: xp.array(be.asarray(v), dtype=dtype, copy=True) for k, v in start_state["params"].items()}
     opt = Adam(lr=lr) if solver == "adam" else SGD(lr=lr, momentum=momentum)
@@ -399,7 +406,7 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     else:
         opt.load_state(start_state["opt"], params)
     order = xp.asarray(np.random.default_rng(seed).permutation(n))
-    mean, std = be.asarray(x_mean), be.asarray(x_std)
+    mean, std = be.asarray(x_mean, dtype), be.asarray(x_std, dtype)
     cost = xp.zeros((), np.float64)
     rows = 0
     for s in steps:

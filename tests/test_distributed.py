@@ -60,7 +60,7 @@ def relative_error(a, b):
 @pytest.fixture(scope="module")
 def client():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=50)
+                                       dashboard_address=":0", silence_logs=50)
     with distributed.Client(cluster) as c:
         yield c
     cluster.close()
@@ -178,13 +178,16 @@ def test_a_loss_dask_gives_up_on_names_the_worker_and_rows(monkeypatch, problem)
 
 # ---- mini-batch solvers ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("solver, sync_every", [("sgd", None), ("adam", 5)])
-def test_local_sgd_is_reproducible_and_reaches_the_optimum(client, problem, solver, sync_every):
+@pytest.mark.parametrize("solver, sync_every, scheduler", [("sgd", None, "cluster"),
+                                                           ("adam", 10, "threads")])
+def test_local_sgd_is_reproducible_and_reaches_the_optimum(client, problem, solver, sync_every,
+                                                           scheduler):
     X, y, _, Xn, yn, _ = problem
     kw = dict(lam=LAM, solver=solver, max_iter=8, random_state=2, sync_every=sync_every,
               batch_size=25, learning_rate_init=0.02 if solver == "sgd" else 0.01)
-    a = ggd.fit_linear(X, y, **kw)
-    b = ggd.fit_linear(X, y, **kw)
+    with dask.config.set(scheduler=None if scheduler == "cluster" else scheduler):
+        a = ggd.fit_linear(X, y, **kw)
+        b = ggd.fit_linear(X, y, **kw)
     assert np.array_equal(a["model"].params["W"], b["model"].params["W"])
     assert a["loss_curve_"] == b["loss_curve_"] and a["n_iter_"] == 8
     ref, classes, mean, std = in_memory_fit(Xn, yn)
@@ -226,6 +229,14 @@ def test_nan_in_one_chunk_is_refused_naming_its_rows(problem):
         with pytest.raises(ValueError, match=r"chunk 3 \(rows 1500:2000\): X contains NaN at row "
                                              r"1717, column 4"):
             ggd.fit_linear(bad, y)
+
+
+def test_nan_label_is_refused_naming_its_rows(problem):
+    X, _, _, _, _, _ = problem
+    y = da.where(da.arange(N) == 2345, np.nan, da.arange(N) % 2.0).rechunk(ROWS)
+    with dask.config.set(scheduler="sync"):
+        with pytest.raises(ValueError, match=r"chunk 4 \(rows 2000:2500\): label NaN at row 2345"):
+            ggd.fit_linear(X, y)
 
 
 def test_label_outside_classes_is_refused_naming_its_rows(problem):

@@ -43,8 +43,6 @@ def pytest_configure(config):
     global SESSION_SEED
     if hasattr(config, "workerinput"):  # an xdist worker: the controller's seed
         SESSION_SEED = config.workerinput["gpugrad_test_seed"]
-    config.addinivalue_line("markers", "slow: takes tens of seconds (compiles every kernel); run first, "
-                                       "and still part of the test command: deselect with -m 'not slow'")
 
 # "emu": the CuPy backend with its kernels run by the CPU emulator (tests/emu), standing in as
 # gpugrad's CUDA backend, so every backend test also covers the CUDA path on machines without a GPU.

@@ -276,6 +276,7 @@ def spread_grid(total: int, sm_count: int, per_block: int = 256) -> int:
 LINEAR_MAX_THREADS = 512  # gg_linear_*'s __launch_bounds__
 
 
+@functools.lru_cache(maxsize=256)  # a small step's cost is its host time: decided once per kind of input
 def fused_kind(x_dtype, w_dtype, C: int, normalised: bool, x_aligned: bool) -> str | None:
     """The kind of X a fused linear kernel takes, or None: "f32"/"f64" (float X in W's dtype),
     "f32n"/"f64n" (the same normalised by x_mean/x_std), "u8"/"u8f64" (uint8 X normalised, under
@@ -311,6 +312,7 @@ def linear_shape(C: int, dtype=np.float32) -> tuple[int, int]:
     return min(4, 32 // p2), 8 if C <= 5 else (6 if C <= 10 else 4)
 
 
+@functools.lru_cache(maxsize=1024)  # (the caller only reads the plan)
 def simt_plan(kind: str | None, n: int, d: int, C: int, w_dtype, x_itemsize: int, smem_optin: int) -> dict | None:
     """The FMA kernel gg_linear_<kind>_c<C> for X (n, d): threads, dynamic shared memory (W, the
     reduction scratch and G in W's dtype, then two double-buffered X row groups), the padded row
@@ -380,6 +382,7 @@ def linmma_smem_bytes(x: str, dsl: int, nt: int) -> int:
     return g_off + 2 * 8 * nt * (R + 4) * 4
 
 
+@functools.lru_cache(maxsize=1024)
 def mma_plan(kind: str | None, n: int, d: int, C: int, card: Card) -> dict | None:
     """The tensor-core kernel gg_linmma_<kind>_nt<nt> for X (n, d), or None where it does not apply
     (before sm_90, X other than float32 or uint8, no rows, d past a cluster's columns, shared memory).

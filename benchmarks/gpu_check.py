@@ -1,5 +1,6 @@
-"""The GPU check: the kernel tests, then timings against plain CuPy and PyTorch, with the bandwidth
-floor measured in the same run. One command, on your own card:
+"""The GPU check: the kernel tests, then timings against plain CuPy and PyTorch.
+
+The bandwidth floor is measured in the same run. One command, on your own card:
 
     python benchmarks/gpu_check.py [--out DIR] [--quick] [--compile]
 

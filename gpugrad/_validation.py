@@ -139,11 +139,12 @@ def check_linear(X, y, W, b, x_mean=None, x_std=None):
     return dtype
 
 
-def raise_first_invalid(label_pos, bad_pos, y, C, named):
+def raise_first_invalid(label_pos, bad_pos, y, C, named, hint=" (pass check_finite=False to skip this check)"):
     """Turn the positions found by ``Backend.first_invalid`` into one clear error.
 
     label_pos: index of the first label outside [0, C), or -1. bad_pos: for each (name, array)
     in ``named``, the flat index of its first NaN/Inf, or -1. Reads back only the offending value.
+    hint: what the NaN/Inf message adds (how the caller may skip the check).
     """
     if label_pos >= 0:
         value = int(y[label_pos])
@@ -159,4 +160,4 @@ def raise_first_invalid(label_pos, bad_pos, y, C, named):
             kind = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
             where = idx if len(idx) != 1 else idx[0]
             raise ValueError(f"{name} contains {kind} at index {list(where) if isinstance(where, tuple) else where}"
-                             " (pass check_finite=False to skip this check)")
+                             + hint)

@@ -461,7 +461,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                 early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
                 tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
                 progress=bool(self.verbose))
-        history = trainer.fit(Xd, y_enc, sample_weight=w)
+        # X passed scikit-learn's checks (finite) and y_enc indexes classes_: no second pass over X.
+        history = trainer.fit(Xd, y_enc, sample_weight=w, check_input=False)
         self.model_, self._trainer = model, trainer
         rows = history.rows
         if partial:

@@ -149,9 +149,9 @@ class Trainer:
         if w is not None:
             named.append(("sample_weight", w))
         label_pos, bad = be.first_invalid(y, C, [a for _, a in named])
-        _validation.raise_first_invalid(label_pos, bad, y, C, named)
+        _validation.raise_first_invalid(label_pos, bad, y, C, named, hint="")
 
-    def _data(self, X, y, sample_weight, X_val, y_val):
+    def _data(self, X, y, sample_weight, X_val, y_val, check_input):
         """Everything on the model's backend, checked once: (X, y, w, X_val, y_val)."""
         model, be = self.model, self.model.backend
         X = model.prepare(X)
@@ -163,7 +163,8 @@ class Trainer:
                 raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {tuple(w.shape)}")
         if X.shape[0] == 0:
             raise ValueError("X has no rows to train on")
-        self._check_values(X, y, w, "X")
+        if check_input:
+            self._check_values(X, y, w, "X")
         if w is not None and bool((w < 0).any()):
             raise ValueError("sample_weight must be >= 0")
         if X_val is None and self.validation_fraction:
@@ -175,11 +176,12 @@ class Trainer:
         elif X_val is not None:
             X_val = model.prepare(X_val)
             y_val = self._labels(y_val, X_val.shape[0], "X_val")
-            self._check_values(X_val, y_val, None, "X_val")
+            if check_input:
+                self._check_values(X_val, y_val, None, "X_val")
         return X, y, w, X_val, y_val
 
     # ---- training ------------------------------------------------------------------------------
-    def fit(self, X, y, X_val=None, y_val=None, sample_weight=None, resume=None) -> History:
+    def fit(self, X, y, X_val=None, y_val=None, sample_weight=None, resume=None, check_input=True) -> History:
         """Train until ``self.epochs`` epochs in all; returns the history.
 
         Args:
@@ -188,6 +190,8 @@ class Trainer:
             X_val, y_val: a validation set (else ``validation_fraction`` of X, or none).
             sample_weight: (n,) per-row weights w_i >= 0 of the cost.
             resume: a checkpoint path written by a trainer with the same settings: continue it.
+            check_input: check labels in [0, C) and finite X (one pass over the data, one host
+                read); False when the caller has checked them already (the estimators do).
         Raises:
             FloatingPointError: the cost became NaN or Inf (the message names the epoch and step;
                 the last checkpoint written is left intact).
@@ -197,7 +201,7 @@ class Trainer:
             self._restore(resume)
         elif not opt.initialised_for(model.params):
             opt.init(model.params)
-        X, y, w, X_val, y_val = self._data(X, y, sample_weight, X_val, y_val)
+        X, y, w, X_val, y_val = self._data(X, y, sample_weight, X_val, y_val, check_input)
         n, bs = X.shape[0], self.batch_size
         steps = -(-n // bs)
         first = len(self.history) + 1

@@ -87,7 +87,7 @@ def check_linear_step(ref_args, got, loss, lam, sample_weight=None):
     assert abs(float(J) - J_ref) <= tol * abs(J_ref)
 
 
-# Row lengths that select every row-loss kernel between them (with the `ce_long_rows` variant's variants for
+# Row lengths that select every row-loss kernel between them (with every `ce_long_rows` variant for
 # the long rows): short rows for each width of lane team, then block-per-row, streamed,
 # prefetched and online kernels.
 ROW_LENGTHS = (5, 13, 29, 50, 100, 200, 700, 1500, 3000, 6000, 9000, 17000, 33000)
@@ -95,7 +95,7 @@ ROW_LENGTHS = (5, 13, 29, 50, 100, 200, 700, 1500, 3000, 6000, 9000, 17000, 3300
 
 def row_kernel_shapes(loss, dtype):
     """{kernel name: (C, long-row variant)}: for each row-loss kernel of `loss` ("softmax" or
-    "svm") and `dtype`, the first row length C of ROW_LENGTHS (and the `ce_long_rows` variant variant, None
+    "svm") and `dtype`, the first row length C of ROW_LENGTHS (and the `ce_long_rows` variant, None
     for the default) for which the CuPy backend's own planning (ce_kernel_config,
     svm_kernel_config) picks it."""
     from gpugrad.backends import cupy_backend as cb  # imports cupy (no GPU needed): only when asked

@@ -747,7 +747,7 @@ def _versions(env: dict) -> str:
     ours = [b for b in blas if "numpy" in str(b.get("path"))] or blas
     if ours:
         b = ours[0]
-        parts.append(f"BLAS {b['library']} {b['version']} ({b['threads']} threads)")
+        parts.append(f"BLAS {b['library']} {b['version']} ({b['threads']} thread{'' if b['threads'] == 1 else 's'})")
     if env.get("cupy"):
         parts.append(f"cupy {env['cupy']}")
     parts.append(f"gpugrad {env.get('gpugrad', '?')}")

@@ -106,7 +106,8 @@ def _linear(n, d, C, xdtype):
     item = np.dtype(xdtype).itemsize
     extra = 2 * d * 4 if xdtype == "uint8" else 0
     return Workload("linear", f"linear step n={n} d={d} C={C} {xdtype}",
-                    (("n", n), ("d", d), ("C", C), ("xdtype", xdtype)), n * d * item + n * 8 + 2 * C * d * 4 + extra)
+                    (("n", n), ("d", d), ("C", C), ("xdtype", xdtype)),
+                    n * d * item + n * 8 + 2 * C * d * 4 + extra)
 
 
 def _epoch(model, N, d, C):
@@ -495,9 +496,11 @@ def _torch(device, compiled):
             fn, args = _torch_epoch(torch, F, w, inp, t, dev, compiled)
         step = torch.compile(fn) if compiled and w.family != "epoch" else fn
         if dev == "cuda":
-            events = lambda: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),  # noqa: E731
-                              lambda a, b: a.elapsed_time(b))
-            return Case(lambda: step(*args), sync=torch.cuda.synchronize, events=events, warmup=3 if compiled else 1)
+            def events():
+                return (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+                        lambda a, b: a.elapsed_time(b))
+            return Case(lambda: step(*args), sync=torch.cuda.synchronize, events=events,
+                        warmup=3 if compiled else 1)
         return Case(lambda: step(*args), warmup=3 if compiled else 1)
     return prepare
 
@@ -747,7 +750,8 @@ def _versions(env: dict) -> str:
     ours = [b for b in blas if "numpy" in str(b.get("path"))] or blas
     if ours:
         b = ours[0]
-        parts.append(f"BLAS {b['library']} {b['version']} ({b['threads']} thread{'' if b['threads'] == 1 else 's'})")
+        plural = "" if b["threads"] == 1 else "s"
+        parts.append(f"BLAS {b['library']} {b['version']} ({b['threads']} thread{plural})")
     if env.get("cupy"):
         parts.append(f"cupy {env['cupy']}")
     parts.append(f"gpugrad {env.get('gpugrad', '?')}")

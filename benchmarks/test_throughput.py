@@ -14,9 +14,9 @@ CPU, and on a GPU the CuPy backend, plain CuPy and PyTorch on CUDA; what cannot 
 no GPU) is skipped with the reason. The CPU sizes always run (a few minutes on 2 cores); the GPU
 sizes (the issue's targets: S 8192 x C, n = 65536, N = 50,000) run only where a CUDA device is
 usable, and there the CPU implementations take 3 rounds each. GPU calls end with a device
-synchronisation inside the timed call. The trainer's epoch here is a ``fit`` of one more epoch,
-which includes ``fit``'s one-off input checks (a pass over X); ``extra_info["epoch_s"]`` holds
-the trainer's own clock for the epoch alone, which ``gpugrad bench`` reports.
+synchronisation inside the timed call. The trainer's epoch here is a ``fit`` of one more epoch
+(``check_input=False``), which adds fit's per-call set-up to the epoch; ``extra_info["epoch_s"]``
+holds the trainer's own clock for the epoch alone, which ``gpugrad bench`` reports.
 """
 import pytest
 

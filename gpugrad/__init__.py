@@ -10,7 +10,8 @@
   schedules; ``gpugrad.trainer``: the mini-batch trainer with history and checkpoints.
 - ``gpugrad.data``: data sets; ``gpugrad.plots``: training curves and class templates.
 - ``gpugrad.estimators``: the scikit-learn drop-ins (``SoftmaxClassifier``, ``SVMClassifier``,
-  ``MLPClassifier``); ``gpugrad.cli``: ``gpugrad train`` and ``gpugrad gradcheck``.
+  ``MLPClassifier``); ``gpugrad.cli``: ``gpugrad train``, ``gpugrad gradcheck`` and ``gpugrad bench``
+  (its workloads and peers in ``gpugrad.bench``); ``gpugrad.distributed``: training on Dask arrays.
 """
 from .backends import cupy_available, get_backend, why_backend
 from .fused import linear_grad, softmax_cross_entropy_grad, svm_grad
@@ -21,7 +22,8 @@ from . import models, optim
 from .trainer import History, Trainer
 
 _LAZY = {"SoftmaxClassifier": "estimators", "SVMClassifier": "estimators", "MLPClassifier": "estimators",
-         "data": None, "plots": None, "estimators": None, "distributed": None}
+         "data": None, "plots": None, "estimators": None, "distributed": None, "bench": None,
+         "cli": None}
 
 
 def __getattr__(name):

@@ -659,19 +659,39 @@ def decision_function(model, X):
     """(n, C) Dask array of scores S = x' W^T + b (x' the normalised row), one task per block of X.
 
     Nothing is computed until the result is; blocks stay numpy or CuPy as X's are.
+
+        >>> import numpy as np, dask.array as da, gpugrad as gg
+        >>> model = gg.models.LinearClassifier(2, 3, backend="numpy", dtype="float64")
+        >>> model.params["b"][:] = [0.0, 1.0, 2.0]
+        >>> S = decision_function(model, da.zeros((5, 2), chunks=(2, 2)))
+        >>> S.chunks, S[0].compute().tolist()
+        (((2, 2, 1), (3,)), [0.0, 1.0, 2.0])
     """
     _check_inference_X(model, X)
     return _scores_like(X, _block_scores, model)
 
 
 def predict_proba(model, X):
-    """(n, C) Dask array of the softmax of the scores, p_ij = exp(s_ij) / sum_k exp(s_ik)."""
+    """(n, C) Dask array of the softmax of the scores, p_ij = exp(s_ij) / sum_k exp(s_ik).
+
+        >>> import dask.array as da, gpugrad as gg
+        >>> model = gg.models.LinearClassifier(2, 4, backend="numpy", init_scale=0)
+        >>> predict_proba(model, da.ones((3, 2), chunks=(2, 2))).compute().tolist()[0]
+        [0.25, 0.25, 0.25, 0.25]
+    """
     _check_inference_X(model, X)
     return _scores_like(X, _block_proba, model)
 
 
 def predict(model, classes, X):
-    """(n,) Dask array of the labels classes[argmax_j s_ij], one task per block of X."""
+    """(n,) Dask array of the labels classes[argmax_j s_ij], one task per block of X.
+
+        >>> import numpy as np, dask.array as da, gpugrad as gg
+        >>> model = gg.models.LinearClassifier(1, 2, backend="numpy", dtype="float64")
+        >>> model.params["W"][:] = [[-1.0], [1.0]]
+        >>> predict(model, np.array(["neg", "pos"]), da.from_array([[-2.0], [3.0]])).compute().tolist()
+        ['neg', 'pos']
+    """
     import dask.array as da
     _check_inference_X(model, X)
     classes = np.asarray(classes)

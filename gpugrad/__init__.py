@@ -16,7 +16,7 @@
 from .backends import cupy_available, get_backend, why_backend
 from .fused import linear_grad, softmax_cross_entropy_grad, svm_grad
 from .graph import Tensor, tensor, no_grad
-from .ops import batch_norm, cross_entropy, exp, log, relu, softmax, svm_loss
+from .ops import batch_norm, cross_entropy, exp, linear, log, relu, softmax, svm_loss
 from .gradient_check import gradcheck, jacobian
 from . import models, optim
 from .trainer import History, Trainer
@@ -38,7 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Tensor", "tensor", "no_grad",
-    "exp", "log", "relu", "softmax", "cross_entropy", "svm_loss", "batch_norm",
+    "exp", "log", "relu", "softmax", "cross_entropy", "svm_loss", "batch_norm", "linear",
     "gradcheck", "jacobian",
     "linear_grad", "softmax_cross_entropy_grad", "svm_grad",
     "get_backend", "cupy_available", "why_backend",

@@ -258,17 +258,17 @@ class MLP(_Model):
 
     def _forward(self, params, X, training):
         """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor)."""
-        from .ops import batch_norm, relu
+        from .ops import batch_norm, linear, relu
         h = tensor(self._normalise(X))
         for l in range(1, self.n_layers):
-            s = h @ params[f"W{l}"].T + params[f"b{l}"]
+            s = linear(h, params[f"W{l}"], params[f"b{l}"])
             if self.batchnorm:
                 s = batch_norm(s, params[f"gamma{l}"], params[f"beta{l}"],
                                self.buffers[f"running_mean{l}"], self.buffers[f"running_var{l}"],
                                training=training, momentum=self.bn_momentum)
             h = relu(s)
         k = self.n_layers
-        return h @ params[f"W{k}"].T + params[f"b{k}"]
+        return linear(h, params[f"W{k}"], params[f"b{k}"])
 
     def loss_grad(self, X, y, lam, sample_weight=None):
         """(cost, loss, grads) of a batch in training mode (batch-norm batch statistics; the running

@@ -27,7 +27,7 @@ from .graph import Tensor, defvjp, is_grad_enabled, record
 
 __all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",
            "sum", "mean", "transpose", "reshape", "getitem", "softmax", "cross_entropy",
-           "svm_loss", "batch_norm", "unbroadcast"]
+           "svm_loss", "batch_norm", "linear", "unbroadcast"]
 
 
 def _xp(a):
@@ -138,6 +138,25 @@ def matmul(a, b):
                          f"of the first ({a.shape[-1]}) must equal the first axis of the "
                          f"second ({b.shape[0]})")
     return record("matmul", a.value @ b.value, (a, b))
+
+
+def linear(x, W, b):
+    """Scores of a layer, S = X W^T + b: the lecture's s = W x + b for each row x of X, as one node.
+
+    Args: x (n, d), W (C, d) as in the lecture, b (C,); Tensors or arrays.
+    Returns: S (n, C). Its local derivatives (one rule per child, no transpose or broadcast node):
+    dJ/dX = G W, dJ/dW = G^T X (the lecture's g x^T summed over the batch), dJ/db = sum_i g_i.
+
+        >>> import numpy as np, gpugrad as gg
+        >>> gg.linear(np.ones((2, 3)), np.ones((4, 3)), np.arange(4.0)).value.tolist()[0]
+        [3.0, 4.0, 5.0, 6.0]
+    """
+    x = _as_tensor(x, W if isinstance(W, Tensor) else None)
+    W, b = _as_tensor(W, x), _as_tensor(b, x)
+    if x.ndim != 2 or W.ndim != 2 or b.ndim != 1 or x.shape[1] != W.shape[1] or b.shape[0] != W.shape[0]:
+        raise ValueError(f"linear: x must be (n, d), W (C, d) and b (C,); got x {x.shape}, W {W.shape}, "
+                         f"b {b.shape}")
+    return record("linear", x.value @ W.value.T + b.value, (x, W, b))
 
 
 # ---- elementwise functions ----
@@ -580,6 +599,9 @@ defvjp("pow", lambda g, ans, a, b: unbroadcast(g * b * a ** (b - 1), a.shape),
               _pow_vjp_exponent)
 defvjp("neg", lambda g, ans, a: -g)
 defvjp("matmul", _matmul_vjp_a, _matmul_vjp_b)
+defvjp("linear", lambda g, ans, x, W, b: g @ W,
+                 lambda g, ans, x, W, b: g.T @ x,
+                 lambda g, ans, x, W, b: g.sum(axis=0))
 
 # ---- elementwise functions ----
 defvjp("exp", lambda g, ans, a: g * ans)

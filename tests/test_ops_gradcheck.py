@@ -93,6 +93,7 @@ OPS = [
      lambda a: a[np.array([0, 1, 2, 1]), np.array([3, 0, 3, 3])]),
     # Training mode, through the batch mean and variance; inference mode is in test_batch_norm.py.
     ("batch_norm_training", [(5, 3), (3,), (3,)], "normal", gg.ops.batch_norm),
+    ("linear_layer", [(5, 4), (3, 4), (3,)], "normal", gg.linear),
 ]
 
 
@@ -265,3 +266,20 @@ def test_gradcheck_default_step_on_a_smooth_function(backend):
     """The documented default h = 1e-6 is accurate where gradients are O(1)."""
     x = backend.xp.asarray([0.5, 1.0, 1.5])
     assert max(gg.gradcheck(lambda t: (gg.exp(t) * t).sum(), [x])) <= TOL
+
+
+def test_linear_is_x_w_transpose_plus_b_on_the_graph(backend, rng):
+    """The fused layer op gives the value and gradients of its composite spelling X @ W.T + b."""
+    xp = backend.xp
+    X, W, b, G = (xp.asarray(rng.standard_normal(s)) for s in ((6, 4), (3, 4), (3,), (6, 3)))
+    fused = [gg.tensor(a, requires_grad=True) for a in (X, W, b)]
+    plain = [gg.tensor(a, requires_grad=True) for a in (X, W, b)]
+    S1 = gg.linear(*fused)
+    S2 = plain[0] @ plain[1].T + plain[2]
+    np.testing.assert_allclose(backend.to_numpy(S1.value), backend.to_numpy(S2.value), rtol=1e-14)
+    S1.backward(G)
+    S2.backward(G)
+    for f, p in zip(fused, plain):
+        np.testing.assert_allclose(backend.to_numpy(f.grad), backend.to_numpy(p.grad), rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match=r"linear: x must be \(n, d\), W \(C, d\)"):
+        gg.linear(X, W.T, b)

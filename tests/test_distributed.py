@@ -20,6 +20,11 @@ from gpugrad.data import normalisation  # noqa: E402
 from gpugrad.models import LinearClassifier  # noqa: E402
 from gpugrad.optim import lbfgs  # noqa: E402
 
+# A cluster that stops answering (a worker that never comes back, a machine far overloaded) must fail
+# its test, not hold the whole run: each test has a deadline (pytest-timeout, thread method so that
+# it also ends a test blocked inside the client's event loop).
+pytestmark = pytest.mark.timeout(240, method="thread")
+
 N, D, C, ROWS = 4000, 8, 3, 500
 LAM = 1e-3
 

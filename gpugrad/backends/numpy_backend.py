@@ -378,10 +378,11 @@ def _rows_in(nbytes: int, row_bytes: int, least: int, most: int) -> int:
 def _time_plans(dtype, C, d, workers, rows=None) -> _Plan:
     """The candidate plan that steps ``workers`` x ``rows`` rows the fastest (rows None: 256,
     fewer where that is more than 4 MiB, at least 8). Candidates: each block size in
-    ``_PLAN_ROWS`` with ``workers`` ranges side by side, and the largest with one range whose
-    BLAS calls use BLAS's own threads (the better plan where BLAS has no small-matrix kernels,
-    since two ranges calling a multi-threaded BLAS at once only get in each other's way); then
-    the product shape at the best of them. Each is timed in rounds that take turns, so that a
+    ``_PLAN_ROWS`` with ``workers`` ranges side by side, then the product shape at the best of
+    them. (One range of 256-row blocks with BLAS's own threads is not a candidate: on these
+    cache-resident rows it timed best in idle moments, yet stepped X at 1.05x the time of the
+    step by hand, and at 1.3-2.6x on a busy machine, where 2 ranges of 32-row blocks took
+    0.27-0.35x; benchmarks/RESULTS.md.) Each is timed in rounds that take turns, so that a
     burst of load elsewhere falls on all of them, keeping its best time; one twice as slow as
     the best after a round is not timed again (on a busy machine such a candidate can take most
     of the timing). Larger blocks win ties (within 5%): fewer partial sums."""
@@ -419,10 +420,7 @@ def _time_plans(dtype, C, d, workers, rows=None) -> _Plan:
         return max((p for p in candidates if times[p] <= 1.05 * quickest), key=lambda p: p.rows)
 
     sizes = [r for r in _PLAN_ROWS if r <= rows] or [rows]
-    candidates = [_Plan(r, False, workers) for r in sizes]
-    if workers > 1:
-        candidates.append(_Plan(sizes[-1], False, 1))
-    best = fastest(candidates)
+    best = fastest([_Plan(r, False, workers) for r in sizes])
     other = best._replace(x_first=True)
     times = {best: float("inf"), other: float("inf")}
     for _ in range(3):

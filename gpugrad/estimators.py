@@ -57,6 +57,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from . import models, optim
 from .backends import backend_for, get_backend, is_cupy_array
+from .distributed import is_dask_collection
 from .trainer import Trainer
 
 __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
@@ -64,31 +65,6 @@ __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
 SOLVERS = ("sgd", "adam", "lbfgs")
 LEARNING_RATES = ("constant", "invscaling", "step", "cyclical")
 PREDICT_BATCH = 65536  # rows scored at once by predict & co.: bounds the memory of S (and hidden layers)
-
-
-def _is_dask(a) -> bool:
-    """A Dask collection, told without importing dask on machines that do not use it."""
-    return type(a).__module__.startswith("dask") and hasattr(a, "__dask_graph__")
-
-
-class InvScaling:
-    """eta_t = eta0 / (1 + t / steps_per_epoch) ** power_t: the rate shrinks with the epochs
-    (scikit-learn's "invscaling", counted in epochs rather than samples).
-
-        >>> s = InvScaling(1.0, 0.5, steps_per_epoch=2)
-        >>> [round(s(t), 3) for t in range(0, 8, 2)]
-        [1.0, 0.707, 0.577, 0.5]
-    """
-
-    def __init__(self, eta0, power_t, steps_per_epoch):
-        self.eta0, self.power_t, self.steps_per_epoch = float(eta0), float(power_t), int(steps_per_epoch)
-
-    def __call__(self, t: int) -> float:
-        return self.eta0 / (1.0 + t / self.steps_per_epoch) ** self.power_t
-
-    def config(self) -> dict:
-        return {"schedule": "invscaling", "eta0": self.eta0, "power_t": self.power_t,
-                "steps_per_epoch": self.steps_per_epoch}
 
 
 class _Plateau:
@@ -338,7 +314,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         if lr == "constant":
             return optim.Constant(eta)
         if lr == "invscaling":
-            return InvScaling(eta, self.power_t, steps_per_epoch)
+            return optim.InvScaling(eta, self.power_t, steps_per_epoch)
         if lr == "step":  # a tenth of the rate after each third of max_iter
             return optim.StepDecay(eta, max(1, self.max_iter // 3) * steps_per_epoch, 0.1)
         # "cyclical": the course's triangle from eta/100 up to eta and back, 2 epochs each way
@@ -370,7 +346,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         ``max_iter`` epochs at most (iterations for L-BFGS). Returns self.
         """
         self._check_params()
-        if _is_dask(X):
+        if is_dask_collection(X):
             return self._fit_dask(X, y, sample_weight)
         return self._fit(X, y, sample_weight, classes=None, partial=False)
 
@@ -542,7 +518,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         """Scores of X (n, d): (n, C) S = the model's class scores; (n,) s_1 - s_0 for two classes
         (positive means ``classes_[1]``), as scikit-learn's binary classifiers give them."""
-        if _is_dask(X):
+        if is_dask_collection(X):
             return self._dask_call("decision_function", X)
         S = self._scores(X)
         if S.shape[1] == 2:
@@ -552,7 +528,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         """(n,) labels (values of ``classes_``) of the highest score: a CuPy array for CuPy X when
         the labels are numbers, numpy otherwise (CuPy holds no strings)."""
-        if _is_dask(X):
+        if is_dask_collection(X):
             return self._dask_call("predict", X)
         S = self._scores(X)
         idx = S.argmax(axis=1)
@@ -564,7 +540,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
 
     def _predict_proba(self, X):
         """(n, C) class probabilities softmax(S) (rows sum to 1, columns in the order of ``classes_``)."""
-        if _is_dask(X):
+        if is_dask_collection(X):
             return self._dask_call("predict_proba", X)
         S = self._scores(X)
         xp = self.model_.backend.xp
@@ -616,7 +592,11 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
 
 
 class _LinearMixin:
-    """coef_/intercept_ and the Dask path of the linear estimators."""
+    """The model, coef_/intercept_ and the Dask path of the linear estimators."""
+
+    def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
+        return models.LinearClassifier(d, C, loss=self._loss, dtype=dtype, backend=be,
+                                       x_mean=x_mean, x_std=x_std, seed=seed)
 
     @property
     def coef_(self):
@@ -780,10 +760,6 @@ class SoftmaxClassifier(_LinearMixin, _GpugradClassifier):
         self.dtype = dtype
         self.backend = backend
 
-    def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
-        return models.LinearClassifier(d, C, loss=self._loss, dtype=dtype, backend=be,
-                                       x_mean=x_mean, x_std=x_std, seed=seed)
-
     def predict_proba(self, X):
         return self._predict_proba(X)
 
@@ -841,10 +817,6 @@ class SVMClassifier(_LinearMixin, _GpugradClassifier):
         self.standardize = standardize
         self.dtype = dtype
         self.backend = backend
-
-    def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
-        return models.LinearClassifier(d, C, loss=self._loss, dtype=dtype, backend=be,
-                                       x_mean=x_mean, x_std=x_std, seed=seed)
 
 
 class MLPClassifier(_GpugradClassifier):

@@ -21,7 +21,7 @@ import numpy as np
 
 from .backends import backend_for
 
-__all__ = ["Constant", "StepDecay", "Cyclical", "make_schedule", "SGD", "Adam", "make_optimizer",
+__all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "make_schedule", "SGD", "Adam", "make_optimizer",
            "lbfgs", "OPTIMIZERS", "SCHEDULES"]
 
 
@@ -33,6 +33,12 @@ def _positive(name, value, allow_zero=False) -> float:
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
     return v
+
+
+def _positive_int(name, value, what="a positive integer") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
 
 
 # ---- schedules: learning rate as a function of the update step t (0-based) -------------------
@@ -59,9 +65,7 @@ class StepDecay:
 
     def __init__(self, lr, step_size, gamma=0.1):
         self.lr = _positive("lr", lr, allow_zero=True)
-        if isinstance(step_size, bool) or int(step_size) != step_size or step_size < 1:
-            raise ValueError(f"step_size must be a positive integer, got {step_size!r}")
-        self.step_size = int(step_size)
+        self.step_size = _positive_int("step_size", step_size)
         self.gamma = _positive("gamma", gamma)
 
     def __call__(self, t: int) -> float:
@@ -86,9 +90,7 @@ class Cyclical:
         self.eta_max = _positive("eta_max", eta_max, allow_zero=True)
         if self.eta_max < self.eta_min:
             raise ValueError(f"eta_max ({eta_max}) must be >= eta_min ({eta_min})")
-        if isinstance(n_s, bool) or int(n_s) != n_s or n_s < 1:
-            raise ValueError(f"n_s must be a positive integer (updates per half cycle), got {n_s!r}")
-        self.n_s = int(n_s)
+        self.n_s = _positive_int("n_s", n_s, "a positive integer (updates per half cycle)")
 
     def __call__(self, t: int) -> float:
         phase = t % (2 * self.n_s)
@@ -99,7 +101,29 @@ class Cyclical:
         return {"schedule": "cyclical", "eta_min": self.eta_min, "eta_max": self.eta_max, "n_s": self.n_s}
 
 
-SCHEDULES = {"constant": Constant, "step": StepDecay, "cyclical": Cyclical}
+class InvScaling:
+    """eta_t = eta0 / (1 + t / steps_per_epoch) ** power_t: the rate shrinks with the epochs
+    (scikit-learn's "invscaling", counted in epochs rather than samples).
+
+        >>> s = InvScaling(1.0, 0.5, steps_per_epoch=2)
+        >>> [round(s(t), 3) for t in range(0, 8, 2)]
+        [1.0, 0.707, 0.577, 0.5]
+    """
+
+    def __init__(self, eta0, power_t, steps_per_epoch):
+        self.eta0 = _positive("eta0", eta0, allow_zero=True)
+        self.power_t = _positive("power_t", power_t, allow_zero=True)
+        self.steps_per_epoch = _positive_int("steps_per_epoch", steps_per_epoch)
+
+    def __call__(self, t: int) -> float:
+        return self.eta0 / (1.0 + t / self.steps_per_epoch) ** self.power_t
+
+    def config(self) -> dict:
+        return {"schedule": "invscaling", "eta0": self.eta0, "power_t": self.power_t,
+                "steps_per_epoch": self.steps_per_epoch}
+
+
+SCHEDULES = {"constant": Constant, "step": StepDecay, "cyclical": Cyclical, "invscaling": InvScaling}
 
 
 def make_schedule(spec):

@@ -192,10 +192,11 @@ class NumpyBackend:
     # whole product already runs multi-threaded in OpenBLAS, slower than the blocks on a busy
     # machine (n = 100, d = 3072: 0.6 ms blocked against 39 ms whole at a load of 11 on 2 cores).
     blocked_from = 256 << 10
-    # Rows per loss evaluation; None: about 4 MiB of X (as W's dtype), 8 to 4096 rows. Fewer
+    # Rows per loss evaluation; None: about 12 MiB of X (as W's dtype), 8 to 4096 rows. Fewer
     # rows pay the loss's Python cost more often, more rows no longer stay in cache between the
-    # two products (normalised uint8 X at d = 3072 on one core: 55 ms a step at 256 rows, 65 ms
-    # at 2048; float X: 38 ms at 256, 35 ms at 1024).
+    # two products (normalised uint8 X at d = 3072 on one core: 55 ms a step at 256 rows, 58 ms
+    # at 1024, 65 ms at 2048; float X: 38 ms at 256, 35 ms at 1024; float X on the idle 2-core
+    # machine, 32-row blocks: 1.08x the step by hand at 320 rows, 0.99x at 1024).
     loss_rows = None
     threads = None  # workers over the row ranges; None: the CPUs this process may run on
     worker_rows = 256  # fewest rows worth a worker of their own
@@ -213,7 +214,7 @@ class NumpyBackend:
         row_bytes = d * W.dtype.itemsize
         if n * row_bytes < self.blocked_from:
             return 0
-        return min(self.loss_rows or _rows_in(4 << 20, row_bytes, 8, 4096), n)
+        return min(self.loss_rows or _rows_in(12 << 20, row_bytes, 8, 4096), n)
 
     def _workers(self, n: int) -> int:
         """How many row ranges the blocked step runs side by side: ``threads`` (or the CPUs this

@@ -837,17 +837,9 @@ def command(parser, args) -> int:
     families = [f.strip() for f in str(args.workload).split(",")]
     if not families or any(f not in FAMILIES for f in families):
         parser.error(f"--workload must be a comma list of {', '.join(FAMILIES)}, got {args.workload!r}")
-    try:
-        repeat = int(args.repeat)
-    except ValueError:
-        repeat = 0
-    if repeat < 1:
-        parser.error(f"--repeat must be a positive integer, got {args.repeat}")
-    from .backends import get_backend
-    try:
-        backend = get_backend(args.backend).name
-    except RuntimeError as e:
-        parser.error(f"--backend {args.backend}: {e}")
+    from .cli import _backend, _number
+    repeat = _number(parser, "--repeat", args.repeat, int, 1, what="a positive integer")
+    backend = _backend(parser, args.backend).name
     progress = None if args.json else (lambda line: print(f"gpugrad bench: {line}", file=sys.stderr, flush=True))
     result = run(list(dict.fromkeys(families)), backend=backend, size=args.size, repeat=repeat, progress=progress)
     if args.json:

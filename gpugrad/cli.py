@@ -481,6 +481,8 @@ def _fingerprint(X, y) -> str:
 
 
 def _make_model(opts, ds, backend):
+    """The model of settings ``opts`` (model, hidden, batchnorm, dtype, seed) for the Dataset ds,
+    normalising inputs by the mean and std of its training rows."""
     from . import data, models
     mean, std = data.normalisation(ds.X_train)
     n_features, n_classes = ds.X_train.shape[1], ds.n_classes
@@ -643,20 +645,17 @@ def _gradcheck_command(parser, args) -> int:
     except ValueError as e:
         parser.error(str(e))
     backend = _backend(parser, args.backend)
-    from . import data, models
+    from . import data
     ds = data.load_digits()
     if n > len(ds.y_train):
         parser.error(f"--n must be at most {len(ds.y_train)} (the digits training rows), got {n}")
     X, y = ds.X_train[:n], ds.y_train[:n]
-    mean, std = data.normalisation(ds.X_train)
-    common = dict(dtype="float64", backend=backend, x_mean=mean, x_std=std, seed=seed)
+    model = _make_model({"model": args.model, "hidden": ",".join(map(str, hidden)),
+                         "batchnorm": args.batchnorm, "dtype": "float64", "seed": seed}, ds, backend)
     if args.model == "mlp":
-        model = models.MLP(X.shape[1], ds.n_classes, hidden=hidden, loss="softmax",
-                           batchnorm=args.batchnorm, **common)
         what = f"mlp {X.shape[1]}-{'-'.join(map(str, hidden))}-{ds.n_classes}" + (
             " batchnorm" if args.batchnorm else "")
     else:
-        model = models.LinearClassifier(X.shape[1], ds.n_classes, loss=args.model, **common)
         what = f"linear {args.model}"
     results = gradient_errors(model, backend.asarray(X), backend.asarray(y), lam, h=h)
     print(f"gradient check: {what}, lam {lam:g}, {n} rows of digits, float64, backend "

@@ -587,7 +587,10 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     _write_json(folder / RUN_FILE, run)
     accuracy = (f"test accuracy {test['accuracy']:.4f}" if test is not None else "no test set")
     epochs = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
-    took = f"{seconds:.{1 if seconds >= 1 else 2}f} s"
+    # Epochs on digits take milliseconds: below a second, two significant digits ("0.0034 s"),
+    # not a "0.00 s" that reads as if nothing was timed.
+    decimals = 1 if seconds >= 1 else 2 if seconds <= 0 else max(2, 1 - math.floor(math.log10(seconds)))
+    took = f"{seconds:.{decimals}f} s"
     print(f"{accuracy} | {epochs} in {took} | backend {backend.name} | out {folder}")
     return 0
 

@@ -538,15 +538,6 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         # Labels that CuPy cannot hold (strings, objects) come back as numpy.
         return self.classes_[np.asarray(self.model_.backend.to_numpy(idx))]
 
-    def _predict_proba(self, X):
-        """(n, C) class probabilities softmax(S) (rows sum to 1, columns in the order of ``classes_``)."""
-        if is_dask_collection(X):
-            return self._dask_call("predict_proba", X)
-        S = self._scores(X)
-        xp = self.model_.backend.xp
-        E = xp.exp(S - S.max(axis=1, keepdims=True))  # the row max keeps exp() in range
-        return self._caller(E / E.sum(axis=1, keepdims=True), X)
-
     def score(self, X, y, sample_weight=None):
         """Mean accuracy of ``predict(X)`` against y (weighted by sample_weight), as a float."""
         from sklearn.metrics import accuracy_score
@@ -589,6 +580,24 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         tags.classifier_tags.multi_class = True
         return tags
+
+
+class _ProbaMixin:
+    """predict_proba and predict_log_proba of the softmax estimators (the hinge loss gives none)."""
+
+    def predict_proba(self, X):
+        """(n, C) class probabilities softmax(S) (rows sum to 1, columns in the order of ``classes_``)."""
+        if is_dask_collection(X):
+            return self._dask_call("predict_proba", X)
+        S = self._scores(X)
+        xp = self.model_.backend.xp
+        E = xp.exp(S - S.max(axis=1, keepdims=True))  # the row max keeps exp() in range
+        return self._caller(E / E.sum(axis=1, keepdims=True), X)
+
+    def predict_log_proba(self, X):
+        """(n, C) log of ``predict_proba``."""
+        P = self.predict_proba(X)
+        return backend_for(P).xp.log(P)
 
 
 class _LinearMixin:
@@ -712,7 +721,7 @@ _COMMON_DOC = """
 """
 
 
-class SoftmaxClassifier(_LinearMixin, _GpugradClassifier):
+class SoftmaxClassifier(_ProbaMixin, _LinearMixin, _GpugradClassifier):
     __doc__ = """Multinomial logistic regression, s = W x + b with the softmax cross-entropy: a
     drop-in for ``sklearn.linear_model.LogisticRegression`` (defaults: full-batch L-BFGS, as its;
     alpha = 1e-3, about its C = 1 on 1000 rows).
@@ -759,16 +768,6 @@ class SoftmaxClassifier(_LinearMixin, _GpugradClassifier):
         self.standardize = standardize
         self.dtype = dtype
         self.backend = backend
-
-    def predict_proba(self, X):
-        return self._predict_proba(X)
-
-    predict_proba.__doc__ = _GpugradClassifier._predict_proba.__doc__
-
-    def predict_log_proba(self, X):
-        """(n, C) log of ``predict_proba``."""
-        P = self.predict_proba(X)
-        return backend_for(P).xp.log(P) if is_cupy_array(P) else np.log(P)
 
 
 class SVMClassifier(_LinearMixin, _GpugradClassifier):
@@ -819,7 +818,7 @@ class SVMClassifier(_LinearMixin, _GpugradClassifier):
         self.backend = backend
 
 
-class MLPClassifier(_GpugradClassifier):
+class MLPClassifier(_ProbaMixin, _GpugradClassifier):
     __doc__ = """A multi-layer perceptron with ReLU hidden layers, optional batch normalisation and
     the softmax cross-entropy: a drop-in for ``sklearn.neural_network.MLPClassifier``.
 
@@ -894,16 +893,6 @@ class MLPClassifier(_GpugradClassifier):
     def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
         return models.MLP(d, C, hidden=self._hidden(), loss="softmax", batchnorm=bool(self.batchnorm),
                           dtype=dtype, backend=be, x_mean=x_mean, x_std=x_std, seed=seed)
-
-    def predict_proba(self, X):
-        return self._predict_proba(X)
-
-    predict_proba.__doc__ = _GpugradClassifier._predict_proba.__doc__
-
-    def predict_log_proba(self, X):
-        """(n, C) log of ``predict_proba``."""
-        P = self.predict_proba(X)
-        return backend_for(P).xp.log(P) if is_cupy_array(P) else np.log(P)
 
     @property
     def coefs_(self):

@@ -328,11 +328,6 @@ class Impl:
     prepare: Callable
 
 
-def _numpy_backend():
-    from .backends import get_backend
-    return get_backend("numpy")
-
-
 def _cupy():
     from .backends import cupy_available
     if not cupy_available():
@@ -354,10 +349,10 @@ def _gpugrad(device):
     def prepare(w, inp):
         import gpugrad as gg
         if device == "gpu":
-            cupy = _cupy()
-            be, move, wrap = gg.get_backend("cupy"), cupy.asarray, _cupy_case
+            move = _cupy().asarray  # first: without a usable device this is Unavailable
+            be, wrap = gg.get_backend("cupy"), _cupy_case
         else:
-            be, move, wrap = _numpy_backend(), (lambda a: a), (lambda fn, **kw: Case(fn, **kw))
+            be, move, wrap = gg.get_backend("numpy"), (lambda a: a), Case
         a = {k: (move(v) if isinstance(v, np.ndarray) else v) for k, v in inp.items() if k != "params0"}
         if w.family == "ce":
             return wrap(lambda: gg.softmax_cross_entropy_grad(a["S"], a["y"], validate=False))
@@ -398,11 +393,7 @@ def _graph(device):
 def _by_hand(device):
     """numpy (CPU) or CuPy (GPU) written the obvious way: the functions above."""
     def prepare(w, inp):
-        if device == "gpu":
-            cupy = _cupy()
-            xp, wrap = cupy, _cupy_case
-        else:
-            xp, wrap = np, (lambda fn, **kw: Case(fn, **kw))
+        xp, wrap = (_cupy(), _cupy_case) if device == "gpu" else (np, Case)
         a = {k: (xp.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in inp.items() if k != "params0"}
         if w.family == "ce":
             return wrap(lambda: ce_by_hand(xp, a["S"], a["y"]))

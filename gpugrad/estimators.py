@@ -350,9 +350,6 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             return self._fit_dask(X, y, sample_weight)
         return self._fit(X, y, sample_weight, classes=None, partial=False)
 
-    def _stochastic(self):
-        return self.solver in ("sgd", "adam")
-
     def _partial_fit_available(self):
         if self.solver not in ("sgd", "adam"):
             raise AttributeError(f"partial_fit is only available for the stochastic solvers 'sgd' and "
@@ -381,7 +378,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         first_partial = partial and not hasattr(self, "model_")
         warm = (partial and not first_partial) or (self.warm_start and hasattr(self, "model_"))
         X, y = self._validate_Xy(X, y, reset=not warm)
-        if partial and first_partial:
+        if first_partial:
             all_classes = np.unique(np.asarray(classes))
         elif partial:
             all_classes = self.classes_
@@ -398,10 +395,10 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         n = X.shape[0]
         w = self._sample_weights(sample_weight, y_enc, n, partial)
 
-        be = self._backend() if not warm else self.model_.backend
         if warm:
             model = self.model_
         else:
+            be = self._backend()
             dtype = self._compute_dtype(be, X.dtype)
             x_mean, x_std = self._standardisation(X)
             model = self._new_model(be, X.shape[1], len(all_classes), dtype, x_mean, x_std, self._seed())

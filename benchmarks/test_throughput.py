@@ -12,7 +12,7 @@ Each group holds gpugrad's numpy backend (and its graph path, on the float32 ste
 scikit-learn's loss-and-gradient code where it has one, PyTorch eager and ``torch.compile`` on the
 CPU, and on a GPU the CuPy backend, plain CuPy and PyTorch on CUDA; what cannot run here (no torch,
 no GPU) is skipped with the reason. The CPU sizes always run (a few minutes on 2 cores); the GPU
-sizes (the issue's targets: S 8192 x C, n = 65536, N = 50,000) run only where a CUDA device is
+sizes (S 8192 x C, n up to 65536, N = 50,000) run only where a CUDA device is
 usable, and there the CPU implementations take 3 rounds each. GPU calls end with a device
 synchronisation inside the timed call. The trainer's epoch here is a ``fit`` of one more epoch
 (``check_input=False``), which adds fit's per-call set-up to the epoch; ``extra_info["epoch_s"]``

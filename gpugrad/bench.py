@@ -62,7 +62,7 @@ BATCH, HIDDEN, BN_EPS, BN_MOMENTUM = 100, (50, 50), 1e-5, 0.1
 
 # (n, C) of the CE workloads; (n values, d, C) of the linear step; (N linear, N mlp, d, C) of the epochs.
 # The cpu sizes keep `pytest benchmarks/ --benchmark-only` to a few minutes on 2 cores; the gpu sizes
-# are the targets (the course's N = 50,000 CIFAR-10 rows for the epochs).
+# are those gpugrad is measured at on a GPU (the epochs: the course's N = 50,000 CIFAR-10 rows).
 CE_SIZES = {"tiny": ((64, 10), (16, 1024), (2, 32768)),
             "cpu": ((65536, 10), (4096, 1024), (128, 32768)),
             "gpu": ((8192, 10), (8192, 1024), (8192, 32768))}
@@ -816,8 +816,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="numpy: gpugrad's numpy backend and the CPU peers; cupy: the CuPy backend and "
                         "the GPU peers; auto: cupy when a CUDA device is usable (default: auto)")
     b.add_argument("--size", choices=SIZES,
-                   help="problem sizes: tiny (a smoke test), cpu, gpu (the issue's targets) "
-                        "(default: cpu on numpy, gpu on cupy)")
+                   help="problem sizes: tiny (a smoke test), cpu, gpu (S 8192 x C, n up to 65536, "
+                        "N = 50,000) (default: cpu on numpy, gpu on cupy)")
     b.add_argument("--repeat", default="10", metavar="N", help="timed calls per implementation (default: 10)")
     b.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     return b

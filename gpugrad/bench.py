@@ -241,9 +241,9 @@ def mlp_step_by_hand(xp, X, y, params, buffers, lam, eps=BN_EPS, momentum=BN_MOM
 
     Layers l < k: s = h W_l^T + b_l; batch norm with the batch mean mu and biased variance v,
     xhat = (s - mu) / sqrt(v + eps), z = gamma_l xhat + beta_l; h = max(z, 0). Scores
-    S = h W_k^T + b_k, softmax cross-entropy; J adds lam sum_l ||W_l||^2. The running averages
-    in ``buffers`` are updated in place (PyTorch's convention: the unbiased variance). Backward:
-    G = (P - Y) / n, then per layer dz = dh [z > 0], dgamma = sum dz xhat, dbeta = sum dz,
+    S = h W_k^T + b_k, softmax cross-entropy (``ce_by_hand``); J adds lam sum_l ||W_l||^2. The
+    running averages in ``buffers`` are updated in place (PyTorch's convention: the unbiased
+    variance). Backward: G = (P - Y) / n, then per layer dz = dh [z > 0], dgamma = sum dz xhat, dbeta = sum dz,
     ds = (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / sqrt(v + eps) with dxhat = dz gamma.
     """
     n = X.shape[0]
@@ -262,13 +262,8 @@ def mlp_step_by_hand(xp, X, y, params, buffers, lam, eps=BN_EPS, momentum=BN_MOM
         rv += momentum * var * (n / max(n - 1, 1))
         cache.append((h, xhat, inv, z))
         h = xp.maximum(z, 0)
-    S = h @ params[f"W{k}"].T + params[f"b{k}"]
-    P = xp.exp(S - S.max(axis=1, keepdims=True))
-    P /= P.sum(axis=1, keepdims=True)
-    rows = xp.arange(n)
-    J = -xp.log(P[rows, y]).mean() + lam * sum((params[f"W{l}"] ** 2).sum() for l in range(1, k + 1))
-    P[rows, y] -= 1
-    G = P / n
+    loss, G = ce_by_hand(xp, h @ params[f"W{k}"].T + params[f"b{k}"], y)
+    J = loss + lam * sum((params[f"W{l}"] ** 2).sum() for l in range(1, k + 1))
     grads = {f"W{k}": G.T @ h + 2 * lam * params[f"W{k}"], f"b{k}": G.sum(axis=0)}
     dh = G @ params[f"W{k}"]
     for l in range(k - 1, 0, -1):

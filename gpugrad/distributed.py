@@ -235,7 +235,7 @@ def _chunk_summary(Xc, yc, wc, index, start, classes):
     be = backend_for(Xc)
     xp = be.xp
     n = int(Xc.shape[0])
-    out = {"n": n, "dtypes": {str(Xc.dtype): index}, "kinds": {_kind(Xc): index}, "problem": None}
+    out = {"n": n, "dtypes": {str(Xc.dtype): index}, "kinds": {_validation._kind(Xc): index}, "problem": None}
     if n == 0:
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None)
         return out
@@ -272,10 +272,6 @@ def _chunk_summary(Xc, yc, wc, index, start, classes):
         m2 += xp.einsum("ij,ij->j", dev, dev)
     out.update(mean=be.to_numpy(mean), m2=be.to_numpy(m2), lo=lo, hi=hi, labels=np.unique(y))
     return out
-
-
-def _kind(a) -> str:
-    return "cupy.ndarray" if is_cupy_array(a) else f"{type(a).__module__.split('.')[0]}.{type(a).__name__}"
 
 
 def _merge_summaries(*parts):

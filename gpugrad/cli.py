@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .optim import OPTIMIZERS
+
 __all__ = ["main", "build_parser", "parse_hidden", "PRESETS", "DEFAULTS"]
 
 # ---------------------------------------------------------------------------------------------
@@ -78,8 +80,10 @@ FIXED_ON_RESUME = ("data", "model", "hidden", "batchnorm", "dtype", "optimizer",
 
 RUN_FILE, CHECKPOINT_FILE, MODEL_FILE = "run.json", "checkpoint.npz", "model.npz"
 MODELS = ("softmax", "svm", "mlp")
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
-SCHEDULES = ("constant", "step", "cyclical")
+# The settings each schedule is built from: the keys of its config() in gpugrad.optim.
+SCHEDULE_SETTINGS = {"constant": ("lr",), "step": ("lr", "step_size", "gamma"),
+                     "cyclical": ("eta_min", "eta_max", "n_s")}
+SCHEDULES = tuple(SCHEDULE_SETTINGS)
 BACKENDS = ("auto", "numpy", "cupy")
 
 
@@ -187,10 +191,9 @@ def _resolve(parser, args) -> dict:
     if "momentum" in given and opts["optimizer"] not in ("momentum", "nesterov"):
         parser.error(f"--momentum applies to --optimizer momentum or nesterov only "
                      f"(the optimiser is {opts['optimizer']})")
-    own = {"step": ("step_size", "gamma"), "cyclical": ("eta_min", "eta_max", "n_s")}
-    for schedule, names in own.items():
+    for schedule, names in SCHEDULE_SETTINGS.items():
         for name in names:
-            if name in given and opts["schedule"] != schedule:
+            if name != "lr" and name in given and opts["schedule"] != schedule:
                 parser.error(f"--{name.replace('_', '-')} applies to --schedule {schedule} only "
                              f"(the schedule is {opts['schedule']})")
     if opts["schedule"] == "cyclical":
@@ -496,19 +499,14 @@ def _make_model(opts, ds, backend):
 def _make_optimizer(opts, n_train):
     """The optimiser of the run's settings; fills in the schedule's data-dependent defaults."""
     from . import optim
-    steps_per_epoch = max(1, math.ceil(n_train / opts["batch_size"]))
-    if opts["schedule"] == "cyclical":
-        if opts["n_s"] is None:
-            opts["n_s"] = 2 * max(1, n_train // opts["batch_size"])
-        lr = optim.Cyclical(opts["eta_min"], opts["eta_max"], opts["n_s"])
-    elif opts["schedule"] == "step":
-        if opts["step_size"] is None:
-            opts["step_size"] = 10 * steps_per_epoch
-        lr = optim.StepDecay(opts["lr"], opts["step_size"], opts["gamma"])
-    else:
-        lr = optim.Constant(opts["lr"])
-    kw = {"momentum": opts["momentum"]} if opts["optimizer"] in ("momentum", "nesterov") else {}
-    return optim.make_optimizer(opts["optimizer"], lr=lr, **kw)
+    schedule = opts["schedule"]
+    if schedule == "cyclical" and opts["n_s"] is None:
+        opts["n_s"] = 2 * max(1, n_train // opts["batch_size"])
+    if schedule == "step" and opts["step_size"] is None:
+        opts["step_size"] = 10 * max(1, math.ceil(n_train / opts["batch_size"]))
+    lr = optim.make_schedule({"schedule": schedule, **{k: opts[k] for k in SCHEDULE_SETTINGS[schedule]}})
+    # make_optimizer reads momentum for "momentum" and "nesterov" only.
+    return optim.make_optimizer(opts["optimizer"], lr=lr, momentum=opts["momentum"])
 
 
 def _write_json(path: Path, obj) -> None:

@@ -119,17 +119,14 @@ def _as_rows_like(v, X, name):
     import dask.array as da
     if v is None:
         return None
-    if not isinstance(v, da.Array):
+    lazy = isinstance(v, da.Array)
+    if not lazy:
         v = np.asarray(v)
-        if v.ndim != 1 or v.shape[0] != X.shape[0]:
-            raise ValueError(f"{name} must have shape ({X.shape[0]},) (one per row of X), "
-                             f"got {v.shape}")
-        return da.from_array(v, chunks=(X.chunks[0],))
     if v.ndim != 1 or v.shape[0] != X.shape[0]:
         raise ValueError(f"{name} must have shape ({X.shape[0]},) (one per row of X), got {v.shape}")
-    if v.chunks[0] != X.chunks[0]:
-        v = v.rechunk((X.chunks[0],))
-    return v
+    if not lazy:
+        return da.from_array(v, chunks=(X.chunks[0],))
+    return v if v.chunks[0] == X.chunks[0] else v.rechunk((X.chunks[0],))
 
 
 def _row_ranges(X):

@@ -520,12 +520,13 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     from . import models, trainer as trainer_mod
 
     ds = _load_data(opts, parser)
-    n_train = len(ds.y_train)
     val_given = ds.X_val is not None
-    n_fit = n_train
+    n_fit = len(ds.y_train)
     if not val_given and opts["validation_fraction"]:  # the trainer's own split, for the counts
         from .data import stratified_split
         n_fit = len(stratified_split(ds.y_train, opts["validation_fraction"], opts["seed"])[0])
+    n_val = len(ds.y_val) if val_given else len(ds.y_train) - n_fit
+    n_test = 0 if ds.y_test is None else len(ds.y_test)
     fingerprint = _fingerprint(ds.X_train, ds.y_train)
     if run is not None and run.get("data_sha256") not in (None, fingerprint):
         parser.error(f"--resume {folder}: the training data of {opts['data']} changed since the run "
@@ -536,9 +537,7 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         run = {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
                "settings": opts, "model": model.config(), "data_sha256": fingerprint,
-               "dataset": {"name": ds.name, "n_train": n_fit,
-                           "n_val": len(ds.y_val) if val_given else n_train - n_fit,
-                           "n_test": 0 if ds.y_test is None else len(ds.y_test),
+               "dataset": {"name": ds.name, "n_train": n_fit, "n_val": n_val, "n_test": n_test,
                            "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
                            "image_shape": None if ds.image_shape is None else list(ds.image_shape)}}
     else:
@@ -549,13 +548,12 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     checkpoint = folder / CHECKPOINT_FILE
     resume = checkpoint if args.resume is not None else None
     if not args.quiet:
-        val = (f"{len(ds.y_val)} validation" if val_given else
-               f"{n_train - n_fit} validation" if n_fit < n_train else "no validation")
+        val = f"{n_val} validation" if n_val else "no validation"
         what = (f"mlp {opts['hidden']}{' batchnorm' if opts['batchnorm'] else ''}"
                 if opts["model"] == "mlp" else f"linear {opts['model']}")
         verb = "resuming" if resume else "training"
-        print(f"gpugrad train: {verb} {what} on {ds.name} ({n_fit} train, {val}, "
-              f"{0 if ds.y_test is None else len(ds.y_test)} test; {ds.X_train.shape[1]} features) "
+        print(f"gpugrad train: {verb} {what} on {ds.name} ({n_fit} train, {val}, {n_test} test; "
+              f"{ds.X_train.shape[1]} features) "
               f"for {opts['epochs']} epochs | {_describe_optimizer(opts)} | backend {backend.name} "
               f"| out {folder}", file=sys.stderr)
 

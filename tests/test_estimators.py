@@ -387,10 +387,6 @@ def test_standardize_keeps_uint8_pixels_on_the_device(backend):
 
 def test_dask_arrays_train_through_gpugrad_distributed():
     da = pytest.importorskip("dask.array")
-    try:
-        import gpugrad.distributed  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"gpugrad.distributed is not importable: {e}")
     X, y = blobs(n=80)
     y = np.array(["p", "q", "r"])[y]
     Xd, yd = da.from_array(X, chunks=20), da.from_array(y, chunks=20)
@@ -411,10 +407,6 @@ def test_dask_arrays_train_through_gpugrad_distributed():
 
 def test_dask_class_and_sample_weights_match_the_in_memory_fit():
     da = pytest.importorskip("dask.array")
-    try:
-        import gpugrad.distributed  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"gpugrad.distributed is not importable: {e}")
     X, y = blobs(n=60)
     sw = np.random.default_rng(0).uniform(0.5, 2, 60)
     kw = dict(random_state=0, backend="numpy", tol=1e-8, max_iter=500, class_weight={0: 2.0, 1: 1.0, 2: 0.5})

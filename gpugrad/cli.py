@@ -551,10 +551,14 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
         val = f"{n_val} validation" if n_val else "no validation"
         what = (f"mlp {opts['hidden']}{' batchnorm' if opts['batchnorm'] else ''}"
                 if opts["model"] == "mlp" else f"linear {opts['model']}")
+        # --epochs is the run's total: a resumed run goes on up to that epoch.
+        epochs = opts["epochs"]
+        until = (f"up to epoch {epochs}" if resume else
+                 f"for {epochs} epoch{'' if epochs == 1 else 's'}")
         verb = "resuming" if resume else "training"
         print(f"gpugrad train: {verb} {what} on {ds.name} ({n_fit} train, {val}, {n_test} test; "
               f"{ds.X_train.shape[1]} features) "
-              f"for {opts['epochs']} epochs | {_describe_optimizer(opts)} | backend {backend.name} "
+              f"{until} | {_describe_optimizer(opts)} | backend {backend.name} "
               f"| out {folder}", file=sys.stderr)
 
     trainer = trainer_mod.Trainer(

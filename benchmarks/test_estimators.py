@@ -2,7 +2,7 @@
 
     python -m pytest benchmarks/test_estimators.py --benchmark-only --benchmark-group-by=group -s
 
-Targets of the trainer issue, each measured side by side in one run:
+The targets, each measured side by side in one run:
 
 - digits (stratified 75/25 split, random_state=0, in a Pipeline after StandardScaler, default
   parameters): test accuracy >= 0.96 (SoftmaxClassifier), >= 0.95 (SVMClassifier), >= 0.97

@@ -21,10 +21,12 @@ GPU) is listed as skipped with the reason.
 Times: the median of ``repeat`` calls after warm-up, ``time.perf_counter`` around each call on
 the CPU and CUDA events around each call on a GPU; the trainer's epochs are timed by the
 trainer's own per-epoch clock (``History`` column ``seconds``), which leaves out what ``fit``
-does once per call (here with ``check_input=False``: the inputs are known to be valid). The floor of a workload is the bytes it must move (each input read once,
-each output written once; see ``Workload.nbytes``) divided by the bandwidth measured in the same
-run: a device-to-device copy on a GPU, ``numpy.copyto`` of a buffer larger than the CPU's caches
-on the CPU (bytes read + written per second).
+does once per call (here with ``check_input=False``: the inputs are known to be valid).
+
+The floor of a workload is the bytes it must move (each input read once, each output written
+once; see ``Workload.nbytes``) divided by the bandwidth measured in the same run: a
+device-to-device copy on a GPU, ``numpy.copyto`` of a buffer larger than the CPU's caches on
+the CPU (bytes read + written per second).
 
     >>> from gpugrad import bench
     >>> rows = bench.run(["ce"], backend="numpy", size="tiny", repeat=2, bandwidth=1e10,

@@ -163,7 +163,7 @@ def test_course_shape_sgd_ratio(benchmark):
 MLP_EPOCHS = 50
 
 
-def mlp_pair(X, y):
+def mlp_pair():
     """gpugrad's and scikit-learn's MLPClassifier with the same layers (100,), Adam at 0.001,
     batches of 200, the same penalty (scikit-learn's alpha 1e-4 is divided by the batch size) and
     exactly MLP_EPOCHS epochs (no early stop)."""
@@ -179,7 +179,7 @@ def test_mlp_digits_same_epochs(benchmark, impl):
     X_train, X_test, y_train, y_test = digits_split()
     scaler = StandardScaler().fit(X_train)
     X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
-    clf = mlp_pair(X_train, y_train)[0 if impl.startswith("gpugrad") else 1]
+    clf = mlp_pair()[0 if impl.startswith("gpugrad") else 1]
     benchmark.group = f"MLP (100,), adam, {MLP_EPOCHS} epochs, digits"
 
     def fit():
@@ -195,7 +195,7 @@ def test_mlp_digits_ratio(benchmark):
     """Target: gpugrad's MLPClassifier fits digits faster than scikit-learn's, same settings."""
     X_train, _, y_train, _ = digits_split()
     X_train = StandardScaler().fit_transform(X_train)
-    ours, theirs = mlp_pair(X_train, y_train)
+    ours, theirs = mlp_pair()
     benchmark.group = "ratios"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -207,8 +207,18 @@ def _resolve(parser, args) -> dict:
     if opts["model"] != "mlp":
         opts["hidden"], opts["batchnorm"] = None, False
     else:
-        opts["hidden"] = ",".join(map(str, parse_hidden(opts["hidden"])))
+        opts["hidden"] = _as_stored("hidden", opts["hidden"])
     return opts
+
+
+def _as_stored(name, value):
+    """A --hidden or --data value as run.json keeps it, so that --resume compares like with like:
+    hidden sizes as "50,50", a data file or folder as its absolute path; others unchanged."""
+    if name == "hidden" and value is not None:
+        return ",".join(map(str, parse_hidden(value)))
+    if name == "data" and value not in (None, "digits"):
+        return str(Path(value).expanduser().resolve())
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,8 +377,7 @@ def _train_command(parser, args) -> int:
     else:
         opts = _resolve(parser, args)
         opts["data_kind"] = _data_kind(parser, opts["data"])
-        if opts["data_kind"] != "digits":
-            opts["data"] = str(Path(opts["data"]).expanduser().resolve())
+        opts["data"] = _as_stored("data", opts["data"])
         folder = _output_folder(parser, args.out, _data_name(opts["data"], opts["data_kind"]), opts["model"])
         run = None
     backend = _backend(parser, args.backend or "auto")
@@ -429,11 +438,7 @@ def _resume_settings(parser, args):
     except (OSError, ValueError, KeyError, TypeError) as e:
         parser.error(f"--resume {args.resume}: {RUN_FILE} is unreadable ({e})")
     for name in FIXED_ON_RESUME:
-        value = getattr(args, name, None)
-        if name == "hidden" and value is not None:
-            value = ",".join(map(str, parse_hidden(value)))
-        if name == "data" and value is not None and value != "digits":
-            value = str(Path(value).expanduser().resolve())
+        value = _as_stored(name, getattr(args, name, None))
         if value is not None and value != opts.get(name):
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag} {getattr(args, name)} differs from the run in {args.resume} "

@@ -174,7 +174,8 @@ def _data_kind(parser, spec: str) -> str:
 
 
 def _data_name(spec: str, kind: str) -> str:
-    return {"digits": "digits", "cifar10": "cifar10"}.get(kind) or Path(spec).stem
+    """The data's part of the default output folder's name: digits, cifar10, or the .npz file's stem."""
+    return Path(spec).stem if kind == "npz" else kind
 
 
 def _resolve(parser, args) -> dict:

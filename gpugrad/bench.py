@@ -719,9 +719,6 @@ def run(families=FAMILIES, *, backend="numpy", size=None, repeat=10, bandwidth=N
             "rows": rows, "skipped": skipped}
 
 
-COLUMNS = ("workload", "implementation", "median", "x best peer", "x floor")
-
-
 def _duration(s: float) -> str:
     if s < 1e-3:
         return f"{s * 1e6:.1f} us"

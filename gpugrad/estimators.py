@@ -643,7 +643,7 @@ class _LinearMixin:
         out = distributed.fit_linear(
             X, y, loss=self._loss, lam=self.alpha / 2, solver=self.solver, max_iter=self.max_iter,
             tol=0.0 if self.tol is None else self.tol,
-            batch_size=200 if isinstance(self.batch_size, str) else int(self.batch_size),
+            batch_size=self._batch_size(X.shape[0]),
             learning_rate_init=self.learning_rate_init, momentum=self.momentum,
             random_state=self._seed(), sample_weight=sample_weight,
             dtype=str(np.dtype(self.dtype)) if self.dtype is not None else "float64",
@@ -662,7 +662,7 @@ class _LinearMixin:
         y_host = np.asarray(y.compute() if hasattr(y, "compute") else y)
         classes = np.unique(y_host)
         self.classes_ = classes
-        cw = self._class_weights(np.searchsorted(classes, y_host), partial=False)
+        cw = self._class_weights(self._encode(y_host), partial=False)
         y_dask = y if hasattr(y, "map_blocks") else da.from_array(y_host, chunks=len(y_host))
         per_row = y_dask.map_blocks(lambda b: cw[np.searchsorted(classes, np.asarray(b))], dtype=np.float64)
         return classes, per_row if sample_weight is None else per_row * sample_weight

@@ -69,6 +69,7 @@ import numpy as np
 
 from . import _validation
 from .backends import backend_for, is_cupy_array
+from .trainer import _positive_int
 
 __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "predict_proba"]
 
@@ -442,9 +443,8 @@ def _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_i
     lam = _validation.check_lam(lam)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(map(repr, SOLVERS))}")
-    for name, v in (("max_iter", max_iter), ("batch_size", batch_size)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    _positive_int("max_iter", max_iter)
+    _positive_int("batch_size", batch_size)
     if sync_every is not None and (not isinstance(sync_every, (int, np.integer)) or sync_every < 1):
         raise ValueError(f"sync_every must be None (once an epoch) or an integer >= 1, got {sync_every!r}")
     if not float(tol) >= 0:

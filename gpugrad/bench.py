@@ -823,7 +823,7 @@ def command(parser, args) -> int:
     if not families or any(f not in FAMILIES for f in families):
         parser.error(f"--workload must be a comma list of {', '.join(FAMILIES)}, got {args.workload!r}")
     from .cli import _backend, _number
-    repeat = _number(parser, "--repeat", args.repeat, int, 1, what="a positive integer")
+    repeat = _number(parser, "--repeat", args.repeat, "a positive integer")
     backend = _backend(parser, args.backend).name
     progress = None if args.json else (lambda line: print(f"gpugrad bench: {line}", file=sys.stderr, flush=True))
     result = run(list(dict.fromkeys(families)), backend=backend, size=args.size, repeat=repeat, progress=progress)

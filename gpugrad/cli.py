@@ -111,11 +111,32 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _number(parser, option, text, kind=float, low=None, low_open=False, high=None, high_open=False,
-            what=None):
-    """text as int/float within [low, high] (open ends when asked), else parser.error naming option."""
+# The kinds of number the options take, by the words their error messages use:
+# (type, low, low excluded, high, high excluded); None: no bound on that side.
+NUMBER_KINDS = {
+    "a positive integer": (int, 1, False, None, False),
+    "a non-negative integer": (int, 0, False, None, False),
+    "a positive number": (float, 0, True, None, False),
+    "a non-negative number": (float, 0, False, None, False),
+    "a number in [0, 1)": (float, 0, False, 1, True),
+}
+
+# The numeric options of gpugrad train, in the order they are checked, with their kinds.
+TRAIN_NUMBERS = {
+    "epochs": "a positive integer", "batch_size": "a positive integer",
+    "seed": "a non-negative integer", "lr": "a positive number", "lam": "a non-negative number",
+    "momentum": "a number in [0, 1)", "step_size": "a positive integer", "gamma": "a positive number",
+    "eta_min": "a non-negative number", "eta_max": "a positive number", "n_s": "a positive integer",
+    "validation_fraction": "a number in [0, 1)",
+}
+
+
+def _number(parser, option, text, what):
+    """text as the kind of number ``what`` names (a key of NUMBER_KINDS), else parser.error
+    naming the option; None stays None."""
     if text is None:
         return None
+    kind, low, low_open, high, high_open = NUMBER_KINDS[what]
     try:
         value = kind(text)
     except (TypeError, ValueError):
@@ -130,23 +151,15 @@ def _number(parser, option, text, kind=float, low=None, low_open=False, high=Non
     return value
 
 
+def _check_numbers(parser, args, kinds: dict) -> None:
+    """Convert and check, in place on args, each option named in kinds ({dest: kind})."""
+    for name, what in kinds.items():
+        setattr(args, name, _number(parser, "--" + name.replace("_", "-"), getattr(args, name), what))
+
+
 def _check_values(parser, args):
     """Convert and check every numeric option given on the command line (None stays None)."""
-    pos_int, pos = "a positive integer", "a positive number"
-    args.epochs = _number(parser, "--epochs", args.epochs, int, 1, what=pos_int)
-    args.batch_size = _number(parser, "--batch-size", args.batch_size, int, 1, what=pos_int)
-    args.seed = _number(parser, "--seed", args.seed, int, 0, what="a non-negative integer")
-    args.lr = _number(parser, "--lr", args.lr, float, 0, low_open=True, what=pos)
-    args.lam = _number(parser, "--lam", args.lam, float, 0, what="a non-negative number")
-    args.momentum = _number(parser, "--momentum", args.momentum, float, 0, high=1, high_open=True,
-                            what="a number in [0, 1)")
-    args.step_size = _number(parser, "--step-size", args.step_size, int, 1, what=pos_int)
-    args.gamma = _number(parser, "--gamma", args.gamma, float, 0, low_open=True, what=pos)
-    args.eta_min = _number(parser, "--eta-min", args.eta_min, float, 0, what="a non-negative number")
-    args.eta_max = _number(parser, "--eta-max", args.eta_max, float, 0, low_open=True, what=pos)
-    args.n_s = _number(parser, "--n-s", args.n_s, int, 1, what=pos_int)
-    args.validation_fraction = _number(parser, "--validation-fraction", args.validation_fraction,
-                                       float, 0, high=1, high_open=True, what="a number in [0, 1)")
+    _check_numbers(parser, args, TRAIN_NUMBERS)
     if args.hidden is not None:
         try:
             parse_hidden(args.hidden)
@@ -640,11 +653,10 @@ def _version() -> str:
 # ---------------------------------------------------------------------------------------------
 
 def _gradcheck_command(parser, args) -> int:
-    n = _number(parser, "--n", args.n, int, 1, what="a positive integer")
-    lam = _number(parser, "--lam", args.lam, float, 0, what="a non-negative number")
-    seed = _number(parser, "--seed", args.seed, int, 0, what="a non-negative integer")
-    h = _number(parser, "--h", args.h, float, 0, low_open=True, what="a positive number")
-    tol = _number(parser, "--tol", args.tol, float, 0, low_open=True, what="a positive number")
+    _check_numbers(parser, args, {"n": "a positive integer", "lam": "a non-negative number",
+                                  "seed": "a non-negative integer", "h": "a positive number",
+                                  "tol": "a positive number"})
+    n, lam, seed, h, tol = args.n, args.lam, args.seed, args.h, args.tol
     if args.model != "mlp":
         for name in ("hidden", "batchnorm"):
             if getattr(args, name) not in (None, False):

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-import gpugrad as gg
-from gpugrad.models import MLP, LinearClassifier
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's gpugrad, installed or not
+import gpugrad as gg  # noqa: E402
+from gpugrad.models import MLP, LinearClassifier  # noqa: E402
 
 try:
     import cupy

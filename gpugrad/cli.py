@@ -617,7 +617,7 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
 def _plots(model, history, ds, folder):
     from . import plots
     plots.plot_history(history.rows, folder / "curves.png")
-    if getattr(model, "kind", None) == "linear" and ds.image_shape is not None:
+    if model.kind == "linear" and ds.image_shape is not None:
         W = model.backend.to_numpy(model.params["W"])
         plots.plot_templates(W, ds.image_shape, folder / "templates.png", class_names=ds.class_names)
 

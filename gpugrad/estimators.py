@@ -82,12 +82,10 @@ class _Plateau:
         return self.stale >= self.patience
 
 
-class _Verbose:
-    """scikit-learn's per-epoch line when verbose > 1."""
-
-    def __call__(self, trainer, epoch, row):
-        val = "" if math.isnan(row["val_accuracy"]) else f", validation accuracy = {row['val_accuracy']:.4f}"
-        print(f"Iteration {epoch}, loss = {row['cost']:.8f}{val}")
+def _print_iteration(iteration, cost, val_accuracy=math.nan):
+    """scikit-learn's line for each epoch (L-BFGS: each iteration) when verbose > 1."""
+    val = "" if math.isnan(val_accuracy) else f", validation accuracy = {val_accuracy:.4f}"
+    print(f"Iteration {iteration}, loss = {cost:.8f}{val}")
 
 
 class _GpugradClassifier(ClassifierMixin, BaseEstimator):
@@ -423,8 +421,9 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                               eval_train=False, progress=bool(self.verbose))
         else:
             callbacks = []
-            if self.verbose and int(self.verbose) > 1:
-                callbacks.append(_Verbose())
+            if int(self.verbose) > 1:
+                callbacks.append(lambda trainer, epoch, row: _print_iteration(epoch, row["cost"],
+                                                                              row["val_accuracy"]))
             if not self.early_stopping and self.tol is not None:
                 callbacks.append(_Plateau(self.tol, self.n_iter_no_change))
             trainer = Trainer(
@@ -471,11 +470,9 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             return float(cost), {k: np.asarray(be.to_numpy(grads[k]), dtype=np.float64) for k in names}
 
         start = {k: np.asarray(be.to_numpy(v), dtype=np.float64) for k, v in model.params.items()}
-        report = None
-        if self.verbose and int(self.verbose) > 1:
-            report = lambda it, J: print(f"Iteration {it}, loss = {J:.8f}")  # noqa: E731
         params, n_iter, losses = optim.lbfgs(value_and_grad, start, max_iter=self.max_iter,
-                                             tol=0.0 if self.tol is None else self.tol, callback=report)
+                                             tol=0.0 if self.tol is None else self.tol,
+                                             callback=_print_iteration if int(self.verbose) > 1 else None)
         for k in names:
             model.params[k][...] = be.asarray(params[k], dtype=model.dtype)
         if not math.isfinite(losses[-1] if losses else 0.0):

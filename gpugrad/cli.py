@@ -585,12 +585,9 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
         seed=opts["seed"], validation_fraction=0.0 if val_given else opts["validation_fraction"],
         progress=False if args.quiet else None, checkpoint=checkpoint)
     try:
-        # A diverging run overflows before the trainer sees the NaN cost at the epoch's end and
-        # stops with its own message: numpy's warnings on the way would only bury that line.
-        with np.errstate(over="ignore", invalid="ignore"):
-            history = trainer.fit(ds.X_train, ds.y_train,
-                                  ds.X_val if val_given else None, ds.y_val if val_given else None,
-                                  resume=resume)
+        history = trainer.fit(ds.X_train, ds.y_train,
+                              ds.X_val if val_given else None, ds.y_val if val_given else None,
+                              resume=resume)
     except FloatingPointError as e:
         print(f"gpugrad train: error: {e}", file=sys.stderr)
         return 1

@@ -211,8 +211,11 @@ class Trainer:
                 if bar is not None:
                     bar.set_description(f"epoch {epoch}/{self.epochs}")
                 t0 = time.perf_counter()
-                figures, lr = self._epoch(X, y, w, steps, bar)
-                row = self._row(epoch, figures, steps, n, X, y, X_val, y_val, lr)
+                # A diverging run overflows before the epoch's end, where a NaN or Inf cost stops it
+                # with a message naming the step: numpy's warnings on the way would only bury it.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    figures, lr = self._epoch(X, y, w, steps, bar)
+                    row = self._row(epoch, figures, steps, n, X, y, X_val, y_val, lr)
                 row["seconds"] = time.perf_counter() - t0
                 self.history.append(row)
                 stop = self._early_stop(row)
@@ -241,14 +244,18 @@ class Trainer:
         per_step = xp.empty((2, steps), dtype=np.float64)
         lr = math.nan
         for i in range(steps):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            cost, loss, grads = model.loss_grad(X[idx], y[idx], self.lam, None if w is None else w[idx])
+            cost, loss, grads = self._step(X, y, w, order, i)
             per_step[0, i] = cost  # device to device: no synchronisation
             per_step[1, i] = loss
             lr = opt.step(model.params, grads)
             if bar is not None:
                 bar.update(1)
         return per_step, lr
+
+    def _step(self, X, y, w, order, i):
+        """The model's (cost, loss, grads) on the i-th batch of the epoch's ``order``."""
+        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        return self.model.loss_grad(X[idx], y[idx], self.lam, None if w is None else w[idx])
 
     def _sums(self, X, y):
         """Device (3,) [sum of row losses, correct predictions, rows] of the model on (X, y)."""

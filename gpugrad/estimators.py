@@ -116,6 +116,10 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                 bounds.append(f"{'<' if high_open else '<='} {high}")
             raise self._param_error(name, f"{kind} {' and '.join(bounds)}".strip())
 
+    def _check_bool(self, name):
+        if not isinstance(getattr(self, name), (bool, np.bool_)):
+            raise self._param_error(name, "True or False")
+
     def _check_params(self):
         """Every parameter checked at fit (scikit-learn's contract), errors naming it."""
         self._check_number("alpha", 0)
@@ -130,8 +134,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         self._check_number("power_t", 0)
         self._check_number("momentum", 0, 1, high_open=True)
         for name in ("nesterovs_momentum", "early_stopping", "warm_start", "standardize"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise self._param_error(name, "True or False")
+            self._check_bool(name)
         self._check_number("max_iter", 1, integer=True)
         if self.tol is not None:
             self._check_number("tol", 0)
@@ -881,8 +884,7 @@ class MLPClassifier(_ProbaMixin, _GpugradClassifier):
     def _check_params(self):
         super()._check_params()
         self._hidden()
-        if not isinstance(self.batchnorm, (bool, np.bool_)):
-            raise self._param_error("batchnorm", "True or False")
+        self._check_bool("batchnorm")
 
     def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
         return models.MLP(d, C, hidden=self._hidden(), loss="softmax", batchnorm=bool(self.batchnorm),

@@ -63,6 +63,19 @@ def backend(request, monkeypatch):
 
 
 @pytest.fixture
+def emulated_cuda(monkeypatch):
+    """The emulator module, its plain kernels in forward thread order, installed as gpugrad's CUDA
+    backend (for the scripts that drive a GPU: they run end to end here); skips without it."""
+    if not EMULATOR:
+        pytest.skip("the kernel emulator needs Linux (ucontext fibers), g++ and cupy (no GPU needed)")
+    from emu import emulator
+    emulator.use(None)
+    emulator.configure("forward", 1, True)
+    emulator.as_cuda_backend(monkeypatch)
+    return emulator
+
+
+@pytest.fixture
 def rng(request):
     """A generator per test, seeded from the session seed and the test's id (reported in the
     header), so inputs are fresh each run and a failure reproduces with GPUGRAD_TEST_SEED."""

@@ -1,7 +1,6 @@
 """benchmarks/gpu_check.py and device_check.sh run where CI cannot (a GPU is lent for minutes), so
 their mistakes would cost that time: here they parse, and the newer parts of gpu_check run end to
 end on the emulated CUDA backend (tests/emu) with the timers stubbed."""
-import platform
 import shutil
 import subprocess
 import types
@@ -18,16 +17,10 @@ def test_device_check_script_parses():
 
 
 @pytest.fixture
-def gpu_check(monkeypatch):
+def gpu_check(monkeypatch, emulated_cuda):
     """gpu_check imported with the emulated backend as gpugrad's CUDA backend and as its `cupy`,
     and its timers returning 1 us after one call of the timed function."""
-    if platform.system() != "Linux" or shutil.which("g++") is None:
-        pytest.skip("the kernel emulator needs Linux (ucontext fibers) and g++")
-    pytest.importorskip("cupy", reason="gpu_check and the CuPy backend import cupy (no GPU needed)")
-    from emu import emulator as E
-    E.use(None)
-    E.configure("forward", 1, True)
-    E.as_cuda_backend(monkeypatch)
+    E = emulated_cuda
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_check as G
     class Cupy:  # the emulator's cupy, with a device to synchronise

@@ -1,8 +1,6 @@
 """benchmarks/trainer_check.py runs where CI cannot (on a GPU lent for minutes), so its mistakes would
 cost that time: here it runs end to end, at small sizes, on the emulated CUDA backend (tests/emu),
 with CUDA events replaced by a wall clock."""
-import platform
-import shutil
 import time
 import types
 from pathlib import Path
@@ -21,14 +19,8 @@ class _WallEvent:
 
 
 @pytest.fixture
-def trainer_check(monkeypatch):
-    if platform.system() != "Linux" or shutil.which("g++") is None:
-        pytest.skip("the kernel emulator needs Linux (ucontext fibers) and g++")
-    pytest.importorskip("cupy", reason="the CuPy backend imports cupy (no GPU needed)")
-    from emu import emulator as E
-    E.use(None)
-    E.configure("forward", 1, True)
-    E.as_cuda_backend(monkeypatch)
+def trainer_check(monkeypatch, emulated_cuda):
+    E = emulated_cuda
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import trainer_check as T
     cuda = types.SimpleNamespace(Event=_WallEvent, get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)

@@ -62,15 +62,29 @@ def backend(request, monkeypatch):
     return gg.get_backend(request.param)
 
 
-@pytest.fixture
-def emulated_cuda(monkeypatch):
-    """The emulator module, its plain kernels in forward thread order, installed as gpugrad's CUDA
-    backend (for the scripts that drive a GPU: they run end to end here); skips without it."""
+def _plain_emulator():
+    """The emulator module with its kernels as they are, threads first to last, copies at the wait;
+    skips the test where there is no emulator."""
     if not EMULATOR:
         pytest.skip("the kernel emulator needs Linux (ucontext fibers), g++ and cupy (no GPU needed)")
     from emu import emulator
     emulator.use(None)
     emulator.configure("forward", 1, True)
+    return emulator
+
+
+@pytest.fixture
+def emulated_be(monkeypatch):
+    """A CupyBackend on the emulator (see ``_plain_emulator``); ``emulated_be.launches`` lists
+    the kernels it launched."""
+    return _plain_emulator().emulated_backend(monkeypatch)
+
+
+@pytest.fixture
+def emulated_cuda(monkeypatch):
+    """The emulator module, installed as gpugrad's CUDA backend (for the scripts that drive a GPU:
+    they run end to end here)."""
+    emulator = _plain_emulator()
     emulator.as_cuda_backend(monkeypatch)
     return emulator
 

@@ -7,6 +7,10 @@ import gpugrad as gg
 NP = gg.get_backend("numpy")
 
 
+# Relative error bounds of the kernels against the float64 reference, by compute dtype.
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
 def rel(got, ref, scale=0.0):
     """||got - ref|| / max(||ref||, scale): the relative error, or the error against `scale` where
     the reference is smaller (cancelled sums). Every entry of `got` must be finite (outputs start
@@ -80,7 +84,7 @@ def check_linear_step(ref_args, got, loss, lam, sample_weight=None):
     results, 1e-12 for float64 (db against db_scale where it cancels)."""
     X, y, W, b, mean, std = ref_args
     J, dW, db = got
-    tol = 1e-5 if np.asarray(dW).dtype == np.float32 else 1e-12
+    tol = TOL[np.asarray(dW).dtype.type]
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean, std, sample_weight=sample_weight)
     assert rel(dW, dW_ref) <= tol
     assert rel(db, db_ref, db_scale(X, y, W, b, loss, mean, std, sample_weight)) <= tol

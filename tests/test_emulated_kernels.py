@@ -32,20 +32,16 @@ pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (n
 from emu import emulator as E  # noqa: E402
 from emu.build import cache_dir as build_cache  # noqa: E402
 from gpugrad.backends import cuda_driver, plans  # noqa: E402
-from kernel_checks import check_linear_step, linear_case, rel  # noqa: E402
+from kernel_checks import check_linear_step, linear_case, rel, TOL  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
 MODES = [(order, deferred) for order in ("forward", "reverse", "shuffled") for deferred in (True, False)]
 
 
 @pytest.fixture
-def be(monkeypatch):
-    """A CupyBackend on the emulator, kernels as they are, threads first to last, copies at the wait."""
-    E.use(None)
-    E.configure("forward", 1, True)
-    return E.emulated_backend(monkeypatch)
+def be(emulated_be):
+    return emulated_be
 
 
 def _row_loss(be, loss, S, y, out):

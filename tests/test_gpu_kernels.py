@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from kernel_checks import check_linear_step, f32, linear_case, rel, sample_weights
+from kernel_checks import check_linear_step, f32, linear_case, rel, sample_weights, TOL
 
 pytestmark = pytest.mark.gpu
 
@@ -18,7 +18,6 @@ def _poisoned(cupy, shape, dtype):
     return cupy.full(shape, np.nan, dtype=dtype)
 
 
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 @pytest.mark.parametrize("n", [1, 3, 65537])

@@ -25,11 +25,10 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g+
 pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
-from kernel_checks import check_linear_step, linear_case, rel, row_kernel_shapes, LINEAR_KINDS  # noqa: E402
+from kernel_checks import check_linear_step, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 def _row_case(loss, dtype, C, variant):

@@ -29,11 +29,10 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g+
 pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
-from kernel_checks import LINEAR_KINDS, check_linear_step, linear_case, rel, row_kernel_shapes  # noqa: E402
+from kernel_checks import check_linear_step, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
-TOL = {np.float32: 1e-5, np.float64: 1e-12}
 # A score this far above the rest of its row overflows exp() when the row max misses it.
 GAP = {np.float32: 120.0, np.float64: 1000.0}
 
@@ -55,11 +54,8 @@ LINEAR_IDS = [f"{variant}-{kind}-c{C}" for kind, C, variant in LINEAR]
 
 
 @pytest.fixture
-def be(monkeypatch):
-    """A CupyBackend on the emulator, kernels as they are, threads first to last."""
-    E.use(None)
-    E.configure("forward", 1, True)
-    return E.emulated_backend(monkeypatch)
+def be(emulated_be):
+    return emulated_be
 
 
 def _select(be, monkeypatch, name, variant):

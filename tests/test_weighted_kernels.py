@@ -29,11 +29,8 @@ FINISH = {np.float32: "gg_linear_finish", np.float64: "gg_linear_finish_f64"}
 
 
 @pytest.fixture
-def be(monkeypatch):
-    """A CupyBackend on the emulator, kernels as they are, threads first to last, copies at the wait."""
-    E.use(None)
-    E.configure("forward", 1, True)
-    return E.emulated_backend(monkeypatch)
+def be(emulated_be):
+    return emulated_be
 
 
 def _inputs(rng, kind, n, d, C):

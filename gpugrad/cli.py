@@ -529,10 +529,10 @@ def _make_optimizer(opts, n_train):
 
 
 def _write_json(path: Path, obj) -> None:
-    """Write JSON atomically (a temporary file, then a rename): a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (``models.atomic_write``): a kill never leaves half a file."""
+    from .models import atomic_write
+    text = (json.dumps(obj, indent=2) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def _train(parser, args, opts, folder: Path, run, backend) -> int:

@@ -327,21 +327,21 @@ def decode_json(a: np.ndarray):
     return json.loads(np.asarray(a, dtype=np.uint8).tobytes().decode())
 
 
-def atomic_savez(path, arrays: dict) -> str:
-    """Write ``arrays`` to the .npz ``path`` atomically: a temporary file in the same folder,
-    flushed to disk, then renamed over ``path``. A process killed at any moment leaves either the
-    old file or the new one, never a torn one."""
+def atomic_write(path, write) -> str:
+    """Write the file ``path`` atomically: ``write(f)`` fills a temporary file in the same folder,
+    which is flushed to disk and renamed over ``path``. A process killed at any moment leaves
+    either the old file or the new one, never a torn one."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a saved model private
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a saved file private
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -356,6 +356,11 @@ def atomic_savez(path, arrays: dict) -> str:
     except OSError:
         pass
     return path
+
+
+def atomic_savez(path, arrays: dict) -> str:
+    """``arrays`` as the .npz ``path``, written atomically (``atomic_write``)."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_npz(path, what="file") -> dict:

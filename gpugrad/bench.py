@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import statistics
@@ -50,6 +49,8 @@ import time
 from typing import Callable
 
 import numpy as np
+
+from .models import json_safe
 
 __all__ = ["FAMILIES", "SIZES", "Workload", "Impl", "Case", "Unavailable", "workloads", "make_inputs",
            "IMPLEMENTATIONS", "implementations_for", "time_case", "memory_bandwidth", "run", "format_table",
@@ -828,18 +829,7 @@ def command(parser, args) -> int:
     progress = None if args.json else (lambda line: print(f"gpugrad bench: {line}", file=sys.stderr, flush=True))
     result = run(list(dict.fromkeys(families)), backend=backend, size=args.size, repeat=repeat, progress=progress)
     if args.json:
-        print(json.dumps(_json_safe(result), indent=1))
+        print(json.dumps(json_safe(result), indent=1))
     else:
         print(format_table(result))
     return 0
-
-
-def _json_safe(obj):
-    """NaN and infinities as null: strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

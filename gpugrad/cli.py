@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .models import json_safe
 from .optim import OPTIMIZERS
 
 __all__ = ["main", "build_parser", "parse_hidden", "PRESETS", "DEFAULTS"]
@@ -598,7 +599,7 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     test = (trainer.evaluate(ds.X_test, ds.y_test) if ds.y_test is not None else None)
     seconds = sum(float(r.get("seconds", 0.0)) for r in history.rows)
     run["result"] = {"epochs": len(history), "seconds": seconds, "backend": backend.name,
-                     "test": test, "last": _jsonable(history.rows[-1]) if len(history) else None}
+                     "test": test, "last": json_safe(history.rows[-1]) if len(history) else None}
     _write_json(folder / RUN_FILE, run)
     accuracy = (f"test accuracy {test['accuracy']:.4f}" if test is not None else "no test set")
     epochs = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
@@ -629,14 +630,6 @@ def _describe_optimizer(opts) -> str:
     else:
         rate = f"lr {opts['lr']}"
     return f"{name}, {rate}, lam {opts['lam']}, batch {opts['batch_size']}"
-
-
-def _jsonable(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        v = float(v) if isinstance(v, (float, np.floating)) else v
-        out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
-    return out
 
 
 def _version() -> str:

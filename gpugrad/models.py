@@ -24,6 +24,7 @@ batch-norm scales are not penalised; w_i = 1 without sample weights).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -316,6 +317,18 @@ def model_from_config(config: dict, backend="auto"):
         return cls(config["n_features"], config["n_classes"], **kw)
     except KeyError as e:
         raise ValueError(f"model config lacks {e} or names an unknown kind: {config!r}") from None
+
+
+def json_safe(obj):
+    """``obj`` (dicts, lists, numbers) as strict JSON takes it: numpy floats as floats, NaN and
+    infinities as null."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 def encode_json(obj) -> np.ndarray:

@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from . import _validation
-from .models import atomic_savez, decode_json, encode_json, model_from_config, read_npz
+from .models import atomic_savez, decode_json, encode_json, json_safe, model_from_config, read_npz
 from .optim import make_optimizer
 
 __all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS"]
@@ -71,10 +71,8 @@ class History:
 
     def to_json(self, path):
         """A JSON list of the per-epoch rows (NaN written as null)."""
-        clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-                 for r in self.rows]
         with open(path, "w") as f:
-            json.dump(clean, f, indent=1)
+            json.dump(json_safe(self.rows), f, indent=1)
         return path
 
 

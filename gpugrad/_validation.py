@@ -161,3 +161,44 @@ def raise_first_invalid(label_pos, bad_pos, y, C, named, hint=" (pass check_fini
             where = idx if len(idx) != 1 else idx[0]
             raise ValueError(f"{name} contains {kind} at index {list(where) if isinstance(where, tuple) else where}"
                              + hint)
+
+
+def check_sparse_linear(X, y, W, b, x_mean=None, x_std=None):
+    """Shapes and dtypes of ``linear_grad``'s inputs when X is a sparse matrix (``gpugrad.sparse``):
+    X (n, d) with float32/float64 stored values, W (C, d) and b (C,) in X's dtype, y (n,) integers;
+    ``x_std`` (d,) alone (the sparsity-keeping scale) or with ``x_mean`` (d,) (applied without
+    centring X in memory). Returns the compute dtype."""
+    from .sparse import refuse_sparse_labels
+    refuse_sparse_labels(y)
+    for name, a in (("W", W), ("b", b)):
+        require_array(name, a)
+    if len(X.shape) != 2:
+        raise ValueError(f"X must be 2-D (n, d) with one example per row, got a sparse matrix of shape "
+                         f"{tuple(X.shape)}")
+    if X.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"a sparse X must hold float32 or float64 values, got dtype {X.dtype} "
+                        "(convert it once: X.astype(numpy.float32))")
+    n, d = X.shape
+    if W.ndim != 2 or W.shape[1] != d:
+        raise ValueError(f"W has shape {tuple(W.shape)} but X has shape {tuple(X.shape)}: "
+                         f"W must be (C, d) with d = {d}")
+    C = W.shape[0]
+    if b.ndim != 1 or b.shape[0] != C:
+        raise ValueError(f"b has shape {tuple(b.shape)} but W has shape {tuple(W.shape)}: "
+                         f"b must be (C,) with C = {C}")
+    if n == 0:
+        raise ValueError("empty batch: X has 0 rows")
+    if C == 0:
+        raise ValueError("W has 0 rows: there must be at least one class")
+    if x_mean is not None and x_std is None:
+        raise ValueError("x_mean needs x_std (a sparse X may take x_std alone: a per-feature scale)")
+    for name, v in (("x_mean", x_mean), ("x_std", x_std)):
+        if v is not None:
+            require_array(name, v)
+            if v.shape != (d,):
+                raise ValueError(f"{name} must have shape ({d},) (one value per feature of X), "
+                                 f"got {tuple(v.shape)}")
+    if W.dtype != X.dtype or b.dtype != X.dtype:
+        raise TypeError(f"W ({W.dtype}) and b ({b.dtype}) must have X's dtype ({X.dtype})")
+    check_labels_shape(y, n)
+    return X.dtype

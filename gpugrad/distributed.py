@@ -68,6 +68,7 @@ import uuid
 import numpy as np
 
 from . import _validation
+from . import sparse as _sparse
 from .backends import backend_for, is_cupy_array
 from .trainer import _positive_int
 
@@ -112,6 +113,8 @@ def _check_X(X):
         raise ValueError(f"X is empty: shape {X.shape}")
     if X.dtype not in _validation.FLOAT_DTYPES and X.dtype != np.uint8:
         raise TypeError(f"X must be float32, float64 or uint8, got dtype {X.dtype}")
+    if _sparse.is_sparse(X._meta) and X.dtype not in _validation.FLOAT_DTYPES:
+        raise TypeError(f"X's sparse chunks must hold float32 or float64 values, got dtype {X.dtype}")
 
 
 def _as_rows_like(v, X, name):
@@ -237,6 +240,8 @@ def _chunk_summary(Xc, yc, wc, index, start, classes):
     if n == 0:
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None)
         return out
+    if _sparse.is_sparse(Xc):
+        return _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out)
     problem = None
     lo = be.to_numpy(Xc.min(axis=0)).astype(np.float64)
     hi = be.to_numpy(Xc.max(axis=0)).astype(np.float64)
@@ -269,6 +274,51 @@ def _chunk_summary(Xc, yc, wc, index, start, classes):
         dev = Xc[r:r + SURVEY_ROWS] - mean
         m2 += xp.einsum("ij,ij->j", dev, dev)
     out.update(mean=be.to_numpy(mean), m2=be.to_numpy(m2), lo=lo, hi=hi, labels=np.unique(y))
+    return out
+
+
+def _label_problem(y, start, classes, wc, be):
+    """The first problem with a chunk's labels or weights (a NaN label, a label outside classes, a
+    weight that is not a finite number >= 0), or None."""
+    if y.dtype.kind in "fc" and np.isnan(y).any():
+        return f"label NaN at row {start + int(np.argmax(np.isnan(y)))}"
+    if classes is not None:
+        unknown = ~np.isin(y, classes)
+        if unknown.any():
+            r = int(np.argmax(unknown))
+            return f"label {y[r].item()!r} at row {start + r} is not one of classes {classes.tolist()}"
+    if wc is not None:
+        w = np.asarray(be.to_numpy(wc), dtype=np.float64)
+        bad = ~np.isfinite(w) | (w < 0)
+        if bad.any():
+            r = int(np.argmax(bad))
+            return f"sample_weight {w[r]} at row {start + r} is not a finite number >= 0"
+    return None
+
+
+def _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out):
+    """``_chunk_summary`` of a sparse chunk, from its stored values only: the first NaN/Inf named
+    by row and column, and the per-column (mean, M2) over all its rows, zeros included, for the
+    scale (the mean itself is not used: sparse X is scaled, never centred)."""
+    Xc = _sparse.as_csr(Xc)
+    be = backend_for(Xc.data)
+    bad = _sparse.first_nonfinite(Xc)
+    problem = None
+    if bad is not None:
+        row, col, value = bad
+        problem = f"X contains {'NaN' if value != value else value} at row {start + row}, column {col}"
+    y = np.asarray(be.to_numpy(yc))
+    problem = problem or _label_problem(y, start, classes, wc, be)
+    if problem is not None:
+        out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None, problem=(index, problem))
+        return out
+    n = Xc.shape[0]
+    std = _sparse.column_scale(Xc)  # 1 for a constant column
+    mean = np.asarray(be.to_numpy(Xc.sum(axis=0)), dtype=np.float64).ravel() / n
+    m2 = np.where(std == 1.0, 0.0, std * std * n)
+    constant = m2 == 0
+    out.update(mean=mean, m2=m2, lo=np.where(constant, mean, -np.inf), hi=np.where(constant, mean, np.inf),
+               labels=np.unique(y))
     return out
 
 
@@ -338,6 +388,9 @@ def _survey(X, y, w, classes, ranges, placement):
     x_mean = np.asarray(s["mean"], dtype=np.float64)
     x_std = np.sqrt(np.asarray(s["m2"], dtype=np.float64) / s["n"])
     x_std[s["lo"] == s["hi"]] = 1.0   # constant column: (x - mean) / 1 = 0
+    if _sparse.is_sparse(X._meta):  # scaled, never centred: its zeros stay zero
+        x_std[x_std == 0] = 1.0
+        x_mean = np.zeros_like(x_mean)
     return x_mean, x_std, classes_
 
 
@@ -359,7 +412,9 @@ def _chunk_grad(Xc, yc, wc, shared, loss, dtype):
     n = Xc.shape[0]
     if n == 0:
         return 0.0, np.zeros(W.shape), np.zeros(b.shape)
-    be = backend_for(Xc)
+    be = backend_for(Xc.data if _sparse.is_sparse(Xc) else Xc)
+    if _sparse.is_sparse(Xc):
+        Xc = _sparse.as_csr(Xc, dtype)
     yc, wc = be.asarray(yc), (be.asarray(wc) if wc is not None else None)  # next to X (GPU)
     J, dW, db = be.linear_grad(Xc, yc, be.asarray(W, dtype), be.asarray(b, dtype), 0.0, loss,
                                be.asarray(x_mean), be.asarray(x_std), wc)
@@ -389,11 +444,17 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     steps = range(first_step, min(first_step + n_steps, -(-n // batch_size)))
     if len(steps) == 0:
         return {"rows": 0, "cost": 0.0, "params": None, "slots": None, "t": 0}
-    be = backend_for(Xc)
+    be = backend_for(Xc.data if _sparse.is_sparse(Xc) else Xc)
     xp = be.xp
+    if _sparse.is_sparse(Xc):
+        Xc = _sparse.as_csr(Xc, dtype)
     yc, wc = be.asarray(yc), (be.asarray(wc) if wc is not None else None)  # next to X (GPU)
     # Copies: the task's inputs may be shared with other tasks in this worker process.
     params = {k: xp.array(be.asarray(v), dtype=dtype, copy=True) for k, v in start_state["params"].items()}
+    if _sparse.is_sparse(Xc) and solver == "sgd" and momentum == 0 and xp is np:
+        t = 0 if start_state["opt"] is None else int(start_state["opt"]["t"])
+        return _chunk_lazy_steps(be, Xc, yc, wc, params, x_std, steps, n, loss=loss, lam=lam, lr=lr,
+                                 batch_size=batch_size, seed=seed, t=t)
     opt = Adam(lr=lr) if solver == "adam" else SGD(lr=lr, momentum=momentum)
     if start_state["opt"] is None:
         opt.init(params)
@@ -415,6 +476,21 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     return {"rows": rows, "cost": float(cost), "t": int(state.pop("t")),
             "params": {k: be.to_numpy(v).astype(np.float64) * rows for k, v in params.items()},
             "slots": {k: np.asarray(v, np.float64) * rows for k, v in state.items()}}
+
+
+def _chunk_lazy_steps(be, Xc, yc, wc, params, x_std, steps, n, *, loss, lam, lr, batch_size, seed, t):
+    """``_chunk_steps`` for plain SGD on a sparse chunk: steps that touch only each batch's columns
+    (``gpugrad.sparse_sgd``; a sparse X is scaled, never centred), the same updates within rounding."""
+    from . import sparse_sgd
+    from .optim import Constant
+    order = np.random.default_rng(seed).permutation(n)
+    per_step, t, _ = sparse_sgd.run(be, Xc, yc, wc, params["W"], params["b"], loss=loss, lam=lam,
+                                    schedule=Constant(lr), t=t, order=order, batch_size=batch_size,
+                                    batches=steps, x_std=be.asarray(x_std, params["W"].dtype))
+    sizes = np.array([min(batch_size, n - s * batch_size) for s in steps], dtype=np.float64)
+    rows = int(sizes.sum())
+    return {"rows": rows, "cost": float(per_step[0] @ sizes), "t": t,
+            "params": {k: np.asarray(v, np.float64) * rows for k, v in params.items()}, "slots": {}}
 
 
 def _add_steps(*parts):
@@ -613,6 +689,12 @@ def _model_arrays(model):
 
 def _block_scores(Xc, W, b, x_mean, x_std, dtype):
     """S = ((X - mean) / std) W^T + b of one block, on the block's backend."""
+    if _sparse.is_sparse(Xc):
+        be = backend_for(Xc.data)
+        Xc = _sparse.as_csr(Xc, dtype)
+        return be.sparse_scores(Xc, be.asarray(W, dtype), be.asarray(b, dtype),
+                                None if x_mean is None else be.asarray(x_mean, dtype),
+                                None if x_std is None else be.asarray(x_std, dtype))
     be = backend_for(Xc)
     Xn = (be.normalise(Xc, be.asarray(x_mean), be.asarray(x_std), dtype) if x_mean is not None
           else Xc.astype(dtype))
@@ -644,8 +726,9 @@ def _scores_like(X, func, model, *extra):
     import dask.array as da
     W, b, mean, std, dtype = _model_arrays(model)
     C = model.n_classes
+    meta = np.empty((0, 0), dtype) if _sparse.is_sparse(X._meta) else X._meta.astype(dtype)[:0, :0]
     return da.map_blocks(func, X, W, b, mean, std, dtype, *extra, chunks=(X.chunks[0], (C,)),
-                         dtype=dtype, meta=X._meta.astype(dtype)[:0, :0])
+                         dtype=dtype, meta=meta)
 
 
 def decision_function(model, X):

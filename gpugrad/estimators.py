@@ -56,6 +56,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import models, optim
+from . import sparse as _sparse
 from .backends import backend_for, get_backend, is_cupy_array
 from .distributed import is_dask_collection
 from .trainer import Trainer
@@ -191,7 +192,10 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
     # ---- inputs ------------------------------------------------------------------------------
     def _validate_X(self, X, reset):
         """X checked as scikit-learn checks it: numpy (2-D, numeric, finite, non-empty) through
-        ``validate_data``; a CuPy array checked on its device (one read for the finiteness)."""
+        ``validate_data``; a CuPy array checked on its device (one read for the finiteness); a
+        sparse matrix as ``_validate_sparse``."""
+        if _sparse.is_sparse(X):
+            return self._validate_sparse(X, reset)
         if not is_cupy_array(X):
             return validate_data(self, X, reset=reset, dtype="numeric")
         name = type(self).__name__
@@ -206,17 +210,47 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             xp = backend_for(X).xp
             if not bool(xp.isfinite(X).all()):
                 raise ValueError("Input X contains NaN or infinity.")
+        self._check_n_features(X, reset)
+        return X
+
+    def _validate_sparse(self, X, reset):
+        """A sparse X (scipy.sparse, or cupyx.scipy.sparse on CuPy) as CSR (other formats converted
+        once), never made dense: 2-D, numbers, at least a row and a column, and its stored values
+        finite (a NaN or Inf is named by row and column)."""
+        if _sparse.is_cupy_sparse(X):
+            X = _sparse.as_csr(X)
+            if X.dtype.kind not in "fiub":
+                raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+            if X.shape[0] == 0 or X.shape[1] == 0:
+                raise ValueError(f"Found array with shape {tuple(X.shape)}, while {type(self).__name__} "
+                                 "needs at least 1 sample and 1 feature")
+            self._check_n_features(X, reset)
+        else:
+            X = validate_data(self, X, reset=reset, accept_sparse="csr", dtype="numeric", ensure_all_finite=False)
+        _sparse.check_finite(X)
+        return X
+
+    def _check_n_features(self, X, reset):
+        """n_features_in_ set (reset) or X's columns checked against it, for inputs validate_data
+        does not take."""
         if reset:
             self.n_features_in_ = int(X.shape[1])
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
         elif X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {name} is expecting "
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
-        return X
 
     def _validate_Xy(self, X, y, reset):
         """(X, y): X as ``_validate_X``; y as a 1-D numpy array of class labels."""
+        _sparse.refuse_sparse_labels(y)
+        if _sparse.is_sparse(X):
+            X = self._validate_sparse(X, reset)
+            y = column_or_1d(y.get() if is_cupy_array(y) else np.asarray(y), warn=True)
+            if y.shape[0] != X.shape[0]:
+                raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]} labels")
+            check_classification_targets(y)
+            return X, y
         if not is_cupy_array(X):
             X, y = validate_data(self, X, y, reset=reset, dtype="numeric")
         else:
@@ -297,6 +331,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         """X on the model's backend as it takes it: uint8 kept when the model normalises, otherwise
         C-contiguous in the model's dtype (one conversion, no copy when it already is)."""
         be, dtype = model.backend, model.dtype
+        if _sparse.is_sparse(X):
+            return _sparse.to_backend(be, X, dtype)
         if X.dtype == np.uint8 and model.normalised:
             return be.xp.ascontiguousarray(be.asarray(X))
         if is_cupy_array(X) and be.xp is np:
@@ -334,8 +370,12 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         return self._base_seed + getattr(self, "n_iter_", 0) * (not first)
 
     def _standardisation(self, X):
+        """(x_mean, x_std) kept by the model when ``standardize``: the per-feature mean and std; for
+        a sparse X mean 0 and the std (``gpugrad.sparse.column_scale``), which keeps its zeros zero."""
         if not self.standardize:
             return None, None
+        if _sparse.is_sparse(X):
+            return np.zeros(X.shape[1]), _sparse.column_scale(X)
         from .data import normalisation
         return normalisation(X)
 
@@ -575,6 +615,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = True
         tags.classifier_tags.multi_class = True
         return tags
 
@@ -704,7 +745,9 @@ _COMMON_DOC = """
         verbose: 1 shows a progress bar; 2 also prints the cost of each epoch (L-BFGS: iteration).
         standardize: keep the training data's per-feature mean and std in the model and
             normalise inputs on the fly (uint8 stays uint8 on the GPU). Off by default: the
-            objective is then the peer's, e.g. after a StandardScaler.
+            objective is then the peer's, e.g. after a StandardScaler. A sparse X is scaled by
+            the std only (mean 0: no centring, so its zeros stay zero, as
+            StandardScaler(with_mean=False) does).
         dtype: what the model computes in: None (float32 on CuPy; on numpy float32 for float32
             X, else float64), "float32" or "float64".
         backend: "auto" (the GPU when one is usable), "numpy", "cupy" or a backend object.

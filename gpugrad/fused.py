@@ -12,6 +12,7 @@ import contextlib
 import numpy as np
 
 from . import _validation
+from . import sparse as _sparse
 from .backends import get_backend, is_cupy_array
 
 __all__ = ["linear_grad", "softmax_cross_entropy_grad", "svm_grad"]
@@ -109,6 +110,11 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
     Args:
         X: (n, d) float32/float64, one example per row. With ``x_mean``/``x_std`` ((d,) each)
            X is normalised on the fly as (X - x_mean) / x_std and may be uint8 pixels.
+           Or a sparse matrix (scipy.sparse; cupyx.scipy.sparse on CuPy) with float32/float64
+           values: CSR is read as it is (other formats are converted for the call), never made
+           dense. A sparse X may take ``x_std`` alone, the normalisation that keeps its zeros
+           zero (a per-feature scale, no centring: StandardScaler(with_mean=False)); with
+           ``x_mean`` too, the centring enters through the bias and dW, never through X.
         y: (n,) integer labels in [0, C).
         W: (C, d) weights, b: (C,) bias, in X's dtype (W's dtype decides for uint8 X).
         lam: L2 strength, >= 0.
@@ -139,6 +145,8 @@ def linear_grad(X, y, W, b, lam=0.0, loss="softmax", *, x_mean=None, x_std=None,
     """
     _validation.check_loss_name(loss)
     lam = _validation.check_lam(lam)
+    if _sparse.is_sparse(X):
+        return _sparse_linear_grad(X, y, W, b, lam, loss, x_mean, x_std, backend, check_finite, validate)
     _validation.check_linear(X, y, W, b, x_mean, x_std)
     be, back = _placement(backend, X, y, W, b, extra=(x_mean, x_std))
     X, y, W, b = (be.asarray(a) for a in (X, y, W, b))
@@ -189,3 +197,32 @@ def _check_labels(be, y, C):
     if int(y.min()) < 0 or int(y.max()) >= C:
         _check_values(be, y, C, [])
 
+
+
+def _sparse_linear_grad(X, y, W, b, lam, loss, x_mean, x_std, backend, check_finite, validate):
+    """``linear_grad`` for a sparse X: the checks look at X's stored values only (a NaN or Inf is
+    named by row and column), the step is the backend's ``sparse_linear_grad``."""
+    _validation.check_sparse_linear(X, y, W, b, x_mean, x_std)
+    be, back = _placement(backend, X.data, y, W, b, extra=(x_mean, x_std))
+    X = _sparse.to_backend(be, X)
+    y, W, b = (be.asarray(a) for a in (y, W, b))
+    x_mean, x_std = (None if v is None else be.asarray(v) for v in (x_mean, x_std))
+    if validate:
+        named = [("W", W), ("b", b)] if check_finite else []
+        for name, v in (("x_mean", x_mean), ("x_std", x_std)):
+            if v is not None and check_finite:
+                named.append((name, v))
+        if x_std is not None:
+            with np.errstate(divide="ignore"):
+                named.append((_validation.INV_STD, 1 / x_std.astype(np.float64)))
+        values = [X.data] if check_finite else []
+        label_pos, bad = be.first_invalid(y, W.shape[0], values + [a for _, a in named])
+        if check_finite and bad[0] >= 0 and label_pos < 0:
+            row, col = _sparse.locate(X, bad[0])
+            raise ValueError(_sparse.nonfinite_message("X", row, col, float(X.data[bad[0]]))
+                             + " (pass check_finite=False to skip this check)")
+        _validation.raise_first_invalid(label_pos, bad[len(values):], y, W.shape[0], named)
+    elif be.xp is np:
+        _check_labels(be, y, W.shape[0])  # numpy would read -1 as the last class
+    J, dW, db = be.linear_grad(X, y, W, b, lam, loss, x_mean, x_std)
+    return back(J), back(dW), back(db)

@@ -34,6 +34,7 @@ import numpy as np
 from .backends import get_backend
 from .graph import no_grad, tensor
 from . import _validation
+from . import sparse as _sparse
 
 __all__ = ["LinearClassifier", "MLP", "model_from_config", "save_model", "load_model"]
 
@@ -95,7 +96,15 @@ class _Model:
 
     def prepare(self, X):
         """X (n, d) as this model's training input on its backend: float data in the model's dtype;
-        uint8 pixels kept as uint8 when the model normalises (normalised on the fly, batch by batch)."""
+        uint8 pixels kept as uint8 when the model normalises (normalised on the fly, batch by batch);
+        a sparse X as CSR with values in the model's dtype (``gpugrad.sparse.to_backend``), never dense."""
+        if _sparse.is_sparse(X):
+            if len(X.shape) != 2 or X.shape[1] != self.n_features:
+                raise ValueError(f"X must have shape (n, {self.n_features}), got a sparse matrix of shape "
+                                 f"{tuple(X.shape)}")
+            if X.dtype.kind not in "fiub":
+                raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
+            return _sparse.to_backend(self.backend, X, self.dtype)
         X = self.backend.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must have shape (n, {self.n_features}), got {tuple(X.shape)}")
@@ -209,7 +218,11 @@ class LinearClassifier(_Model):
         return loss + lam * self.penalty(), loss, {"W": dW, "b": db}
 
     def scores(self, X):
-        """(n, C) scores S = X W^T + b of prepared inputs (normalised like training)."""
+        """(n, C) scores S = X W^T + b of prepared inputs (normalised like training; a sparse X
+        through ``Backend.sparse_scores``, never made dense)."""
+        if _sparse.is_sparse(X):
+            return self.backend.sparse_scores(X, self.params["W"], self.params["b"], self.buffers.get("x_mean"),
+                                              self.buffers.get("x_std"))
         return self._normalise(X) @ self.params["W"].T + self.params["b"]
 
 
@@ -259,17 +272,25 @@ class MLP(_Model):
 
     def _forward(self, params, X, training):
         """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor)."""
-        from .ops import batch_norm, linear, relu
-        h = tensor(self._normalise(X))
+        from .ops import batch_norm, relu
+        h = X if _sparse.is_sparse(X) else tensor(self._normalise(X))
         for l in range(1, self.n_layers):
-            s = linear(h, params[f"W{l}"], params[f"b{l}"])
+            s = self._linear(h, params[f"W{l}"], params[f"b{l}"])
             if self.batchnorm:
                 s = batch_norm(s, params[f"gamma{l}"], params[f"beta{l}"],
                                self.buffers[f"running_mean{l}"], self.buffers[f"running_var{l}"],
                                training=training, momentum=self.bn_momentum)
             h = relu(s)
         k = self.n_layers
-        return linear(h, params[f"W{k}"], params[f"b{k}"])
+        return self._linear(h, params[f"W{k}"], params[f"b{k}"])
+
+    def _linear(self, h, W, b):
+        """A layer's linear map; the first layer reads a sparse X as it is (``ops.sparse_linear``:
+        scaled by x_std, never made dense)."""
+        from .ops import linear, sparse_linear
+        if _sparse.is_sparse(h):
+            return sparse_linear(h, W, b, self.buffers.get("x_mean"), self.buffers.get("x_std"))
+        return linear(h, W, b)
 
     def loss_grad(self, X, y, lam, sample_weight=None):
         """(cost, loss, grads) of a batch in training mode (batch-norm batch statistics; the running

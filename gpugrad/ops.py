@@ -27,7 +27,7 @@ from .graph import Tensor, defvjp, is_grad_enabled, record
 
 __all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",
            "sum", "mean", "transpose", "reshape", "getitem", "softmax", "cross_entropy",
-           "svm_loss", "batch_norm", "linear", "unbroadcast"]
+           "svm_loss", "batch_norm", "linear", "sparse_linear", "unbroadcast"]
 
 
 def _xp(a):
@@ -157,6 +157,30 @@ def linear(x, W, b):
         raise ValueError(f"linear: x must be (n, d), W (C, d) and b (C,); got x {x.shape}, W {W.shape}, "
                          f"b {b.shape}")
     return record("linear", x.value @ W.value.T + b.value, (x, W, b))
+
+
+def sparse_linear(X, W, b, x_mean=None, x_std=None):
+    """S = X' W^T + b for a sparse X (n, d) (``gpugrad.sparse``: CSR on the backend of W), X' its
+    rows scaled by 1 / x_std (and centred by x_mean) without X ever made dense: a first layer.
+
+    X is data, not a node: only W and b get gradients, dJ/dW = (G^T X - (sum_i g_i) x_mean^T) / x_std
+    and dJ/db = sum_i g_i (``Backend.sparse_weight_grad``).
+
+        >>> import numpy as np, scipy.sparse as sp, gpugrad as gg
+        >>> X = sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 2.0]]))
+        >>> W = gg.tensor(np.ones((3, 2)), requires_grad=True)
+        >>> S = gg.ops.sparse_linear(X, W, np.zeros(3))
+        >>> S.value.tolist()[1], (S.sum().backward(), W.grad.tolist()[0])[1]
+        ([2.0, 2.0, 2.0], [1.0, 2.0])
+    """
+    W = _as_tensor(W)
+    b = _as_tensor(b, W)
+    if W.ndim != 2 or b.ndim != 1 or len(X.shape) != 2 or X.shape[1] != W.shape[1] or b.shape[0] != W.shape[0]:
+        raise ValueError(f"sparse_linear: X must be (n, d), W (C, d) and b (C,); got X {tuple(X.shape)}, "
+                         f"W {W.shape}, b {b.shape}")
+    be = backend_for(W.value)
+    return record("sparse_linear", be.sparse_scores(X, W.value, b.value, x_mean, x_std), (W, b),
+                  X=X, x_mean=x_mean, x_std=x_std)
 
 
 # ---- elementwise functions ----
@@ -602,6 +626,10 @@ defvjp("matmul", _matmul_vjp_a, _matmul_vjp_b)
 defvjp("linear", lambda g, ans, x, W, b: g @ W,
                  lambda g, ans, x, W, b: g.T @ x,
                  lambda g, ans, x, W, b: g.sum(axis=0))
+
+defvjp("sparse_linear",
+       lambda g, ans, W, b, X, x_mean, x_std: backend_for(g).sparse_weight_grad(X, g, g.sum(axis=0), x_mean, x_std),
+       lambda g, ans, W, b, X, x_mean, x_std: g.sum(axis=0))
 
 # ---- elementwise functions ----
 defvjp("exp", lambda g, ans, a: g * ans)

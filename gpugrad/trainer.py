@@ -35,7 +35,9 @@ import numpy as np
 
 from . import _validation
 from .models import atomic_savez, decode_json, encode_json, json_safe, model_from_config, read_npz
+from . import sparse_sgd
 from .optim import make_optimizer
+from .sparse import check_finite, is_sparse, refuse_sparse_labels
 
 __all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS"]
 
@@ -136,6 +138,7 @@ class Trainer:
     # ---- data ----------------------------------------------------------------------------------
     def _labels(self, y, n, what):
         be = self.model.backend
+        refuse_sparse_labels(y)
         y = be.asarray(y)
         _validation.check_labels_shape(y, n, f"rows of {what}")
         return y.astype(np.int64, copy=False)
@@ -143,7 +146,9 @@ class Trainer:
     def _check_values(self, X, y, w, what):
         """Labels in range and finite values: one backend call for the whole data set."""
         be, C = self.model.backend, self.model.n_classes
-        named = [(what, X)] if X.dtype.kind == "f" else []
+        if is_sparse(X):  # its stored values only; a NaN/Inf is named by row and column
+            check_finite(X, what)
+        named = [(what, X)] if X.dtype.kind == "f" and not is_sparse(X) else []
         if w is not None:
             named.append(("sample_weight", w))
         label_pos, bad = be.first_invalid(y, C, [a for _, a in named])
@@ -212,7 +217,8 @@ class Trainer:
                 # A diverging run overflows before the epoch's end, where a NaN or Inf cost stops it
                 # with a message naming the step: numpy's warnings on the way would only bury it.
                 with np.errstate(over="ignore", invalid="ignore"):
-                    figures, lr = self._epoch(X, y, w, steps, bar)
+                    run_epoch = self._sparse_epoch if sparse_sgd.applies(self, X) else self._epoch
+                    figures, lr = run_epoch(X, y, w, steps, bar)
                     row = self._row(epoch, figures, steps, n, X, y, X_val, y_val, lr)
                 row["seconds"] = time.perf_counter() - t0
                 self.history.append(row)
@@ -249,6 +255,11 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
         return per_step, lr
+
+    def _sparse_epoch(self, X, y, w, steps, bar):
+        """``_epoch`` for plain SGD on a sparse X: steps that touch only the batch's columns
+        (``gpugrad.sparse_sgd``), the same algorithm within rounding."""
+        return sparse_sgd.epoch(self, X, y, w, steps, bar)
 
     def _step(self, X, y, w, order, i):
         """The model's (cost, loss, grads) on the i-th batch of the epoch's ``order``."""

@@ -14,4 +14,5 @@
 #include "linear_step.cuh"
 #include "mma_layout.cuh"
 #include "linear_mma.cuh"
+#include "sparse_step.cuh"
 #include "checks.cuh"

@@ -112,3 +112,45 @@ def row_kernel_shapes(loss, dtype):
                 name = cb.svm_kernel_config(C, dtype).name
             shapes.setdefault(name, (C, variant))
     return shapes
+
+
+def sparse_case(rng, n, d, C, dtype, idx64=False, long_row=0, wscale=0.3):
+    """Inputs of a sparse step: (scipy CSR X with every awkward feature, y, W, b, x_std) with values
+    as the kernels see them (float32-rounded for float32). X has an empty row (row 1), an empty
+    column (column 0 is never stored), duplicate entries (summed, as scipy reads them) and each
+    row's indices in shuffled order (not canonical); int64 indices when idx64; with long_row > 0,
+    row 0 holds that many entries (past what a warp keeps in registers: the re-read path)."""
+    import scipy.sparse as sp
+    rnd = f32 if dtype == np.float32 else np.asarray
+    rows = []
+    for i in range(n):
+        k = 0 if i == 1 else (long_row if i == 0 and long_row else int(rng.integers(1, min(12, d - 1) + 1)))
+        cols = rng.integers(1, d, k)
+        if k > 2:
+            cols[-1] = cols[0]  # a duplicate entry
+        rows.append(cols)
+    indptr = np.concatenate([[0], np.cumsum([len(c) for c in rows])])
+    indices = np.concatenate(rows).astype(np.int32) if indptr[-1] else np.zeros(0, np.int32)
+    data = rnd(rng.standard_normal(indptr[-1]) * 2)
+    X = sp.csr_matrix((data, indices, indptr), shape=(n, d))
+    if idx64:
+        X.indices, X.indptr = X.indices.astype(np.int64), X.indptr.astype(np.int64)
+    assert not X.has_canonical_format or indptr[-1] < 3
+    W, b = rnd(rng.standard_normal((C, d)) * wscale), rnd(rng.standard_normal(C) * 0.1)
+    std = rnd(rng.uniform(0.5, 2.0, d))
+    return X, rng.integers(0, C, n), W, b, std
+
+
+def check_sparse_step(X, y, W, b, got, loss, lam, x_mean=None, x_std=None, sample_weight=None):
+    """The sparse step's (J, dW, db), as numpy, against the float64 numpy backend on X made dense:
+    within TOL of the compute dtype (db against db_scale where it cancels)."""
+    Xd = X.toarray().astype(np.float64)
+    J, dW, db = got
+    tol = TOL[np.asarray(dW).dtype.type]
+    J_ref, dW_ref, db_ref = NP.linear_grad(Xd, y, W, b, lam, loss, None if x_std is None else
+                                           (np.zeros(X.shape[1]) if x_mean is None else x_mean), x_std,
+                                           sample_weight=sample_weight)
+    assert rel(dW, dW_ref) <= tol, rel(dW, dW_ref)
+    mean = None if x_std is None else (np.zeros(X.shape[1]) if x_mean is None else x_mean)
+    assert rel(db, db_ref, db_scale(Xd, y, W, b, loss, mean, x_std, sample_weight)) <= tol
+    assert abs(float(J) - J_ref) <= tol * abs(J_ref)

@@ -26,6 +26,7 @@ pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (n
 
 from emu import emulator as E  # noqa: E402
 from kernel_checks import check_linear_step, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL  # noqa: E402
+from kernel_checks import check_sparse_step, sparse_case  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -67,6 +68,20 @@ def _linear_case(kind, C, variant):
     return run
 
 
+def _sparse_case(dtype, C):
+    """The sparse step on a CSR X (empty row and column, duplicates, unsorted indices, int64 indices
+    for float64, a row past what a warp keeps in registers) with C classes, scaled by x_std."""
+    def run(be, monkeypatch, rng):
+        from emu import emu_sparse
+        X, y, W, b, std = sparse_case(rng, 11, 160, C, dtype, idx64=dtype == np.float64, long_row=140)
+        Xd = emu_sparse.csr_matrix((dev(X.data.astype(dtype)), dev(X.indices), dev(X.indptr)), shape=X.shape)
+        loss = "softmax" if C % 2 else "svm"
+        got = be.linear_grad(Xd, dev(y), dev(W.astype(dtype)), dev(b.astype(dtype)), 0.01, loss, None,
+                             dev(std.astype(dtype)))
+        check_sparse_step(X, y, W, b, got, loss, 0.01, x_std=std)
+    return run
+
+
 def _first_invalid_case(be, monkeypatch, rng):
     """The device-side check: the first bad label and the first NaN/Inf of each array."""
     n, C = 600, 7
@@ -93,6 +108,10 @@ def _cases():
         for nt, C in ((1, 5), (2, 12)):
             cases[f"gg_linmma_{x}_nt{nt}"] = ({f"gg_linmma_{x}_nt{nt}", prep, "gg_linmma_finish"},
                                               _linear_case(x, C, "mma"))
+    for dtype, t in ((np.float32, "f32"), (np.float64, "f64")):
+        for cp, C in ((1, 1), (2, 2), (4, 3), (8, 5), (16, 12), (32, 20)):
+            cases[f"gg_sparse_{t}_t{cp}"] = ({f"gg_sparse_{t}_t{cp}", f"gg_sparse_prep_{t}", f"gg_sparse_finish_{t}"},
+                                             _sparse_case(dtype, C))
     cases["gg_first_invalid"] = ({"gg_first_invalid"}, _first_invalid_case)
     return cases
 

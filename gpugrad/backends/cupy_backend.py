@@ -9,7 +9,11 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
   x_mean/x_std on the fly or not, and uint8 X with them under float32 or float64 weights), for
   C <= 16 classes and rows short enough for the fused kernel (W in shared memory); other inputs
   take the inherited path (cuBLAS matmuls around the fused loss kernel);
-- ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back.
+- ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back;
+- ``sparse_linear_grad``: a CSR X (cupyx.scipy.sparse) with up to 32 classes in one row kernel
+  that reads each row's non-zeros once (scores, softmax or hinge, G's outer product with the row
+  added into dW by atomics), between a prep and a finish pass over W; more classes take the
+  inherited path (cuSPARSE's products around the fused loss kernel).
 
 Which kernel, grid and shared memory: ``plans`` (pure functions). Per-device kernels, caches and
 scratch: ``devices``. Work under ``with cupy.cuda.Device(i):`` runs on device i with kernels
@@ -27,6 +31,7 @@ from . import cuda_driver as _drv
 from . import kernels as _k
 from . import plans
 from .devices import DeviceState, Workspace
+from ..sparse import is_sparse
 from .numpy_backend import NumpyBackend
 from .plans import LINMMA, LINMMA_THREADS, ce_kernel_config, linmma_slice, linmma_smem_bytes, svm_kernel_config  # noqa: F401
 
@@ -192,6 +197,8 @@ class CupyBackend(NumpyBackend):
         X where a kernel takes these inputs. ``sample_weight`` (n,) scales row i's loss term and
         gradient by w_i; the FMA kernels read it per row (the tensor-core ones do not, so a
         weighted step never takes them)."""
+        if is_sparse(X):
+            return self.sparse_linear_grad(X, y, W, b, lam, loss, x_mean, x_std, sample_weight)
         dev = self.workspace().device
         kind = self._kind(X, W, x_mean)
         n, d = X.shape
@@ -269,4 +276,54 @@ class CupyBackend(NumpyBackend):
         dW, db, J = self.xp.empty_like(W), self.xp.empty_like(b), self.xp.empty((), dtype=W.dtype)
         dev.kernel(name)((plans.spread_grid(C * d, dev.card.sm_count),), (256,),
                          (*args, np.int32(C), np.int32(d), np.float64(lam), np.float64(1.0 / n), dW, db, J))
+        return J, dW, db
+
+    # ---- the sparse step (CSR X on the device) ---------------------------------------------------
+    def sparse_module(self):
+        """cupyx.scipy.sparse: the device's sparse matrices."""
+        import cupyx.scipy.sparse
+        return cupyx.scipy.sparse
+
+    def _has_mean(self, x_mean) -> bool:
+        return x_mean is not None  # (looking at its values would cost a device read)
+
+    def sparse_linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None, sample_weight=None):
+        """``NumpyBackend.sparse_linear_grad`` for a CSR X on the device: for C <= 32 classes the row
+        kernel (``plans.sparse_plan``) reads each row's non-zeros once; W / x_std is laid out as
+        Wt (d, C) by the prep kernel, so that a non-zero's C weights are one read, and the finish
+        turns the accumulated dWt into dW (C, d). More classes: the inherited formulas (cuSPARSE).
+        No host synchronisation. dW's atomics make it vary within rounding from run to run."""
+        plan = plans.sparse_plan(W.shape[0], W.dtype)
+        if plan is None or X.data.dtype != W.dtype:
+            return super().sparse_linear_grad(X, y, W, b, lam, loss, x_mean, x_std, sample_weight)
+        xp, ws = self.xp, self.workspace()
+        dev = ws.device
+        C, d = W.shape
+        n = X.shape[0]
+        W, b = xp.ascontiguousarray(W), xp.ascontiguousarray(b)
+        y, y64 = _labels(xp, y)
+        std = _NULL if x_std is None else xp.ascontiguousarray(x_std, dtype=W.dtype)
+        mean = _NULL if x_mean is None else xp.ascontiguousarray(x_mean, dtype=W.dtype)
+        if x_mean is not None:  # b' = b - (W / x_std) x_mean: the centring, without touching X
+            b = b - (W if x_std is None else W / std) @ mean
+        val, col, indptr = (xp.ascontiguousarray(a) for a in (X.data, X.indices, X.indptr))
+        idx64 = np.int32(col.dtype == np.int64)
+        if indptr.dtype != col.dtype:
+            indptr = indptr.astype(col.dtype)
+        Wt, dWt = xp.empty((d, C), dtype=W.dtype), xp.empty((d, C), dtype=W.dtype)
+        wsq, loss_sum = xp.empty(1, dtype=np.float64), xp.empty(1, dtype=np.float64)
+        spread = plans.spread_grid(C * d, dev.card.sm_count)
+        dev.kernel(plan["prep"])((spread,), (256,), (W, std, np.int32(C), np.int32(d), Wt, dWt,
+                                                      ws.partials_for(spread), ws.ticket, wsq))
+        f = dev.kernel(plan["name"])
+        grid = plans.sparse_grid(n, dev.card.sm_count, dev.blocks_per_sm(f, plan["threads"], 0))
+        db_part, loss_part = xp.empty((grid, C), dtype=W.dtype), xp.empty(grid, dtype=np.float64)
+        db = xp.empty(C, dtype=W.dtype)
+        sw = _NULL if sample_weight is None else xp.ascontiguousarray(sample_weight, dtype=W.dtype)
+        f((grid,), (plan["threads"],),
+          (val, col, indptr, idx64, y, _Y64[y64], Wt, b, sw, np.int64(n), np.int32(C), _LOSS_KIND[loss], dWt,
+           db_part, loss_part, ws.ticket, db, loss_sum))
+        dW, J = xp.empty_like(W), xp.empty((), dtype=W.dtype)
+        dev.kernel(plan["finish"])((spread,), (256,), (dWt, W, db, mean, std, loss_sum, wsq, np.int32(C), np.int32(d),
+                                                       np.float64(lam), np.float64(1.0 / n), dW, J))
         return J, dW, db

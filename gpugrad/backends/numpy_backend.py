@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..sparse import is_sparse
+
 
 class NumpyBackend:
     """Reference backend. Methods take and return arrays of ``self.xp``; no input checks here
@@ -153,6 +155,8 @@ class NumpyBackend:
             >>> round(float(J), 6) == round(float(np.log(2)), 6), dW.tolist(), db.tolist()
             (True, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [0.0, 0.0])
         """
+        if is_sparse(X):
+            return self.sparse_linear_grad(X, y, W, b, lam, loss, x_mean, x_std, sample_weight)
         Xn = self.normalise(X, x_mean, x_std, W.dtype)
         L, G = self.loss_grad(Xn @ W.T + b, y, loss, sample_weight)
         # G^T X as written: X in row blocks that serve both products while in cache, and the
@@ -165,3 +169,54 @@ class NumpyBackend:
             dW += (2 * lam) * W
             J = L + lam * (W * W).sum()
         return self.xp.asarray(J, dtype=W.dtype), dW, db
+
+    # ---- sparse X: CSR, never made dense (gpugrad.sparse) --------------------------------------
+    def sparse_module(self):
+        """The module of this backend's sparse matrices (scipy.sparse)."""
+        import scipy.sparse
+        return scipy.sparse
+
+    def _has_mean(self, x_mean) -> bool:
+        """Whether a centring term must be applied (numpy: x_mean given and not all zero)."""
+        return x_mean is not None and bool(x_mean.any())
+
+    def sparse_weights(self, W, b, x_mean=None, x_std=None):
+        """(W', b') that the raw sparse rows meet: W' = W / x_std, b' = b - W' x_mean, so that
+        X W'^T + b' = ((X - x_mean) / x_std) W^T + b without X - x_mean ever formed."""
+        Wn = W if x_std is None else W * (1 / x_std.astype(W.dtype))
+        bn = b - Wn @ x_mean.astype(W.dtype) if self._has_mean(x_mean) else b
+        return Wn, bn
+
+    def sparse_scores(self, X, W, b, x_mean=None, x_std=None):
+        """(n, C) scores S = X' W^T + b of CSR X (X' its normalised rows), X read once."""
+        Wn, bn = self.sparse_weights(W, b, x_mean, x_std)
+        return X @ Wn.T + bn
+
+    def sparse_linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None, sample_weight=None):
+        """``linear_grad`` for a CSR X (n, d) (scipy.sparse on numpy): the same J, dW, db.
+
+        S = X W'^T + b' (``sparse_weights``); (L, G) from the fused loss; dW = (G^T X - db x_mean^T)
+        / x_std + 2 lam W, db = column sums of G. The products are scipy.sparse's, in the shapes
+        measured fastest (benchmarks/RESULTS.md, "Sparse inputs"): S as X @ W'^T, dW as G^T @ X
+        (scipy runs it as (X^T G)^T over X's rows, no transposed copy of X). The normalisation
+        costs passes over W (C x d), never over X.
+        """
+        S = self.sparse_scores(X, W, b, x_mean, x_std)
+        L, G = self.loss_grad(S, y, loss, sample_weight)
+        db = G.sum(axis=0)
+        dW = self.sparse_weight_grad(X, G, db, x_mean, x_std)
+        J = L
+        if lam:
+            dW += (2 * lam) * W
+            J = L + lam * (W * W).sum()
+        return self.xp.asarray(J, dtype=W.dtype), dW, db
+
+    def sparse_weight_grad(self, X, G, db, x_mean=None, x_std=None):
+        """dL/dW (C, d) of S = X' W^T + b for CSR X, from G = dL/dS (n, C) and db = its column
+        sums: (G^T X - db x_mean^T) / x_std, C-contiguous as the dense step gives it."""
+        dW = self.xp.ascontiguousarray(G.T @ X)
+        if self._has_mean(x_mean):
+            dW -= db[:, None] * x_mean.astype(dW.dtype)
+        if x_std is not None:
+            dW *= 1 / x_std.astype(dW.dtype)
+        return dW

@@ -411,3 +411,39 @@ def copy_align(row_bytes: int, ptr: int, itemsize: int) -> int:
     (16, 4, 1)
     """
     return next(a for a in (16, 4, 1) if row_bytes % a == 0 and ptr % a == 0 and (a == 1 or a % itemsize == 0))
+
+
+# ---- the sparse linear step (CSR X) ------------------------------------------------------------
+SPARSE_WARPS = defines()["GG_SPARSE_WARPS"]            # rows in flight per block of gg_sparse_*_t*
+SPARSE_MAX_CLASSES = defines()["GG_SPARSE_MAX_CLASSES"]
+
+
+@functools.lru_cache(maxsize=256)
+def sparse_plan(C: int, dtype) -> dict | None:
+    """The kernels of the fused sparse step for C classes computing in dtype: the row kernel
+    gg_sparse_<t>_t<CP> (CP = C rounded up to a power of two: the lanes a class set takes) and its
+    prep and finish; None past SPARSE_MAX_CLASSES classes (then cuSPARSE's products run around the
+    fused loss kernel).
+
+    >>> sparse_plan(20, np.float32)["name"], sparse_plan(3, np.float64)["name"], sparse_plan(33, np.float32)
+    ('gg_sparse_f32_t32', 'gg_sparse_f64_t4', None)
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in _TYPE or not 1 <= C <= SPARSE_MAX_CLASSES:
+        return None
+    t = _TYPE[dtype]
+    cp = 1
+    while cp < C:
+        cp *= 2
+    return dict(name=f"gg_sparse_{t}_t{cp}", prep=f"gg_sparse_prep_{t}", finish=f"gg_sparse_finish_{t}",
+                threads=32 * SPARSE_WARPS)
+
+
+def sparse_grid(n: int, sm_count: int, blocks_per_sm: int) -> int:
+    """Blocks of the sparse row kernel: a warp per row, at most as many blocks as are resident at
+    once (each loops over rows).
+
+    >>> sparse_grid(200, 132, 8), sparse_grid(10 ** 6, 132, 8)
+    (25, 1056)
+    """
+    return max(1, min(-(-n // SPARSE_WARPS), sm_count * blocks_per_sm))

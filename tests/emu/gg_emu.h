@@ -529,6 +529,18 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
     *p = old + v;
     return old;
 }
+// Float additions (the sparse step's dW): the order in which threads add decides the rounding, so the
+// thread orders give results equal within rounding, not bit for bit.
+inline float atomicAdd(float* p, float v) {
+    const float old = *p;
+    *p = old + v;
+    return old;
+}
+inline double atomicAdd(double* p, double v) {
+    const double old = *p;
+    *p = old + v;
+    return old;
+}
 inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
     const unsigned long long old = *p;
     if (v < old) *p = v;

@@ -1,0 +1,76 @@
+"""cupyx.scipy.sparse on the emulated device: a CSR matrix whose arrays are emulator device arrays.
+
+The CuPy backend's sparse step reads a device CSR matrix's ``data``, ``indices`` and ``indptr``
+and hands them to its kernels; this stand-in gives it exactly that, with the rest of what the
+library asks of a cupyx matrix (row selection, products for the cuSPARSE path, ``get``) done by
+scipy on the host. Its class claims a "cupyx..." module, which is how gpugrad tells a device's
+sparse matrix from a scipy one. ``install(backend)`` makes it the backend's ``sparse_module``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import emulator as E
+
+
+def _host(a):
+    return np.asarray(a).view(np.ndarray) if isinstance(a, np.ndarray) else np.asarray(a)
+
+
+class csr_matrix:
+    """A CSR matrix on the emulated device (data, indices, indptr: EmuArrays)."""
+
+    format = "csr"
+    ndim = 2
+    __array_ufunc__ = None  # a device array @ this matrix comes to __rmatmul__
+
+    def __init__(self, arg, shape=None, dtype=None, copy=False):
+        if isinstance(arg, tuple):
+            data, indices, indptr = arg
+            self.shape = tuple(shape)
+        else:
+            host = sp.csr_matrix(arg.get() if isinstance(arg, csr_matrix) else arg)
+            data, indices, indptr = host.data, host.indices, host.indptr
+            self.shape = host.shape
+        self.data, self.indices, self.indptr = (a if isinstance(a, E.EmuArray) and not copy else E._dev(_host(a))
+                                                for a in (data, indices, indptr))
+        if dtype is not None and self.data.dtype != np.dtype(dtype):
+            self.data = E._dev(_host(self.data).astype(dtype))
+
+    dtype = property(lambda self: self.data.dtype)
+    nnz = property(lambda self: int(self.indptr[-1]))
+    has_canonical_format = property(lambda self: self.get().has_canonical_format)
+
+    def get(self) -> sp.csr_matrix:
+        return sp.csr_matrix((_host(self.data), _host(self.indices), _host(self.indptr)), shape=self.shape)
+
+    def tocsr(self):
+        return self
+
+    def copy(self):
+        return csr_matrix(self.get())
+
+    def astype(self, dtype):
+        return csr_matrix((self.data.astype(dtype), self.indices, self.indptr), shape=self.shape)
+
+    def __getitem__(self, key):
+        if isinstance(key, np.ndarray):
+            key = _host(key)
+        return csr_matrix(self.get()[key])
+
+    def __matmul__(self, other):
+        return E._dev(self.get() @ _host(other))
+
+    def __rmatmul__(self, other):
+        return E._dev(_host(other) @ self.get())
+
+
+csr_matrix.__module__ = "cupyx_emulated.scipy.sparse"
+
+
+def install(backend):
+    """Make this module the backend's device sparse module (``Backend.sparse_module``)."""
+    import sys
+    backend.sparse_module = lambda: sys.modules[__name__]
+    return backend

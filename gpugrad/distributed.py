@@ -451,7 +451,7 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     yc, wc = be.asarray(yc), (be.asarray(wc) if wc is not None else None)  # next to X (GPU)
     # Copies: the task's inputs may be shared with other tasks in this worker process.
     params = {k: xp.array(be.asarray(v), dtype=dtype, copy=True) for k, v in start_state["params"].items()}
-    if _sparse.is_sparse(Xc) and solver == "sgd" and momentum == 0 and xp is np:
+    if _lazy_sgd(Xc, solver, momentum, xp):
         t = 0 if start_state["opt"] is None else int(start_state["opt"]["t"])
         return _chunk_lazy_steps(be, Xc, yc, wc, params, x_std, steps, n, loss=loss, lam=lam, lr=lr,
                                  batch_size=batch_size, seed=seed, t=t)
@@ -476,6 +476,12 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     return {"rows": rows, "cost": float(cost), "t": int(state.pop("t")),
             "params": {k: be.to_numpy(v).astype(np.float64) * rows for k, v in params.items()},
             "slots": {k: np.asarray(v, np.float64) * rows for k, v in state.items()}}
+
+
+def _lazy_sgd(Xc, solver, momentum, xp) -> bool:
+    """Whether a chunk's steps take the W = aV form (``gpugrad.sparse_sgd``): plain SGD on a sparse
+    chunk on the host."""
+    return _sparse.is_sparse(Xc) and solver == "sgd" and momentum == 0 and xp is np
 
 
 def _chunk_lazy_steps(be, Xc, yc, wc, params, x_std, steps, n, *, loss, lam, lr, batch_size, seed, t):

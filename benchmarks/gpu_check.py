@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import cupy  # noqa: E402
 
 import gpugrad as gg  # noqa: E402
+import gpugrad.sparse  # noqa: E402,F401
 from gpugrad.backends import cuda_driver, plans  # noqa: E402
 from gpugrad.backends import kernels as kmod  # noqa: E402
 
@@ -48,6 +49,8 @@ except Exception:  # pragma: no cover - torch is optional
     torch = None
     HAVE_TORCH = False
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+NP_BACKEND = gg.get_backend("numpy")
 RESULTS = {"correctness": [], "timing": [], "env": {}}
 FAILURES = []
 
@@ -88,17 +91,18 @@ ROW_CALLS = plans.CHOICES["row_call"]  # the row losses' host path; --row-calls
 # ---------------------------------------------------------------------------------------------
 # correctness: the GPU tests, a process per group of variants
 # ---------------------------------------------------------------------------------------------
-NEW = "mma or tensor_core or prefetch or direct or other_kinds"
+NEW = "mma or tensor_core or prefetch or direct or other_kinds or sparse"
 # group: (pytest -k expression, seconds allowed); "established" holds simt, stream, block, cupy.
 # The limits add up to a little over half of device_check.sh's budget, leaving the rest for timing.
 TEST_GROUPS = {"established": (f"not ({NEW})", 150), "mma": ("mma or tensor_core", 60),
-               "prefetch": ("prefetch", 30), "direct": ("direct", 30), "other_kinds": ("other_kinds", 45)}
+               "prefetch": ("prefetch", 30), "direct": ("direct", 30), "other_kinds": ("other_kinds", 45),
+               "sparse": ("sparse", 30)}
 
 
 def groups_wanted() -> list[str]:
     """The groups whose variants this run was asked for (--linear-variants and the others)."""
     wanted = {"established": True, "mma": "mma" in LINEAR_VARIANTS, "prefetch": "prefetch" in LONG_ROW_VARIANTS,
-              "direct": "direct" in ROW_CALLS, "other_kinds": True}
+              "direct": "direct" in ROW_CALLS, "other_kinds": True, "sparse": True}
     return [g for g, w in wanted.items() if w]
 
 
@@ -559,6 +563,78 @@ def bench_small_step(rng, n=100, d=64, C=10):
             lambda X, y: torch_linear((X.float() - tm) / ts, y, tW, tb, 1e-3), tsets))
 
 
+# Text-like X (sparse_data.make_text, ~100 words a row of 100,000): the row kernel (20 classes) and
+# cuSPARSE around the fused loss (100 classes); small enough to add ~15 s to the run.
+SPARSE_SHAPES = ((32768, 100000, 100, 20), (32768, 100000, 100, 100))
+
+
+def sparse_workload(n: int, d: int, nnz: int, C: int) -> str:
+    return f"sparse step n={n} d={d} nnz/row={nnz} C={C} f32"
+
+
+def plain_cupyx_sparse(X, y, W, b, lam):
+    """The sparse step written the obvious way with cupyx.scipy.sparse (cuSPARSE products)."""
+    S = X @ W.T + b
+    loss, G = plain_cupy_ce(S, y)
+    dW = G.T @ X + 2 * lam * W
+    return loss + lam * (W * W).sum(), dW, G.sum(axis=0)
+
+
+def torch_sparse_step(X, y, W, b, lam):
+    """PyTorch: a sparse CSR tensor times W^T (torch.sparse.mm), cross-entropy, autograd for W, b."""
+    W = W.detach().requires_grad_(True)
+    b = b.detach().requires_grad_(True)
+    J = F.cross_entropy(torch.sparse.mm(X, W.t()) + b, y) + lam * (W * W).sum()
+    J.backward()
+    return J, W.grad, b.grad
+
+
+def bench_sparse(rng, shapes=SPARSE_SHAPES):
+    """The sparse step on text-like CSR X (benchmarks/sparse_data.make_text: Zipf words, TF-IDF values)
+    on the device: gpugrad's (the row kernel for C <= 32, cuSPARSE around the fused loss past it)
+    against cupyx written the obvious way and PyTorch's sparse CSR matmul; each checked first
+    against the float64 numpy step on the same X (a result that differs is recorded, not timed)."""
+    from sparse_data import make_text
+    be = gg.get_backend("cupy")
+    lam = 1e-4
+    for n, d, nnz, C in shapes:
+        X, y = make_text(n, d, nnz, C, seed=int(rng.integers(1 << 30)))
+        X = X.astype(np.float32)
+        W = (rng.standard_normal((C, d)) * 0.1).astype(np.float32)
+        b = (rng.standard_normal(C) * 0.1).astype(np.float32)
+        Xd, yd = gg.sparse.to_backend(be, X), cupy.asarray(y)
+        Wd, bd = cupy.asarray(W), cupy.asarray(b)
+        wl = sparse_workload(n, d, nnz, C)
+        ref = NP_BACKEND.linear_grad(X.astype(np.float64), y, W.astype(np.float64), b.astype(np.float64), lam, "softmax")
+        ways = [("gpugrad", lambda X, y: be.linear_grad(X, y, Wd, bd, lam, "softmax"), [(Xd, yd)]),
+                ("gpugrad API, validate=False", lambda X, y: gg.linear_grad(X, y, Wd, bd, lam, validate=False),
+                 [(Xd, yd)]),
+                ("plain cupyx (cuSPARSE)", lambda X, y: plain_cupyx_sparse(X, y, Wd, bd, lam), [(Xd, yd)])]
+        if HAVE_TORCH:
+            try:
+                tX = torch.sparse_csr_tensor(torch.as_tensor(Xd.indptr.astype(np.int64), device="cuda"),
+                                             torch.as_tensor(Xd.indices.astype(np.int64), device="cuda"),
+                                             torch.as_tensor(Xd.data, device="cuda"), size=X.shape)
+                tW, tb = torch.as_tensor(Wd, device="cuda"), torch.as_tensor(bd, device="cuda")
+                ways.append(("PyTorch sparse CSR", lambda X, y: torch_sparse_step(X, y, tW, tb, lam),
+                             [(tX, torch.as_tensor(yd, device="cuda"))]))
+            except Exception as e:  # a peer that cannot run here is reported, not fatal
+                log(f"  PyTorch sparse CSR not run: {type(e).__name__}: {e}")
+        for name, fn, sets in ways:
+            try:
+                J, dW, db = fn(*sets[0])
+                host = [a.detach().cpu().numpy() if hasattr(a, "detach") else cupy.asnumpy(a) for a in (J, dW, db)]
+                ok = all(np.linalg.norm(np.asarray(g, np.float64) - r) <= 1e-4 * max(np.linalg.norm(r), 1e-30)
+                         for g, r in zip(host, ref))
+            except Exception as e:
+                ok, host = False, f"{type(e).__name__}: {e}"
+            record("sparse", f"{wl}: {name} vs numpy", ok)
+            if not ok:
+                continue
+            timer = torch_time if name.startswith("PyTorch") else time_batches
+            add_timing(wl, name, timer(fn, sets, reps=5))
+
+
 FIRST_CALL = r"""
 import time, sys
 t0 = time.perf_counter()
@@ -654,6 +730,8 @@ def main():
         bench_linear(bw, rng, args.compile)
         if "other_kinds" in groups:
             bench_other_linear_kinds(bw, rng)
+        if "sparse" in groups:
+            bench_sparse(rng)
         host_breakdown()  # last: its experiments launch through the driver directly
 
     log("\n== summary:", env["device"], "| copy", f"{env.get('copy_bandwidth_TBps', 0):.2f} TB/s")

@@ -184,13 +184,13 @@ def test_gpu_tests_run_a_process_per_group_and_gate_the_timings(bare_gpu_check, 
     monkeypatch.setattr(G.subprocess, "run", run)
     monkeypatch.setattr(G, "ROW_CALLS", ("cupy",))  # the direct path not asked for: not tested
     groups = G.groups_wanted()
-    assert groups == ["established", "mma", "prefetch", "other_kinds"]
+    assert groups == ["established", "mma", "prefetch", "other_kinds", "sparse"]
     passed = G.run_gpu_tests(groups, quick=True)
-    assert passed == {"established", "other_kinds"}
+    assert passed == {"established", "other_kinds", "sparse"}
     assert [e for e, _ in calls] == [f"({G.TEST_GROUPS[g][0]}) and not 65537" for g in groups]
     assert [t for _, t in calls] == [G.TEST_GROUPS[g][1] for g in groups]
     assert [(c["name"].split(":")[0], c["ok"]) for c in G.RESULTS["correctness"]] == [
-        ("established", True), ("mma", False), ("prefetch", False), ("other_kinds", True)]
+        ("established", True), ("mma", False), ("prefetch", False), ("other_kinds", True), ("sparse", True)]
     assert "stopped after" in G.RESULTS["correctness"][2]["summary"] and len(G.FAILURES) == 2
 
 
@@ -200,3 +200,17 @@ def test_small_c_softmax_timings_run(gpu_check, monkeypatch):
     variants = [r["variant"] for r in gpu_check.RESULTS["timing"]]
     assert "gpugrad API, validate=False, out=" in variants
     assert "gpugrad API direct, validate=False, out=" in variants
+
+
+def test_sparse_step_timings_run(gpu_check):
+    """The sparse step's comparison (gpugrad, cupyx written the obvious way; PyTorch's sparse CSR where
+    torch sees a GPU), each checked against numpy before it is timed, on the emulated device CSR."""
+    import gpugrad as gg
+    from emu import emu_sparse
+    emu_sparse.install(gg.get_backend("cupy"))
+    gpu_check.bench_sparse(np.random.default_rng(0), shapes=((40, 300, 10, 5), (30, 200, 8, 40)))
+    rows = [(r["workload"], r["variant"]) for r in gpu_check.RESULTS["timing"]]
+    names = ["gpugrad", "gpugrad API, validate=False", "plain cupyx (cuSPARSE)"]
+    assert rows == [(gpu_check.sparse_workload(40, 300, 10, 5), v) for v in names] + \
+        [(gpu_check.sparse_workload(30, 200, 8, 40), v) for v in names]
+    assert [c["ok"] for c in gpu_check.RESULTS["correctness"]] == [True] * 6

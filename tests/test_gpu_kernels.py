@@ -335,3 +335,37 @@ def test_work_under_another_device_runs_there(rng):
             loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64), cupy.asarray(y))
             assert dS.device.id == device and be.workspace().device.id == device
             assert rel(dS.get(), ref_dS) <= 1e-12 and abs(float(loss) - ref_loss) <= 1e-12 * ref_loss
+
+
+# ---- the sparse step (CSR X on the device; kernels/sparse_step.cuh) --------------------------------
+@pytest.mark.parametrize("n,d,C", [(1, 5, 1), (13, 300, 3), (70001, 2000, 10), (4099, 100000, 20), (513, 700, 32),
+                                   (300, 500, 40)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_sparse_step_matches_numpy(n, d, C, dtype, loss, rng):
+    """cupyx CSR X (empty rows and columns, duplicates, unsorted and int64 indices, a 400-entry row)
+    with x_std and sample weights: the row kernel (C <= 32) or cuSPARSE (C = 40) against numpy."""
+    import cupy
+    import cupyx.scipy.sparse as csp
+    from kernel_checks import check_sparse_step, sparse_case
+    be = gg.get_backend("cupy")
+    X, y, W, b, std = sparse_case(rng, n, d, C, dtype, idx64=dtype == np.float64, long_row=min(400, d - 1))
+    w = rng.uniform(0, 2, n)
+    w = w.astype(dtype).astype(np.float64)
+    Xd = csp.csr_matrix((cupy.asarray(X.data.astype(dtype)), cupy.asarray(X.indices), cupy.asarray(X.indptr)),
+                        shape=X.shape)
+    _poison_pool(cupy)
+    got = be.linear_grad(Xd, cupy.asarray(y), cupy.asarray(W.astype(dtype)), cupy.asarray(b.astype(dtype)), 0.01, loss,
+                         None, cupy.asarray(std.astype(dtype)), cupy.asarray(w.astype(dtype)))
+    check_sparse_step(X, y, W, b, [a.get() for a in got], loss, 0.01, x_std=std, sample_weight=w)
+
+
+def test_sparse_step_public_api_names_a_nan(rng):
+    import cupy
+    import cupyx.scipy.sparse as csp
+    from kernel_checks import sparse_case
+    X, y, W, b, _ = sparse_case(rng, 50, 60, 5, np.float32)
+    X.data[X.indptr[6]] = np.nan
+    Xd = csp.csr_matrix((cupy.asarray(X.data), cupy.asarray(X.indices), cupy.asarray(X.indptr)), shape=X.shape)
+    with pytest.raises(ValueError, match=rf"X contains NaN at row 6, column {X.indices[X.indptr[6]]}"):
+        gg.linear_grad(Xd, cupy.asarray(y), cupy.asarray(W.astype(np.float32)), cupy.asarray(b.astype(np.float32)))

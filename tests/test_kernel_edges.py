@@ -372,3 +372,95 @@ def test_runahead_schedule_catches_a_block_reduction_reusing_its_scratch_too_soo
     finally:
         E.use(None)
         E.configure("forward", 1, True)
+
+
+# ---- the sparse step (CSR X, gg_sparse_*) ------------------------------------------------------------
+# Every row kernel's class layout: one class a lane team (C = 3 in teams of 4, 12 of 16), a whole warp
+# (C = 20 of 32) and C = 32 (every lane), in float32 and float64.
+SPARSE = [(C, dtype) for C in (3, 12, 20, 32) for dtype in (np.float32, np.float64)]
+SPARSE_IDS = [f"c{C}-{np.dtype(dtype).name}" for C, dtype in SPARSE]
+
+
+def _sparse_planted(rng, C, n, y, column, gap, dtype):
+    """CSR X (n, C + 40) whose row i stores `gap` in column column[i] (its class's spike: W's first
+    C columns are the identity) and a few random small values past column C, so row i scores `gap`
+    more on class column[i]; W's other columns and b random (float32-rounded for float32)."""
+    import scipy.sparse as sp
+    rnd = (lambda a: a.astype(np.float32).astype(np.float64)) if dtype == np.float32 else np.asarray
+    d = C + 40
+    rows, cols, vals = [], [], []
+    for i in range(n):
+        extra = rng.choice(np.arange(C, d), 5, replace=False)
+        rows += [i] * 6
+        cols += [column[i], *extra]
+        vals += [gap, *rnd(rng.standard_normal(5) * 0.5)]
+    X = sp.csr_matrix((np.array(vals), (rows, cols)), shape=(n, d))
+    W = rnd(rng.standard_normal((C, d)) * 0.1)
+    W[:, :C] = np.eye(C)
+    return X, y, W, rnd(rng.standard_normal(C) * 0.1)
+
+
+def _sparse_step(be, X, y, W, b, loss, lam, dtype, validate_labels=True):
+    from emu import emu_sparse
+    from kernel_checks import check_sparse_step
+    Xd = emu_sparse.csr_matrix((dev(X.data.astype(dtype)), dev(X.indices), dev(X.indptr)), shape=X.shape)
+    be.launches.clear()
+    got = be.linear_grad(Xd, dev(y), dev(W.astype(dtype)), dev(b.astype(dtype)), lam, loss)
+    t = "f32" if dtype == np.float32 else "f64"
+    assert any(name.startswith(f"gg_sparse_{t}_t") for name in be.launches), be.launches
+    if validate_labels:
+        check_sparse_step(X, y, W, b, got, loss, lam)
+    return got
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("C,dtype", SPARSE, ids=SPARSE_IDS)
+def test_sparse_step_row_max_in_every_class(be, C, dtype, loss, rng):
+    """Each class holds two rows' largest score, GAP above the rest, with a label elsewhere (a lane
+    the row max misses overflows exp), and a third row's, its target."""
+    n = 3 * C
+    column = np.arange(n) % C
+    y = _elsewhere(rng, column, C)
+    y[2 * C:] = column[2 * C:]
+    _sparse_step(be, *_sparse_planted(rng, C, n, y, column, GAP[dtype], dtype), loss, 0.01, dtype)
+
+
+@pytest.mark.parametrize("C,dtype", SPARSE, ids=SPARSE_IDS)
+def test_sparse_step_confident_rows(be, C, dtype, rng):
+    """Every row's target far above the rest (p_y rounds to 1): dW and db come only from the tiny
+    -others/total and p_j (lam = 0 so that nothing larger hides them)."""
+    n = 2 * C + 1
+    y = rng.integers(0, C, n)
+    X, y, W, b = _sparse_planted(rng, C, n, y, y, 30.0 if dtype == np.float32 else 45.0, dtype)
+    _sparse_step(be, X, y, W, b, "softmax", 0.0, dtype)
+
+
+@pytest.mark.parametrize("C,dtype", SPARSE, ids=SPARSE_IDS)
+def test_sparse_step_hinge_margin_of_exactly_zero(be, C, dtype, rng):
+    """Small integer values, W and b: every score is an exact integer; class 1 scores exactly 1
+    below class 0, so rows labelled 0 have a margin of exactly 0 there (subgradient 0)."""
+    import scipy.sparse as sp
+    n, d = 3 * C + 2, 9
+    X = sp.csr_matrix(rng.integers(0, 3, (n, d)) * (rng.random((n, d)) < 0.5)).astype(np.float64)
+    W, b = rng.integers(-1, 2, (C, d)).astype(np.float64), rng.integers(-1, 2, C).astype(np.float64)
+    W[1], b[1] = W[0], b[0] - 1
+    y = rng.integers(0, C, n)
+    y[:2] = [0, 1]
+    _sparse_step(be, X, y, W, b, "svm", 0.01, dtype)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("C,dtype", SPARSE, ids=SPARSE_IDS)
+def test_sparse_step_bad_labels_make_the_loss_nan(be, C, dtype, loss, rng):
+    """Validation off, labels -1 and C reach the row kernel: J is NaN and no label is used as an
+    index (the emulator's guard pages would catch a read past y's rows' scores); db of the other
+    rows' classes stays finite under the hinge (a bad row has no active margin)."""
+    n = 6
+    y = rng.integers(0, C, n)
+    y[1], y[4] = -1, C
+    column = rng.integers(0, C, n)
+    X, y, W, b = _sparse_planted(rng, C, n, y, column, 2.0, dtype)
+    J, dW, db = _sparse_step(be, X, y, W, b, loss, 0.01, dtype, validate_labels=False)
+    assert np.isnan(float(J))
+    if loss == "svm":
+        assert np.isfinite(np.asarray(dW)).all() and np.isfinite(np.asarray(db)).all()

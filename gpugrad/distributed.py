@@ -451,10 +451,6 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     yc, wc = be.asarray(yc), (be.asarray(wc) if wc is not None else None)  # next to X (GPU)
     # Copies: the task's inputs may be shared with other tasks in this worker process.
     params = {k: xp.array(be.asarray(v), dtype=dtype, copy=True) for k, v in start_state["params"].items()}
-    if _lazy_sgd(Xc, solver, momentum, xp):
-        t = 0 if start_state["opt"] is None else int(start_state["opt"]["t"])
-        return _chunk_lazy_steps(be, Xc, yc, wc, params, x_std, steps, n, loss=loss, lam=lam, lr=lr,
-                                 batch_size=batch_size, seed=seed, t=t)
     opt = Adam(lr=lr) if solver == "adam" else SGD(lr=lr, momentum=momentum)
     if start_state["opt"] is None:
         opt.init(params)
@@ -462,41 +458,42 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
         opt.load_state(start_state["opt"], params)
     order = xp.asarray(np.random.default_rng(seed).permutation(n))
     mean, std = be.asarray(x_mean, dtype), be.asarray(x_std, dtype)
-    cost = xp.zeros((), np.float64)
-    rows = 0
-    for s in steps:
-        idx = order[s * batch_size:(s + 1) * batch_size]
-        wb = wc[idx] if wc is not None else None
-        J, dW, db = be.linear_grad(Xc[idx], yc[idx], params["W"], params["b"], lam, loss,
-                                   mean, std, wb)
-        opt.step(params, {"W": dW, "b": db})
-        cost += J * len(idx)
-        rows += len(idx)
+    if _lazy_sgd(Xc, solver, xp):
+        cost, rows = _chunk_lazy_steps(be, Xc, yc, wc, params, opt, std, order, steps, loss=loss, lam=lam,
+                                       batch_size=batch_size)
+    else:
+        cost = xp.zeros((), np.float64)
+        rows = 0
+        for s in steps:
+            idx = order[s * batch_size:(s + 1) * batch_size]
+            wb = wc[idx] if wc is not None else None
+            J, dW, db = be.linear_grad(Xc[idx], yc[idx], params["W"], params["b"], lam, loss,
+                                       mean, std, wb)
+            opt.step(params, {"W": dW, "b": db})
+            cost += J * len(idx)
+            rows += len(idx)
     state = opt.state()
     return {"rows": rows, "cost": float(cost), "t": int(state.pop("t")),
             "params": {k: be.to_numpy(v).astype(np.float64) * rows for k, v in params.items()},
             "slots": {k: np.asarray(v, np.float64) * rows for k, v in state.items()}}
 
 
-def _lazy_sgd(Xc, solver, momentum, xp) -> bool:
-    """Whether a chunk's steps take the W = aV form (``gpugrad.sparse_sgd``): plain SGD on a sparse
-    chunk on the host."""
-    return _sparse.is_sparse(Xc) and solver == "sgd" and momentum == 0 and xp is np
+def _lazy_sgd(Xc, solver, xp) -> bool:
+    """Whether a chunk's steps bring only the batch's columns up to date (``gpugrad.sparse_sgd``):
+    SGD on a sparse chunk on the host (a sparse X is scaled, never centred)."""
+    return _sparse.is_sparse(Xc) and solver == "sgd" and xp is np
 
 
-def _chunk_lazy_steps(be, Xc, yc, wc, params, x_std, steps, n, *, loss, lam, lr, batch_size, seed, t):
-    """``_chunk_steps`` for plain SGD on a sparse chunk: steps that touch only each batch's columns
-    (``gpugrad.sparse_sgd``; a sparse X is scaled, never centred), the same updates within rounding."""
+def _chunk_lazy_steps(be, Xc, yc, wc, params, opt, std, order, steps, *, loss, lam, batch_size):
+    """The chunk's steps through ``gpugrad.sparse_sgd`` (the same updates as ``opt.step`` within
+    rounding); returns (summed batch costs, rows)."""
     from . import sparse_sgd
-    from .optim import Constant
-    order = np.random.default_rng(seed).permutation(n)
-    per_step, t, _ = sparse_sgd.run(be, Xc, yc, wc, params["W"], params["b"], loss=loss, lam=lam,
-                                    schedule=Constant(lr), t=t, order=order, batch_size=batch_size,
-                                    batches=steps, x_std=be.asarray(x_std, params["W"].dtype))
-    sizes = np.array([min(batch_size, n - s * batch_size) for s in steps], dtype=np.float64)
-    rows = int(sizes.sum())
-    return {"rows": rows, "cost": float(per_step[0] @ sizes), "t": t,
-            "params": {k: np.asarray(v, np.float64) * rows for k, v in params.items()}, "slots": {}}
+    velocity = (opt.slots["velocity/W"], opt.slots["velocity/b"]) if opt.momentum else None
+    per_step, opt.t, _ = sparse_sgd.run(be, Xc, yc, wc, params["W"], params["b"], loss=loss, lam=lam,
+                                        schedule=opt.schedule, t=opt.t, order=order, batch_size=batch_size,
+                                        batches=steps, x_std=std, momentum=opt.momentum, velocity=velocity)
+    sizes = np.array([len(order[s * batch_size:(s + 1) * batch_size]) for s in steps], dtype=np.float64)
+    return float(per_step[0] @ sizes), int(sizes.sum())
 
 
 def _add_steps(*parts):

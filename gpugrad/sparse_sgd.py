@@ -1,25 +1,33 @@
-"""Plain SGD on a sparse X whose steps cost what the batch's non-zeros cost, not C x d.
+"""SGD on a sparse X whose steps cost what the batch's non-zeros cost, not C x d.
 
-A mini-batch of text rows touches a few thousand of the d columns, but its dense gradient,
+A mini-batch of text rows touches a few thousand of the d columns, but its gradient,
 dW = G^T X' + 2 lam W, is a full C x d array because of the L2 term, and so is the update: on a
 100,000-word vocabulary every step would pass over all C x d weights several times (allocating
-dW, adding 2 lam W, updating W), many times the cost of the batch itself. Plain SGD (no
-momentum) allows the classic way out (Bottou's, scikit-learn's SGDClassifier's): keep
-W = a V with a scalar a. The step
+dW, adding 2 lam W, updating W and the velocity), many times the cost of the batch itself. Between
+two batches that touch it, a column of W evolves by the L2 term alone, a linear map, so its
+updates can wait until it is next used:
 
-    W <- W - eta (G^T X' + 2 lam W) = (1 - 2 eta lam) W - eta G^T X'
+- plain SGD (momentum 0), the classic way (Bottou's, scikit-learn's SGDClassifier's): W = a V with
+  a scalar a. The step W <- (1 - 2 eta lam) W - eta G^T X' is a <- a (1 - 2 eta lam), the decay of
+  every weight in one multiplication, and V[:, cols] -= (eta / a) (G^T X')[:, cols] on the batch's
+  columns; ||W||^2 = a^2 ||V||^2 is kept from the changed columns.
+- SGD with (Nesterov) momentum: an untouched column's (w, v) pair follows z <- M_t z with the 2 x 2
+  matrix of the update (heavy ball: w' = (1 - eta c) w + mu v, v' = -eta c w + mu v, c = 2 lam;
+  Nesterov: w' = (1 - eta c (1 + mu)) w + mu^2 v), so a column last touched at step s is brought
+  to step t by Q_t Q_s^-1, Q_t the product of the matrices since the window began. Columns are
+  brought up to date when a batch touches them, and all of them every WINDOW steps (which keeps
+  Q_s^-1, whose size grows as mu^-(steps), small). ||W_t||^2 for the cost is the sum over the
+  columns' last-touch steps s of a quadratic form in the group's (sum w^2, sum w v, sum v^2).
 
-becomes a <- a (1 - 2 eta lam) (the decay of every weight, one multiplication) and
-V[:, cols] <- V[:, cols] - (eta / a) (G^T X')[:, cols] on the batch's columns only; ||W||^2 =
-a^2 ||V||^2 for the cost is kept up to date from the changed columns. The result is the same
-algorithm as the dense step, equal within rounding, step for step (the same batches, the same
-learning rates, the same per-step costs in the history); at the end of each epoch W = a V is
-written back into the model, so checkpoints, evaluation and callbacks see the ordinary weights.
+Either way the result is the same algorithm as the dense step, equal within rounding, step for
+step (the same batches, learning rates, per-step costs in the history, optimiser state); at the
+end of each epoch every weight is written back, so checkpoints, evaluation and callbacks see the
+ordinary weights and velocities.
 
-It applies (``applies``) to a ``LinearClassifier`` on the numpy backend trained by ``SGD`` with
-momentum 0 on a sparse X, when the model does not centre its inputs (x_mean absent or 0: a
-centring term would touch every column); the Trainer uses it then, and its ordinary step
-otherwise (momentum and Adam update every weight every step by nature).
+It applies (``applies``) to a ``LinearClassifier`` on the numpy backend trained by ``SGD`` on a
+sparse X, when the model does not centre its inputs (x_mean absent or 0: a centring term would
+touch every column); the Trainer uses it then, and its ordinary step otherwise (Adam's update of a
+weight depends on its whole gradient history in a way no closed form catches up).
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ from .sparse import is_sparse
 
 __all__ = ["applies", "epoch", "run"]
 
+WINDOW = 64  # steps between full catch-ups of the momentum path (mu^-64 = 850 at mu = 0.9)
+
 
 def applies(trainer, X) -> bool:
     """Whether ``trainer``'s epoch over X can take the lazy path (see the module docstring)."""
@@ -36,7 +46,13 @@ def applies(trainer, X) -> bool:
     model, opt = trainer.model, trainer.optimizer
     mean = model.buffers.get("x_mean")
     return (is_sparse(X) and model.kind == "linear" and model.backend.xp is np and type(opt) is SGD
-            and opt.momentum == 0 and (mean is None or not np.any(mean)))
+            and (mean is None or not np.any(mean)))
+
+
+def _dot(a, b) -> float:
+    """sum(a * b) over every entry. (Not np.vdot: BLAS's threaded dot costs milliseconds for the
+    few thousand values of a batch's columns when the machine's cores are busy.)"""
+    return float(np.einsum("ij,ij->", a, b))
 
 
 def _compact(Xb, present, d):
@@ -53,52 +69,179 @@ def _compact(Xb, present, d):
 
 def epoch(trainer, X, y, w, steps, bar):
     """One epoch of the trainer's shuffled batches (``Trainer._epoch``'s contract: returns the
-    (2, steps) per-step costs and losses and the last learning rate), in the W = a V form."""
+    (2, steps) per-step costs and losses and the last learning rate)."""
     model, opt, be = trainer.model, trainer.optimizer, trainer.model.backend
     order = be.asarray(trainer.rng.permutation(X.shape[0]))
+    velocity = None
+    if opt.momentum:
+        velocity = (opt.slots["velocity/W"], opt.slots["velocity/b"])
     per_step, opt.t, lr = run(be, X, y, w, model.params["W"], model.params["b"], loss=model.loss, lam=trainer.lam,
                               schedule=opt.schedule, t=opt.t, order=order, batch_size=trainer.batch_size,
-                              batches=range(steps), x_std=model.buffers.get("x_std"),
+                              batches=range(steps), x_std=model.buffers.get("x_std"), momentum=opt.momentum,
+                              nesterov=opt.nesterov, velocity=velocity,
                               progress=None if bar is None else bar.update)
     return per_step, lr
 
 
-def run(be, X, y, w, W, b, *, loss, lam, schedule, t, order, batch_size, batches, x_std=None, progress=None):
-    """Plain SGD steps on the batches order[i * batch_size:(i + 1) * batch_size], i in ``batches``,
-    of CSR X, updating W (C, d) and b (C,) in place exactly as ``optim.SGD`` (momentum 0) would
-    from the gradients of ``Backend.linear_grad`` plus 2 lam W, the learning rate schedule(t) at
-    update t. Returns ((2, len(batches)) per-step costs J_t = L_t + lam ||W_t||^2 and losses L_t,
-    the update count after, the last learning rate)."""
-    inv_std = None if x_std is None else 1 / x_std
-    d = W.shape[1]
+def run(be, X, y, w, W, b, *, loss, lam, schedule, t, order, batch_size, batches, x_std=None, momentum=0.0,
+        nesterov=False, velocity=None, progress=None):
+    """SGD steps on the batches order[i * batch_size:(i + 1) * batch_size], i in ``batches``, of CSR
+    X, updating W (C, d), b (C,) (and with momentum their ``velocity`` arrays) in place exactly as
+    ``optim.SGD(schedule, momentum, nesterov)`` would from the gradients of
+    ``Backend.linear_grad`` plus 2 lam W, the learning rate schedule(t) at update t. Returns
+    ((2, len(batches)) per-step costs J_t = L_t + lam ||W_t||^2 and losses L_t, the update count
+    after, the last learning rate).
+
+    The steps work on W^T (d, C), a copy made here and written back at the end: a batch's columns
+    are then rows, gathered and scattered whole, and both products take and give that layout."""
+    steps = _Steps(be, X, y, w, b, loss, x_std, order, batch_size, W.shape[1])
+    Wt = np.ascontiguousarray(W.T)
+    Vt = np.ascontiguousarray(velocity[0].T) if momentum else None
+    lazy = _Momentum(Wt, Vt, momentum, nesterov, lam) if momentum else _Scaled(Wt, lam)
     per_step = np.empty((2, len(batches)), dtype=np.float64)
-    present = np.zeros(d, dtype=bool)
-    a, sq = 1.0, float(np.vdot(W, W))  # W = a V, V held in W's array; sq = ||V||^2
     lr = np.nan
     for j, i in enumerate(batches):
-        idx = order[i * batch_size:(i + 1) * batch_size]
-        cols, Xc = _compact(X[idx], present, d)
-        Vc = W[:, cols]
-        Wc = Vc * (a if inv_std is None else a * inv_std[cols])  # the weights these rows meet
-        S = Xc @ Wc.T + b
-        L, G = be.loss_grad(S, y[idx], loss, None if w is None else w[idx])
-        D = np.ascontiguousarray(G.T @ Xc)  # the data term of dW on cols; every other column's is 0
-        if inv_std is not None:
-            D *= inv_std[cols]
-        per_step[0, j] = float(L) + lam * a * a * sq
+        cols, Xc, rows = steps.batch(i)
+        Wc = lazy.current(cols)
+        L, G, D = steps.gradient(Xc, rows, Wc, cols)
+        per_step[0, j] = float(L) + lam * lazy.norm2()
         per_step[1, j] = float(L)
         lr = schedule(t)
-        a *= 1 - 2 * lr * lam
-        Vnew = Vc - (lr / a) * D
-        sq += float(np.vdot(Vnew, Vnew) - np.vdot(Vc, Vc))
-        W[:, cols] = Vnew
-        b -= lr * G.sum(axis=0)
+        lazy.update(cols, D, lr)
+        db = G.sum(axis=0)
+        if momentum:  # the bias, dense and small, as optim.SGD updates it
+            vb = velocity[1]
+            vb *= momentum
+            vb -= lr * db
+            b += momentum * vb - lr * db if nesterov else vb
+        else:
+            b -= lr * db
         t += 1
-        if a < 1e-6:  # fold the scale back in before V grows out of range
-            W *= a
-            sq *= a * a
-            a = 1.0
         if progress is not None:
             progress(1)
-    W *= a
+    lazy.finish()
+    W[...] = Wt.T
+    if momentum:
+        velocity[0][...] = Vt.T
     return per_step, t, lr
+
+
+class _Steps:
+    """What every step shares: the batch's rows and columns, its loss and G, and dW's data term."""
+
+    def __init__(self, be, X, y, w, b, loss, x_std, order, batch_size, d):
+        self.be, self.X, self.y, self.w, self.b, self.loss = be, X, y, w, b, loss
+        self.inv_std = None if x_std is None else (1 / x_std)[:, None]
+        self.order, self.batch_size = order, batch_size
+        self.present = np.zeros(d, dtype=bool)
+
+    def batch(self, i):
+        rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        cols, Xc = _compact(self.X[rows], self.present, self.present.shape[0])
+        return cols, Xc, rows
+
+    def gradient(self, Xc, rows, Wc, cols):
+        """(L, G, D): the batch's loss and dL/dS at the weights Wc (len(cols), C) of its columns
+        (rows of W^T), and D = (X'^T G)[cols], the data term of dW^T there (0 on every other row)."""
+        scale = None if self.inv_std is None else self.inv_std[cols]
+        S = Xc @ (Wc if scale is None else Wc * scale) + self.b
+        L, G = self.be.loss_grad(S, self.y[rows], self.loss, None if self.w is None else self.w[rows])
+        D = Xc.T @ G
+        if scale is not None:
+            D *= scale
+        return L, G, D
+
+
+class _Scaled:
+    """Plain SGD in the form W^T = a V (V held in W^T's array)."""
+
+    def __init__(self, Wt, lam):
+        self.W, self.lam = Wt, lam
+        self.a, self.sq = 1.0, _dot(Wt, Wt)  # sq = ||V||^2
+
+    def current(self, cols):
+        self.Vc = self.W[cols]
+        return self.Vc * self.a
+
+    def norm2(self):
+        return self.a * self.a * self.sq
+
+    def update(self, cols, D, lr):
+        Vc = self.Vc
+        self.a *= 1 - 2 * lr * self.lam
+        Vnew = Vc - (lr / self.a) * D
+        self.sq += _dot(Vnew, Vnew) - _dot(Vc, Vc)
+        self.W[cols] = Vnew
+        if self.a < 1e-6:  # fold the scale back in before V grows out of range
+            self.finish()
+
+    def finish(self):
+        self.W *= self.a
+        self.sq *= self.a * self.a
+        self.a = 1.0
+
+
+class _Momentum:
+    """(Nesterov) momentum SGD on W^T, V^T (d, C), each row (a column of W) brought up to date when
+    a batch uses it (module docstring)."""
+
+    def __init__(self, Wt, Vt, mu, nesterov, lam):
+        self.W, self.V = Wt, Vt
+        self.mu, self.nesterov, self.c = mu, nesterov, 2 * lam
+        self.last = np.zeros(Wt.shape[0], dtype=np.int64)  # the window's step each row is at
+        self._start_window()
+
+    def _start_window(self):
+        self.r = 0
+        self.Q = np.eye(2)                   # Q_r = M_{r-1} ... M_0 over the window's steps
+        self.Qinv = np.zeros((WINDOW + 1, 2, 2))
+        self.Qinv[0] = np.eye(2)
+        # Per last-touch step s: (sum w^2, sum w v, sum v^2) over the rows last touched there.
+        self.groups = np.zeros((WINDOW + 1, 3))
+        self.groups[0] = [_dot(self.W, self.W), _dot(self.W, self.V), _dot(self.V, self.V)]
+        self.last[:] = 0
+
+    def current(self, cols):
+        self.A = self.Q @ self.Qinv[:self.r + 1]  # (r + 1, 2, 2): rows last at step s -> step r
+        P, Vc, last = self.W[cols], self.V[cols], self.last[cols]
+        self._remove(P, Vc, last)
+        m = self.A[last].astype(P.dtype)
+        self.Pc = P * m[:, 0, :1] + Vc * m[:, 0, 1:]
+        self.Vc = P * m[:, 1, :1] + Vc * m[:, 1, 1:]
+        return self.Pc
+
+    def _remove(self, P, Vc, last):
+        for k, (a, b) in enumerate(((P, P), (P, Vc), (Vc, Vc))):
+            self.groups[:, k] -= np.bincount(last, weights=np.einsum("ij,ij->i", a, b), minlength=WINDOW + 1)
+
+    def norm2(self):
+        """||W_r||^2: each group's quadratic form, plus the rows of this batch (already at r)."""
+        a, b = self.A[:, 0, 0], self.A[:, 0, 1]
+        g = self.groups[:self.r + 1]
+        return float(np.sum(a * a * g[:, 0] + 2 * a * b * g[:, 1] + b * b * g[:, 2])) + _dot(self.Pc, self.Pc)
+
+    def update(self, cols, D, lr):
+        mu, c = self.mu, self.c
+        g = D + c * self.Pc
+        v = mu * self.Vc - lr * g
+        p = self.Pc + (mu * v - lr * g if self.nesterov else v)
+        self.W[cols], self.V[cols] = p, v
+        M = (np.array([[1 - lr * c * (1 + mu), mu * mu], [-lr * c, mu]]) if self.nesterov
+             else np.array([[1 - lr * c, mu], [-lr * c, mu]]))
+        self.Qinv[self.r + 1] = self.Qinv[self.r] @ np.linalg.inv(M)
+        self.Q = M @ self.Q
+        self.r += 1
+        self.last[cols] = self.r
+        self.groups[self.r] += [_dot(p, p), _dot(p, v), _dot(v, v)]
+        if self.r == WINDOW:
+            self.finish()
+
+    def finish(self):
+        """Every row brought to the current step; a new window begins."""
+        m = (self.Q @ self.Qinv[:self.r + 1])[self.last].astype(self.W.dtype)
+        P = self.W.copy()
+        self.W *= m[:, 0, :1]
+        self.W += self.V * m[:, 0, 1:]
+        self.V *= m[:, 1, 1:]
+        self.V += P * m[:, 1, :1]
+        self._start_window()

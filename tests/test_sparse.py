@@ -130,31 +130,36 @@ def test_sparse_linear_op_gradients_match_central_differences(rng):
 # ---- models, trainer ------------------------------------------------------------------------------
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 @pytest.mark.parametrize("scaled", [False, True])
-def test_plain_sgd_on_sparse_X_takes_the_same_steps(loss, scaled, rng):
-    """The W = aV epochs (gpugrad.sparse_sgd) against the ordinary dense step on the same sparse
-    data and on X made dense: the same per-step costs and weights within rounding, with a decaying
-    learning rate, sample weights and x_std."""
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.8, True)])
+def test_sgd_on_sparse_X_takes_the_same_steps(loss, scaled, momentum, nesterov, rng, monkeypatch):
+    """The epochs that bring only the batch's columns up to date (gpugrad.sparse_sgd: W = aV without
+    momentum, the 2 x 2 catch-up with it, over windows of 5 steps here) against the ordinary dense
+    step on the same sparse data and on X made dense: the same per-step costs, weights and
+    velocities within rounding, with a decaying learning rate, sample weights and x_std."""
+    monkeypatch.setattr(sparse_sgd, "WINDOW", 5)
     X, y, W, b, std = awkward(rng, n=120)
     w = rng.uniform(0, 2, X.shape[0])
     runs = []
     for data, lazy in ((X, True), (X, False), (X.toarray(), False)):
         m = gg.models.LinearClassifier(X.shape[1], 4, loss, backend="numpy", dtype="float64", seed=1,
                                        x_mean=np.zeros(X.shape[1]) if scaled else None, x_std=std if scaled else None)
-        t = gg.Trainer(m, gg.optim.SGD(gg.optim.InvScaling(0.5, 0.5, 4)), epochs=3, batch_size=30, lam=0.01,
-                       progress=False)
+        opt = gg.optim.SGD(gg.optim.InvScaling(0.5, 0.5, 4), momentum=momentum, nesterov=nesterov)
+        t = gg.Trainer(m, opt, epochs=3, batch_size=30, lam=0.01, progress=False)
         assert sparse_sgd.applies(t, X)
         if not lazy:
             t._sparse_epoch = t._epoch
-        runs.append((np.array(t.fit(data, y, sample_weight=w)["cost"]), m.params["W"].copy(), m.params["b"].copy()))
-    for cost, Wf, bf in runs[:2]:
+        cost = np.array(t.fit(data, y, sample_weight=w)["cost"])
+        runs.append((cost, m.params["W"].copy(), m.params["b"].copy(), {k: v.copy() for k, v in opt.slots.items()}))
+    for cost, Wf, bf, slots in runs[:2]:
         assert np.allclose(cost, runs[2][0], rtol=1e-12)
         assert np.allclose(Wf, runs[2][1], rtol=1e-10, atol=1e-14) and np.allclose(bf, runs[2][2], rtol=1e-10)
+        assert all(np.allclose(slots[k], runs[2][3][k], rtol=1e-10, atol=1e-14) for k in slots)
 
 
 def test_lazy_path_applies_only_where_it_is_exact(rng):
     X, *_ = awkward(rng)
     m = gg.models.LinearClassifier(40, 4, backend="numpy")
-    assert not sparse_sgd.applies(gg.Trainer(m, gg.optim.SGD(0.1, momentum=0.9)), X)
+    assert sparse_sgd.applies(gg.Trainer(m, gg.optim.SGD(0.1, momentum=0.9, nesterov=True)), X)
     assert not sparse_sgd.applies(gg.Trainer(m, "adam"), X)
     assert not sparse_sgd.applies(gg.Trainer(m, "sgd"), X.toarray())
     centred = gg.models.LinearClassifier(40, 4, backend="numpy", x_mean=np.ones(40), x_std=np.ones(40))
@@ -205,7 +210,7 @@ def test_softmax_classifier_matches_logistic_regression_on_sparse_data(rng):
 @pytest.mark.parametrize("cls", ["SVMClassifier", "SoftmaxClassifier", "MLPClassifier"])
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
 def test_estimators_fit_sparse_as_dense(cls, solver, rng):
-    """Every stochastic solver (momentum: the ordinary step; plain SGD: the W = aV epochs) reaches
+    """Every stochastic solver (SGD: the epochs of gpugrad.sparse_sgd; Adam: the ordinary step) reaches
     the weights the same fit reaches on X made dense; predictions of sparse X equal dense X's."""
     X, y, *_ = awkward(rng, n=100)
     kw = dict(solver=solver, backend="numpy", random_state=0, max_iter=3, tol=None)
@@ -285,12 +290,14 @@ def test_dask_array_of_sparse_chunks(rng, monkeypatch):
         assert np.allclose(fit["model"].params["W"], clf.model_.params["W"], atol=1e-5)
         pred = ggd.predict(fit["model"], fit["classes_"], A).compute()
         assert (pred == clf.predict(X.multiply(1 / std).tocsr())).all()
-        kw = dict(lam=1e-3, solver="sgd", momentum=0.0, learning_rate_init=0.5, max_iter=3, batch_size=20)
-        lazy = ggd.fit_linear(A, y, **kw)
-        monkeypatch.setattr(ggd, "_lazy_sgd", lambda *a: False)  # the ordinary step on the same chunks
-        plain = ggd.fit_linear(A, y, **kw)
-        assert np.allclose(lazy["loss_curve_"], plain["loss_curve_"], rtol=1e-12)
-        assert np.allclose(lazy["model"].params["W"], plain["model"].params["W"], rtol=1e-9, atol=1e-13)
+        for momentum in (0.0, 0.9):
+            kw = dict(lam=1e-3, solver="sgd", momentum=momentum, learning_rate_init=0.5, max_iter=3, batch_size=20)
+            lazy = ggd.fit_linear(A, y, **kw)
+            with monkeypatch.context() as m:
+                m.setattr(ggd, "_lazy_sgd", lambda *a: False)  # the ordinary step on the same chunks
+                plain = ggd.fit_linear(A, y, **kw)
+            assert np.allclose(lazy["loss_curve_"], plain["loss_curve_"], rtol=1e-12)
+            assert np.allclose(lazy["model"].params["W"], plain["model"].params["W"], rtol=1e-9, atol=1e-13)
         Xbad = X.copy()
         Xbad.data[Xbad.indptr[120] + 0] = np.nan
         with pytest.raises(ValueError, match=rf"chunk 2 \(rows 100:150\): X contains NaN at row 120, "

@@ -5,6 +5,8 @@
 - ``gpugrad.ops``: one vector-Jacobian product per operation.
 - ``gpugrad.gradient_check``: ``gradcheck`` (central differences) and ``jacobian`` (from the VJPs).
 - ``gpugrad.fused``: the fused mini-batch gradients (``linear_grad`` and its building blocks).
+- ``gpugrad.sparse``: sparse inputs (scipy.sparse, cupyx.scipy.sparse) taken as they are;
+  ``gpugrad.sparse_sgd``: SGD on them in steps that touch only the batch's columns.
 - ``gpugrad.backends``: numpy (reference) and CuPy (fused CUDA kernels), one interface.
 - ``gpugrad.models``: the linear classifier and the MLP; ``gpugrad.optim``: optimisers and
   schedules; ``gpugrad.trainer``: the mini-batch trainer with history and checkpoints.

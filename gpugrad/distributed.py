@@ -541,14 +541,16 @@ def _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_i
 def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, tol=1e-4,
                batch_size=200, learning_rate_init=0.01, momentum=0.9, sync_every=None,
                random_state=0, sample_weight=None, dtype="float64", verbose=False,
-               classes=None, callback=None):
+               classes=None, callback=None, standardize=True):
     """Train a ``LinearClassifier`` on a Dask array across the current cluster.
 
     Minimises J(W, b) = (1/n) sum_i w_i l(W x_i' + b, y_i) + lam ||W||^2, x' = (x - mean) / std,
     l the softmax cross-entropy or the multi-class hinge (``loss``), w the sample weights (1).
 
     Args:
-        X: dask.array (n, d) chunked by rows only; float32, float64 or uint8; numpy or CuPy chunks.
+        X: dask.array (n, d) chunked by rows only; float32, float64 or uint8; numpy or CuPy chunks,
+            or sparse chunks (scipy.sparse: ``da.from_array(X_csr, chunks=(rows, d),
+            asarray=False)``) with float values, never made dense.
         y: (n,) labels of any values (dask.array, or array-like: only these move to the workers).
         solver: "lbfgs" (max_iter iterations, gtol ``tol``), or "sgd" / "adam" (max_iter epochs;
             stop once the epoch's mean cost has not improved by ``tol`` for 10 epochs);
@@ -561,6 +563,9 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
         classes: the labels to expect (others are refused, naming their chunk); default: the
             sorted distinct labels of y.
         callback: optional f(iteration, J) after each L-BFGS iteration or epoch.
+        standardize: normalise X by the per-feature mean and std of the pass over the data (a
+            sparse X by the std alone: its zeros stay zero); False: train on X as it is (TF-IDF
+            rows, say, already scaled), x_mean 0 and x_std 1.
     Returns:
         dict(model=LinearClassifier (numpy backend, x_mean/x_std set), classes_=(C,) labels,
         n_iter_=iterations or epochs, loss_curve_=J after each).
@@ -579,6 +584,8 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     X, y, w = dask.persist(X, y, w)
     placement = _Placement(X)
     x_mean, x_std, classes_ = _survey(X, y, w, classes, ranges, placement)
+    if not standardize:
+        x_mean, x_std = np.zeros_like(x_mean), np.ones_like(x_std)
     # The class indices, encoded once next to each X block and kept there.
     tag = f"gpugrad-labels-{uuid.uuid4().hex[:8]}"
     y_idx = [_pinned(_encode, (yb, classes_), where, (tag, i))

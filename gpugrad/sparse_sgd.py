@@ -61,9 +61,10 @@ def _compact(Xb, present, d):
     scratch array, all False, left all False."""
     present[Xb.indices] = True
     cols = np.flatnonzero(present)
-    local = np.cumsum(present, dtype=np.int64)[Xb.indices] - 1  # column -> its place among cols
+    local = np.cumsum(present, dtype=Xb.indices.dtype).take(Xb.indices)  # column -> its place among cols, + 1
+    local -= 1
     present[cols] = False
-    Xc = type(Xb)((Xb.data, local.astype(Xb.indices.dtype), Xb.indptr), shape=(Xb.shape[0], len(cols)))
+    Xc = type(Xb)((Xb.data, local, Xb.indptr), shape=(Xb.shape[0], len(cols)))
     return cols, Xc
 
 
@@ -92,12 +93,11 @@ def run(be, X, y, w, W, b, *, loss, lam, schedule, t, order, batch_size, batches
     ((2, len(batches)) per-step costs J_t = L_t + lam ||W_t||^2 and losses L_t, the update count
     after, the last learning rate).
 
-    The steps work on W^T (d, C), a copy made here and written back at the end: a batch's columns
-    are then rows, gathered and scattered whole, and both products take and give that layout."""
+    The steps work on W^T (d, C) (with momentum, W^T and V^T side by side, (d, 2, C)), copies made
+    here and written back at the end: a batch's columns are then rows, gathered (np.take) and
+    scattered whole, and both products take and give that layout."""
     steps = _Steps(be, X, y, w, b, loss, x_std, order, batch_size, W.shape[1])
-    Wt = np.ascontiguousarray(W.T)
-    Vt = np.ascontiguousarray(velocity[0].T) if momentum else None
-    lazy = _Momentum(Wt, Vt, momentum, nesterov, lam) if momentum else _Scaled(Wt, lam)
+    lazy = _Momentum(W, velocity[0], momentum, nesterov, lam) if momentum else _Scaled(W, lam)
     per_step = np.empty((2, len(batches)), dtype=np.float64)
     lr = np.nan
     for j, i in enumerate(batches):
@@ -120,9 +120,6 @@ def run(be, X, y, w, W, b, *, loss, lam, schedule, t, order, batch_size, batches
         if progress is not None:
             progress(1)
     lazy.finish()
-    W[...] = Wt.T
-    if momentum:
-        velocity[0][...] = Vt.T
     return per_step, t, lr
 
 
@@ -143,7 +140,7 @@ class _Steps:
     def gradient(self, Xc, rows, Wc, cols):
         """(L, G, D): the batch's loss and dL/dS at the weights Wc (len(cols), C) of its columns
         (rows of W^T), and D = (X'^T G)[cols], the data term of dW^T there (0 on every other row)."""
-        scale = None if self.inv_std is None else self.inv_std[cols]
+        scale = None if self.inv_std is None else self.inv_std.take(cols, axis=0)
         S = Xc @ (Wc if scale is None else Wc * scale) + self.b
         L, G = self.be.loss_grad(S, self.y[rows], self.loss, None if self.w is None else self.w[rows])
         D = Xc.T @ G
@@ -153,14 +150,15 @@ class _Steps:
 
 
 class _Scaled:
-    """Plain SGD in the form W^T = a V (V held in W^T's array)."""
+    """Plain SGD in the form W^T = a V (V a (d, C) copy, written back by ``finish``)."""
 
-    def __init__(self, Wt, lam):
-        self.W, self.lam = Wt, lam
-        self.a, self.sq = 1.0, _dot(Wt, Wt)  # sq = ||V||^2
+    def __init__(self, W, lam):
+        self.out, self.lam = W, lam
+        self.W = np.ascontiguousarray(W.T)
+        self.a, self.sq = 1.0, _dot(self.W, self.W)  # sq = ||V||^2
 
     def current(self, cols):
-        self.Vc = self.W[cols]
+        self.Vc = self.W.take(cols, axis=0)
         return self.Vc * self.a
 
     def norm2(self):
@@ -173,22 +171,29 @@ class _Scaled:
         self.sq += _dot(Vnew, Vnew) - _dot(Vc, Vc)
         self.W[cols] = Vnew
         if self.a < 1e-6:  # fold the scale back in before V grows out of range
-            self.finish()
+            self._fold()
 
-    def finish(self):
+    def _fold(self):
         self.W *= self.a
         self.sq *= self.a * self.a
         self.a = 1.0
 
+    def finish(self):
+        self._fold()
+        self.out[...] = self.W.T
+
 
 class _Momentum:
-    """(Nesterov) momentum SGD on W^T, V^T (d, C), each row (a column of W) brought up to date when
-    a batch uses it (module docstring)."""
+    """(Nesterov) momentum SGD on W^T and V^T (d, C) copies, each row (a column of W and of its
+    velocity) brought up to date when a batch uses it (module docstring); ``finish`` brings every
+    row up to date and writes W and V back."""
 
-    def __init__(self, Wt, Vt, mu, nesterov, lam):
-        self.W, self.V = Wt, Vt
+    def __init__(self, W, V, mu, nesterov, lam):
+        self.out = (W, V)
+        self.W, self.V = np.ascontiguousarray(W.T), np.ascontiguousarray(V.T)
         self.mu, self.nesterov, self.c = mu, nesterov, 2 * lam
-        self.last = np.zeros(Wt.shape[0], dtype=np.int64)  # the window's step each row is at
+        self.last = np.zeros(W.shape[1], dtype=np.int64)  # the window's step each row is at
+        self.gram = np.zeros((W.shape[1], 3))  # each row's (w.w, w.v, v.v) at its last step
         self._start_window()
 
     def _start_window(self):
@@ -198,50 +203,63 @@ class _Momentum:
         self.Qinv[0] = np.eye(2)
         # Per last-touch step s: (sum w^2, sum w v, sum v^2) over the rows last touched there.
         self.groups = np.zeros((WINDOW + 1, 3))
-        self.groups[0] = [_dot(self.W, self.W), _dot(self.W, self.V), _dot(self.V, self.V)]
+        self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
+        self.groups[0] = self.gram.sum(axis=0)
         self.last[:] = 0
+
+    @staticmethod
+    def _grams(P, V):
+        """w.w, w.v and v.v of each row of P, V (rows, C)."""
+        return (np.einsum("ij,ij->i", P, P), np.einsum("ij,ij->i", P, V), np.einsum("ij,ij->i", V, V))
+
+    @staticmethod
+    def _apply(m, P, V):
+        """(w, v) of each row after the 2 x 2 maps m (rows, 2, 2)."""
+        return P * m[:, 0, :1] + V * m[:, 0, 1:], P * m[:, 1, :1] + V * m[:, 1, 1:]
 
     def current(self, cols):
         self.A = self.Q @ self.Qinv[:self.r + 1]  # (r + 1, 2, 2): rows last at step s -> step r
-        P, Vc, last = self.W[cols], self.V[cols], self.last[cols]
-        self._remove(P, Vc, last)
-        m = self.A[last].astype(P.dtype)
-        self.Pc = P * m[:, 0, :1] + Vc * m[:, 0, 1:]
-        self.Vc = P * m[:, 1, :1] + Vc * m[:, 1, 1:]
-        return self.Pc
-
-    def _remove(self, P, Vc, last):
-        for k, (a, b) in enumerate(((P, P), (P, Vc), (Vc, Vc))):
-            self.groups[:, k] -= np.bincount(last, weights=np.einsum("ij,ij->i", a, b), minlength=WINDOW + 1)
+        P, V, last = self.W.take(cols, axis=0), self.V.take(cols, axis=0), self.last.take(cols)
+        gram = self.gram.take(cols, axis=0)
+        for k in range(3):  # out of their groups (back in at update)
+            self.groups[:, k] -= np.bincount(last, weights=gram[:, k], minlength=WINDOW + 1)
+        self.P, self.Vc = self._apply(self.A.take(last, axis=0).astype(P.dtype), P, V)
+        return self.P
 
     def norm2(self):
         """||W_r||^2: each group's quadratic form, plus the rows of this batch (already at r)."""
         a, b = self.A[:, 0, 0], self.A[:, 0, 1]
         g = self.groups[:self.r + 1]
-        return float(np.sum(a * a * g[:, 0] + 2 * a * b * g[:, 1] + b * b * g[:, 2])) + _dot(self.Pc, self.Pc)
+        return float(np.sum(a * a * g[:, 0] + 2 * a * b * g[:, 1] + b * b * g[:, 2])) + _dot(self.P, self.P)
 
     def update(self, cols, D, lr):
         mu, c = self.mu, self.c
-        g = D + c * self.Pc
-        v = mu * self.Vc - lr * g
-        p = self.Pc + (mu * v - lr * g if self.nesterov else v)
-        self.W[cols], self.V[cols] = p, v
+        P, V = self.P, self.Vc
+        g = D + c * P
+        V *= mu
+        V -= lr * g  # the new velocity
+        P += mu * V - lr * g if self.nesterov else V
+        self.W[cols], self.V[cols] = P, V
         M = (np.array([[1 - lr * c * (1 + mu), mu * mu], [-lr * c, mu]]) if self.nesterov
              else np.array([[1 - lr * c, mu], [-lr * c, mu]]))
         self.Qinv[self.r + 1] = self.Qinv[self.r] @ np.linalg.inv(M)
         self.Q = M @ self.Q
         self.r += 1
         self.last[cols] = self.r
-        self.groups[self.r] += [_dot(p, p), _dot(p, v), _dot(v, v)]
+        gram = np.stack(self._grams(P, V), axis=1)
+        self.gram[cols] = gram
+        self.groups[self.r] += gram.sum(axis=0)
         if self.r == WINDOW:
-            self.finish()
+            self._catch_up()
+
+    def _catch_up(self):
+        """Every row brought to the current step; a new window begins."""
+        m = (self.Q @ self.Qinv[:self.r + 1]).take(self.last, axis=0).astype(self.W.dtype)
+        self.W[...], self.V[...] = self._apply(m, self.W, self.V)
+        self._start_window()
 
     def finish(self):
-        """Every row brought to the current step; a new window begins."""
-        m = (self.Q @ self.Qinv[:self.r + 1])[self.last].astype(self.W.dtype)
-        P = self.W.copy()
-        self.W *= m[:, 0, :1]
-        self.W += self.V * m[:, 0, 1:]
-        self.V *= m[:, 1, 1:]
-        self.V += P * m[:, 1, :1]
-        self._start_window()
+        self._catch_up()
+        W, V = self.out
+        W[...] = self.W.T
+        V[...] = self.V.T

@@ -189,7 +189,9 @@ class Trainer:
 
         Args:
             X: (n, d) training inputs (numpy or the backend's arrays; uint8 pixels when the model
-               normalises). y: (n,) integer labels in [0, C).
+               normalises; a scipy.sparse / cupyx.scipy.sparse matrix, kept sparse, batches taken
+               as row selections, and for a linear model trained by SGD on numpy steps that touch
+               only the batch's columns, ``gpugrad.sparse_sgd``). y: (n,) integer labels in [0, C).
             X_val, y_val: a validation set (else ``validation_fraction`` of X, or none).
             sample_weight: (n,) per-row weights w_i >= 0 of the cost.
             resume: a checkpoint path written by a trainer with the same settings: continue it.

@@ -1,0 +1,52 @@
+"""benchmarks/sparse_bench.py and sparse_data.py at a small size: every method of the comparison runs
+(the peers included; dask-ml's only where it is installed), and the data are what they claim."""
+import dask
+import numpy as np
+import pytest
+
+from conftest import EMULATOR  # noqa: F401  (the benchmarks' folder on the path, as for the other scripts)
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import sparse_bench
+    import sparse_data
+    return sparse_bench, sparse_data
+
+
+def test_text_data_look_like_tfidf_rows(bench):
+    _, sd = bench
+    X, y = sd.make_text(3000, 2000, 30, 5, seed=1)
+    assert X.format == "csr" and X.has_canonical_format and X.dtype == np.float64
+    assert np.allclose(np.sqrt(X.multiply(X).sum(axis=1)).A.ravel(), 1.0)  # unit rows
+    assert 20 < X.nnz / X.shape[0] < 40 and (X.data > 0).all()
+    df = np.bincount(X.indices, minlength=2000)
+    assert df[:10].mean() > 20 * df[1000:].mean()  # Zipf: the first words are everywhere, the tail rare
+    assert set(np.unique(y)) == set(range(5))
+    assert sd.stored_bytes(X) == X.data.nbytes + X.indices.nbytes + X.indptr.nbytes
+
+
+def test_every_method_runs_at_a_small_size(bench, capsys):
+    sb, sd = bench
+    X, y = sd.make_text(1500, 3000, 20, 4, seed=2)
+    data = sd.split(X, y, 300)
+    small = {"softmax": dict(max_iter=2, batch_size=100), "svm": dict(max_iter=2, batch_size=100)}
+    rows, summary = sb.in_memory(data, 1, ["lbfgs", "sag"], gg_kw=small)
+    methods = [r["method"] for r in rows]
+    assert methods == ["LogisticRegression(solver='lbfgs')", "LogisticRegression(solver='sag')"] + [
+        m for m in methods[2:]]
+    assert {"SoftmaxClassifier", "SVMClassifier", "SGDClassifier(loss='hinge')"} <= set(methods)
+    assert all(0 <= r["accuracy"] <= 1 and r["seconds"] > 0 for r in rows)
+    assert summary["SVMClassifier"]["peer"] == "SGDClassifier(loss='hinge')"
+    mem = sb.memory(data, gg_kw=small)
+    assert mem["SVMClassifier"]["peak_bytes"] > 0
+    with dask.config.set(scheduler="sync"):
+        out = sb.dask_comparison(data, 1, 400, gg_kw=dict(max_iter=1))
+    if out is not None:  # dask-ml installed
+        assert [r["method"] for r in out[0]][1] == "gpugrad.distributed.fit_linear"
+    orders = sb.product_orders(X, C=4, rows=(200, None), repeat=1)
+    assert set(orders) == {200, 1500} and len(orders[200]) == 7
+    sb.report(summary, mem, out[1] if out else None)
+    assert "ratio" in capsys.readouterr().out

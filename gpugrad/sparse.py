@@ -26,9 +26,6 @@ import numpy as np
 __all__ = ["is_sparse", "is_cupy_sparse", "as_csr", "with_dtype", "first_nonfinite", "check_finite",
            "column_scale", "to_backend", "refuse_sparse_labels"]
 
-FORMATS = ("csr", "csc", "coo", "bsr", "dia", "dok", "lil")
-
-
 def is_sparse(a) -> bool:
     """Whether ``a`` is a scipy.sparse matrix or array, or a cupyx.scipy.sparse matrix (told by its
     class's module: nothing is imported).
@@ -45,21 +42,6 @@ def is_cupy_sparse(a) -> bool:
     """Whether ``a`` is a cupyx.scipy.sparse matrix (the device's sparse matrices)."""
     module = type(a).__module__
     return module.startswith("cupyx") and "sparse" in module
-
-
-def _module_of(X):
-    """The sparse module X belongs to: scipy.sparse, or CuPy's (or a stand-in's) for device matrices."""
-    if is_cupy_sparse(X):
-        import importlib
-        return importlib.import_module(type(X).__module__.rsplit(".", 1)[0])
-    import scipy.sparse
-    return scipy.sparse
-
-
-def _csr_like(X, data, indices, indptr):
-    """A CSR matrix of X's kind (scipy matrix or array, or a device matrix) over these arrays, no copy."""
-    cls = type(X) if getattr(X, "format", None) == "csr" else _module_of(X).csr_matrix
-    return cls((data, indices, indptr), shape=X.shape, copy=False)
 
 
 def as_csr(X, dtype=None):
@@ -80,10 +62,11 @@ def as_csr(X, dtype=None):
 
 
 def with_dtype(X, dtype):
-    """CSR X with its stored values in dtype, sharing the index arrays (no copy when they already are)."""
+    """CSR X (scipy matrix or array, or a device matrix) with its stored values in dtype, a matrix of
+    X's own class sharing X's index arrays (X itself when the values already have the dtype)."""
     if dtype is None or X.dtype == np.dtype(dtype):
         return X
-    return _csr_like(X, X.data.astype(dtype), X.indices, X.indptr)
+    return type(X)((X.data.astype(dtype), X.indices, X.indptr), shape=X.shape, copy=False)
 
 
 def _host(a):

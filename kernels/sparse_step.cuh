@@ -85,7 +85,6 @@ __device__ __forceinline__ void gg_sparse_rows(
     const void* __restrict__ y, int y64, const T* __restrict__ Wt, const T* __restrict__ b,
     const T* __restrict__ sw, gg_i64 n, int C, int loss_kind, T* __restrict__ dWt, T* __restrict__ db_part,
     double* __restrict__ loss_part, unsigned* ticket, T* __restrict__ db, double* __restrict__ loss_sum) {
-    constexpr int P = 32 / CP;
     __shared__ T red[GG_SPARSE_WARPS][32];
     __shared__ double lred[GG_SPARSE_WARPS];
     __shared__ bool is_last;

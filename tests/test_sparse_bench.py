@@ -30,23 +30,22 @@ def test_text_data_look_like_tfidf_rows(bench):
 
 def test_every_method_runs_at_a_small_size(bench, capsys):
     sb, sd = bench
-    X, y = sd.make_text(1500, 3000, 20, 4, seed=2)
-    data = sd.split(X, y, 300)
-    small = {"softmax": dict(max_iter=2, batch_size=100), "svm": dict(max_iter=2, batch_size=100)}
+    X, y = sd.make_text(600, 1500, 15, 3, seed=2)
+    data = sd.split(X, y, 150)
+    small = {"softmax": dict(max_iter=1, batch_size=100), "svm": dict(max_iter=1, batch_size=100)}
     rows, summary = sb.in_memory(data, 1, ["lbfgs", "sag"], gg_kw=small)
     methods = [r["method"] for r in rows]
-    assert methods == ["LogisticRegression(solver='lbfgs')", "LogisticRegression(solver='sag')"] + [
-        m for m in methods[2:]]
+    assert methods[:2] == ["LogisticRegression(solver='lbfgs')", "LogisticRegression(solver='sag')"]
     assert {"SoftmaxClassifier", "SVMClassifier", "SGDClassifier(loss='hinge')"} <= set(methods)
     assert all(0 <= r["accuracy"] <= 1 and r["seconds"] > 0 for r in rows)
     assert summary["SVMClassifier"]["peer"] == "SGDClassifier(loss='hinge')"
     mem = sb.memory(data, gg_kw=small)
     assert mem["SVMClassifier"]["peak_bytes"] > 0
     with dask.config.set(scheduler="sync"):
-        out = sb.dask_comparison(data, 1, 400, gg_kw=dict(max_iter=1))
+        out = sb.dask_comparison(data, 1, 200, gg_kw=dict(max_iter=1))
     if out is not None:  # dask-ml installed
         assert [r["method"] for r in out[0]][1] == "gpugrad.distributed.fit_linear"
     orders = sb.product_orders(X, C=4, rows=(200, None), repeat=1)
-    assert set(orders) == {200, 1500} and len(orders[200]) == 7
+    assert set(orders) == {200, 600} and len(orders[200]) == 7
     sb.report(summary, mem, out[1] if out else None)
     assert "ratio" in capsys.readouterr().out

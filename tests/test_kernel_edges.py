@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g+
 pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
-from kernel_checks import check_linear_step, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL  # noqa: E402
+from kernel_checks import check_linear_step, host, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -147,7 +147,7 @@ def test_confident_rows_keep_the_target_gradient(be, name, C, variant, dtype, mo
     ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS, np.float64)
+    dS = host(dS).astype(np.float64)
     target, ref_target = dS[np.arange(n), y], ref_dS[np.arange(n), y]
     assert (ref_target < 0).all()
     assert np.all(np.abs(target - ref_target) <= TOL[dtype] * np.abs(ref_target)), (target, ref_target)
@@ -174,7 +174,7 @@ def test_hinge_margin_of_exactly_zero_has_subgradient_zero(be, name, C, variant,
     ref_loss, ref_dS = NP.svm_grad(S, y)
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS)
+    dS = host(dS)
     assert (dS[kink] == 0).all()
     assert rel(dS, ref_dS) <= TOL[dtype]
     assert abs(float(loss) - ref_loss) <= TOL[dtype] * ref_loss
@@ -196,7 +196,7 @@ def test_bad_labels_make_the_loss_nan_without_a_stray_read(be, name, C, variant,
     ref_loss, ref_dS = (NP.softmax_cross_entropy_grad if name.startswith("gg_ce") else NP.svm_grad)(S[good], y[good])
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS)
+    dS = host(dS)
     assert np.isnan(float(loss))
     assert rel(dS[good], ref_dS * len(good) / n) <= TOL[dtype]  # the reference's mean is over 2 rows
     bad_rows = dS[[1, 2, n - 1]]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation
-from .backends import backend_for, is_array, move_to
+from .backends import backend_for, is_array, is_cupy_array, move_to
 from .graph import Tensor, defvjp, is_grad_enabled, record
 
 __all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",
@@ -63,9 +63,23 @@ def _as_tensor(x, like: Tensor | None = None) -> Tensor:
 
 
 def _operands(a, b):
-    """Both operands of a binary op as Tensors (non-Tensors become constants)."""
+    """Both operands of a binary op as Tensors on one backend (non-Tensors become constants).
+
+    A constant leaf tensor of the other backend (``tensor(np.float32(2))`` next to a CuPy tensor)
+    joins the other operand's backend; two tensors in graphs on different backends are refused,
+    as CuPy refuses to mix host and device arrays.
+    """
     like = a if isinstance(a, Tensor) else b
-    return _as_tensor(a, like), _as_tensor(b, like)
+    a, b = _as_tensor(a, like), _as_tensor(b, like)
+    if is_cupy_array(a.value) == is_cupy_array(b.value):
+        return a, b
+    for const, other in ((a, b), (b, a)):
+        if not const.requires_grad and not const._children:
+            moved = _as_tensor(const.value, other)
+            return (moved, b) if const is a else (a, moved)
+    kinds = ["cupy" if is_cupy_array(t.value) else "numpy" for t in (a, b)]
+    raise TypeError(f"operands on two backends ({kinds[0]} and {kinds[1]}), both in graphs that require "
+                    "grad: build them on one backend (gg.tensor of arrays of one kind)")
 
 
 def unbroadcast(g, shape):

@@ -191,6 +191,18 @@ def test_numpy_scalars_and_arrays_as_operands_of_cupy_tensors(cuda, rng):
     assert np.allclose(got_t.grad.get(), ref_t.grad, rtol=1e-6)
 
 
+def test_constant_tensors_join_the_other_operands_backend(cuda):
+    """tensor(np.float32(2)) is a numpy constant; next to a CuPy tensor it joins the device (CuPy
+    refuses a numpy 0-d array as an operand); two tensors that require grad on two backends are
+    refused by name."""
+    t = gg.tensor(cp.asarray(np.ones(3, np.float32)), requires_grad=True)
+    J = (t * gg.tensor(np.float32(2)) + gg.tensor(1.0)).sum()
+    J.backward()
+    assert type(J.value) is E.EmuArray and J.dtype == np.float64 and t.grad.get().tolist() == [2.0] * 3
+    with pytest.raises(TypeError, match=r"operands on two backends \(cupy and numpy\)"):
+        t * gg.tensor(np.ones(3, np.float32), requires_grad=True)
+
+
 def test_cupy_operands_and_indices_of_numpy_tensors(cuda, rng):
     """A CuPy operand or index of a numpy tensor joins the tensor's backend (a copy to the host),
     instead of numpy converting it implicitly (which CuPy refuses)."""

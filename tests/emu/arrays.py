@@ -484,6 +484,7 @@ class EmuArray(NDArrayOperatorsMixin):
         r = self._a[np_key]
         if not advanced:
             return _wrap(r, self._device, self._owner)
+        _on_current_device(self, "indexing")
         if mask:  # the result's length comes from a scan whose last value the host reads
             _launch("cumsum", sum(s._a.nbytes for s in sources), 0)
             _sync("boolean mask")
@@ -492,6 +493,7 @@ class EmuArray(NDArrayOperatorsMixin):
     def __setitem__(self, key, value):
         np_key, sources, advanced, mask = _index(key, "assignment")
         where = "cupy.ndarray.__setitem__"
+        _on_current_device(self, where)
         if type(value) is EmuArray:
             _on_current_device(value, where)
             v, read, name = value._a, value._a.nbytes, "scatter" if advanced else "copy"

@@ -9,8 +9,6 @@ sets ``xp = cupy`` and overrides only what a fused CUDA kernel makes faster.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .arrays import is_array, is_cupy_array, move_to, to_host
 from .numpy_backend import NumpyBackend
 

@@ -31,7 +31,7 @@ import zipfile
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import get_backend, to_host
 from .graph import no_grad, tensor
 from . import _validation
 
@@ -78,7 +78,7 @@ class _Model:
         for name, v in (("x_mean", x_mean), ("x_std", x_std)):
             if v is None:
                 raise ValueError("x_mean and x_std must be given together")
-            v = np.asarray(self.backend.to_numpy(v), dtype=np.float64)
+            v = to_host(v).astype(np.float64)  # numpy or CuPy, whatever the model's backend
             if v.shape != (d,):
                 raise ValueError(f"{name} must have shape ({d},), got {v.shape}")
             if not np.isfinite(v).all():
@@ -148,7 +148,7 @@ class _Model:
                              + ("; " if missing and extra else "")
                              + (f"unexpected {extra}" if extra else ""))
         for name, target in expected.items():
-            a = np.asarray(state[name])
+            a = to_host(state[name])  # numpy or CuPy, whatever the model's backend
             if a.shape != tuple(target.shape):
                 raise ValueError(f"{source}: {name} has shape {a.shape}, but this {self.describe()} "
                                  f"needs {tuple(target.shape)}")

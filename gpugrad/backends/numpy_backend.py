@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import move_to, to_host
+
 
 class NumpyBackend:
     """Reference backend. Methods take and return arrays of ``self.xp``; no input checks here
@@ -20,11 +22,13 @@ class NumpyBackend:
 
     # ---- arrays -------------------------------------------------------------------------
     def asarray(self, a, dtype=None):
-        """``a`` as an array of this backend (no copy when it already is one)."""
-        return self.xp.asarray(a, dtype=dtype)
+        """``a`` as an array of this backend (no copy when it already is one; a CuPy array comes
+        to the host with an explicit copy, numpy data goes to the device with one)."""
+        return move_to(self.xp, a, dtype)
 
     def to_numpy(self, a):
-        return np.asarray(a)
+        """``a`` as a numpy array (a CuPy array copied to the host)."""
+        return to_host(a)
 
     # ---- value checks (one call per public function; see gpugrad._validation) ----------------
     def first_invalid(self, y, C, arrays):

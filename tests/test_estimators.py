@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 import pytest
+
+import deps
 from sklearn.datasets import load_digits, load_iris, make_blobs
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -386,7 +388,7 @@ def test_standardize_keeps_uint8_pixels_on_the_device(backend):
 # ---- Dask --------------------------------------------------------------------------------------
 
 def test_dask_arrays_train_through_gpugrad_distributed():
-    da = pytest.importorskip("dask.array")
+    da = deps.require("dask.array")
     X, y = blobs(n=80)
     y = np.array(["p", "q", "r"])[y]
     Xd, yd = da.from_array(X, chunks=20), da.from_array(y, chunks=20)
@@ -406,7 +408,7 @@ def test_dask_arrays_train_through_gpugrad_distributed():
 
 
 def test_dask_class_and_sample_weights_match_the_in_memory_fit():
-    da = pytest.importorskip("dask.array")
+    da = deps.require("dask.array")
     X, y = blobs(n=60)
     sw = np.random.default_rng(0).uniform(0.5, 2, 60)
     kw = dict(random_state=0, backend="numpy", tol=1e-8, max_iter=500, class_weight={0: 2.0, 1: 1.0, 2: 0.5})
@@ -418,7 +420,7 @@ def test_dask_class_and_sample_weights_match_the_in_memory_fit():
 
 
 def test_mlp_refuses_dask_arrays_by_name():
-    da = pytest.importorskip("dask.array")
+    da = deps.require("dask.array")
     X, y = blobs(n=20)
     with pytest.raises(TypeError, match="MLPClassifier does not take Dask arrays"):
         MLPClassifier(backend="numpy").fit(da.from_array(X, chunks=10), da.from_array(y, chunks=10))

@@ -4,6 +4,8 @@ import inspect
 import numpy as np
 import pytest
 
+import deps
+
 import gpugrad as gg
 from gpugrad.backends.numpy_backend import NumpyBackend
 
@@ -207,7 +209,7 @@ def test_int32_and_int64_labels_agree(backend, rng):
 # ---- one interface ----------------------------------------------------------------------------
 def test_cupy_backend_overrides_keep_the_reference_signatures():
     """The CuPy backend is a list of overrides: each keeps the numpy backend's signature."""
-    pytest.importorskip("cupy", reason="CuPy is not installed")
+    deps.require("cupy", "CuPy is needed")
     from gpugrad.backends import cupy_backend  # imports without a GPU
     for name, member in vars(cupy_backend.CupyBackend).items():
         base = getattr(NumpyBackend, name, None)

@@ -16,17 +16,14 @@ The last test plants a race that only the emulator's "runahead" schedule exposes
 reduction without its leading barrier, whose scratch a fast warp overwrites before a slow one has
 read it.
 """
-import platform
-import shutil
 
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
 from kernel_checks import check_linear_step, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL  # noqa: E402

@@ -61,10 +61,21 @@ BACKENDS = ["numpy"] + (["cupy"] if gg.cupy_available() else []) + (["emu"] if E
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """A backend object; ``backend.xp`` is its array module."""
-    if request.param == "emu":
+    return _backend(request.param, monkeypatch)
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b != "numpy"])
+def cuda_backend(request, monkeypatch):
+    """Each CUDA backend (a GPU's, the emulated one), for tests that compare one with the numpy
+    backend: on numpy itself such a test would compare numpy with numpy and prove nothing."""
+    return _backend(request.param, monkeypatch)
+
+
+def _backend(name, monkeypatch):
+    if name == "emu":
         from emu import emulator
         return emulator.as_cuda_backend(monkeypatch)
-    return gg.get_backend(request.param)
+    return gg.get_backend(name)
 
 
 def _plain_emulator():

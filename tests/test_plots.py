@@ -104,31 +104,59 @@ def shown_images(monkeypatch):
     return shown, bars
 
 
+def tiles_of(mosaic, C, H, W, cols=10):
+    """The C tiles of a mosaic as plots lays them out (its corners), and the mosaic without them."""
+    _, corners = plots._mosaic(np.zeros((C, H, W)), cols)
+    rest = np.array(mosaic, dtype=np.float64, copy=True)
+    tiles = []
+    for top, left in corners:
+        tiles.append(np.array(mosaic[top:top + H, left:left + W]))
+        rest[top:top + H, left:left + W] = np.nan
+    return tiles, rest
+
+
 def test_grey_templates_share_one_symmetric_diverging_scale_with_a_colour_bar(tmp_path, monkeypatch):
     """Digits-like weights: each tile is the row itself (not rescaled) on RdBu_r from -m to m,
     m = max |W| over every class, so a positive weight and a negative one, and a strong class and
-    a weak one, look different; one colour bar gives the scale."""
+    a weak one, look different; one colour bar gives the scale; between the tiles, nothing."""
     shown, bars = shown_images(monkeypatch)
     W = np.stack([np.linspace(-1, 1, 64), 0.1 * np.linspace(-1, 1, 64), -3 * np.ones(64)])
     plots.plot_templates(W, (8, 8), tmp_path / "t.png", ["a", "b", "c"])
-    assert len(shown) == 3 and len(bars) == 1
-    for c, (img, kw) in enumerate(shown):
-        np.testing.assert_array_equal(img, W[c].reshape(8, 8))
-        assert (kw["cmap"], kw["vmin"], kw["vmax"]) == ("RdBu_r", -3.0, 3.0)
+    [(mosaic, kw)] = shown
+    assert len(bars) == 1 and kw["cmap"].name == "RdBu_r" and (kw["vmin"], kw["vmax"]) == (-3.0, 3.0)
+    tiles, rest = tiles_of(mosaic, 3, 8, 8)
+    for c, tile in enumerate(tiles):
+        np.testing.assert_array_equal(tile, W[c].reshape(8, 8))
+    assert np.isnan(rest).all()  # gaps and title room: drawn white ("bad" in the colour map)
     shown.clear()
     plots.plot_templates(np.zeros((2, 64)), (8, 8), tmp_path / "z.png")  # all zero: white, no 0/0
-    assert [(kw["vmin"], kw["vmax"]) for _, kw in shown] == [(-1.0, 1.0)] * 2
+    assert (shown[0][1]["vmin"], shown[0][1]["vmax"]) == (-1.0, 1.0)
 
 
 def test_rgb_templates_scale_each_class_on_its_own(tmp_path, monkeypatch):
     shown, bars = shown_images(monkeypatch)
     W = np.stack([np.arange(3072.0), -1000 * np.arange(3072.0), np.full(3072, 7.0)])
     plots.plot_templates(W, (32, 32, 3), tmp_path / "t.png", ["up", "down", "flat"])
+    [(mosaic, kw)] = shown
     images = data.as_images(W, (32, 32, 3))
-    np.testing.assert_allclose(shown[0][0], images[0] / 3071)
-    np.testing.assert_allclose(shown[1][0], 1 - images[0] / 3071)
-    np.testing.assert_array_equal(shown[2][0], np.full((32, 32, 3), 0.5))
-    assert not bars  # each template on its own scale: no common bar to read
+    _, corners = plots._mosaic(np.zeros((3, 32, 32)), 10)
+    rgba = [mosaic[t:t + 32, l:l + 32] for t, l in corners]
+    np.testing.assert_allclose(rgba[0][..., :3], images[0] / 3071)
+    np.testing.assert_allclose(rgba[1][..., :3], 1 - images[0] / 3071)
+    np.testing.assert_array_equal(rgba[2][..., :3], np.full((32, 32, 3), 0.5))
+    assert all((tile[..., 3] == 1).all() for tile in rgba)  # opaque tiles, transparent between
+    assert mosaic[..., 3].sum() == 3 * 32 * 32
+    assert not bars and "cmap" not in kw  # each template on its own scale: no common bar to read
+
+
+def test_mosaic_places_every_tile_apart_in_rows_of_cols():
+    tiles = np.arange(12 * 2 * 3, dtype=np.float64).reshape(12, 2, 3)
+    image, corners = plots._mosaic(tiles, 5)
+    assert len(corners) == 12 and len({top for top, _ in corners}) == 3  # 5 + 5 + 2
+    assert np.count_nonzero(~np.isnan(image)) == tiles.size  # no tile overlaps another
+    for (top, left), tile in zip(corners, tiles):
+        np.testing.assert_array_equal(image[top:top + 2, left:left + 3], tile)
+        assert top >= 2  # room above each row for its titles
 
 
 def test_history_shades_the_epochs_whose_cost_ran_away(tmp_path, monkeypatch):

@@ -51,6 +51,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -488,11 +489,56 @@ OUTPUT_FILES = (RUN_FILE, CHECKPOINT_FILE, MODEL_FILE, "history.csv", "history.j
 
 def _unstarted(path: Path) -> bool:
     """A folder left by a run that stopped before its first epoch ended: run.json and no
-    checkpoint, nothing but gpugrad's files. A new run may take it over (--resume starts it
-    again): there is no trained state in it to lose."""
+    checkpoint, nothing but gpugrad's files, and no run training there now (a first epoch can
+    take minutes). A new run may take it over (--resume starts it again): there is no trained
+    state in it to lose."""
     if not (path / RUN_FILE).is_file() or (path / CHECKPOINT_FILE).exists():
         return False
-    return all(p.name in OUTPUT_FILES or p.name.startswith(".tmp-") for p in path.iterdir())
+    if not all(p.name in OUTPUT_FILES or p.name.startswith(".tmp-") for p in path.iterdir()):
+        return False
+    return not _in_use(path)
+
+
+def _hold(folder: Path):
+    """An exclusive lock on the run's folder for as long as the returned handle lives (the
+    training process holds it), so another gpugrad train neither takes the folder over nor
+    resumes it meanwhile. None where the system has no flock (the check is then skipped)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return _Held(fd)
+
+
+class _Held:
+    """A held flock on a folder: released when closed or collected."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+    __del__ = close
+
+
+def _in_use(folder: Path) -> bool:
+    """Whether a gpugrad train process holds the folder's lock (``_hold``) now."""
+    try:
+        held = _hold(folder)
+    except OSError:
+        return True
+    if held is not None:
+        held.close()
+    return False
 
 
 def _output_folder(parser, out, data_name, model, overwrite=False) -> Path:
@@ -503,6 +549,8 @@ def _output_folder(parser, out, data_name, model, overwrite=False) -> Path:
         path = Path(out).expanduser()
         if path.exists() and not path.is_dir():
             parser.error(f"--out {out}: is a file, not a folder")
+        if path.is_dir() and _in_use(path):
+            parser.error(f"--out {out}: a gpugrad train process is training in this folder now")
         if path.is_dir() and any(path.iterdir()) and not overwrite and not _unstarted(path):
             if (path / RUN_FILE).exists():
                 hint = (f"it holds a run: continue it with --resume {out}, or replace it with "
@@ -528,6 +576,8 @@ def _resume_settings(parser, args):
         parser.error(f"--resume {args.resume}: no such folder")
     if not (folder / RUN_FILE).is_file():
         parser.error(f"--resume {args.resume}: no {RUN_FILE} there (not a gpugrad train output folder)")
+    if _in_use(folder):
+        parser.error(f"--resume {args.resume}: a gpugrad train process is training in this folder now")
     for option, why in (("out", "the run continues in its own folder"),
                         ("preset", "the run keeps its own settings"),
                         ("overwrite", "the run continues; to replace it, start a new one with --out "
@@ -655,54 +705,65 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     optimizer = _make_optimizer(opts, n_fit)
     checkpoint = folder / CHECKPOINT_FILE
     resume = checkpoint if run is not None and checkpoint.exists() else None
-    if run is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in OUTPUT_FILES:  # an earlier run's files (--overwrite, or one that never trained)
-            (folder / name).unlink(missing_ok=True)
-        run = {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
-               "settings": opts, "model": model.config(), "data_sha256": fingerprint,
-               "dataset": {"name": ds.name, "n_train": n_fit, "n_val": n_val, "n_test": n_test,
-                           "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
-                           "image_shape": None if ds.image_shape is None else list(ds.image_shape),
-                           "class_names": ds.class_names}}
-    else:
-        run["settings"] = opts
-        run.pop("result", None)
-        run.setdefault("resumed", []).append("gpugrad " + " ".join(args.argv))
-    _write_json(folder / RUN_FILE, run)
-
-    if not args.quiet:
-        val = f"{n_val} validation" if n_val else "no validation"
-        what = (f"mlp {opts['hidden']}{' batchnorm' if opts['batchnorm'] else ''}"
-                if opts["model"] == "mlp" else f"linear {opts['model']}")
-        # --epochs is the run's total: a resumed run goes on up to that epoch.
-        epochs = opts["epochs"]
-        until = (f"up to epoch {epochs}" if resume else
-                 f"for {epochs} epoch{'' if epochs == 1 else 's'}")
-        verb = ("resuming" if resume else "starting again (no epoch had ended)" if args.resume
-                else "training")
-        print(f"gpugrad train: {verb} {what} on {ds.name} ({n_fit} train, {val}, {n_test} test; "
-              f"{ds.X_train.shape[1]} features) "
-              f"{until} | {_describe_optimizer(opts)} | backend {backend.name} "
-              f"| out {folder}", file=sys.stderr)
-
-    trainer = trainer_mod.Trainer(
-        model, optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"], lam=opts["lam"],
-        seed=opts["seed"], validation_fraction=0.0 if val_given else opts["validation_fraction"],
-        progress=False if args.quiet else None, checkpoint=checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        with _warnings_as_lines():
-            history = trainer.fit(ds.X_train, ds.y_train,
-                                  ds.X_val if val_given else None, ds.y_val if val_given else None,
-                                  resume=resume)
-    except KeyboardInterrupt:
-        return _stopped(model, ds, folder, run, trainer, backend, opts, status=130,
-                        why="interrupted", message=None)
-    except FloatingPointError as e:
-        return _stopped(model, ds, folder, run, trainer, backend, opts, status=1, why="diverged",
-                        message=str(e))
-    _outputs(model, history, ds, folder, run, trainer, backend)
-    return 0
+        lock = _hold(folder)  # held while this run trains and writes: the folder is this run's
+    except OSError:
+        parser.error(f"{folder}: a gpugrad train process started training in this folder meanwhile")
+    try:
+        if run is None:
+            for name in OUTPUT_FILES:  # an earlier run's files (--overwrite, or one that never trained)
+                (folder / name).unlink(missing_ok=True)
+            run = {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
+                   "settings": opts, "model": model.config(), "data_sha256": fingerprint,
+                   "dataset": {"name": ds.name, "n_train": n_fit, "n_val": n_val, "n_test": n_test,
+                               "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
+                               "image_shape": None if ds.image_shape is None else list(ds.image_shape),
+                               "class_names": ds.class_names}}
+        else:
+            run["settings"] = opts
+            run.pop("result", None)
+            run.setdefault("resumed", []).append("gpugrad " + " ".join(args.argv))
+        _write_json(folder / RUN_FILE, run)
+        if not args.quiet:
+            verb = ("resuming" if resume else "starting again (no epoch had ended)" if args.resume
+                    else "training")
+            print(_header(verb, opts, ds, (n_fit, n_val, n_test), backend, folder), file=sys.stderr)
+
+        trainer = trainer_mod.Trainer(
+            model, optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"], lam=opts["lam"],
+            seed=opts["seed"], validation_fraction=0.0 if val_given else opts["validation_fraction"],
+            progress=False if args.quiet else None, checkpoint=checkpoint)
+        try:
+            with _warnings_as_lines():
+                history = trainer.fit(ds.X_train, ds.y_train,
+                                      ds.X_val if val_given else None, ds.y_val if val_given else None,
+                                      resume=resume)
+        except KeyboardInterrupt:
+            return _stopped(model, ds, folder, run, trainer, backend, opts, status=130,
+                            why="interrupted", message=None)
+        except FloatingPointError as e:
+            return _stopped(model, ds, folder, run, trainer, backend, opts, status=1, why="diverged",
+                            message=str(e))
+        _outputs(model, history, ds, folder, run, trainer, backend)
+        return 0
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _header(verb, opts, ds, counts, backend, folder) -> str:
+    """The line a run starts with: what trains on what, for how long, how, where."""
+    n_fit, n_val, n_test = counts
+    val = f"{n_val} validation" if n_val else "no validation"
+    what = (f"mlp {opts['hidden']}{' batchnorm' if opts['batchnorm'] else ''}"
+            if opts["model"] == "mlp" else f"linear {opts['model']}")
+    # --epochs is the run's total: a resumed run goes on up to that epoch.
+    epochs = opts["epochs"]
+    until = f"up to epoch {epochs}" if verb == "resuming" else f"for {epochs} epoch{'' if epochs == 1 else 's'}"
+    return (f"gpugrad train: {verb} {what} on {ds.name} ({n_fit} train, {val}, {n_test} test; "
+            f"{ds.X_train.shape[1]} features) {until} | {_describe_optimizer(opts)} | "
+            f"backend {backend.name} | out {folder}")
 
 
 def _label(name: str):

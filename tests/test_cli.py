@@ -549,6 +549,28 @@ def test_a_run_stopped_in_its_first_epoch_can_be_started_again_in_its_folder(tmp
     assert json.loads((bad / "run.json").read_text())["settings"]["lr"] == 0.1
 
 
+def test_a_folder_a_run_is_training_in_is_neither_taken_over_nor_resumed(tmp_path, capsys, monkeypatch,
+                                                                          quick_plots):
+    """A first epoch can take minutes: while its run holds the folder's lock, another run does not
+    take the folder (run.json, no checkpoint yet) over, and --resume refuses it."""
+    monkeypatch.chdir(tmp_path)
+    busy = tmp_path / "runs" / "digits-softmax"
+    busy.mkdir(parents=True)
+    (busy / "run.json").write_text("{}")
+    held = cli._hold(busy)  # as the training process holds it
+    try:
+        for argv in (("--out", busy), ("--resume", busy)):
+            assert run_cli(*argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.endswith(f"{busy}: a gpugrad train process is training in this folder now"), err
+        assert train("--epochs", 1) == 0  # the default folder name passes it by
+        assert summary(capsys.readouterr().out)[2] == os.path.join("runs", "digits-softmax-2")
+    finally:
+        held.close()
+    assert train("--epochs", 1) == 0  # released: the folder is taken over
+    assert summary(capsys.readouterr().out)[2] == os.path.join("runs", "digits-softmax")
+
+
 def test_a_run_that_diverges_later_keeps_the_outputs_of_the_epochs_before(tmp_path, capsys, monkeypatch,
                                                                           quick_plots):
     out = tmp_path / "run"

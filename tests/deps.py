@@ -21,7 +21,7 @@ import shutil
 
 import pytest
 
-IN_CI = bool(os.environ.get("CI"))
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def missing(reason: str):

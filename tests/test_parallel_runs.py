@@ -91,7 +91,8 @@ def test_parallel_workers_draw_from_the_seed_the_header_reports(tmp_path):
     """A run with two workers and a serial rerun with GPUGRAD_TEST_SEED set to the seed in the first
     run's header give every test the same random inputs."""
     deps.require("xdist")
-    shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")
+    for name in ("conftest.py", "deps.py"):  # the suite's conftest and the module it imports
+        shutil.copy(HERE / name, tmp_path / name)
     (tmp_path / "test_draws.py").write_text(textwrap.dedent(f"""\
         import pytest
 

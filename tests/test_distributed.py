@@ -208,6 +208,63 @@ def test_local_sgd_is_reproducible_and_reaches_the_optimum(client, problem, solv
     assert acc(a["model"].params) > acc(ref) - 0.01
 
 
+# ---- the estimators' default on a Dask array --------------------------------------------------------
+
+def mixture(n, d=8, C=3, seed=0):
+    """A Gaussian mixture (class c's rows N(mu_c, I), mu_c ~ N(0, 1.5^2 I): about 99% separable),
+    float32: the benchmark's kind of problem at a small size."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n)
+    return (1.5 * rng.standard_normal((C, d))[y] + rng.standard_normal((n, d))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_the_default_solver_on_large_chunks_takes_a_few_epochs_and_agrees_with_memory(client,
+                                                                                     standardize):
+    from gpugrad import SoftmaxClassifier
+    X, y = mixture(10000)
+    X, y, Xt, yt = X[:8000], y[:8000], X[8000:], y[8000:]
+    # chunks of 2000 rows, 10-row batches: 200 steps an epoch, so "auto" takes 2 epochs of local SGD
+    kw = dict(random_state=0, batch_size=10, standardize=standardize)
+    on_dask = SoftmaxClassifier(**kw).fit(da.from_array(X, chunks=(2000, 8)), da.from_array(y, chunks=2000))
+    assert on_dask.solver == "auto" and on_dask.n_iter_ == 2 and len(on_dask.loss_curve_) == 2
+    assert on_dask.model_.normalised == standardize and on_dask.model_.dtype == np.float32
+    in_memory = SoftmaxClassifier(**kw, backend="numpy").fit(X, y)   # "auto" in memory: L-BFGS
+    assert in_memory.n_iter_ > 2
+    pred = on_dask.predict(da.from_array(Xt, chunks=1000)).compute()
+    assert np.mean(pred == in_memory.predict(Xt)) >= 0.99
+    assert np.mean(pred == yt) >= np.mean(in_memory.predict(Xt) == yt) - 0.01
+
+
+def test_the_default_solver_on_small_chunks_is_lbfgs_and_equals_the_in_memory_fit(client):
+    from gpugrad import SoftmaxClassifier
+    X, y = mixture(3000)
+    X = X.astype(np.float64)   # float64: the two fits' sums differ by round-off only
+    kw = dict(random_state=0, tol=1e-6)   # chunks of 500 rows: 3 steps an epoch
+    on_dask = SoftmaxClassifier(**kw).fit(da.from_array(X, chunks=(500, 8)), da.from_array(y, chunks=500))
+    in_memory = SoftmaxClassifier(**kw, backend="numpy").fit(X, y)
+    assert not on_dask.model_.normalised and on_dask.n_iter_ == in_memory.n_iter_
+    np.testing.assert_allclose(on_dask.coef_, in_memory.coef_, rtol=1e-6)
+
+
+def test_the_dask_benchmark_runs_at_a_small_size(client, monkeypatch, capsys):
+    """benchmarks/dask_bench.py --default, both peers where dask-ml is installed (the gpugrad side
+    alone, with a message, where it is not)."""
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import dask_bench
+    out = dask_bench.default_vs_incremental(client, rounds=1, rows=4000, test_rows=1000,
+                                            features=8, classes=3, chunk=2000)
+    gg_row = out["methods"]["gpugrad SoftmaxClassifier() default"]
+    assert gg_row["agreement_with_in_memory"] >= 0.99 and gg_row["accuracy"] > 0.5
+    printed = capsys.readouterr().out
+    if dask_bench.have_dask_ml():
+        assert out["ratio"]["gpugrad SoftmaxClassifier() default"]["median"] > 0
+        assert len(out["methods"]) == 2
+    else:
+        assert "dask-ml is not installed" in printed and "ratio" not in out
+
+
 # ---- inference -----------------------------------------------------------------------------------------
 
 def test_predictions_are_lazy_dask_arrays_equal_to_the_model_in_memory(client, problem):

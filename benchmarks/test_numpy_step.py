@@ -58,14 +58,16 @@ def test_numpy_step(benchmark, data, impl):
     else:
         if torch is None:
             pytest.skip("PyTorch is not installed")
-        tX, ty, tW0, tb0 = (torch.from_numpy(a) for a in (X, y, W, b))
+        benchmark(torch_eager, X, y, W, b, LAM)
 
-        def step():
-            tW, tb = tW0.clone().requires_grad_(True), tb0.clone().requires_grad_(True)
-            J = F.cross_entropy(tX @ tW.T + tb, ty) + LAM * (tW * tW).sum()
-            J.backward()
-            return J, tW.grad, tb.grad
-        benchmark(step)
+
+def torch_eager(X, y, W, b, lam):
+    """The step in PyTorch's CPU eager mode (autograd): (J, dW, db) as torch tensors."""
+    tX, ty, tW0, tb0 = (torch.from_numpy(a) for a in (X, y, W, b))
+    tW, tb = tW0.clone().requires_grad_(True), tb0.clone().requires_grad_(True)
+    J = F.cross_entropy(tX @ tW.T + tb, ty) + lam * (tW * tW).sum()
+    J.backward()
+    return J, tW.grad, tb.grad
 
 
 def test_the_three_steps_agree(data):
@@ -75,49 +77,55 @@ def test_the_three_steps_agree(data):
     want = numpy_by_hand(X, y, W, b, LAM)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
+    if torch is not None:
+        for g, w in zip(got, torch_eager(X, y, W, b, LAM)):
+            np.testing.assert_allclose(g, w.detach().numpy(), rtol=1e-4, atol=1e-7)
 
 
-def _side_by_side(rounds, one_core):
-    """Median time and median ratio to the hand-written step, the steps taking turns each round."""
-    X, y, W, b = _fresh_data()
+def side_by_side(rounds, one_core, n=N, d=D):
+    """{step: (median seconds, median ratio to the step by hand)}, the steps taking turns each
+    round (after one untimed call each); printed as a table."""
+    X, y, W, b = _fresh_data(n, d)
     steps = {"numpy by hand": lambda: numpy_by_hand(X, y, W, b, LAM),
              "gpugrad linear_grad": lambda: gg.linear_grad(X, y, W, b, LAM)}
     if torch is not None:
-        tX, ty, tW0, tb0 = (torch.from_numpy(a) for a in (X, y, W, b))
-
-        def torch_step():
-            tW, tb = tW0.clone().requires_grad_(True), tb0.clone().requires_grad_(True)
-            J = F.cross_entropy(tX @ tW.T + tb, ty) + LAM * (tW * tW).sum()
-            J.backward()
-        steps["torch cpu eager"] = torch_step
+        steps["torch cpu eager"] = lambda: torch_eager(X, y, W, b, LAM)
     clock = time.thread_time if one_core else time.perf_counter
     if one_core:  # one BLAS thread: all the work in this thread
         from threadpoolctl import threadpool_limits
         limits = threadpool_limits(1)
         if torch is not None:
+            torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
     for step in steps.values():  # warm-up
         step()
     times = {k: [] for k in steps}
-    for _ in range(rounds):
-        for k, step in steps.items():
+    order = list(steps)
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else order[::-1]:   # which step goes first alternates
             t = clock()
-            step()
+            steps[k]()
             times[k].append(clock() - t)
     if one_core:
         limits.unregister()
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
     hand = np.array(times["numpy by hand"])
-    print(f"{'one core, CPU time' if one_core else 'wall time'}, {rounds} rounds")
+    print(f"{'one core, CPU time' if one_core else 'wall time'}, {rounds} rounds, n={n} d={d} C={C}")
+    out = {}
     for k, v in times.items():
         v = np.array(v)
+        out[k] = (float(np.median(v)), float(np.median(v / hand)))
         print(f"  {k:22s} median {np.median(v) * 1e3:7.1f} ms  min {v.min() * 1e3:7.1f} ms  "
-              f"median ratio to by hand {np.median(v / hand):.2f}")
+              f"median ratio to by hand {np.median(v / hand):.2f} "
+              f"(quartiles {np.percentile(v / hand, 25):.2f}-{np.percentile(v / hand, 75):.2f})")
+    return out
 
 
-def _fresh_data():
+def _fresh_data(n=N, d=D):
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((N, D), dtype=np.float32), rng.integers(0, C, N),
-            (rng.standard_normal((C, D)) * 0.01).astype(np.float32), np.zeros(C, np.float32))
+    return (rng.standard_normal((n, d), dtype=np.float32), rng.integers(0, C, n),
+            (rng.standard_normal((C, d)) * 0.01).astype(np.float32), np.zeros(C, np.float32))
 
 
 if __name__ == "__main__":
@@ -125,4 +133,4 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--one-core", action="store_true", help="CPU time of one core (BLAS and gpugrad on one thread)")
     args = parser.parse_args()
-    _side_by_side(args.rounds, args.one_core)
+    side_by_side(args.rounds, args.one_core)

@@ -11,6 +11,28 @@ from __future__ import annotations
 import numpy as np
 
 
+_BLAS = []   # numpy's BLAS as threadpoolctl controls it (or None), looked up once
+
+
+def blas_threads() -> int:
+    """How many threads numpy's BLAS uses now; 0 when that cannot be told (no threadpoolctl, or
+    no BLAS library it knows loaded by numpy). The library is looked up once (about 2 ms); each
+    call then asks it (under a microsecond), so ``threadpoolctl.threadpool_limits`` is seen.
+
+        >>> blas_threads() >= 0
+        True
+    """
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        except Exception:  # threadpoolctl absent or unable to inspect this process
+            libs = []
+        own = [c for c in libs if "numpy" in c.filepath] or (libs if len(libs) == 1 else [])
+        _BLAS.append(own[0] if own else None)
+    return int(_BLAS[0].num_threads) if _BLAS[0] is not None else 0
+
+
 class NumpyBackend:
     """Reference backend. Methods take and return arrays of ``self.xp``; no input checks here
     (the public functions in ``gpugrad.fused`` check before calling)."""
@@ -198,15 +220,19 @@ class NumpyBackend:
         Xn = self.normalise(X, x_mean, x_std, W.dtype)
         if loss == "softmax" and self.xp is np:
             # numpy: the loss on the class-major scores S^T (C, n), whose per-row work (max, sum,
-            # scaling over the C classes) runs along n-long contiguous rows (benchmarks/RESULTS.md,
-            # "The numpy step on AMD").
+            # scaling over the C classes) runs along n-long contiguous rows.
             L, GT = self._softmax_columns(Xn @ W.T, b, y, sample_weight)
-            dW = GT @ Xn
-            db = GT.sum(axis=1)
+            G, db = GT.T, GT.sum(axis=1)
         else:
             L, G = self.loss_grad(Xn @ W.T + b, y, loss, sample_weight)
-            dW = G.T @ Xn
             db = G.sum(axis=0)
+        if self.xp is np and blas_threads() > 1:
+            # (X^T G)^T: OpenBLAS gives each thread its own part of d here, where for G^T X its
+            # threads share G's packed panels and wait on each other at every one (benchmarks/
+            # RESULTS.md, "The numpy step on AMD"); on one thread G^T X is the faster product.
+            dW = np.ascontiguousarray((Xn.T @ G).T)
+        else:
+            dW = G.T @ Xn
         J = L
         if lam:
             dW += (2 * lam) * W

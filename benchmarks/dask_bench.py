@@ -24,7 +24,7 @@ anything on a shared machine.
     python benchmarks/dask_bench.py --default --rounds 5          # 350,000 x 100, C = 10
     python benchmarks/dask_bench.py --default --rounds 5 --profile
 
-``gg.SoftmaxClassifier(random_state=0).fit(X, y)`` (full-batch L-BFGS) against dask-ml's
+``gg.SoftmaxClassifier(random_state=0).fit(X, y)`` (``solver="auto"``) against dask-ml's
 ``Incremental(SGDClassifier(loss="log_loss", random_state=0))`` on the same persisted Dask array:
 a Gaussian mixture of 10 classes (class c's rows are N(mu_c, I) in 100 dimensions, mu_c drawn
 once from N(0, 0.42^2 I), labels uniform), float32, 350,000 training rows in chunks of 50,000 and
@@ -174,7 +174,8 @@ def default_vs_incremental(client, rounds=5, rows=350_000, test_rows=50_000, fea
                             da.from_array(Xt_np, chunks=(chunk, features))])
     wait(parts)
     X, y, X_test = parts
-    in_memory = gg.SoftmaxClassifier(random_state=seed, backend="numpy").fit(X_np, y_np).predict(Xt_np)
+    in_memory = gg.SoftmaxClassifier(random_state=seed, backend="numpy").fit(X_np, y_np)
+    in_memory = in_memory.predict(Xt_np)
     runs = {"gpugrad SoftmaxClassifier() default": lambda: default_fit(X, y, X_test, seed)}
     if lbfgs:
         runs["gpugrad SoftmaxClassifier(solver='lbfgs')"] = lambda: default_fit(
@@ -194,8 +195,8 @@ def default_vs_incremental(client, rounds=5, rows=350_000, test_rows=50_000, fea
             last[k] = runs[k]()
             times[k].append(last[k]["seconds"])
     out = {"rows": rows, "chunk": chunk, "rounds": rounds, "methods": {}}
-    print(f"{rows} x {features} float32, {classes} classes, chunks of {chunk} rows; {rounds} rounds "
-          "taking turns; fit time:", flush=True)
+    print(f"{rows} x {features} float32, {classes} classes, chunks of {chunk} rows; "
+          f"{rounds} rounds taking turns; fit time:", flush=True)
     for k in names:
         t = np.array(times[k])
         acc = float((last[k]["pred"] == yt_np).mean())
@@ -216,7 +217,8 @@ def default_vs_incremental(client, rounds=5, rows=350_000, test_rows=50_000, fea
     if profile:
         fit, kinds = task_profile(client, runs[names[0]])
         out["profile"] = {"seconds": fit["seconds"], "tasks": kinds}
-        print(f"  where gpugrad's {fit['seconds']:.2f} s went (task compute summed over the workers):")
+        print(f"  where gpugrad's {fit['seconds']:.2f} s went "
+              "(task compute summed over the workers):")
         for kind, (n, busy) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
             print(f"    {kind:12s} {n:4d} tasks  {busy:6.2f} s")
     return out
@@ -236,7 +238,8 @@ def main(argv=None):
     p.add_argument("--default", action="store_true",
                    help="the estimator's defaults against Incremental(SGDClassifier) (see above)")
     p.add_argument("--rounds", type=int, default=5, help="--default: timed rounds")
-    p.add_argument("--profile", action="store_true", help="--default: where gpugrad's fit time goes")
+    p.add_argument("--profile", action="store_true",
+                   help="--default: where gpugrad's fit time goes")
     p.add_argument("--lbfgs", action="store_true",
                    help="--default: also time SoftmaxClassifier(solver='lbfgs') in the rounds")
     args = p.parse_args(argv)

@@ -4,9 +4,10 @@ CIFAR-10's shape (n=10000, d=3072, C=10, float32), side by side in one group:
     python -m pytest benchmarks/test_numpy_step.py --benchmark-only
 
 gpugrad runs with default arguments (value checks on). Compare the ratios within one run; the
-numbers of record are in benchmarks/RESULTS.md ("The numpy step"). On a machine shared with
-other work, pytest-benchmark's rounds of one step after another see different loads; run as a
-script, the steps take turns round by round and the median of each round's ratio is reported:
+numbers of record are in benchmarks/RESULTS.md ("The numpy step", "The numpy step on AMD").
+On a machine shared with other work, pytest-benchmark's rounds of one step after another see
+different loads; run as a script, the steps take turns round by round (which goes first
+alternates) and the median of each round's ratio is reported:
 
     python benchmarks/test_numpy_step.py --rounds 15          # wall time, BLAS's own threads
     python benchmarks/test_numpy_step.py --rounds 15 --one-core   # CPU time of one core
@@ -111,7 +112,8 @@ def side_by_side(rounds, one_core, n=N, d=D):
         if torch is not None:
             torch.set_num_threads(torch_threads)
     hand = np.array(times["numpy by hand"])
-    print(f"{'one core, CPU time' if one_core else 'wall time'}, {rounds} rounds, n={n} d={d} C={C}")
+    clocked = "one core, CPU time" if one_core else "wall time"
+    print(f"{clocked}, {rounds} rounds, n={n} d={d} C={C}")
     out = {}
     for k, v in times.items():
         v = np.array(v)

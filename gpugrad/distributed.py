@@ -596,8 +596,8 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
             sorted distinct labels of y.
         callback: optional f(iteration, J) after each L-BFGS iteration or epoch.
     Returns:
-        dict(model=LinearClassifier (numpy backend; x_mean/x_std set with ``standardize``), classes_=(C,) labels,
-        n_iter_=iterations or epochs, loss_curve_=J after each).
+        dict(model=LinearClassifier (numpy backend; x_mean/x_std set with ``standardize``),
+        classes_=(C,) labels, n_iter_=iterations or epochs, loss_curve_=J after each).
     """
     from .models import LinearClassifier
 
@@ -650,8 +650,8 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
             evaluations[0] += 1
             W, b = params["W"], params["b"]
             shared = _shared((W, b, x_mean, x_std), f"gpugrad-params-{uuid.uuid4().hex[:8]}")
-            J, dW, db = _map_sum(_chunk_grad, [(xb, yb, wb, shared, loss, dtype) for xb, yb, wb in blocks],
-                                 _add_grads, placement, ranges, "gpugrad-grad",
+            args = [(xb, yb, wb, shared, loss, dtype) for xb, yb, wb in blocks]
+            J, dW, db = _map_sum(_chunk_grad, args, _add_grads, placement, ranges, "gpugrad-grad",
                                  f"the gradient (evaluation {evaluations[0]})", 8 * (C * d + C + 1))
             return (J / n + lam * float((W * W).sum()),
                     {"W": dW / n + (2 * lam) * W, "b": db / n})

@@ -181,14 +181,17 @@ class _Placement:
 
     def groups(self):
         """[(workers, [chunk indices])]: the chunks a worker holds, split into as many groups (in
-        chunk order, dealt round-robin) as it has threads, so that one task a thread covers them;
-        a chunk no worker holds now (lost, to be recomputed) is a group of its own, unpinned.
-        On the local scheduler every chunk is its own group."""
+        chunk order, dealt round-robin) as it has threads, so that one task a thread covers them.
+        A chunk held by several workers (a copy made by some other computation, which Dask drops
+        again soon) is a group of its own, pinned to all of them, so that the scheduler picks
+        one of those still holding it when the task runs; a chunk no worker holds now (lost, to
+        be recomputed) is a group of its own, unpinned. On the local scheduler every chunk is
+        its own group."""
         held = {}
         out = []
         for i, where in enumerate(self.workers()):
-            if where is None:
-                out.append((None, [i]))
+            if where is None or len(where) > 1:
+                out.append((where, [i]))
             else:
                 held.setdefault(where[0], []).append(i)
         for worker, chunks in held.items():
@@ -247,27 +250,33 @@ def _tree_here(parts, combine):
     return parts[0]
 
 
-def _run_group(func, indices, chunk_args):
-    """[(i, func(*args_i))] for the chunks of one group, in chunk order."""
-    return [(i, func(*args)) for i, args in zip(indices, chunk_args)]
+def _run_group(func, indices, chunk_args, extra):
+    """[(i, func(*args_i, *extra))] for the chunks of one group, in chunk order."""
+    return [(i, func(*args, *extra)) for i, args in zip(indices, chunk_args)]
 
 
-def _map_sum(func, chunk_args, combine, placement, ranges, name, what, part_bytes):
-    """combine-sum over the chunks i of ``func(*chunk_args[i])``, each computed where chunk i of X
-    is held, added in ``_tree``'s fixed order (so the same data give the same bits on any cluster).
+def _map_sum(func, chunk_args, combine, placement, ranges, name, what, part_bytes, shared=None):
+    """combine-sum over the chunks i of ``func(*chunk_args[i], shared)`` (``shared``, the
+    parameters, left out when None), each computed where chunk i of X is held, added in
+    ``_tree``'s fixed order (so the same data give the same bits on any cluster).
 
     Where the partials are small (``part_bytes`` each, CLIENT_SUM_BYTES in all) one task per
     worker thread computes its chunks' partials and they are added here: a pass then costs the
     scheduler a few tasks, not one per chunk and per tree node, which on a small cluster is most
-    of a pass's time (benchmarks/RESULTS.md, "The Dask default"). Larger partials are added as a
-    tree on the workers, so that the client receives one."""
+    of a pass's time (benchmarks/RESULTS.md, "The Dask default"). Each of these tasks carries
+    ``shared`` itself, so it needs nothing from another worker and starts at once (a task kept
+    waiting on its worker may be handed to an idle one, and the chunks of X with it). Larger
+    partials are added as a tree on the workers, so that the client receives one; there the
+    tasks read ``shared`` from one graph key, sent once."""
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    extra = () if shared is None else (shared,)
     if part_bytes * len(chunk_args) > CLIENT_SUM_BYTES:
-        parts = [_pinned(func, args, where, (tag, i))
+        extra = extra and (_shared(shared, f"{tag}-shared"),)
+        parts = [_pinned(func, (*args, *extra), where, (tag, i))
                  for i, (args, where) in enumerate(zip(chunk_args, placement.workers()))]
         return _compute([_tree(parts, combine, tag)], ranges, tag, what, None)[0]
     groups = placement.groups()
-    tasks = [_pinned(_run_group, (func, chunks, [chunk_args[i] for i in chunks]), where,
+    tasks = [_pinned(_run_group, (func, chunks, [chunk_args[i] for i in chunks], extra), where,
                      (tag, chunks[0])) for where, chunks in groups]
     done = _compute(tasks, ranges, tag, what, {chunks[0]: chunks for _, chunks in groups})
     parts = [part for _, part in sorted((p for group in done for p in group), key=lambda p: p[0])]
@@ -433,7 +442,7 @@ def _encode(yc, classes):
 
 # ---- the distributed gradient (L-BFGS) ----------------------------------------------------------
 
-def _chunk_grad(Xc, yc, wc, shared, loss, dtype):
+def _chunk_grad(Xc, yc, wc, loss, dtype, shared):
     """(sum_i w_i l_i, sum_i w_i dl_i/dW, sum_i w_i dl_i/db) over a chunk, float64 on the host.
 
     ``linear_grad`` returns means over its rows, so each is multiplied by the chunk's n."""
@@ -624,6 +633,12 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     y_idx = [_pinned(_encode, (yb, classes_), where, (tag, i))
              for i, (yb, where) in enumerate(zip(_blocks(y), placement.workers()))]
     y_idx = list(dask.persist(*y_idx))
+    if placement.client is not None:
+        # Done before the first pass: its one task per worker thread would otherwise queue behind
+        # them, and the scheduler may give a queued task (loosely pinned) to an idle worker,
+        # moving that worker's chunks of X with it.
+        from distributed import wait
+        wait(y_idx)
     del y
     w_blocks = _blocks(w) if w is not None else [None] * len(ranges)
 
@@ -649,10 +664,10 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
         def value_and_grad(params):
             evaluations[0] += 1
             W, b = params["W"], params["b"]
-            shared = _shared((W, b, x_mean, x_std), f"gpugrad-params-{uuid.uuid4().hex[:8]}")
-            args = [(xb, yb, wb, shared, loss, dtype) for xb, yb, wb in blocks]
+            args = [(xb, yb, wb, loss, dtype) for xb, yb, wb in blocks]
             J, dW, db = _map_sum(_chunk_grad, args, _add_grads, placement, ranges, "gpugrad-grad",
-                                 f"the gradient (evaluation {evaluations[0]})", 8 * (C * d + C + 1))
+                                 f"the gradient (evaluation {evaluations[0]})", 8 * (C * d + C + 1),
+                                 shared=(W, b, x_mean, x_std))
             return (J / n + lam * float((W * W).sum()),
                     {"W": dW / n + (2 * lam) * W, "b": db / n})
 
@@ -703,14 +718,14 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
     for epoch in range(max_iter):
         cost = rows = 0.0
         for r in range(rounds):
-            shared = _shared((state, x_mean, x_std), f"gpugrad-state-{uuid.uuid4().hex[:8]}")
-            args = [(xb, yb, wb, shared, dict(loss=loss, lam=lam, dtype=dtype, solver=solver, lr=lr,
-                                              momentum=momentum, batch_size=batch_size,
-                                              seed=[seed_root, epoch, i], first_step=r * per_round,
-                                              n_steps=per_round))
+            args = [(xb, yb, wb, dict(loss=loss, lam=lam, dtype=dtype, solver=solver, lr=lr,
+                                      momentum=momentum, batch_size=batch_size,
+                                      seed=[seed_root, epoch, i], first_step=r * per_round,
+                                      n_steps=per_round))
                     for i, (xb, yb, wb) in enumerate(blocks)]
             total = _map_sum(_chunk_steps_task, args, _add_steps, placement, ranges, "gpugrad-steps",
-                             f"the steps of epoch {epoch + 1}", part_bytes)
+                             f"the steps of epoch {epoch + 1}", part_bytes,
+                             shared=(state, x_mean, x_std))
             m = total["rows"]
             new = {"params": {k: v / m for k, v in total["params"].items()}, "opt": None}
             if total["slots"] is not None:
@@ -732,7 +747,7 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
     return state["params"], len(losses), losses
 
 
-def _chunk_steps_task(Xc, yc, wc, shared, options):
+def _chunk_steps_task(Xc, yc, wc, options, shared):
     state, x_mean, x_std = shared
     return _chunk_steps(Xc, yc, wc, state, x_mean, x_std, **options)
 

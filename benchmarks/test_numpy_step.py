@@ -6,9 +6,10 @@ CIFAR-10's shape (n=10000, d=3072, C=10, float32), side by side in one group:
 gpugrad runs with default arguments (value checks on). The peers are those of ``gpugrad bench``
 (``gpugrad.bench``: numpy written by hand, PyTorch eager), which the tests check computes the same
 step. Compare the ratios within one run; the numbers of record are in benchmarks/RESULTS.md
-("The numpy step"). On a machine shared with other work, pytest-benchmark's rounds of one step
-after another see different loads; run as a script, the steps take turns round by round and the
-median of each round's ratio is reported:
+("The numpy step", "The numpy step on AMD"). On a machine shared with other work,
+pytest-benchmark's rounds of one step after another see different loads; run as a script, the
+steps take turns round by round (which goes first alternates) and the median of each round's
+ratio is reported:
 
     python benchmarks/test_numpy_step.py --rounds 15          # wall time, BLAS's own threads
     python benchmarks/test_numpy_step.py --rounds 15 --one-core   # CPU time of one core
@@ -72,9 +73,10 @@ def test_the_three_steps_agree(data):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
 
 
-def _side_by_side(rounds, one_core):
-    """Median time and median ratio to the hand-written step, the steps taking turns each round."""
-    X, y, W, b = _fresh_data()
+def side_by_side(rounds, one_core, n=N, d=D):
+    """{step: (median seconds, median ratio to the step by hand)}, the steps taking turns each
+    round (after one untimed call each); printed as a table."""
+    X, y, W, b = _fresh_data(n, d)
     steps = {"numpy by hand": lambda: bench.linear_by_hand(np, X, y, W, b, LAM),
              "gpugrad linear_grad": lambda: gg.linear_grad(X, y, W, b, LAM)}
     try:
@@ -87,29 +89,38 @@ def _side_by_side(rounds, one_core):
         limits = threadpool_limits(1)
         if "torch cpu eager" in steps:
             import torch
+            torch_threads = torch.get_num_threads()
             torch.set_num_threads(1)
     for step in steps.values():  # warm-up
         step()
     times = {k: [] for k in steps}
-    for _ in range(rounds):
-        for k, step in steps.items():
+    order = list(steps)
+    for r in range(rounds):
+        for k in order if r % 2 == 0 else order[::-1]:  # which step goes first alternates
             t = clock()
-            step()
+            steps[k]()
             times[k].append(clock() - t)
     if one_core:
         limits.unregister()
+        if "torch cpu eager" in steps:
+            torch.set_num_threads(torch_threads)
     hand = np.array(times["numpy by hand"])
-    print(f"{'one core, CPU time' if one_core else 'wall time'}, {rounds} rounds")
+    clocked = "one core, CPU time" if one_core else "wall time"
+    print(f"{clocked}, {rounds} rounds, n={n} d={d} C={C}")
+    out = {}
     for k, v in times.items():
         v = np.array(v)
+        out[k] = (float(np.median(v)), float(np.median(v / hand)))
         print(f"  {k:22s} median {np.median(v) * 1e3:7.1f} ms  min {v.min() * 1e3:7.1f} ms  "
-              f"median ratio to by hand {np.median(v / hand):.2f}")
+              f"median ratio to by hand {np.median(v / hand):.2f} "
+              f"(quartiles {np.percentile(v / hand, 25):.2f}-{np.percentile(v / hand, 75):.2f})")
+    return out
 
 
-def _fresh_data():
+def _fresh_data(n=N, d=D):
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((N, D), dtype=np.float32), rng.integers(0, C, N),
-            (rng.standard_normal((C, D)) * 0.01).astype(np.float32), np.zeros(C, np.float32))
+    return (rng.standard_normal((n, d), dtype=np.float32), rng.integers(0, C, n),
+            (rng.standard_normal((C, d)) * 0.01).astype(np.float32), np.zeros(C, np.float32))
 
 
 if __name__ == "__main__":
@@ -117,4 +128,4 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--one-core", action="store_true", help="CPU time of one core (BLAS and gpugrad on one thread)")
     args = parser.parse_args()
-    _side_by_side(args.rounds, args.one_core)
+    side_by_side(args.rounds, args.one_core)

@@ -105,6 +105,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
     ``_new_model``; their ``__init__`` lists the parameters (scikit-learn reads the signature)."""
 
     _loss = "softmax"
+    _solvers = SOLVERS
 
     # ---- parameters --------------------------------------------------------------------------
     def _param_error(self, name, expected):
@@ -135,8 +136,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
     def _check_params(self):
         """Every parameter checked at fit (scikit-learn's contract), errors naming it."""
         self._check_number("alpha", 0)
-        if self.solver not in SOLVERS:
-            raise self._param_error("solver", f"one of {SOLVERS}")
+        if self.solver not in self._solvers:
+            raise self._param_error("solver", f"one of {self._solvers}")
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
             self._check_number("batch_size", 1, integer=True)
         if not (callable(self.learning_rate) and hasattr(self.learning_rate, "config")) and \
@@ -421,7 +422,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         Xd = self._device_X(model, X)
         lam = self.alpha / 2
 
-        if self.solver == "lbfgs":
+        if self.solver in ("lbfgs", "auto"):   # "auto" in memory: L-BFGS
             self.model_ = model
             self._fit_lbfgs(model, Xd, y_enc, w, lam)
             return self
@@ -616,6 +617,8 @@ class _ProbaMixin:
 class _LinearMixin:
     """The model, coef_/intercept_ and the Dask path of the linear estimators."""
 
+    _solvers = SOLVERS + ("auto",)
+
     def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
         return models.LinearClassifier(d, C, loss=self._loss, dtype=dtype, backend=be,
                                        x_mean=x_mean, x_std=x_std, seed=seed)
@@ -643,8 +646,8 @@ class _LinearMixin:
         return W, b
 
     def _fit_dask(self, X, y, sample_weight):
-        """Fit on a Dask array across the current cluster with ``gpugrad.distributed.fit_linear``
-        (the model standardises its inputs there, as with ``standardize=True``)."""
+        """Fit on a Dask array across the current cluster with ``gpugrad.distributed.fit_linear``:
+        the same objective, compute dtype and ``standardize`` as in memory, so the same model."""
         from . import distributed
         name = type(self).__name__
         if self.warm_start and hasattr(self, "model_"):
@@ -662,8 +665,8 @@ class _LinearMixin:
             batch_size=self._batch_size(X.shape[0]),
             learning_rate_init=self.learning_rate_init, momentum=self.momentum,
             random_state=self._seed(), sample_weight=sample_weight,
-            dtype=str(np.dtype(self.dtype)) if self.dtype is not None else "float64",
-            verbose=bool(self.verbose), classes=classes)
+            dtype=None if self.dtype is None else str(np.dtype(self.dtype)),
+            standardize=bool(self.standardize), verbose=bool(self.verbose), classes=classes)
         self.model_ = out["model"]
         self.classes_ = np.asarray(out["classes_"])
         self.n_iter_ = int(out["n_iter_"])
@@ -709,6 +712,12 @@ _COMMON_DOC = """
         solver: "lbfgs" (full batch, scipy's L-BFGS-B on the exact cost; max_iter iterations),
             "sgd" (mini-batch SGD with ``momentum``, Nesterov when ``nesterovs_momentum``) or
             "adam" (``beta_1``, ``beta_2``, ``epsilon``); max_iter epochs for these two.
+            Linear models also take "auto": "lbfgs" in memory; on a Dask array, where every
+            pass over the data is a round of tasks on the cluster, a few epochs of local SGD
+            (``momentum``, ``learning_rate_init``, ``batch_size``) on standardised features
+            with the parameters averaged once an epoch, when the chunks are large enough for
+            that (250 steps in at most 4 epochs), and "lbfgs" otherwise (see
+            ``gpugrad.distributed.fit_linear``).
         batch_size: rows per step, "auto" = min(200, n).
         learning_rate: the schedule of the stochastic solvers: "constant" (learning_rate_init),
             "invscaling" (learning_rate_init / (1 + t / steps_per_epoch) ** power_t after t
@@ -734,7 +743,7 @@ _COMMON_DOC = """
         dtype: what the model computes in: None (float32 on CuPy; on numpy float32 for float32
             X, else float64), "float32" or "float64".
         backend: "auto" (the GPU when one is usable), "numpy", "cupy" or a backend object.
-            On Dask arrays the chunks decide (numpy or CuPy), and the model always standardises.
+            On Dask arrays the chunks decide (numpy or CuPy).
 
     Attributes:
         classes_ (C,), n_features_in_, feature_names_in_ (DataFrames), n_iter_ (epochs, or
@@ -746,8 +755,10 @@ _COMMON_DOC = """
 
 class SoftmaxClassifier(_ProbaMixin, _LinearMixin, _GpugradClassifier):
     __doc__ = """Multinomial logistic regression, s = W x + b with the softmax cross-entropy: a
-    drop-in for ``sklearn.linear_model.LogisticRegression`` (defaults: full-batch L-BFGS, as its;
-    alpha = 1e-3, about its C = 1 on 1000 rows).
+    drop-in for ``sklearn.linear_model.LogisticRegression`` (defaults: full-batch L-BFGS, as its,
+    through ``solver="auto"``, which on a Dask array of large chunks takes a few passes of local
+    SGD instead: ``solver="lbfgs"`` gives the exact optimum there too; alpha = 1e-3, about its
+    C = 1 on 1000 rows).
 
     Attributes besides the common ones: coef_ (C, d) / (1, d) for two classes, intercept_.
 """ + _COMMON_DOC + """
@@ -762,7 +773,7 @@ class SoftmaxClassifier(_ProbaMixin, _LinearMixin, _GpugradClassifier):
 
     _loss = "softmax"
 
-    def __init__(self, *, alpha=1e-3, solver="lbfgs", batch_size="auto", learning_rate="constant",
+    def __init__(self, *, alpha=1e-3, solver="auto", batch_size="auto", learning_rate="constant",
                  learning_rate_init=0.01, power_t=0.5, momentum=0.9, nesterovs_momentum=True,
                  max_iter=100, tol=1e-4, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, beta_1=0.9, beta_2=0.999, epsilon=1e-8, class_weight=None,

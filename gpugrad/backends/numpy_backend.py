@@ -13,6 +13,28 @@ import numpy as np
 from .arrays import move_to, to_host
 
 
+_BLAS = []   # numpy's BLAS as threadpoolctl controls it (or None), looked up once
+
+
+def blas_threads() -> int:
+    """How many threads numpy's BLAS uses now; 0 when that cannot be told (no threadpoolctl, or
+    no BLAS library it knows loaded by numpy). The library is looked up once (about 2 ms); each
+    call then asks it (under a microsecond), so ``threadpoolctl.threadpool_limits`` is seen.
+
+        >>> blas_threads() >= 0
+        True
+    """
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        except Exception:  # threadpoolctl absent or unable to inspect this process
+            libs = []
+        own = [c for c in libs if "numpy" in c.filepath] or (libs if len(libs) == 1 else [])
+        _BLAS.append(own[0] if own else None)
+    return int(_BLAS[0].num_threads) if _BLAS[0] is not None else 0
+
+
 class NumpyBackend:
     """Reference backend. Methods take and return arrays of ``self.xp``; no input checks here
     (the public functions in ``gpugrad.fused`` check before calling)."""
@@ -70,14 +92,14 @@ class NumpyBackend:
         scale = 1 / (n * total)  # dS = P / n: one pass over E, which becomes dS
         E *= scale[:, None]
         E[rows, y] = -others * scale
-        loss = self._ce_rows(S, y, m[:, 0], e_y, others, total).sum(dtype=S.dtype) / S.dtype.type(n)
+        loss = self._ce_rows(S[rows, y] - m[:, 0], e_y, others, total).sum(dtype=S.dtype) / S.dtype.type(n)
         return self.xp.asarray(loss), self._into(out, E)
 
-    def _ce_rows(self, S, y, m, e_y, others, total):
-        """Row losses l_i = log(total) - (s_y - m); log1p(others / e_y) when y is (near) the max,
-        where log(total) would round a small loss away."""
+    def _ce_rows(self, shift, e_y, others, total):
+        """Row losses l_i = log(total) - shift from shift = s_y - m <= 0 (m the row max), e_y =
+        exp(shift) and the sum of the other classes' exp(s_j - m); log1p(others / e_y) when y is
+        (near) the max, where log(total) would round a small loss away."""
         xp = self.xp
-        shift = S[xp.arange(S.shape[0]), y] - m  # s_y - m <= 0
         near_max = shift > -1
         safe_e_y = xp.where(near_max, e_y, 1)
         return xp.where(near_max, xp.log1p(others / safe_e_y), xp.log(total) - shift)
@@ -92,7 +114,7 @@ class NumpyBackend:
             E = xp.exp(S - m[:, None])
             e_y = E[rows, y]
             total = E.sum(axis=1)
-            return self._ce_rows(S, y, m, e_y, xp.maximum(total - e_y, 0), total)
+            return self._ce_rows(S[rows, y] - m, e_y, xp.maximum(total - e_y, 0), total)
         margins = xp.maximum(S - S[rows, y][:, None] + 1, 0)
         margins[rows, y] = 0
         return margins.sum(axis=1)
@@ -136,11 +158,53 @@ class NumpyBackend:
         return L, G
 
     # ---- the whole linear-classifier step -------------------------------------------------
+    def _softmax_columns(self, S, b, y, sample_weight=None):
+        """The softmax cross-entropy of the scores S + b (S (n, C), b (C,)) computed on their
+        transpose, one row per class: (L, G^T) with L = (1/n) sum_i w_i l_i and G^T (C, n) the
+        transpose of ``softmax_cross_entropy_grad``'s dS (rows scaled by w_i when weights are given).
+
+        The same formulas as ``softmax_cross_entropy_grad`` (the sum over the other classes kept
+        apart from e_y; ``_ce_rows`` for the row losses), in one new (C, n) array.
+
+            >>> import numpy as np
+            >>> L, GT = NumpyBackend()._softmax_columns(np.array([[2.0, 0.0]]), np.zeros(2), np.array([0]))
+            >>> round(float(L), 4), GT.round(4).tolist()
+            (0.1269, [[-0.1192], [0.1192]])
+        """
+        xp = self.xp
+        n, C = S.shape
+        ST = xp.empty((C, n), dtype=S.dtype)
+        xp.add(S.T, b[:, None], out=ST)   # transposed while b is added: no extra pass
+        at_y = y.astype(xp.intp) * n        # flat positions of s_{i, y_i} in ST (any integer y)
+        at_y += xp.arange(n)
+        m = ST.max(axis=0)
+        E = ST
+        shift = ST.reshape(-1)[at_y] - m    # s_y - m, read before ST becomes E
+        E -= m
+        xp.exp(E, out=E)
+        flat = E.reshape(-1)
+        e_y = flat[at_y]
+        flat[at_y] = 0
+        others = E.sum(axis=0)
+        total = others + e_y
+        rows = self._ce_rows(shift, e_y, others, total)
+        scale = 1 / (n * total)
+        if sample_weight is not None:
+            w = sample_weight.astype(S.dtype, copy=False)
+            scale *= w
+            rows *= w
+        E *= scale
+        flat[at_y] = -others * scale
+        return xp.asarray(rows.sum(dtype=S.dtype) / S.dtype.type(n)), E
+
     def normalise(self, X, x_mean, x_std, dtype):
         """(X - x_mean) / x_std in ``dtype``; X itself when no normalisation is asked for."""
         if x_mean is None:
             return X
-        return (X.astype(dtype) - x_mean.astype(dtype)) / x_std.astype(dtype)
+        Xn = X.astype(dtype)   # a copy, which the two steps then work in
+        Xn -= x_mean.astype(dtype)
+        Xn /= x_std.astype(dtype)
+        return Xn
 
     def linear_grad(self, X, y, W, b, lam, loss, x_mean=None, x_std=None, sample_weight=None):
         """J, dJ/dW, dJ/db of J = (1/n) sum_i w_i l(x_i, y_i) + lam ||W||^2 with s = W x + b
@@ -158,12 +222,21 @@ class NumpyBackend:
             (True, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [0.0, 0.0])
         """
         Xn = self.normalise(X, x_mean, x_std, W.dtype)
-        L, G = self.loss_grad(Xn @ W.T + b, y, loss, sample_weight)
-        # G^T X as written: X in row blocks that serve both products while in cache, and the
-        # other product shape (X^T G)^T, were both measured no faster on an idle machine
-        # (benchmarks/RESULTS.md, "The numpy step").
-        dW = G.T @ Xn
-        db = G.sum(axis=0)
+        if loss == "softmax" and self.xp is np:
+            # numpy: the loss on the class-major scores S^T (C, n), whose per-row work (max, sum,
+            # scaling over the C classes) runs along n-long contiguous rows.
+            L, GT = self._softmax_columns(Xn @ W.T, b, y, sample_weight)
+            G, db = GT.T, GT.sum(axis=1)
+        else:
+            L, G = self.loss_grad(Xn @ W.T + b, y, loss, sample_weight)
+            db = G.sum(axis=0)
+        if self.xp is np and blas_threads() > 1:
+            # (X^T G)^T: OpenBLAS gives each thread its own part of d here, where for G^T X its
+            # threads share G's packed panels and wait on each other at every one (benchmarks/
+            # RESULTS.md, "The numpy step on AMD"); on one thread G^T X is the faster product.
+            dW = np.ascontiguousarray((Xn.T @ G).T)
+        else:
+            dW = G.T @ Xn
         J = L
         if lam:
             dW += (2 * lam) * W

@@ -237,10 +237,12 @@ def test_dask_fit_with_cupy_labels_weights_and_classes(cuda, sync_dask, rng):
     from gpugrad import distributed as D
     ref = D.fit_linear(da.from_array(X, chunks=(80, d)), y, max_iter=8, sample_weight=w)
     got = D.fit_linear(da.from_array(X, chunks=(80, d)), da.from_array(cp.asarray(y), chunks=80), max_iter=8,
-                       sample_weight=cp.asarray(w))
+                       sample_weight=cp.asarray(w), dtype=np.float64)
     assert np.allclose(got["model"].params["W"], ref["model"].params["W"], rtol=1e-10, atol=1e-12)
     Xc = da.from_array(cp.asarray(X), chunks=(80, d))
-    got = D.fit_linear(Xc, cp.asarray(y), max_iter=8, sample_weight=cp.asarray(w), classes=cp.asarray([0, 1, 2]))
+    # CuPy chunks compute in float32 by default, as the in-memory estimators do: ask for float64
+    got = D.fit_linear(Xc, cp.asarray(y), max_iter=8, sample_weight=cp.asarray(w), classes=cp.asarray([0, 1, 2]),
+                       dtype=np.float64)
     assert np.allclose(got["model"].params["W"], ref["model"].params["W"], rtol=1e-8, atol=1e-10)
     assert got["classes_"].tolist() == [0, 1, 2]
 
@@ -253,7 +255,7 @@ def test_dask_class_weight_with_cupy_labels(cuda, sync_dask, rng):
     da = sync_dask
     n, d = 150, 4
     X, y = rng.standard_normal((n, d)), rng.integers(0, 3, n)
-    kw = dict(class_weight={0: 3.0, 2: 0.5}, max_iter=6, random_state=0)
+    kw = dict(class_weight={0: 3.0, 2: 0.5}, max_iter=6, random_state=0, dtype=np.float64)
     ref = gg.SoftmaxClassifier(**kw).fit(da.from_array(X, chunks=(50, d)), da.from_array(y, chunks=50))
     on_device = gg.SoftmaxClassifier(**kw).fit(da.from_array(cp.asarray(X), chunks=(50, d)),
                                                da.from_array(cp.asarray(y), chunks=50))

@@ -101,6 +101,36 @@ __device__ __forceinline__ T gg_block_reduce(T v, Op op, T* scratch) {
     return r;
 }
 
+// Reduce v over the team of GgTeam<G> that owns this thread's row: G lanes of a warp, or the whole
+// block (G == 0, which uses `scratch`: 32 values of T); every thread of the team gets the result.
+template <int G, typename T, typename Op>
+__device__ __forceinline__ T gg_team_reduce(T v, Op op, T* scratch) {
+    if constexpr (GgTeam<G>::BLOCK) return gg_block_reduce(v, op, scratch);
+    else return gg_subwarp_reduce<G>(v, op);
+}
+
+// A row-loss kernel's label of row `row` and the row's target score s_y = s[yv] (s: the row's C
+// scores). A label outside [0, C) (validation off) gives ok = false and s_y = NaN, so the row's
+// loss and gradient are NaN and the label is never used as an index; a row past the end (valid
+// false) reads nothing. Separate from GgTeam so that a kernel can put its loads of the row in
+// flight before this one.
+template <typename T>
+struct GgRowLabel {
+    gg_i64 yv;
+    bool ok;
+    T s_y;
+};
+
+template <typename T>
+__device__ __forceinline__ GgRowLabel<T> gg_row_label(const T* s, const void* y, int y64, gg_i64 row, int C,
+                                                      bool valid) {
+    GgRowLabel<T> r;
+    r.yv = valid ? gg_label(y, y64, row) : 0;
+    r.ok = r.yv >= 0 && r.yv < C;
+    r.s_y = (valid && r.ok) ? s[r.yv] : gg_nan<T>();
+    return r;
+}
+
 // Grid-wide mean of per-block sums, in one launch: each block stores its partial, and the last
 // block to arrive (atomic ticket) adds them in index order and writes out[0] = total * scale.
 // `ticket` must be zero before the launch; the last block resets it for the next launch on the

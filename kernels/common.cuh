@@ -76,6 +76,13 @@ struct GgTeam {
           valid(row < n) {}
 };
 
+// The parameters of every row-loss kernel (softmax_ce.cuh, svm.cuh), in the order the host passes
+// them (cuda_driver.RowParams): the scores S (n, C), the labels y (int64 when y64, else int32), the
+// gradient dS (n, C), the grid mean's per-block partials and ticket, and loss_out[0].
+#define GG_ROW_LOSS_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
+                            gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
+#define GG_ROW_LOSS_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
+
 struct GgSum { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
 struct GgMax { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a > b ? a : b; } };
 

@@ -263,21 +263,17 @@ __device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const vo
     gg_grid_mean(loss_acc, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
 
-#define GG_CE_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
-                      gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
-#define GG_CE_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
-
 // Entry points: gg_ce_<t>_w<G>_k<K> (G lanes per row, 256-thread blocks), gg_ce_<t>_b_k<K>
 // (a 1024-thread block per row), gg_ce_<t>_online (a block per row, two passes).
 #define GG_CE_TEAM(TN, T, G, K) \
-    GG_KERNEL(gg_ce_##TN##_w##G##_k##K, __launch_bounds__(256))(GG_CE_ARGS(T)) { \
-        gg_ce_regs<T, G, K>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_w##G##_k##K, __launch_bounds__(256))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_regs<T, G, K>(GG_ROW_LOSS_PASS); }
 #define GG_CE_BLOCK(TN, T, K) \
-    GG_KERNEL(gg_ce_##TN##_b_k##K, __launch_bounds__(1024))(GG_CE_ARGS(T)) { \
-        gg_ce_regs<T, 0, K>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_b_k##K, __launch_bounds__(1024))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_regs<T, 0, K>(GG_ROW_LOSS_PASS); }
 #define GG_CE_ONLINE(TN, T) \
-    GG_KERNEL(gg_ce_##TN##_online, __launch_bounds__(1024))(GG_CE_ARGS(T)) { \
-        gg_ce_online<T>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_online, __launch_bounds__(1024))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_online<T>(GG_ROW_LOSS_PASS); }
 
 #define GG_CE_ALL(TN, T) \
     GG_CE_TEAM(TN, T, 1, 8) GG_CE_TEAM(TN, T, 2, 8) GG_CE_TEAM(TN, T, 4, 8) GG_CE_TEAM(TN, T, 8, 8) \
@@ -290,15 +286,15 @@ GG_CE_ALL(f64, double)
 
 // Entry points gg_ce_<t>_s<THREADS>_k<K>: the streamed long-row kernel (persistent grid).
 #define GG_CE_STREAM(TN, T, THREADS, K) \
-    GG_KERNEL(gg_ce_##TN##_s##THREADS##_k##K, __launch_bounds__(THREADS, 1))(GG_CE_ARGS(T)) { \
-        gg_ce_stream<T, K>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_s##THREADS##_k##K, __launch_bounds__(THREADS, 1))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_stream<T, K>(GG_ROW_LOSS_PASS); }
 GG_CE_STREAM(f32, float, 1024, 32)
 GG_CE_STREAM(f64, double, 1024, 16)
 
 // Entry points gg_ce_<t>_p<THREADS>_k<K>: the prefetched long-row kernel (persistent grid).
 #define GG_CE_PREFETCH(TN, T, THREADS, K) \
-    GG_KERNEL(gg_ce_##TN##_p##THREADS##_k##K, __launch_bounds__(THREADS, 1))(GG_CE_ARGS(T)) { \
-        gg_ce_prefetch<T, K, THREADS>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_p##THREADS##_k##K, __launch_bounds__(THREADS, 1))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_prefetch<T, K, THREADS>(GG_ROW_LOSS_PASS); }
 // 640 threads leave 96 registers a thread: K values plus the loop's state without spilling (1024
 // threads would leave 64). Rows up to 33280 floats or 16640 doubles.
 GG_CE_PREFETCH(f32, float, 640, 52)

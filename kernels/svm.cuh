@@ -41,19 +41,15 @@ __device__ __forceinline__ void gg_svm_rows(const T* __restrict__ S, const void*
     gg_grid_mean(block_sum, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
 
-#define GG_SVM_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
-                       gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
-#define GG_SVM_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
-
 // Entry points: gg_svm_<t>_w<G> (G lanes per row, 256-thread blocks), gg_svm_<t>_b (a block per row).
 #define GG_SVM_TEAM(TN, T, G) \
-    GG_KERNEL(gg_svm_##TN##_w##G, __launch_bounds__(256))(GG_SVM_ARGS(T)) { \
-        gg_svm_rows<T, G>(GG_SVM_PASS); }
+    GG_KERNEL(gg_svm_##TN##_w##G, __launch_bounds__(256))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_svm_rows<T, G>(GG_ROW_LOSS_PASS); }
 #define GG_SVM_ALL(TN, T) \
     GG_SVM_TEAM(TN, T, 1) GG_SVM_TEAM(TN, T, 2) GG_SVM_TEAM(TN, T, 4) GG_SVM_TEAM(TN, T, 8) \
     GG_SVM_TEAM(TN, T, 16) GG_SVM_TEAM(TN, T, 32) \
-    GG_KERNEL(gg_svm_##TN##_b, __launch_bounds__(1024))(GG_SVM_ARGS(T)) { \
-        gg_svm_rows<T, 0>(GG_SVM_PASS); }
+    GG_KERNEL(gg_svm_##TN##_b, __launch_bounds__(1024))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_svm_rows<T, 0>(GG_ROW_LOSS_PASS); }
 
 GG_SVM_ALL(f32, float)
 GG_SVM_ALL(f64, double)

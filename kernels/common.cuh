@@ -76,6 +76,13 @@ struct GgTeam {
           valid(row < n) {}
 };
 
+// The parameters of every row-loss kernel (softmax_ce.cuh, svm.cuh), in the order the host passes
+// them (cuda_driver.RowParams): the scores S (n, C), the labels y (int64 when y64, else int32), the
+// gradient dS (n, C), the grid mean's per-block partials and ticket, and loss_out[0].
+#define GG_ROW_LOSS_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
+                            gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
+#define GG_ROW_LOSS_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
+
 struct GgSum { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
 struct GgMax { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a > b ? a : b; } };
 
@@ -98,6 +105,36 @@ __device__ __forceinline__ T gg_block_reduce(T v, Op op, T* scratch) {
     __syncthreads();
     T r = scratch[0];
     for (int w = 1; w < nwarps; ++w) r = op(r, scratch[w]);  // same order in every thread
+    return r;
+}
+
+// Reduce v over the team of GgTeam<G> that owns this thread's row: G lanes of a warp, or the whole
+// block (G == 0, which uses `scratch`: 32 values of T); every thread of the team gets the result.
+template <int G, typename T, typename Op>
+__device__ __forceinline__ T gg_team_reduce(T v, Op op, T* scratch) {
+    if constexpr (GgTeam<G>::BLOCK) return gg_block_reduce(v, op, scratch);
+    else return gg_subwarp_reduce<G>(v, op);
+}
+
+// A row-loss kernel's label of row `row` and the row's target score s_y = s[yv] (s: the row's C
+// scores). A label outside [0, C) (validation off) gives ok = false and s_y = NaN, so the row's
+// loss and gradient are NaN and the label is never used as an index; a row past the end (valid
+// false) reads nothing. Separate from GgTeam so that a kernel can put its loads of the row in
+// flight before this one.
+template <typename T>
+struct GgRowLabel {
+    gg_i64 yv;
+    bool ok;
+    T s_y;
+};
+
+template <typename T>
+__device__ __forceinline__ GgRowLabel<T> gg_row_label(const T* s, const void* y, int y64, gg_i64 row, int C,
+                                                      bool valid) {
+    GgRowLabel<T> r;
+    r.yv = valid ? gg_label(y, y64, row) : 0;
+    r.ok = r.yv >= 0 && r.yv < C;
+    r.s_y = (valid && r.ok) ? s[r.yv] : gg_nan<T>();
     return r;
 }
 

@@ -396,9 +396,8 @@ PLANTED = {
         "GG_HD int gg_mma_t_reg(int r) { return ((r & 1) << 1) | (r >> 1); }",
         "GG_HD int gg_mma_t_reg(int r) { return r; }")),
     "a barrier only some threads reach": ("u8", _replace(
-        "        __syncthreads();\n        float* sx = Sx + stage * R * 16;\n        gg_linmma_sum_parts<4, R>",
-        "        if (threadIdx.x < 32) __syncthreads();\n        float* sx = Sx + stage * R * 16;\n"
-        "        gg_linmma_sum_parts<4, R>")),
+        "    __syncthreads();\n    float* sx = Sx + stage * R * 16;",
+        "    if (threadIdx.x < 32) __syncthreads();\n    float* sx = Sx + stage * R * 16;")),
     "G is read before every thread has written it": ("f32", _replace(
         "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }\n        __syncthreads();",
         "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }")),

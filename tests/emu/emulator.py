@@ -248,8 +248,26 @@ def _dev(a) -> EmuArray:
     return d
 
 
+def _gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+    """cupy.cublas.gemm as numpy: out = alpha op(a) @ op(b) + beta out ('N' or 'T' for op), in place;
+    a, b and out each C- or F-contiguous, as cuBLAS takes them without a copy."""
+    for name, x in (("a", a), ("b", b), ("out", out)):
+        if x is not None and not (x.flags.c_contiguous or x.flags.f_contiguous):
+            raise TypeError(f"cublas.gemm: {name} (shape {x.shape}, strides {x.strides}) is neither C- nor "
+                            "F-contiguous: CuPy would copy it")
+    op = {"N": lambda x: x, "T": lambda x: x.T}
+    product = np.matmul(op[transa](a), op[transb](b))
+    if out is None:
+        return product.view(EmuArray)
+    if beta == 0:
+        out[...] = alpha * product if alpha != 1 else product
+    else:
+        out[...] = alpha * product + beta * out
+    return out
+
+
 class _EmuCupy(types.ModuleType):
-    """numpy, with cupy's names for moving data and a one-device cupy.cuda."""
+    """numpy, with cupy's names for moving data, cupy.cublas's gemm and a one-device cupy.cuda."""
 
     ndarray = EmuArray
 
@@ -298,6 +316,7 @@ class _EmuCupy(types.ModuleType):
 
     cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0, setDevice=lambda d: None),
                                  get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+    cublas = types.SimpleNamespace(gemm=_gemm)
 
 
 emucupy = _EmuCupy("emucupy")

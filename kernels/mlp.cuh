@@ -343,7 +343,7 @@ __device__ __forceinline__ void gg_update(T* __restrict__ p, const T* __restrict
     double total;
     if (gg_grid_total(block_sum, partials, ticket, scratch, total) && threadIdx.x == 0) {
         const double l = (double)loss[0];
-        record[rec] = l + lam * total;
+        record[rec] = lam != 0.0 ? l + lam * total : l;  // as numpy: no 0 * inf = NaN without a penalty
         record[stride + rec] = l;
     }
 }

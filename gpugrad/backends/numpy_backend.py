@@ -8,12 +8,15 @@ S = X W^T + b (n, C), P = softmax(S) row-wise, Y the one-hot rows of the labels 
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 # The optimiser rules of ``optimizer_update``, and the hyperparameters each takes (as the host
 # computes them, in double): sgd (lr,), momentum and nesterov (lr, mu), adam (beta1, 1 - beta1,
 # beta2, 1 - beta2, lr sqrt(1 - beta2^t) / (1 - beta1^t), eps sqrt(1 - beta2^t)).
 UPDATE_RULES = ("sgd", "momentum", "nesterov", "adam")
+_SCRATCH = threading.local()  # per thread: optimizer_update's scratch arrays
 
 
 class NumpyBackend:
@@ -183,7 +186,8 @@ class NumpyBackend:
 
     def gather_rows(self, X, idx, x_mean, x_std, y, sample_weight, out):
         """A batch: rows idx of X (all rows in order when idx is None), normalised as ``normalise``
-        does when x_mean is given, with their labels and weights.
+        does when x_mean is given, with their labels and weights. idx must index rows of X (the
+        trainer's permutation does): it is not checked.
 
         X (N, d) float in out's dtype, or uint8 with x_mean; idx (n,) int64; x_mean, x_std (d,) or
         None; y (N,) int; sample_weight (N,) or None. out = (Xb (n, d), yb (n,) int64, wb (n,) or
@@ -194,13 +198,13 @@ class NumpyBackend:
         if idx is None:
             Xb[...] = X
             yb[...] = y
-        else:
+        else:  # mode="clip": numpy's default "raise" copies through a buffer (3x the time here)
             if X.dtype == Xb.dtype:
-                xp.take(X, idx, axis=0, out=Xb)
+                xp.take(X, idx, axis=0, out=Xb, mode="clip")
             else:
                 Xb[...] = X[idx]
             if y.dtype == yb.dtype:
-                xp.take(y, idx, out=yb)
+                xp.take(y, idx, out=yb, mode="clip")
             else:
                 yb[...] = y[idx]
         if x_mean is not None:  # (X - x_mean) / x_std, as normalise computes it
@@ -318,23 +322,40 @@ class NumpyBackend:
             decayed = p[:n_decay]
             record[0, index] = loss + lam * xp.vdot(decayed, decayed) if lam else loss
             record[1, index] = loss
+        # Each product goes into scratch rather than a fresh temporary: the same operations in the
+        # same order (so the same bits), without allocating a parameter-sized array per product.
+        s, t = self._scratch(p, 0), (self._scratch(p, 1) if name in ("adam", "nesterov") else None)
         if lam and n_decay:
-            g[:n_decay] += (2 * lam) * p[:n_decay]
+            g[:n_decay] += xp.multiply(p[:n_decay], 2 * lam, out=s[:n_decay])  # (2 lam) W
         if name == "sgd":
-            p -= h[0] * g
+            p -= xp.multiply(g, h[0], out=s)
         elif name == "adam":
             m, v = slots
             m *= h[0]
-            m += h[1] * g
+            m += xp.multiply(g, h[1], out=s)  # (1 - b1) g
             v *= h[2]
-            v += h[3] * (g * g)
-            p -= h[4] * m / (xp.sqrt(v) + h[5])
+            xp.multiply(g, g, out=s)
+            v += xp.multiply(s, h[3], out=s)  # (1 - b2) g^2
+            xp.sqrt(v, out=t)
+            t += h[5]
+            xp.multiply(m, h[4], out=s)
+            p -= xp.divide(s, t, out=s)  # a m / (sqrt(v) + e)
         else:
             lr, mu = h
             v, = slots
             v *= mu
-            v -= lr * g
+            v -= xp.multiply(g, lr, out=s)  # lr g
             if name == "nesterov":
-                p += mu * v - lr * g
+                xp.multiply(v, mu, out=t)
+                p += xp.subtract(t, s, out=t)  # mu v - lr g
             else:
                 p += v
+
+    def _scratch(self, like, k):
+        """Scratch array number k of like's shape and dtype, one set per thread (the numpy backend
+        is shared, and Dask's threads may update at once), reused from call to call."""
+        have = _SCRATCH.__dict__.setdefault("arrays", {})
+        a = have.get((k, np.dtype(like.dtype)))
+        if a is None or a.size < like.size:
+            a = have[(k, np.dtype(like.dtype))] = self.xp.empty(like.size, dtype=like.dtype)
+        return a[:like.size].reshape(like.shape)

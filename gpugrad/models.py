@@ -128,14 +128,16 @@ class _Model:
         weights = self.flat_params[:self.n_decay]
         return self.backend.xp.vdot(weights, weights)
 
+    # Pickling and deep copies copy each view of the flat buffer on its own: the copy keeps the
+    # parameters and packs them again; compiled programs (buffers, bound methods) are a cache.
+    _UNPICKLED = ("_programs", "_views", "flat_params", "flat_grads", "grads")
+
     def __getstate__(self):
-        # Compiled programs (buffers, bound backend methods) are a cache: rebuilt after unpickling,
-        # where the parameters are packed again (pickle copies each view on its own).
-        return {k: v for k, v in self.__dict__.items() if k != "_programs"}
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._programs = {}
+        self._pack()
 
     # ---- the flat parameter buffer -------------------------------------------------------------
     def _pack(self):

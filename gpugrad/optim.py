@@ -213,6 +213,14 @@ class _Optimizer:
         self.t += 1
         return lr
 
+    def __getstate__(self):
+        # A copy's slots are copied one by one, no longer views of flat buffers: it packs anew.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_flat", "_flat_views", "_packed_as")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._flat = None
+
     def state(self) -> dict:
         """t and the slot arrays, as numpy."""
         out = {"t": np.array(self.t, dtype=np.int64)}

@@ -246,3 +246,59 @@ def test_cuda_training_matches_numpy(backend, rng, kind):
     for k in r.params:
         np.testing.assert_allclose(be.to_numpy(m.params[k]), r.params[k], rtol=1e-4, atol=2e-5, err_msg=k)
     np.testing.assert_allclose(h["cost"], hr["cost"], rtol=1e-5)
+
+
+def test_a_copy_trains_on_its_own_parameters(rng):
+    """A deep copy (or an unpickled model) keeps the parameters, packed anew in a buffer of its
+    own: training the copy and the original from there ends at the same weights, and neither
+    touches the other's."""
+    import pickle
+    X, y = rng.standard_normal((60, 5)), rng.integers(0, 3, 60)
+    model = MLP(5, 3, (6,), batchnorm=True, dtype="float64", backend="numpy", seed=1)
+    t = gg.Trainer(model, gg.optim.SGD(0.1, momentum=0.9), epochs=1, batch_size=25, progress=False)
+    t.fit(X, y)
+    copies = [copy.deepcopy(t), pickle.loads(pickle.dumps(t))]
+    before = {k: v.copy() for k, v in model.params.items()}
+    for c in copies:
+        assert not np.shares_memory(c.model.flat_params, model.flat_params)
+        c.epochs = 2
+        c.fit(X, y)
+    assert all(_same(model.params[k], before[k]) for k in before)
+    t.epochs = 2
+    t.fit(X, y)
+    for c in copies:
+        for k in model.params:
+            assert _same(c.model.params[k], model.params[k]), k
+
+
+def test_cuda_steps_launch_a_fixed_set_and_neither_allocate_nor_read_back(emulated_cuda, rng):
+    """On the emulated CUDA backend, after the first step: the linear classifier's trainer step is 3
+    kernels (the fused step on the batch's rows, its finish, the update), the MLP's 16 calls (a
+    gather, 2 layer forwards, the loss, 3 layer backwards, the update, 8 cuBLAS products); no
+    device allocation, no read back to the host."""
+    E = emulated_cuda
+    be = gg.get_backend("cupy")
+    X, y = be.asarray(rng.standard_normal((250, 40)).astype(np.float32)), be.asarray(rng.integers(0, 10, 250))
+    for kind, per_step in (("linear", ["gg_linear_f32_c10", "gg_linear_finish", "gg_update_f32"]),
+                           ("mlp", ["gg_gather_f32", "gg_layer_fwd_f32", "gg_layer_fwd_f32", "gg_scores_loss_f32_k1",
+                                    "gg_layer_bwd_f32", "gg_layer_bwd_f32", "gg_layer_bwd_f32", "gg_update_f32"])):
+        model = (MLP(40, 10, (16, 16), batchnorm=True, backend=be) if kind == "mlp"
+                 else gg.models.LinearClassifier(40, 10, backend=be))
+        t = gg.Trainer(model, gg.optim.SGD(0.01, momentum=0.9), epochs=1, batch_size=100, lam=1e-3, progress=False,
+                       eval_train=False)
+        t.optimizer.init(model.params)
+        step = t._steps(X, None, 3)
+        record, order = be.xp.empty((2, 3), dtype=np.float64), be.asarray(rng.permutation(250))
+        step(X, y, None, order, 0, record)  # the first step: its scratch is made here
+        be.launches.clear()
+        gemms, allocations, reads = [], [], []
+        real_gemm, real_empty, real_get = E.emucupy.cublas.gemm, E._device_empty, E.EmuArray.get
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(E.emucupy.cublas, "gemm", lambda *a, **k: (gemms.append(1), real_gemm(*a, **k))[1])
+            mp.setattr(E, "_device_empty", lambda *a: (allocations.append(a), real_empty(*a))[1])
+            mp.setattr(E.EmuArray, "get", lambda self: (reads.append(1), real_get(self))[1])
+            for i in (1, 2):  # a full batch, then the last one (50 rows): its program was made with the first
+                step(X, y, None, order, i, record)
+        assert be.launches == per_step * 2, kind
+        assert len(gemms) == (16 if kind == "mlp" else 0) and not allocations and not reads, kind
+        assert np.isfinite(np.asarray(record)).all()

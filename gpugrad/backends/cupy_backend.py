@@ -9,12 +9,21 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
   x_mean/x_std on the fly or not, and uint8 X with them under float32 or float64 weights), for
   C <= 16 classes and rows short enough for the fused kernel (W in shared memory); other inputs
   take the inherited path (cuBLAS matmuls around the fused loss kernel);
+- ``linear_step``: the same kernel on the rows idx of X (a training batch read where it lies), into
+  preallocated outputs: the trainer's linear step is this, its finish and the update;
+- the compiled step's functions (``gpugrad.compiled``, kernels/mlp.cuh): ``gather_rows``,
+  ``layer_forward`` (bias + batch norm + ReLU), ``layer_backward`` (ReLU mask + batch-norm VJP +
+  the bias's sums), ``scores_loss`` (bias, loss and dL/dS, a warp per row), ``optimizer_update``
+  (every parameter in one launch, with the penalty and the step's cost), and ``matmul`` (one
+  cuBLAS call into the output, no copy of a transposed operand);
 - ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back.
 
 Which kernel, grid and shared memory: ``plans`` (pure functions). Per-device kernels, caches and
 scratch: ``devices``. Work under ``with cupy.cuda.Device(i):`` runs on device i with kernels
 loaded there. No host synchronisation happens in a gradient step: J comes back as a 0-d device
-array. Only the value checks (``validate=True``, the default) read one small array back.
+array. Only the value checks (``validate=True``, the default) read one small array back. The
+compiled step's functions write into the caller's buffers and take their scratch from the
+workspace, so a replayed training step allocates nothing either.
 """
 from __future__ import annotations
 

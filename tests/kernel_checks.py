@@ -118,6 +118,11 @@ def row_kernel_shapes(loss, dtype):
 # Each check runs the backend's method on device copies of float inputs (`dev`: numpy -> device
 # array), the numpy backend's on the same values in float64, and compares; it returns the device
 # results as numpy (for the thread-order tests). The kernels take float32 or float64 values.
+def host(a):
+    """A device result as numpy, read explicitly (``.get()``, as CuPy wants it); None stays None."""
+    return None if a is None else (a.get() if hasattr(a, "get") else np.asarray(a))
+
+
 GATHER_KINDS = {"f32": (np.float32, np.float32), "f64": (np.float64, np.float64), "u8": (np.uint8, np.float32),
                 "u8f64": (np.uint8, np.float64)}
 
@@ -137,7 +142,7 @@ def check_gather(be, dev, rng, kind, N=11, n=6, d=9, normalised=True, weighted=T
     be.gather_rows(dev(X), dev(idx), on(mean), on(std), dev(y), on(w) if weighted else None, out)
     ref = NP.gather_rows(X, idx, mean, std, y, w if weighted else None,
                          (np.empty((n, d), dtype), np.empty(n, np.int64), np.empty(n, dtype) if weighted else None))
-    got = [None if a is None else np.asarray(a) for a in out]
+    got = [host(a) for a in out]
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])  # one rounding, as numpy's
     if weighted:
         assert np.array_equal(got[2], ref[2])
@@ -163,12 +168,12 @@ def check_layer(be, dev, rng, dtype, batchnorm, n=13, m=40, s=None, dh=None):
     ref = (np.empty((n, m)), np.empty((n, m)), np.empty(m))
     NP.layer_forward(s.copy(), b, *((gamma, beta, r_rm, r_rv) if batchnorm else bn), 0.1, 1e-5,
                      ref if batchnorm else (ref[0], None, None))
-    h, xhat, inv = (np.asarray(a) if a is not None else None for a in out)
+    h, xhat, inv = (host(a) for a in out)
     tol = TOL[dtype]
     assert rel(h, ref[0]) <= tol
     if batchnorm:
         assert rel(xhat, ref[1]) <= tol and rel(inv, ref[2]) <= tol
-        assert rel(d_rm, r_rm) <= tol and rel(d_rv, r_rv) <= tol
+        assert rel(host(d_rm), r_rm) <= tol and rel(host(d_rv), r_rv) <= tol
     grads = tuple(dev(np.full(m, np.nan, dtype)) if batchnorm or i == 2 else None for i in range(3))
     d_dh = dev(dh.astype(dtype))
     ds = be.layer_backward(d_dh, out[0], out[1], d_bn[0], out[2], grads)
@@ -176,15 +181,16 @@ def check_layer(be, dev, rng, dtype, batchnorm, n=13, m=40, s=None, dh=None):
     r_ds = NP.layer_backward(dh.copy(), ref[0], ref[1] if batchnorm else None, gamma if batchnorm else None,
                              ref[2] if batchnorm else None, r_grads)
     assert ds is d_dh  # written in place
+    ds = host(ds)
     assert rel(ds, r_ds) <= 3 * tol
-    dgamma, dbeta, db = (np.asarray(a) if a is not None else None for a in grads)
+    dgamma, dbeta, db = (host(a) for a in grads)
     if batchnorm:
         assert rel(dgamma, r_grads[0]) <= tol and rel(dbeta, r_grads[1]) <= tol
         # sum_i ds_i cancels to 0: its rounding is measured against the sums it came from
         assert rel(db, r_grads[2], np.linalg.norm(np.abs(r_ds).sum(0))) <= 3 * tol
     else:
         assert rel(db, r_grads[2], np.linalg.norm(np.abs(r_ds).sum(0))) <= tol
-    return [h, xhat, inv, np.asarray(d_rm), np.asarray(d_rv), np.asarray(ds), dgamma, dbeta, db]
+    return [h, xhat, inv, host(d_rm), host(d_rv), ds, dgamma, dbeta, db]
 
 
 def check_scores_loss(be, dev, rng, dtype, C, loss, weighted, n=11, S=None, y=None, b=None):
@@ -200,9 +206,10 @@ def check_scores_loss(be, dev, rng, dtype, C, loss, weighted, n=11, S=None, y=No
     r_dS, r_L = np.empty((n, C)), np.empty(())
     NP.scores_loss(S.astype(dtype).astype(np.float64), b.astype(dtype).astype(np.float64), y, w, loss, (r_dS, r_L))
     tol = TOL[dtype]
+    dS, L = host(dS), host(L)
     assert rel(dS, r_dS) <= tol
     assert abs(float(L) - float(r_L)) <= tol * max(abs(float(r_L)), 1e-30)
-    return [np.asarray(dS), np.asarray(L)]
+    return [dS, L]
 
 
 def check_update(be, dev, rng, dtype, rule, N=700, n_decay=450, lam=0.01, steps=5):
@@ -220,10 +227,11 @@ def check_update(be, dev, rng, dtype, rule, N=700, n_decay=450, lam=0.01, steps=
     r_p, r_g, r_slots = p.copy(), g.copy(), [s.copy() for s in slots]
     NP.optimizer_update((rule, hyper), r_p, r_g, r_slots, lam, n_decay, loss, rec, 2)
     tol = TOL[dtype]
+    d_p, d_slots = host(d_p), [host(s) for s in d_slots]
     assert rel(d_p, r_p) <= tol
     for a, r in zip(d_slots, r_slots):
         assert rel(a, r) <= tol
-    got = np.asarray(d_rec)
+    got = host(d_rec)
     assert np.isnan(got[:, [0, 1, 3, 4]]).all()  # only step 2's entries written
     assert abs(got[0, 2] - rec[0, 2]) <= tol * rec[0, 2] and got[1, 2] == float(loss)
-    return [np.asarray(d_p)] + [np.asarray(s) for s in d_slots] + [got]
+    return [d_p] + d_slots + [got]

@@ -393,8 +393,8 @@ def test_scores_loss_bad_labels_make_the_loss_nan(be, loss, C, rng):
     good = [0, 2, 3, 5]
     ref = np.empty((4, C))
     NP.scores_loss(S[good].astype(np.float64), np.zeros(C), y[good], None, loss, (ref, np.empty(())))
-    assert np.isnan(float(L))
-    assert rel(np.asarray(dS)[good], ref * 4 / n) <= 1e-5
+    assert np.isnan(L.get())
+    assert rel(dS.get()[good], ref * 4 / n) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -420,8 +420,8 @@ def test_relu_mask_at_exactly_zero(be, dtype):
     h, ds, db = dev(np.full((n, m), np.nan, dtype)), dev(np.ones((n, m), dtype)), dev(np.full(m, np.nan, dtype))
     be.layer_forward(dev(s.astype(dtype)), dev(b), None, None, None, None, 0.1, 1e-5, (h, None, None))
     be.layer_backward(ds, h, None, None, None, (None, None, db))
-    assert (np.asarray(h)[s == 0] == 0).all() and (np.asarray(ds)[s == 0] == 0).all()
-    np.testing.assert_array_equal(np.asarray(db), (s > 0).sum(0))
+    assert (h.get()[s == 0] == 0).all() and (ds.get()[s == 0] == 0).all()
+    np.testing.assert_array_equal(db.get(), (s > 0).sum(0))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -432,10 +432,10 @@ def test_update_without_a_penalty_records_the_loss_as_the_cost(be, dtype, rng):
     p, g = dev(np.array([np.inf, 1.0, 2.0], dtype)), dev(np.zeros(3, dtype))
     rec = dev(np.full((2, 1), np.nan))
     be.optimizer_update(("sgd", (0.1,)), p, g, (), 0.0, 1, dev(np.array(0.5, dtype)), rec, 0)
-    assert np.asarray(rec).tolist() == [[0.5], [0.5]]
+    assert rec.get().tolist() == [[0.5], [0.5]]
     p, g = dev(np.array([3.0, 1.0, 2.0], dtype)), dev(np.zeros(3, dtype))
     be.optimizer_update(("sgd", (0.5,)), p, g, (), 0.25, 1, dev(np.array(0.5, dtype)), rec, 0)
-    assert np.asarray(p).tolist() == [3.0 - 0.5 * 0.5 * 3.0, 1.0, 2.0] and np.asarray(rec)[0, 0] == 0.5 + 0.25 * 9
+    assert p.get().tolist() == [3.0 - 0.5 * 0.5 * 3.0, 1.0, 2.0] and rec.get()[0, 0] == 0.5 + 0.25 * 9
 
 
 # ---- the schedule: a warp that runs ahead ----------------------------------------------------------

@@ -1,7 +1,7 @@
 """The MLP's CPU targets, measured side by side: implementations in alternating rounds.
 
     python benchmarks/mlp_epoch.py                    # BLAS with its own threads, 7 rounds
-    python benchmarks/mlp_epoch.py --blas-threads 1   # BLAS held to one thread (threadpoolctl)
+    python benchmarks/mlp_epoch.py --blas-threads 1   # BLAS and PyTorch held to one thread
     python benchmarks/mlp_epoch.py --quick            # small sizes, 2 rounds: a smoke run
 
 1. The MLP epoch: 3072-50-50-10 with batch norm, batch 100, SGD with momentum 0.9, lam 1e-3,
@@ -119,7 +119,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds (default 7)")
     ap.add_argument("--blas-threads", type=int, default=None,
-                    help="hold BLAS (and OpenMP) to this many threads with threadpoolctl (default: its own)")
+                    help="hold BLAS and OpenMP (threadpoolctl) and PyTorch (torch.set_num_threads) to this "
+                         "many threads (default: their own)")
     ap.add_argument("--quick", action="store_true", help="small sizes and 2 rounds: a smoke run")
     ap.add_argument("--skip", action="append", default=[], metavar="NAME",
                     help=f"leave out an MLP epoch implementation (one of {', '.join(EPOCH_IMPLS[1:])})")
@@ -127,10 +128,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rounds = 2 if args.quick else args.rounds
     N, d, epochs = (300, 64, 2) if args.quick else (10_000, 3072, 50)
-    limit = None
+    limit, torch_threads = None, None
     if args.blas_threads is not None:
         from threadpoolctl import threadpool_limits
         limit = threadpool_limits(args.blas_threads)
+        try:
+            import torch
+            torch_threads = torch.get_num_threads()
+            torch.set_num_threads(args.blas_threads)
+        except ImportError:
+            pass
     try:
         unknown = set(args.skip) - set(EPOCH_IMPLS[1:])
         if unknown:
@@ -140,6 +147,9 @@ def main(argv=None) -> int:
     finally:
         if limit is not None:
             limit.restore_original_limits()
+        if torch_threads is not None:
+            import torch
+            torch.set_num_threads(torch_threads)
     try:
         import torch
         torch_version = torch.__version__

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph import Tensor, _toposort, tensor
+from .graph import _toposort, tensor
 
 __all__ = ["Program", "GraphProgram", "LinearProgram", "trace", "compile_mlp"]
 
@@ -124,7 +124,7 @@ class Program:
     """
 
     def __init__(self, backend, n, forward, backward, loss, grads, gather):
-        self.backend, self.n, self.loss, self.grads, self.gather = backend, n, loss, grads, gather
+        self.backend, self.n, self.grads, self.gather = backend, n, grads, gather
         self._forward, self._backward = forward, backward
         instrs = forward + backward
         self.nbuffers = _allocate(backend.xp, instrs, keep={id(loss)})
@@ -245,8 +245,8 @@ def compile_mlp(model, n, x_dtype, *, weighted, gather):
     backward = []
     loss = _Val("loss", (), dtype)
     for layer in layers:  # the forward schedule
-        layer.forward(forward, values, dtype, n, model)
-    dS = layers[-1].scores_loss(forward, values, dtype, n, y_in, w_in, model.loss, loss)
+        layer.forward(forward, values, dtype, n)
+    dS = layers[-1].scores_loss(forward, dtype, y_in, w_in, model.loss, loss)
     upstream = dS
     for layer in reversed(layers):  # the backward schedule: the VJPs in reverse order
         upstream = layer.backward(backward, values, upstream, model.grads, dtype, n)
@@ -323,7 +323,7 @@ class _Layer:
             self.momentum, self.eps = p["momentum"], p["eps"]
         self.out_node = relu if relu is not None else linear
 
-    def forward(self, instrs, values, dtype, n, model):
+    def forward(self, instrs, values, dtype, n):
         x = values[id(self.x_node)]
         s = self.s = _Val(f"s{self.l}", (n, self.m), dtype)
         instrs.append(_Instr("matmul", [x, self.W_array.T, s], [s], label=f"matmul({_name(x)}, {self.W}.T) -> s{self.l}"))
@@ -343,7 +343,7 @@ class _Layer:
                                        f"xhat{self.l}, inv_std{self.l}"))
         values[id(self.relu)] = self.h
 
-    def scores_loss(self, instrs, values, dtype, n, y, w, loss_name, loss):
+    def scores_loss(self, instrs, dtype, y, w, loss_name, loss):
         """The result layer's bias, the loss and dL/dS (its upstream gradient)."""
         dS = _Val("dS", self.s.shape, dtype)
         instrs.append(_Instr("scores_loss", [self.s, self.b_array, y, w, loss_name, (dS, loss)], [dS, loss],

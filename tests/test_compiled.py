@@ -167,7 +167,7 @@ def test_schedule_reuses_buffers_by_liveness():
 
 
 def test_a_graph_without_a_compiled_form_is_refused_naming_it():
-    from gpugrad.compiled import Program, _layers, trace  # noqa: F401
+    from gpugrad.compiled import _layers, trace
     from gpugrad.ops import linear, relu
     params = {"W1": np.ones((3, 4)), "b1": np.zeros(3), "W2": np.ones((2, 3)), "b2": np.zeros(2)}
 

@@ -1,34 +1,35 @@
 // mlp.cuh: the compiled training step's fused kernels (gpugrad/compiled.py): what numpy does in
 // several passes per layer, one launch each on the GPU.
 //
-// gg_gather_<x>:         Reads the batch's rows X[idx[r]] (d values, float32/float64/uint8), x_mean and
-//                        x_std (d, or null), y[idx[r]], sw[idx[r]] (or null). Writes Xb (n, d) =
-//                        (x - mean) / std in the compute type, yb (n,) int64, wb (n,).
-//                        Traffic: one read of the batch's rows, one write of Xb (cuBLAS reads the
-//                        batch's matrix products from one matrix).
-// gg_layer_fwd_<t>:      A hidden layer after its matrix product s = h_in W^T: a = s + b, then batch
-//                        norm by the batch's statistics (the running averages updated in place) and
-//                        h = ReLU(gamma xhat + beta); or, without batch norm, h = ReLU(a).
-//                        Reads s (n, m) three times (column means, variances, outputs; from cache
-//                        after the first), b, gamma, beta, the running averages (m). Writes h (n, m),
-//                        xhat (n, m) and inv_std (m) for the backward pass.
-// gg_layer_bwd_<t>:      Its backward pass from dJ/dh: g = dh [h > 0] (the ReLU mask; none when h is
-//                        null), then the batch-norm VJP ds = inv_std / n (n ghat - sum ghat - xhat
-//                        sum ghat xhat), ghat = g gamma, with dgamma = sum g xhat, dbeta = sum g, and
-//                        db = sum ds (the bias before the norm). Without batch norm ds = g. ds may be
-//                        dh itself (written in place). Reads dh (twice, the second from cache), h,
-//                        xhat; writes ds (n, m) and four (m) vectors.
-// gg_scores_loss_<t>_k<K>: the scores' bias, the loss and dL/dS: a warp per row, K scores a lane
-//                        (C <= 32 K). Reads S (n, C) = h W^T once, b, y, sw (or null). Writes
-//                        dS (n, C) = w_r dl_r / ds_r / n, and loss[0] = (1/n) sum_r w_r l_r (per-block
-//                        partials added in a fixed order by the last block: deterministic).
-// gg_update_<t>:         One optimiser step over every parameter, stored as one flat buffer (weight
-//                        matrices first): g + 2 lam p on the first n_decay entries, then SGD, momentum,
-//                        Nesterov or Adam. Reads p, g and the slots once, writes p and the slots
-//                        once (the floor for an update); with a record, also the step's cost and loss
-//                        into the epoch's per-step array: record[i] = loss + lam sum_{j < n_decay} p_j^2
-//                        (p before the update, summed in double in a fixed order), record[stride + i]
-//                        = loss.
+// Reads:  gg_gather_<x>: the batch's rows X[idx[r]] (d values, float32/float64/uint8), x_mean and
+//           x_std (d, or null), y[idx[r]] and sw[idx[r]] (or null).
+//         gg_layer_fwd_<t>: s (n, m) = h_in W^T, the layer's pre-activation, three times (column
+//           means, variances, outputs; from cache after the first), b, gamma, beta and the running
+//           averages (m).
+//         gg_layer_bwd_<t>: dh (n, m) twice (the second from cache), h and xhat (n, m), gamma,
+//           inv_std (m).
+//         gg_scores_loss_<t>_k<K>: S (n, C) = h W^T once, b (C), y, sw (or null).
+//         gg_update_<t>: the flat parameters p, their gradient g and the optimiser's slots (N each)
+//           once, the batch's loss (0-d).
+// Writes: gg_gather_<x>: Xb (n, d) = (x - mean) / std in the compute type, yb (n,) int64, wb (n,).
+//         gg_layer_fwd_<t>: a = s + b, then with batch norm (the batch's statistics; the running
+//           averages updated in place) h = ReLU(gamma xhat + beta) and xhat (n, m), inv_std (m) for
+//           the backward pass; without it h = ReLU(a).
+//         gg_layer_bwd_<t>: g = dh [h > 0] (the ReLU's mask; none when h is null), then the
+//           batch-norm VJP ds = inv_std / n (n ghat - sum ghat - xhat sum ghat xhat), ghat = g gamma,
+//           into ds (n, m), which may be dh itself (in place); dgamma = sum g xhat, dbeta = sum g,
+//           db = sum ds (the bias before the norm). Without batch norm ds = g.
+//         gg_scores_loss_<t>_k<K>: dS (n, C) = w_r dl_r / ds_r / n and loss[0] = (1/n) sum_r w_r l_r
+//           (per-block partials added in a fixed order by the last block: deterministic).
+//         gg_update_<t>: p and the slots after one step of SGD, momentum, Nesterov or Adam on
+//           g + 2 lam p (the penalty on the first n_decay entries: the weight matrices); with a
+//           record, the step's cost and loss in the epoch's per-step array: record[i] = loss +
+//           lam sum_{j < n_decay} p_j^2 (p before the update, in double, in a fixed order) and
+//           record[stride + i] = loss.
+// Traffic: the gather, one read of the batch's rows and one write of Xb (cuBLAS reads a batch's
+//         matrix products from one matrix); the layers, a few passes over (n, m) activations that
+//         stay in cache; the loss, one read of S and one write of dS; the update, one read and
+//         write of p and the slots and one read of g: the floor for each.
 //
 // Column reductions (the layer kernels): a block of 32 columns x 8 row lanes; each thread sums its
 // rows in order in double, then the 8 lanes are added in order: the same bits in every run.

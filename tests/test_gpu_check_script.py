@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.py and device_check.sh run where CI cannot (a GPU is lent for minutes), so
-their mistakes would cost that time: here they parse, and the newer parts of gpu_check run end to
+"""benchmarks/gpu_check.py and device_check.sh run where CI cannot (on a GPU, often for a few
+minutes at a time), so their mistakes would cost that time: here they parse, and the newer parts of gpu_check run end to
 end on the emulated CUDA backend (tests/emu) with the timers stubbed."""
 import shutil
 import subprocess

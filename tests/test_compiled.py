@@ -216,7 +216,7 @@ def test_cuda_compiled_step_matches_numpy(backend, rng, hidden, batchnorm, loss,
     ref = MLP(d, C, hidden, loss, batchnorm=batchnorm, dtype="float64", backend="numpy")
     ref.load_state({k: v.astype(np.float64) for k, v in model.state().items()})
     X, y, w = rng.standard_normal((n, d)).astype(np.float32), rng.integers(0, C, n), rng.uniform(0.5, 2, n)
-    J, L, grads = model.loss_grad(be.asarray(X), be.asarray(y), 0.01, be.asarray(w, dtype=np.float32))
+    J, L, grads = model.loss_grad(be.asarray(X), be.asarray(y), 0.01, be.asarray(w))  # float64 weights: converted
     J_r, L_r, grads_r = ref.loss_grad(X.astype(np.float64), y, 0.01, w.astype(np.float32).astype(np.float64))
     assert abs(float(J) - J_r) <= 1e-5 * abs(J_r)
     for k, g in grads_r.items():
@@ -302,3 +302,23 @@ def test_cuda_steps_launch_a_fixed_set_and_neither_allocate_nor_read_back(emulat
         assert be.launches == per_step * 2, kind
         assert len(gemms) == (16 if kind == "mlp" else 0) and not allocations and not reads, kind
         assert np.isfinite(record.get()).all()
+
+
+def test_cuda_fallbacks_match_numpy(backend, rng):
+    """What the kernels do not take goes the reference's way on the device: a gather from a
+    strided X, the loss of rows past 1024 classes (the bias added, then the row-loss kernels)."""
+    be = _cuda(backend)
+    X, idx, y = rng.standard_normal((12, 20)), rng.integers(0, 12, 5), rng.integers(0, 7, 12)
+    Xb = be.xp.empty((5, 10), dtype=np.float64)
+    yb = be.xp.empty(5, dtype=np.int64)
+    be.gather_rows(be.asarray(X)[:, ::2], be.asarray(idx), None, None, be.asarray(y), None, (Xb, yb, None))
+    assert _same(be.to_numpy(Xb), X[idx, ::2]) and _same(be.to_numpy(yb), y[idx])
+    n, C = 5, 1100
+    S, b, y = rng.standard_normal((n, C)), rng.standard_normal(C), rng.integers(0, C, n)
+    w = rng.uniform(0.5, 2, n)
+    dS, L = be.xp.empty((n, C), dtype=np.float64), be.xp.empty((), dtype=np.float64)
+    be.scores_loss(be.asarray(S), be.asarray(b), be.asarray(y), be.asarray(w), "softmax", (dS, L))
+    r_dS, r_L = np.empty((n, C)), np.empty(())
+    gg.get_backend("numpy").scores_loss(S.copy(), b, y, w, "softmax", (r_dS, r_L))
+    np.testing.assert_allclose(be.to_numpy(dS), r_dS, rtol=1e-12, atol=1e-18)
+    assert abs(float(be.to_numpy(L)) - float(r_L)) <= 1e-12 * abs(float(r_L))

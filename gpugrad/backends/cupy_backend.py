@@ -329,12 +329,16 @@ class CupyBackend(NumpyBackend):
                 (np.uint8, np.float64): "u8f64"}.get((X.dtype.type, Xb.dtype.type))
         if name is None or not X.flags.c_contiguous:
             return super().gather_rows(X, idx, x_mean, x_std, y, sample_weight, out)
-        y, y64 = _labels(self.xp, y)
-        norm = (_NULL, _NULL) if x_mean is None else (x_mean, x_std)
+        xp, T = self.xp, Xb.dtype
+        y, y64 = _labels(xp, y)
+        # (each conversion a no-op for the trainer's inputs: no copy in a step)
+        norm = (_NULL, _NULL) if x_mean is None else (xp.ascontiguousarray(x_mean, dtype=T),
+                                                      xp.ascontiguousarray(x_std, dtype=T))
+        rows = _NULL if idx is None else xp.ascontiguousarray(idx, dtype=np.int64)
+        sw = _NULL if sample_weight is None else xp.ascontiguousarray(sample_weight, dtype=T)
         dev.kernel(f"gg_gather_{name}")(
             (max(1, min(n, 4 * dev.card.sm_count)),), (256,),
-            (X, _NULL if idx is None else idx, np.int64(n), np.int32(d), *norm, y, _Y64[y64],
-             _NULL if sample_weight is None else sample_weight, Xb, yb, _NULL if wb is None else wb))
+            (X, rows, np.int64(n), np.int32(d), *norm, y, _Y64[y64], sw, Xb, yb, _NULL if wb is None else wb))
         return out
 
     def layer_forward(self, s, b, gamma, beta, running_mean, running_var, momentum, eps, out):
@@ -366,11 +370,12 @@ class CupyBackend(NumpyBackend):
             return super().scores_loss(S, b, y, sample_weight, loss, out)
         ws = self.workspace()
         y, y64 = _labels(self.xp, y)
+        sw = _NULL if sample_weight is None else self.xp.ascontiguousarray(sample_weight, dtype=S.dtype)
         grid = -(-n // 8)  # a warp per row, 8 a block
         ws.device.kernel(f"gg_scores_loss_{_TYPE[S.dtype.type]}_k{K}")(
             (grid,), (256,),
-            (S, b, y, _Y64[y64], _NULL if sample_weight is None else sample_weight, _LOSS_KIND[loss], dS,
-             np.int64(n), np.int32(C), ws.partials_for(grid), ws.ticket, L))
+            (S, b, y, _Y64[y64], sw, _LOSS_KIND[loss], dS, np.int64(n), np.int32(C), ws.partials_for(grid),
+             ws.ticket, L))
         return out
 
     def optimizer_update(self, rule, p, g, slots, lam=0.0, n_decay=0, loss=None, record=None, index=0):

@@ -297,12 +297,22 @@ def _layers(nodes, names, x_node):
             raise NotImplementedError(f"the compiled step has no instruction for the chain {' -> '.join(ops)} "
                                       "(it compiles linear -> [batch_norm (training) ->] relu)")
         bn = chain[1] if ops[1] == "batch_norm" else None
-        if bn is not None and any(id(c) not in names for c in bn._children[1:]):
-            raise NotImplementedError("the compiled step needs batch_norm's gamma and beta to be model parameters")
+        if bn is not None:
+            if any(id(c) not in names for c in bn._children[1:]):
+                raise NotImplementedError("the compiled step needs batch_norm's gamma and beta to be model "
+                                          "parameters")
+            stats = [bn._params["running_mean"], bn._params["running_var"]]
+            if any(r is not None and r.dtype != bn.dtype for r in stats):
+                raise NotImplementedError(f"the compiled step keeps batch_norm's running averages in the layer's "
+                                          f"dtype {bn.dtype}; got {[r.dtype.name for r in stats]}")
         layers.append(_Layer(len(layers) + 1, node, names, bn, chain[-1]))
         covered.update(id(c) for c in chain)
     if not layers or layers[-1].relu is not None:
         raise NotImplementedError("the compiled step needs the graph's result to be a linear node (the scores)")
+    used = [name for layer in layers for name in layer.param_names()]
+    if len(used) != len(set(used)):
+        raise NotImplementedError("the compiled step writes each parameter's gradient once: a parameter used in "
+                                  "two places (tied weights) needs the generic backward pass")
     return layers
 
 
@@ -322,6 +332,9 @@ class _Layer:
             self.running = (p["running_mean"], p["running_var"])
             self.momentum, self.eps = p["momentum"], p["eps"]
         self.out_node = relu if relu is not None else linear
+
+    def param_names(self):
+        return [self.W, self.b] + ([self.gamma, self.beta] if self.bn is not None else [])
 
     def forward(self, instrs, values, dtype, n):
         x = values[id(self.x_node)]

@@ -13,7 +13,7 @@
 //           once, the batch's loss (0-d).
 // Writes: gg_gather_<x>: Xb (n, d) = (x - mean) / std in the compute type, yb (n,) int64, wb (n,).
 //         gg_layer_fwd_<t>: a = s + b, then with batch norm (the batch's statistics; the running
-//           averages updated in place) h = ReLU(gamma xhat + beta) and xhat (n, m), inv_std (m) for
+//           averages, when not null, updated in place) h = ReLU(gamma xhat + beta) and xhat (n, m), inv_std (m) for
 //           the backward pass; without it h = ReLU(a).
 //         gg_layer_bwd_<t>: g = dh [h > 0] (the ReLU's mask; none when h is null), then the
 //           batch-norm VJP ds = inv_std / n (n ghat - sum ghat - xhat sum ghat xhat), ghat = g gamma,
@@ -140,9 +140,10 @@ __device__ __forceinline__ void gg_layer_fwd(const T* __restrict__ s, const T* _
     }
     if (threadIdx.y == 0) {
         inv_std[c] = inv;
-        // PyTorch's rule: the running variance takes the unbiased batch variance.
-        rmean[c] = (T)(1.0 - momentum) * rmean[c] + (T)momentum * mu;
-        rvar[c] = (T)(1.0 - momentum) * rvar[c] + (T)momentum * (var * (T)((double)n / (double)(n - 1)));
+        if (rmean != nullptr) {  // PyTorch's rule: the running variance takes the unbiased batch variance
+            rmean[c] = (T)(1.0 - momentum) * rmean[c] + (T)momentum * mu;
+            rvar[c] = (T)(1.0 - momentum) * rvar[c] + (T)momentum * (var * (T)((double)n / (double)(n - 1)));
+        }
     }
 }
 

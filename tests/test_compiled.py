@@ -169,16 +169,21 @@ def test_schedule_reuses_buffers_by_liveness():
 def test_a_graph_without_a_compiled_form_is_refused_naming_it():
     from gpugrad.compiled import _layers, trace
     from gpugrad.ops import linear, relu
-    params = {"W1": np.ones((3, 4)), "b1": np.zeros(3), "W2": np.ones((2, 3)), "b2": np.zeros(2)}
+    params = {"W1": np.ones((3, 4)), "b1": np.zeros(3), "W2": np.ones((3, 3)), "b2": np.zeros(3),
+              "W3": np.ones((2, 3)), "b3": np.zeros(2)}
 
-    def sigmoidish(p, x):
-        return linear(gg.exp(linear(x, p["W1"], p["b1"])), p["W2"], p["b2"])
+    def layer(p, h, l):
+        return relu(linear(h, p[f"W{l}"], p[f"b{l}"]))
 
-    def relu_out(p, x):
-        return relu(linear(x, p["W1"], p["b1"]))
-
-    for fn, message in ((sigmoidish, "no instruction for the chain linear -> exp"),
-                        (relu_out, "the graph's result to be a linear node")):
+    cases = {
+        "no instruction for the chain linear -> exp": lambda p, x: linear(gg.exp(linear(x, p["W1"], p["b1"])),
+                                                                          p["W3"], p["b3"]),
+        "the graph's result to be a linear node": lambda p, x: layer(p, x, 1),
+        "tied weights": lambda p, x: linear(layer(p, layer(p, layer(p, x, 1), 2), 2), p["W3"], p["b3"]),
+        "no instruction for the chain linear -> add": lambda p, x: (
+            linear(layer(p, x, 1), p["W3"], p["b3"]) + linear(layer(p, x, 1), p["W3"], p["b3"])),
+    }
+    for message, fn in cases.items():
         nodes, names, x = trace(fn, params, np.zeros((2, 4)))
         with pytest.raises(NotImplementedError, match=message):
             _layers(nodes, names, x)

@@ -347,8 +347,8 @@ class CupyBackend(NumpyBackend):
         bn = gamma is not None
         self.workspace().device.kernel("gg_layer_fwd_" + _TYPE[s.dtype.type])(
             (-(-m // 32),), (32, 8),
-            (s, b, gamma if bn else _NULL, beta if bn else _NULL, running_mean if bn else _NULL,
-             running_var if bn else _NULL, np.float64(momentum), np.float64(eps), np.int64(n), np.int32(m), h,
+            (s, b, gamma if bn else _NULL, beta if bn else _NULL, _NULL if running_mean is None else running_mean,
+             _NULL if running_var is None else running_var, np.float64(momentum), np.float64(eps), np.int64(n), np.int32(m), h,
              xhat if bn else _NULL, inv_std if bn else _NULL))
         return out
 

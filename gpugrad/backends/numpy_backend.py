@@ -233,7 +233,7 @@ class NumpyBackend:
     def layer_forward(self, s, b, gamma, beta, running_mean, running_var, momentum, eps, out):
         """A hidden layer after its matrix product s = h_in W^T (n, m): a = s + b (in place on s),
         then h = ReLU(batch_norm(a)) with the batch's statistics (``ops.batch_norm`` in training
-        mode: running_mean and running_var (m,) updated in place), or h = ReLU(a) when gamma is
+        mode: running_mean and running_var (m,), when given, updated in place), or h = ReLU(a) when gamma is
         None. out = (h, xhat, inv_std): (n, m), (n, m) and (m,); xhat and inv_std (what the
         backward pass needs) are written with batch norm only.
 
@@ -256,8 +256,9 @@ class NumpyBackend:
         xp.sqrt(inv_std, out=inv_std)
         xp.divide(1, inv_std, out=inv_std)
         xhat *= inv_std
-        running_mean[...] = (1 - momentum) * running_mean + momentum * mu
-        running_var[...] = (1 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mu
+            running_var[...] = (1 - momentum) * running_var + momentum * (var * (n / (n - 1)))
         xp.multiply(gamma, xhat, out=h)
         h += beta
         xp.maximum(h, 0, out=h)

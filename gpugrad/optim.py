@@ -4,7 +4,9 @@ An optimiser updates a model's ``params`` (name -> array) in place from ``grads`
 names, on the arrays' own backend, with no host synchronisation: the learning rate comes from a
 schedule, a function of the update count t evaluated on the host. Its state (t and the slot
 arrays: velocities, moments) is plain data, so a checkpoint holds it and a resumed run continues
-exactly (the optax idea, with in-place updates).
+exactly (the optax idea, with in-place updates). Each rule is written once, as
+``backend.optimizer_update``: ``step`` calls it per parameter, and the trainer's ``fused_step``
+once for a whole model, on its flat parameter buffer and flat slots (``pack``).
 
     >>> import numpy as np, gpugrad as gg
     >>> params = {"W": np.ones(3)}

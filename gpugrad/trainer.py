@@ -137,6 +137,7 @@ class Trainer:
         self.rng = np.random.default_rng(seed)  # the shuffles; its state is checkpointed
         self._best = None  # early stopping: (metric, epoch, params as numpy)
         self._stale = 0
+        self._step = None  # the epoch's step function while fit runs (_Step)
 
     # ---- data ----------------------------------------------------------------------------------
     def _labels(self, y, n, what):
@@ -257,8 +258,9 @@ class Trainer:
         """The epoch's step function (``_Step``), made once a fit and again only when the model or
         optimiser it was made for has changed."""
         key = (X.shape[0], X.dtype, w is not None, steps, self.batch_size, self.lam)
-        step = getattr(self, "_step", None)
-        if step is None or step.key != key or not step.valid():
+        step = self._step
+        if step is None or step.key != key or step.model is not self.model or step.opt is not self.optimizer \
+                or not step.valid():
             step = self._step = _Step(self.model, self.optimizer, self.batch_size, self.lam, X, w, steps, key)
         return step
 

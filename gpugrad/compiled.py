@@ -4,9 +4,10 @@ The generic forward and backward passes (``gpugrad.graph``: Tensor nodes built f
 BackOp walking them) are the definition of a training step, and the way to inspect and
 gradcheck it. Training runs the same step compiled, in four stages:
 
-1. **trace**: the model's forward graph is built once, on a batch of the given shape and dtype,
-   and taken in evaluation order (the lecture's generic forward pass). Tracing is not a step: the
-   batch-norm running averages it updates are put back.
+1. **trace**: the model's forward graph is built once and taken in evaluation order (the
+   lecture's generic forward pass). Only its structure is kept, so it is built on host stand-ins
+   (numpy zeros of each parameter's and buffer's shape and dtype): no device work, no state
+   changed.
 2. **lower**: each chain of nodes that feed only one another becomes one instruction calling a
    fused function of the backend (numpy on the CPU, a CUDA kernel on CuPy):
    ``linear -> batch_norm -> relu`` (or ``linear -> relu``) is a matrix product and
@@ -61,27 +62,27 @@ from .graph import _toposort, tensor
 __all__ = ["Program", "GraphProgram", "LinearProgram", "trace", "compile_mlp"]
 
 
-def trace(forward, params: dict, x, state=()):
-    """The graph of one forward pass, built once.
+def trace(forward, params: dict, buffers: dict, x_shape, dtype):
+    """The graph of one forward pass, built once, on host stand-ins.
 
     Args:
-        forward: f(param tensors by name, input tensor) -> the result node (the scores S).
-        params: name -> array, the model's parameters (traced as leaves that require grad).
-        x: an input batch (n, d): only its shape and dtype matter.
-        state: arrays the forward pass updates in place (batch-norm running averages): restored
-            afterwards, so that tracing is not a training step.
+        forward: f(param tensors by name, input tensor, buffers by name) -> the result node (the
+            scores S).
+        params, buffers: name -> array, the model's parameters (traced as leaves that require
+            grad) and the arrays its forward pass reads besides them (batch-norm running averages).
+        x_shape, dtype: an input batch's shape (n, d), n > 1, and dtype.
+    Only the graph's structure is kept, so it is traced on numpy zeros of each array's shape and
+    dtype: no device work, and no state changes (tracing is not a training step).
     Returns:
-        (nodes in evaluation order, {id(parameter node): name}, the input node).
+        (nodes in evaluation order, {id(parameter node): name}, {id(buffer stand-in): name}, the
+        input node).
     """
-    leaves = {k: tensor(v, requires_grad=True, name=k) for k, v in params.items()}
-    x_node = tensor(x, name="x")
-    saved = [a.copy() for a in state]
-    try:
-        result = forward(leaves, x_node)
-    finally:
-        for a, before in zip(state, saved):
-            a[...] = before
-    return _toposort(result), {id(t): k for k, t in leaves.items()}, x_node
+    leaves = {k: tensor(np.zeros(tuple(v.shape), v.dtype), requires_grad=True, name=k) for k, v in params.items()}
+    stand_ins = {k: np.zeros(tuple(v.shape), v.dtype) for k, v in buffers.items()}
+    x_node = tensor(np.zeros(x_shape, dtype), name="x")
+    result = forward(leaves, x_node, stand_ins)
+    return (_toposort(result), {id(t): k for k, t in leaves.items()}, {id(a): k for k, a in stand_ins.items()},
+            x_node)
 
 
 class _Val:
@@ -224,10 +225,10 @@ def compile_mlp(model, n, x_dtype, *, weighted, gather):
     Returns: a ``Program`` writing its gradients into ``model.grads``.
     """
     be, dtype = model.backend, model.dtype
-    xp = be.xp
     x_dtype = np.dtype(x_dtype)
-    template = xp.zeros((n, model.n_features), dtype=dtype)
-    nodes, names, x_node = trace(model.forward_graph, model.params, template, list(model.buffers.values()))
+    nodes, names, buffer_names, x_node = trace(
+        lambda params, x, buffers: model.forward_graph(params, x, training=True, buffers=buffers),
+        model.params, model.buffers, (2, model.n_features), dtype)
     forward, values = [], {}
     convert = model.normalised or x_dtype != dtype
     if gather or convert:
@@ -241,7 +242,10 @@ def compile_mlp(model, n, x_dtype, *, weighted, gather):
         values[id(x_node)], y_in, w_in = xb, yb, wb
     else:
         values[id(x_node)], y_in, w_in = _X, _Y, (_W if weighted else None)
-    layers = _layers(nodes, names, x_node)
+    layers = _layers(nodes, names, x_node, model.params, {k: model.buffers[v] for k, v in buffer_names.items()})
+    if n <= 1 and any(layer.bn is not None for layer in layers):  # (traced at 2 rows: say it as the graph would)
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got x of shape "
+                         f"({n}, {layers[0].m}) (the batch variance of {n} row(s) is undefined; use training=False)")
     backward = []
     loss = _Val("loss", (), dtype)
     for layer in layers:  # the forward schedule
@@ -263,9 +267,11 @@ def _consumers(nodes):
     return out
 
 
-def _layers(nodes, names, x_node):
+def _layers(nodes, names, x_node, params, buffers):
     """The graph as layers: each hidden layer a chain linear -> [batch_norm ->] relu whose nodes
-    feed only the next; the result a linear node. Anything else has no compiled form."""
+    feed only the next; the result a linear node. Anything else has no compiled form. The
+    layers hold the model's own arrays: ``params`` by name, and ``buffers``, {id(the traced
+    stand-in): the model's array}, for the running averages."""
     consumers = _consumers(nodes)
     result = nodes[-1]
     layers, covered = [], set()
@@ -285,7 +291,7 @@ def _layers(nodes, names, x_node):
             raise NotImplementedError("the compiled step compiles a chain of layers, each reading the previous "
                                       "layer's output")
         if node is result:
-            layers.append(_Layer(len(layers) + 1, node, names, None, None))
+            layers.append(_Layer(len(layers) + 1, node, names, None, None, params, buffers))
             covered.add(id(node))
             continue
         chain = [node]
@@ -302,10 +308,13 @@ def _layers(nodes, names, x_node):
                 raise NotImplementedError("the compiled step needs batch_norm's gamma and beta to be model "
                                           "parameters")
             stats = [bn._params["running_mean"], bn._params["running_var"]]
+            if any(r is not None and id(r) not in buffers for r in stats):
+                raise NotImplementedError("the compiled step needs batch_norm's running averages to be model "
+                                          "buffers")
             if any(r is not None and r.dtype != bn.dtype for r in stats):
                 raise NotImplementedError(f"the compiled step keeps batch_norm's running averages in the layer's "
                                           f"dtype {bn.dtype}; got {[r.dtype.name for r in stats]}")
-        layers.append(_Layer(len(layers) + 1, node, names, bn, chain[-1]))
+        layers.append(_Layer(len(layers) + 1, node, names, bn, chain[-1], params, buffers))
         covered.update(id(c) for c in chain)
     if not layers or layers[-1].relu is not None:
         raise NotImplementedError("the compiled step needs the graph's result to be a linear node (the scores)")
@@ -319,17 +328,17 @@ def _layers(nodes, names, x_node):
 class _Layer:
     """One layer of the compiled MLP: s = x W^T (+ b, batch norm, ReLU in one fused call)."""
 
-    def __init__(self, index, linear, names, bn, relu):
+    def __init__(self, index, linear, names, bn, relu, params, buffers):
         x, W, b = linear._children
         self.l, self.x_node, self.relu, self.bn = index, x, relu, bn
         self.W, self.b = names[id(W)], names[id(b)]
-        self.W_array, self.b_array = W.value, b.value
+        self.W_array, self.b_array = params[self.W], params[self.b]
         self.m = W.shape[0]
         if bn is not None:
             self.gamma, self.beta = names[id(bn._children[1])], names[id(bn._children[2])]
-            self.gamma_array, self.beta_array = bn._children[1].value, bn._children[2].value
+            self.gamma_array, self.beta_array = params[self.gamma], params[self.beta]
             p = bn._params
-            self.running = (p["running_mean"], p["running_var"])
+            self.running = tuple(None if r is None else buffers[id(r)] for r in (p["running_mean"], p["running_var"]))
             self.momentum, self.eps = p["momentum"], p["eps"]
         self.out_node = relu if relu is not None else linear
 

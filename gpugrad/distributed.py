@@ -68,7 +68,7 @@ import uuid
 import numpy as np
 
 from . import _validation
-from .backends import backend_for, is_cupy_array
+from .backends import backend_for, is_cupy_array, to_host
 from .trainer import _positive_int
 
 __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "predict_proba"]
@@ -121,7 +121,7 @@ def _as_rows_like(v, X, name):
     if v is None:
         return None
     lazy = isinstance(v, da.Array)
-    if not lazy:
+    if not lazy and not is_cupy_array(v):  # a CuPy array stays on its device, chunked as it is
         v = np.asarray(v)
     if v.ndim != 1 or v.shape[0] != X.shape[0]:
         raise ValueError(f"{name} must have shape ({X.shape[0]},) (one per row of X), got {v.shape}")
@@ -494,7 +494,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     y = _as_rows_like(y, X, "y")
     w = _as_rows_like(sample_weight, X, "sample_weight")
     if classes is not None:
-        classes = np.unique(np.asarray(classes))
+        classes = np.unique(to_host(classes))
     import dask
     ranges = _row_ranges(X)
     X, y, w = dask.persist(X, y, w)
@@ -687,7 +687,7 @@ def predict(model, classes, X):
     """
     import dask.array as da
     _check_inference_X(model, X)
-    classes = np.asarray(classes)
+    classes = to_host(classes)
     if classes.shape != (model.n_classes,):
         raise ValueError(f"classes must have shape ({model.n_classes},) (one per class of the "
                          f"model), got {classes.shape}")

@@ -56,7 +56,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from . import models, optim
-from .backends import backend_for, get_backend, is_cupy_array
+from .backends import backend_for, get_backend, is_cupy_array, move_to, to_host
 from .distributed import is_dask_collection
 from .trainer import Trainer
 
@@ -368,7 +368,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
         elif classes is not None:
-            given = np.unique(np.asarray(classes))
+            given = np.unique(to_host(classes))
             if not np.array_equal(given, self.classes_):
                 raise ValueError(f"classes={given.tolist()} differs from the classes of the first call "
                                  f"to partial_fit, {self.classes_.tolist()}")
@@ -380,7 +380,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         warm = (partial and not first_partial) or (self.warm_start and hasattr(self, "model_"))
         X, y = self._validate_Xy(X, y, reset=not warm)
         if first_partial:
-            all_classes = np.unique(np.asarray(classes))
+            all_classes = np.unique(to_host(classes))
         elif partial:
             all_classes = self.classes_
         else:
@@ -659,12 +659,13 @@ class _LinearMixin:
         """(classes, sample_weight times class_weight[y]): the labels are read once here (only y;
         X stays on the workers), the weights are built lazily per chunk."""
         import dask.array as da
-        y_host = np.asarray(y.compute() if hasattr(y, "compute") else y)
+        y_host = to_host(y.compute() if hasattr(y, "compute") else y)
         classes = np.unique(y_host)
         self.classes_ = classes
         cw = self._class_weights(self._encode(y_host), partial=False)
-        y_dask = y if hasattr(y, "map_blocks") else da.from_array(y_host, chunks=len(y_host))
-        per_row = y_dask.map_blocks(lambda b: cw[np.searchsorted(classes, np.asarray(b))], dtype=np.float64)
+        y_dask = y if hasattr(y, "map_blocks") else da.from_array(y if is_cupy_array(y) else y_host,
+                                                                  chunks=len(y_host))
+        per_row = y_dask.map_blocks(_row_class_weights, classes, cw, dtype=np.float64)
         return classes, per_row if sample_weight is None else per_row * sample_weight
 
     def _dask_call(self, method, X):
@@ -676,6 +677,13 @@ class _LinearMixin:
         if method == "decision_function" and len(self.classes_) == 2:
             return out[:, 1] - out[:, 0]
         return out
+
+
+def _row_class_weights(labels, classes, cw):
+    """class_weight of each label of a block, on the block's backend (a CuPy block stays on its
+    device: only the (C,) classes and weights move there)."""
+    xp = backend_for(labels).xp
+    return move_to(xp, cw)[xp.searchsorted(move_to(xp, classes), labels)]
 
 
 _COMMON_DOC = """

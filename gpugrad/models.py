@@ -37,7 +37,7 @@ import zipfile
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import get_backend, to_host
 from .graph import no_grad, tensor
 from . import _validation, compiled
 
@@ -84,7 +84,7 @@ class _Model:
         for name, v in (("x_mean", x_mean), ("x_std", x_std)):
             if v is None:
                 raise ValueError("x_mean and x_std must be given together")
-            v = np.asarray(self.backend.to_numpy(v), dtype=np.float64)
+            v = to_host(v).astype(np.float64)  # numpy or CuPy, whatever the model's backend
             if v.shape != (d,):
                 raise ValueError(f"{name} must have shape ({d},), got {v.shape}")
             if not np.isfinite(v).all():
@@ -214,7 +214,7 @@ class _Model:
                              + ("; " if missing and extra else "")
                              + (f"unexpected {extra}" if extra else ""))
         for name, target in expected.items():
-            a = np.asarray(state[name])
+            a = to_host(state[name])  # numpy or CuPy, whatever the model's backend
             if a.shape != tuple(target.shape):
                 raise ValueError(f"{source}: {name} has shape {a.shape}, but this {self.describe()} "
                                  f"needs {tuple(target.shape)}")
@@ -333,15 +333,17 @@ class MLP(_Model):
     def n_layers(self) -> int:
         return len(self.hidden) + 1
 
-    def forward_graph(self, params, h, training=True):
+    def forward_graph(self, params, h, training=True, buffers=None):
         """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor) and the
-        normalised input node h (n, d): the model's definition, which the compiled step traces."""
+        normalised input node h (n, d): the model's definition, which the compiled step traces.
+        ``buffers``: the running averages to use (name -> array; default the model's own)."""
         from .ops import batch_norm, linear, relu
+        buffers = self.buffers if buffers is None else buffers
         for l in range(1, self.n_layers):
             s = linear(h, params[f"W{l}"], params[f"b{l}"])
             if self.batchnorm:
                 s = batch_norm(s, params[f"gamma{l}"], params[f"beta{l}"],
-                               self.buffers[f"running_mean{l}"], self.buffers[f"running_var{l}"],
+                               buffers[f"running_mean{l}"], buffers[f"running_var{l}"],
                                training=training, momentum=self.bn_momentum)
             h = relu(s)
         k = self.n_layers

@@ -137,7 +137,7 @@ class Trainer:
         self.rng = np.random.default_rng(seed)  # the shuffles; its state is checkpointed
         self._best = None  # early stopping: (metric, epoch, params as numpy)
         self._stale = 0
-        self._step = None  # the epoch's step function while fit runs (_Step)
+        self._step_fn = None  # the epoch's step function while fit runs (_Step)
 
     # ---- data ----------------------------------------------------------------------------------
     def _labels(self, y, n, what):
@@ -235,7 +235,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            self._step = None  # its programs stay cached in the model; a trainer keeps no buffers
+            self._step_fn = None  # its programs stay cached in the model; a trainer keeps no buffers
         if self._best is not None and self.early_stopping and self._stale >= self.n_iter_no_change:
             model.load_state({**model.state(), **self._best[2]})
         return self.history
@@ -249,19 +249,23 @@ class Trainer:
         step = self._steps(X, w, steps)
         lr = math.nan
         for i in range(steps):
-            lr = step(X, y, w, order, i, per_step)
+            lr = self._step(step, X, y, w, order, i, per_step)
             if bar is not None:
                 bar.update(1)
         return per_step, lr
+
+    def _step(self, step, X, y, w, order, i, per_step) -> float:
+        """The i-th step of the epoch (``step``, the epoch's ``_Step``); returns its learning rate."""
+        return step(X, y, w, order, i, per_step)
 
     def _steps(self, X, w, steps):
         """The epoch's step function (``_Step``), made once a fit and again only when the model or
         optimiser it was made for has changed."""
         key = (X.shape[0], X.dtype, w is not None, steps, self.batch_size, self.lam)
-        step = self._step
+        step = self._step_fn
         if step is None or step.key != key or step.model is not self.model or step.opt is not self.optimizer \
                 or not step.valid():
-            step = self._step = _Step(self.model, self.optimizer, self.batch_size, self.lam, X, w, steps, key)
+            step = self._step_fn = _Step(self.model, self.optimizer, self.batch_size, self.lam, X, w, steps, key)
         return step
 
     def _sums(self, X, y):

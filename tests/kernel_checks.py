@@ -7,6 +7,14 @@ import gpugrad as gg
 NP = gg.get_backend("numpy")
 
 
+def host(a):
+    """a as a numpy array: a device array (cupy.ndarray, or the emulator's) through ``.get()``, as
+    CuPy requires (it refuses np.asarray of a device array); None stays None."""
+    if a is None:
+        return None
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
 # Relative error bounds of the kernels against the float64 reference, by compute dtype.
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 
@@ -15,7 +23,7 @@ def rel(got, ref, scale=0.0):
     """||got - ref|| / max(||ref||, scale): the relative error, or the error against `scale` where
     the reference is smaller (cancelled sums). Every entry of `got` must be finite (outputs start
     as NaN: one left unwritten shows)."""
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    got, ref = host(got).astype(np.float64), host(ref).astype(np.float64)
     assert np.isfinite(got).all(), "an output entry was left unwritten (NaN poison) or is not finite"
     return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), scale, 1e-300)
 
@@ -84,7 +92,7 @@ def check_linear_step(ref_args, got, loss, lam, sample_weight=None):
     results, 1e-12 for float64 (db against db_scale where it cancels)."""
     X, y, W, b, mean, std = ref_args
     J, dW, db = got
-    tol = TOL[np.asarray(dW).dtype.type]
+    tol = TOL[dW.dtype.type]
     J_ref, dW_ref, db_ref = NP.linear_grad(X, y, W, b, lam, loss, mean, std, sample_weight=sample_weight)
     assert rel(dW, dW_ref) <= tol
     assert rel(db, db_ref, db_scale(X, y, W, b, loss, mean, std, sample_weight)) <= tol
@@ -118,11 +126,6 @@ def row_kernel_shapes(loss, dtype):
 # Each check runs the backend's method on device copies of float inputs (`dev`: numpy -> device
 # array), the numpy backend's on the same values in float64, and compares; it returns the device
 # results as numpy (for the thread-order tests). The kernels take float32 or float64 values.
-def host(a):
-    """A device result as numpy, read explicitly (``.get()``, as CuPy wants it); None stays None."""
-    return None if a is None else (a.get() if hasattr(a, "get") else np.asarray(a))
-
-
 GATHER_KINDS = {"f32": (np.float32, np.float32), "f64": (np.float64, np.float64), "u8": (np.uint8, np.float32),
                 "u8f64": (np.uint8, np.float64)}
 

@@ -184,9 +184,9 @@ def test_a_graph_without_a_compiled_form_is_refused_naming_it():
             linear(layer(p, x, 1), p["W3"], p["b3"]) + linear(layer(p, x, 1), p["W3"], p["b3"])),
     }
     for message, fn in cases.items():
-        nodes, names, x = trace(fn, params, np.zeros((2, 4)))
+        nodes, names, buffers, x = trace(lambda p, x, b: fn(p, x), params, {}, (2, 4), np.float64)
         with pytest.raises(NotImplementedError, match=message):
-            _layers(nodes, names, x)
+            _layers(nodes, names, x, params, buffers)
 
 
 def test_replaced_parameters_are_packed_again(rng):
@@ -277,16 +277,18 @@ def test_a_copy_trains_on_its_own_parameters(rng):
 
 
 def test_cuda_steps_launch_a_fixed_set_and_neither_allocate_nor_read_back(emulated_cuda, rng):
-    """On the emulated CUDA backend, after the first step: the linear classifier's trainer step is 3
-    kernels (the fused step on the batch's rows, its finish, the update), the MLP's 16 calls (a
-    gather, 2 layer forwards, the loss, 3 layer backwards, the update, 8 cuBLAS products); no
-    device allocation, no read back to the host."""
+    """On the emulated CUDA backend, counted (tests/emu/cost.py) after the first step: the linear
+    classifier's trainer step is 3 kernels (the fused step on the batch's rows, its finish, the
+    update), the MLP's 16 launches (a gather, 8 cuBLAS products, 2 layer forwards, the loss, 3
+    layer backwards, the update); no device allocation, no host synchronisation, no upload; the
+    last, smaller batch costs the same."""
     E = emulated_cuda
     be = gg.get_backend("cupy")
     X, y = be.asarray(rng.standard_normal((250, 40)).astype(np.float32)), be.asarray(rng.integers(0, 10, 250))
-    for kind, per_step in (("linear", ["gg_linear_f32_c10", "gg_linear_finish", "gg_update_f32"]),
-                           ("mlp", ["gg_gather_f32", "gg_layer_fwd_f32", "gg_layer_fwd_f32", "gg_scores_loss_f32_k1",
-                                    "gg_layer_bwd_f32", "gg_layer_bwd_f32", "gg_layer_bwd_f32", "gg_update_f32"])):
+    mlp = ["gg_gather_f32", "cupy.gemm", "gg_layer_fwd_f32", "cupy.gemm", "gg_layer_fwd_f32", "cupy.gemm",
+           "gg_scores_loss_f32_k1", "gg_layer_bwd_f32", "cupy.gemm", "cupy.gemm", "gg_layer_bwd_f32", "cupy.gemm",
+           "cupy.gemm", "gg_layer_bwd_f32", "cupy.gemm", "gg_update_f32"]
+    for kind, per_step in (("linear", ["gg_linear_f32_c10", "gg_linear_finish", "gg_update_f32"]), ("mlp", mlp)):
         model = (MLP(40, 10, (16, 16), batchnorm=True, backend=be) if kind == "mlp"
                  else gg.models.LinearClassifier(40, 10, backend=be))
         t = gg.Trainer(model, gg.optim.SGD(0.01, momentum=0.9), epochs=1, batch_size=100, lam=1e-3, progress=False,
@@ -295,17 +297,11 @@ def test_cuda_steps_launch_a_fixed_set_and_neither_allocate_nor_read_back(emulat
         step = t._steps(X, None, 3)
         record, order = be.xp.empty((2, 3), dtype=np.float64), be.asarray(rng.permutation(250))
         step(X, y, None, order, 0, record)  # the first step: its scratch is made here
-        be.launches.clear()
-        gemms, allocations, reads = [], [], []
-        real_gemm, real_empty, real_get = E.emucupy.cublas.gemm, E._device_empty, E.EmuArray.get
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(E.emucupy.cublas, "gemm", lambda *a, **k: (gemms.append(1), real_gemm(*a, **k))[1])
-            mp.setattr(E, "_device_empty", lambda *a: (allocations.append(a), real_empty(*a))[1])
-            mp.setattr(E.EmuArray, "get", lambda self: (reads.append(1), real_get(self))[1])
+        with E.counting() as cost:
             for i in (1, 2):  # a full batch, then the last one (50 rows): its program was made with the first
                 step(X, y, None, order, i, record)
-        assert be.launches == per_step * 2, kind
-        assert len(gemms) == (16 if kind == "mlp" else 0) and not allocations and not reads, kind
+        assert cost.kernels == per_step * 2, kind
+        assert (cost.syncs, cost.allocations, cost.uploads) == (0, 0, 0), (kind, cost.as_dict())
         assert np.isfinite(record.get()).all()
 
 
@@ -327,3 +323,15 @@ def test_cuda_fallbacks_match_numpy(backend, rng):
     gg.get_backend("numpy").scores_loss(S.copy(), b, y, w, "softmax", (r_dS, r_L))
     np.testing.assert_allclose(be.to_numpy(dS), r_dS, rtol=1e-12, atol=1e-18)
     assert abs(float(be.to_numpy(L)) - float(r_L)) <= 1e-12 * abs(float(r_L))
+
+
+def test_a_batch_of_one_row_with_batch_norm_is_refused_as_the_graph_refuses_it(rng):
+    """The compiled step traces at two rows; a program for one row says what batch_norm says."""
+    model, graph = _pair(rng, 4, 3, (5,), True, "softmax")
+    X, y = rng.standard_normal((1, 4)), np.array([2])
+    for m in (model, graph):
+        with pytest.raises(ValueError, match=r"more than 1 value per channel when training.*\(1, 5\)"):
+            m.loss_grad(X, y, 0.0)
+    t = gg.Trainer(model, "sgd", epochs=1, batch_size=5, progress=False)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # 11 rows: a last batch of 1
+        t.fit(rng.standard_normal((11, 4)), rng.integers(0, 3, 11))

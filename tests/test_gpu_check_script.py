@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py and device_check.sh run where CI cannot (on a GPU, often for a few
 minutes at a time), so their mistakes would cost that time: here they parse, and the newer parts of gpu_check run end to
 end on the emulated CUDA backend (tests/emu) with the timers stubbed."""
+import importlib
 import shutil
 import subprocess
 import types
@@ -23,20 +24,13 @@ def gpu_check(monkeypatch, emulated_cuda):
     E = emulated_cuda
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_check as G
-    class Cupy:  # the emulator's cupy, with a device to synchronise
-        cuda = types.SimpleNamespace(**vars(E.emucupy.cuda),
-                                     Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None))
-
-        def __getattr__(self, name):
-            return getattr(E.emucupy, name)
-
-    monkeypatch.setattr(G, "cupy", Cupy())
+    monkeypatch.setattr(G, "cupy", E.emucupy)
     monkeypatch.setattr(G, "HAVE_TORCH", False)
     monkeypatch.setattr(G, "time_batches", lambda fn, sets, **k: (fn(*sets[0]), (1.0, 1.0, 1.0))[1])
     monkeypatch.setattr(G, "host_us", lambda fn, **k: (fn(), 1.0)[1])
-    # CuPy's pointer holder, which host_breakdown imports: a plain integer here
-    import cupy.cuda.function
-    monkeypatch.setattr(cupy.cuda.function, "CIntptr", np.uint64)
+    # CuPy's pointer holder, which host_breakdown imports: a plain integer here (the real module:
+    # `import cupy` gives the stand-in while the emulated backend is installed)
+    monkeypatch.setattr(importlib.import_module("cupy.cuda.function"), "CIntptr", np.uint64)
     monkeypatch.setattr(G, "RESULTS", {"correctness": [], "timing": [], "env": {}})
     return G
 

@@ -12,9 +12,12 @@ can still be wrong:
 - labels -1 and C: the device-side check names the first, the public functions refuse them, and
   with validation off every kernel turns the row into NaN instead of reading out of bounds.
 
-The last test plants a race that only the emulator's "runahead" schedule exposes: a block
-reduction without its leading barrier, whose scratch a fast warp overwrites before a slow one has
-read it.
+The last tests are about the emulator's "runahead" schedule, where one warp at a time runs alone
+until it waits, which alone exposes a block reduction without its leading barrier (a fast warp
+overwrites the scratch a slow one has yet to read): a planted bug of that kind is caught, every
+kernel family that reduces over a block agrees with itself in that order on inputs where
+consecutive reductions leave different values in the scratch, and that ordinary test catches the
+planted bug too.
 """
 import platform
 import shutil
@@ -29,8 +32,8 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g+
 pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
 
 from emu import emulator as E  # noqa: E402
-from kernel_checks import (check_layer, check_linear_step, check_scores_loss, check_update, linear_case,  # noqa: E402
-                           LINEAR_KINDS, rel, row_kernel_shapes, TOL)
+from kernel_checks import (check_layer, check_linear_step, check_scores_loss, check_update, host,  # noqa: E402
+                           linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL)
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -148,7 +151,7 @@ def test_confident_rows_keep_the_target_gradient(be, name, C, variant, dtype, mo
     ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS, np.float64)
+    dS = host(dS).astype(np.float64)
     target, ref_target = dS[np.arange(n), y], ref_dS[np.arange(n), y]
     assert (ref_target < 0).all()
     assert np.all(np.abs(target - ref_target) <= TOL[dtype] * np.abs(ref_target)), (target, ref_target)
@@ -175,7 +178,7 @@ def test_hinge_margin_of_exactly_zero_has_subgradient_zero(be, name, C, variant,
     ref_loss, ref_dS = NP.svm_grad(S, y)
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS)
+    dS = host(dS)
     assert (dS[kink] == 0).all()
     assert rel(dS, ref_dS) <= TOL[dtype]
     assert abs(float(loss) - ref_loss) <= TOL[dtype] * ref_loss
@@ -197,7 +200,7 @@ def test_bad_labels_make_the_loss_nan_without_a_stray_read(be, name, C, variant,
     ref_loss, ref_dS = (NP.softmax_cross_entropy_grad if name.startswith("gg_ce") else NP.svm_grad)(S[good], y[good])
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS)
+    dS = host(dS)
     assert np.isnan(float(loss))
     assert rel(dS[good], ref_dS * len(good) / n) <= TOL[dtype]  # the reference's mean is over 2 rows
     bad_rows = dS[[1, 2, n - 1]]
@@ -487,6 +490,142 @@ def test_runahead_schedule_catches_a_block_reduction_reusing_its_scratch_too_soo
     finally:
         E.use(None)
         E.configure("forward", 1, True)
+
+
+# Every kernel family that reduces over a whole block, in the runahead order, on inputs where
+# consecutive block reductions leave different values in the shared scratch: uniform(0, 1) scores
+# (a row max near 1 beside sums of exponentials or hinge counts in the tens), weights whose sum of
+# squares and normalisation shift differ. Each run must give the forward order's bits and the
+# numpy reference. A reduction that lost its leading barrier fails here, in the ordinary test, and
+# not only in the planted-bug test above: see the test after these.
+def _rows_run(rng, loss, C, n, variant=None):
+    """run(be) -> (results as numpy, whether they match the float64 reference) for a row loss."""
+    S = rng.uniform(0, 1, (n, C)).astype(np.float32)
+    y = rng.integers(0, C, n)
+    ref_loss, ref_dS = (NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad)(S.astype(np.float64), y)
+
+    def run(be):
+        if variant is not None:
+            be = be._with_variants(ce_long_rows=variant)
+        loss_, dS = (be.softmax_cross_entropy_grad if loss == "softmax" else be.svm_grad)(dev(S), dev(y))
+        return [host(loss_), host(dS)], rel(dS, ref_dS) <= 1e-5 and abs(float(loss_) - ref_loss) <= 1e-5 * ref_loss
+    return run
+
+
+def _linear_run(rng):
+    """The simt linear step (a block reduction of ||W||^2 beside its per-row reductions)."""
+    ref, args = linear_case(rng, "f32", 150, 120, 10)
+    args = tuple(None if a is None else dev(a) for a in args)
+
+    def run(be):
+        got = be._with_variants(linear_f32="simt").linear_grad(*args[:4], 0.01, "softmax", *args[4:])
+        try:
+            check_linear_step(ref, got, "softmax", 0.01)
+        except AssertionError:
+            return [host(a) for a in got], False
+        return [host(a) for a in got], True
+    return run
+
+
+def _prep_run(rng, x):
+    """The tensor-core step's weight preparation alone (gg_linmma_prep: the largest |W'|, then
+    sum W^2, then the normalisation's shift, the last two through one scratch; gg_linmma_prep_f32:
+    sum W^2), launched as the backend launches it for C = 10, d = 200."""
+    from gpugrad.backends import plans
+    C, d = 10, 200
+    W = (rng.standard_normal((C, d)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    mean, std = rng.uniform(60, 200, d).astype(np.float32), rng.uniform(20, 80, d).astype(np.float32)
+    plan = plans.mma_plan(x, 256, d, C, plans.Card(**E.SMALL_H100))
+    nc, dtot = 8 * plan["nt"], plans.LINMMA[x].cluster * plan["dsl"]
+    wsq_ref = (W.astype(np.float64) ** 2).sum(axis=1)
+
+    def run(be):
+        wsq = E.emucupy.empty(nc, np.float64)
+        if x == "u8":
+            out = [E.emucupy.empty((2, nc, dtot), np.uint16), E.emucupy.empty(dtot, np.uint16),
+                   E.emucupy.empty(nc, np.float32), E.emucupy.empty(nc, np.float32)]
+            be.kernel("gg_linmma_prep")((nc,), (256,), (dev(W), dev(b), dev(mean), dev(std), np.int32(C), np.int32(d),
+                                                         np.int32(dtot), *out, wsq))
+        else:
+            out = [E.emucupy.empty((2, nc, dtot), np.float32)]
+            be.kernel("gg_linmma_prep_f32")((nc,), (256,), (dev(W), np.int32(C), np.int32(d), np.int32(dtot), *out, wsq))
+        results = [host(a) for a in (*out, wsq)]
+        return results, bool(np.allclose(results[-1][:C], wsq_ref, rtol=1e-12, atol=0))
+    return run
+
+
+def _checked_run(rng, check):
+    """run(be) for one of kernel_checks' checks (it compares with numpy itself): the same inputs
+    every run, drawn from one seed."""
+    seed = int(rng.integers(2**32))
+
+    def run(be):
+        try:
+            return check(be, np.random.default_rng(seed)), True
+        except AssertionError:
+            return [], False
+    return run
+
+
+RUNAHEAD = {
+    "softmax, a block per row": lambda rng: _rows_run(rng, "softmax", 1500, 3),
+    "softmax, lane teams and the grid's mean": lambda rng: _rows_run(rng, "softmax", 50, 400),
+    "softmax, long rows streamed": lambda rng: _rows_run(rng, "softmax", 9000, 7, "stream"),
+    "softmax, long rows prefetched": lambda rng: _rows_run(rng, "softmax", 9000, 7, "prefetch"),
+    "softmax, rows past the registers": lambda rng: _rows_run(rng, "softmax", 33000, 2),
+    "hinge, a block per row": lambda rng: _rows_run(rng, "svm", 1500, 3),
+    "hinge, lane teams and the grid's mean": lambda rng: _rows_run(rng, "svm", 50, 400),
+    "linear step": _linear_run,
+    "tensor-core preparation, uint8": lambda rng: _prep_run(rng, "u8"),
+    "tensor-core preparation, float32": lambda rng: _prep_run(rng, "f32"),
+    "compiled step: a layer with batch norm": lambda rng: _checked_run(rng, lambda be, r: check_layer(
+        be, dev, r, np.float32, True, s=r.uniform(0, 1, (13, 40)), dh=r.uniform(0, 1, (13, 40)))),
+    "compiled step: the scores' loss": lambda rng: _checked_run(rng, lambda be, r: check_scores_loss(
+        be, dev, r, np.float32, 40, "softmax", True, S=r.uniform(0, 1, (30, 40)))),
+    "compiled step: the fused update": lambda rng: _checked_run(rng, lambda be, r: check_update(
+        be, dev, r, np.float32, "adam")),
+}
+
+
+def _agrees_under_runahead(monkeypatch, run, seeds=(1, 2)):
+    """The family's results in the runahead order (each seed) are the forward order's, bit for bit,
+    and right (AssertionError otherwise)."""
+    E.configure("forward", 1, True)
+    want, right = run(E.emulated_backend(monkeypatch))
+    assert right, "wrong in the forward order"
+    try:
+        for seed in seeds:
+            E.configure("runahead", seed, True)
+            got, right = run(E.emulated_backend(monkeypatch))
+            assert right and all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, want)), \
+                f"runahead order, seed {seed}: results differ from the forward order's"
+    finally:
+        E.configure("forward", 1, True)
+
+
+@pytest.mark.parametrize("family", list(RUNAHEAD))
+def test_block_reductions_agree_in_the_runahead_order(family, monkeypatch, rng):
+    E.use(None)
+    _agrees_under_runahead(monkeypatch, RUNAHEAD[family](rng))
+
+
+# The families whose consecutive reductions share one scratch with no barrier of their own between
+# them: without gg_block_reduce's leading barrier a warp running ahead overwrites what another has
+# yet to read. (In the others a barrier of theirs, or a scratch of its own per reduction, stands
+# between them: the leading barrier's loss leaves their results right.)
+UNBARRIERED_CAUGHT = ["softmax, a block per row", "tensor-core preparation, uint8"]
+
+
+@pytest.mark.parametrize("family", UNBARRIERED_CAUGHT)
+def test_the_ordinary_runahead_test_catches_a_block_reduction_without_its_leading_barrier(
+        family, unbarriered_build, monkeypatch, rng):
+    E.use(_without_leading_barrier)
+    try:
+        with pytest.raises(AssertionError, match="runahead order, seed"):
+            _agrees_under_runahead(monkeypatch, RUNAHEAD[family](rng))
+    finally:
+        E.use(None)
 
 
 def test_runahead_catches_a_layer_reusing_its_column_scratch_too_soon(unbarriered_build, monkeypatch):

@@ -209,7 +209,8 @@ def test_each_device_gets_its_own_kernels_card_and_scratch(monkeypatch, entries)
     S, y = FakeArray((8192, 30000), np.float32), FakeArray(8192, np.int64)
     be.softmax_cross_entropy_grad(S, y)
     with FAKE_CUPY.cuda.Device(1):
-        be.softmax_cross_entropy_grad(S, y)
+        S1, y1 = FakeArray((8192, 30000), np.float32), FakeArray(8192, np.int64)
+        be.softmax_cross_entropy_grad(S1, y1)
         ws1, f1 = be.workspace(), be.kernel("gg_ce_f32_b_k32")
         assert be.card.sm_count == 8
     ws0 = be.workspace()
@@ -222,7 +223,7 @@ def test_each_device_gets_its_own_kernels_card_and_scratch(monkeypatch, entries)
     be.linear_grad(FakeArray((100, 784), np.float32), y, FakeArray((10, 784), np.float32),
                    FakeArray(10, np.float32), 0.01, "softmax")
     with FAKE_CUPY.cuda.Device(1):
-        be.linear_grad(FakeArray((100, 784), np.float32), y, FakeArray((10, 784), np.float32),
+        be.linear_grad(FakeArray((100, 784), np.float32), FakeArray(100, np.int64), FakeArray((10, 784), np.float32),
                        FakeArray(10, np.float32), 0.01, "softmax")
     assert [ln.grid for ln in be.launches[2::2]] == [(50,), (8,)]  # one block per SM at most
     _check(be, entries)

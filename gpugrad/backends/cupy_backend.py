@@ -52,6 +52,17 @@ def _card_of(device: int) -> plans.Card:
     return plans.Card(attrs["MultiProcessorCount"], attrs["MaxSharedMemoryPerBlockOptin"], int(dev.compute_capability))
 
 
+def _on_device(device: int, **arrays) -> None:
+    """Refuse an array of another device than the one the kernels run on (the current device):
+    CuPy passes a RawKernel the pointer without a check, and on the card the kernel would fault
+    with an illegal address. None stands for an absent optional array."""
+    for name, a in arrays.items():
+        if a is not None and a.data.device_id != device:
+            raise ValueError(f"{name} is on device {a.data.device_id}, but the current device, where the kernels "
+                             f"run, is {device}: call under `with cupy.cuda.Device({a.data.device_id}):`, or "
+                             f"copy {name} to device {device} first")
+
+
 def _labels(xp, y):
     """(labels as a contiguous int32/int64 device array, 1 if int64), without a copy for contiguous
     int32/int64 labels (the kernels index y[row] from its base pointer)."""
@@ -128,6 +139,7 @@ class CupyBackend(NumpyBackend):
     # ---- value checks: one fused pass, one read-back ------------------------------------------
     def first_invalid(self, y, C, arrays):
         xp, dev = self.xp, self.workspace().device
+        _on_device(dev.id, y=y, **{f"array {i} checked": a for i, a in enumerate(arrays)})
         y, y64 = _labels(xp, y)
         out = xp.full(1 + len(arrays), np.iinfo(np.uint64).max, dtype=np.uint64)
         f = dev.kernel("gg_first_invalid")
@@ -152,6 +164,9 @@ class CupyBackend(NumpyBackend):
     # ---- fused losses ----------------------------------------------------------------------------
     def _row_loss(self, loss_name: str, S, y, out):
         xp = self.xp
+        ws = self.workspace()
+        dev = ws.device
+        _on_device(dev.id, S=S, y=y, out=out)
         if not S.flags.c_contiguous:
             S = xp.ascontiguousarray(S)
         y, y64 = _labels(xp, y)
@@ -160,8 +175,6 @@ class CupyBackend(NumpyBackend):
             out = xp.empty_like(S)
         elif out.shape != S.shape or out.dtype != S.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {S.dtype} array of shape {S.shape}")
-        ws = self.workspace()
-        dev = ws.device
         if loss_name == "softmax":
             config = ce_kernel_config(C, S.dtype, dev.variants.ce_long_rows)
             if config.stream:
@@ -204,6 +217,7 @@ class CupyBackend(NumpyBackend):
         gradient by w_i; the FMA kernels read it per row (the tensor-core ones do not, so a
         weighted step never takes them)."""
         dev = self.workspace().device
+        _on_device(dev.id, X=X, y=y, W=W, b=b, x_mean=x_mean, x_std=x_std, sample_weight=sample_weight)
         kind = self._kind(X, W, x_mean)
         n, d = X.shape
         C = W.shape[0]

@@ -12,6 +12,8 @@ import threading
 
 import numpy as np
 
+from .arrays import move_to, to_host
+
 # The optimiser rules of ``optimizer_update``, and the hyperparameters each takes (as the host
 # computes them, in double): sgd (lr,), momentum and nesterov (lr, mu), adam (beta1, 1 - beta1,
 # beta2, 1 - beta2, lr sqrt(1 - beta2^t) / (1 - beta1^t), eps sqrt(1 - beta2^t)).
@@ -28,11 +30,13 @@ class NumpyBackend:
 
     # ---- arrays -------------------------------------------------------------------------
     def asarray(self, a, dtype=None):
-        """``a`` as an array of this backend (no copy when it already is one)."""
-        return self.xp.asarray(a, dtype=dtype)
+        """``a`` as an array of this backend (no copy when it already is one; a CuPy array comes
+        to the host with an explicit copy, numpy data goes to the device with one)."""
+        return move_to(self.xp, a, dtype)
 
     def to_numpy(self, a):
-        return np.asarray(a)
+        """``a`` as a numpy array (a CuPy array copied to the host)."""
+        return to_host(a)
 
     # ---- value checks (one call per public function; see gpugrad._validation) ----------------
     def first_invalid(self, y, C, arrays):

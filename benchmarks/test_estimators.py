@@ -16,8 +16,12 @@ The targets, each measured side by side in one run:
   median and range over alternating rounds).
 
 The ratio tests alternate the two sides round by round and compare the fastest round of each, so
-a machine shared with other work slows both alike; they print the figures (``-s``).
+a machine shared with other work slows both alike; they print the figures (``-s``) and record
+them (``extra_info``). A ratio that misses its target is reported (a warning), not failed: add
+``--benchmark-targets`` to make it fail, on a machine quiet enough to judge.
+``GPUGRAD_BENCH_SIZE=tiny`` runs it all at smoke-test sizes.
 """
+import os
 import time
 import warnings
 
@@ -71,7 +75,8 @@ def test_digits_default_parameters(benchmark, model):
 
 # ---- the course's shape: the estimator against the loop written by hand ----------------------
 
-N, D, C, BATCH, EPOCHS, ETA = 10_000, 3072, 10, 100, 10, 0.001
+TINY = os.environ.get("GPUGRAD_BENCH_SIZE") == "tiny"
+N, D, C, BATCH, EPOCHS, ETA = (300, 64, 10, 100, 2, 0.001) if TINY else (10_000, 3072, 10, 100, 10, 0.001)
 
 
 def course_data(seed=0):
@@ -132,7 +137,7 @@ def alternate(rounds, *funcs):
     return best
 
 
-def test_course_shape_sgd_ratio(benchmark):
+def test_course_shape_sgd_ratio(benchmark, target):
     """Target: the estimator's fit at most 1.1x the hand-written loop, side by side, against the
     faster of the two hand-written loops, as a user runs them (BLAS's own threads). The same
     comparison with BLAS held to one thread is printed and recorded too (``extra_info``): the
@@ -156,12 +161,13 @@ def test_course_shape_sgd_ratio(benchmark):
         print(f"\ncourse shape, {EPOCHS} epochs, {what}: estimator {e:.3f} s, by hand {o:.3f} s, by hand "
               f"with the tuned dW {t:.3f} s, ratio to the faster {r:.3f} (target <= 1.1)")
     benchmark.pedantic(lambda: None, rounds=1)
-    assert ratio <= 1.1
+    target(ratio <= 1.1, f"SoftmaxClassifier.fit took {ratio:.3f}x the hand-written loop at the course's "
+                         f"shape (target <= 1.1)")
 
 
 # ---- the MLP against scikit-learn's on digits ---------------------------------------------------
 
-MLP_EPOCHS = 50
+MLP_EPOCHS = 3 if TINY else 50
 
 
 def mlp_pair(epochs=MLP_EPOCHS):
@@ -192,9 +198,8 @@ def test_mlp_digits_same_epochs(benchmark, impl):
     benchmark.extra_info["test_accuracy"] = round(clf.score(X_test, y_test), 4)
 
 
-def test_mlp_digits_ratio(benchmark):
-    """Target: gpugrad's MLPClassifier fits digits in at most 0.7x scikit-learn's time, same settings
-    (reported, not asserted: a round on a shared machine can be slow for either side)."""
+def test_mlp_digits_ratio(benchmark, target):
+    """Target: gpugrad's MLPClassifier fits digits in at most 0.7x scikit-learn's time, same settings."""
     X_train, _, y_train, _ = digits_split()
     X_train = StandardScaler().fit_transform(X_train)
     ours, theirs = mlp_pair()
@@ -209,3 +214,5 @@ def test_mlp_digits_ratio(benchmark):
     print(f"\nMLP on digits, {MLP_EPOCHS} epochs: gpugrad {t_ours:.2f} s, scikit-learn {t_theirs:.2f} s, "
           f"ratio {t_ours / t_theirs:.3f} (target <= 0.7)")
     benchmark.pedantic(lambda: None, rounds=1)
+    target(t_ours <= 0.7 * t_theirs, f"gpugrad's MLPClassifier took {t_ours / t_theirs:.3f}x scikit-learn's on "
+                                      f"digits (target <= 0.7)")

@@ -3,29 +3,32 @@ CIFAR-10's shape (n=10000, d=3072, C=10, float32), side by side in one group:
 
     python -m pytest benchmarks/test_numpy_step.py --benchmark-only
 
-gpugrad runs with default arguments (value checks on). Compare the ratios within one run; the
-numbers of record are in benchmarks/RESULTS.md ("The numpy step"). On a machine shared with
-other work, pytest-benchmark's rounds of one step after another see different loads; run as a
-script, the steps take turns round by round and the median of each round's ratio is reported:
+gpugrad runs with default arguments (value checks on). The peers are those of ``gpugrad bench``
+(``gpugrad.bench``: numpy written by hand, PyTorch eager), which the tests check computes the same
+step. Compare the ratios within one run; the numbers of record are in benchmarks/RESULTS.md
+("The numpy step"). On a machine shared with other work, pytest-benchmark's rounds of one step
+after another see different loads; run as a script, the steps take turns round by round and the
+median of each round's ratio is reported:
 
     python benchmarks/test_numpy_step.py --rounds 15          # wall time, BLAS's own threads
     python benchmarks/test_numpy_step.py --rounds 15 --one-core   # CPU time of one core
+
+``GPUGRAD_BENCH_SIZE=tiny`` runs it at a smoke-test size.
 """
 import argparse
+import os
 import time
 
 import numpy as np
 import pytest
 
 import gpugrad as gg
+from gpugrad import bench
 
-try:
-    import torch
-    import torch.nn.functional as F
-except Exception:  # torch is optional
-    torch = None
-
-N, D, C, LAM = 10000, 3072, 10, 1e-3
+N, D, C, LAM = (200, 64, 10, bench.LAM) if os.environ.get("GPUGRAD_BENCH_SIZE") == "tiny" else \
+    (10000, 3072, 10, bench.LAM)
+WORKLOAD = bench.Workload("linear", f"numpy step n={N} d={D} C={C} float32",
+                          (("n", N), ("d", D), ("C", C), ("xdtype", "float32")), 0)
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +36,10 @@ def data():
     return _fresh_data()
 
 
-def numpy_by_hand(X, y, W, b, lam):
-    """The step as one writes it in numpy: S = X W^T + b, row softmax, G = (P - Y) / n,
-    dW = G^T X + 2 lam W, db = column sums of G."""
-    n = len(y)
-    S = X @ W.T + b
-    P = np.exp(S - S.max(axis=1, keepdims=True))
-    P /= P.sum(axis=1, keepdims=True)
-    J = -np.log(P[np.arange(n), y]).mean() + lam * (W * W).sum()
-    Y = np.zeros_like(P)
-    Y[np.arange(n), y] = 1
-    G = (P - Y) / n
-    return J, G.T @ X + 2 * lam * W, G.sum(axis=0)
+def _torch_step(X, y, W, b):
+    """PyTorch eager's step on these arrays (``gpugrad.bench``'s peer); Unavailable without torch."""
+    inputs = {"X": X, "y": y, "W": W, "b": b, "x_mean": None, "x_std": None}
+    return bench.IMPLEMENTATIONS["PyTorch eager CPU"].prepare(WORKLOAD, inputs).fn
 
 
 @pytest.mark.parametrize("impl", ["gpugrad linear_grad", "numpy by hand", "torch cpu eager"])
@@ -54,17 +49,12 @@ def test_numpy_step(benchmark, data, impl):
     if impl == "gpugrad linear_grad":
         benchmark(gg.linear_grad, X, y, W, b, LAM)
     elif impl == "numpy by hand":
-        benchmark(numpy_by_hand, X, y, W, b, LAM)
+        benchmark(bench.linear_by_hand, np, X, y, W, b, LAM)
     else:
-        if torch is None:
-            pytest.skip("PyTorch is not installed")
-        tX, ty, tW0, tb0 = (torch.from_numpy(a) for a in (X, y, W, b))
-
-        def step():
-            tW, tb = tW0.clone().requires_grad_(True), tb0.clone().requires_grad_(True)
-            J = F.cross_entropy(tX @ tW.T + tb, ty) + LAM * (tW * tW).sum()
-            J.backward()
-            return J, tW.grad, tb.grad
+        try:
+            step = _torch_step(X, y, W, b)
+        except bench.Unavailable as e:
+            pytest.skip(str(e))
         benchmark(step)
 
 
@@ -72,29 +62,31 @@ def test_the_three_steps_agree(data):
     """What is timed computes the same thing (float32 round-off apart)."""
     X, y, W, b = (a[:2000] if a.ndim and len(a) == N else a for a in data)
     got = gg.linear_grad(X, y, W, b, LAM)
-    want = numpy_by_hand(X, y, W, b, LAM)
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
+    steps = [bench.linear_by_hand(np, X, y, W, b, LAM)]
+    try:
+        steps.append([t.detach().numpy() for t in _torch_step(X, y, W, b)()])
+    except bench.Unavailable:
+        pass
+    for want in steps:
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
 
 
 def _side_by_side(rounds, one_core):
     """Median time and median ratio to the hand-written step, the steps taking turns each round."""
     X, y, W, b = _fresh_data()
-    steps = {"numpy by hand": lambda: numpy_by_hand(X, y, W, b, LAM),
+    steps = {"numpy by hand": lambda: bench.linear_by_hand(np, X, y, W, b, LAM),
              "gpugrad linear_grad": lambda: gg.linear_grad(X, y, W, b, LAM)}
-    if torch is not None:
-        tX, ty, tW0, tb0 = (torch.from_numpy(a) for a in (X, y, W, b))
-
-        def torch_step():
-            tW, tb = tW0.clone().requires_grad_(True), tb0.clone().requires_grad_(True)
-            J = F.cross_entropy(tX @ tW.T + tb, ty) + LAM * (tW * tW).sum()
-            J.backward()
-        steps["torch cpu eager"] = torch_step
+    try:
+        steps["torch cpu eager"] = _torch_step(X, y, W, b)
+    except bench.Unavailable:
+        pass
     clock = time.thread_time if one_core else time.perf_counter
     if one_core:  # one BLAS thread: all the work in this thread
         from threadpoolctl import threadpool_limits
         limits = threadpool_limits(1)
-        if torch is not None:
+        if "torch cpu eager" in steps:
+            import torch
             torch.set_num_threads(1)
     for step in steps.values():  # warm-up
         step()

@@ -11,8 +11,9 @@
   schedules; ``gpugrad.trainer``: the mini-batch trainer with history and checkpoints.
 - ``gpugrad.data``: data sets; ``gpugrad.plots``: training curves and class templates.
 - ``gpugrad.estimators``: the scikit-learn drop-ins (``SoftmaxClassifier``, ``SVMClassifier``,
-  ``MLPClassifier``); ``gpugrad.cli``: ``gpugrad train``, ``gpugrad gradcheck`` and ``gpugrad bench``
-  (its workloads and peers in ``gpugrad.bench``); ``gpugrad.distributed``: training on Dask arrays.
+  ``MLPClassifier``); ``gpugrad.cli``: ``gpugrad train``, ``gpugrad predict``, ``gpugrad gradcheck``
+  and ``gpugrad bench`` (its workloads and peers in ``gpugrad.bench``); ``gpugrad.distributed``:
+  training on Dask arrays.
 """
 from .backends import cupy_available, get_backend, why_backend
 from .fused import linear_grad, softmax_cross_entropy_grad, svm_grad

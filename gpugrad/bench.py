@@ -725,7 +725,10 @@ def run(families=FAMILIES, *, backend="numpy", size=None, repeat=10, bandwidth=N
         {"environment": {...}, "repeat": repeat, "size": size, "rows": [...], "skipped": [...]},
         a row per workload and implementation run: workload, family, implementation, ours,
         median_s, min_s, floor_s, bytes, vs_best_peer (median / the fastest peer's median on
-        this workload; None without a peer), vs_floor (median / floor_s).
+        this workload; None without a peer), vs_floor (median / floor_s). An implementation
+        that raises is not timed: its row holds ``failed`` (the exception in one line) and None
+        for the times, and the others run on; one that cannot run here (``Unavailable``) is
+        listed in ``skipped`` with the reason.
     """
     size = size or ("gpu" if backend == "cupy" else "cpu")
     impls = implementations_for(backend)
@@ -746,24 +749,36 @@ def run(families=FAMILIES, *, backend="numpy", size=None, repeat=10, bandwidth=N
         floor = w.nbytes / bandwidth
         group = []
         for impl in impls:
+            row = {"workload": w.name, "family": w.family, "implementation": impl.name, "ours": impl.ours,
+                   "floor_s": floor, "bytes": w.nbytes}
             try:
                 case = impl.prepare(w, inputs)
+                times = time_case(case, repeat)
             except Unavailable as e:
                 skipped.append({"workload": w.name, "implementation": impl.name, "reason": str(e)})
                 continue
-            times = time_case(case, repeat)
-            del case
+            except Exception as e:  # a broken peer (or ours) costs its own row, never the table
+                group.append({**row, "failed": _failure(e), "median_s": None, "min_s": None, "vs_floor": None})
+                continue
+            finally:
+                case = None  # the inputs it moved to a device are freed before the next one
             med = statistics.median(times)
-            group.append({"workload": w.name, "family": w.family, "implementation": impl.name, "ours": impl.ours,
-                          "median_s": med, "min_s": min(times), "floor_s": floor, "bytes": w.nbytes,
-                          "vs_floor": med / floor})
-        peers = [r["median_s"] for r in group if not r["ours"]]
+            group.append({**row, "median_s": med, "min_s": min(times), "vs_floor": med / floor})
+        peers = [r["median_s"] for r in group if not r["ours"] and r["median_s"] is not None]
         for r in group:
-            r["vs_best_peer"] = r["median_s"] / min(peers) if peers else None
+            r["vs_best_peer"] = r["median_s"] / min(peers) if peers and r["median_s"] is not None else None
         rows += group
         del inputs
     return {"environment": _environment(backend, bandwidth, how), "size": size, "repeat": repeat,
             "rows": rows, "skipped": skipped}
+
+
+def _failure(e: BaseException) -> str:
+    """One line saying why an implementation failed: the exception's type and the first line of its
+    message, cut to 200 characters (the table keeps one line per implementation)."""
+    text = str(e).strip().splitlines()
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _duration(s: float) -> str:
@@ -792,8 +807,9 @@ def _versions(env: dict) -> str:
 
 def format_table(result: dict) -> str:
     """The results as text: a header line, then one line per implementation of each workload
-    (its median time, that time over the fastest peer's, that time over the floor), the floor of
-    each workload on its first line, and the implementations that did not run with the reason.
+    (its median time, that time over the fastest peer's, that time over the floor; or "failed:"
+    and why), the floor of each workload on its first timed line, and the implementations that
+    could not run here with the reason.
 
         >>> r = {"environment": {"backend": "numpy", "machine": "cpu", "cores": 2,
         ...      "bandwidth_bytes_per_s": 1e10, "bandwidth_measured_by": "given"}, "size": "tiny",
@@ -815,14 +831,19 @@ def format_table(result: dict) -> str:
     il = max([len("implementation")] + [len(r["implementation"]) for r in result["rows"]])
     lines.append(f"{'workload':<{wl}}  {'implementation':<{il}}  {'median':>8}  {'x best peer':>11}  "
                  f"{'x floor':>7}  floor")
-    last = None
+    last, floor_shown = None, False
     for r in result["rows"]:
         first = r["workload"] != last
         last = r["workload"]
+        floor_shown = floor_shown and not first
+        name = f"{r['workload'] if first else '':<{wl}}  {r['implementation']:<{il}}"
+        if r.get("failed"):
+            lines.append(f"{name}  failed: {r['failed']}")
+            continue
         peer = "-" if r["vs_best_peer"] is None else f"{r['vs_best_peer']:.2f}"
-        lines.append(f"{r['workload'] if first else '':<{wl}}  {r['implementation']:<{il}}  "
-                     f"{_duration(r['median_s']):>8}  {peer:>11}  {r['vs_floor']:>7.1f}  "
-                     f"{_duration(r['floor_s']) if first else ''}".rstrip())
+        lines.append(f"{name}  {_duration(r['median_s']):>8}  {peer:>11}  {r['vs_floor']:>7.1f}  "
+                     f"{'' if floor_shown else _duration(r['floor_s'])}".rstrip())
+        floor_shown = True
     reasons = {}
     for s in result["skipped"]:
         reasons.setdefault((s["implementation"], s["reason"]), []).append(s["workload"])

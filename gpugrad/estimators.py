@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -55,7 +56,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from . import models, optim
+from . import _validation, models, optim
 from .backends import backend_for, get_backend, is_cupy_array, move_to, to_host
 from .distributed import is_dask_collection
 from .trainer import Trainer
@@ -83,9 +84,20 @@ class _Plateau:
 
 
 def _print_iteration(iteration, cost, val_accuracy=math.nan):
-    """scikit-learn's line for each epoch (L-BFGS: each iteration) when verbose > 1."""
+    """scikit-learn's line for each epoch (L-BFGS: each iteration) when verbose >= 1, on stdout;
+    above the progress bar when one is on screen (on a terminal)."""
     val = "" if math.isnan(val_accuracy) else f", validation accuracy = {val_accuracy:.4f}"
-    print(f"Iteration {iteration}, loss = {cost:.8f}{val}")
+    line = f"Iteration {iteration}, loss = {cost:.8f}{val}"
+    if "tqdm" in sys.modules:  # a bar may be drawn: tqdm.write keeps it whole
+        from tqdm import tqdm
+        tqdm.write(line, file=sys.stdout)
+    else:
+        print(line, flush=True)
+
+
+def _epoch_lines(trainer, epoch, row):
+    """The Trainer callback that prints ``_print_iteration``'s line after each epoch."""
+    _print_iteration(epoch, row["cost"], row["val_accuracy"])
 
 
 class _GpugradClassifier(ClassifierMixin, BaseEstimator):
@@ -374,6 +386,11 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                                  f"to partial_fit, {self.classes_.tolist()}")
         return self._fit(X, y, sample_weight, classes=classes, partial=True)
 
+    def _partial_line(self, first):
+        """The verbose line of a partial_fit call, numbered as n_iter_ will count it."""
+        iteration = 1 if first else getattr(self, "n_iter_", 0) + 1
+        return lambda trainer, epoch, row: _print_iteration(iteration, row["cost"])
+
     def _fit(self, X, y, sample_weight, classes, partial):
         name = type(self).__name__
         first_partial = partial and not hasattr(self, "model_")
@@ -388,9 +405,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         if warm and not partial and not np.array_equal(all_classes, self.classes_):
             raise ValueError(f"{name}: warm_start needs y to have the classes of the previous fit, "
                              f"{self.classes_.tolist()}; y has {all_classes.tolist()}")
-        if len(all_classes) < 2:
-            raise ValueError(f"{name} needs samples of at least 2 classes, but the data contain only "
-                             f"one class: {all_classes.tolist()}")
+        _validation.check_two_classes(all_classes.tolist(), name)
         self.classes_ = all_classes
         y_enc = self._encode(y)
         n = X.shape[0]
@@ -414,6 +429,9 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         bs = self._batch_size(n)
         steps = -(-n // bs)
         previous = getattr(self, "_trainer", None) if warm else None
+        # verbose: a line per epoch wherever the output goes; a bar only on a terminal (None: the
+        # trainer draws it when stderr is one), never carriage returns in a log or a notebook.
+        progress = None if self.verbose else False
         if partial:
             # One epoch on this batch of data with the optimiser of the previous calls (its state,
             # momentum or Adam's moments and the schedule's step count, carries on); a new shuffle
@@ -421,12 +439,10 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             keep = previous is not None and previous.model is model
             trainer = Trainer(model, previous.optimizer if keep else self._new_optimizer(steps), epochs=1,
                               batch_size=bs, lam=lam, seed=self._partial_seed(first_partial),
-                              eval_train=False, progress=bool(self.verbose))
+                              eval_train=False, progress=progress,
+                              callbacks=[self._partial_line(first_partial)] if self.verbose else [])
         else:
-            callbacks = []
-            if int(self.verbose) > 1:
-                callbacks.append(lambda trainer, epoch, row: _print_iteration(epoch, row["cost"],
-                                                                              row["val_accuracy"]))
+            callbacks = [_epoch_lines] if self.verbose else []
             if not self.early_stopping and self.tol is not None:
                 callbacks.append(_Plateau(self.tol, self.n_iter_no_change))
             trainer = Trainer(
@@ -435,7 +451,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                 validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
                 early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
                 tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
-                progress=bool(self.verbose))
+                progress=progress)
         # X passed scikit-learn's checks (finite) and y_enc indexes classes_: no second pass over X.
         history = trainer.fit(Xd, y_enc, sample_weight=w, check_input=False)
         self.model_, self._trainer = model, trainer
@@ -475,7 +491,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         start = {k: np.asarray(be.to_numpy(v), dtype=np.float64) for k, v in model.params.items()}
         params, n_iter, losses = optim.lbfgs(value_and_grad, start, max_iter=self.max_iter,
                                              tol=0.0 if self.tol is None else self.tol,
-                                             callback=_print_iteration if int(self.verbose) > 1 else None)
+                                             callback=_print_iteration if self.verbose else None)
         for k in names:
             model.params[k][...] = be.asarray(params[k], dtype=model.dtype)
         if not math.isfinite(losses[-1] if losses else 0.0):
@@ -709,7 +725,9 @@ _COMMON_DOC = """
             the rows' weights.
         random_state: None, an int or a RandomState: the initial weights and the shuffles.
         warm_start: fit continues from the previous fit's weights (same classes).
-        verbose: 1 shows a progress bar; 2 also prints the cost of each epoch (L-BFGS: iteration).
+        verbose: 0 is silent; 1 or more prints "Iteration k, loss = J" after each epoch (L-BFGS:
+            each iteration) on stdout, as scikit-learn does, and, on a terminal only, a progress
+            bar over the steps (no bar in logs or notebooks).
         standardize: keep the training data's per-feature mean and std in the model and
             normalise inputs on the fly (uint8 stays uint8 on the GPU). Off by default: the
             objective is then the peer's, e.g. after a StandardScaler.

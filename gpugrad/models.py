@@ -44,6 +44,7 @@ from . import _validation, compiled
 __all__ = ["LinearClassifier", "MLP", "model_from_config", "save_model", "load_model"]
 
 CONFIG_KEY = "__config__"  # the JSON metadata inside a model .npz, stored as uint8 bytes
+CLASSES_KEY = "__classes__"  # the class names (label of each class index), JSON as uint8 bytes
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -73,6 +74,7 @@ class _Model:
         self.backend = get_backend(backend)
         self.params: dict = {}
         self.buffers: dict = {}
+        self.class_names: list[str] | None = None  # the label of each class index, when known
         if x_mean is not None or x_std is not None:
             self.set_normalisation(x_mean, x_std)
 
@@ -233,6 +235,26 @@ class _Model:
     def describe(self) -> str:
         return f"{self.kind} model ({self.n_features} features, {self.n_classes} classes)"
 
+    @property
+    def n_parameters(self) -> int:
+        """The number of trained numbers (the entries of ``params``; buffers not counted)."""
+        return int(sum(int(np.prod(v.shape)) for v in self.params.values()))
+
+    def _layers(self) -> str:
+        return f"{self.n_features} -> {self.n_classes}"
+
+    def __repr__(self):
+        """Kind, layer sizes, loss, parameter count, dtype, backend (and normalisation):
+
+            >>> LinearClassifier(64, 10, backend="numpy")
+            LinearClassifier(64 -> 10, softmax, 650 parameters, float32, numpy)
+        """
+        extra = [self._layers(), self.loss, f"{self.n_parameters:,} parameters", self.dtype.name,
+                 self.backend.name]
+        if self.normalised:
+            extra.append("normalises inputs")
+        return f"{type(self).__name__}({', '.join(extra)})"
+
 
 class LinearClassifier(_Model):
     """s = W x + b with the softmax cross-entropy or multi-class SVM loss and lam ||W||^2.
@@ -391,6 +413,15 @@ class MLP(_Model):
         return {**super().config(), "hidden": list(self.hidden), "batchnorm": self.batchnorm,
                 "bn_momentum": self.bn_momentum}
 
+    def _layers(self) -> str:
+        """The layer sizes, d -> m1 -> ... -> C, and batch norm when used:
+
+            >>> MLP(64, 10, hidden=(50, 50), batchnorm=True, backend="numpy")
+            MLP(64 -> 50 -> 50 -> 10 with batch norm, softmax, 6,510 parameters, float32, numpy)
+        """
+        sizes = " -> ".join(map(str, (self.n_features, *self.hidden, self.n_classes)))
+        return sizes + (" with batch norm" if self.batchnorm else "")
+
     def describe(self) -> str:
         bn = " with batch norm" if self.batchnorm else ""
         return (f"mlp model ({self.n_features} features, hidden {list(self.hidden)}{bn}, "
@@ -471,12 +502,35 @@ def atomic_savez(path, arrays: dict) -> str:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def _not_npz(head: bytes) -> str | None:
+    """What a file that begins with ``head`` is, when it is not a zip archive (an .npz); else None."""
+    if head.startswith(b"PK"):
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a zip archive"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "a text file"
+    return "not a zip archive"
+
+
 def read_npz(path, what="file") -> dict:
     """All arrays of an .npz (no pickles), with a clear error naming the file when it is missing,
-    not an .npz, or torn."""
+    not an .npz (a text file, say), or torn."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such {what}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder, not a gpugrad {what}")
+    with open(path, "rb") as f:
+        kind = _not_npz(f.read(64))
+    if kind is not None:
+        raise ValueError(f"{path}: not a gpugrad {what}: {kind}, not an .npz archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -484,8 +538,10 @@ def read_npz(path, what="file") -> dict:
         raise ValueError(f"{path}: not a readable gpugrad {what} ({type(e).__name__}: {e})") from None
 
 
-def save_model(model, path) -> str:
-    """Save ``model`` as an .npz: one array per parameter and buffer, plus its config as JSON.
+def save_model(model, path, class_names=None) -> str:
+    """Save ``model`` as an .npz: one array per parameter and buffer, plus its config as JSON and
+    the class names (``class_names``, else ``model.class_names``; the label of each class index,
+    which ``gpugrad predict`` writes) when known.
 
         >>> import os, tempfile, gpugrad as gg
         >>> m = gg.models.LinearClassifier(3, 2, backend="numpy")
@@ -493,7 +549,13 @@ def save_model(model, path) -> str:
         >>> gg.models.load_model(p).params["W"].shape
         (2, 3)
     """
-    return atomic_savez(path, {**model.state(), CONFIG_KEY: encode_json(model.config())})
+    arrays = {**model.state(), CONFIG_KEY: encode_json(model.config())}
+    names = model.class_names if class_names is None else [str(c) for c in class_names]
+    if names is not None:
+        if len(names) != model.n_classes:
+            raise ValueError(f"class_names has {len(names)} names for a model of {model.n_classes} classes")
+        arrays[CLASSES_KEY] = encode_json(list(names))
+    return atomic_savez(path, arrays)
 
 
 def load_model(path, backend="auto"):
@@ -506,6 +568,15 @@ def load_model(path, backend="auto"):
         config = decode_json(arrays.pop(CONFIG_KEY))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: its model config is corrupt ({e})") from None
+    names = arrays.pop(CLASSES_KEY, None)
     model = model_from_config(config, backend)
     model.load_state(arrays, source=str(path))
+    if names is not None:
+        try:
+            model.class_names = [str(c) for c in decode_json(names)]
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path}: its class names are corrupt ({e})") from None
+        if len(model.class_names) != model.n_classes:
+            raise ValueError(f"{path}: {len(model.class_names)} class names for a model of "
+                             f"{model.n_classes} classes")
     return model

@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -42,11 +43,35 @@ from . import _validation
 from .models import atomic_savez, decode_json, encode_json, json_safe, model_from_config, read_npz
 from .optim import make_optimizer
 
-__all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS"]
+__all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS", "RisingCostWarning", "cost_too_high"]
 
 COLUMNS = ("epoch", "loss", "cost", "accuracy", "val_loss", "val_cost", "val_accuracy", "lr", "seconds")
 CHECKPOINT_FORMAT = 1
 EVAL_BATCH = 8192  # rows scored at once when evaluating: bounds the memory of S
+# The rising-cost alarm: the epoch's training cost above RISE_FACTOR times the lowest so far, for
+# RISE_EPOCHS epochs in a row. Mini-batch noise and a cyclical rate's upswing move the cost by
+# tens of percent at most; a rate too high for the data throws it up by multiples (digits at
+# lr 100: 23, 189, 88, 17, 37, 14, 174, 132, 22, ...), and that rarely settles by itself.
+RISE_FACTOR, RISE_EPOCHS = 1.5, 3
+
+
+class RisingCostWarning(RuntimeWarning):
+    """The training cost has stayed well above its lowest value for several epochs: the
+    learning rate is probably too high (the run diverges or oscillates)."""
+
+
+def cost_too_high(costs, factor=RISE_FACTOR):
+    """For each epoch, whether its cost is above ``factor`` times the lowest cost of the epochs
+    up to it (a NaN is not counted as lowest; it is too high). The trainer warns when the last
+    RISE_EPOCHS are all too high; ``gpugrad.plots.plot_history`` shades them.
+
+        >>> cost_too_high([23.0, 189.3, 88.7, 17.1, 20.0, 37.0]).tolist()
+        [False, True, True, False, False, True]
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    finite = np.where(np.isfinite(costs), costs, np.inf)
+    lowest = np.minimum.accumulate(finite) if len(costs) else finite
+    return ~(costs <= factor * lowest)
 
 
 class History:
@@ -138,6 +163,7 @@ class Trainer:
         self._best = None  # early stopping: (metric, epoch, params as numpy)
         self._stale = 0
         self._step_fn = None  # the epoch's step function while fit runs (_Step)
+        self._warned_rising = False  # the rising-cost warning is given once a fit
 
     # ---- data ----------------------------------------------------------------------------------
     def _labels(self, y, n, what):
@@ -206,6 +232,7 @@ class Trainer:
         elif not opt.initialised_for(model.params):
             opt.init(model.params)
         X, y, w, X_val, y_val = self._data(X, y, sample_weight, X_val, y_val, check_input)
+        self._warned_rising = False
         n, bs = X.shape[0], self.batch_size
         steps = -(-n // bs)
         first = len(self.history) + 1
@@ -222,6 +249,7 @@ class Trainer:
                     row = self._row(epoch, figures, steps, n, X, y, X_val, y_val, lr)
                 row["seconds"] = time.perf_counter() - t0
                 self.history.append(row)
+                self._watch_cost()
                 stop = self._early_stop(row)
                 stop = any([bool(cb(self, epoch, row)) for cb in self.callbacks]) or stop
                 if bar is not None:
@@ -318,6 +346,26 @@ class Trainer:
             row.update(val_loss=math.nan, val_cost=math.nan, val_accuracy=math.nan)
         row["lr"] = lr
         return {k: (float(v) if k != "epoch" else v) for k, v in row.items()}
+
+    def _watch_cost(self):
+        """Warn (``RisingCostWarning``, once a fit) when the training cost of the last RISE_EPOCHS
+        epochs has stayed above RISE_FACTOR times its lowest: the run is diverging or
+        oscillating, which a user should hear about while it trains, not after."""
+        rows = self.history.rows
+        if self._warned_rising or len(rows) <= RISE_EPOCHS:
+            return
+        costs = [r["cost"] for r in rows]
+        if not cost_too_high(costs)[-RISE_EPOCHS:].all():
+            return
+        best = int(np.nanargmin(costs))
+        lr = rows[-1].get("lr", math.nan)
+        self._warned_rising = True
+        warnings.warn(
+            f"the training cost has stayed above {RISE_FACTOR:g}x its lowest ({costs[best]:.4g}, epoch "
+            f"{rows[best]['epoch']}) for the last {RISE_EPOCHS} epochs (epoch {rows[-1]['epoch']}: "
+            f"{costs[-1]:.4g}; highest {max(costs):.4g}): the learning rate"
+            f"{'' if math.isnan(lr) else f' ({lr:g})'} is probably too high", RisingCostWarning,
+            stacklevel=3)
 
     def _early_stop(self, row) -> bool:
         """Track the best epoch; True when ``n_iter_no_change`` epochs passed without improving."""

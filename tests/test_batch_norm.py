@@ -4,6 +4,8 @@ and the errors for bad input."""
 import numpy as np
 import pytest
 
+import deps
+
 import gpugrad as gg
 from gpugrad.ops import batch_norm
 from test_ops_gradcheck import H, TOL, gradcheck_errors
@@ -160,7 +162,7 @@ def test_float32_gradients_stay_float32(backend, rng):
 
 
 def test_agrees_with_pytorch_in_both_modes(rng):
-    torch = pytest.importorskip("torch")
+    torch = deps.require("torch")
     x, gamma, beta, rm, rv = draw(rng, n=6, m=4)
     G = rng.standard_normal(x.shape)
     for training in (True, False):

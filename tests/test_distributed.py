@@ -10,8 +10,10 @@ import types
 import numpy as np
 import pytest
 
-da = pytest.importorskip("dask.array")
-distributed = pytest.importorskip("distributed")
+import deps
+
+da = deps.require("dask.array")
+distributed = deps.require("distributed")
 import dask  # noqa: E402
 
 from gpugrad import distributed as ggd  # noqa: E402

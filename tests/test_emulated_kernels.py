@@ -13,8 +13,6 @@ tests/test_linmma_model.py). Sizes are small: a thread costs microseconds here.
 """
 import ctypes
 import os
-import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
 from emu.build import cache_dir as build_cache  # noqa: E402

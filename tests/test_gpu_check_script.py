@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import deps
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -100,8 +102,8 @@ def _device_check(tmp_path, stub, budget):
     return r, sorted(p.name for p in out.iterdir()), (out / "device_check.log").read_text()
 
 
-@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_device_check_runs_every_stage_and_returns_its_log_and_results(tmp_path):
+    deps.need(shutil.which("timeout") is not None, "needs coreutils' timeout")
     r, files, log = _device_check(tmp_path, "ok", 100)
     assert r.returncode == 0, r.stdout + r.stderr
     assert files == ["device_check.log", "results.json"]
@@ -112,8 +114,8 @@ def test_device_check_runs_every_stage_and_returns_its_log_and_results(tmp_path)
     assert "gpu_check exit 1, trainer_check exit 0" in log
 
 
-@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_device_check_stops_a_hung_stage_at_its_deadline(tmp_path):
+    deps.need(shutil.which("timeout") is not None, "needs coreutils' timeout")
     r, files, log = _device_check(tmp_path, "hang", 4)
     assert r.returncode != 0
     assert "== stage gpu_check: exit 124" in log  # killed by timeout, the log kept
@@ -124,7 +126,7 @@ def test_device_check_stops_a_hung_stage_at_its_deadline(tmp_path):
 @pytest.fixture
 def bare_gpu_check(monkeypatch):
     """gpu_check imported as it is (importing needs CuPy installed, not a GPU), with empty results."""
-    pytest.importorskip("cupy", reason="gpu_check imports cupy (no GPU needed)")
+    deps.require("cupy", "gpu_check imports cupy (no GPU needed)")
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_check as G
     monkeypatch.setattr(G, "RESULTS", {"correctness": [], "timing": [], "env": {}})

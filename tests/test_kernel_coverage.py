@@ -12,18 +12,15 @@ The last test fails when an entry point of the kernel module is launched by none
 It needs no other test of this file to have run first (a parallel run, pytest -n, spreads them
 over processes): the cases that did not run in its process are run there.
 """
-import platform
-import shutil
 import zlib
 
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
 from kernel_checks import (check_gather, check_layer, check_linear_step, check_scores_loss, check_update,  # noqa: E402

@@ -19,17 +19,14 @@ kernel family that reduces over a block agrees with itself in that order on inpu
 consecutive reductions leave different values in the scratch, and that ordinary test catches the
 planted bug too.
 """
-import platform
-import shutil
 
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
 from kernel_checks import (check_layer, check_linear_step, check_scores_loss, check_update, host,  # noqa: E402

@@ -6,6 +6,7 @@ code, the whole module to compute_90 PTX (shared with tests/test_launch_args.py 
 run's compile cache, see tests/conftest.py), and each kernel alone, as the loader compiles it, to
 sm_90 machine code and PTX (in shards, so that a parallel run spreads them over its workers).
 """
+import functools
 import re
 import shutil
 import subprocess
@@ -13,23 +14,29 @@ from pathlib import Path
 
 import pytest
 
+import deps
+
 from gpugrad.backends import kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 
-cupy = pytest.importorskip("cupy", reason="CuPy (with NVRTC) is not installed")
+cupy = deps.require("cupy", "CuPy (with NVRTC) is needed")
 from cupy.cuda import nvrtc  # noqa: E402
 
 
-def _nvrtc_usable():
-    try:
-        nvrtc.getVersion()
-        return True
-    except Exception:
-        return False
+def _need_nvrtc():
+    """A loadable libnvrtc: skipped without one, a failure in CI (tests/deps.py)."""
+    problem = deps.nvrtc_problem()
+    deps.need(problem is None, f"{problem} (pip install nvidia-cuda-nvrtc)")
 
 
-needs_nvrtc = pytest.mark.skipif(not _nvrtc_usable(), reason="libnvrtc is not loadable (pip install nvidia-cuda-nvrtc)")
+def needs_nvrtc(test):
+    """Decorates a test that compiles with NVRTC (``_need_nvrtc`` first)."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        _need_nvrtc()
+        return test(*args, **kwargs)
+    return run
 
 
 def _entries(ptx: bytes) -> list[str]:
@@ -40,6 +47,7 @@ def _entries(ptx: bytes) -> list[str]:
 def ptx_entries():
     """Every entry point of the whole module, from its compute_90 PTX (the compile the
     alone-versus-whole comparison needs anyway; kernel_names() would compile compute_80 PTX)."""
+    _need_nvrtc()
     return sorted(set(_entries(kernels.compile_nvrtc("compute_90")[0])))
 
 
@@ -259,10 +267,10 @@ def test_each_kernel_file_states_what_it_reads_and_writes():
         assert "Reads:" in head and "Writes:" in head and "Traffic:" in head, p.name
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ missing")
 def test_python_mirror_of_the_tensor_core_kernel_layout(tmp_path):
     """cupy_backend sizes the tensor-core kernels' shared memory with a Python copy of their layouts;
     compile the C++ ones on the host and compare (a kernel traps on a mismatch)."""
+    deps.need(shutil.which("g++") is not None, "g++ is needed to compile the layout check")
     from gpugrad.backends import cupy_backend as cb
     cases = [(x, cb.linmma_slice(x, d), nt) for x in ("u8", "f32") for d in (1, 7, 33, 100, 784, 1000, 3071, 3072)
              for nt in (1, 2)]

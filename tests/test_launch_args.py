@@ -13,17 +13,14 @@ import re
 import numpy as np
 import pytest
 
-cupy = pytest.importorskip("cupy", reason="CuPy (with NVRTC) is not installed")
-from cupy.cuda import nvrtc  # noqa: E402
+import deps
+
+cupy = deps.require("cupy", "CuPy (with NVRTC) is needed")
+deps.need(deps.nvrtc_problem() is None, str(deps.nvrtc_problem()))
 
 from fake_cupy import FAKE_CUPY, H100, FakeArray, fake_backend  # noqa: E402
 from gpugrad.backends import cupy_backend as cb  # noqa: E402
 from gpugrad.backends import kernels, plans  # noqa: E402
-
-try:
-    nvrtc.getVersion()
-except Exception:  # pragma: no cover - depends on the machine
-    pytest.skip("libnvrtc is not loadable (pip install nvidia-cuda-nvrtc)", allow_module_level=True)
 
 @pytest.fixture(scope="module")
 def entries():

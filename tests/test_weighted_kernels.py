@@ -7,17 +7,14 @@ fused kernel takes go to the inherited numpy-style path with the weights. Every 
 losses against the float64 numpy backend, an integer weight against repeating the row, weights of
 1 against no weights bit for bit, and the weighted kernel in every thread order. No GPU needed.
 """
-import platform
-import shutil
 
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
 from kernel_checks import LINEAR_KINDS, check_linear_step, db_scale, host, linear_case, sample_weights  # noqa: E402

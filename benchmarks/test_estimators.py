@@ -11,8 +11,9 @@ The targets, each measured side by side in one run:
 - CPU, numpy backend: 10 epochs of the course's shape (10,000 x 3072 float32, C = 10, batch 100,
   plain SGD) through ``SoftmaxClassifier.fit`` take at most 1.1x the same loop written by hand in
   numpy;
-- an MLPClassifier on digits fits faster than scikit-learn's with the same layers, solver and
-  epochs.
+- an MLPClassifier on digits fits in at most 0.7x the time of scikit-learn's with the same
+  layers, solver and epochs (``benchmarks/mlp_epoch.py`` measures it with the MLP epoch's targets,
+  median and range over alternating rounds).
 
 The ratio tests alternate the two sides round by round and compare the fastest round of each, so
 a machine shared with other work slows both alike; they print the figures (``-s``) and record
@@ -169,14 +170,14 @@ def test_course_shape_sgd_ratio(benchmark, target):
 MLP_EPOCHS = 3 if TINY else 50
 
 
-def mlp_pair():
+def mlp_pair(epochs=MLP_EPOCHS):
     """gpugrad's and scikit-learn's MLPClassifier with the same layers (100,), Adam at 0.001,
     batches of 200, the same penalty (scikit-learn's alpha 1e-4 is divided by the batch size) and
-    exactly MLP_EPOCHS epochs (no early stop)."""
+    exactly `epochs` epochs (no early stop)."""
     ours = MLPClassifier(hidden_layer_sizes=(100,), solver="adam", learning_rate_init=0.001,
-                         alpha=1e-4 / 200, max_iter=MLP_EPOCHS, tol=None, backend="numpy", random_state=0)
-    theirs = SkMLPClassifier(hidden_layer_sizes=(100,), solver="adam", max_iter=MLP_EPOCHS,
-                             n_iter_no_change=MLP_EPOCHS + 1, random_state=0)
+                         alpha=1e-4 / 200, max_iter=epochs, tol=None, backend="numpy", random_state=0)
+    theirs = SkMLPClassifier(hidden_layer_sizes=(100,), solver="adam", max_iter=epochs,
+                             n_iter_no_change=epochs + 1, random_state=0)
     return ours, theirs
 
 
@@ -198,7 +199,7 @@ def test_mlp_digits_same_epochs(benchmark, impl):
 
 
 def test_mlp_digits_ratio(benchmark, target):
-    """Target: gpugrad's MLPClassifier fits digits faster than scikit-learn's, same settings."""
+    """Target: gpugrad's MLPClassifier fits digits in at most 0.7x scikit-learn's time, same settings."""
     X_train, _, y_train, _ = digits_split()
     X_train = StandardScaler().fit_transform(X_train)
     ours, theirs = mlp_pair()
@@ -211,7 +212,7 @@ def test_mlp_digits_ratio(benchmark, target):
     benchmark.extra_info.update(gpugrad_s=round(t_ours, 3), sklearn_s=round(t_theirs, 3),
                                 ratio=round(t_ours / t_theirs, 3))
     print(f"\nMLP on digits, {MLP_EPOCHS} epochs: gpugrad {t_ours:.2f} s, scikit-learn {t_theirs:.2f} s, "
-          f"ratio {t_ours / t_theirs:.3f} (target < 1)")
+          f"ratio {t_ours / t_theirs:.3f} (target <= 0.7)")
     benchmark.pedantic(lambda: None, rounds=1)
-    target(t_ours < t_theirs, f"gpugrad's MLPClassifier took {t_ours / t_theirs:.3f}x scikit-learn's on "
-                              f"digits (target < 1)")
+    target(t_ours <= 0.7 * t_theirs, f"gpugrad's MLPClassifier took {t_ours / t_theirs:.3f}x scikit-learn's on "
+                                      f"digits (target <= 0.7)")

@@ -454,9 +454,11 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, *, training=
         mean = running_mean.astype(X.dtype, copy=False)
         inv_std = 1 / xp.sqrt(running_var.astype(X.dtype, copy=False) + eps)
         xhat = (X - mean) * inv_std
-    # xhat and inv_std are kept for the backward pass, which then recomputes nothing.
+    # xhat and inv_std are kept for the backward pass, which then recomputes nothing; the options
+    # and running averages, so that the node says all it takes to compute it (gpugrad.compiled).
     return record("batch_norm", gamma.value * xhat + beta.value, (x, gamma, beta),
-                  xhat=xhat, inv_std=inv_std, training=bool(training))
+                  xhat=xhat, inv_std=inv_std, training=bool(training), momentum=momentum, eps=eps,
+                  running_mean=running_mean, running_var=running_var)
 
 
 def _check_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps):
@@ -638,7 +640,7 @@ defvjp("reshape", lambda g, ans, a: g.reshape(a.shape))
 defvjp("getitem", _getitem_vjp)
 
 # ---- batch normalisation ----
-def _batch_norm_vjp_x(g, ans, x, gamma, beta, *, xhat, inv_std, training):
+def _batch_norm_vjp_x(g, ans, x, gamma, beta, *, xhat, inv_std, training, **options):
     ghat = g * gamma
     if not training:  # mean and variance are constants: y is affine in x
         return ghat * inv_std

@@ -138,28 +138,35 @@ __device__ __forceinline__ GgRowLabel<T> gg_row_label(const T* s, const void* y,
     return r;
 }
 
-// Grid-wide mean of per-block sums, in one launch: each block stores its partial, and the last
-// block to arrive (atomic ticket) adds them in index order and writes out[0] = total * scale.
-// `ticket` must be zero before the launch; the last block resets it for the next launch on the
-// same stream. Call with every thread of the block; `block_sum` must be valid in thread 0.
-template <typename T>
-__device__ void gg_grid_mean(double block_sum, double* partials, unsigned* ticket, T* out,
-                             double scale, double* scratch) {
+// The grid's total of per-block sums, in one launch: each block stores its partial, and the last
+// block to arrive (atomic ticket) adds them in index order (deterministic). Returns true in that
+// block only, with the total in every one of its threads. `ticket` must be zero before the launch;
+// the last block resets it for the next launch on the same stream. Call with every thread of the
+// block; `block_sum` must be valid in thread 0; `scratch` holds 32 doubles.
+__device__ __forceinline__ bool gg_grid_total(double block_sum, double* partials, unsigned* ticket,
+                                              double* scratch, double& total) {
     __shared__ bool is_last;
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
         partials[blockIdx.x] = block_sum;
         __threadfence();  // the partial is visible to every block before the ticket is taken
         is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
     }
     __syncthreads();
-    if (!is_last) return;
+    if (!is_last) return false;
     __threadfence();
     double s = 0.0;
     for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x)
         s += static_cast<volatile double*>(partials)[i];
-    s = gg_block_reduce(s, GgSum(), scratch);
-    if (threadIdx.x == 0) {
-        out[0] = static_cast<T>(s * scale);
-        *ticket = 0u;
-    }
+    total = gg_block_reduce(s, GgSum(), scratch);
+    if (threadIdx.x == 0) *ticket = 0u;
+    return true;
+}
+
+// Grid-wide mean of per-block sums, in one launch (gg_grid_total): out[0] = total * scale.
+template <typename T>
+__device__ void gg_grid_mean(double block_sum, double* partials, unsigned* ticket, T* out,
+                             double scale, double* scratch) {
+    double total;
+    if (gg_grid_total(block_sum, partials, ticket, scratch, total) && threadIdx.x == 0)
+        out[0] = static_cast<T>(total * scale);
 }

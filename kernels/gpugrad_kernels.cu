@@ -15,3 +15,4 @@
 #include "mma_layout.cuh"
 #include "linear_mma.cuh"
 #include "checks.cuh"
+#include "mlp.cuh"

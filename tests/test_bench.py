@@ -292,3 +292,25 @@ def test_a_failing_implementation_gets_a_failed_row_and_the_others_are_still_tim
         group = [r for r in rows if r["workload"] == name and not r.get("failed")]
         best = min(r["median_s"] for r in group if not r["ours"])
         assert all(r["vs_best_peer"] == pytest.approx(r["median_s"] / best) for r in group)
+
+
+def test_mlp_epoch_script_reports_medians_ranges_and_ratios(tmp_path, capsys):
+    """benchmarks/mlp_epoch.py at its smoke size (PyTorch's epoch runs above, in
+    test_every_epoch_implementation_reaches_the_trainers_weights): every ratio with its target."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "mlp_epoch", Path(__file__).resolve().parent.parent / "benchmarks" / "mlp_epoch.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "r.json"
+    assert script.main(["--quick", "--blas-threads", "1", "--skip", "PyTorch eager CPU", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "gpugrad / numpy by hand" in text and "target <= 0.8" in text and "target <= 0.7" in text
+    import json
+    results = json.loads(out.read_text())["results"]
+    assert [r["what"] for r in results] == ["MLP epoch", "MLPClassifier digits"]
+    assert set(results[0]["ratios"]) == {"gpugrad graph numpy", "numpy by hand"}
+    assert all(len(t["all_s"]) == 2 for r in results for t in r["times"].values())
+    with pytest.raises(SystemExit):
+        script.main(["--quick", "--skip", "gpugrad numpy"])

@@ -29,7 +29,8 @@ deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 from emu import emulator as E  # noqa: E402
 from emu.build import cache_dir as build_cache  # noqa: E402
 from gpugrad.backends import cuda_driver, plans  # noqa: E402
-from kernel_checks import check_linear_step, host, linear_case, rel, TOL  # noqa: E402
+from kernel_checks import (check_gather, check_layer, check_linear_step, check_scores_loss, check_update,  # noqa: E402
+                           host, linear_case, rel, TOL)
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -189,6 +190,39 @@ def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, long_ro
         runs.append((host(loss), host(dS)))
     for loss, dS in runs[1:]:
         assert np.array_equal(loss, runs[0][0]) and np.array_equal(dS, runs[0][1])
+
+
+# ---- the compiled step's kernels: the same bits in every thread order ----------------------------------
+# Inputs uniform in (0, 1): two reductions in a row through one scratch leave different values in
+# it, so a reduction that lost its leading barrier would change the result under some order (the
+# runahead order too: tests/test_kernel_edges.py's RUNAHEAD families).
+MLP_RUNS = {
+    "gather u8": lambda be, rng: check_gather(be, dev, rng, "u8"),
+    "layer": lambda be, rng: check_layer(be, dev, rng, np.float32, True, s=rng.uniform(0, 1, (13, 40)),
+                                         dh=rng.uniform(0, 1, (13, 40))),
+    "layer without batch norm": lambda be, rng: check_layer(be, dev, rng, np.float32, False,
+                                                            s=rng.uniform(-1, 1, (13, 40)), dh=rng.uniform(0, 1, (13, 40))),
+    "scores_loss softmax": lambda be, rng: check_scores_loss(be, dev, rng, np.float32, 10, "softmax", True,
+                                                             S=rng.uniform(0, 1, (30, 10))),
+    "scores_loss svm, 2 a lane": lambda be, rng: check_scores_loss(be, dev, rng, np.float32, 40, "svm", True,
+                                                                   S=rng.uniform(0, 1, (30, 40))),
+    "update adam": lambda be, rng: check_update(be, dev, rng, np.float32, "adam"),
+    "update nesterov": lambda be, rng: check_update(be, dev, rng, np.float64, "nesterov"),
+}
+
+
+@pytest.mark.parametrize("run", list(MLP_RUNS))
+def test_compiled_step_kernels_agree_bit_for_bit_in_every_thread_order(be, run):
+    results = []
+    try:
+        for order, deferred, seed in [(o, d, 5) for o, d in MODES] + [("runahead", True, 1)]:
+            E.configure(order, seed, deferred)
+            results.append(MLP_RUNS[run](be, np.random.default_rng(11)))
+    finally:
+        E.configure("forward", 1, True)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True)
 
 
 # ---- the fused linear step: both kernels ("simt", "mma"), both X types ---------------------------------

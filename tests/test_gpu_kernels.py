@@ -335,3 +335,43 @@ def test_work_under_another_device_runs_there(rng):
             loss, dS = be.softmax_cross_entropy_grad(cupy.asarray(S64), cupy.asarray(y))
             assert dS.device.id == device and be.workspace().device.id == device
             assert rel(dS.get(), ref_dS) <= 1e-12 and abs(float(loss) - ref_loss) <= 1e-12 * ref_loss
+
+
+# ---- the compiled step's kernels (kernels/mlp.cuh) --------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_step_kernels_match_numpy(dtype, rng):
+    """The gather for each kind of X, a layer forward and backward (with and without batch norm,
+    at batch sizes past one block of rows), the loss for each width of lane, the fused update
+    for each rule: kernel_checks' checks, on the card."""
+    import cupy
+    from kernel_checks import GATHER_KINDS, check_gather, check_layer, check_scores_loss, check_update
+    be = gg.get_backend("cupy")
+    for kind in GATHER_KINDS:
+        if GATHER_KINDS[kind][1] == dtype:
+            check_gather(be, cupy.asarray, rng, kind, N=5000, n=1000, d=3072)
+    for n, m in ((100, 50), (1000, 300), (7, 1)):
+        for bn in (True, False):
+            check_layer(be, cupy.asarray, rng, dtype, bn, n=n, m=m)
+    for C in (1, 10, 33, 100, 256, 1000):
+        for loss in ("softmax", "svm"):
+            check_scores_loss(be, cupy.asarray, rng, dtype, C, loss, weighted=C % 2 == 0, n=1001)
+    for rule in ("sgd", "momentum", "nesterov", "adam"):
+        check_update(be, cupy.asarray, rng, dtype, rule, N=160_510, n_decay=157_000)
+
+
+def test_compiled_mlp_training_matches_numpy_on_the_card(rng):
+    """Two epochs of the 3072-50-50-10 network with batch norm on CIFAR-shaped uint8 rows through
+    the trainer, on the card and on numpy: the same weights within float32 rounding."""
+    import cupy
+    X = rng.integers(0, 256, (1050, 3072)).astype(np.uint8)
+    y = rng.integers(0, 10, 1050)
+    mean, std = X.mean(0), X.std(0) + 1
+    runs = []
+    for b in ("cupy", "numpy"):
+        model = gg.models.MLP(3072, 10, (50, 50), batchnorm=True, backend=b, x_mean=mean, x_std=std)
+        gg.Trainer(model, gg.optim.SGD(0.01, momentum=0.9), epochs=2, batch_size=100, lam=1e-3,
+                   progress=False, eval_train=False).fit(cupy.asarray(X) if b == "cupy" else X, y)
+        runs.append(model)
+    for k in runs[1].params:
+        np.testing.assert_allclose(runs[0].backend.to_numpy(runs[0].params[k]), runs[1].params[k],
+                                   rtol=2e-3, atol=2e-5, err_msg=k)

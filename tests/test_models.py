@@ -32,7 +32,7 @@ def rel_err(a, b):
 
 
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
-@pytest.mark.parametrize("layers", ["linear", "mlp", "mlp-batchnorm", "mlp-3-batchnorm"])
+@pytest.mark.parametrize("layers", ["linear", "mlp", "mlp-batchnorm", "mlp-3-batchnorm", "mlp-3-batchnorm-graph"])
 def test_gradients_match_central_differences_in_float64(rng, loss, layers):
     n, d, C = 7, 5, 4
     X, y = rng.standard_normal((n, d)), rng.integers(0, C, n)
@@ -42,8 +42,8 @@ def test_gradients_match_central_differences_in_float64(rng, loss, layers):
                                  x_mean=rng.standard_normal(d), x_std=rng.uniform(0.5, 2, d))
     else:
         hidden = (6, 5) if layers.startswith("mlp-3") else (6,)
-        model = MLP(d, C, hidden, loss, batchnorm=layers.endswith("batchnorm"), dtype="float64",
-                    backend="numpy", seed=int(rng.integers(1000)))
+        model = MLP(d, C, hidden, loss, batchnorm="batchnorm" in layers, dtype="float64",
+                    backend="numpy", seed=int(rng.integers(1000)), compiled=not layers.endswith("graph"))
         for k, p in model.params.items():  # move off the symmetric start (gamma 1, beta 0, b 0)
             p += rng.standard_normal(p.shape) * 0.1
     _, _, grads = model.loss_grad(X, y, 0.03, w)

@@ -684,12 +684,45 @@ class _Namespace(types.ModuleType):
         return wrapped
 
 
+def _gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+    """cupy.cublas.gemm: out = alpha op(a) @ op(b) + beta out, op 'N' (as it is) or 'T' (transposed),
+    one library call. Device arrays only, each C- or F-contiguous (cuBLAS takes either without a
+    copy; CuPy copies anything else first, which this refuses, naming the operand); written into
+    `out` when given (no allocation), else into a new F-ordered array, as CuPy's."""
+    where = "cupy.cublas.gemm"
+    ops = {"N": lambda x: x, "T": lambda x: x.T}
+    for name, x in (("a", a), ("b", b), ("out", out)):
+        if x is None:
+            continue
+        if type(x) is not EmuArray:
+            raise _host_array_error(x, where) if isinstance(x, np.ndarray) else TypeError(f"{where}: {name} is {type(x)}")
+        _on_current_device(x, where)
+        if not (x.flags.c_contiguous or x.flags.f_contiguous):
+            raise TypeError(f"{where}: {name} (shape {x.shape}, strides {x.strides}) is neither C- nor F-contiguous: "
+                            "CuPy would copy it first")
+    product = np.matmul(ops[transa](a._a), ops[transb](b._a))
+    read = a._a.nbytes + b._a.nbytes
+    if out is None:
+        r = device_empty(product.shape, product.dtype, "gemm")
+        r._a[...] = alpha * product
+        _launch("gemm", read, r._a.nbytes)
+        return r
+    if beta == 0:
+        out._a[...] = product if alpha == 1 else alpha * product
+    else:
+        out._a[...] = alpha * product + beta * out._a
+        read += out._a.nbytes
+    _launch("gemm", read, out._a.nbytes)
+    return out
+
+
 class _EmuCupy(_Namespace):
     """The stand-in's ``cupy`` module: numpy's names with CuPy's rules, ``ndarray = EmuArray``, the
-    functions that move data between host and device, and a ``cuda`` with devices."""
+    functions that move data between host and device, ``cublas.gemm`` and a ``cuda`` with devices."""
 
     ndarray = EmuArray
     cuda = cuda
+    cublas = types.SimpleNamespace(gemm=_gemm)
     __version__ = "14.2.0 (numpy stand-in)"
 
     def __init__(self, name):

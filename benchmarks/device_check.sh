@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 LOG="$OUT/device_check.log"  # every stage's output, one after the other: one file to read or send
-DEADLINE=$((SECONDS + ${GG_BUDGET_S:-540}))  # end on our own, logs intact, before the call's limit
+DEADLINE=$((SECONDS + ${GG_BUDGET_S:-540}))  # end on our own, logs intact, before an outer time limit stops the whole command
 
 # stage NAME CAP CMD...: run CMD under `timeout`, at most CAP seconds and never past DEADLINE (a
 # hung kernel must not take the later stages with it). Its output goes to $OUT/current.log while it

@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -93,7 +94,7 @@ ROW_CALLS = plans.CHOICES["row_call"]  # the row losses' host path; --row-calls
 # ---------------------------------------------------------------------------------------------
 NEW = "mma or tensor_core or prefetch or direct or other_kinds or sparse"
 # group: (pytest -k expression, seconds allowed); "established" holds simt, stream, block, cupy.
-# The limits add up to a little over half of device_check.sh's budget, leaving the rest for timing.
+# The limits add up to a little over half of device_check.sh's time limit, leaving the rest for timing.
 TEST_GROUPS = {"established": (f"not ({NEW})", 150), "mma": ("mma or tensor_core", 60),
                "prefetch": ("prefetch", 30), "direct": ("direct", 30), "other_kinds": ("other_kinds", 45),
                "sparse": ("sparse", 30)}
@@ -232,7 +233,7 @@ def add_timing(workload, variant, t, floor_us=None):
     log(f"  {workload:<34} {variant:<26} {med:10.1f} us  (p10 {p10:.1f}, p90 {p90:.1f}){fl}")
 
 
-LINEAR_TARGET = (65536, 3072, 10)  # the issue's linear-step shape (n, d, C)
+LINEAR_TARGET = (65536, 3072, 10)  # the linear step's target shape (n, d, C), RESULTS.md
 
 
 def ce_workload(n: int, C: int) -> str:
@@ -657,9 +658,7 @@ def first_call_times():
     out = {}
     code = FIRST_CALL.format(root=str(ROOT))
     env = dict(os.environ)
-    cache = "/tmp/gg_cupy_cache_check"
-    env["CUPY_CACHE_DIR"] = cache
-    subprocess.run(["rm", "-rf", cache])
+    env["CUPY_CACHE_DIR"] = tempfile.mkdtemp(prefix="gg_cupy_cache_")  # empty: the cold compile
     runs = [("fatbin", {}), ("nvrtc, cold CuPy cache", {"GPUGRAD_NO_FATBIN": "1"}),
             ("nvrtc, warm CuPy cache", {"GPUGRAD_NO_FATBIN": "1"})]
     for label, extra in runs:

@@ -11,12 +11,17 @@ The targets, each measured side by side in one run:
 - CPU, numpy backend: 10 epochs of the course's shape (10,000 x 3072 float32, C = 10, batch 100,
   plain SGD) through ``SoftmaxClassifier.fit`` take at most 1.1x the same loop written by hand in
   numpy;
-- an MLPClassifier on digits fits faster than scikit-learn's with the same layers, solver and
-  epochs.
+- an MLPClassifier on digits fits in at most 0.7x the time of scikit-learn's with the same
+  layers, solver and epochs (``benchmarks/mlp_epoch.py`` measures it with the MLP epoch's targets,
+  median and range over alternating rounds).
 
 The ratio tests alternate the two sides round by round and compare the fastest round of each, so
-a machine shared with other work slows both alike; they print the figures (``-s``).
+a machine shared with other work slows both alike; they print the figures (``-s``) and record
+them (``extra_info``). A ratio that misses its target is reported (a warning), not failed: add
+``--benchmark-targets`` to make it fail, on a machine quiet enough to judge.
+``GPUGRAD_BENCH_SIZE=tiny`` runs it all at smoke-test sizes.
 """
+import os
 import time
 import warnings
 
@@ -70,7 +75,8 @@ def test_digits_default_parameters(benchmark, model):
 
 # ---- the course's shape: the estimator against the loop written by hand ----------------------
 
-N, D, C, BATCH, EPOCHS, ETA = 10_000, 3072, 10, 100, 10, 0.001
+TINY = os.environ.get("GPUGRAD_BENCH_SIZE") == "tiny"
+N, D, C, BATCH, EPOCHS, ETA = (300, 64, 10, 100, 2, 0.001) if TINY else (10_000, 3072, 10, 100, 10, 0.001)
 
 
 def course_data(seed=0):
@@ -131,7 +137,7 @@ def alternate(rounds, *funcs):
     return best
 
 
-def test_course_shape_sgd_ratio(benchmark):
+def test_course_shape_sgd_ratio(benchmark, target):
     """Target: the estimator's fit at most 1.1x the hand-written loop, side by side, against the
     faster of the two hand-written loops, as a user runs them (BLAS's own threads). The same
     comparison with BLAS held to one thread is printed and recorded too (``extra_info``): the
@@ -155,22 +161,23 @@ def test_course_shape_sgd_ratio(benchmark):
         print(f"\ncourse shape, {EPOCHS} epochs, {what}: estimator {e:.3f} s, by hand {o:.3f} s, by hand "
               f"with the tuned dW {t:.3f} s, ratio to the faster {r:.3f} (target <= 1.1)")
     benchmark.pedantic(lambda: None, rounds=1)
-    assert ratio <= 1.1
+    target(ratio <= 1.1, f"SoftmaxClassifier.fit took {ratio:.3f}x the hand-written loop at the course's "
+                         f"shape (target <= 1.1)")
 
 
 # ---- the MLP against scikit-learn's on digits ---------------------------------------------------
 
-MLP_EPOCHS = 50
+MLP_EPOCHS = 3 if TINY else 50
 
 
-def mlp_pair():
+def mlp_pair(epochs=MLP_EPOCHS):
     """gpugrad's and scikit-learn's MLPClassifier with the same layers (100,), Adam at 0.001,
     batches of 200, the same penalty (scikit-learn's alpha 1e-4 is divided by the batch size) and
-    exactly MLP_EPOCHS epochs (no early stop)."""
+    exactly `epochs` epochs (no early stop)."""
     ours = MLPClassifier(hidden_layer_sizes=(100,), solver="adam", learning_rate_init=0.001,
-                         alpha=1e-4 / 200, max_iter=MLP_EPOCHS, tol=None, backend="numpy", random_state=0)
-    theirs = SkMLPClassifier(hidden_layer_sizes=(100,), solver="adam", max_iter=MLP_EPOCHS,
-                             n_iter_no_change=MLP_EPOCHS + 1, random_state=0)
+                         alpha=1e-4 / 200, max_iter=epochs, tol=None, backend="numpy", random_state=0)
+    theirs = SkMLPClassifier(hidden_layer_sizes=(100,), solver="adam", max_iter=epochs,
+                             n_iter_no_change=epochs + 1, random_state=0)
     return ours, theirs
 
 
@@ -191,8 +198,8 @@ def test_mlp_digits_same_epochs(benchmark, impl):
     benchmark.extra_info["test_accuracy"] = round(clf.score(X_test, y_test), 4)
 
 
-def test_mlp_digits_ratio(benchmark):
-    """Target: gpugrad's MLPClassifier fits digits faster than scikit-learn's, same settings."""
+def test_mlp_digits_ratio(benchmark, target):
+    """Target: gpugrad's MLPClassifier fits digits in at most 0.7x scikit-learn's time, same settings."""
     X_train, _, y_train, _ = digits_split()
     X_train = StandardScaler().fit_transform(X_train)
     ours, theirs = mlp_pair()
@@ -205,6 +212,7 @@ def test_mlp_digits_ratio(benchmark):
     benchmark.extra_info.update(gpugrad_s=round(t_ours, 3), sklearn_s=round(t_theirs, 3),
                                 ratio=round(t_ours / t_theirs, 3))
     print(f"\nMLP on digits, {MLP_EPOCHS} epochs: gpugrad {t_ours:.2f} s, scikit-learn {t_theirs:.2f} s, "
-          f"ratio {t_ours / t_theirs:.3f} (target < 1)")
+          f"ratio {t_ours / t_theirs:.3f} (target <= 0.7)")
     benchmark.pedantic(lambda: None, rounds=1)
-    assert t_ours < t_theirs
+    target(t_ours <= 0.7 * t_theirs, f"gpugrad's MLPClassifier took {t_ours / t_theirs:.3f}x scikit-learn's on "
+                                      f"digits (target <= 0.7)")

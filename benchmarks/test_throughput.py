@@ -17,12 +17,17 @@ usable, and there the CPU implementations take 3 rounds each. GPU calls end with
 synchronisation inside the timed call. The trainer's epoch here is a ``fit`` of one more epoch
 (``check_input=False``), which adds fit's per-call set-up to the epoch; ``extra_info["epoch_s"]``
 holds the trainer's own clock for the epoch alone, which ``gpugrad bench`` reports.
+``GPUGRAD_BENCH_SIZE=tiny`` runs the CPU part at gpugrad bench's tiny sizes.
 """
+import os
+
 import pytest
 
 from gpugrad import bench
 
-CPU_WORKLOADS = bench.workloads(bench.FAMILIES, "cpu")
+# GPUGRAD_BENCH_SIZE=tiny: the tiny sizes of gpugrad bench instead of the CPU ones (a smoke test).
+CPU_WORKLOADS = bench.workloads(bench.FAMILIES, "tiny" if os.environ.get("GPUGRAD_BENCH_SIZE") == "tiny"
+                                else "cpu")
 GPU_ONLY = [w for w in bench.workloads(bench.FAMILIES, "gpu") if w not in CPU_WORKLOADS]
 
 

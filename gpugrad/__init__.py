@@ -1,7 +1,8 @@
 """gpugrad: the back-propagation lecture as a batched gradient engine.
 
 - ``gpugrad.graph``: computational graph nodes (``tensor``), the generic forward listing and the
-  generic backward pass (the lecture's BackOp).
+  generic backward pass (the lecture's BackOp); ``gpugrad.compiled``: a model's graph traced once
+  and replayed for every batch as a fixed schedule of fused backend calls (how the MLP trains).
 - ``gpugrad.ops``: one vector-Jacobian product per operation.
 - ``gpugrad.gradient_check``: ``gradcheck`` (central differences) and ``jacobian`` (from the VJPs).
 - ``gpugrad.fused``: the fused mini-batch gradients (``linear_grad`` and its building blocks).
@@ -12,15 +13,16 @@
   schedules; ``gpugrad.trainer``: the mini-batch trainer with history and checkpoints.
 - ``gpugrad.data``: data sets; ``gpugrad.plots``: training curves and class templates.
 - ``gpugrad.estimators``: the scikit-learn drop-ins (``SoftmaxClassifier``, ``SVMClassifier``,
-  ``MLPClassifier``); ``gpugrad.cli``: ``gpugrad train``, ``gpugrad gradcheck`` and ``gpugrad bench``
-  (its workloads and peers in ``gpugrad.bench``); ``gpugrad.distributed``: training on Dask arrays.
+  ``MLPClassifier``); ``gpugrad.cli``: ``gpugrad train``, ``gpugrad predict``, ``gpugrad gradcheck``
+  and ``gpugrad bench`` (its workloads and peers in ``gpugrad.bench``); ``gpugrad.distributed``:
+  training on Dask arrays.
 """
 from .backends import cupy_available, get_backend, why_backend
 from .fused import linear_grad, softmax_cross_entropy_grad, svm_grad
 from .graph import Tensor, tensor, no_grad
 from .ops import batch_norm, cross_entropy, exp, linear, log, relu, softmax, svm_loss
 from .gradient_check import gradcheck, jacobian
-from . import models, optim
+from . import compiled, models, optim
 from .trainer import History, Trainer
 
 _LAZY = {"SoftmaxClassifier": "estimators", "SVMClassifier": "estimators", "MLPClassifier": "estimators",
@@ -44,6 +46,6 @@ __all__ = [
     "gradcheck", "jacobian",
     "linear_grad", "softmax_cross_entropy_grad", "svm_grad",
     "get_backend", "cupy_available", "why_backend",
-    "models", "optim", "Trainer", "History",
+    "compiled", "models", "optim", "Trainer", "History",
     "SoftmaxClassifier", "SVMClassifier", "MLPClassifier",
 ]

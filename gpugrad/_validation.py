@@ -37,6 +37,20 @@ def check_lam(lam) -> float:
     return lam
 
 
+def check_two_classes(classes, who: str) -> None:
+    """A classifier needs examples of two classes at least (scikit-learn's rule, and its words).
+
+        >>> check_two_classes([3], "SoftmaxClassifier")
+        Traceback (most recent call last):
+        ...
+        ValueError: SoftmaxClassifier needs samples of at least 2 classes, but the data contain only one class: [3]
+    """
+    classes = list(classes)
+    if len(classes) < 2:
+        raise ValueError(f"{who} needs samples of at least 2 classes, but the data contain only "
+                         f"one class: {classes}")
+
+
 def check_labels_shape(y, n: int, what: str = "rows of X") -> None:
     """y must be a 1-D integer array with one label per row."""
     require_array("labels y", y)

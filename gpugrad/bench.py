@@ -7,9 +7,10 @@ Three families of workloads, each at three sizes (``tiny`` for smoke tests, ``cp
 - ``linear``: the linear classifier's step J, dW, db of J = (1/n) sum_i l_i + lam ||W||^2 with
   S = X W^T + b, for n in 100, 8192, 65536 rows of d = 3072, C = 10, X float32 and uint8 (the
   pixels normalised on the fly by x_mean, x_std);
-- ``epoch``: one epoch of plain mini-batch SGD (batch 100) of the linear classifier and of the
-  MLP 3072-50-50-10 with batch normalisation, gpugrad's through ``gpugrad.Trainer``
-  (``eval_train=False``).
+- ``epoch``: one epoch of mini-batch SGD (batch 100) of the linear classifier (plain SGD) and of
+  the MLP 3072-50-50-10 with batch normalisation (SGD with momentum 0.9), gpugrad's through
+  ``gpugrad.Trainer`` (``eval_train=False``; the MLP's compiled step, and its generic backward
+  pass as "gpugrad graph").
 
 Each workload is run by gpugrad (``ours``) and by peers on the same inputs in the same process:
 on the CPU the numpy backend against numpy written by hand from the formulas, scikit-learn's
@@ -60,7 +61,8 @@ __all__ = ["FAMILIES", "SIZES", "Workload", "Impl", "Case", "Unavailable", "work
 FAMILIES = ("ce", "linear", "epoch")
 SIZES = ("tiny", "cpu", "gpu")
 LAM = 1e-3            # the L2 strength of the linear step and of both epochs
-LR = {"linear": 1e-3, "mlp": 1e-2}  # plain SGD rates of the epochs (the course's first and third assignments)
+LR = {"linear": 1e-3, "mlp": 1e-2}  # SGD rates of the epochs (the course's first and third assignments)
+MOMENTUM = {"linear": 0.0, "mlp": 0.9}  # the MLP epoch is SGD with momentum, the linear one plain SGD
 BATCH, HIDDEN, BN_EPS, BN_MOMENTUM = 100, (50, 50), 1e-5, 0.1
 
 # (n, C) of the CE workloads; (n values, d, C) of the linear step; (N linear, N mlp, d, C) of the epochs.
@@ -71,7 +73,7 @@ CE_SIZES = {"tiny": ((64, 10), (16, 1024), (2, 32768)),
             "gpu": ((8192, 10), (8192, 1024), (8192, 32768))}
 LINEAR_SIZES = {"tiny": ((10, 50), 64, 10), "cpu": ((100, 1024, 8192), 3072, 10),
                 "gpu": ((100, 8192, 65536), 3072, 10)}
-EPOCH_SIZES = {"tiny": (300, 300, 64, 10), "cpu": (10_000, 2_000, 3072, 10), "gpu": (50_000, 50_000, 3072, 10)}
+EPOCH_SIZES = {"tiny": (300, 300, 64, 10), "cpu": (10_000, 10_000, 3072, 10), "gpu": (50_000, 50_000, 3072, 10)}
 
 
 class Unavailable(Exception):
@@ -172,11 +174,11 @@ def make_inputs(w: Workload, seed=0) -> dict:
             "params0": {k: np.array(v) for k, v in model.params.items()}}
 
 
-def _gpugrad_model(kind, d, C, backend):
+def _gpugrad_model(kind, d, C, backend, compiled=True):
     from .models import MLP, LinearClassifier
     if kind == "linear":
         return LinearClassifier(d, C, backend=backend, seed=0)
-    return MLP(d, C, HIDDEN, batchnorm=True, backend=backend, seed=0, bn_momentum=BN_MOMENTUM)
+    return MLP(d, C, HIDDEN, batchnorm=True, backend=backend, seed=0, bn_momentum=BN_MOMENTUM, compiled=compiled)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,13 +285,21 @@ def mlp_step_by_hand(xp, X, y, params, buffers, lam, eps=BN_EPS, momentum=BN_MOM
     return J, grads
 
 
-def mlp_epoch_by_hand(xp, X, y, params, buffers, order, lr, lam, batch=BATCH):
-    """One epoch of plain SGD on the MLP (``mlp_step_by_hand`` per batch), in place on params."""
+def mlp_epoch_by_hand(xp, X, y, params, buffers, order, lr, lam, batch=BATCH, momentum=0.0, velocity=None):
+    """One epoch of SGD on the MLP (``mlp_step_by_hand`` per batch), in place on params: plain,
+    p -= lr g, or with momentum (``velocity``: arrays like params, kept from epoch to epoch),
+    v = momentum v - lr g, p += v."""
     for start in range(0, X.shape[0], batch):
         idx = order[start:start + batch]
         _, grads = mlp_step_by_hand(xp, X[idx], y[idx], params, buffers, lam)
         for key, g in grads.items():
-            params[key] -= lr * g
+            if momentum:
+                v = velocity[key]
+                v *= momentum
+                v -= lr * g
+                params[key] += v
+            else:
+                params[key] -= lr * g
     return params
 
 
@@ -357,25 +367,38 @@ def _gpugrad(device):
         if w.family == "linear":
             return wrap(lambda: gg.linear_grad(a["X"], a["y"], a["W"], a["b"], LAM, x_mean=a["x_mean"],
                                                x_std=a["x_std"], validate=False))
-        p = w.params
-        model = _gpugrad_model(p["model"], p["d"], p["C"], be)
-        trainer = gg.Trainer(model, gg.optim.SGD(LR[p["model"]]), epochs=0, batch_size=BATCH, lam=LAM,
-                             seed=0, eval_train=False, progress=False)
-
-        def one_epoch():  # the inputs are made here, finite and in range: fit need not check them
-            trainer.epochs += 1
-            trainer.fit(a["X"], a["y"], check_input=False)
-            return model.params
-        return wrap(one_epoch, seconds=lambda: trainer.history.rows[-1]["seconds"])
+        return _trainer_case(w, a, be, wrap, compiled=True)
     return prepare
 
 
+def _trainer_case(w, a, be, wrap, compiled):
+    """An epoch through gpugrad.Trainer: one more epoch of ``fit`` per call, the trainer's own clock."""
+    import gpugrad as gg
+    p = w.params
+    model = _gpugrad_model(p["model"], p["d"], p["C"], be, compiled=compiled)
+    trainer = gg.Trainer(model, gg.optim.SGD(LR[p["model"]], momentum=MOMENTUM[p["model"]]), epochs=0,
+                         batch_size=BATCH, lam=LAM, seed=0, eval_train=False, progress=False)
+
+    def one_epoch():  # the inputs are made here, finite and in range: fit need not check them
+        trainer.epochs += 1
+        trainer.fit(a["X"], a["y"], check_input=False)
+        return model.params
+    return wrap(one_epoch, seconds=lambda: trainer.history.rows[-1]["seconds"])
+
+
 def _graph(device):
-    """The linear step through gpugrad's graph and its generic backward pass (no fused kernel)."""
+    """gpugrad's graph and its generic backward pass (no fused kernel, no compiled step): the linear
+    step, and the MLP epoch through the trainer with ``MLP(compiled=False)``."""
     def prepare(w, inp):
         import gpugrad as gg
+        if w.family == "epoch" and w.params["model"] == "mlp":
+            if device == "gpu":
+                move, be, wrap = _cupy().asarray, gg.get_backend("cupy"), _cupy_case
+            else:
+                move, be, wrap = (lambda a: a), gg.get_backend("numpy"), Case
+            return _trainer_case(w, {k: move(inp[k]) for k in ("X", "y")}, be, wrap, compiled=False)
         if w.family != "linear" or inp["x_mean"] is not None:
-            raise Unavailable("timed on the float32 linear step only")
+            raise Unavailable("timed on the float32 linear step and the MLP epoch only")
         move = _cupy().asarray if device == "gpu" else (lambda a: a)
         X, y, W, b = (move(inp[k]) for k in ("X", "y", "W", "b"))
 
@@ -399,13 +422,15 @@ def _by_hand(device):
             return wrap(lambda: linear_by_hand(xp, a["X"], a["y"], a["W"], a["b"], LAM, a["x_mean"], a["x_std"]))
         params = {k: xp.array(v) for k, v in inp["params0"].items()}
         buffers = _mlp_buffers(xp, params, np.float32) if w.params["model"] == "mlp" else None
+        velocity = {k: xp.zeros_like(v) for k, v in params.items()}
         rng = np.random.default_rng(0)  # the trainer's shuffles come from the same generator
 
         def one_epoch():
             order = xp.asarray(rng.permutation(a["X"].shape[0]))
             if buffers is None:
                 return linear_epoch_by_hand(xp, a["X"], a["y"], params, order, LR["linear"], LAM)
-            return mlp_epoch_by_hand(xp, a["X"], a["y"], params, buffers, order, LR["mlp"], LAM)
+            return mlp_epoch_by_hand(xp, a["X"], a["y"], params, buffers, order, LR["mlp"], LAM,
+                                     momentum=MOMENTUM["mlp"], velocity=velocity)
         return wrap(one_epoch)
     return prepare
 
@@ -495,38 +520,59 @@ def _torch(device, compiled):
 
 
 def _torch_epoch(torch, F, w, inp, t, dev, compiled):
-    """An epoch in PyTorch with the gpugrad parameter names: autograd per batch, SGD by hand."""
+    """An epoch as PyTorch users write it, from the gpugrad model's start: the MLP a
+    ``torch.nn.Sequential`` of Linear, BatchNorm1d and ReLU (the linear classifier one Linear),
+    ``torch.optim.SGD`` with the epoch's momentum and the penalty lam ||W||^2 as weight decay
+    2 lam on the weight matrices only; ``torch.compile`` compiles the module."""
     kind = w.params["model"]
-    params = {k: torch.tensor(v, device=dev, requires_grad=True) for k, v in inp["params0"].items()}
-    k = len([key for key in params if key.startswith("W")])
-    running = {l: (torch.zeros(HIDDEN[l - 1], device=dev), torch.ones(HIDDEN[l - 1], device=dev))
-               for l in range(1, k)}
+    p0 = inp["params0"]
+    if kind == "linear":  # the linear classifier's W, b as the one layer's
+        p0 = {"W1": p0["W"], "b1": p0["b"]}
+    k = len([key for key in p0 if key.startswith("W")])
+    layers = []
+    for l in range(1, k + 1):
+        W = torch.as_tensor(p0[f"W{l}"], device=dev)
+        lin = torch.nn.Linear(W.shape[1], W.shape[0], device=dev)
+        with torch.no_grad():
+            lin.weight.copy_(W)
+            lin.bias.copy_(torch.as_tensor(p0[f"b{l}"], device=dev))
+        layers.append(lin)
+        if l < k:
+            bn = torch.nn.BatchNorm1d(W.shape[0], eps=BN_EPS, momentum=BN_MOMENTUM, device=dev)
+            with torch.no_grad():
+                bn.weight.copy_(torch.as_tensor(p0[f"gamma{l}"], device=dev))
+                bn.bias.copy_(torch.as_tensor(p0[f"beta{l}"], device=dev))
+            layers += [bn, torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers).train()
+    weights = [m.weight for m in net if isinstance(m, torch.nn.Linear)]
+    others = [q for q in net.parameters() if all(q is not W for W in weights)]
+    opt = torch.optim.SGD([{"params": weights, "weight_decay": 2 * LAM}, {"params": others, "weight_decay": 0.0}],
+                          lr=LR[kind], momentum=MOMENTUM[kind])
+    forward = torch.compile(net) if compiled else net
     rng = np.random.default_rng(0)
-    lr = LR[kind]
-
-    def cost(Xb, yb):
-        h = Xb
-        for l in range(1, k):
-            s = h @ params[f"W{l}"].T + params[f"b{l}"]
-            s = F.batch_norm(s, *running[l], params[f"gamma{l}"], params[f"beta{l}"], training=True,
-                             momentum=BN_MOMENTUM, eps=BN_EPS)
-            h = torch.relu(s)
-        S = h @ params[f"W{k}"].T + params[f"b{k}"]
-        return F.cross_entropy(S, yb) + LAM * sum((params[f"W{l}"] ** 2).sum() for l in range(1, k + 1))
-    if compiled:
-        cost = torch.compile(cost)
 
     def epoch(X, y):
         order = torch.as_tensor(rng.permutation(X.shape[0]), device=dev)
         for start in range(0, X.shape[0], BATCH):
             idx = order[start:start + BATCH]
-            cost(X[idx], y[idx]).backward()
-            with torch.no_grad():
-                for p in params.values():
-                    p -= lr * p.grad
-                    p.grad = None
-        return params
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(forward(X[idx]), y[idx]).backward()
+            opt.step()
+        params = _torch_params(torch, net)
+        return {"W": params["W1"], "b": params["b1"]} if kind == "linear" else params
     return epoch, (t["X"], t["y"])
+
+
+def _torch_params(torch, net):
+    """A Sequential's parameters under gpugrad's names (W1, b1, gamma1, beta1, ...)."""
+    out, l = {}, 0
+    for m in net:
+        if isinstance(m, torch.nn.Linear):
+            l += 1
+            out[f"W{l}"], out[f"b{l}"] = m.weight.detach(), m.bias.detach()
+        elif isinstance(m, torch.nn.BatchNorm1d):
+            out[f"gamma{l}"], out[f"beta{l}"] = m.weight.detach(), m.bias.detach()
+    return out
 
 
 IMPLEMENTATIONS = {
@@ -679,7 +725,10 @@ def run(families=FAMILIES, *, backend="numpy", size=None, repeat=10, bandwidth=N
         {"environment": {...}, "repeat": repeat, "size": size, "rows": [...], "skipped": [...]},
         a row per workload and implementation run: workload, family, implementation, ours,
         median_s, min_s, floor_s, bytes, vs_best_peer (median / the fastest peer's median on
-        this workload; None without a peer), vs_floor (median / floor_s).
+        this workload; None without a peer), vs_floor (median / floor_s). An implementation
+        that raises is not timed: its row holds ``failed`` (the exception in one line) and None
+        for the times, and the others run on; one that cannot run here (``Unavailable``) is
+        listed in ``skipped`` with the reason.
     """
     size = size or ("gpu" if backend == "cupy" else "cpu")
     impls = implementations_for(backend)
@@ -700,24 +749,36 @@ def run(families=FAMILIES, *, backend="numpy", size=None, repeat=10, bandwidth=N
         floor = w.nbytes / bandwidth
         group = []
         for impl in impls:
+            row = {"workload": w.name, "family": w.family, "implementation": impl.name, "ours": impl.ours,
+                   "floor_s": floor, "bytes": w.nbytes}
             try:
                 case = impl.prepare(w, inputs)
+                times = time_case(case, repeat)
             except Unavailable as e:
                 skipped.append({"workload": w.name, "implementation": impl.name, "reason": str(e)})
                 continue
-            times = time_case(case, repeat)
-            del case
+            except Exception as e:  # a broken peer (or ours) costs its own row, never the table
+                group.append({**row, "failed": _failure(e), "median_s": None, "min_s": None, "vs_floor": None})
+                continue
+            finally:
+                case = None  # the inputs it moved to a device are freed before the next one
             med = statistics.median(times)
-            group.append({"workload": w.name, "family": w.family, "implementation": impl.name, "ours": impl.ours,
-                          "median_s": med, "min_s": min(times), "floor_s": floor, "bytes": w.nbytes,
-                          "vs_floor": med / floor})
-        peers = [r["median_s"] for r in group if not r["ours"]]
+            group.append({**row, "median_s": med, "min_s": min(times), "vs_floor": med / floor})
+        peers = [r["median_s"] for r in group if not r["ours"] and r["median_s"] is not None]
         for r in group:
-            r["vs_best_peer"] = r["median_s"] / min(peers) if peers else None
+            r["vs_best_peer"] = r["median_s"] / min(peers) if peers and r["median_s"] is not None else None
         rows += group
         del inputs
     return {"environment": _environment(backend, bandwidth, how), "size": size, "repeat": repeat,
             "rows": rows, "skipped": skipped}
+
+
+def _failure(e: BaseException) -> str:
+    """One line saying why an implementation failed: the exception's type and the first line of its
+    message, cut to 200 characters (the table keeps one line per implementation)."""
+    text = str(e).strip().splitlines()
+    line = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _duration(s: float) -> str:
@@ -746,8 +807,9 @@ def _versions(env: dict) -> str:
 
 def format_table(result: dict) -> str:
     """The results as text: a header line, then one line per implementation of each workload
-    (its median time, that time over the fastest peer's, that time over the floor), the floor of
-    each workload on its first line, and the implementations that did not run with the reason.
+    (its median time, that time over the fastest peer's, that time over the floor; or "failed:"
+    and why), the floor of each workload on its first timed line, and the implementations that
+    could not run here with the reason.
 
         >>> r = {"environment": {"backend": "numpy", "machine": "cpu", "cores": 2,
         ...      "bandwidth_bytes_per_s": 1e10, "bandwidth_measured_by": "given"}, "size": "tiny",
@@ -769,14 +831,19 @@ def format_table(result: dict) -> str:
     il = max([len("implementation")] + [len(r["implementation"]) for r in result["rows"]])
     lines.append(f"{'workload':<{wl}}  {'implementation':<{il}}  {'median':>8}  {'x best peer':>11}  "
                  f"{'x floor':>7}  floor")
-    last = None
+    last, floor_shown = None, False
     for r in result["rows"]:
         first = r["workload"] != last
         last = r["workload"]
+        floor_shown = floor_shown and not first
+        name = f"{r['workload'] if first else '':<{wl}}  {r['implementation']:<{il}}"
+        if r.get("failed"):
+            lines.append(f"{name}  failed: {r['failed']}")
+            continue
         peer = "-" if r["vs_best_peer"] is None else f"{r['vs_best_peer']:.2f}"
-        lines.append(f"{r['workload'] if first else '':<{wl}}  {r['implementation']:<{il}}  "
-                     f"{_duration(r['median_s']):>8}  {peer:>11}  {r['vs_floor']:>7.1f}  "
-                     f"{_duration(r['floor_s']) if first else ''}".rstrip())
+        lines.append(f"{name}  {_duration(r['median_s']):>8}  {peer:>11}  {r['vs_floor']:>7.1f}  "
+                     f"{'' if floor_shown else _duration(r['floor_s'])}".rstrip())
+        floor_shown = True
     reasons = {}
     for s in result["skipped"]:
         reasons.setdefault((s["implementation"], s["reason"]), []).append(s["workload"])

@@ -1,5 +1,7 @@
-"""The command line: ``gpugrad train``, ``gpugrad gradcheck`` and ``gpugrad bench`` (also
-``python -m gpugrad``; ``gpugrad bench`` is described in ``gpugrad.bench``).
+"""The command line: ``gpugrad train``, ``gpugrad predict``, ``gpugrad gradcheck`` and
+``gpugrad bench`` (also ``python -m gpugrad``; ``gpugrad bench`` is described in ``gpugrad.bench``).
+Each command imports what it needs when it needs it: ``gpugrad train --help`` loads neither
+scikit-learn nor matplotlib, and a run on digits loads no scikit-learn at all.
 
 ``gpugrad train`` trains a classifier (the linear softmax or SVM classifier, or an MLP) with the
 mini-batch trainer and writes everything a run produces into one folder::
@@ -20,6 +22,18 @@ when that name is taken) holds::
     curves.png       loss / cost / accuracy per epoch, training against validation
     templates.png    the linear models' class templates (the rows of W as images)
 
+A run that stops early, by Ctrl-C (exit status 130) or a NaN cost (exit status 1), still writes
+the outputs of the epochs its checkpoint holds and says how far it got ("stopped after epoch 3
+of 40; continue with: gpugrad train --resume DIR"). A folder whose run stopped before its first
+epoch ended holds only run.json: --resume starts that run again, and a new run may take the
+folder; --overwrite lets a new run replace a finished one. While a run trains, a training cost
+that stays above 1.5x its lowest for 3 epochs (a learning rate too high) is reported by a
+warning line.
+
+``gpugrad predict MODEL DATA`` writes the predicted labels of a saved model (model.npz, or a run's
+folder) for DATA ('digits' test rows, a CIFAR-10 test_batch, an .npz with X and maybe y) to a
+.csv or .npy file, and prints the accuracy when DATA has labels.
+
 ``gpugrad gradcheck`` is the course's gradient check: the model's analytic gradients
 (``loss_grad``) against central differences of its cost, in float64 on a few rows of digits,
 one relative error ||g_a - g_n|| / (||g_a|| + ||g_n||) per parameter; exit status 1 when one
@@ -37,11 +51,13 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from . import _validation
 from .models import json_safe
 from .optim import OPTIMIZERS
 
@@ -215,14 +231,28 @@ def _resolve(parser, args) -> dict:
             parser.error("--lr does not apply to --schedule cyclical: it runs from --eta-min to --eta-max")
         if opts["eta_min"] >= opts["eta_max"]:
             parser.error(f"--eta-min must be below --eta-max, got {opts['eta_min']} >= {opts['eta_max']}")
-        opts["lr"] = None
     elif opts["lr"] is None:
         opts["lr"] = DEFAULT_LR[opts["optimizer"]]
-    if opts["model"] != "mlp":
-        opts["hidden"], opts["batchnorm"] = None, False
-    else:
+    if opts["model"] == "mlp":
         opts["hidden"] = _as_stored("hidden", opts["hidden"])
-    return opts
+    # run.json records the settings the run uses, and only those.
+    return {k: v for k, v in opts.items() if _unused_because(k, opts) is None}
+
+
+def _unused_because(name, opts) -> str | None:
+    """Why the run of settings ``opts`` does not use the setting ``name`` (None: it does).
+
+        >>> _unused_because("momentum", {"optimizer": "sgd"})
+        'its optimiser is sgd'
+    """
+    if name in ("hidden", "batchnorm") and opts["model"] != "mlp":
+        return f"its model is {opts['model']}"
+    if name == "momentum" and opts["optimizer"] not in ("momentum", "nesterov"):
+        return f"its optimiser is {opts['optimizer']}"
+    if name in ("lr", "step_size", "gamma", "eta_min", "eta_max", "n_s") and \
+            name not in SCHEDULE_SETTINGS[opts["schedule"]]:
+        return f"its schedule is {opts['schedule']}"
+    return None
 
 
 def _as_stored(name, value):
@@ -252,13 +282,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``gpugrad`` parser with its ``train``, ``gradcheck`` and ``bench`` subcommands."""
+    """The ``gpugrad`` parser with its ``train``, ``predict``, ``gradcheck`` and ``bench`` subcommands."""
     parser = _Parser(
         prog="gpugrad", description="Train and check classifiers with gpugrad.",
-        epilog="Run 'gpugrad train --help', 'gpugrad gradcheck --help' or 'gpugrad bench --help' "
-               "for their options.")
+        epilog="Run 'gpugrad train --help', 'gpugrad predict --help', 'gpugrad gradcheck --help' or "
+               "'gpugrad bench --help' for their options.")
     parser.add_argument("--version", action="version", version=f"gpugrad {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,gradcheck,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,predict,gradcheck,bench}")
 
     d = DEFAULTS
     t = sub.add_parser(
@@ -330,11 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=BACKENDS, default=None,
                    help="auto: CuPy when a CUDA device is usable, else numpy (default: auto)")
     g.add_argument("--out", metavar="FOLDER",
-                   help="output folder, new or empty (default: runs/<data>-<model>, with -2, -3, ... "
-                        "added when taken)")
+                   help="output folder, new or empty, or left by a run that stopped before its first "
+                        "epoch ended (default: runs/<data>-<model>, with -2, -3, ... added when taken)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="write the run into --out even if it holds files; an earlier run's files "
+                        "there are replaced, others left alone")
     g.add_argument("--resume", metavar="FOLDER",
-                   help="continue the run saved in FOLDER from its checkpoint, with its settings; "
-                        "--epochs may raise the number of epochs")
+                   help="continue the run saved in FOLDER from its checkpoint, with its settings "
+                        "(from epoch 1 when it stopped before one ended); --epochs may raise the "
+                        "number of epochs")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no start line")
     t.set_defaults(func=_train_command, subparser=t)
 
@@ -358,6 +392,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tol", default="1e-6", metavar="TOL", help="the largest relative error accepted")
     c.add_argument("--backend", choices=BACKENDS, default="auto", help="the backend to check")
     c.set_defaults(func=_gradcheck_command, subparser=c)
+
+    p = sub.add_parser(
+        "predict", prog="gpugrad predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="predict classes with a saved model; the accuracy when the data have labels",
+        description=(
+            "Predict the class of each row of DATA with a saved model and write the predictions\n"
+            "to a file: .csv (a header, then one line per row: the predicted class's label, and\n"
+            "the true label when DATA has labels) or .npy (the predicted labels as an array).\n"
+            "With labels, it also prints the accuracy."),
+        epilog=("examples:\n"
+                "  gpugrad predict runs/digits-softmax digits\n"
+                "  gpugrad predict runs/cifar10-softmax/model.npz ~/cifar-10-batches-py --out test.csv\n"
+                "  gpugrad predict model.npz new_rows.npz --out labels.npy"))
+    p.add_argument("model", metavar="MODEL",
+                   help="a model .npz (gpugrad train's model.npz, gpugrad.models.save_model) or a "
+                        "gpugrad train output folder")
+    p.add_argument("data", metavar="DATA",
+                   help="'digits' (its test split, the rows gpugrad train holds out), a CIFAR-10 "
+                        "folder (its test_batch), or an .npz file with an array X (n, d) and, for "
+                        "the accuracy, labels y (n,)")
+    p.add_argument("--out", metavar="FILE", default="predictions.csv",
+                   help="the predictions file, .csv or .npy (default: predictions.csv)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: CuPy when a CUDA device is usable, else numpy (default: auto)")
+    p.set_defaults(func=_predict_command, subparser=p)
 
     from . import bench
     b = bench.add_parser(sub)
@@ -392,18 +451,27 @@ def _train_command(parser, args) -> int:
         opts = _resolve(parser, args)
         opts["data_kind"] = _data_kind(parser, opts["data"])
         opts["data"] = _as_stored("data", opts["data"])
-        folder = _output_folder(parser, args.out, _data_name(opts["data"], opts["data_kind"]), opts["model"])
+        folder = _output_folder(parser, args.out, _data_name(opts["data"], opts["data_kind"]),
+                                opts["model"], args.overwrite)
         run = None
     backend = _backend(parser, args.backend or "auto")
     try:
         return _train(parser, args, opts, folder, run, backend)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before training started, or while the outputs were written
         if (folder / CHECKPOINT_FILE).exists():
             print(f"gpugrad train: interrupted; continue with: gpugrad train --resume {folder}",
                   file=sys.stderr)
         else:
-            print("gpugrad train: interrupted before the first epoch ended", file=sys.stderr)
+            print(f"gpugrad train: interrupted before epoch 1 ended; nothing was saved{_again(folder)}",
+                  file=sys.stderr)
         return 130
+
+
+def _again(folder: Path) -> str:
+    """The hint after a run that stopped before its first checkpoint."""
+    if (folder / RUN_FILE).is_file():
+        return f"; start it again with: gpugrad train --resume {folder}"
+    return ""
 
 
 def _backend(parser, name):
@@ -414,38 +482,108 @@ def _backend(parser, name):
         parser.error(f"--backend {name}: {e}")
 
 
-def _output_folder(parser, out, data_name, model) -> Path:
-    """--out (refused when it holds files), or the first free runs/<data>-<model>[-k]; not created yet."""
+# The files a run writes into its folder (and --overwrite removes from an earlier run's).
+OUTPUT_FILES = (RUN_FILE, CHECKPOINT_FILE, MODEL_FILE, "history.csv", "history.json", "curves.png",
+                "templates.png")
+
+
+def _unstarted(path: Path) -> bool:
+    """A folder left by a run that stopped before its first epoch ended: run.json and no
+    checkpoint, nothing but gpugrad's files, and no run training there now (a first epoch can
+    take minutes). A new run may take it over (--resume starts it again): there is no trained
+    state in it to lose."""
+    if not (path / RUN_FILE).is_file() or (path / CHECKPOINT_FILE).exists():
+        return False
+    if not all(p.name in OUTPUT_FILES or p.name.startswith(".tmp-") for p in path.iterdir()):
+        return False
+    return not _in_use(path)
+
+
+def _hold(folder: Path):
+    """An exclusive lock on the run's folder for as long as the returned handle lives (the
+    training process holds it), so another gpugrad train neither takes the folder over nor
+    resumes it meanwhile. None where the system has no flock (the check is then skipped)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return _Held(fd)
+
+
+class _Held:
+    """A held flock on a folder: released when closed or collected."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+    __del__ = close
+
+
+def _in_use(folder: Path) -> bool:
+    """Whether a gpugrad train process holds the folder's lock (``_hold``) now."""
+    try:
+        held = _hold(folder)
+    except OSError:
+        return True
+    if held is not None:
+        held.close()
+    return False
+
+
+def _output_folder(parser, out, data_name, model, overwrite=False) -> Path:
+    """--out, or the first free runs/<data>-<model>[-k]; not created yet. A folder holding files is
+    refused, unless it is one a run left before its first epoch ended (taken over) or --overwrite
+    is given (gpugrad's files there are replaced, others left alone)."""
     if out is not None:
         path = Path(out).expanduser()
         if path.exists() and not path.is_dir():
             parser.error(f"--out {out}: is a file, not a folder")
-        if path.is_dir() and any(path.iterdir()):
-            hint = (f"; continue that run with --resume {out}" if (path / RUN_FILE).exists() else "")
-            parser.error(f"--out {out}: the folder is not empty (a run would overwrite files there){hint}")
+        if path.is_dir() and _in_use(path):
+            parser.error(f"--out {out}: a gpugrad train process is training in this folder now")
+        if path.is_dir() and any(path.iterdir()) and not overwrite and not _unstarted(path):
+            if (path / RUN_FILE).exists():
+                hint = (f"it holds a run: continue it with --resume {out}, or replace it with "
+                        f"--overwrite")
+            else:
+                hint = "a run would overwrite files there; --overwrite writes it there anyway"
+            parser.error(f"--out {out}: the folder is not empty; {hint}")
         return path
     base = Path("runs") / f"{data_name}-{model}"
     path, k = base, 1
-    while path.exists():
+    while path.exists() and not _unstarted(path):
         k += 1
         path = base.with_name(f"{base.name}-{k}")
     return path
 
 
 def _resume_settings(parser, args):
-    """(folder, settings, run.json dict) of --resume FOLDER; refuses changed settings."""
+    """(folder, settings, run.json dict) of --resume FOLDER; refuses changed settings. A folder
+    whose run stopped before its first epoch ended (no checkpoint) starts again from epoch 1
+    with its settings."""
     folder = Path(args.resume).expanduser()
     if not folder.is_dir():
         parser.error(f"--resume {args.resume}: no such folder")
     if not (folder / RUN_FILE).is_file():
         parser.error(f"--resume {args.resume}: no {RUN_FILE} there (not a gpugrad train output folder)")
-    if not (folder / CHECKPOINT_FILE).is_file():
-        parser.error(f"--resume {args.resume}: no {CHECKPOINT_FILE} there (the run stopped before "
-                     f"its first epoch ended: start it again)")
-    if args.out is not None:
-        parser.error("--out does not apply with --resume: the run continues in its own folder")
-    if args.preset is not None:
-        parser.error("--preset does not apply with --resume: the run keeps its own settings")
+    if _in_use(folder):
+        parser.error(f"--resume {args.resume}: a gpugrad train process is training in this folder now")
+    for option, why in (("out", "the run continues in its own folder"),
+                        ("preset", "the run keeps its own settings"),
+                        ("overwrite", "the run continues; to replace it, start a new one with --out "
+                                      f"{args.resume} --overwrite")):
+        if getattr(args, option) not in (None, False):
+            parser.error(f"--{option} does not apply with --resume: {why}")
     try:
         run = json.loads((folder / RUN_FILE).read_text())
         opts = dict(run["settings"])
@@ -453,16 +591,23 @@ def _resume_settings(parser, args):
         parser.error(f"--resume {args.resume}: {RUN_FILE} is unreadable ({e})")
     for name in FIXED_ON_RESUME:
         value = _as_stored(name, getattr(args, name, None))
-        if value is not None and value != opts.get(name):
-            flag = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name not in opts:
+            parser.error(f"{flag} {getattr(args, name)}: the run in {args.resume} does not use it "
+                         f"({_unused_because(name, opts) or 'not one of its settings'})")
+        if value != opts[name]:
             parser.error(f"{flag} {getattr(args, name)} differs from the run in {args.resume} "
-                         f"({flag} {opts.get(name)}); --resume keeps the run's settings (only "
+                         f"({flag} {opts[name]}); --resume keeps the run's settings (only "
                          f"--epochs, --backend and --quiet may change)")
-    from .trainer import load_checkpoint
-    try:
-        done = load_checkpoint(folder / CHECKPOINT_FILE)["meta"]["epoch"]
-    except (ValueError, KeyError, OSError) as e:
-        parser.error(f"--resume {args.resume}: {e}")
+    done = 0
+    if (folder / CHECKPOINT_FILE).exists():
+        from .trainer import load_checkpoint
+        try:
+            done = load_checkpoint(folder / CHECKPOINT_FILE)["meta"]["epoch"]
+        except (ValueError, KeyError, OSError) as e:
+            parser.error(f"--resume {args.resume}: {e}")
     if args.epochs is not None:
         if args.epochs < done:
             parser.error(f"--epochs {args.epochs}: the run in {args.resume} has already trained "
@@ -524,8 +669,8 @@ def _make_optimizer(opts, n_train):
     if schedule == "step" and opts["step_size"] is None:
         opts["step_size"] = 10 * max(1, math.ceil(n_train / opts["batch_size"]))
     lr = optim.make_schedule({"schedule": schedule, **{k: opts[k] for k in SCHEDULE_SETTINGS[schedule]}})
-    # make_optimizer reads momentum for "momentum" and "nesterov" only.
-    return optim.make_optimizer(opts["optimizer"], lr=lr, momentum=opts["momentum"])
+    # make_optimizer reads momentum for "momentum" and "nesterov" only (the runs that record it).
+    return optim.make_optimizer(opts["optimizer"], lr=lr, momentum=opts.get("momentum", DEFAULTS["momentum"]))
 
 
 def _write_json(path: Path, obj) -> None:
@@ -536,9 +681,15 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _train(parser, args, opts, folder: Path, run, backend) -> int:
-    from . import models, trainer as trainer_mod
+    from . import trainer as trainer_mod
 
     ds = _load_data(opts, parser)
+    if run is None:
+        names = ds.class_names or [str(c) for c in range(ds.n_classes)]
+        try:  # the estimators' rule and words: one class is nothing to classify
+            _validation.check_two_classes([_label(names[c]) for c in np.unique(ds.y_train)], "gpugrad train")
+        except ValueError as e:
+            parser.error(f"--data {opts['data']}: {e}")
     val_given = ds.X_val is not None
     n_fit = len(ds.y_train)
     if not val_given and opts["validation_fraction"]:  # the trainer's own split, for the counts
@@ -552,47 +703,109 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
                      f"started; it cannot continue on other data")
     model = _make_model(opts, ds, backend)
     optimizer = _make_optimizer(opts, n_fit)
-    if run is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        run = {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
-               "settings": opts, "model": model.config(), "data_sha256": fingerprint,
-               "dataset": {"name": ds.name, "n_train": n_fit, "n_val": n_val, "n_test": n_test,
-                           "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
-                           "image_shape": None if ds.image_shape is None else list(ds.image_shape)}}
-    else:
-        run["settings"] = opts
-        run.setdefault("resumed", []).append("gpugrad " + " ".join(args.argv))
-    _write_json(folder / RUN_FILE, run)
-
     checkpoint = folder / CHECKPOINT_FILE
-    resume = checkpoint if args.resume is not None else None
-    if not args.quiet:
-        val = f"{n_val} validation" if n_val else "no validation"
-        what = (f"mlp {opts['hidden']}{' batchnorm' if opts['batchnorm'] else ''}"
-                if opts["model"] == "mlp" else f"linear {opts['model']}")
-        # --epochs is the run's total: a resumed run goes on up to that epoch.
-        epochs = opts["epochs"]
-        until = (f"up to epoch {epochs}" if resume else
-                 f"for {epochs} epoch{'' if epochs == 1 else 's'}")
-        verb = "resuming" if resume else "training"
-        print(f"gpugrad train: {verb} {what} on {ds.name} ({n_fit} train, {val}, {n_test} test; "
-              f"{ds.X_train.shape[1]} features) "
-              f"{until} | {_describe_optimizer(opts)} | backend {backend.name} "
-              f"| out {folder}", file=sys.stderr)
-
-    trainer = trainer_mod.Trainer(
-        model, optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"], lam=opts["lam"],
-        seed=opts["seed"], validation_fraction=0.0 if val_given else opts["validation_fraction"],
-        progress=False if args.quiet else None, checkpoint=checkpoint)
+    resume = checkpoint if run is not None and checkpoint.exists() else None
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        history = trainer.fit(ds.X_train, ds.y_train,
-                              ds.X_val if val_given else None, ds.y_val if val_given else None,
-                              resume=resume)
-    except FloatingPointError as e:
-        print(f"gpugrad train: error: {e}", file=sys.stderr)
-        return 1
+        lock = _hold(folder)  # held while this run trains and writes: the folder is this run's
+    except OSError:
+        parser.error(f"{folder}: a gpugrad train process started training in this folder meanwhile")
+    try:
+        if run is None:
+            for name in OUTPUT_FILES:  # an earlier run's files (--overwrite, or one that never trained)
+                (folder / name).unlink(missing_ok=True)
+            run = {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
+                   "settings": opts, "model": model.config(), "data_sha256": fingerprint,
+                   "dataset": {"name": ds.name, "n_train": n_fit, "n_val": n_val, "n_test": n_test,
+                               "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
+                               "image_shape": None if ds.image_shape is None else list(ds.image_shape),
+                               "class_names": ds.class_names}}
+        else:
+            run["settings"] = opts
+            run.pop("result", None)
+            run.setdefault("resumed", []).append("gpugrad " + " ".join(args.argv))
+        _write_json(folder / RUN_FILE, run)
+        if not args.quiet:
+            verb = ("resuming" if resume else "starting again (no epoch had ended)" if args.resume
+                    else "training")
+            print(_header(verb, opts, ds, (n_fit, n_val, n_test), backend, folder), file=sys.stderr)
 
-    models.save_model(model, folder / MODEL_FILE)
+        trainer = trainer_mod.Trainer(
+            model, optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"], lam=opts["lam"],
+            seed=opts["seed"], validation_fraction=0.0 if val_given else opts["validation_fraction"],
+            progress=False if args.quiet else None, checkpoint=checkpoint)
+        try:
+            with _warnings_as_lines():
+                history = trainer.fit(ds.X_train, ds.y_train,
+                                      ds.X_val if val_given else None, ds.y_val if val_given else None,
+                                      resume=resume)
+        except KeyboardInterrupt:
+            return _stopped(model, ds, folder, run, trainer, backend, opts, status=130,
+                            why="interrupted", message=None)
+        except FloatingPointError as e:
+            return _stopped(model, ds, folder, run, trainer, backend, opts, status=1, why="diverged",
+                            message=str(e))
+        _outputs(model, history, ds, folder, run, trainer, backend)
+        return 0
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _header(verb, opts, ds, counts, backend, folder) -> str:
+    """The line a run starts with: what trains on what, for how long, how, where."""
+    n_fit, n_val, n_test = counts
+    val = f"{n_val} validation" if n_val else "no validation"
+    what = (f"mlp {opts['hidden']}{' batchnorm' if opts['batchnorm'] else ''}"
+            if opts["model"] == "mlp" else f"linear {opts['model']}")
+    # --epochs is the run's total: a resumed run goes on up to that epoch.
+    epochs = opts["epochs"]
+    until = f"up to epoch {epochs}" if verb == "resuming" else f"for {epochs} epoch{'' if epochs == 1 else 's'}"
+    return (f"gpugrad train: {verb} {what} on {ds.name} ({n_fit} train, {val}, {n_test} test; "
+            f"{ds.X_train.shape[1]} features) {until} | {_describe_optimizer(opts)} | "
+            f"backend {backend.name} | out {folder}")
+
+
+def _label(name: str):
+    """A class name as the estimators show the label: an integer when it is one."""
+    try:
+        return int(name)
+    except ValueError:
+        return name
+
+
+def _stopped(model, ds, folder, run, trainer, backend, opts, status, why, message) -> int:
+    """A run that stopped before its last epoch (Ctrl-C, a NaN cost): write the outputs of the
+    epochs its checkpoint holds (model, history, curves, run.json with the test accuracy), and
+    say how far it got and what to do next. Returns the exit status."""
+    from .trainer import History, load_checkpoint
+    checkpoint = folder / CHECKPOINT_FILE
+    prefix = "gpugrad train: " + ("error: " + message + "; " if message else "")
+    if not checkpoint.exists():
+        if why == "interrupted":
+            print(f"{prefix}interrupted before epoch 1 ended; nothing was saved{_again(folder)}",
+                  file=sys.stderr)
+        else:
+            print(f"{prefix}no epoch ended, so nothing was saved: train with other settings "
+                  f"(--out {folder} may be used again)", file=sys.stderr)
+        return status
+    ck = load_checkpoint(checkpoint, backend=model.backend, model=model)  # the epochs done, in place
+    done, history = ck["meta"]["epoch"], History(ck["meta"]["history"])
+    _outputs(model, history, ds, folder, run, trainer, backend, stopped=why)
+    if why == "interrupted":
+        print(f"gpugrad train: stopped after epoch {done} of {opts['epochs']}; continue with: "
+              f"gpugrad train --resume {folder}", file=sys.stderr)
+    else:
+        print(f"{prefix}the outputs of its {done} epoch{'' if done == 1 else 's'} are in {folder} "
+              f"(to train with other settings: another --out, or --overwrite)", file=sys.stderr)
+    return status
+
+
+def _outputs(model, history, ds, folder, run, trainer, backend, stopped=None):
+    """Write model.npz, history.csv/.json, the plots and run.json's result, then print the summary
+    line: test accuracy, epochs, time, backend, folder."""
+    from . import models
+    models.save_model(model, folder / MODEL_FILE, class_names=ds.class_names)
     history.to_csv(folder / "history.csv")
     history.to_json(folder / "history.json")
     _plots(model, history, ds, folder)
@@ -600,6 +813,8 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     seconds = sum(float(r.get("seconds", 0.0)) for r in history.rows)
     run["result"] = {"epochs": len(history), "seconds": seconds, "backend": backend.name,
                      "test": test, "last": json_safe(history.rows[-1]) if len(history) else None}
+    if stopped:
+        run["result"]["stopped"] = stopped
     _write_json(folder / RUN_FILE, run)
     accuracy = (f"test accuracy {test['accuracy']:.4f}" if test is not None else "no test set")
     epochs = f"{len(history)} epoch{'' if len(history) == 1 else 's'}"
@@ -607,8 +822,35 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     # not a "0.00 s" that reads as if nothing was timed.
     decimals = 1 if seconds >= 1 else 2 if seconds <= 0 else max(2, 1 - math.floor(math.log10(seconds)))
     took = f"{seconds:.{decimals}f} s"
-    print(f"{accuracy} | {epochs} in {took} | backend {backend.name} | out {folder}")
-    return 0
+    print(f"{accuracy} | {epochs} in {took} | backend {backend.name} | out {folder}", flush=True)
+
+
+class _warnings_as_lines:
+    """Within it, the trainer's RisingCostWarning is one line on stderr, "gpugrad train: warning:
+    ...", written above the progress bar when there is one; other warnings are left as they are."""
+
+    def __enter__(self):
+        import warnings
+        from .trainer import RisingCostWarning
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, RisingCostWarning):
+                return shown(message, category, filename, lineno, file, line)
+            text = f"gpugrad train: warning: {message}"
+            if "tqdm" in sys.modules:  # a bar may be on screen: tqdm.write keeps it intact
+                from tqdm import tqdm
+                tqdm.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr)
+        warnings.showwarning = show
+        warnings.simplefilter("always", RisingCostWarning)
+        return self
+
+    def __exit__(self, *exc):
+        return self._catch.__exit__(*exc)
 
 
 def _plots(model, history, ds, folder):
@@ -635,6 +877,136 @@ def _describe_optimizer(opts) -> str:
 def _version() -> str:
     from . import __version__
     return __version__
+
+
+# ---------------------------------------------------------------------------------------------
+# gpugrad predict
+# ---------------------------------------------------------------------------------------------
+
+PREDICT_FORMATS = (".csv", ".npy")
+
+
+def _predict_command(parser, args) -> int:
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() not in PREDICT_FORMATS:
+        parser.error(f"--out {args.out}: the predictions file must end in .csv (one label a line) "
+                     f"or .npy (an array)")
+    if not out.parent.is_dir():
+        parser.error(f"--out {args.out}: folder {out.parent} does not exist")
+    if out.is_dir():
+        parser.error(f"--out {args.out}: is a folder; name a .csv or .npy file")
+    backend = _backend(parser, args.backend)
+    model = _load_predict_model(parser, args.model, backend)
+    X, labels, what = _predict_data(parser, args.data)
+    if X.shape[1] != model.n_features:
+        parser.error(f"DATA {args.data}: its rows have {X.shape[1]} features; the model in "
+                     f"{args.model} takes {model.n_features}")
+    names = model.class_names or [str(c) for c in range(model.n_classes)]
+    if labels is not None:
+        known = set(names)
+        bad = [i for i, label in enumerate(labels) if label not in known]
+        if bad:
+            parser.error(f"DATA {args.data}: label y[{bad[0]}] = {labels[bad[0]]} is not one of the "
+                         f"model's classes ({', '.join(names)})")
+    predicted = np.asarray(names)[_predict_indices(model, X)]
+    _write_predictions(out, predicted, labels)
+    line = [f"{len(predicted)} predictions of {what} -> {out}"]
+    if labels is not None:
+        accuracy = float(np.mean(predicted == np.asarray(labels)))
+        line.insert(0, f"accuracy {accuracy:.4f} ({int(round(accuracy * len(labels)))} of {len(labels)})")
+    print(" | ".join(line + [f"{model!r}"]))
+    return 0
+
+
+def _load_predict_model(parser, spec, backend):
+    """The model of MODEL: a model .npz, or a gpugrad train folder (its model.npz)."""
+    from . import models
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            hint = (f" (its run has not finished: gpugrad train --resume {spec} writes it)"
+                    if (path / RUN_FILE).is_file() else "")
+            parser.error(f"MODEL {spec}: the folder holds no {MODEL_FILE}{hint}")
+        path = path / MODEL_FILE
+    elif not path.exists():
+        parser.error(f"MODEL {spec}: no such file or folder")
+    try:
+        return models.load_model(path, backend=backend)
+    except (ValueError, OSError) as e:
+        text = str(e)  # the loaders' messages start with the file's path: name it once
+        parser.error(f"MODEL {text if text.startswith(str(path)) else f'{spec}: {text}'}")
+
+
+def _predict_data(parser, spec):
+    """(X, labels as strings or None, a description) of DATA: digits' test split, a CIFAR-10
+    folder's test_batch, or an .npz's X (and y, when it has one)."""
+    from . import data
+    path = Path(spec).expanduser()
+    try:
+        if spec == "digits":
+            ds = data.load_digits()
+            return ds.X_test, [ds.class_names[c] for c in ds.y_test], f"the {len(ds.y_test)} digits test rows"
+        if path.is_dir():
+            ds = data.load_cifar10(path, n_val=0)
+            return ds.X_test, [ds.class_names[c] for c in ds.y_test], f"the CIFAR-10 test_batch of {path}"
+        if path.is_file() and path.suffix.lower() == ".npz":
+            return _npz_rows(path)
+    except (ValueError, TypeError, OSError) as e:
+        parser.error(f"DATA {spec}: {e}")
+    if path.exists():
+        parser.error(f"DATA {spec}: expected 'digits', a CIFAR-10 folder or an .npz file with an "
+                     f"array X (and y for the accuracy)")
+    parser.error(f"DATA {spec}: no such file or folder")
+
+
+def _npz_rows(path: Path):
+    """X (checked) and y as label strings, or None, of an .npz file (no pickles)."""
+    from . import data
+    from .models import _not_npz
+    with open(path, "rb") as f:
+        kind = _not_npz(f.read(64))
+    if kind is not None:
+        raise ValueError(f"{kind}, not an .npz archive")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # a torn archive, object arrays (pickles): say what numpy said
+        raise ValueError(f"not a readable .npz archive ({type(e).__name__}: {e})") from None
+    if "X" not in arrays:
+        raise ValueError(f"it has no array X (it holds: {', '.join(sorted(arrays)) or 'nothing'})")
+    X = data.check_features(arrays["X"], str(path))
+    y = arrays.get("y")
+    if y is None:
+        return X, None, f"the {len(X)} rows of {path}"
+    if y.ndim != 1 or len(y) != len(X):
+        raise ValueError(f"y has shape {y.shape}; X has {len(X)} rows: expected ({len(X)},)")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"labels y must be integers, got dtype {y.dtype}")
+    return X, [str(v) for v in y.tolist()], f"the {len(X)} rows of {path}"
+
+
+def _predict_indices(model, X, batch=8192):
+    """(n,) numpy class indices argmax_j s_j, scored ``batch`` rows at a time."""
+    to_np = model.backend.to_numpy
+    parts = [np.asarray(to_np(model.predict(X[i:i + batch]))) for i in range(0, len(X), batch)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+
+def _write_predictions(out: Path, predicted, labels):
+    """.csv: a header, then one line per row (prediction, and the label when known); .npy: the
+    predicted labels as an array (integers when every class name is one). Written atomically."""
+    from .models import atomic_write
+    if out.suffix.lower() == ".npy":
+        try:
+            array = predicted.astype(np.int64)
+        except ValueError:
+            array = predicted
+        atomic_write(out, lambda f: np.save(f, array))
+        return
+    lines = ["prediction" if labels is None else "prediction,label"]
+    lines += (list(predicted) if labels is None else [f"{p},{t}" for p, t in zip(predicted, labels)])
+    text = ("\n".join(lines) + "\n").encode()
+    atomic_write(out, lambda f: f.write(text))
 
 
 # ---------------------------------------------------------------------------------------------

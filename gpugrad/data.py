@@ -29,7 +29,7 @@ import numpy as np
 from .backends import is_cupy_array
 
 __all__ = ["Dataset", "load_digits", "load_cifar10", "load_npz", "from_arrays", "load",
-           "normalisation", "stratified_split", "as_images", "CIFAR10_CLASSES"]
+           "normalisation", "stratified_split", "as_images", "check_features", "CIFAR10_CLASSES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -163,12 +163,30 @@ def load_digits(*, test_fraction=0.25, seed=0):
         >>> len(ds.y_train), len(ds.y_test), ds.class_names[:3]
         (1437, 360, ['0', '1', '2'])
     """
-    from sklearn.datasets import load_digits as sklearn_digits
-    bunch = sklearn_digits()
-    X = bunch.data.astype(np.uint8)  # float64 values 0..16: exact in uint8, 8 times smaller
-    y = bunch.target.astype(np.int64)
+    X, y = _digits_arrays()
     return _split(X, y, test_fraction, seed, name="digits", image_shape=(8, 8),
                   class_names=[str(c) for c in range(10)])
+
+
+def _digits_arrays():
+    """(X uint8 (1797, 64), y int64 (1797,)): scikit-learn's digits, read from the CSV file it
+    ships (rows of 64 pixels and the label) without importing ``sklearn.datasets``, which brings
+    in scipy and pandas (a second or more of a command's start); through scikit-learn's own
+    loader where that file is not where scikit-learn 1.x keeps it."""
+    import importlib.util
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin:
+        path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            import gzip
+            with gzip.open(path, "rt") as f:
+                table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+            if table.shape == (1797, 65) and table.min() >= 0 and table[:, :-1].max() <= 16:
+                return table[:, :-1].astype(np.uint8), table[:, -1]
+    from sklearn.datasets import load_digits as sklearn_digits
+    bunch = sklearn_digits()
+    # float64 values 0..16: exact in uint8, 8 times smaller
+    return bunch.data.astype(np.uint8), bunch.target.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10
@@ -321,8 +339,29 @@ def _check_arrays(X, y, source):
     Labels may be any integers: the sorted distinct values become classes 0..C-1, their
     original values the class names.
     """
-    X = np.asarray(X)
+    X = check_features(X, source)
     y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{source}: y must be 1-D (n,), got shape {y.shape}")
+    if len(y) != len(X):
+        raise ValueError(f"{source}: y has {len(y)} labels but X has {len(X)} rows")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{source}: labels y must be integers, got dtype {y.dtype} "
+                        "(cast class labels to an integer type)")
+    classes, labels = np.unique(y, return_inverse=True)
+    return X, labels.reshape(-1).astype(np.int64), [str(c) for c in classes.tolist()]
+
+
+def check_features(X, source):
+    """X (n, d) of finite real numbers, checked, errors naming ``source``; uint8, float32 and
+    float64 kept as they are (no copy), other real dtypes as float64.
+
+        >>> check_features(np.ones((2, 0)), "toy.npz")
+        Traceback (most recent call last):
+        ...
+        ValueError: toy.npz: X is empty (shape (2, 0))
+    """
+    X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"{source}: X must be 2-D (n, d) with one example per row, got shape {X.shape}")
     if X.shape[0] == 0 or X.shape[1] == 0:
@@ -336,15 +375,7 @@ def _check_arrays(X, y, source):
         if len(bad):
             i, j = map(int, bad[0])
             raise ValueError(f"{source}: X[{i}, {j}] = {X[i, j]} is not finite")
-    if y.ndim != 1:
-        raise ValueError(f"{source}: y must be 1-D (n,), got shape {y.shape}")
-    if len(y) != len(X):
-        raise ValueError(f"{source}: y has {len(y)} labels but X has {len(X)} rows")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"{source}: labels y must be integers, got dtype {y.dtype} "
-                        "(cast class labels to an integer type)")
-    classes, labels = np.unique(y, return_inverse=True)
-    return X, labels.reshape(-1).astype(np.int64), [str(c) for c in classes.tolist()]
+    return X
 
 
 def from_arrays(X, y, *, test_fraction=0.25, seed=0, name="arrays"):

@@ -13,16 +13,29 @@ What travels, and what does not:
   graph) and never moves: every task that reads a block of X is pinned to the worker holding it
   (a loose restriction, so it runs elsewhere only when that worker is gone). The labels are
   encoded to class indices once, next to their X block.
-- One pass gives the normalisation (per-feature mean and std in float64, std 1 for a constant
-  column, as ``gpugrad.data.normalisation``), ``classes_`` and the input checks: chunks of
-  another dtype or array type, NaN/Inf, labels outside ``classes`` are refused by chunk, naming
-  its rows.
-- Each step sends the parameters (C x d and C) to the workers and brings back, per chunk, the
-  partial sums of the fused ``linear_grad`` (loss, dW, db), added pairwise-in-groups as a tree
-  (fan-in 8) on the workers, so the client receives one (C x d) sum.
+- One pass gives ``classes_``, the input checks (chunks of another dtype or array type, NaN/Inf,
+  labels outside ``classes`` are refused by chunk, naming its rows) and, with ``standardize``
+  (or for ``"auto"``'s SGD), the normalisation: per-feature mean and std in float64, std 1 for a
+  constant column, as ``gpugrad.data.normalisation``.
+- Each pass sends the parameters (C x d and C) to the workers and brings back, per chunk, the
+  partial sums of the fused ``linear_grad`` (loss, dW, db), added in a fixed tree (fan-in 8,
+  by chunk index). Where these partials are small (up to CLIENT_SUM_BYTES for the pass) one
+  task per worker thread covers the chunks that worker holds and the client adds them: on a
+  small cluster the scheduler's cost per task was most of a pass. Larger partials are added as
+  the same tree on the workers, so that the client receives one (C x d) sum.
 
 Solvers (``solver=``):
 
+- ``"auto"`` (what the estimators' default ``solver="auto"`` runs on a Dask array): ``"sgd"``'s
+  local SGD on standardised features for the epochs that give every chunk AUTO_STEPS mini-batch
+  steps, when that is at most AUTO_MAX_EPOCHS epochs (chunks of more than 12,400 rows at the
+  default 200-row batches), so a fit reads the data 2 to 5 times; ``"lbfgs"`` otherwise, where
+  those epochs would cost more passes than L-BFGS takes. Without ``standardize`` the model is
+  returned in the units of the raw input (W / std, b - W mean / std; the penalty was on the
+  standardised weights). It reaches the exact optimum's neighbourhood, not the optimum: on the
+  benchmark's well-separated mixture (benchmarks/RESULTS.md, "The Dask default") its test
+  predictions agree with the in-memory L-BFGS fit on 99.6%; on classes that overlap more,
+  about 99%. Ask for ``"lbfgs"`` for the exact optimum.
 - ``"lbfgs"``: full-batch L-BFGS (``gpugrad.optim.lbfgs``) over the exact gradient of the whole
   data set, J(W, b) = (1/n) sum_i w_i l_i + lam ||W||^2, one pass over the data per function
   evaluation. It converges to the same minimiser as the in-memory fit (the same iterates up to
@@ -40,7 +53,7 @@ Solvers (``solver=``):
   passes must do; prefer ``"lbfgs"`` when the chunks differ systematically (e.g. data sorted by
   class: each chunk then drifts to its own optimum between averagings).
 
-Both are deterministic: the same data, chunks, seed and options give the same model on any
+All are deterministic: the same data, chunks, seed and options give the same model on any
 cluster (the tree of sums and the per-chunk random orders depend only on the chunk index).
 
 A worker lost during a fit (its process killed) costs only time: Dask recomputes the chunks it
@@ -69,15 +82,18 @@ import numpy as np
 
 from . import _validation
 from . import sparse as _sparse
-from .backends import backend_for, is_cupy_array
+from .backends import backend_for, is_cupy_array, to_host
 from .trainer import _positive_int
 
 __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "predict_proba"]
 
-SOLVERS = ("lbfgs", "sgd", "adam")
+SOLVERS = ("lbfgs", "sgd", "adam", "auto")
+AUTO_STEPS = 250        # "auto": the mini-batch steps each chunk's model takes (one epoch of 50,000 rows)
+AUTO_MAX_EPOCHS = 4     # "auto": local SGD when AUTO_STEPS take at most this many epochs, else L-BFGS
 TREE_FAN_IN = 8     # partial sums added 8 at a time: depth log_8(chunks), no single hot task
 N_ITER_NO_CHANGE = 10   # SGD/Adam: epochs without a tol improvement of the loss before stopping
-SURVEY_ROWS = 4096      # rows per float64 block in the statistics pass: the block stays in cache
+SURVEY_ROWS = 1024      # rows per float64 block in the statistics pass: the block stays in cache
+CLIENT_SUM_BYTES = 16 << 20   # a pass's partials up to this size in all are added by the client
 
 
 def is_dask_collection(a) -> bool:
@@ -124,7 +140,7 @@ def _as_rows_like(v, X, name):
     if v is None:
         return None
     lazy = isinstance(v, da.Array)
-    if not lazy:
+    if not lazy and not is_cupy_array(v):  # a CuPy array stays on its device, chunked as it is
         v = np.asarray(v)
     if v.ndim != 1 or v.shape[0] != X.shape[0]:
         raise ValueError(f"{name} must have shape ({X.shape[0]},) (one per row of X), got {v.shape}")
@@ -147,22 +163,44 @@ def _blocks(a):
 # ---- where the tasks run ---------------------------------------------------------------------
 
 class _Placement:
-    """Pins each chunk's tasks to the worker holding that chunk of X (distributed only)."""
+    """Where each chunk of X is held (distributed only), so that its tasks run there."""
 
     def __init__(self, X):
         self.client = _active_client()
         self.keys = [k[0] if isinstance(k, list) else k for k in X.__dask_keys__()]
         self.futures = None
+        self.threads = {}
         if self.client is not None:
             from distributed import futures_of
             self.futures = futures_of(X)
+            self.threads = self.client.nthreads()
 
     def workers(self):
         """[addresses holding chunk i (or None)] as the scheduler knows them now: one call."""
         if self.client is None or not self.futures:
             return [None] * len(self.keys)
         who = self.client.who_has(self.futures)
-        return [list(who.get(k, ())) or None for k in self.keys]
+        return [sorted(who.get(k, ())) or None for k in self.keys]
+
+    def groups(self):
+        """[(workers, [chunk indices])]: the chunks a worker holds, split into as many groups (in
+        chunk order, dealt round-robin) as it has threads, so that one task a thread covers them.
+        A chunk held by several workers (a copy made by some other computation, which Dask drops
+        again soon) is a group of its own, pinned to all of them, so that the scheduler picks
+        one of those still holding it when the task runs; a chunk no worker holds now (lost, to
+        be recomputed) is a group of its own, unpinned. On the local scheduler every chunk is
+        its own group."""
+        held = {}
+        out = []
+        for i, where in enumerate(self.workers()):
+            if where is None or len(where) > 1:
+                out.append((where, [i]))
+            else:
+                held.setdefault(where[0], []).append(i)
+        for worker, chunks in held.items():
+            k = max(1, min(len(chunks), int(self.threads.get(worker, 1))))
+            out += [([worker], chunks[j::k]) for j in range(k)]
+        return sorted(out, key=lambda g: g[1][0])
 
 
 def _active_client():
@@ -208,12 +246,52 @@ def _tree(parts, combine, name):
     return parts[0]
 
 
-def _compute(obj, ranges, keyname, what):
-    """dask.compute(obj); a lost worker that Dask could not recover from becomes a RuntimeError
-    naming the worker, the task and its rows."""
+def _tree_here(parts, combine):
+    """``_tree``'s sums, made here: the same groups, levels and order, so the same bits."""
+    while len(parts) > 1:
+        parts = [combine(*parts[i:i + TREE_FAN_IN]) for i in range(0, len(parts), TREE_FAN_IN)]
+    return parts[0]
+
+
+def _run_group(func, indices, chunk_args, extra):
+    """[(i, func(*args_i, *extra))] for the chunks of one group, in chunk order."""
+    return [(i, func(*args, *extra)) for i, args in zip(indices, chunk_args)]
+
+
+def _map_sum(func, chunk_args, combine, placement, ranges, name, what, part_bytes, shared=None):
+    """combine-sum over the chunks i of ``func(*chunk_args[i], shared)`` (``shared``, the
+    parameters, left out when None), each computed where chunk i of X is held, added in
+    ``_tree``'s fixed order (so the same data give the same bits on any cluster).
+
+    Where the partials are small (``part_bytes`` each, CLIENT_SUM_BYTES in all) one task per
+    worker thread computes its chunks' partials and they are added here: a pass then costs the
+    scheduler a few tasks, not one per chunk and per tree node, which on a small cluster is most
+    of a pass's time (benchmarks/RESULTS.md, "The Dask default"). Each of these tasks carries
+    ``shared`` itself, so it needs nothing from another worker and starts at once (a task kept
+    waiting on its worker may be handed to an idle one, and the chunks of X with it). Larger
+    partials are added as a tree on the workers, so that the client receives one; there the
+    tasks read ``shared`` from one graph key, sent once."""
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    extra = () if shared is None else (shared,)
+    if part_bytes * len(chunk_args) > CLIENT_SUM_BYTES:
+        extra = extra and (_shared(shared, f"{tag}-shared"),)
+        parts = [_pinned(func, (*args, *extra), where, (tag, i))
+                 for i, (args, where) in enumerate(zip(chunk_args, placement.workers()))]
+        return _compute([_tree(parts, combine, tag)], ranges, tag, what, None)[0]
+    groups = placement.groups()
+    tasks = [_pinned(_run_group, (func, chunks, [chunk_args[i] for i in chunks], extra), where,
+                     (tag, chunks[0])) for where, chunks in groups]
+    done = _compute(tasks, ranges, tag, what, {chunks[0]: chunks for _, chunks in groups})
+    parts = [part for _, part in sorted((p for group in done for p in group), key=lambda p: p[0])]
+    return _tree_here(parts, combine)
+
+
+def _compute(objs, ranges, keyname, what, groups):
+    """dask.compute(*objs); a lost worker that Dask could not recover from becomes a RuntimeError
+    naming the worker, the task and the rows it covers (``groups``: {key index: chunk indices})."""
     import dask
     try:
-        return dask.compute(obj)[0]
+        return dask.compute(*objs)
     except Exception as e:
         if type(e).__name__ != "KilledWorker":
             raise
@@ -222,8 +300,10 @@ def _compute(obj, ranges, keyname, what):
         rows = ""
         if isinstance(task, tuple) and len(task) >= 2 and isinstance(task[1], int) \
                 and str(task[0]).startswith(keyname) and task[1] < len(ranges):
-            a, b = ranges[task[1]]
-            rows = f" (chunk {task[1]}, rows {a}:{b})"
+            chunks = (groups or {}).get(task[1], [task[1]])
+            spans = ", ".join(f"{ranges[i][0]}:{ranges[i][1]}" for i in chunks)
+            rows = (f" (chunk {chunks[0]}, rows {spans})" if len(chunks) == 1 else
+                    f" (chunks {', '.join(map(str, chunks))}, rows {spans})")
         raise RuntimeError(f"lost worker {worker} while computing {what}: task {task!r}{rows} "
                            "failed on every worker Dask tried; the fit is abandoned and no "
                            "model is returned") from e
@@ -231,8 +311,9 @@ def _compute(obj, ranges, keyname, what):
 
 # ---- the pass over the data: normalisation, classes, checks ------------------------------------
 
-def _chunk_summary(Xc, yc, wc, index, start, classes):
-    """Per-chunk statistics (float64, on the host) and the first problem of the chunk, if any."""
+def _chunk_summary(Xc, yc, wc, index, start, classes, moments=True):
+    """Per-chunk statistics (float64, on the host) and the first problem of the chunk, if any;
+    the per-feature mean and M2 only with ``moments`` (for the normalisation)."""
     be = backend_for(Xc)
     xp = be.xp
     n = int(Xc.shape[0])
@@ -241,7 +322,7 @@ def _chunk_summary(Xc, yc, wc, index, start, classes):
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None)
         return out
     if _sparse.is_sparse(Xc):
-        return _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out)
+        return _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out)  # (moments: always)
     problem = None
     lo = be.to_numpy(Xc.min(axis=0)).astype(np.float64)
     hi = be.to_numpy(Xc.max(axis=0)).astype(np.float64)
@@ -251,27 +332,23 @@ def _chunk_summary(Xc, yc, wc, index, start, classes):
         v = float(Xc[r, c])
         problem = f"X contains {'NaN' if v != v else v} at row {start + r}, column {c}"
     y = np.asarray(be.to_numpy(yc))
-    if problem is None and y.dtype.kind in "fc" and np.isnan(y).any():
-        problem = f"label NaN at row {start + int(np.argmax(np.isnan(y)))}"
-    if problem is None and classes is not None:
-        unknown = ~np.isin(y, classes)
-        if unknown.any():
-            r = int(np.argmax(unknown))
-            problem = f"label {y[r].item()!r} at row {start + r} is not one of classes {classes.tolist()}"
-    if problem is None and wc is not None:
-        w = np.asarray(be.to_numpy(wc), dtype=np.float64)
-        bad = ~np.isfinite(w) | (w < 0)
-        if bad.any():
-            r = int(np.argmax(bad))
-            problem = f"sample_weight {w[r]} at row {start + r} is not a finite number >= 0"
+    problem = problem or _label_problem(y, start, classes, wc, be)
     if problem is not None:
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None,
                    problem=(index, problem))
         return out
+    if not moments:
+        out.update(mean=0.0, m2=0.0, lo=lo, hi=hi, labels=np.unique(y))
+        return out
     mean = Xc.mean(axis=0, dtype=np.float64)   # accumulated in float64, X not copied
     m2 = xp.zeros(Xc.shape[1], np.float64)
-    for r in range(0, n, SURVEY_ROWS):  # float64 deviations a few thousand rows at a time
-        dev = Xc[r:r + SURVEY_ROWS] - mean
+    # float64 deviations SURVEY_ROWS rows at a time, in one buffer: a Dask worker's malloc
+    # returns large blocks to the system on free, so a new block each time would be page-faulted in
+    buf = xp.empty((min(n, SURVEY_ROWS), Xc.shape[1]), np.float64)
+    for r in range(0, n, SURVEY_ROWS):
+        block = Xc[r:r + SURVEY_ROWS]
+        dev = buf[:block.shape[0]]
+        xp.subtract(block, mean, out=dev)
         m2 += xp.einsum("ij,ij->j", dev, dev)
     out.update(mean=be.to_numpy(mean), m2=be.to_numpy(m2), lo=lo, hi=hi, labels=np.unique(y))
     return out
@@ -355,14 +432,14 @@ def _first_seen(a: dict, b: dict) -> dict:
     return out
 
 
-def _survey(X, y, w, classes, ranges, placement):
-    """One distributed pass: (x_mean, x_std, classes_) or a ValueError/TypeError naming a chunk."""
-    tag = f"gpugrad-survey-{uuid.uuid4().hex[:8]}"
+def _survey(X, y, w, classes, ranges, placement, standardize=True):
+    """One distributed pass: (x_mean, x_std, classes_) or a ValueError/TypeError naming a chunk;
+    x_mean and x_std are None without ``standardize``."""
     wb = _blocks(w) if w is not None else [None] * len(ranges)
-    parts = [_pinned(_chunk_summary, (xb, yb, wbi, i, ranges[i][0], classes), where, (tag, i))
-             for i, (xb, yb, wbi, where) in enumerate(zip(_blocks(X), _blocks(y), wb,
-                                                           placement.workers()))]
-    s = _compute(_tree(parts, _merge_summaries, tag), ranges, tag, "the pass over the data")
+    args = [(xb, yb, wbi, i, ranges[i][0], classes, standardize)
+            for i, (xb, yb, wbi) in enumerate(zip(_blocks(X), _blocks(y), wb))]
+    s = _map_sum(_chunk_summary, args, _merge_summaries, placement, ranges, "gpugrad-survey",
+                 "the pass over the data", 8 * 4 * X.shape[1] + 1024)
 
     def chunk(i):
         a, b = ranges[i]
@@ -385,6 +462,8 @@ def _survey(X, y, w, classes, ranges, placement):
     if classes_ is None or len(classes_) < 2:
         raise ValueError(f"y has {0 if classes_ is None else len(classes_)} distinct label(s); "
                          "at least 2 classes are needed")
+    if not standardize:
+        return None, None, classes_
     x_mean = np.asarray(s["mean"], dtype=np.float64)
     x_std = np.sqrt(np.asarray(s["m2"], dtype=np.float64) / s["n"])
     x_std[s["lo"] == s["hi"]] = 1.0   # constant column: (x - mean) / 1 = 0
@@ -404,7 +483,7 @@ def _encode(yc, classes):
 
 # ---- the distributed gradient (L-BFGS) ----------------------------------------------------------
 
-def _chunk_grad(Xc, yc, wc, shared, loss, dtype):
+def _chunk_grad(Xc, yc, wc, loss, dtype, shared):
     """(sum_i w_i l_i, sum_i w_i dl_i/dW, sum_i w_i dl_i/db) over a chunk, float64 on the host.
 
     ``linear_grad`` returns means over its rows, so each is multiplied by the chunk's n."""
@@ -416,10 +495,19 @@ def _chunk_grad(Xc, yc, wc, shared, loss, dtype):
     if _sparse.is_sparse(Xc):
         Xc = _sparse.as_csr(Xc, dtype)
     yc, wc = be.asarray(yc), (be.asarray(wc) if wc is not None else None)  # next to X (GPU)
+    Xc, mean, std = _chunk_inputs(be, Xc, x_mean, x_std, dtype)
     J, dW, db = be.linear_grad(Xc, yc, be.asarray(W, dtype), be.asarray(b, dtype), 0.0, loss,
-                               be.asarray(x_mean), be.asarray(x_std), wc)
+                               mean, std, wc)
     return (float(J) * n, be.to_numpy(dW).astype(np.float64) * n,
             be.to_numpy(db).astype(np.float64) * n)
+
+
+def _chunk_inputs(be, Xc, x_mean, x_std, dtype):
+    """(X, x_mean, x_std) of a chunk as the step takes them: the normalisation on the chunk's
+    backend, or without one X in the compute dtype (a copy only when its dtype differs)."""
+    if x_mean is None:
+        return (Xc if Xc.dtype == dtype else Xc.astype(dtype)), None, None
+    return Xc, be.asarray(x_mean), be.asarray(x_std)
 
 
 def _add_grads(*parts):
@@ -457,7 +545,9 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     else:
         opt.load_state(start_state["opt"], params)
     order = xp.asarray(np.random.default_rng(seed).permutation(n))
-    mean, std = be.asarray(x_mean, dtype), be.asarray(x_std, dtype)
+    Xc, mean, std = _chunk_inputs(be, Xc, x_mean, x_std, dtype)
+    if mean is not None:
+        mean, std = mean.astype(dtype), std.astype(dtype)
     if _lazy_sgd(Xc, solver, xp):
         cost, rows = _chunk_lazy_steps(be, Xc, yc, wc, params, opt, std, order, steps, loss=loss, lam=lam,
                                        batch_size=batch_size)
@@ -467,8 +557,14 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
         for s in steps:
             idx = order[s * batch_size:(s + 1) * batch_size]
             wb = wc[idx] if wc is not None else None
-            J, dW, db = be.linear_grad(Xc[idx], yc[idx], params["W"], params["b"], lam, loss,
-                                       mean, std, wb)
+            Xb, mb, sb = Xc[idx], mean, std
+            if mean is not None and xp is np and not _sparse.is_sparse(Xb):
+                # the gathered rows normalised in place (CuPy: in the kernel; sparse: by W's scale)
+                Xb = Xb.astype(dtype, copy=False)
+                Xb -= mean
+                Xb /= std
+                mb = sb = None
+            J, dW, db = be.linear_grad(Xb, yc[idx], params["W"], params["b"], lam, loss, mb, sb, wb)
             opt.step(params, {"W": dW, "b": db})
             cost += J * len(idx)
             rows += len(idx)
@@ -532,20 +628,29 @@ def _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_i
         raise ValueError(f"learning_rate_init must be > 0, got {learning_rate_init!r}")
     if not 0 <= float(momentum) < 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if dtype is None:
+        return lam, None
     dtype = np.dtype(dtype)
     if dtype not in _validation.FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     return lam, dtype
 
 
+def _default_dtype(X):
+    """The compute dtype the in-memory estimators pick: float32 for float32 X or CuPy chunks,
+    float64 otherwise."""
+    return np.dtype(np.float32 if X.dtype == np.float32 or is_cupy_array(X._meta) else np.float64)
+
+
 def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, tol=1e-4,
                batch_size=200, learning_rate_init=0.01, momentum=0.9, sync_every=None,
-               random_state=0, sample_weight=None, dtype="float64", verbose=False,
-               classes=None, callback=None, standardize=True):
+               random_state=0, sample_weight=None, dtype=None, standardize=True, verbose=False,
+               classes=None, callback=None):
     """Train a ``LinearClassifier`` on a Dask array across the current cluster.
 
-    Minimises J(W, b) = (1/n) sum_i w_i l(W x_i' + b, y_i) + lam ||W||^2, x' = (x - mean) / std,
-    l the softmax cross-entropy or the multi-class hinge (``loss``), w the sample weights (1).
+    Minimises J(W, b) = (1/n) sum_i w_i l(W x_i' + b, y_i) + lam ||W||^2, x' = (x - mean) / std
+    (x' = x without ``standardize``), l the softmax cross-entropy or the multi-class hinge
+    (``loss``), w the sample weights (1).
 
     Args:
         X: dask.array (n, d) chunked by rows only; float32, float64 or uint8; numpy or CuPy chunks,
@@ -554,21 +659,25 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
         y: (n,) labels of any values (dask.array, or array-like: only these move to the workers).
         solver: "lbfgs" (max_iter iterations, gtol ``tol``), or "sgd" / "adam" (max_iter epochs;
             stop once the epoch's mean cost has not improved by ``tol`` for 10 epochs);
-            sgd uses ``momentum`` (0: plain SGD). See the module docstring for which to use.
+            sgd uses ``momentum`` (0: plain SGD); "auto": a few epochs of "sgd" on large chunks,
+            else "lbfgs". See the module docstring for which to use.
         batch_size, learning_rate_init, sync_every: the mini-batch solvers' batch rows, constant
             learning rate, and steps between averagings (None: once an epoch).
         random_state: seed of the initial W (``LinearClassifier(..., seed=random_state)``) and of
             the mini-batch orders.
-        sample_weight: (n,) weights >= 0 or None. dtype: what the workers compute in.
+        sample_weight: (n,) weights >= 0 or None.
+        dtype: what the workers compute in; None: float32 for float32 X or CuPy chunks, else
+            float64 (as the in-memory estimators).
+        standardize: normalise the features by the data's per-feature mean and std (kept in the
+            model; a sparse X by the std alone, so its zeros stay zero); without it the model takes
+            X as it is (TF-IDF rows, say, already scaled), and the pass over the data skips the
+            moments.
         classes: the labels to expect (others are refused, naming their chunk); default: the
             sorted distinct labels of y.
         callback: optional f(iteration, J) after each L-BFGS iteration or epoch.
-        standardize: normalise X by the per-feature mean and std of the pass over the data (a
-            sparse X by the std alone: its zeros stay zero); False: train on X as it is (TF-IDF
-            rows, say, already scaled), x_mean 0 and x_std 1.
     Returns:
-        dict(model=LinearClassifier (numpy backend, x_mean/x_std set), classes_=(C,) labels,
-        n_iter_=iterations or epochs, loss_curve_=J after each).
+        dict(model=LinearClassifier (numpy backend; x_mean/x_std set with ``standardize``),
+        classes_=(C,) labels, n_iter_=iterations or epochs, loss_curve_=J after each).
     """
     from .models import LinearClassifier
 
@@ -578,26 +687,37 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     y = _as_rows_like(y, X, "y")
     w = _as_rows_like(sample_weight, X, "sample_weight")
     if classes is not None:
-        classes = np.unique(np.asarray(classes))
+        classes = np.unique(to_host(classes))
     import dask
     ranges = _row_ranges(X)
+    if dtype is None:
+        dtype = _default_dtype(X)
+    if solver == "auto":
+        solver, max_iter = _auto_solver(ranges, int(batch_size), int(max_iter))
+    few_passes = solver == "auto-sgd"   # trains on standardised features whatever `standardize` says
     X, y, w = dask.persist(X, y, w)
     placement = _Placement(X)
-    x_mean, x_std, classes_ = _survey(X, y, w, classes, ranges, placement)
-    if not standardize:
-        x_mean, x_std = np.zeros_like(x_mean), np.ones_like(x_std)
+    x_mean, x_std, classes_ = _survey(X, y, w, classes, ranges, placement,
+                                      standardize or few_passes)
     # The class indices, encoded once next to each X block and kept there.
     tag = f"gpugrad-labels-{uuid.uuid4().hex[:8]}"
     y_idx = [_pinned(_encode, (yb, classes_), where, (tag, i))
              for i, (yb, where) in enumerate(zip(_blocks(y), placement.workers()))]
     y_idx = list(dask.persist(*y_idx))
+    if placement.client is not None:
+        # Done before the first pass: its one task per worker thread would otherwise queue behind
+        # them, and the scheduler may give a queued task (loosely pinned) to an idle worker,
+        # moving that worker's chunks of X with it.
+        from distributed import wait
+        wait(y_idx)
     del y
     w_blocks = _blocks(w) if w is not None else [None] * len(ranges)
 
     n, d = X.shape
     C = len(classes_)
-    model = LinearClassifier(d, C, loss, dtype=dtype, backend="numpy", x_mean=x_mean, x_std=x_std,
-                             seed=random_state)
+    model = LinearClassifier(d, C, loss, dtype=dtype, backend="numpy",
+                             x_mean=x_mean if standardize else None,
+                             x_std=x_std if standardize else None, seed=random_state)
     params0 = {k: np.asarray(v, np.float64) for k, v in model.params.items()}
     blocks = list(zip(_blocks(X), y_idx, w_blocks))
 
@@ -614,35 +734,53 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
 
         def value_and_grad(params):
             evaluations[0] += 1
-            tag = f"gpugrad-grad-{uuid.uuid4().hex[:8]}"
             W, b = params["W"], params["b"]
-            shared = _shared((W, b, x_mean, x_std), f"{tag}-params")
-            parts = [_pinned(_chunk_grad, (xb, yb, wb, shared, loss, dtype), where, (tag, i))
-                     for i, ((xb, yb, wb), where) in enumerate(zip(blocks, placement.workers()))]
-            J, dW, db = _compute(_tree(parts, _add_grads, tag), ranges, tag,
-                                 f"the gradient (evaluation {evaluations[0]})")
+            args = [(xb, yb, wb, loss, dtype) for xb, yb, wb in blocks]
+            J, dW, db = _map_sum(_chunk_grad, args, _add_grads, placement, ranges, "gpugrad-grad",
+                                 f"the gradient (evaluation {evaluations[0]})", 8 * (C * d + C + 1),
+                                 shared=(W, b, x_mean, x_std))
             return (J / n + lam * float((W * W).sum()),
                     {"W": dW / n + (2 * lam) * W, "b": db / n})
 
         params, n_iter, losses = lbfgs(value_and_grad, params0, max_iter=max_iter, tol=tol,
                                        callback=report)
     else:
+        if few_passes and not standardize:   # start from the model's W, b in standardised units
+            params0 = {"W": params0["W"] * x_std, "b": params0["b"] + params0["W"] @ x_mean}
         params, n_iter, losses = _local_sgd(blocks, ranges, params0, x_mean, x_std, placement,
-                                            loss=loss, lam=lam, dtype=dtype, solver=solver,
+                                            loss=loss, lam=lam, dtype=dtype,
+                                            solver="adam" if solver == "adam" else "sgd",
                                             lr=float(learning_rate_init),
-                                            momentum=float(momentum) if solver == "sgd" else 0.0,
+                                            momentum=0.0 if solver == "adam" else float(momentum),
                                             batch_size=int(batch_size), sync_every=sync_every,
                                             max_iter=int(max_iter), tol=float(tol),
-                                            seed=random_state, report=report)
+                                            seed=random_state, report=report,
+                                            stop_early=not few_passes)
+        if few_passes and not standardize:   # s = W' (x - m) / s + b' = (W' / s) x + (b' - W' m / s)
+            W = params["W"] / x_std
+            params = {"W": W, "b": params["b"] - W @ x_mean}
     for k, v in params.items():
         model.params[k][...] = v
     return {"model": model, "classes_": classes_, "n_iter_": int(n_iter), "loss_curve_": list(losses)}
 
 
-def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, dtype, solver, lr,
-               momentum, batch_size, sync_every, max_iter, tol, seed, report):
-    """Epochs of per-chunk mini-batch steps and weighted averaging; (params, epochs, loss curve)."""
+def _auto_solver(ranges, batch_size, max_iter):
+    """("auto-sgd", epochs) when AUTO_STEPS mini-batch steps take each chunk at most
+    AUTO_MAX_EPOCHS epochs (and max_iter allows them), else ("lbfgs", max_iter)."""
     steps_per_epoch = max(-(-(b - a) // batch_size) for a, b in ranges)
+    epochs = -(-AUTO_STEPS // steps_per_epoch)
+    if epochs <= min(AUTO_MAX_EPOCHS, max_iter):
+        return "auto-sgd", epochs
+    return "lbfgs", max_iter
+
+
+def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, dtype, solver, lr,
+               momentum, batch_size, sync_every, max_iter, tol, seed, report, stop_early=True):
+    """Epochs of per-chunk mini-batch steps and weighted averaging; (params, epochs, loss curve).
+    Without ``stop_early`` it runs max_iter epochs whatever the cost does."""
+    steps_per_epoch = max(-(-(b - a) // batch_size) for a, b in ranges)
+    slots = 2 if solver == "adam" else int(momentum > 0)
+    part_bytes = 8 * (1 + slots) * sum(v.size for v in params0.values())
     per_round = sync_every or steps_per_epoch
     rounds = -(-steps_per_epoch // per_round)
     state = {"params": params0, "opt": None}
@@ -651,19 +789,14 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
     for epoch in range(max_iter):
         cost = rows = 0.0
         for r in range(rounds):
-            tag = f"gpugrad-steps-{uuid.uuid4().hex[:8]}"
-            shared = _shared((state, x_mean, x_std), f"{tag}-params")
-            parts = [_pinned(_chunk_steps_task, (xb, yb, wb, shared,
-                                                 dict(loss=loss, lam=lam, dtype=dtype, solver=solver,
-                                                      lr=lr, momentum=momentum,
-                                                      batch_size=batch_size,
-                                                      seed=[seed_root, epoch, i],
-                                                      first_step=r * per_round,
-                                                      n_steps=per_round)),
-                             where, (tag, i))
-                     for i, ((xb, yb, wb), where) in enumerate(zip(blocks, placement.workers()))]
-            total = _compute(_tree(parts, _add_steps, tag), ranges, tag,
-                             f"the steps of epoch {epoch + 1}")
+            args = [(xb, yb, wb, dict(loss=loss, lam=lam, dtype=dtype, solver=solver, lr=lr,
+                                      momentum=momentum, batch_size=batch_size,
+                                      seed=[seed_root, epoch, i], first_step=r * per_round,
+                                      n_steps=per_round))
+                    for i, (xb, yb, wb) in enumerate(blocks)]
+            total = _map_sum(_chunk_steps_task, args, _add_steps, placement, ranges, "gpugrad-steps",
+                             f"the steps of epoch {epoch + 1}", part_bytes,
+                             shared=(state, x_mean, x_std))
             m = total["rows"]
             new = {"params": {k: v / m for k, v in total["params"].items()}, "opt": None}
             if total["slots"] is not None:
@@ -680,12 +813,12 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
         report(epoch + 1, J)
         stale = stale + 1 if J > best - tol else 0
         best = min(best, J)
-        if stale >= N_ITER_NO_CHANGE:
+        if stop_early and stale >= N_ITER_NO_CHANGE:
             break
     return state["params"], len(losses), losses
 
 
-def _chunk_steps_task(Xc, yc, wc, shared, options):
+def _chunk_steps_task(Xc, yc, wc, options, shared):
     state, x_mean, x_std = shared
     return _chunk_steps(Xc, yc, wc, state, x_mean, x_std, **options)
 
@@ -780,7 +913,7 @@ def predict(model, classes, X):
     """
     import dask.array as da
     _check_inference_X(model, X)
-    classes = np.asarray(classes)
+    classes = to_host(classes)
     if classes.shape != (model.n_classes,):
         raise ValueError(f"classes must have shape ({model.n_classes},) (one per class of the "
                          f"model), got {classes.shape}")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 
 import numpy as np
@@ -55,9 +56,9 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from . import models, optim
+from . import _validation, models, optim
 from . import sparse as _sparse
-from .backends import backend_for, get_backend, is_cupy_array
+from .backends import backend_for, get_backend, is_cupy_array, move_to, to_host
 from .distributed import is_dask_collection
 from .trainer import Trainer
 
@@ -84,9 +85,20 @@ class _Plateau:
 
 
 def _print_iteration(iteration, cost, val_accuracy=math.nan):
-    """scikit-learn's line for each epoch (L-BFGS: each iteration) when verbose > 1."""
+    """scikit-learn's line for each epoch (L-BFGS: each iteration) when verbose >= 1, on stdout;
+    above the progress bar when one is on screen (on a terminal)."""
     val = "" if math.isnan(val_accuracy) else f", validation accuracy = {val_accuracy:.4f}"
-    print(f"Iteration {iteration}, loss = {cost:.8f}{val}")
+    line = f"Iteration {iteration}, loss = {cost:.8f}{val}"
+    if "tqdm" in sys.modules:  # a bar may be drawn: tqdm.write keeps it whole
+        from tqdm import tqdm
+        tqdm.write(line, file=sys.stdout)
+    else:
+        print(line, flush=True)
+
+
+def _epoch_lines(trainer, epoch, row):
+    """The Trainer callback that prints ``_print_iteration``'s line after each epoch."""
+    _print_iteration(epoch, row["cost"], row["val_accuracy"])
 
 
 class _GpugradClassifier(ClassifierMixin, BaseEstimator):
@@ -94,6 +106,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
     ``_new_model``; their ``__init__`` lists the parameters (scikit-learn reads the signature)."""
 
     _loss = "softmax"
+    _solvers = SOLVERS
 
     # ---- parameters --------------------------------------------------------------------------
     def _param_error(self, name, expected):
@@ -124,8 +137,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
     def _check_params(self):
         """Every parameter checked at fit (scikit-learn's contract), errors naming it."""
         self._check_number("alpha", 0)
-        if self.solver not in SOLVERS:
-            raise self._param_error("solver", f"one of {SOLVERS}")
+        if self.solver not in self._solvers:
+            raise self._param_error("solver", f"one of {self._solvers}")
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
             self._check_number("batch_size", 1, integer=True)
         if not (callable(self.learning_rate) and hasattr(self.learning_rate, "config")) and \
@@ -408,11 +421,16 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
         elif classes is not None:
-            given = np.unique(np.asarray(classes))
+            given = np.unique(to_host(classes))
             if not np.array_equal(given, self.classes_):
                 raise ValueError(f"classes={given.tolist()} differs from the classes of the first call "
                                  f"to partial_fit, {self.classes_.tolist()}")
         return self._fit(X, y, sample_weight, classes=classes, partial=True)
+
+    def _partial_line(self, first):
+        """The verbose line of a partial_fit call, numbered as n_iter_ will count it."""
+        iteration = 1 if first else getattr(self, "n_iter_", 0) + 1
+        return lambda trainer, epoch, row: _print_iteration(iteration, row["cost"])
 
     def _fit(self, X, y, sample_weight, classes, partial):
         name = type(self).__name__
@@ -420,7 +438,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         warm = (partial and not first_partial) or (self.warm_start and hasattr(self, "model_"))
         X, y = self._validate_Xy(X, y, reset=not warm)
         if first_partial:
-            all_classes = np.unique(np.asarray(classes))
+            all_classes = np.unique(to_host(classes))
         elif partial:
             all_classes = self.classes_
         else:
@@ -428,9 +446,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         if warm and not partial and not np.array_equal(all_classes, self.classes_):
             raise ValueError(f"{name}: warm_start needs y to have the classes of the previous fit, "
                              f"{self.classes_.tolist()}; y has {all_classes.tolist()}")
-        if len(all_classes) < 2:
-            raise ValueError(f"{name} needs samples of at least 2 classes, but the data contain only "
-                             f"one class: {all_classes.tolist()}")
+        _validation.check_two_classes(all_classes.tolist(), name)
         self.classes_ = all_classes
         y_enc = self._encode(y)
         n = X.shape[0]
@@ -446,7 +462,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         Xd = self._device_X(model, X)
         lam = self.alpha / 2
 
-        if self.solver == "lbfgs":
+        if self.solver in ("lbfgs", "auto"):   # "auto" in memory: L-BFGS
             self.model_ = model
             self._fit_lbfgs(model, Xd, y_enc, w, lam)
             return self
@@ -454,6 +470,9 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         bs = self._batch_size(n)
         steps = -(-n // bs)
         previous = getattr(self, "_trainer", None) if warm else None
+        # verbose: a line per epoch wherever the output goes; a bar only on a terminal (None: the
+        # trainer draws it when stderr is one), never carriage returns in a log or a notebook.
+        progress = None if self.verbose else False
         if partial:
             # One epoch on this batch of data with the optimiser of the previous calls (its state,
             # momentum or Adam's moments and the schedule's step count, carries on); a new shuffle
@@ -461,12 +480,10 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             keep = previous is not None and previous.model is model
             trainer = Trainer(model, previous.optimizer if keep else self._new_optimizer(steps), epochs=1,
                               batch_size=bs, lam=lam, seed=self._partial_seed(first_partial),
-                              eval_train=False, progress=bool(self.verbose))
+                              eval_train=False, progress=progress,
+                              callbacks=[self._partial_line(first_partial)] if self.verbose else [])
         else:
-            callbacks = []
-            if int(self.verbose) > 1:
-                callbacks.append(lambda trainer, epoch, row: _print_iteration(epoch, row["cost"],
-                                                                              row["val_accuracy"]))
+            callbacks = [_epoch_lines] if self.verbose else []
             if not self.early_stopping and self.tol is not None:
                 callbacks.append(_Plateau(self.tol, self.n_iter_no_change))
             trainer = Trainer(
@@ -475,7 +492,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                 validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
                 early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
                 tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
-                progress=bool(self.verbose))
+                progress=progress)
         # X passed scikit-learn's checks (finite) and y_enc indexes classes_: no second pass over X.
         history = trainer.fit(Xd, y_enc, sample_weight=w, check_input=False)
         self.model_, self._trainer = model, trainer
@@ -515,7 +532,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         start = {k: np.asarray(be.to_numpy(v), dtype=np.float64) for k, v in model.params.items()}
         params, n_iter, losses = optim.lbfgs(value_and_grad, start, max_iter=self.max_iter,
                                              tol=0.0 if self.tol is None else self.tol,
-                                             callback=_print_iteration if int(self.verbose) > 1 else None)
+                                             callback=_print_iteration if self.verbose else None)
         for k in names:
             model.params[k][...] = be.asarray(params[k], dtype=model.dtype)
         if not math.isfinite(losses[-1] if losses else 0.0):
@@ -641,6 +658,8 @@ class _ProbaMixin:
 class _LinearMixin:
     """The model, coef_/intercept_ and the Dask path of the linear estimators."""
 
+    _solvers = SOLVERS + ("auto",)
+
     def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
         return models.LinearClassifier(d, C, loss=self._loss, dtype=dtype, backend=be,
                                        x_mean=x_mean, x_std=x_std, seed=seed)
@@ -668,8 +687,8 @@ class _LinearMixin:
         return W, b
 
     def _fit_dask(self, X, y, sample_weight):
-        """Fit on a Dask array across the current cluster with ``gpugrad.distributed.fit_linear``
-        (the model standardises its inputs there, as with ``standardize=True``)."""
+        """Fit on a Dask array across the current cluster with ``gpugrad.distributed.fit_linear``:
+        the same objective, compute dtype and ``standardize`` as in memory, so the same model."""
         from . import distributed
         name = type(self).__name__
         if self.warm_start and hasattr(self, "model_"):
@@ -687,8 +706,8 @@ class _LinearMixin:
             batch_size=self._batch_size(X.shape[0]),
             learning_rate_init=self.learning_rate_init, momentum=self.momentum,
             random_state=self._seed(), sample_weight=sample_weight,
-            dtype=str(np.dtype(self.dtype)) if self.dtype is not None else "float64",
-            verbose=bool(self.verbose), classes=classes)
+            dtype=None if self.dtype is None else str(np.dtype(self.dtype)),
+            standardize=bool(self.standardize), verbose=bool(self.verbose), classes=classes)
         self.model_ = out["model"]
         self.classes_ = np.asarray(out["classes_"])
         self.n_iter_ = int(out["n_iter_"])
@@ -700,12 +719,13 @@ class _LinearMixin:
         """(classes, sample_weight times class_weight[y]): the labels are read once here (only y;
         X stays on the workers), the weights are built lazily per chunk."""
         import dask.array as da
-        y_host = np.asarray(y.compute() if hasattr(y, "compute") else y)
+        y_host = to_host(y.compute() if hasattr(y, "compute") else y)
         classes = np.unique(y_host)
         self.classes_ = classes
         cw = self._class_weights(self._encode(y_host), partial=False)
-        y_dask = y if hasattr(y, "map_blocks") else da.from_array(y_host, chunks=len(y_host))
-        per_row = y_dask.map_blocks(lambda b: cw[np.searchsorted(classes, np.asarray(b))], dtype=np.float64)
+        y_dask = y if hasattr(y, "map_blocks") else da.from_array(y if is_cupy_array(y) else y_host,
+                                                                  chunks=len(y_host))
+        per_row = y_dask.map_blocks(_row_class_weights, classes, cw, dtype=np.float64)
         return classes, per_row if sample_weight is None else per_row * sample_weight
 
     def _dask_call(self, method, X):
@@ -719,6 +739,13 @@ class _LinearMixin:
         return out
 
 
+def _row_class_weights(labels, classes, cw):
+    """class_weight of each label of a block, on the block's backend (a CuPy block stays on its
+    device: only the (C,) classes and weights move there)."""
+    xp = backend_for(labels).xp
+    return move_to(xp, cw)[xp.searchsorted(move_to(xp, classes), labels)]
+
+
 _COMMON_DOC = """
     Parameters (scikit-learn's names where the idea is the same):
         alpha: L2 strength; the cost is mean weighted loss + (alpha / 2) * sum ||W||^2, i.e. the
@@ -726,6 +753,12 @@ _COMMON_DOC = """
         solver: "lbfgs" (full batch, scipy's L-BFGS-B on the exact cost; max_iter iterations),
             "sgd" (mini-batch SGD with ``momentum``, Nesterov when ``nesterovs_momentum``) or
             "adam" (``beta_1``, ``beta_2``, ``epsilon``); max_iter epochs for these two.
+            Linear models also take "auto": "lbfgs" in memory; on a Dask array, where every
+            pass over the data is a round of tasks on the cluster, a few epochs of local SGD
+            (``momentum``, ``learning_rate_init``, ``batch_size``) on standardised features
+            with the parameters averaged once an epoch, when the chunks are large enough for
+            that (250 steps in at most 4 epochs), and "lbfgs" otherwise (see
+            ``gpugrad.distributed.fit_linear``).
         batch_size: rows per step, "auto" = min(200, n).
         learning_rate: the schedule of the stochastic solvers: "constant" (learning_rate_init),
             "invscaling" (learning_rate_init / (1 + t / steps_per_epoch) ** power_t after t
@@ -742,7 +775,9 @@ _COMMON_DOC = """
             the rows' weights.
         random_state: None, an int or a RandomState: the initial weights and the shuffles.
         warm_start: fit continues from the previous fit's weights (same classes).
-        verbose: 1 shows a progress bar; 2 also prints the cost of each epoch (L-BFGS: iteration).
+        verbose: 0 is silent; 1 or more prints "Iteration k, loss = J" after each epoch (L-BFGS:
+            each iteration) on stdout, as scikit-learn does, and, on a terminal only, a progress
+            bar over the steps (no bar in logs or notebooks).
         standardize: keep the training data's per-feature mean and std in the model and
             normalise inputs on the fly (uint8 stays uint8 on the GPU). Off by default: the
             objective is then the peer's, e.g. after a StandardScaler. A sparse X is scaled by
@@ -751,7 +786,7 @@ _COMMON_DOC = """
         dtype: what the model computes in: None (float32 on CuPy; on numpy float32 for float32
             X, else float64), "float32" or "float64".
         backend: "auto" (the GPU when one is usable), "numpy", "cupy" or a backend object.
-            On Dask arrays the chunks decide (numpy or CuPy), and the model always standardises.
+            On Dask arrays the chunks decide (numpy or CuPy).
 
     Attributes:
         classes_ (C,), n_features_in_, feature_names_in_ (DataFrames), n_iter_ (epochs, or
@@ -763,8 +798,10 @@ _COMMON_DOC = """
 
 class SoftmaxClassifier(_ProbaMixin, _LinearMixin, _GpugradClassifier):
     __doc__ = """Multinomial logistic regression, s = W x + b with the softmax cross-entropy: a
-    drop-in for ``sklearn.linear_model.LogisticRegression`` (defaults: full-batch L-BFGS, as its;
-    alpha = 1e-3, about its C = 1 on 1000 rows).
+    drop-in for ``sklearn.linear_model.LogisticRegression`` (defaults: full-batch L-BFGS, as its,
+    through ``solver="auto"``, which on a Dask array of large chunks takes a few passes of local
+    SGD instead: ``solver="lbfgs"`` gives the exact optimum there too; alpha = 1e-3, about its
+    C = 1 on 1000 rows).
 
     Attributes besides the common ones: coef_ (C, d) / (1, d) for two classes, intercept_.
 """ + _COMMON_DOC + """
@@ -779,7 +816,7 @@ class SoftmaxClassifier(_ProbaMixin, _LinearMixin, _GpugradClassifier):
 
     _loss = "softmax"
 
-    def __init__(self, *, alpha=1e-3, solver="lbfgs", batch_size="auto", learning_rate="constant",
+    def __init__(self, *, alpha=1e-3, solver="auto", batch_size="auto", learning_rate="constant",
                  learning_rate_init=0.01, power_t=0.5, momentum=0.9, nesterovs_momentum=True,
                  max_iter=100, tol=1e-4, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, beta_1=0.9, beta_2=0.999, epsilon=1e-8, class_weight=None,

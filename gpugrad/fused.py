@@ -26,13 +26,16 @@ def _same(a):
 def _placement(backend, *arrays, extra=()):
     """(be, back): the backend to run on (the one asked for, else the one owning the arrays: CuPy
     for any cupy.ndarray among arrays and extra) and a function turning its results into the
-    caller's array type, which `arrays` decide (numpy in -> numpy out). A small call's cost is
-    its Python, so each array is looked at once."""
+    caller's array type, which `arrays` decide (numpy in -> numpy out, CuPy in -> CuPy out, with
+    an explicit copy where the backend is the other one). A small call's cost is its Python, so
+    each array is looked at once."""
     caller_on_gpu = any(map(is_cupy_array, arrays))
     if backend is None:
         backend = "cupy" if caller_on_gpu or any(map(is_cupy_array, extra)) else "numpy"
     be = get_backend(backend)
-    return be, (be.to_numpy if not caller_on_gpu and be.xp is not np else _same)
+    if caller_on_gpu == (be.xp is not np):
+        return be, _same
+    return be, (get_backend("cupy").asarray if caller_on_gpu else be.to_numpy)
 
 
 def _check_values(be, y, C, named):

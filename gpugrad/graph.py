@@ -24,7 +24,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .backends import backend_for, is_array
+from .backends import backend_for, is_array, move_to
 
 __all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "record", "defvjp", "VJPS",
            "NodeInfo", "forward_order", "to_dot"]
@@ -181,8 +181,7 @@ class Tensor:
                 raise RuntimeError(f"grad can be implicitly created only for scalar outputs; "
                                    f"got shape {self.shape} (pass gradient= of that shape)")
             return xp.ones(self.shape, dtype=self.dtype)
-        g = xp.asarray(gradient.value if isinstance(gradient, Tensor) else gradient,
-                       dtype=self.dtype)
+        g = move_to(xp, gradient.value if isinstance(gradient, Tensor) else gradient, self.dtype)
         if g.shape != self.value.shape:
             raise ValueError(f"backward(): gradient has shape {tuple(g.shape)} but the result "
                              f"has shape {self.shape}; they must match")

@@ -2,14 +2,20 @@
 
 Both keep their trainable arrays in ``model.params`` (updated in place by ``gpugrad.optim``) and
 what is not trained in ``model.buffers`` (the input normalisation, batch-norm running averages),
-all on ``model.backend`` (numpy or CuPy arrays). One training step is ``model.loss_grad``:
+all on ``model.backend`` (numpy or CuPy arrays). The parameters are views of one flat buffer,
+``model.flat_params``, weight matrices first (``model.layout``), and gradients land in views of
+one buffer of the same layout (``model.grads``, ``model.flat_grads``): an optimiser updates
+every parameter in one call. One training step is ``model.loss_grad``, or, in the trainer, a
+``model.program`` (the step for one batch shape, written into ``model.grads``) and one fused
+update:
 
 - ``LinearClassifier``: s = W x + b, its whole step through the fused ``linear_grad`` (one CUDA
-  kernel on CuPy that reads X once, normalises uint8 pixels on the fly and forms the loss, G,
-  dW and db).
-- ``MLP``: k layers s_l = W_l h_{l-1} + b_l, optional batch normalisation, h_l = ReLU(.), built
-  on the computational graph (``gpugrad.ops``; the backward pass is the generic BackOp), with
-  the last layer's loss and dL/dS from the fused softmax / hinge kernels.
+  kernel on CuPy that reads X once, the batch's rows where they lie, normalises uint8 pixels on
+  the fly and forms the loss, G, dW and db).
+- ``MLP``: k layers s_l = W_l h_{l-1} + b_l, optional batch normalisation, h_l = ReLU(.), defined
+  by its computational graph (``gpugrad.ops``) and trained by that graph compiled
+  (``gpugrad.compiled``: traced once, replayed for every batch; a handful of fused calls) or, with
+  ``compiled=False``, by the generic backward pass (BackOp) on a graph built for each batch.
 
 Cost of a batch: J = (1/n) sum_i w_i l_i + lam sum_l ||W_l||^2 (weight matrices only; biases and
 batch-norm scales are not penalised; w_i = 1 without sample weights).
@@ -31,14 +37,15 @@ import zipfile
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import get_backend, to_host
 from .graph import no_grad, tensor
-from . import _validation
+from . import _validation, compiled
 from . import sparse as _sparse
 
 __all__ = ["LinearClassifier", "MLP", "model_from_config", "save_model", "load_model"]
 
 CONFIG_KEY = "__config__"  # the JSON metadata inside a model .npz, stored as uint8 bytes
+CLASSES_KEY = "__classes__"  # the class names (label of each class index), JSON as uint8 bytes
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -68,6 +75,7 @@ class _Model:
         self.backend = get_backend(backend)
         self.params: dict = {}
         self.buffers: dict = {}
+        self.class_names: list[str] | None = None  # the label of each class index, when known
         if x_mean is not None or x_std is not None:
             self.set_normalisation(x_mean, x_std)
 
@@ -79,7 +87,7 @@ class _Model:
         for name, v in (("x_mean", x_mean), ("x_std", x_std)):
             if v is None:
                 raise ValueError("x_mean and x_std must be given together")
-            v = np.asarray(self.backend.to_numpy(v), dtype=np.float64)
+            v = to_host(v).astype(np.float64)  # numpy or CuPy, whatever the model's backend
             if v.shape != (d,):
                 raise ValueError(f"{name} must have shape ({d},), got {v.shape}")
             if not np.isfinite(v).all():
@@ -125,10 +133,72 @@ class _Model:
         return self.backend.xp.argmax(self.scores(self.prepare(X)), axis=1)
 
     def penalty(self):
-        """0-d: sum over the weight matrices of ||W||^2 (the lam term's factor)."""
+        """0-d: sum over the weight matrices of ||W||^2 (the lam term's factor): one dot product of
+        the flat buffer's first ``n_decay`` entries with themselves."""
+        self.ensure_packed()
+        weights = self.flat_params[:self.n_decay]
+        return self.backend.xp.vdot(weights, weights)
+
+    # Pickling and deep copies copy each view of the flat buffer on its own: the copy keeps the
+    # parameters and packs them again; compiled programs (buffers, bound methods) are a cache.
+    _UNPICKLED = ("_programs", "_views", "flat_params", "flat_grads", "grads")
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._pack()
+
+    # ---- the flat parameter buffer -------------------------------------------------------------
+    def _pack(self):
+        """Put the parameters in one flat buffer, weight matrices first (``flat_params``;
+        ``params`` keeps its names and order, each now a view of it), with a gradient buffer of
+        the same layout (``flat_grads``, viewed by name in ``grads``). ``layout`` lists
+        (name, offset, shape) in buffer order; the first ``n_decay`` entries are the weights the
+        penalty lam ||W||^2 covers. Compiled programs hold the old arrays: they are dropped."""
         xp = self.backend.xp
-        return sum((xp.vdot(W, W) for name, W in self.params.items() if name.startswith("W")),
-                   xp.zeros((), self.dtype))
+        order = sorted(self.params, key=lambda k: not k.startswith("W"))  # stable: weights first
+        layout, offset = [], 0
+        for k in order:
+            shape = tuple(self.params[k].shape)
+            layout.append((k, offset, shape))
+            offset += math.prod(shape)
+        flat, flat_grads = xp.empty(offset, dtype=self.dtype), xp.zeros(offset, dtype=self.dtype)
+        views, grads = {}, {}
+        for k, start, shape in layout:
+            end = start + math.prod(shape)
+            views[k] = flat[start:end].reshape(shape)
+            views[k][...] = self.params[k]
+            grads[k] = flat_grads[start:end].reshape(shape)
+        for k in self.params:
+            self.params[k] = views[k]
+        self.flat_params, self.flat_grads, self.grads, self.layout = flat, flat_grads, grads, tuple(layout)
+        self.n_decay = sum(math.prod(shape) for k, _, shape in layout if k.startswith("W"))
+        self._views, self._programs = views, {}
+
+    def ensure_packed(self):
+        """Pack the parameters again if an array of ``params`` was replaced (update them in place:
+        ``params[k][...] = value``); a no-op otherwise."""
+        views = getattr(self, "_views", None)
+        if views is None or self.params.keys() != views.keys() or \
+                any(self.params[k] is not v for k, v in views.items()):
+            self._pack()
+
+    def program(self, n, x_dtype, weighted, gather=True, sparse=False):
+        """The training step for batches of n rows, built once and kept (``gpugrad.compiled``):
+        ``program.run(X, y, sample_weight, idx)`` returns the batch's loss (lam = 0) and writes
+        every parameter's gradient into ``grads``. x_dtype: X's dtype as given (the model's, or
+        uint8 pixels); weighted: calls pass sample weights; gather: calls pass row indices into X;
+        sparse: X is a sparse matrix."""
+        self.ensure_packed()
+        key = (n, np.dtype(x_dtype), bool(weighted), bool(gather), bool(sparse), id(self.backend),
+               tuple(id(v) for v in self.buffers.values()))
+        prog = self._programs.get(key)
+        if prog is None:
+            prog = self._programs[key] = self._make_program(n, np.dtype(x_dtype), bool(weighted), bool(gather),
+                                                            bool(sparse))
+        return prog
 
     # ---- state -----------------------------------------------------------------------------
     def config(self) -> dict:
@@ -157,7 +227,7 @@ class _Model:
                              + ("; " if missing and extra else "")
                              + (f"unexpected {extra}" if extra else ""))
         for name, target in expected.items():
-            a = np.asarray(state[name])
+            a = to_host(state[name])  # numpy or CuPy, whatever the model's backend
             if a.shape != tuple(target.shape):
                 raise ValueError(f"{source}: {name} has shape {a.shape}, but this {self.describe()} "
                                  f"needs {tuple(target.shape)}")
@@ -170,10 +240,31 @@ class _Model:
             for k, v in d.items():
                 d[k] = be.asarray(self.backend.to_numpy(v))
         self.backend = be
+        self._pack()
         return self
 
     def describe(self) -> str:
         return f"{self.kind} model ({self.n_features} features, {self.n_classes} classes)"
+
+    @property
+    def n_parameters(self) -> int:
+        """The number of trained numbers (the entries of ``params``; buffers not counted)."""
+        return int(sum(int(np.prod(v.shape)) for v in self.params.values()))
+
+    def _layers(self) -> str:
+        return f"{self.n_features} -> {self.n_classes}"
+
+    def __repr__(self):
+        """Kind, layer sizes, loss, parameter count, dtype, backend (and normalisation):
+
+            >>> LinearClassifier(64, 10, backend="numpy")
+            LinearClassifier(64 -> 10, softmax, 650 parameters, float32, numpy)
+        """
+        extra = [self._layers(), self.loss, f"{self.n_parameters:,} parameters", self.dtype.name,
+                 self.backend.name]
+        if self.normalised:
+            extra.append("normalises inputs")
+        return f"{type(self).__name__}({', '.join(extra)})"
 
 
 class LinearClassifier(_Model):
@@ -204,6 +295,7 @@ class LinearClassifier(_Model):
         W = rng.standard_normal((self.n_classes, self.n_features)) * init_scale
         self.params = {"W": self.backend.asarray(W, dtype=self.dtype),
                        "b": self.backend.asarray(np.zeros(self.n_classes), dtype=self.dtype)}
+        self._pack()
 
     def loss_grad(self, X, y, lam, sample_weight=None):
         """(cost, loss, {"W": dJ/dW, "b": dJ/db}) of a batch, through the fused step (no input checks,
@@ -225,6 +317,9 @@ class LinearClassifier(_Model):
                                               self.buffers.get("x_std"))
         return self._normalise(X) @ self.params["W"].T + self.params["b"]
 
+    def _make_program(self, n, x_dtype, weighted, gather, sparse):
+        return compiled.LinearProgram(self)
+
 
 class MLP(_Model):
     """A k-layer perceptron: s_l = W_l h_{l-1} + b_l, [batch norm], h_l = ReLU; scores s_k.
@@ -234,6 +329,8 @@ class MLP(_Model):
         hidden: the hidden layer sizes, e.g. (50, 50) for the course's 3-layer network.
         batchnorm: batch normalisation after each hidden layer's linear map (batch statistics
             in training, running averages, momentum ``bn_momentum``, for inference).
+        compiled: train by the compiled step (``gpugrad.compiled``); False: by the generic
+            backward pass on a graph built for each batch (the same results on numpy).
     Attributes:
         params: W1 (m1, d), b1, [gamma1, beta1], ..., Wk (C, m_{k-1}), bk. He initialisation:
             W_l ~ N(0, 2 / fan_in), biases 0, gamma 1, beta 0.
@@ -248,11 +345,13 @@ class MLP(_Model):
     kind = "mlp"
 
     def __init__(self, n_features, n_classes, hidden=(50,), loss="softmax", *, batchnorm=False,
-                 dtype="float32", backend="auto", x_mean=None, x_std=None, seed=0, bn_momentum=0.1):
+                 dtype="float32", backend="auto", x_mean=None, x_std=None, seed=0, bn_momentum=0.1,
+                 compiled=True):
         super().__init__(n_features, n_classes, loss, dtype, backend, x_mean, x_std)
         self.hidden = tuple(_positive_int("hidden layer size", h) for h in hidden)
         self.batchnorm = bool(batchnorm)
         self.bn_momentum = float(bn_momentum)
+        self.compiled = bool(compiled)
         rng = np.random.default_rng(seed)
         sizes = (self.n_features, *self.hidden, self.n_classes)
         asarray = lambda a: self.backend.asarray(a, dtype=self.dtype)  # noqa: E731
@@ -265,24 +364,32 @@ class MLP(_Model):
                 self.params[f"beta{l}"] = asarray(np.zeros(fan_out))
                 self.buffers[f"running_mean{l}"] = asarray(np.zeros(fan_out))
                 self.buffers[f"running_var{l}"] = asarray(np.ones(fan_out))
+        self._pack()
 
     @property
     def n_layers(self) -> int:
         return len(self.hidden) + 1
 
-    def _forward(self, params, X, training):
-        """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor)."""
+    def forward_graph(self, params, h, training=True, buffers=None):
+        """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor) and the
+        input node h (n, d) (``_input``): the model's definition, which the compiled step traces.
+        ``buffers``: the running averages to use (name -> array; default the model's own)."""
         from .ops import batch_norm, relu
-        h = X if _sparse.is_sparse(X) else tensor(self._normalise(X))
+        buffers = self.buffers if buffers is None else buffers
         for l in range(1, self.n_layers):
             s = self._linear(h, params[f"W{l}"], params[f"b{l}"])
             if self.batchnorm:
                 s = batch_norm(s, params[f"gamma{l}"], params[f"beta{l}"],
-                               self.buffers[f"running_mean{l}"], self.buffers[f"running_var{l}"],
+                               buffers[f"running_mean{l}"], buffers[f"running_var{l}"],
                                training=training, momentum=self.bn_momentum)
             h = relu(s)
         k = self.n_layers
         return self._linear(h, params[f"W{k}"], params[f"b{k}"])
+
+    def _input(self, X):
+        """The graph's input node: the normalised X, or a sparse X as it is (its first layer
+        applies the normalisation, ``_linear``)."""
+        return X if _sparse.is_sparse(X) else tensor(self._normalise(X))
 
     def _linear(self, h, W, b):
         """A layer's linear map; the first layer reads a sparse X as it is (``ops.sparse_linear``:
@@ -294,13 +401,16 @@ class MLP(_Model):
 
     def loss_grad(self, X, y, lam, sample_weight=None):
         """(cost, loss, grads) of a batch in training mode (batch-norm batch statistics; the running
-        averages are updated). The graph gives S; the fused loss gives (L, dL/dS); the generic
-        backward pass from S seeded with dL/dS gives every parameter's gradient."""
-        params = {k: tensor(v, requires_grad=True) for k, v in self.params.items()}
-        S = self._forward(params, X, training=True)
-        loss, dS = self.backend.loss_grad(S.value, y, self.loss, sample_weight)
-        S.backward(dS)
-        grads = {k: t.grad for k, t in params.items()}
+        averages are updated), grads fresh arrays. Compiled (the default): the step traced once
+        for this batch shape and replayed (``program``). ``compiled=False``: the graph gives S; the
+        fused loss gives (L, dL/dS); the generic backward pass from S seeded with dL/dS gives
+        every parameter's gradient. The two agree bit for bit on numpy."""
+        if self.compiled:  # (a sparse X gets the graph's program: ``_make_program``)
+            loss = self.program(X.shape[0], X.dtype, sample_weight is not None, gather=False,
+                                sparse=_sparse.is_sparse(X)).run(X, y, sample_weight)
+            loss, grads = loss.copy(), {k: g.copy() for k, g in self.grads.items()}
+        else:
+            loss, grads = self.graph_loss_grad(X, y, sample_weight)
         if not lam:
             return loss, loss, grads
         for k, W in self.params.items():
@@ -308,14 +418,38 @@ class MLP(_Model):
                 grads[k] += (2 * lam) * W
         return loss + lam * self.penalty(), loss, grads
 
+    def graph_loss_grad(self, X, y, sample_weight=None):
+        """(loss, grads) of a batch by the generic forward and backward passes (lam = 0): the
+        definition the compiled step is checked against."""
+        params = {k: tensor(v, requires_grad=True) for k, v in self.params.items()}
+        S = self.forward_graph(params, self._input(X), training=True)
+        loss, dS = self.backend.loss_grad(S.value, y, self.loss, sample_weight)
+        S.backward(dS)
+        return loss, {k: t.grad for k, t in params.items()}
+
+    def _make_program(self, n, x_dtype, weighted, gather, sparse):
+        if self.compiled and not sparse:  # (the compiled step gathers dense rows)
+            return compiled.compile_mlp(self, n, x_dtype, weighted=weighted, gather=gather)
+        return compiled.GraphProgram(self)
+
     def scores(self, X):
         """(n, C) scores of prepared inputs in inference mode (batch norm by running averages)."""
         with no_grad():
-            return self._forward({k: tensor(v) for k, v in self.params.items()}, X, training=False).value
+            params = {k: tensor(v) for k, v in self.params.items()}
+            return self.forward_graph(params, self._input(X), training=False).value
 
     def config(self) -> dict:
         return {**super().config(), "hidden": list(self.hidden), "batchnorm": self.batchnorm,
                 "bn_momentum": self.bn_momentum}
+
+    def _layers(self) -> str:
+        """The layer sizes, d -> m1 -> ... -> C, and batch norm when used:
+
+            >>> MLP(64, 10, hidden=(50, 50), batchnorm=True, backend="numpy")
+            MLP(64 -> 50 -> 50 -> 10 with batch norm, softmax, 6,510 parameters, float32, numpy)
+        """
+        sizes = " -> ".join(map(str, (self.n_features, *self.hidden, self.n_classes)))
+        return sizes + (" with batch norm" if self.batchnorm else "")
 
     def describe(self) -> str:
         bn = " with batch norm" if self.batchnorm else ""
@@ -397,12 +531,35 @@ def atomic_savez(path, arrays: dict) -> str:
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
+def _not_npz(head: bytes) -> str | None:
+    """What a file that begins with ``head`` is, when it is not a zip archive (an .npz); else None."""
+    if head.startswith(b"PK"):
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"\x93NUMPY"):
+        return "a single .npy array"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a zip archive"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return "a text file"
+    return "not a zip archive"
+
+
 def read_npz(path, what="file") -> dict:
     """All arrays of an .npz (no pickles), with a clear error naming the file when it is missing,
-    not an .npz, or torn."""
+    not an .npz (a text file, say), or torn."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such {what}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder, not a gpugrad {what}")
+    with open(path, "rb") as f:
+        kind = _not_npz(f.read(64))
+    if kind is not None:
+        raise ValueError(f"{path}: not a gpugrad {what}: {kind}, not an .npz archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -410,8 +567,10 @@ def read_npz(path, what="file") -> dict:
         raise ValueError(f"{path}: not a readable gpugrad {what} ({type(e).__name__}: {e})") from None
 
 
-def save_model(model, path) -> str:
-    """Save ``model`` as an .npz: one array per parameter and buffer, plus its config as JSON.
+def save_model(model, path, class_names=None) -> str:
+    """Save ``model`` as an .npz: one array per parameter and buffer, plus its config as JSON and
+    the class names (``class_names``, else ``model.class_names``; the label of each class index,
+    which ``gpugrad predict`` writes) when known.
 
         >>> import os, tempfile, gpugrad as gg
         >>> m = gg.models.LinearClassifier(3, 2, backend="numpy")
@@ -419,7 +578,13 @@ def save_model(model, path) -> str:
         >>> gg.models.load_model(p).params["W"].shape
         (2, 3)
     """
-    return atomic_savez(path, {**model.state(), CONFIG_KEY: encode_json(model.config())})
+    arrays = {**model.state(), CONFIG_KEY: encode_json(model.config())}
+    names = model.class_names if class_names is None else [str(c) for c in class_names]
+    if names is not None:
+        if len(names) != model.n_classes:
+            raise ValueError(f"class_names has {len(names)} names for a model of {model.n_classes} classes")
+        arrays[CLASSES_KEY] = encode_json(list(names))
+    return atomic_savez(path, arrays)
 
 
 def load_model(path, backend="auto"):
@@ -432,6 +597,15 @@ def load_model(path, backend="auto"):
         config = decode_json(arrays.pop(CONFIG_KEY))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: its model config is corrupt ({e})") from None
+    names = arrays.pop(CLASSES_KEY, None)
     model = model_from_config(config, backend)
     model.load_state(arrays, source=str(path))
+    if names is not None:
+        try:
+            model.class_names = [str(c) for c in decode_json(names)]
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path}: its class names are corrupt ({e})") from None
+        if len(model.class_names) != model.n_classes:
+            raise ValueError(f"{path}: {len(model.class_names)} class names for a model of "
+                             f"{model.n_classes} classes")
     return model

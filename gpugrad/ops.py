@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation
-from .backends import backend_for, is_array
+from .backends import backend_for, is_array, is_cupy_array, move_to
 from .graph import Tensor, defvjp, is_grad_enabled, record
 
 __all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",
@@ -39,26 +39,47 @@ def _as_tensor(x, like: Tensor | None = None) -> Tensor:
     """``x`` itself if it is a Tensor, else a constant node on ``like``'s backend.
 
     A Python number takes the dtype numpy would give it next to ``like`` (float32 stays
-    float32 in ``2 * t``), so constants never silently widen a float32 graph to float64.
+    float32 in ``2 * t``), so constants never silently widen a float32 graph to float64. An
+    array or numpy scalar joins ``like``'s backend with its own dtype: a numpy operand of a CuPy
+    tensor moves to the device, a CuPy operand of a numpy tensor to the host (CuPy itself mixes
+    neither: it refuses numpy arrays, 0-d ones included, as operands of device arrays).
+
+        >>> import numpy as np, gpugrad as gg
+        >>> (gg.tensor(np.ones(2, np.float32)) * np.float32(3)).value.tolist()
+        [3.0, 3.0]
     """
     if isinstance(x, Tensor):
         return x
     if like is None:
         return Tensor(x)
     xp = like.xp
-    if isinstance(x, (bool, int, float)):
+    if isinstance(x, (bool, int, float)) and not isinstance(x, np.generic):
         x = xp.asarray(x, dtype=xp.result_type(like.value, x))
-    elif is_array(x):
-        x = xp.asarray(x)  # a numpy operand of a cupy tensor moves to the device
+    elif is_array(x) or isinstance(x, np.generic):
+        x = move_to(xp, x)
     const = Tensor(x)
     const._op = "const"
     return const
 
 
 def _operands(a, b):
-    """Both operands of a binary op as Tensors (non-Tensors become constants)."""
+    """Both operands of a binary op as Tensors on one backend (non-Tensors become constants).
+
+    A constant leaf tensor of the other backend (``tensor(np.float32(2))`` next to a CuPy tensor)
+    joins the other operand's backend; two tensors in graphs on different backends are refused,
+    as CuPy refuses to mix host and device arrays.
+    """
     like = a if isinstance(a, Tensor) else b
-    return _as_tensor(a, like), _as_tensor(b, like)
+    a, b = _as_tensor(a, like), _as_tensor(b, like)
+    if is_cupy_array(a.value) == is_cupy_array(b.value):
+        return a, b
+    for const, other in ((a, b), (b, a)):
+        if not const.requires_grad and not const._children:
+            moved = _as_tensor(const.value, other)
+            return (moved, b) if const is a else (a, moved)
+    kinds = ["cupy" if is_cupy_array(t.value) else "numpy" for t in (a, b)]
+    raise TypeError(f"operands on two backends ({kinds[0]} and {kinds[1]}), both in graphs that require "
+                    "grad: build them on one backend (gg.tensor of arrays of one kind)")
 
 
 def unbroadcast(g, shape):
@@ -249,7 +270,7 @@ def _index_on(xp, index):
         if isinstance(p, Tensor):
             p = p.value
         if isinstance(p, list) or is_array(p):
-            p = xp.asarray(p)
+            p = move_to(xp, p)
         moved.append(p)
     return tuple(moved) if isinstance(index, tuple) else moved[0]
 
@@ -457,9 +478,11 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, *, training=
         mean = running_mean.astype(X.dtype, copy=False)
         inv_std = 1 / xp.sqrt(running_var.astype(X.dtype, copy=False) + eps)
         xhat = (X - mean) * inv_std
-    # xhat and inv_std are kept for the backward pass, which then recomputes nothing.
+    # xhat and inv_std are kept for the backward pass, which then recomputes nothing; the options
+    # and running averages, so that the node says all it takes to compute it (gpugrad.compiled).
     return record("batch_norm", gamma.value * xhat + beta.value, (x, gamma, beta),
-                  xhat=xhat, inv_std=inv_std, training=bool(training))
+                  xhat=xhat, inv_std=inv_std, training=bool(training), momentum=momentum, eps=eps,
+                  running_mean=running_mean, running_var=running_var)
 
 
 def _check_batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps):
@@ -645,7 +668,7 @@ defvjp("reshape", lambda g, ans, a: g.reshape(a.shape))
 defvjp("getitem", _getitem_vjp)
 
 # ---- batch normalisation ----
-def _batch_norm_vjp_x(g, ans, x, gamma, beta, *, xhat, inv_std, training):
+def _batch_norm_vjp_x(g, ans, x, gamma, beta, *, xhat, inv_std, training, **options):
     ghat = g * gamma
     if not training:  # mean and variance are constants: y is affine in x
         return ghat * inv_std

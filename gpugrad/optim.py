@@ -4,7 +4,9 @@ An optimiser updates a model's ``params`` (name -> array) in place from ``grads`
 names, on the arrays' own backend, with no host synchronisation: the learning rate comes from a
 schedule, a function of the update count t evaluated on the host. Its state (t and the slot
 arrays: velocities, moments) is plain data, so a checkpoint holds it and a resumed run continues
-exactly (the optax idea, with in-place updates).
+exactly (the optax idea, with in-place updates). Each rule is written once, as
+``backend.optimizer_update``: ``step`` calls it per parameter, and the trainer's ``fused_step``
+once for a whole model, on its flat parameter buffer and flat slots (``pack``).
 
     >>> import numpy as np, gpugrad as gg
     >>> params = {"W": np.ones(3)}
@@ -156,6 +158,7 @@ class _Optimizer:
         """Allocate the slot arrays (zeros like each parameter, on its backend) and reset t."""
         self.t = 0
         self.slots = {f"{s}/{k}": _zeros_like(v) for s in self.slot_names for k, v in params.items()}
+        self._flat = None
 
     def initialised_for(self, params) -> bool:
         """Whether the slots match ``params`` (names and shapes), so ``step`` can go on."""
@@ -164,12 +167,61 @@ class _Optimizer:
             want == {k: tuple(v.shape) for k, v in self.slots.items()}
 
     def step(self, params, grads) -> float:
-        """Update every parameter in place from its gradient; returns the learning rate used."""
+        """Update every parameter in place from its gradient; returns the learning rate used.
+
+        One backend call per parameter (``backend.optimizer_update``: the rules' one definition).
+        ``fused_step`` updates a model's whole flat parameter buffer in one call."""
         lr = self.schedule(self.t)
+        rule = self.rule(lr, self.t + 1)
         for k, p in params.items():
-            self._update(k, p, grads[k], lr)
+            backend_for(p).optimizer_update(rule, p, grads[k], [self.slots[f"{s}/{k}"] for s in self.slot_names])
         self.t += 1
         return lr
+
+    def rule(self, lr: float, t: int) -> tuple:
+        """(name, hyperparameters) of update t (counted from 1) at rate lr, as
+        ``backend.optimizer_update`` takes them (``numpy_backend.UPDATE_RULES``)."""
+        raise NotImplementedError
+
+    def pack(self, layout, like) -> tuple:
+        """Keep the slots in flat buffers laid out as a model's flat parameter buffer ``like``:
+        ``layout`` lists (name, offset, shape) of each parameter in it (``model.layout``). The slot
+        values are kept; ``slots`` then holds views of the flat buffers, which are returned, one
+        per slot name. Nothing is copied when the slots are already so packed."""
+        flats = getattr(self, "_flat", None)
+        if flats is not None and self._packed_as == (tuple(layout), id(like)) and all(
+                self.slots[f"{s}/{k}"] is self._flat_views[f"{s}/{k}"] for s in self.slot_names for k, _, _ in layout):
+            return flats
+        xp = _xp(like)
+        flats, views = [], {}
+        for s in self.slot_names:
+            flat = xp.zeros_like(like)
+            for k, offset, shape in layout:
+                view = flat[offset:offset + math.prod(shape)].reshape(shape)
+                view[...] = self.slots[f"{s}/{k}"]
+                views[f"{s}/{k}"] = view
+            flats.append(flat)
+        self.slots.update(views)
+        self._flat, self._flat_views, self._packed_as = tuple(flats), views, (tuple(layout), id(like))
+        return self._flat
+
+    def fused_step(self, be, p, g, slots, *, lam=0.0, n_decay=0, loss=None, record=None, index=0) -> float:
+        """One update of a whole model in one backend call: p, g its flat parameter and gradient
+        buffers, slots the flat slot buffers (``pack``); lam, n_decay, loss, record, index as in
+        ``backend.optimizer_update`` (the penalty's gradient added, the step's cost recorded).
+        Returns the learning rate used."""
+        lr = self.schedule(self.t)
+        be.optimizer_update(self.rule(lr, self.t + 1), p, g, slots, lam, n_decay, loss, record, index)
+        self.t += 1
+        return lr
+
+    def __getstate__(self):
+        # A copy's slots are copied one by one, no longer views of flat buffers: it packs anew.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_flat", "_flat_views", "_packed_as")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._flat = None
 
     def state(self) -> dict:
         """t and the slot arrays, as numpy."""
@@ -226,17 +278,8 @@ class SGD(_Optimizer):
         self.slot_names = ("velocity",) if self.momentum else ()
         self.name = "nesterov" if self.nesterov else ("momentum" if self.momentum else "sgd")
 
-    def _update(self, k, p, g, lr):
-        if not self.momentum:
-            p -= lr * g
-            return
-        v = self.slots[f"velocity/{k}"]
-        v *= self.momentum
-        v -= lr * g
-        if self.nesterov:
-            p += self.momentum * v - lr * g
-        else:
-            p += v
+    def rule(self, lr, t):
+        return (self.name, (lr, self.momentum)) if self.momentum else ("sgd", (lr,))
 
     def config(self) -> dict:
         return {**super().config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -257,19 +300,10 @@ class Adam(_Optimizer):
                 raise ValueError(f"{name} must be in [0, 1), got {b!r}")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), _positive("eps", eps)
 
-    def step(self, params, grads) -> float:
-        t = self.t + 1
+    def rule(self, lr, t):
         # The bias corrections are host floats: folding them into the rate keeps the update one pass.
-        self._c1, self._c2 = 1 - self.beta1 ** t, math.sqrt(1 - self.beta2 ** t)
-        return super().step(params, grads)
-
-    def _update(self, k, p, g, lr):
-        m, v = self.slots[f"m/{k}"], self.slots[f"v/{k}"]
-        m *= self.beta1
-        m += (1 - self.beta1) * g
-        v *= self.beta2
-        v += (1 - self.beta2) * (g * g)
-        p -= (lr * self._c2 / self._c1) * m / (_xp(v).sqrt(v) + self.eps * self._c2)
+        c1, c2 = 1 - self.beta1 ** t, math.sqrt(1 - self.beta2 ** t)
+        return "adam", (self.beta1, 1 - self.beta1, self.beta2, 1 - self.beta2, lr * c2 / c1, self.eps * c2)
 
     def config(self) -> dict:
         return {**super().config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

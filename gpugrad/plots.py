@@ -6,9 +6,12 @@ is, and no figure stays registered in pyplot after the file is written. matplotl
 inside the functions, so ``import gpugrad`` does not pay for it.
 
 - `plot_history`: loss, cost and accuracy per epoch, training against validation, the three
-  panels of the DD2424 reports.
+  panels of the DD2424 reports; epochs where the cost ran away (the trainer's rising-cost
+  warning) are shaded.
 - `plot_templates`: each row of a linear classifier's W (C, d) shown as an image, the class
-  "templates" the lecture shows for CIFAR-10.
+  "templates" the lecture shows for CIFAR-10: grey images on one diverging scale shared by all
+  classes (positive and negative weights apart, with a colour bar), RGB images min-max scaled
+  each on its own.
 """
 from __future__ import annotations
 
@@ -59,7 +62,9 @@ def plot_history(history_rows, path, *, title=None):
     epoch, loss, cost, accuracy, val_loss, val_cost, val_accuracy (lr and seconds are not drawn).
     Each panel plots the training value and the validation value (``val_<name>``) against the
     epoch; a curve whose values are all missing or NaN is left out, and a panel with no curve
-    says so. Returns ``path``.
+    says so. On the cost panel, epochs whose training cost is above 1.5 times the lowest before
+    them (``gpugrad.trainer.cost_too_high``: a learning rate too high) are shaded red; loss and
+    cost curves that span more than 30x are drawn on a log scale. Returns ``path``.
 
         >>> import tempfile, os
         >>> rows = [dict(epoch=e, loss=1 / e, cost=1 / e + 0.1, accuracy=1 - 0.5 / e,
@@ -83,16 +88,27 @@ def plot_history(history_rows, path, *, title=None):
         epochs = np.arange(1, len(rows) + 1, dtype=np.float64)  # rows without numbers: count them
     # Markers make a short run (or an isolated finite value among NaNs) visible as points.
     style = dict(marker="o", markersize=3) if len(rows) <= 60 else {}
+    from .trainer import cost_too_high
+    runaway = _spans(epochs, cost_too_high(_column(rows, "cost")))
     fig = _new_figure(13, 3.8)
     axes = fig.subplots(1, 3)
     for ax, (key, label) in zip(axes, _PANELS):
-        drawn = 0
+        drawn, shown = 0, []
         for prefix, name, color in (("", "training", "tab:blue"), ("val_", "validation", "tab:orange")):
             values = _column(rows, prefix + key)
             if np.isnan(values).all():
                 continue
             ax.plot(epochs, values, color=color, label=name, **style)
+            shown.append(values[np.isfinite(values)])
             drawn += 1
+        if key == "cost":
+            for k, (lo, hi) in enumerate(runaway):
+                ax.axvspan(lo, hi, color="tab:red", alpha=0.15, lw=0,
+                           label="cost > 1.5x its lowest" if k == 0 else None)
+        if key in ("loss", "cost") and shown:
+            finite = np.concatenate(shown)
+            if finite.size and finite.min() > 0 and finite.max() > 30 * finite.min():
+                ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(key)
@@ -107,14 +123,59 @@ def plot_history(history_rows, path, *, title=None):
     return path
 
 
+def _spans(epochs, flags):
+    """[(first - 0.5, last + 0.5)] of each run of consecutive flagged epochs."""
+    spans, start = [], None
+    for i, flag in enumerate(list(flags) + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            spans.append((float(epochs[start]) - 0.5, float(epochs[i - 1]) + 0.5))
+            start = None
+    return spans
+
+
+def _diverging():
+    """RdBu reversed (red positive, blue negative, white 0), white where there is no tile."""
+    from matplotlib import colormaps
+    return colormaps["RdBu_r"].with_extremes(bad="white")
+
+
+def _mosaic(tiles, cols):
+    """The (C, H, W[, 3]) tiles laid out in rows of ``cols`` in one image, with gaps (NaN for grey
+    tiles, transparent for RGB ones) between them and room above each row for its titles.
+    Returns (image, [(top, left) pixel of each tile])."""
+    C, H, W = tiles.shape[:3]
+    gap, head = max(1, round(W / 6)), max(2, round(H / 3))
+    rows = math.ceil(C / cols)
+    shape = (rows * (head + H), cols * (W + gap) - gap)
+    if tiles.ndim == 3:
+        image = np.full(shape, np.nan)
+    else:
+        image = np.zeros(shape + (4,))
+        tiles = np.concatenate([tiles, np.ones(tiles.shape[:3] + (1,))], axis=3)  # opaque tiles
+    corners = []
+    for c in range(C):
+        top, left = (c // cols) * (head + H) + head, (c % cols) * (W + gap)
+        image[top:top + H, left:left + W] = tiles[c]
+        corners.append((top, left))
+    return image, corners
+
+
 def plot_templates(W, image_shape, path, class_names=None, *, title=None):
     """Write the rows of W (C, d) as images, one tile per class, to a PNG; returns ``path``.
 
     Row c is laid out as an image by `gpugrad.data.as_images` (image_shape (H, W) for grey
-    images such as digits' (8, 8); (H, W, 3) for CIFAR-10's channel-major rows) and min-max
-    scaled on its own, ``(w - min w) / (max w - min w)``, so each template uses the full range
-    (a constant row shows mid-grey). Tiles go in rows of at most 10, titled by ``class_names``
-    (default "0".."C-1"). W may be a numpy or CuPy array.
+    images such as digits' (8, 8); (H, W, 3) for CIFAR-10's channel-major rows).
+
+    - One channel: the weights themselves on a diverging colour map (red positive, blue
+      negative, white 0), one symmetric scale [-m, m] with m = max |W| for every tile, and a
+      colour bar: the sign of a weight and its size against the other classes' read directly.
+    - RGB: each template min-max scaled on its own, ``(w - min w) / (max w - min w)``, so each
+      uses the full range (a constant row shows mid-grey), as the course shows CIFAR-10's.
+
+    Tiles go in rows of at most 10, titled by ``class_names`` (default "0".."C-1"). W may be a
+    numpy or CuPy array.
 
         >>> import tempfile, os
         >>> W = np.random.default_rng(0).normal(size=(3, 64))
@@ -147,23 +208,30 @@ def plot_templates(W, image_shape, path, class_names=None, *, title=None):
     if len(class_names) != C:
         raise ValueError(f"class_names has {len(class_names)} names but W has {C} rows (classes)")
     _check_out_path(path)
-    lo = images.reshape(C, -1).min(axis=1)
-    span = images.reshape(C, -1).max(axis=1) - lo
-    shape = (C,) + (1,) * (images.ndim - 1)
-    scaled = np.where(span.reshape(shape) > 0,
-                      (images - lo.reshape(shape)) / np.where(span > 0, span, 1).reshape(shape), 0.5)
+    grey = images.ndim == 3
+    if grey:
+        m = float(np.abs(images).max()) or 1.0  # all zeros: any symmetric scale shows white
+        tiles, options = images, dict(cmap=_diverging(), vmin=-m, vmax=m)
+    else:
+        lo = images.reshape(C, -1).min(axis=1)
+        span = images.reshape(C, -1).max(axis=1) - lo
+        shape = (C, 1, 1, 1)
+        tiles = np.where(span.reshape(shape) > 0,
+                         (images - lo.reshape(shape)) / np.where(span > 0, span, 1).reshape(shape), 0.5)
+        options = {}
     cols = min(C, 10)
     n_rows = math.ceil(C / cols)
-    fig = _new_figure(1.5 * cols, 1.5 * n_rows + 0.5)
-    axes = np.atleast_1d(fig.subplots(n_rows, cols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for c in range(C):
-        if scaled.ndim == 3:
-            axes[c].imshow(scaled[c], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        else:
-            axes[c].imshow(scaled[c], interpolation="nearest")
-        axes[c].set_title(class_names[c], fontsize=9)
-    fig.suptitle(title or f"Class templates (rows of W, {C} classes)")
+    mosaic, corners = _mosaic(tiles, cols)
+    fig = _new_figure(1.5 * cols + (1.0 if grey else 0.0), 1.5 * n_rows + 0.5)
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    # One image of all the tiles in one axes: drawing and laying out ten axes took seconds.
+    shown = ax.imshow(mosaic, interpolation="nearest", **options)
+    for (top, left), name in zip(corners, class_names):
+        ax.text(left + tiles.shape[2] / 2 - 0.5, top - 0.7, name, ha="center", va="bottom", fontsize=9)
+    if grey:
+        fig.colorbar(shown, ax=ax, shrink=0.9, label="weight")
+    scale = "one scale for all, red > 0 > blue" if grey else "each min-max scaled"
+    fig.suptitle(title or f"Class templates (rows of W, {C} classes; {scale})")
     fig.savefig(path, format="png", dpi=100)
     return path

@@ -5,10 +5,15 @@ J = (1/n) sum_i w_i l_i + lam sum ||W||^2 (the lecture's cost) with any model of
 ``gpugrad.models`` and any optimiser of ``gpugrad.optim``:
 
 - the data move to the model's backend once (on CuPy they live on the GPU, uint8 stays uint8)
-  and each batch is gathered there by a permutation drawn from a seeded generator;
-- a step never synchronises with the host: per-step costs stay on the device, and the host reads
-  the epoch's figures once, at its end, for the history (and to stop on a NaN or Inf cost,
-  naming the epoch and the step);
+  and each batch is the rows of a permutation drawn from a seeded generator;
+- a step is the model's program for the batch's shape (``model.program``: the MLP's compiled
+  step, or the linear classifier's fused step, which reads the batch's rows where they lie),
+  writing every gradient into the model's flat gradient buffer, then one fused update of the
+  whole flat parameter buffer that also adds the penalty's gradient and writes the step's cost
+  and loss into the epoch's per-step array. On CuPy a step allocates nothing and never
+  synchronises with the host (the linear classifier's: three launches); the host reads the
+  epoch's figures once, at its end, for the history (and to stop on a NaN or Inf cost, naming
+  the epoch and the step);
 - after each epoch a checkpoint (model, optimiser state, generator state, epoch, history) is
   written atomically, so a run killed at any moment leaves a loadable checkpoint, and
   ``fit(..., resume=path)`` continues it exactly: on numpy the weights end bit-identical to an
@@ -30,6 +35,7 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -39,11 +45,35 @@ from . import sparse_sgd
 from .optim import make_optimizer
 from .sparse import check_finite, is_sparse, refuse_sparse_labels
 
-__all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS"]
+__all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS", "RisingCostWarning", "cost_too_high"]
 
 COLUMNS = ("epoch", "loss", "cost", "accuracy", "val_loss", "val_cost", "val_accuracy", "lr", "seconds")
 CHECKPOINT_FORMAT = 1
 EVAL_BATCH = 8192  # rows scored at once when evaluating: bounds the memory of S
+# The rising-cost alarm: the epoch's training cost above RISE_FACTOR times the lowest so far, for
+# RISE_EPOCHS epochs in a row. Mini-batch noise and a cyclical rate's upswing move the cost by
+# tens of percent at most; a rate too high for the data throws it up by multiples (digits at
+# lr 100: 23, 189, 88, 17, 37, 14, 174, 132, 22, ...), and that rarely settles by itself.
+RISE_FACTOR, RISE_EPOCHS = 1.5, 3
+
+
+class RisingCostWarning(RuntimeWarning):
+    """The training cost has stayed well above its lowest value for several epochs: the
+    learning rate is probably too high (the run diverges or oscillates)."""
+
+
+def cost_too_high(costs, factor=RISE_FACTOR):
+    """For each epoch, whether its cost is above ``factor`` times the lowest cost of the epochs
+    up to it (a NaN is not counted as lowest; it is too high). The trainer warns when the last
+    RISE_EPOCHS are all too high; ``gpugrad.plots.plot_history`` shades them.
+
+        >>> cost_too_high([23.0, 189.3, 88.7, 17.1, 20.0, 37.0]).tolist()
+        [False, True, True, False, False, True]
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    finite = np.where(np.isfinite(costs), costs, np.inf)
+    lowest = np.minimum.accumulate(finite) if len(costs) else finite
+    return ~(costs <= factor * lowest)
 
 
 class History:
@@ -134,6 +164,8 @@ class Trainer:
         self.rng = np.random.default_rng(seed)  # the shuffles; its state is checkpointed
         self._best = None  # early stopping: (metric, epoch, params as numpy)
         self._stale = 0
+        self._step_fn = None  # the epoch's step function while fit runs (_Step)
+        self._warned_rising = False  # the rising-cost warning is given once a fit
 
     # ---- data ----------------------------------------------------------------------------------
     def _labels(self, y, n, what):
@@ -207,6 +239,7 @@ class Trainer:
         elif not opt.initialised_for(model.params):
             opt.init(model.params)
         X, y, w, X_val, y_val = self._data(X, y, sample_weight, X_val, y_val, check_input)
+        self._warned_rising = False
         n, bs = X.shape[0], self.batch_size
         steps = -(-n // bs)
         first = len(self.history) + 1
@@ -224,6 +257,7 @@ class Trainer:
                     row = self._row(epoch, figures, steps, n, X, y, X_val, y_val, lr)
                 row["seconds"] = time.perf_counter() - t0
                 self.history.append(row)
+                self._watch_cost()
                 stop = self._early_stop(row)
                 stop = any([bool(cb(self, epoch, row)) for cb in self.callbacks]) or stop
                 if bar is not None:
@@ -237,6 +271,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            self._step_fn = None  # its programs stay cached in the model; a trainer keeps no buffers
         if self._best is not None and self.early_stopping and self._stale >= self.n_iter_no_change:
             model.load_state({**model.state(), **self._best[2]})
         return self.history
@@ -244,16 +279,13 @@ class Trainer:
     def _epoch(self, X, y, w, steps, bar):
         """One pass over shuffled batches. Returns (the epoch's per-step costs and losses, still on
         the device, as a (2, steps) array; the last learning rate)."""
-        model, opt, be = self.model, self.optimizer, self.model.backend
-        xp = be.xp
+        be = self.model.backend
         order = be.asarray(self.rng.permutation(X.shape[0]))
-        per_step = xp.empty((2, steps), dtype=np.float64)
+        per_step = be.xp.empty((2, steps), dtype=np.float64)
+        step = self._steps(X, w, steps)
         lr = math.nan
         for i in range(steps):
-            cost, loss, grads = self._step(X, y, w, order, i)
-            per_step[0, i] = cost  # device to device: no synchronisation
-            per_step[1, i] = loss
-            lr = opt.step(model.params, grads)
+            lr = self._step(step, X, y, w, order, i, per_step)
             if bar is not None:
                 bar.update(1)
         return per_step, lr
@@ -263,10 +295,19 @@ class Trainer:
         (``gpugrad.sparse_sgd``), the same algorithm within rounding."""
         return sparse_sgd.epoch(self, X, y, w, steps, bar)
 
-    def _step(self, X, y, w, order, i):
-        """The model's (cost, loss, grads) on the i-th batch of the epoch's ``order``."""
-        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-        return self.model.loss_grad(X[idx], y[idx], self.lam, None if w is None else w[idx])
+    def _step(self, step, X, y, w, order, i, per_step) -> float:
+        """The i-th step of the epoch (``step``, the epoch's ``_Step``); returns its learning rate."""
+        return step(X, y, w, order, i, per_step)
+
+    def _steps(self, X, w, steps):
+        """The epoch's step function (``_Step``), made once a fit and again only when the model or
+        optimiser it was made for has changed."""
+        key = (X.shape[0], X.dtype, w is not None, steps, self.batch_size, self.lam)
+        step = self._step_fn
+        if step is None or step.key != key or step.model is not self.model or step.opt is not self.optimizer \
+                or not step.valid():
+            step = self._step_fn = _Step(self.model, self.optimizer, self.batch_size, self.lam, X, w, steps, key)
+        return step
 
     def _sums(self, X, y):
         """Device (3,) [sum of row losses, correct predictions, rows] of the model on (X, y)."""
@@ -318,6 +359,26 @@ class Trainer:
             row.update(val_loss=math.nan, val_cost=math.nan, val_accuracy=math.nan)
         row["lr"] = lr
         return {k: (float(v) if k != "epoch" else v) for k, v in row.items()}
+
+    def _watch_cost(self):
+        """Warn (``RisingCostWarning``, once a fit) when the training cost of the last RISE_EPOCHS
+        epochs has stayed above RISE_FACTOR times its lowest: the run is diverging or
+        oscillating, which a user should hear about while it trains, not after."""
+        rows = self.history.rows
+        if self._warned_rising or len(rows) <= RISE_EPOCHS:
+            return
+        costs = [r["cost"] for r in rows]
+        if not cost_too_high(costs)[-RISE_EPOCHS:].all():
+            return
+        best = int(np.nanargmin(costs))
+        lr = rows[-1].get("lr", math.nan)
+        self._warned_rising = True
+        warnings.warn(
+            f"the training cost has stayed above {RISE_FACTOR:g}x its lowest ({costs[best]:.4g}, epoch "
+            f"{rows[best]['epoch']}) for the last {RISE_EPOCHS} epochs (epoch {rows[-1]['epoch']}: "
+            f"{costs[-1]:.4g}; highest {max(costs):.4g}): the learning rate"
+            f"{'' if math.isnan(lr) else f' ({lr:g})'} is probably too high", RisingCostWarning,
+            stacklevel=3)
 
     def _early_stop(self, row) -> bool:
         """Track the best epoch; True when ``n_iter_no_change`` epochs passed without improving."""
@@ -388,6 +449,35 @@ class Trainer:
         self._stale = ck["meta"]["stale"]
         best = ck["meta"]["best"]
         self._best = None if best is None else (best[0], best[1], ck["best"])
+
+
+class _Step:
+    """A training step: the model's program for the batch's shape (its gradients into
+    ``model.flat_grads``), then one fused update over ``model.flat_params`` and the optimiser's
+    flat slots, which also adds 2 lam W and records the step's cost and loss in the epoch's
+    (2, steps) array. The programs of the epoch's two batch shapes (the last batch may be
+    smaller) and the packed slots are made once."""
+
+    def __init__(self, model, opt, bs, lam, X, w, steps, key):
+        model.ensure_packed()
+        self.model, self.opt, self.bs, self.lam, self.key = model, opt, bs, lam, key
+        self.slots = opt.pack(model.layout, model.flat_params)
+        n = X.shape[0]
+        sizes = {bs if steps > 1 else n, n - bs * (steps - 1)}
+        self.programs = {m: model.program(m, X.dtype, w is not None, gather=True, sparse=is_sparse(X)) for m in sizes}
+        self._flat = model.flat_params
+
+    def valid(self) -> bool:
+        """Whether the model's buffers and the optimiser's slots are still the ones packed."""
+        self.model.ensure_packed()
+        return self.model.flat_params is self._flat and self.opt.pack(self.model.layout, self._flat) is self.slots
+
+    def __call__(self, X, y, w, order, i, per_step) -> float:
+        idx = order[i * self.bs:(i + 1) * self.bs]  # a view: no copy, no launch
+        loss = self.programs[idx.shape[0]].run(X, y, w, idx)
+        m = self.model
+        return self.opt.fused_step(m.backend, m.flat_params, m.flat_grads, self.slots, lam=self.lam,
+                                   n_decay=m.n_decay, loss=loss, record=per_step, index=i)
 
 
 def load_checkpoint(path, backend="numpy", model=None) -> dict:

@@ -76,6 +76,13 @@ struct GgTeam {
           valid(row < n) {}
 };
 
+// The parameters of every row-loss kernel (softmax_ce.cuh, svm.cuh), in the order the host passes
+// them (cuda_driver.RowParams): the scores S (n, C), the labels y (int64 when y64, else int32), the
+// gradient dS (n, C), the grid mean's per-block partials and ticket, and loss_out[0].
+#define GG_ROW_LOSS_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
+                            gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
+#define GG_ROW_LOSS_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
+
 struct GgSum { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a + b; } };
 struct GgMax { template <typename T> __device__ __forceinline__ T operator()(T a, T b) const { return a > b ? a : b; } };
 
@@ -101,28 +108,65 @@ __device__ __forceinline__ T gg_block_reduce(T v, Op op, T* scratch) {
     return r;
 }
 
-// Grid-wide mean of per-block sums, in one launch: each block stores its partial, and the last
-// block to arrive (atomic ticket) adds them in index order and writes out[0] = total * scale.
-// `ticket` must be zero before the launch; the last block resets it for the next launch on the
-// same stream. Call with every thread of the block; `block_sum` must be valid in thread 0.
+// Reduce v over the team of GgTeam<G> that owns this thread's row: G lanes of a warp, or the whole
+// block (G == 0, which uses `scratch`: 32 values of T); every thread of the team gets the result.
+template <int G, typename T, typename Op>
+__device__ __forceinline__ T gg_team_reduce(T v, Op op, T* scratch) {
+    if constexpr (GgTeam<G>::BLOCK) return gg_block_reduce(v, op, scratch);
+    else return gg_subwarp_reduce<G>(v, op);
+}
+
+// A row-loss kernel's label of row `row` and the row's target score s_y = s[yv] (s: the row's C
+// scores). A label outside [0, C) (validation off) gives ok = false and s_y = NaN, so the row's
+// loss and gradient are NaN and the label is never used as an index; a row past the end (valid
+// false) reads nothing. Separate from GgTeam so that a kernel can put its loads of the row in
+// flight before this one.
 template <typename T>
-__device__ void gg_grid_mean(double block_sum, double* partials, unsigned* ticket, T* out,
-                             double scale, double* scratch) {
+struct GgRowLabel {
+    gg_i64 yv;
+    bool ok;
+    T s_y;
+};
+
+template <typename T>
+__device__ __forceinline__ GgRowLabel<T> gg_row_label(const T* s, const void* y, int y64, gg_i64 row, int C,
+                                                      bool valid) {
+    GgRowLabel<T> r;
+    r.yv = valid ? gg_label(y, y64, row) : 0;
+    r.ok = r.yv >= 0 && r.yv < C;
+    r.s_y = (valid && r.ok) ? s[r.yv] : gg_nan<T>();
+    return r;
+}
+
+// The grid's total of per-block sums, in one launch: each block stores its partial, and the last
+// block to arrive (atomic ticket) adds them in index order (deterministic). Returns true in that
+// block only, with the total in every one of its threads. `ticket` must be zero before the launch;
+// the last block resets it for the next launch on the same stream. Call with every thread of the
+// block; `block_sum` must be valid in thread 0; `scratch` holds 32 doubles.
+__device__ __forceinline__ bool gg_grid_total(double block_sum, double* partials, unsigned* ticket,
+                                              double* scratch, double& total) {
     __shared__ bool is_last;
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
         partials[blockIdx.x] = block_sum;
         __threadfence();  // the partial is visible to every block before the ticket is taken
         is_last = atomicAdd(ticket, 1u) == gridDim.x - 1;
     }
     __syncthreads();
-    if (!is_last) return;
+    if (!is_last) return false;
     __threadfence();
     double s = 0.0;
     for (unsigned i = threadIdx.x; i < gridDim.x; i += blockDim.x)
         s += static_cast<volatile double*>(partials)[i];
-    s = gg_block_reduce(s, GgSum(), scratch);
-    if (threadIdx.x == 0) {
-        out[0] = static_cast<T>(s * scale);
-        *ticket = 0u;
-    }
+    total = gg_block_reduce(s, GgSum(), scratch);
+    if (threadIdx.x == 0) *ticket = 0u;
+    return true;
+}
+
+// Grid-wide mean of per-block sums, in one launch (gg_grid_total): out[0] = total * scale.
+template <typename T>
+__device__ void gg_grid_mean(double block_sum, double* partials, unsigned* ticket, T* out,
+                             double scale, double* scratch) {
+    double total;
+    if (gg_grid_total(block_sum, partials, ticket, scratch, total) && threadIdx.x == 0)
+        out[0] = static_cast<T>(total * scale);
 }

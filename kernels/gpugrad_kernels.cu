@@ -16,3 +16,4 @@
 #include "linear_mma.cuh"
 #include "sparse_step.cuh"
 #include "checks.cuh"
+#include "mlp.cuh"

@@ -163,18 +163,65 @@ __device__ __forceinline__ void gg_mma1688x3(float (&acc)[4], const unsigned (&a
     gg_mma1688(acc, ah, bh0, bh1);
 }
 // ---- the per-tile steps both kernels share --------------------------------------------------------
-// Zero both X stages, then put the block's first tile in flight (its own cp.async group). The tile
-// padding (columns past d, rows past n) must hold finite values, which the MMAs multiply by zero
-// weights or zero gradients: 0 * NaN is NaN, and shared memory starts with whatever the last
-// kernel left. Rows past n later hold zeros or an earlier tile's finite values.
+// A block's share of the work, the same in both kernels (written once, so that they cannot disagree
+// on which rows and columns a block stages, or in which stage). Block `rank` of cluster `cid` owns
+// columns [k0, k0 + ncols) of X: dsl of them, fewer in the last block, none past d. The ncl
+// clusters take X's row tiles (R rows each, ntiles in all) in turn, cluster cid the tiles cid,
+// cid + ncl, ...; each block holds its columns of a tile in one of two shared-memory stages
+// (iteration `it` in stage it & 1), the next tile in flight while it works on the current one.
+// Each kernel:
+//     GgLinmmaWork<TX, R> work(X, n, d, dsl, align);  // first: the cluster's ids, the columns
+//     work.start(Xs, xstride);                         // once the stages are laid out
+//     for (; work.more(); work.advance()) { const auto [stage, row0, xs] = work.next(); ... }
 template <typename TX, int R>
-__device__ __forceinline__ void gg_linmma_first_tile(TX* tiles, gg_i64 tile, gg_i64 ntiles, const TX* __restrict__ X,
-                                                     gg_i64 n, int d, int k0, int ncols, int xstride, int align) {
-    const int words = 2 * R * xstride * (int)sizeof(TX) / 16;  // xstride * sizeof(TX) is a multiple of 16
-    for (int q = threadIdx.x; q < words; q += blockDim.x) reinterpret_cast<uint4*>(tiles)[q] = make_uint4(0, 0, 0, 0);
-    __syncthreads();  // the zeros land before any cp.async into the same bytes
-    if (tile < ntiles) gg_stage_tile<TX, R>(tiles, X, tile * R, n, d, k0, ncols, xstride, align);
-}
+struct GgLinmmaWork {
+    const unsigned rank, cid, ncl;
+    const int k0, ncols;
+    const TX* X;
+    const gg_i64 n;
+    const int d, align;
+    TX* tiles = nullptr;  // the two stages, R rows of xstride elements each
+    int xstride = 0;
+    gg_i64 ntiles = 0, tile = 0;
+    int it = 0;
+
+    __device__ __forceinline__ GgLinmmaWork(const TX* __restrict__ X, gg_i64 n, int d, int dsl, int align)
+        : rank(gg_cluster_rank()), cid(gg_cluster_id()), ncl(gg_cluster_count()), k0((int)rank * dsl),
+          ncols(max(0, min(dsl, d - k0))), X(X), n(n), d(d), align(align) {}
+
+    // Zero both stages, then put the cluster's first tile in flight (its own cp.async group). The
+    // tile padding (columns past d, rows past n) must hold finite values, which the MMAs multiply by
+    // zero weights or zero gradients: 0 * NaN is NaN, and shared memory starts with whatever the
+    // last kernel left. Rows past n later hold zeros or an earlier tile's finite values.
+    __device__ __forceinline__ void start(TX* stages, int stride) {
+        tiles = stages;
+        xstride = stride;
+        ntiles = (n + R - 1) / R;
+        tile = cid;
+        const int words = 2 * R * xstride * (int)sizeof(TX) / 16;  // xstride * sizeof(TX) is a multiple of 16
+        for (int q = threadIdx.x; q < words; q += blockDim.x)
+            reinterpret_cast<uint4*>(tiles)[q] = make_uint4(0, 0, 0, 0);
+        __syncthreads();  // the zeros land before any cp.async into the same bytes
+        if (tile < ntiles) gg_stage_tile<TX, R>(tiles, X, tile * R, n, d, k0, ncols, xstride, align);
+    }
+    __device__ __forceinline__ bool more() const { return tile < ntiles; }
+    // This iteration's tile: its stage, its first row, and its rows in shared memory, ready to
+    // read once the cluster's next tile is in flight and this one has landed.
+    struct Tile {
+        int stage;
+        gg_i64 row0;
+        const TX* xs;
+    };
+    __device__ __forceinline__ Tile next() const {
+        const int stage = it & 1;
+        const gg_i64 row0 = tile * R;
+        return {stage, row0, gg_next_tile<TX, R>(tiles, it, tile + ncl, ntiles, X, n, d, k0, ncols, xstride, align)};
+    }
+    __device__ __forceinline__ void advance() {
+        tile += ncl;
+        ++it;
+    }
+};
 
 // Copy `rows` rows of `count` elements (a multiple of 16 bytes) from global (stride gstride) to
 // shared memory (stride sstride), 16 bytes at a time. Does not commit.
@@ -189,9 +236,14 @@ __device__ __forceinline__ void gg_copy_rows_async(T* dst, int sstride, const T*
     }
 }
 
-// This block's partial scores: the NP warp groups' tiles Spart[NP][R][24], added in group order.
+// The end of a tile's forward step: once every warp group has its tile in Spart[NP][R][24], this
+// block's partial scores are their sum, added in group order, into stage `stage` of Sx[2][R][16];
+// the cluster barrier after it makes every block's partial scores ready for the loss step.
+// Returns this block's partial scores (the loss step reads them in every block of the cluster).
 template <int NP, int R>
-__device__ __forceinline__ void gg_linmma_sum_parts(const float* Spart, float* sx, int NC) {
+__device__ __forceinline__ float* gg_linmma_sum_parts(const float* Spart, float* Sx, int stage, int NC) {
+    __syncthreads();
+    float* sx = Sx + stage * R * 16;
     for (int e = threadIdx.x; e < R * NC; e += blockDim.x) {
         const int r = e / NC, c = e - r * NC;
         float s = Spart[r * 24 + c];
@@ -199,6 +251,8 @@ __device__ __forceinline__ void gg_linmma_sum_parts(const float* Spart, float* s
         for (int p = 1; p < NP; ++p) s += Spart[(p * R + r) * 24 + c];
         sx[r * 16 + c] = s;
     }
+    gg_cluster_sync();
+    return sx;
 }
 
 // The loss step of a tile, after the cluster barrier: team `team` of 16 lanes takes rows team,
@@ -277,8 +331,8 @@ __device__ __forceinline__ void gg_linmma_u8(
     float* __restrict__ db_part, double* __restrict__ loss_part) {
     constexpr int NC = 8 * NT, R = GG_LINMMA_U8_ROWS, CL = GG_LINMMA_U8_CLUSTER;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, grp = lane >> 2, tig = lane & 3;
-    const unsigned rank = gg_cluster_rank(), cid = gg_cluster_id(), ncl = gg_cluster_count();
-    const int k0 = (int)rank * dsl, ncols = max(0, min(dsl, d - k0)), nkb = dsl >> 4;
+    GgLinmmaWork<unsigned char, R> work(X, n, d, dsl, align);
+    const int nkb = dsl >> 4;
 
     extern __shared__ __align__(16) unsigned char gg_smem[];
     const GgLinmmaU8Layout L(dsl, NT);
@@ -293,23 +347,18 @@ __device__ __forceinline__ void gg_linmma_u8(
 
     __shared__ float wmax[GG_LINMMA_THREADS / 32];  // per-warp max |g| of the tile
 
-    const gg_i64 ntiles = (n + R - 1) / R;
-    gg_i64 tile = cid;
     // The first tile, this block's slice of W' and its offsets, all in flight at once.
-    gg_linmma_first_tile<unsigned char, R>(Xs, tile, ntiles, X, n, d, k0, ncols, L.xstride, align);
-    gg_copy_rows_async(Ws, L.wstride, Wh + k0, (gg_i64)CL * dsl, 2 * NC, dsl);
-    gg_copy_rows_async(Rs, 0, roff + k0, 0, 1, dsl);
+    work.start(Xs, L.xstride);
+    gg_copy_rows_async(Ws, L.wstride, Wh + work.k0, (gg_i64)CL * dsl, 2 * NC, dsl);
+    gg_copy_rows_async(Rs, 0, roff + work.k0, 0, 1, dsl);
     gg_cp_async_commit();
 
     float dacc[3][NT][4] = {};
     float db_acc = 0.f;
     double loss_acc = 0.0;
 
-    for (int it = 0; tile < ntiles; tile += ncl, ++it) {
-        const int stage = it & 1;
-        const gg_i64 row0 = tile * R;
-        const unsigned char* xs = gg_next_tile<unsigned char, R>(Xs, it, tile + ncl, ntiles, X, n, d, k0, ncols,
-                                                                 L.xstride, align);
+    for (; work.more(); work.advance()) {
+        const auto [stage, row0, xs] = work.next();
 
         // Forward: warp (row block mt, column quarter kq) forms S_part = X~ W'^T over its columns.
         {
@@ -338,10 +387,8 @@ __device__ __forceinline__ void gg_linmma_u8(
                     make_float2(acc[t][0][2] + acc[t][1][2], acc[t][0][3] + acc[t][1][3]);
             }
         }
-        __syncthreads();
-        float* sx = Sx + stage * R * 16;
-        gg_linmma_sum_parts<4, R>(Spart, sx, NC);
-        gg_cluster_sync();  // every block's partial scores for this tile are ready
+        // This block's partial scores for the tile; past the cluster barrier, every block's are ready.
+        const float* sx = gg_linmma_sum_parts<4, R>(Spart, Sx, stage, NC);
 
         // Loss, then G~ = g * 2^e (e: the tile's largest |g| just under 2^14, so the f16 halves keep
         // 22 bits however small the tile's gradients are) as f16 hi + lo. Spart is free for g.
@@ -405,10 +452,10 @@ __device__ __forceinline__ void gg_linmma_u8(
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int c = 8 * t + gg_mma_c_col(lane, j), col = 16 * ct + gg_kslot_col(gg_mma_c_row(lane, j));
-                if (c < C && col < ncols) dW_part[((gg_i64)cid * C + c) * d + k0 + col] = dacc[i][t][j];
+                if (c < C && col < work.ncols) dW_part[((gg_i64)work.cid * C + c) * d + work.k0 + col] = dacc[i][t][j];
             }
     }
-    if (rank == 0) gg_linmma_db_loss(Spart, db_acc, loss_acc, C, cid, db_part, loss_part);
+    if (work.rank == 0) gg_linmma_db_loss(Spart, db_acc, loss_acc, C, work.cid, db_part, loss_part);
     gg_cluster_sync();  // no block leaves while another may still read its scores
 }
 
@@ -421,8 +468,8 @@ __device__ __forceinline__ void gg_linmma_f32(
     float* __restrict__ db_part, double* __restrict__ loss_part) {
     constexpr int NC = 8 * NT, R = GG_LINMMA_F32_ROWS, CL = GG_LINMMA_F32_CLUSTER;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, grp = lane >> 2, tig = lane & 3;
-    const unsigned rank = gg_cluster_rank(), cid = gg_cluster_id(), ncl = gg_cluster_count();
-    const int k0 = (int)rank * dsl, ncols = max(0, min(dsl, d - k0)), nkb = dsl >> 3, nct = dsl >> 4;
+    GgLinmmaWork<float, R> work(X, n, d, dsl, align);
+    const int nkb = dsl >> 3, nct = dsl >> 4;
 
     extern __shared__ __align__(16) unsigned char gg_smem[];
     const GgLinmmaF32Layout L(dsl, NT);
@@ -434,10 +481,8 @@ __device__ __forceinline__ void gg_linmma_f32(
     float* Gs = reinterpret_cast<float*>(gg_smem + L.g_off);
     constexpr int GST = R + 4;  // Gs row stride (floats)
 
-    const gg_i64 ntiles = (n + R - 1) / R;
-    gg_i64 tile = cid;
-    gg_linmma_first_tile<float, R>(Xs, tile, ntiles, X, n, d, k0, ncols, L.xstride, align);
-    gg_copy_rows_async(Ws, L.wstride, Wt + k0, (gg_i64)CL * dsl, 2 * NC, dsl);
+    work.start(Xs, L.xstride);
+    gg_copy_rows_async(Ws, L.wstride, Wt + work.k0, (gg_i64)CL * dsl, 2 * NC, dsl);
     gg_cp_async_commit();
 
     // Backward split: warp pair p = warp / 2 owns column blocks 3p .. 3p + 2 (16 columns each), the
@@ -446,10 +491,8 @@ __device__ __forceinline__ void gg_linmma_f32(
     float db_acc = 0.f;
     double loss_acc = 0.0;
 
-    for (int it = 0; tile < ntiles; tile += ncl, ++it) {
-        const int stage = it & 1;
-        const gg_i64 row0 = tile * R;
-        const float* xs = gg_next_tile<float, R>(Xs, it, tile + ncl, ntiles, X, n, d, k0, ncols, L.xstride, align);
+    for (; work.more(); work.advance()) {
+        const auto [stage, row0, xs] = work.next();
 
         // Forward: warp (row block mt = warp % 2, column eighth ke = warp / 2), 8-column k-blocks.
         {
@@ -480,10 +523,7 @@ __device__ __forceinline__ void gg_linmma_f32(
                 *reinterpret_cast<float2*>(sp + 8 * 24 + 8 * t) = make_float2(acc[t][2], acc[t][3]);
             }
         }
-        __syncthreads();
-        float* sx = Sx + stage * R * 16;
-        gg_linmma_sum_parts<8, R>(Spart, sx, NC);
-        gg_cluster_sync();
+        const float* sx = gg_linmma_sum_parts<8, R>(Spart, Sx, stage, NC);
 
         gg_linmma_loss<CL, R>(sx, row0, n, C, NC, y, y64, nullptr, b, loss_kind, Spart, loss_acc, db_acc);
         __syncthreads();
@@ -542,13 +582,14 @@ __device__ __forceinline__ void gg_linmma_f32(
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const int c = 8 * t + gg_mma_c_col(lane, j), col = 16 * ct + gg_mma_c_row(lane, j);
-                    if (c < C && col < ncols)
-                        dW_part[((gg_i64)cid * C + c) * d + k0 + col] = dacc[i][t][j] + park[(i * NT + t) * 4 + j];
+                    if (c < C && col < work.ncols)
+                        dW_part[((gg_i64)work.cid * C + c) * d + work.k0 + col] =
+                            dacc[i][t][j] + park[(i * NT + t) * 4 + j];
                 }
         }
     }
     __syncthreads();  // the parked sums are read before rank 0 reuses Spart
-    if (rank == 0) gg_linmma_db_loss(Spart, db_acc, loss_acc, C, cid, db_part, loss_part);
+    if (work.rank == 0) gg_linmma_db_loss(Spart, db_acc, loss_acc, C, work.cid, db_part, loss_part);
     gg_cluster_sync();
 }
 #define GG_LINMMA_U8_BODY(NT) gg_linmma_u8<NT>(X, y, y64, n, d, dsl, C, Wh, roff, bprime, sinv, loss_kind, align, \

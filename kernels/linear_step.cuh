@@ -1,6 +1,7 @@
 // linear_step.cuh: the whole linear-classifier step fused, X read from device memory once.
 //
-// Reads:  X (n, d): float32 or float64, or uint8 pixels; with x_mean/x_std (NORM) each value is
+// Reads:  X (n, d): float32 or float64, or uint8 pixels (or the rows idx[0..n) of a larger X, idx
+//         non-null: a training batch read where it lies, never gathered into a copy); with x_mean/x_std (NORM) each value is
 //         normalised on the fly as (x - mean_k) * (1 / std_k); y (n,); W (C, d) and b (C,) in the
 //         compute type T (float32 for float32 X, float64 for float64 X, either for uint8 X); W once
 //         per block, into shared memory; sw (n,) in T, the per-row sample weights, or a null
@@ -54,21 +55,23 @@ struct GgButterfly {
     }
 };
 
-// Copy rows [row0, row0 + R) of X, columns [k0, k0 + ncols), into a tile whose rows are xstride
-// elements apart (xstride * sizeof(TX) a multiple of 16), as one cp.async group. Rows past n are
-// skipped: the kernels mask them at use or give them a zero gradient. `align` is the widest copy
+// Copy rows [row0, row0 + R) of X (the rows idx[row0 + r] of X when idx is not null), columns
+// [k0, k0 + ncols), into a tile whose rows are xstride elements apart (xstride * sizeof(TX) a
+// multiple of 16), as one cp.async group. Rows past n are skipped: the kernels mask them at use or
+// give them a zero gradient. `align` is the widest copy
 // every piece allows: 16 or 4 bytes (d * sizeof(TX) and X's address are multiples of it, and k0 of
 // 16 elements), or 1 (single elements, synchronous: odd uint8 rows).
 template <typename TX, int R>
 __device__ __forceinline__ void gg_stage_tile(TX* dst, const TX* __restrict__ X, gg_i64 row0, gg_i64 n, int d,
-                                              int k0, int ncols, int xstride, int align) {
+                                              int k0, int ncols, int xstride, int align,
+                                              const gg_i64* __restrict__ idx = nullptr) {
     const int per = align >= 16 ? 16 / (int)sizeof(TX) : (align >= 4 ? 4 / (int)sizeof(TX) : 1);
     const int per_row = ncols / per;  // ncols is a multiple of `per` (d is, and so is k0)
     for (int q = threadIdx.x; q < R * per_row; q += blockDim.x) {
         const int r = q / per_row, c = per * (q - r * per_row);
         if (row0 + r >= n) continue;
         TX* to = dst + r * xstride + c;
-        const TX* from = X + (row0 + r) * d + k0 + c;
+        const TX* from = X + (idx != nullptr ? idx[row0 + r] : row0 + r) * d + k0 + c;
         if (align >= 16) gg_cp_async16(to, from);
         else if (align >= 4) gg_cp_async4(to, from);
         else *to = *from;
@@ -83,9 +86,9 @@ __device__ __forceinline__ void gg_stage_tile(TX* dst, const TX* __restrict__ X,
 template <typename TX, int R>
 __device__ __forceinline__ const TX* gg_next_tile(TX* tiles, int it, gg_i64 next, gg_i64 ntiles,
                                                   const TX* __restrict__ X, gg_i64 n, int d, int k0, int ncols,
-                                                  int xstride, int align) {
+                                                  int xstride, int align, const gg_i64* __restrict__ idx = nullptr) {
     if (next < ntiles) gg_stage_tile<TX, R>(tiles + ((it & 1) ^ 1) * R * xstride, X, next * R, n, d, k0, ncols,
-                                            xstride, align);
+                                            xstride, align, idx);
     else gg_cp_async_commit();
     gg_cp_async_wait_one();
     __syncthreads();
@@ -153,7 +156,8 @@ template <typename T, typename TX, bool NORM, int C>
 __device__ __forceinline__ void gg_linear_step(
     const TX* __restrict__ X, const void* __restrict__ y, int y64, const T* __restrict__ W,
     const T* __restrict__ b, const T* __restrict__ x_mean, const T* __restrict__ x_std,
-    const T* __restrict__ sw, gg_i64 n, int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part,
+    const T* __restrict__ sw, const gg_i64* __restrict__ idx, gg_i64 n, int d, int dpad, int align, int loss_kind,
+    T* __restrict__ dW_part,
     T* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq) {
     using Sh = GgLinearShape<T, C>;
     constexpr int RG = Sh::RG, KPT = Sh::KPT, NPART = Sh::NPART, PP2 = Sh::PP2;
@@ -169,7 +173,7 @@ __device__ __forceinline__ void gg_linear_step(
 
     const gg_i64 ngroups = (n + RG - 1) / RG;
     gg_i64 g = blockIdx.x;
-    if (g < ngroups) gg_stage_tile<TX, RG>(Xs, X, g * RG, n, d, 0, d, dpad, align);
+    if (g < ngroups) gg_stage_tile<TX, RG>(Xs, X, g * RG, n, d, 0, d, dpad, align, idx);
 
     // W into shared memory once per block; ||W||^2 on the way (block 0 writes it).
     double wsq_local = 0.0;
@@ -199,7 +203,7 @@ __device__ __forceinline__ void gg_linear_step(
     const bool weighted = sw != nullptr;  // the same for the whole grid: tested once a row, not per value
 
     for (int it = 0; g < ngroups; g += gridDim.x, ++it) {
-        const TX* xs = gg_next_tile<TX, RG>(Xs, it, g + gridDim.x, ngroups, X, n, d, 0, d, dpad, align);
+        const TX* xs = gg_next_tile<TX, RG>(Xs, it, g + gridDim.x, ngroups, X, n, d, 0, d, dpad, align, idx);
 
         // Phase 1: this thread's share of the RG x C dot products.
         T xr[RG][KPT];
@@ -244,12 +248,13 @@ __device__ __forceinline__ void gg_linear_step(
                 s = b[lane];
                 for (int w = 0; w < nwarps; ++w) s += red[w * 32 + warp * C + lane];
             }
-            const gg_i64 yv = row_ok ? gg_label(y, y64, row) : 0;
+            const gg_i64 src = (row_ok && idx != nullptr) ? idx[row] : row;  // the row of X, y and sw
+            const gg_i64 yv = row_ok ? gg_label(y, y64, src) : 0;
             // The sample weight scales the row's G through the one factor w_r / n (phase 2 and db
             // then carry it), and its loss term by w_r. Unweighted, the scale stays 1/n and the
             // loss is multiplied by exactly 1: the same bits as before weights existed.
             T wr = T(1), scale = inv_n;
-            if (weighted && row_ok) { wr = sw[row]; scale = wr * inv_n; }
+            if (weighted && row_ok) { wr = sw[src]; scale = wr * inv_n; }
             const T gval = gg_row_loss_grad<32>(s, lane, C, yv, row_ok, loss_kind, scale, &loss_acc, wr);
             if (lane < C) { Gs[warp * C + lane] = gval; db_acc += gval; }
         }
@@ -327,15 +332,17 @@ GG_KERNEL(gg_linear_finish_f64, __launch_bounds__(256))(GG_FIN_ARGS(double)) { g
 
 #define GG_LIN_ARGS(T, TX) const TX* __restrict__ X, const void* __restrict__ y, int y64, const T* __restrict__ W, \
     const T* __restrict__ b, const T* __restrict__ x_mean, const T* __restrict__ x_std, const T* __restrict__ sw, \
-    gg_i64 n, int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part, T* __restrict__ db_part,      \
-    double* __restrict__ loss_part, double* __restrict__ wsq
-#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_std, sw, n, d, dpad, align, loss_kind, dW_part, db_part, loss_part, wsq
+    const gg_i64* __restrict__ idx, gg_i64 n, int d, int dpad, int align, int loss_kind, T* __restrict__ dW_part, \
+    T* __restrict__ db_part, double* __restrict__ loss_part, double* __restrict__ wsq
+#define GG_LIN_PASS X, y, y64, W, b, x_mean, x_std, sw, idx, n, d, dpad, align, loss_kind, dW_part, db_part, loss_part, \
+    wsq
 
 // Entry points gg_linear_<x>_c<C>, C = 1..16, x naming X and the compute type T:
 //   f32: float32 X;   f32n: float32 X normalised by x_mean/x_std;   u8: uint8 X normalised (T float32);
 //   f64: float64 X;   f64n: float64 X normalised;   u8f64: uint8 X normalised (T float64).
 // (x_mean and x_std are null pointers for f32 and f64; sw, the sample weights, a null pointer when
-// there are none.)
+// there are none; idx, the rows of X, y and sw that make the batch, a null pointer for all of them
+// in order.)
 #define GG_LIN(TN, T, TX, NORM, C) \
     GG_KERNEL(gg_linear_##TN##_c##C, __launch_bounds__(512, 1))(GG_LIN_ARGS(T, TX)) { \
         gg_linear_step<T, TX, NORM, C>(GG_LIN_PASS); }

@@ -20,24 +20,6 @@
 #include "common.cuh"
 #include "rowmath.cuh"
 
-// Per-row statistics shared by the register and the online variants.
-template <typename T>
-struct GgCeRow {
-    gg_i64 yv;
-    bool ok;     // the label is in [0, C): otherwise the row yields NaN, never an out-of-bounds read
-    T s_y;
-};
-
-template <typename T>
-__device__ __forceinline__ GgCeRow<T> gg_ce_row_begin(const T* s, const void* y, int y64, gg_i64 row,
-                                                      int C, bool valid) {
-    GgCeRow<T> r;
-    r.yv = valid ? gg_label(y, y64, row) : 0;
-    r.ok = r.yv >= 0 && r.yv < C;
-    r.s_y = (valid && r.ok) ? s[r.yv] : gg_nan<T>();
-    return r;
-}
-
 // Merge every thread's online statistics (m, o) over the block (shuffles, then one pass over the
 // warps in shared memory); every thread gets the block's (m, o). ms/os hold 32 values each.
 template <typename T>
@@ -61,22 +43,9 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
                                            T* __restrict__ dS, gg_i64 n, int C, double* partials,
                                            unsigned* ticket, T* loss_out) {
     __shared__ double scratch[32];
-    constexpr bool BLOCK_TEAM = GgTeam<G>::BLOCK;
-    const GgTeam<G> team(n);
-    const int lane = team.lane, step = team.step;
-    const gg_i64 row = team.row;
-    const bool valid = team.valid;
+    const auto [lane, step, row, valid] = GgTeam<G>(n);
     const T* s = S + row * C;
-
     __shared__ T tscratch[32];
-    auto team_max = [&](T v) {
-        if constexpr (BLOCK_TEAM) return gg_block_reduce(v, GgMax(), tscratch);
-        else return gg_subwarp_reduce<G>(v, GgMax());
-    };
-    auto team_sum = [&](T v) {
-        if constexpr (BLOCK_TEAM) return gg_block_reduce(v, GgSum(), tscratch);
-        else return gg_subwarp_reduce<G>(v, GgSum());
-    };
 
     // One read of the row: K independent loads per thread are in flight before the first use.
     T v[K];
@@ -87,8 +56,8 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
         v[j] = (valid && idx < C) ? s[idx] : -gg_inf<T>();
         mx = v[j] > mx ? v[j] : mx;
     }
-    mx = team_max(mx);
-    const GgCeRow<T> r = gg_ce_row_begin(s, y, y64, row, C, valid);
+    mx = gg_team_reduce<G>(mx, GgMax(), tscratch);
+    const GgRowLabel<T> r = gg_row_label(s, y, y64, row, C, valid);
     // One exponential per entry, kept in v[] for the write: measured faster than forming max and
     // sum in a single online pass, which needs a second exponential per entry.
     T others = 0;
@@ -98,7 +67,7 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
         v[j] = idx < C ? exp(v[j] - mx) : T(0);
         if (idx != r.yv) others += v[j];
     }
-    others = team_sum(others);
+    others = gg_team_reduce<G>(others, GgSum(), tscratch);
     const T e_y = exp(r.s_y - mx);
     const T total = others + e_y;
     const T scale = T(1) / (T(n) * total);
@@ -112,7 +81,7 @@ __device__ __forceinline__ void gg_ce_regs(const T* __restrict__ S, const void* 
     }
     const double l = (valid && lane == 0) ? (double)gg_ce_row_loss(r.s_y - mx, e_y, others, total) : 0.0;
     // A block team's row loss is already in thread 0, the only thread gg_grid_mean reads it from.
-    const double block_sum = BLOCK_TEAM ? l : gg_block_reduce(l, GgSum(), scratch);
+    const double block_sum = GgTeam<G>::BLOCK ? l : gg_block_reduce(l, GgSum(), scratch);
     gg_grid_mean(block_sum, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
 
@@ -127,7 +96,7 @@ __device__ __forceinline__ void gg_ce_online(const T* __restrict__ S, const void
     __shared__ T ms[32], os[32];
     const gg_i64 row = blockIdx.x;
     const T* s = S + row * C;
-    const GgCeRow<T> r = gg_ce_row_begin(s, y, y64, row, C, true);
+    const GgRowLabel<T> r = gg_row_label(s, y, y64, row, C, true);
 
     T m = -gg_inf<T>(), o = 0;
     for (int idx = threadIdx.x; idx < C; idx += blockDim.x) {
@@ -183,9 +152,7 @@ __device__ __forceinline__ void gg_ce_stream(const T* __restrict__ S, const void
         __syncthreads();
         if (row + gridDim.x < n) load(row + gridDim.x);  // in flight while this row is processed
 
-        const gg_i64 yv = gg_label(y, y64, row);
-        const bool ok = yv >= 0 && yv < C;
-        const T s_y = ok ? row_s[yv] : gg_nan<T>();
+        const GgRowLabel<T> r = gg_row_label(row_s, y, y64, row, C, true);
         T mx = -gg_inf<T>();
         for (int idx = t; idx < C; idx += step) mx = row_s[idx] > mx ? row_s[idx] : mx;
         mx = gg_block_reduce(mx, GgMax(), ms);
@@ -195,14 +162,14 @@ __device__ __forceinline__ void gg_ce_stream(const T* __restrict__ S, const void
         for (int idx = t; idx < C; idx += step) {
             const T e = exp(row_s[idx] - mx);
             row_s[idx] = e;
-            if (idx != yv) others += e;
+            if (idx != r.yv) others += e;
         }
         others = gg_block_reduce(others, GgSum(), os);
-        const T e_y = exp(s_y - mx), total = others + e_y;
+        const T e_y = exp(r.s_y - mx), total = others + e_y;
         const T scale = T(1) / (T(n) * total);
         T* g = dS + row * C;
-        for (int idx = t; idx < C; idx += step) g[idx] = gg_ce_grad(idx == yv, row_s[idx], others, scale);
-        if (t == 0) loss_acc += (double)gg_ce_row_loss(s_y - mx, e_y, others, total);
+        for (int idx = t; idx < C; idx += step) g[idx] = gg_ce_grad(idx == r.yv, row_s[idx], others, scale);
+        if (t == 0) loss_acc += (double)gg_ce_row_loss(r.s_y - mx, e_y, others, total);
     }
     gg_grid_mean(loss_acc, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
@@ -296,21 +263,17 @@ __device__ __forceinline__ void gg_ce_prefetch(const T* __restrict__ S, const vo
     gg_grid_mean(loss_acc, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
 
-#define GG_CE_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
-                      gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
-#define GG_CE_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
-
 // Entry points: gg_ce_<t>_w<G>_k<K> (G lanes per row, 256-thread blocks), gg_ce_<t>_b_k<K>
 // (a 1024-thread block per row), gg_ce_<t>_online (a block per row, two passes).
 #define GG_CE_TEAM(TN, T, G, K) \
-    GG_KERNEL(gg_ce_##TN##_w##G##_k##K, __launch_bounds__(256))(GG_CE_ARGS(T)) { \
-        gg_ce_regs<T, G, K>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_w##G##_k##K, __launch_bounds__(256))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_regs<T, G, K>(GG_ROW_LOSS_PASS); }
 #define GG_CE_BLOCK(TN, T, K) \
-    GG_KERNEL(gg_ce_##TN##_b_k##K, __launch_bounds__(1024))(GG_CE_ARGS(T)) { \
-        gg_ce_regs<T, 0, K>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_b_k##K, __launch_bounds__(1024))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_regs<T, 0, K>(GG_ROW_LOSS_PASS); }
 #define GG_CE_ONLINE(TN, T) \
-    GG_KERNEL(gg_ce_##TN##_online, __launch_bounds__(1024))(GG_CE_ARGS(T)) { \
-        gg_ce_online<T>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_online, __launch_bounds__(1024))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_online<T>(GG_ROW_LOSS_PASS); }
 
 #define GG_CE_ALL(TN, T) \
     GG_CE_TEAM(TN, T, 1, 8) GG_CE_TEAM(TN, T, 2, 8) GG_CE_TEAM(TN, T, 4, 8) GG_CE_TEAM(TN, T, 8, 8) \
@@ -323,15 +286,15 @@ GG_CE_ALL(f64, double)
 
 // Entry points gg_ce_<t>_s<THREADS>_k<K>: the streamed long-row kernel (persistent grid).
 #define GG_CE_STREAM(TN, T, THREADS, K) \
-    GG_KERNEL(gg_ce_##TN##_s##THREADS##_k##K, __launch_bounds__(THREADS, 1))(GG_CE_ARGS(T)) { \
-        gg_ce_stream<T, K>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_s##THREADS##_k##K, __launch_bounds__(THREADS, 1))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_stream<T, K>(GG_ROW_LOSS_PASS); }
 GG_CE_STREAM(f32, float, 1024, 32)
 GG_CE_STREAM(f64, double, 1024, 16)
 
 // Entry points gg_ce_<t>_p<THREADS>_k<K>: the prefetched long-row kernel (persistent grid).
 #define GG_CE_PREFETCH(TN, T, THREADS, K) \
-    GG_KERNEL(gg_ce_##TN##_p##THREADS##_k##K, __launch_bounds__(THREADS, 1))(GG_CE_ARGS(T)) { \
-        gg_ce_prefetch<T, K, THREADS>(GG_CE_PASS); }
+    GG_KERNEL(gg_ce_##TN##_p##THREADS##_k##K, __launch_bounds__(THREADS, 1))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_ce_prefetch<T, K, THREADS>(GG_ROW_LOSS_PASS); }
 // 640 threads leave 96 registers a thread: K values plus the loop's state without spilling (1024
 // threads would leave 64). Rows up to 33280 floats or 16640 doubles.
 GG_CE_PREFETCH(f32, float, 640, 52)

@@ -16,51 +16,40 @@ __device__ __forceinline__ void gg_svm_rows(const T* __restrict__ S, const void*
                                             unsigned* ticket, T* loss_out) {
     __shared__ double scratch[32];
     __shared__ int iscratch[32];
-    constexpr bool BLOCK_TEAM = GgTeam<G>::BLOCK;
-    const GgTeam<G> team(n);
-    const int lane = team.lane, step = team.step;
-    const gg_i64 row = team.row;
-    const bool valid = team.valid;
+    const auto [lane, step, row, valid] = GgTeam<G>(n);
     const T* s = S + row * C;
     T* g = dS + row * C;
-    const gg_i64 yv = valid ? gg_label(y, y64, row) : 0;
-    const bool ok = yv >= 0 && yv < C;  // a bad label yields NaN, never an out-of-bounds read
-    const T s_y = (valid && ok) ? s[yv] : gg_nan<T>();
+    const GgRowLabel<T> r = gg_row_label(s, y, y64, row, C, valid);
     const T inv_n = T(1) / T(n);
 
     T loss = 0;
     int active = 0;
     if (valid) {
         for (int idx = lane; idx < C; idx += step) {
-            if (idx == yv) continue;
-            const T margin = gg_hinge_margin(s[idx], s_y);
+            if (idx == r.yv) continue;
+            const T margin = gg_hinge_margin(s[idx], r.s_y);
             const bool on = margin > T(0);
             loss += on ? margin : T(0);
             active += on;
             g[idx] = on ? inv_n : T(0);
         }
-        if (!ok) loss = s_y;  // propagate the NaN into the loss
+        if (!r.ok) loss = r.s_y;  // propagate the NaN into the loss
     }
-    if constexpr (BLOCK_TEAM) active = gg_block_reduce(active, GgSum(), iscratch);
-    else active = gg_subwarp_reduce<G>(active, GgSum());
-    if (valid && ok && lane == 0) g[yv] = -T(active) * inv_n;
+    active = gg_team_reduce<G>(active, GgSum(), iscratch);
+    if (valid && r.ok && lane == 0) g[r.yv] = -T(active) * inv_n;
     const double block_sum = gg_block_reduce((double)loss, GgSum(), scratch);
     gg_grid_mean(block_sum, partials, ticket, loss_out, 1.0 / (double)n, scratch);
 }
 
-#define GG_SVM_ARGS(T) const T* __restrict__ S, const void* __restrict__ y, int y64, T* __restrict__ dS, \
-                       gg_i64 n, int C, double* partials, unsigned* ticket, T* loss_out
-#define GG_SVM_PASS S, y, y64, dS, n, C, partials, ticket, loss_out
-
 // Entry points: gg_svm_<t>_w<G> (G lanes per row, 256-thread blocks), gg_svm_<t>_b (a block per row).
 #define GG_SVM_TEAM(TN, T, G) \
-    GG_KERNEL(gg_svm_##TN##_w##G, __launch_bounds__(256))(GG_SVM_ARGS(T)) { \
-        gg_svm_rows<T, G>(GG_SVM_PASS); }
+    GG_KERNEL(gg_svm_##TN##_w##G, __launch_bounds__(256))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_svm_rows<T, G>(GG_ROW_LOSS_PASS); }
 #define GG_SVM_ALL(TN, T) \
     GG_SVM_TEAM(TN, T, 1) GG_SVM_TEAM(TN, T, 2) GG_SVM_TEAM(TN, T, 4) GG_SVM_TEAM(TN, T, 8) \
     GG_SVM_TEAM(TN, T, 16) GG_SVM_TEAM(TN, T, 32) \
-    GG_KERNEL(gg_svm_##TN##_b, __launch_bounds__(1024))(GG_SVM_ARGS(T)) { \
-        gg_svm_rows<T, 0>(GG_SVM_PASS); }
+    GG_KERNEL(gg_svm_##TN##_b, __launch_bounds__(1024))(GG_ROW_LOSS_ARGS(T)) { \
+        gg_svm_rows<T, 0>(GG_ROW_LOSS_PASS); }
 
 GG_SVM_ALL(f32, float)
 GG_SVM_ALL(f64, double)

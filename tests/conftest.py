@@ -15,13 +15,13 @@ import hashlib
 import importlib.util
 import os
 import platform
-import shutil
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
 # Fresh random inputs every run, reproducible on demand: GPUGRAD_TEST_SEED=<n> repeats a run.
@@ -43,11 +43,16 @@ def pytest_configure(config):
     global SESSION_SEED
     if hasattr(config, "workerinput"):  # an xdist worker: the controller's seed
         SESSION_SEED = config.workerinput["gpugrad_test_seed"]
+    elif deps.IN_CI:  # in CI a missing test dependency fails the run, before any test
+        missing = deps.problems()
+        if missing:
+            raise pytest.UsageError("CI (the CI environment variable is set) needs every test "
+                                    "dependency, and these are missing:\n  " + "\n  ".join(missing))
 
 # "emu": the CuPy backend with its kernels run by the CPU emulator (tests/emu), standing in as
 # gpugrad's CUDA backend, so every backend test also covers the CUDA path on machines without a GPU.
 HAVE_CUPY = importlib.util.find_spec("cupy") is not None  # imports without a GPU
-EMULATOR = platform.system() == "Linux" and shutil.which("g++") is not None and HAVE_CUPY
+EMULATOR = deps.emulator_problem() is None
 # Helpers that import the CuPy backend; without CuPy, --doctest-modules must not import them.
 collect_ignore = [] if HAVE_CUPY else ["fake_cupy.py", "emu"]
 BACKENDS = ["numpy"] + (["cupy"] if gg.cupy_available() else []) + (["emu"] if EMULATOR else [])
@@ -56,17 +61,27 @@ BACKENDS = ["numpy"] + (["cupy"] if gg.cupy_available() else []) + (["emu"] if E
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """A backend object; ``backend.xp`` is its array module."""
-    if request.param == "emu":
+    return _backend(request.param, monkeypatch)
+
+
+@pytest.fixture(params=[b for b in BACKENDS if b != "numpy"])
+def cuda_backend(request, monkeypatch):
+    """Each CUDA backend (a GPU's, the emulated one), for tests that compare one with the numpy
+    backend: on numpy itself such a test would compare numpy with numpy and prove nothing."""
+    return _backend(request.param, monkeypatch)
+
+
+def _backend(name, monkeypatch):
+    if name == "emu":
         from emu import emulator
         return emulator.as_cuda_backend(monkeypatch)
-    return gg.get_backend(request.param)
+    return gg.get_backend(name)
 
 
 def _plain_emulator():
     """The emulator module with its kernels as they are, threads first to last, copies at the wait;
     skips the test where there is no emulator."""
-    if not EMULATOR:
-        pytest.skip("the kernel emulator needs Linux (ucontext fibers), g++ and cupy (no GPU needed)")
+    deps.need_emulator()
     from emu import emulator
     emulator.use(None)
     emulator.configure("forward", 1, True)

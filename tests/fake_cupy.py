@@ -23,16 +23,20 @@ class _Flags:
 
 
 class _Data:
-    ptr = 0x7F0000000000  # 256-byte aligned, as CuPy's allocations are
+    """cupy's MemoryPointer: an address (256-byte aligned, as CuPy's allocations are) on a device."""
+    ptr = 0x7F0000000000
+
+    def __init__(self, device_id):
+        self.device_id = device_id
 
 
 class FakeArray:
     """Just enough of cupy.ndarray for the backend's launch code."""
 
     flags = _Flags()
-    data = _Data()
 
     def __init__(self, shape, dtype):
+        self.data = _Data(_CURRENT[0])  # made on the current device
         self.shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
         self.dtype = np.dtype(dtype)
         self.itemsize = self.dtype.itemsize

@@ -2,9 +2,11 @@
 import numpy as np
 import pytest
 
+import deps
+
 import gpugrad as gg
 
-torch = pytest.importorskip("torch")
+torch = deps.require("torch")
 F = torch.nn.functional
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 from gpugrad import bench, cli
 
@@ -43,12 +44,24 @@ def as_numpy(a):
     return np.asarray(a, dtype=np.float64)
 
 
-IMPLS = bench.implementations_for("numpy") + (bench.implementations_for("cupy") if gg.cupy_available() else [])
+ALL_IMPLS = bench.implementations_for("numpy") + (bench.implementations_for("cupy") if gg.cupy_available() else [])
+# torch.compile takes 10 to 30 s a compile on 2 cores: it has tests of its own (below), on the
+# smallest workloads; the other tests run every other implementation.
+COMPILED = [i for i in ALL_IMPLS if i.name.startswith("torch.compile")]
+IMPLS = [i for i in ALL_IMPLS if i not in COMPILED]
+HAVE_TORCH = deps.IN_CI or __import__("importlib").util.find_spec("torch") is not None
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """gpugrad bench without the torch.compile peers (their compiles are tested on their own)."""
+    for impl in COMPILED:
+        monkeypatch.delitem(bench.IMPLEMENTATIONS, impl.name)
 
 
 # ---- the table and --json ------------------------------------------------------------------------
 
-def test_table_has_the_columns_and_a_line_per_implementation_run(capsys, given_bandwidth):
+def test_table_has_the_columns_and_a_line_per_implementation_run(capsys, given_bandwidth, no_compile):
     assert bench_cli("--workload", "ce,linear") == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
@@ -65,10 +78,16 @@ def test_table_has_the_columns_and_a_line_per_implementation_run(capsys, given_b
         assert len(first) == 1 and first[0].split()[-1] in ("us", "ms", "s")
     assert any(line.split()[0] == "gpugrad" and "numpy" in line for line in body)
     assert "PyTorch eager CPU" in out  # run, or listed as not run with the reason
+    if HAVE_TORCH:  # timed on every workload: a line with its median, none "not run" or "failed"
+        timed = [line for line in body if "PyTorch eager CPU" in line]
+        assert len(timed) == len(names) and all(line.split()[-1] in ("us", "ms", "s") or
+                                                line.split()[-3] in ("us", "ms", "s") for line in timed)
+        assert "failed:" not in out and "not run: PyTorch" not in out, out
     assert err.count("gpugrad bench: [") == len(names)  # progress on stderr, one line per workload
 
 
-def test_json_parses_and_its_ratios_are_median_over_best_peer_and_over_floor(capsys, given_bandwidth):
+def test_json_parses_and_its_ratios_are_median_over_best_peer_and_over_floor(capsys, given_bandwidth,
+                                                                            no_compile):
     assert bench_cli("--workload", "linear", "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert result["environment"]["bandwidth_bytes_per_s"] == 1e10 and result["repeat"] == 2
@@ -144,7 +163,8 @@ def test_backend_cupy_without_a_device_is_refused_naming_the_option(capsys):
 @pytest.mark.parametrize("w", bench.workloads(["ce", "linear"], "tiny"), ids=lambda w: w.name)
 def test_every_implementation_of_a_workload_agrees_with_float64_numpy(w):
     inputs, cases = available(w, IMPLS)
-    assert {i.name for i, _ in cases} >= {"gpugrad numpy", "numpy by hand", "scikit-learn"}
+    assert {i.name for i, _ in cases} >= {"gpugrad numpy", "numpy by hand", "scikit-learn"} | (
+        {"PyTorch eager CPU"} if HAVE_TORCH else set())
     f64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
            for k, v in inputs.items()}
     if w.family == "ce":
@@ -183,7 +203,8 @@ def test_every_epoch_implementation_reaches_the_trainers_weights(w):
     """Two epochs from the same start with the same shuffles: the trainer's weights and those of
     each other implementation agree within float32 rounding."""
     _, cases = available(w, IMPLS)
-    assert {i.name for i, _ in cases} >= {"gpugrad numpy", "numpy by hand"}
+    assert {i.name for i, _ in cases} >= {"gpugrad numpy", "numpy by hand"} | (
+        {"PyTorch eager CPU"} if HAVE_TORCH else set())
     ends = {}
     for impl, case in cases:
         case.fn()
@@ -202,3 +223,94 @@ def test_trainer_epoch_case_reports_the_trainers_own_epoch_seconds():
     case = bench.IMPLEMENTATIONS["gpugrad numpy"].prepare(w, bench.make_inputs(w))
     times = bench.time_case(case, 2)
     assert len(times) == 2 and all(t > 0 for t in times)
+
+
+# ---- torch.compile, on the smallest workloads --------------------------------------------------
+
+def test_torch_compile_peers_compute_the_same_thing_on_the_smallest_workloads():
+    """The torch.compile peer's two code paths, once each, compiled for real: a compiled function
+    (CE forward+gradient, S 64 x 10) against float64 numpy, and a compiled step inside the epoch
+    loop (the linear model's epoch) against gpugrad's trainer, both timed as gpugrad bench times
+    them. (The MLP's compiled epoch takes the same path with the batch-norm cost: it runs in
+    ``gpugrad bench``, not here, where its compile would cost half a minute.)"""
+    deps.require("torch", "PyTorch is needed for its peers")
+    impl = bench.IMPLEMENTATIONS["torch.compile CPU"]
+    ce = bench.workloads(["ce"], "tiny")[0]
+    inputs = bench.make_inputs(ce)
+    case = impl.prepare(ce, inputs)
+    loss, dS = case.fn()
+    want_loss, want_dS = bench.ce_by_hand(np, inputs["S"].astype(np.float64), inputs["y"])
+    np.testing.assert_allclose(as_numpy(loss), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(as_numpy(dS), want_dS, rtol=1e-4, atol=1e-7)
+    assert len(bench.time_case(case, 2)) == 2
+
+    epoch = bench.workloads(["epoch"], "tiny")[0]  # the linear model's
+    assert epoch.params["model"] == "linear"
+    inputs = bench.make_inputs(epoch)
+    ours = bench.IMPLEMENTATIONS["gpugrad numpy"].prepare(epoch, inputs)
+    theirs = impl.prepare(epoch, inputs)
+    for _ in range(2):
+        want, got = ours.fn(), theirs.fn()
+    for k in want:
+        np.testing.assert_allclose(as_numpy(got[k]), want[k], rtol=1e-3, atol=2e-5, err_msg=k)
+
+
+# ---- a peer that fails -------------------------------------------------------------------------
+
+def test_a_failing_implementation_gets_a_failed_row_and_the_others_are_still_timed(capsys, monkeypatch,
+                                                                                  given_bandwidth):
+    """One implementation raising in its set-up, another in its timed call: each has its row
+    "failed: <reason>" (JSON: ``failed``, no times), and every other one is timed as usual."""
+    def broken_prepare(w, inputs):
+        raise KeyError("W1")
+
+    def broken_call(w, inputs):
+        return bench.Case(lambda: 1 / 0)
+
+    monkeypatch.setitem(bench.IMPLEMENTATIONS, "broken set-up",
+                        bench.Impl("broken set-up", "cpu", False, broken_prepare))
+    monkeypatch.setitem(bench.IMPLEMENTATIONS, "broken call",
+                        bench.Impl("broken call", "cpu", False, broken_call))
+    for impl in COMPILED + [i for i in IMPLS if i.name.startswith("PyTorch")]:
+        monkeypatch.delitem(bench.IMPLEMENTATIONS, impl.name)
+    assert bench_cli("--workload", "ce") == 0
+    out = capsys.readouterr().out
+    names = [w.name for w in bench.workloads(["ce"], "tiny")]
+    lines = out.splitlines()
+    for impl, reason in (("broken set-up", "KeyError: 'W1'"), ("broken call", "ZeroDivisionError: division by zero")):
+        rows = [line for line in lines if impl in line]
+        assert len(rows) == len(names), out
+        assert all(line.split(impl)[1].strip() == f"failed: {reason}" for line in rows), out
+    timed = [line for line in out.splitlines() if "gpugrad numpy" in line or "numpy by hand" in line]
+    assert len(timed) == 2 * len(names) and all(" us " in line or " ms " in line for line in timed)
+    assert bench_cli("--workload", "ce", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    failed = [r for r in rows if r.get("failed")]
+    assert {r["implementation"] for r in failed} == {"broken set-up", "broken call"}
+    assert all(r["median_s"] is None and r["vs_best_peer"] is None for r in failed)
+    for name in names:  # the best peer is the fastest of those that ran
+        group = [r for r in rows if r["workload"] == name and not r.get("failed")]
+        best = min(r["median_s"] for r in group if not r["ours"])
+        assert all(r["vs_best_peer"] == pytest.approx(r["median_s"] / best) for r in group)
+
+
+def test_mlp_epoch_script_reports_medians_ranges_and_ratios(tmp_path, capsys):
+    """benchmarks/mlp_epoch.py at its smoke size (PyTorch's epoch runs above, in
+    test_every_epoch_implementation_reaches_the_trainers_weights): every ratio with its target."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "mlp_epoch", Path(__file__).resolve().parent.parent / "benchmarks" / "mlp_epoch.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "r.json"
+    assert script.main(["--quick", "--blas-threads", "1", "--skip", "PyTorch eager CPU", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "gpugrad / numpy by hand" in text and "target <= 0.8" in text and "target <= 0.7" in text
+    import json
+    results = json.loads(out.read_text())["results"]
+    assert [r["what"] for r in results] == ["MLP epoch", "MLPClassifier digits"]
+    assert set(results[0]["ratios"]) == {"gpugrad graph numpy", "numpy by hand"}
+    assert all(len(t["all_s"]) == 2 for r in results for t in r["times"].values())
+    with pytest.raises(SystemExit):
+        script.main(["--quick", "--skip", "gpugrad numpy"])

@@ -9,15 +9,17 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpugrad import cli, data, models, trainer
+from gpugrad import cli, data, models, plots, trainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
+REAL_PLOT_HISTORY = plots.plot_history  # before the quick_plots fixture stands in for it
 SUMMARY = re.compile(r"^test accuracy (\d\.\d{4}) \| (\d+) epochs? in [\d.]+ s \| backend numpy \| out (.+)$")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +30,6 @@ def quick_plots(monkeypatch):
     the pictures: tests that take this fixture get stand-ins that record what was asked and write
     a PNG signature only (the first test here and the CIFAR-10 one render the real PNGs)."""
     calls = []
-    from gpugrad import plots
 
     def stand_in(name):
         def plot(*args, **kw):
@@ -79,14 +80,17 @@ def test_train_writes_every_output_file_and_each_loads(tmp_path, capsys):
     assert ck["meta"]["epoch"] == 3 and same_state(ck["model"], model)
     rows = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert all(0 <= r["val_accuracy"] <= 1 and r["cost"] >= r["loss"] for r in rows)
+    assert all(r["cost"] > r["loss"] for r in rows)
+    keep, held = data.stratified_split(ds.y_train, 0.1, 0)  # the trainer's validation rows
+    X_val = (ds.X_train[held] - model.buffers["x_mean"]) / model.buffers["x_std"]
+    val = np.mean(np.argmax(X_val @ model.params["W"].T + model.params["b"], axis=1) == ds.y_train[held])
+    assert rows[-1]["val_accuracy"] == pytest.approx(val, abs=1e-12)  # the last epoch's, by hand
     csv_lines = (out / "history.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,loss,cost,accuracy,val_loss") and len(csv_lines) == 4
     for png in ("curves.png", "templates.png"):
         assert (out / png).read_bytes()[:8] == PNG, png
     run = json.loads((out / "run.json").read_text())
     assert run["settings"]["epochs"] == 3 and run["model"] == model.config()
-    keep, held = data.stratified_split(ds.y_train, 0.1, 0)  # the trainer's validation split
     assert (run["dataset"]["n_train"], run["dataset"]["n_val"]) == (len(keep), len(held))
     assert run["result"]["test"]["accuracy"] == pytest.approx(accuracy, abs=5e-5)
 
@@ -287,7 +291,11 @@ def test_cifar10_folder_trains_with_its_last_training_rows_as_validation(tmp_pat
     out = tmp_path / "run"
     assert train("--data", folder, "--epochs", 2, "--batch-size", 10, "--out", out) == 0
     accuracy, epochs, _ = summary(capsys.readouterr().out)
-    assert epochs == 2 and 0 <= accuracy <= 1
+    model = models.load_model(out / "model.npz", backend="numpy")
+    test = data.load_cifar10(folder, n_val=0)
+    X = (test.X_test - model.buffers["x_mean"]) / model.buffers["x_std"]
+    by_hand = np.mean(np.argmax(X @ model.params["W"].T + model.params["b"], axis=1) == test.y_test)
+    assert epochs == 2 and accuracy == pytest.approx(by_hand, abs=5e-5)
     ds = json.loads((out / "run.json").read_text())["dataset"]
     assert (ds["name"], ds["n_train"], ds["n_val"], ds["n_test"], ds["image_shape"]) == \
         ("cifar10", 90, 10, 20, [32, 32, 3])
@@ -393,9 +401,11 @@ def test_help_names_the_preset_and_every_option(capsys):
 # ---- the CUDA path ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model", ["softmax", "mlp"])
-def test_train_on_each_backend_matches_numpy(tmp_path, monkeypatch, capsys, quick_plots, backend, model):
-    """`gpugrad train` on the backend under test (numpy, the emulated CUDA backend, a GPU) ends with
-    the weights a numpy run reaches, within float32 rounding."""
+def test_train_on_each_cuda_backend_matches_numpy(tmp_path, monkeypatch, capsys, quick_plots, cuda_backend,
+                                                  model):
+    """`gpugrad train` on a CUDA backend (the emulated one, a GPU) ends with the weights a numpy run
+    reaches, within float32 rounding."""
+    backend = cuda_backend
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 48)
     np.savez(tmp_path / "small.npz", X=rng.integers(0, 256, (48, 12)).astype(np.uint8) + y[:, None] * 20,
@@ -410,3 +420,378 @@ def test_train_on_each_backend_matches_numpy(tmp_path, monkeypatch, capsys, quic
     got = models.load_model(tmp_path / "other" / "model.npz", backend="numpy").state()
     for k in ref:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# ---- what a user sees without --quiet -------------------------------------------------------------
+
+HEADER = re.compile(r"^gpugrad train: (training|resuming|starting again \(no epoch had ended\)) "
+                    r"linear softmax on digits \(1212 train, 135 validation, 450 test; 64 features\) "
+                    r"(for \d+ epochs?|up to epoch \d+) \| sgd, lr 0\.2, lam 0\.001, batch 100 \| "
+                    r"backend numpy \| out (.+)$")
+
+
+def run_cli(*argv):
+    """cli.main without --quiet (what a user sees); SystemExit's code for a refusal."""
+    try:
+        return cli.main(["train", "--backend", "numpy", *map(str, argv)])
+    except SystemExit as e:
+        return e.code
+
+
+def test_a_run_prints_its_header_line_and_its_summary(tmp_path, capsys, quick_plots):
+    out = tmp_path / "run"
+    assert run_cli("--epochs", 2, "--out", out) == 0
+    captured = capsys.readouterr()
+    [header] = captured.err.splitlines()  # stderr is no terminal here: no progress bar
+    m = HEADER.match(header)
+    assert m and m.group(1) == "training" and m.group(2) == "for 2 epochs" and m.group(3) == str(out), header
+    assert summary(captured.out)[1:] == (2, str(out))
+    assert run_cli("--resume", out, "--epochs", 3) == 0
+    captured = capsys.readouterr()
+    m = HEADER.match(captured.err.strip())
+    assert m and m.group(1) == "resuming" and m.group(2) == "up to epoch 3", captured.err
+
+
+def test_ctrl_c_stops_a_real_run_writes_its_outputs_and_says_how_to_continue(tmp_path, quick_plots):
+    """SIGINT to a real `gpugrad train` process: exit status 130, the outputs of the epochs done,
+    and the line that says how far it got and how to continue; then --resume continues it."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gpugrad", "train", "--backend", "numpy",
+                             "--epochs", "100000", "--out", str(out)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "checkpoint.npz").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 60 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert HEADER.match(lines[0]), stderr
+    m = re.fullmatch(r"gpugrad train: stopped after epoch (\d+) of 100000; continue with: "
+                     rf"gpugrad train --resume {re.escape(str(out))}", lines[-1])
+    assert m and len(lines) == 2, stderr
+    done = int(m.group(1))
+    accuracy, epochs, _ = summary(stdout)
+    assert epochs == done >= 1
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, done + 1))
+    model = models.load_model(out / "model.npz", backend="numpy")
+    assert same_state(model, trainer.load_checkpoint(out / "checkpoint.npz")["model"])
+    for png in ("curves.png", "templates.png"):
+        assert (out / png).read_bytes()[:8] == PNG
+    result = json.loads((out / "run.json").read_text())["result"]
+    assert result["stopped"] == "interrupted" and result["epochs"] == done
+    assert result["test"]["accuracy"] == pytest.approx(accuracy, abs=5e-5)
+    assert train("--resume", out, "--epochs", done + 1) == 0
+
+
+def interrupt_after(monkeypatch, saves, error=KeyboardInterrupt):
+    """Make the trainer raise ``error`` right after its checkpoint number ``saves`` (0: at the first,
+    before it is written), as a Ctrl-C or a NaN cost between epochs would."""
+    real, count = trainer.Trainer.save_checkpoint, [0]
+
+    def save(self, path):
+        if count[0] == saves:
+            raise error("the cost became nan at epoch 3, step 1 of 13" if error is FloatingPointError else "")
+        count[0] += 1
+        return real(self, path)
+    monkeypatch.setattr(trainer.Trainer, "save_checkpoint", save)
+
+
+def test_ctrl_c_writes_the_outputs_of_the_epochs_in_the_checkpoint(tmp_path, capsys, monkeypatch,
+                                                                   quick_plots):
+    out = tmp_path / "run"
+    interrupt_after(monkeypatch, 2)
+    assert run_cli("--epochs", 5, "--out", out) == 130
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == (f"gpugrad train: stopped after epoch 2 of 5; continue with: "
+                                             f"gpugrad train --resume {out}")
+    assert summary(captured.out)[1] == 2
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2]
+    assert [name for name, _ in quick_plots] == ["history", "templates"]
+    monkeypatch.undo()
+    assert train("--resume", out) == 0  # the run's own --epochs 5
+    assert train("--epochs", 5, "--out", tmp_path / "straight") == 0
+    assert same_state(models.load_model(out / "model.npz", backend="numpy"),
+                      models.load_model(tmp_path / "straight" / "model.npz", backend="numpy"))
+
+
+def test_a_run_stopped_in_its_first_epoch_can_be_started_again_in_its_folder(tmp_path, capsys,
+                                                                              monkeypatch, quick_plots):
+    """No checkpoint yet: nothing is saved, and neither --resume nor a new run with the same --out
+    refuses the folder (the loop a user could once only leave with rm -r)."""
+    out = tmp_path / "run"
+    interrupt_after(monkeypatch, 0)
+    assert run_cli("--epochs", 2, "--out", out) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"gpugrad train: interrupted before epoch 1 ended; nothing was saved; start it again with: "
+        f"gpugrad train --resume {out}")
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    monkeypatch.undo()
+    assert run_cli("--resume", out) == 0
+    captured = capsys.readouterr()
+    assert HEADER.match(captured.err.strip()).group(1) == "starting again (no epoch had ended)"
+    assert summary(captured.out)[1] == 2
+    # The same goes for a run that diverged in its first epoch: the folder is taken over.
+    bad = tmp_path / "nan"
+    assert run_cli("--lr", "1e30", "--epochs", 2, "--out", bad) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "at epoch 1, step" in err and f"nothing was saved: train with other settings (--out {bad} " \
+        "may be used again)" in err, err
+    assert run_cli("--lr", 0.1, "--epochs", 2, "--out", bad) == 0
+    assert json.loads((bad / "run.json").read_text())["settings"]["lr"] == 0.1
+
+
+def test_a_folder_a_run_is_training_in_is_neither_taken_over_nor_resumed(tmp_path, capsys, monkeypatch,
+                                                                          quick_plots):
+    """A first epoch can take minutes: while its run holds the folder's lock, another run does not
+    take the folder (run.json, no checkpoint yet) over, and --resume refuses it."""
+    monkeypatch.chdir(tmp_path)
+    busy = tmp_path / "runs" / "digits-softmax"
+    busy.mkdir(parents=True)
+    (busy / "run.json").write_text("{}")
+    held = cli._hold(busy)  # as the training process holds it
+    try:
+        for argv in (("--out", busy), ("--resume", busy)):
+            assert run_cli(*argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.endswith(f"{busy}: a gpugrad train process is training in this folder now"), err
+        assert train("--epochs", 1) == 0  # the default folder name passes it by
+        assert summary(capsys.readouterr().out)[2] == os.path.join("runs", "digits-softmax-2")
+    finally:
+        held.close()
+    assert train("--epochs", 1) == 0  # released: the folder is taken over
+    assert summary(capsys.readouterr().out)[2] == os.path.join("runs", "digits-softmax")
+
+
+def test_a_run_that_diverges_later_keeps_the_outputs_of_the_epochs_before(tmp_path, capsys, monkeypatch,
+                                                                          quick_plots):
+    out = tmp_path / "run"
+    interrupt_after(monkeypatch, 2, FloatingPointError)
+    assert run_cli("--epochs", 5, "--out", out) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == (
+        f"gpugrad train: error: the cost became nan at epoch 3, step 1 of 13; the outputs of its 2 "
+        f"epochs are in {out} (to train with other settings: another --out, or --overwrite)")
+    assert summary(captured.out)[1] == 2
+    assert json.loads((out / "run.json").read_text())["result"]["stopped"] == "diverged"
+
+
+def test_overwrite_replaces_a_finished_run_and_leaves_other_files(tmp_path, capsys, quick_plots):
+    out = tmp_path / "run"
+    assert train("--epochs", 1, "--out", out) == 0
+    (out / "notes.txt").write_text("mine")
+    assert run_cli("--epochs", 1, "--out", out) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gpugrad train: error: --out {out}: the folder is not empty; it holds a run: continue it "
+        f"with --resume {out}, or replace it with --overwrite")
+    assert train("--model", "mlp", "--hidden", "8", "--epochs", 2, "--out", out, "--overwrite") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.png", "history.csv",
+                                                     "history.json", "model.npz", "notes.txt", "run.json"]
+    assert (out / "notes.txt").read_text() == "mine"  # no templates.png of the linear run either
+    assert trainer.load_checkpoint(out / "checkpoint.npz")["meta"]["epoch"] == 2
+    assert run_cli("--resume", out, "--overwrite") == 2
+    assert "--overwrite does not apply with --resume" in capsys.readouterr().err
+
+
+RESUME_REFUSALS = [
+    (lambda out: ("--resume", out, "--lr", 0.05), "--lr 0.05 differs from the run in {out} (--lr 0.2)"),
+    (lambda out: ("--resume", out, "--epochs", 1), "--epochs 1: the run in {out} has already trained 2 epochs"),
+    (lambda out: ("--resume", out, "--momentum", 0.9),
+     "--momentum 0.9: the run in {out} does not use it (its optimiser is sgd)"),
+    (lambda out: ("--resume", out, "--out", "elsewhere"), "--out does not apply with --resume"),
+    (lambda out: ("--resume", out, "--preset", "assignment1"), "--preset does not apply with --resume"),
+    (lambda out: ("--resume", out.parent / "missing"), "--resume {out.parent}/missing: no such folder"),
+    (lambda out: ("--resume", out.parent), "no run.json there (not a gpugrad train output folder)"),
+]
+
+
+def test_resume_refusals_are_one_line_naming_the_option(tmp_path, capsys, quick_plots):
+    out = tmp_path / "run"
+    assert train("--epochs", 2, "--out", out) == 0
+    capsys.readouterr()
+    for argv, message in RESUME_REFUSALS:
+        assert run_cli(*argv(out)) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("gpugrad train: error: "), captured
+        assert len(captured.err.strip().splitlines()) == 1 and message.format(out=out) in captured.err, \
+            captured.err
+    # A checkpoint that is not one: named, and said to be no gpugrad checkpoint (numpy's
+    # allow_pickle hint is no help).
+    (out / "checkpoint.npz").write_text("epoch 2, trust me\n")
+    assert run_cli("--resume", out) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gpugrad train: error: --resume {out}: {out / 'checkpoint.npz'}: not a gpugrad checkpoint: "
+        f"a text file, not an .npz archive")
+
+
+def test_run_json_records_only_the_settings_the_run_uses(tmp_path, quick_plots):
+    def settings(*argv):
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        assert train(*argv, "--epochs", 1, "--out", out) == 0
+        return json.loads((out / "run.json").read_text())["settings"]
+    s = settings()  # softmax, plain sgd, constant rate
+    for unused in ("momentum", "eta_min", "eta_max", "n_s", "step_size", "gamma", "hidden", "batchnorm"):
+        assert unused not in s, unused
+    assert (s["optimizer"], s["schedule"], s["lr"], s["lam"]) == ("sgd", "constant", 0.2, 0.001)
+    s = settings("--optimizer", "momentum", "--schedule", "cyclical", "--model", "mlp", "--hidden", 6)
+    assert "lr" not in s and (s["momentum"], s["eta_min"], s["eta_max"], s["hidden"], s["batchnorm"]) == \
+        (0.9, 1e-5, 0.1, "6", False)
+    assert s["n_s"] == 2 * (1212 // 100)  # filled in from the data: the value the run used
+    s = settings("--schedule", "step", "--optimizer", "adam")
+    assert (s["lr"], s["step_size"], s["gamma"]) == (0.001, 10 * 13, 0.1) and "momentum" not in s
+
+
+def test_a_rising_cost_is_reported_while_training_and_shaded_in_the_curves(tmp_path, capsys, monkeypatch,
+                                                                           quick_plots):
+    """--lr 100 on digits: the cost jumps around far above its best; a warning line says so during
+    the run (not after), and the curves shade those epochs."""
+    out = tmp_path / "run"
+    assert run_cli("--lr", 100, "--epochs", 12, "--out", out) == 0
+    err = capsys.readouterr().err.splitlines()
+    warning = [line for line in err if line.startswith("gpugrad train: warning: ")]
+    assert len(warning) == 1 and "the training cost has stayed above 1.5x its lowest" in warning[0] and \
+        "the learning rate (100) is probably too high" in warning[0], err
+    assert err.index(warning[0]) == 1  # right after the header, before the run's end
+    rows = json.loads((out / "history.json").read_text())
+    high = trainer.cost_too_high([r["cost"] for r in rows])
+    from matplotlib.axes import Axes
+    spans = []
+    real = Axes.axvspan
+    monkeypatch.setattr(Axes, "axvspan", lambda self, *a, **kw: spans.append(a) or real(self, *a, **kw))
+    REAL_PLOT_HISTORY(rows, tmp_path / "curves.png")  # what the run drew in its curves.png
+    assert spans and sum(hi - lo for lo, hi in spans) == high.sum()  # one epoch wide each
+    assert all(high[int(lo + 0.5) - 1:int(hi - 0.5)].all() for lo, hi in spans)
+    # The default rate trains quietly.
+    assert run_cli("--epochs", 12, "--out", tmp_path / "fine") == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+
+
+def test_single_class_data_is_refused_with_the_estimators_message(tmp_path, capsys):
+    from gpugrad import SoftmaxClassifier
+    X = np.random.default_rng(0).standard_normal((40, 3))
+    np.savez(tmp_path / "one.npz", X=X, y=np.full(40, 7))
+    with pytest.raises(ValueError) as estimator:
+        SoftmaxClassifier(backend="numpy").fit(X, np.full(40, 7))
+    assert run_cli("--data", tmp_path / "one.npz", "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gpugrad train: error: --data {tmp_path / 'one.npz'}: "
+                   + str(estimator.value).replace("SoftmaxClassifier", "gpugrad train"))
+    assert "needs samples of at least 2 classes, but the data contain only one class: [7]" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_starts_fast_and_imports_no_scientific_stack():
+    """`gpugrad train --help` imports neither scikit-learn, scipy, pandas, matplotlib nor tqdm, and a
+    digits run imports no scikit-learn, scipy or pandas (matplotlib only to draw its curves)."""
+    code = ("import sys, io, contextlib; from gpugrad.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = ('sklearn', 'scipy', 'pandas', 'matplotlib', 'tqdm', 'torch', 'dask')\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}), file=sys.stderr)")
+    for argv, allowed in ((["train", "--help"], []), (["predict", "--help"], []),
+                          (["train", "--backend", "numpy", "--quiet", "--epochs", "1", "--out", "RUN"],
+                           ["matplotlib"])):
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = [a.replace("RUN", os.path.join(tmp, "run")) for a in argv]
+            r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                               cwd=tmp, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert eval(r.stderr.strip().splitlines()[-1]) == allowed, (argv, r.stderr)
+
+
+# ---- gpugrad predict --------------------------------------------------------------------------------
+
+def predict(*argv):
+    try:
+        return cli.main(["predict", "--backend", "numpy", *map(str, argv)])
+    except SystemExit as e:
+        return e.code
+
+
+def test_predict_writes_the_labels_and_the_accuracy_of_a_trained_run(tmp_path, capsys, quick_plots):
+    run = tmp_path / "run"
+    assert train("--epochs", 3, "--out", run) == 0
+    accuracy = summary(capsys.readouterr().out)[0]
+    csv_path = tmp_path / "p.csv"
+    assert predict(run, "digits", "--out", csv_path) == 0  # the run's folder: its model.npz
+    line = capsys.readouterr().out.strip()
+    m = re.fullmatch(r"accuracy (\d\.\d{4}) \((\d+) of 450\) \| 450 predictions of the 450 digits test "
+                     rf"rows -> {re.escape(str(csv_path))} \| LinearClassifier\(64 -> 10, softmax, 650 "
+                     r"parameters, float32, numpy, normalises inputs\)", line)
+    assert m and float(m.group(1)) == accuracy, line  # the run's own test accuracy
+    ds = data.load_digits()
+    model = models.load_model(run / "model.npz", backend="numpy")
+    X = (ds.X_test - model.buffers["x_mean"]) / model.buffers["x_std"]
+    want = np.argmax(X @ model.params["W"].T + model.params["b"], axis=1)  # by hand
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "prediction,label" and len(rows) == 451
+    assert [r.split(",") for r in rows[1:]] == [[str(p), str(t)] for p, t in zip(want, ds.y_test)]
+    assert int(m.group(2)) == int((want == ds.y_test).sum())
+    assert predict(run / "model.npz", "digits", "--out", tmp_path / "p.npy") == 0
+    assert np.array_equal(np.load(tmp_path / "p.npy"), want)
+
+
+def test_predict_maps_classes_back_to_the_datas_own_labels(tmp_path, capsys, quick_plots):
+    """A model trained on labels 3, 7, 11 predicts 3, 7 or 11; new rows without labels get
+    predictions only; rows with labels, the accuracy against them."""
+    rng = np.random.default_rng(1)
+    y = rng.choice([3, 7, 11], 300)
+    X = rng.standard_normal((300, 4)) + y[:, None] / 3.0
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    assert train("--data", tmp_path / "train.npz", "--epochs", 5, "--out", tmp_path / "run") == 0
+    capsys.readouterr()
+    np.savez(tmp_path / "new.npz", X=X[:50])
+    assert predict(tmp_path / "run", tmp_path / "new.npz", "--out", tmp_path / "new.csv") == 0
+    assert capsys.readouterr().out.startswith(f"50 predictions of the 50 rows of {tmp_path / 'new.npz'} -> ")
+    rows = (tmp_path / "new.csv").read_text().splitlines()
+    assert rows[0] == "prediction" and set(rows[1:]) <= {"3", "7", "11"} and len(rows) == 51
+    model = models.load_model(tmp_path / "run" / "model.npz", backend="numpy")
+    assert model.class_names == ["3", "7", "11"]
+    want = np.array([3, 7, 11])[np.asarray(model.predict(X[:50]))]
+    assert [int(r) for r in rows[1:]] == want.tolist()
+    np.savez(tmp_path / "labelled.npz", X=X[:50], y=y[:50])
+    assert predict(tmp_path / "run", tmp_path / "labelled.npz", "--out", tmp_path / "l.npy") == 0
+    right = int((want == y[:50]).sum())
+    assert capsys.readouterr().out.startswith(f"accuracy {right / 50:.4f} ({right} of 50) | ")
+    assert np.array_equal(np.load(tmp_path / "l.npy"), want)
+
+
+def test_predict_refuses_bad_input_with_one_line_naming_it(tmp_path, capsys, quick_plots):
+    run = tmp_path / "run"
+    assert train("--epochs", 1, "--out", run) == 0
+    capsys.readouterr()
+    (tmp_path / "text.npz").write_text("not an archive\n")
+    np.savez(tmp_path / "wide.npz", X=np.zeros((3, 65)))
+    np.savez(tmp_path / "noX.npz", rows=np.zeros((3, 64)))
+    np.savez(tmp_path / "labels.npz", X=np.zeros((3, 64)), y=np.array([1, 2, 12]))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "run.json").write_text("{}")
+    cases = [
+        ((tmp_path / "missing.npz", "digits"), f"MODEL {tmp_path / 'missing.npz'}: no such file or folder"),
+        ((tmp_path / "text.npz", "digits"),
+         f"MODEL {tmp_path / 'text.npz'}: not a gpugrad model file: a text file, not an .npz archive"),
+        ((tmp_path / "empty", "digits"), f"MODEL {tmp_path / 'empty'}: the folder holds no model.npz"),
+        ((tmp_path / "unfinished", "digits"),
+         f"its run has not finished: gpugrad train --resume {tmp_path / 'unfinished'} writes it"),
+        ((run, tmp_path / "wide.npz"), "its rows have 65 features; the model in"),
+        ((run, tmp_path / "noX.npz"), "it has no array X (it holds: rows)"),
+        ((run, tmp_path / "text.npz"), f"DATA {tmp_path / 'text.npz'}: a text file, not an .npz archive"),
+        ((run, tmp_path / "labels.npz"), "label y[2] = 12 is not one of the model's classes (0, 1, 2,"),
+        ((run, tmp_path / "none.npz"), f"DATA {tmp_path / 'none.npz'}: no such file or folder"),
+        ((run, "digits", "--out", tmp_path / "p.txt"), "--out"),
+        ((run, "digits", "--out", tmp_path / "no" / "p.csv"), f"folder {tmp_path / 'no'} does not exist"),
+    ]
+    for argv, message in cases:
+        assert predict(*argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("gpugrad predict: error: ") and len(err.splitlines()) == 1, err
+        assert message in err, err
+    assert not (tmp_path / "predictions.csv").exists() and not (tmp_path / "p.txt").exists()

@@ -348,3 +348,14 @@ def test_normalisation_refuses_bad_input():
         data.normalisation(np.zeros((0, 3)))
     with pytest.raises(ValueError, match="column 1 holds NaN or Inf"):
         data.normalisation(np.array([[0.0, np.inf], [1.0, 2.0]]))
+
+
+def test_digits_are_read_from_scikit_learns_file_as_its_loader_reads_them():
+    """The CSV scikit-learn ships, read directly (importing sklearn.datasets costs a command a
+    second or more; tests/test_cli.py checks a run does without it), gives exactly the arrays of
+    scikit-learn's own loader."""
+    X, y = data._digits_arrays()
+    bunch = sklearn_digits()
+    assert X.dtype == np.uint8 and y.dtype == np.int64
+    np.testing.assert_array_equal(X, bunch.data)
+    np.testing.assert_array_equal(y, bunch.target)

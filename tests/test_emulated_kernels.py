@@ -13,8 +13,6 @@ tests/test_linmma_model.py). Sizes are small: a thread costs microseconds here.
 """
 import ctypes
 import os
-import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
 from emu.build import cache_dir as build_cache  # noqa: E402
 from gpugrad.backends import cuda_driver, plans  # noqa: E402
-from kernel_checks import check_linear_step, linear_case, rel, TOL  # noqa: E402
+from kernel_checks import (check_gather, check_layer, check_linear_step, check_scores_loss, check_update,  # noqa: E402
+                           host, linear_case, rel, TOL)
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -138,7 +136,7 @@ def test_long_rows_every_kernel(be, variant, C, dtype, monkeypatch, rng):
         buf = E.emucupy.full(2 * n * C + 4, np.nan, dtype)
         start = (-buf.data.ptr % 16 + offset) // np.dtype(dtype).itemsize
         S_dev = buf[start:start + n * C].reshape(n, C)
-        S_dev[...] = S.astype(dtype)
+        S_dev[...] = dev(S.astype(dtype))
         out = buf[start + n * C:start + 2 * n * C].reshape(n, C)
         assert S_dev.data.ptr % 16 == offset
         be.launches.clear()
@@ -162,8 +160,8 @@ def test_long_rows_keep_nan(be, variant, monkeypatch, rng):
     ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S.astype(np.float64), y)
     loss, dS = be.softmax_cross_entropy_grad(dev(S), dev(y))
     assert np.isnan(float(loss)) and np.isnan(ref_loss)
-    assert np.isnan(np.asarray(dS)[1]).all() and np.isnan(ref_dS[1]).all()
-    assert np.isfinite(np.asarray(dS)[[0, 2]]).all()
+    assert np.isnan(host(dS)[1]).all() and np.isnan(ref_dS[1]).all()
+    assert np.isfinite(host(dS)[[0, 2]]).all()
 
 
 def test_rows_past_the_cards_shared_memory_take_a_block_per_row(monkeypatch, rng):
@@ -189,9 +187,42 @@ def test_row_loss_kernels_agree_bit_for_bit_in_every_thread_order(be, C, long_ro
     for order, deferred in MODES:
         E.configure(order, 11, deferred)
         loss, dS = be.softmax_cross_entropy_grad(S, y)
-        runs.append((np.array(loss), np.array(dS)))
+        runs.append((host(loss), host(dS)))
     for loss, dS in runs[1:]:
         assert np.array_equal(loss, runs[0][0]) and np.array_equal(dS, runs[0][1])
+
+
+# ---- the compiled step's kernels: the same bits in every thread order ----------------------------------
+# Inputs uniform in (0, 1): two reductions in a row through one scratch leave different values in
+# it, so a reduction that lost its leading barrier would change the result under some order (the
+# runahead order too: tests/test_kernel_edges.py's RUNAHEAD families).
+MLP_RUNS = {
+    "gather u8": lambda be, rng: check_gather(be, dev, rng, "u8"),
+    "layer": lambda be, rng: check_layer(be, dev, rng, np.float32, True, s=rng.uniform(0, 1, (13, 40)),
+                                         dh=rng.uniform(0, 1, (13, 40))),
+    "layer without batch norm": lambda be, rng: check_layer(be, dev, rng, np.float32, False,
+                                                            s=rng.uniform(-1, 1, (13, 40)), dh=rng.uniform(0, 1, (13, 40))),
+    "scores_loss softmax": lambda be, rng: check_scores_loss(be, dev, rng, np.float32, 10, "softmax", True,
+                                                             S=rng.uniform(0, 1, (30, 10))),
+    "scores_loss svm, 2 a lane": lambda be, rng: check_scores_loss(be, dev, rng, np.float32, 40, "svm", True,
+                                                                   S=rng.uniform(0, 1, (30, 40))),
+    "update adam": lambda be, rng: check_update(be, dev, rng, np.float32, "adam"),
+    "update nesterov": lambda be, rng: check_update(be, dev, rng, np.float64, "nesterov"),
+}
+
+
+@pytest.mark.parametrize("run", list(MLP_RUNS))
+def test_compiled_step_kernels_agree_bit_for_bit_in_every_thread_order(be, run):
+    results = []
+    try:
+        for order, deferred, seed in [(o, d, 5) for o, d in MODES] + [("runahead", True, 1)]:
+            E.configure(order, seed, deferred)
+            results.append(MLP_RUNS[run](be, np.random.default_rng(11)))
+    finally:
+        E.configure("forward", 1, True)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True)
 
 
 # ---- the fused linear step: both kernels ("simt", "mma"), both X types ---------------------------------
@@ -262,7 +293,7 @@ def test_linear_step_kernel_turns_a_bad_label_into_nan(be, kind, loss, rng):
     is never used as an index (the emulator would catch the stray read)."""
     _, args = _linear_inputs(rng, kind, 9, 20, 5)
     for bad in (-1, 5):
-        y = np.array(args[1])
+        y = host(args[1])
         y[4] = bad
         be.launches.clear()
         J = be.linear_grad(args[0], dev(y), *args[2:4], 0.01, loss, *args[4:])[0]
@@ -273,7 +304,7 @@ def _agree_in_every_thread_order(be, *args):
     runs = []
     for order, deferred in MODES:
         E.configure(order, 5, deferred)
-        runs.append([np.array(a) for a in be.linear_grad(*args[:4], 0.01, "softmax", *args[4:])])
+        runs.append([host(a) for a in be.linear_grad(*args[:4], 0.01, "softmax", *args[4:])])
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert np.array_equal(a, b)
@@ -299,11 +330,10 @@ def test_linear_step_stages_x_from_an_unaligned_address(vbe, xtype, rng):
 
 
 def _moved(X, offset):
-    """A copy of X starting `offset` bytes past a 16-byte boundary."""
-    X = np.asarray(X)
-    buf = np.empty(X.nbytes + 32, np.uint8)
-    start = (-buf.ctypes.data) % 16 + offset
-    moved = buf[start:start + X.nbytes].view(X.dtype).reshape(X.shape).view(E.EmuArray)
+    """A device copy of the device array X starting `offset` bytes past a 16-byte boundary."""
+    buf = E.emucupy.empty(X.nbytes + 32, np.uint8)
+    start = (-buf.data.ptr) % 16 + offset
+    moved = buf[start:start + X.nbytes].view(X.dtype).reshape(X.shape)
     moved[...] = X
     assert moved.data.ptr % 16 == offset
     return moved
@@ -400,9 +430,8 @@ PLANTED = {
         "GG_HD int gg_mma_t_reg(int r) { return ((r & 1) << 1) | (r >> 1); }",
         "GG_HD int gg_mma_t_reg(int r) { return r; }")),
     "a barrier only some threads reach": ("u8", _replace(
-        "        __syncthreads();\n        float* sx = Sx + stage * R * 16;\n        gg_linmma_sum_parts<4, R>",
-        "        if (threadIdx.x < 32) __syncthreads();\n        float* sx = Sx + stage * R * 16;\n"
-        "        gg_linmma_sum_parts<4, R>")),
+        "    __syncthreads();\n    float* sx = Sx + stage * R * 16;",
+        "    if (threadIdx.x < 32) __syncthreads();\n    float* sx = Sx + stage * R * 16;")),
     "G is read before every thread has written it": ("f32", _replace(
         "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }\n        __syncthreads();",
         "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }")),

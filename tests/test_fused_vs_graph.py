@@ -1,7 +1,10 @@
-"""The fused mini-batch gradients against the graph path, and the losses' numerics and checks.
+"""The fused mini-batch gradients and the graph path, each against the lecture's formulas written
+out here, and the losses' numerics and checks.
 
 Graph path: S = X @ W.T + b, J = loss(S, y) + lam * (W ** 2).sum(), J.backward().
 Fused path: ``gg.linear_grad`` (and ``softmax_cross_entropy_grad`` / ``svm_grad`` on S).
+The graph's losses take dS from the fused functions, so comparing the two paths with each other
+cannot catch a wrong dS: both are compared with ``reference`` instead, in float64 numpy.
 """
 import numpy as np
 import pytest
@@ -28,6 +31,33 @@ def problem(backend, rng, n=20, d=7, C=5, dtype=np.float64):
     return X, xp.asarray(rng.integers(0, C, n)), W, b
 
 
+def reference_dS(S, y, loss):
+    """(loss, dS) of a score matrix by the lecture's formulas, in float64 numpy: softmax
+    cross-entropy: L = -(1/n) sum_i log p_i,y_i, dS = (P - Y) / n; multi-class SVM: m_ij =
+    max(0, s_ij - s_iy_i + 1) for j != y_i, L = (1/n) sum m_ij, dS_ij = [m_ij > 0] / n and
+    dS_iy_i = -(number of j with m_ij > 0) / n."""
+    S = np.asarray(S, dtype=np.float64)
+    n, C = S.shape
+    rows = np.arange(n)
+    Y = np.eye(C)[y]
+    if loss == "softmax":
+        E = np.exp(S - S.max(axis=1, keepdims=True))
+        P = E / E.sum(axis=1, keepdims=True)
+        return -np.log(P[rows, y]).mean(), (P - Y) / n
+    M = np.maximum(0.0, S - S[rows, y][:, None] + 1)
+    M[rows, y] = 0
+    active = (M > 0).astype(np.float64)
+    return M.sum() / n, (active - Y * active.sum(axis=1, keepdims=True)) / n
+
+
+def reference(X, y, W, b, lam, loss):
+    """(J, dJ/dW, dJ/db) of J = L(X W^T + b, y) + lam ||W||^2 by the chain rule written out:
+    dW = dS^T X + 2 lam W, db = sum of dS over rows (float64 numpy)."""
+    X, W, b = (np.asarray(a, dtype=np.float64) for a in (X, W, b))
+    L, dS = reference_dS(X @ W.T + b, np.asarray(y), loss)
+    return L + lam * (W ** 2).sum(), dS.T @ X + 2 * lam * W, dS.sum(axis=0)
+
+
 def graph_J(X, y, W, b, lam, loss):
     """J, dJ/dW, dJ/db by the graph: the lecture's computational graph and BackOp."""
     W_t, b_t = gg.tensor(W, requires_grad=True), gg.tensor(b, requires_grad=True)
@@ -36,30 +66,48 @@ def graph_J(X, y, W, b, lam, loss):
     return J.value, W_t.grad, b_t.grad
 
 
-# ---- fused == graph ----------------------------------------------------------------------------
+# ---- fused and graph, each against the formulas ------------------------------------------------
 
 @pytest.mark.parametrize("lam", [0.0, 0.37])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
-def test_linear_grad_fused_equals_graph_in_float64(backend, rng, loss, lam):
+def test_linear_grad_fused_and_graph_equal_the_formulas_in_float64(backend, rng, loss, lam):
     X, y, W, b = problem(backend, rng)
+    want = reference(npy(backend, X), backend.to_numpy(y), npy(backend, W), npy(backend, b), lam, loss)
     fused = gg.linear_grad(X, y, W, b, lam=lam, loss=loss)
     graph = graph_J(X, y, W, b, lam, loss)
-    for name, f, g in zip(("J", "dW", "db"), fused, graph):
-        assert rel_err(npy(backend, g), npy(backend, f)) <= 1e-12, name
+    for name, f, g, r in zip(("J", "dW", "db"), fused, graph, want):
+        assert rel_err(npy(backend, f), r) <= 1e-12, f"fused {name}"
+        assert rel_err(npy(backend, g), r) <= 1e-12, f"graph {name}"
 
 
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
-def test_fused_score_gradients_equal_graph(backend, rng, loss):
+def test_fused_and_graph_score_gradients_equal_the_formulas(backend, rng, loss):
     xp = backend.xp
-    S_arr = xp.asarray(rng.standard_normal((12, 6)))
-    y = xp.asarray(rng.integers(0, 6, 12))
+    S_np, y_np = rng.standard_normal((12, 6)), rng.integers(0, 6, 12)
+    L_ref, dS_ref = reference_dS(S_np, y_np, loss)
     fused = {"softmax": gg.softmax_cross_entropy_grad, "svm": gg.svm_grad}[loss]
-    L_fused, dS_fused = fused(S_arr, y)
-    S = gg.tensor(S_arr, requires_grad=True)
-    L = LOSSES[loss](S, y)
+    L_fused, dS_fused = fused(xp.asarray(S_np), xp.asarray(y_np))
+    S = gg.tensor(xp.asarray(S_np), requires_grad=True)
+    L = LOSSES[loss](S, xp.asarray(y_np))
     L.backward()
-    assert rel_err(npy(backend, L.value), npy(backend, L_fused)) <= 1e-12
-    assert rel_err(npy(backend, S.grad), npy(backend, dS_fused)) <= 1e-12
+    for what, value, grad in (("fused", L_fused, dS_fused), ("graph", L.value, S.grad)):
+        assert rel_err(npy(backend, value), L_ref) <= 1e-12, what
+        assert rel_err(npy(backend, grad), dS_ref) <= 1e-12, what
+
+
+def test_the_formulas_are_the_derivatives_of_the_losses(rng):
+    """The reference itself, against central differences in float64: the tests above compare
+    with a dS that is the derivative, not merely one written the same way as the code."""
+    S, y = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    h = 1e-6
+    for loss in ("softmax", "svm"):
+        _, dS = reference_dS(S, y, loss)
+        num = np.zeros_like(S)
+        for i, j in np.ndindex(S.shape):
+            E = np.zeros_like(S)
+            E[i, j] = h
+            num[i, j] = (reference_dS(S + E, y, loss)[0] - reference_dS(S - E, y, loss)[0]) / (2 * h)
+        np.testing.assert_allclose(dS, num, rtol=1e-6, atol=1e-9, err_msg=loss)
 
 
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
@@ -134,9 +182,10 @@ def test_cross_entropy_with_one_hot_rows_equals_integer_labels(backend, rng):
         J = gg.cross_entropy(S, labels)
         J.backward()
         results.append((npy(backend, J.value), npy(backend, S.grad)))
-    (J_int, g_int), (J_hot, g_hot) = results
-    assert rel_err(J_hot, J_int) <= 1e-13
-    assert rel_err(g_hot, g_int) <= 1e-13
+    L_ref, dS_ref = reference_dS(S_np, y_np, "softmax")
+    for J, g in results:  # integer labels and one-hot rows: both the formula's values
+        assert rel_err(J, L_ref) <= 1e-13
+        assert rel_err(g, dS_ref) <= 1e-13
 
 
 def test_cross_entropy_with_probability_rows_matches_the_definition(backend, rng):
@@ -155,15 +204,14 @@ def test_cross_entropy_with_probability_rows_matches_the_definition(backend, rng
 
 def test_one_score_vector_is_a_batch_of_one(backend, rng):
     s_np = rng.standard_normal(5)
-    for loss, fused in ((gg.cross_entropy, gg.softmax_cross_entropy_grad),
-                        (gg.svm_loss, gg.svm_grad)):
+    for loss, name in ((gg.cross_entropy, "softmax"), (gg.svm_loss, "svm")):
         s = gg.tensor(backend.xp.asarray(s_np), requires_grad=True)
         J = loss(s, 2)
         J.backward()
-        L_ref, dS_ref = fused(backend.xp.asarray(s_np[None, :]), backend.xp.asarray([2]))
+        L_ref, dS_ref = reference_dS(s_np[None, :], np.array([2]), name)
         assert J.shape == () and s.grad.shape == (5,)
-        assert rel_err(npy(backend, J.value), npy(backend, L_ref)) <= 1e-15
-        assert rel_err(npy(backend, s.grad), npy(backend, dS_ref)[0]) <= 1e-15
+        assert rel_err(npy(backend, J.value), L_ref) <= 1e-15
+        assert rel_err(npy(backend, s.grad), dS_ref[0]) <= 1e-15
 
 
 # ---- bad inputs ---------------------------------------------------------------------------------

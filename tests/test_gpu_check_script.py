@@ -1,6 +1,7 @@
-"""benchmarks/gpu_check.py and device_check.sh run where CI cannot (a GPU is lent for minutes), so
-their mistakes would cost that time: here they parse, and the newer parts of gpu_check run end to
+"""benchmarks/gpu_check.py and device_check.sh run where CI cannot (on a GPU, often for a few
+minutes at a time), so their mistakes would cost that time: here they parse, and the newer parts of gpu_check run end to
 end on the emulated CUDA backend (tests/emu) with the timers stubbed."""
+import importlib
 import shutil
 import subprocess
 import types
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import deps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,20 +26,13 @@ def gpu_check(monkeypatch, emulated_cuda):
     E = emulated_cuda
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_check as G
-    class Cupy:  # the emulator's cupy, with a device to synchronise
-        cuda = types.SimpleNamespace(**vars(E.emucupy.cuda),
-                                     Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None))
-
-        def __getattr__(self, name):
-            return getattr(E.emucupy, name)
-
-    monkeypatch.setattr(G, "cupy", Cupy())
+    monkeypatch.setattr(G, "cupy", E.emucupy)
     monkeypatch.setattr(G, "HAVE_TORCH", False)
     monkeypatch.setattr(G, "time_batches", lambda fn, sets, **k: (fn(*sets[0]), (1.0, 1.0, 1.0))[1])
     monkeypatch.setattr(G, "host_us", lambda fn, **k: (fn(), 1.0)[1])
-    # CuPy's pointer holder, which host_breakdown imports: a plain integer here
-    import cupy.cuda.function
-    monkeypatch.setattr(cupy.cuda.function, "CIntptr", np.uint64)
+    # CuPy's pointer holder, which host_breakdown imports: a plain integer here (the real module:
+    # `import cupy` gives the stand-in while the emulated backend is installed)
+    monkeypatch.setattr(importlib.import_module("cupy.cuda.function"), "CIntptr", np.uint64)
     monkeypatch.setattr(G, "RESULTS", {"correctness": [], "timing": [], "env": {}})
     return G
 
@@ -106,8 +102,8 @@ def _device_check(tmp_path, stub, budget):
     return r, sorted(p.name for p in out.iterdir()), (out / "device_check.log").read_text()
 
 
-@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_device_check_runs_every_stage_and_returns_its_log_and_results(tmp_path):
+    deps.need(shutil.which("timeout") is not None, "needs coreutils' timeout")
     r, files, log = _device_check(tmp_path, "ok", 100)
     assert r.returncode == 0, r.stdout + r.stderr
     assert files == ["device_check.log", "results.json"]
@@ -118,8 +114,8 @@ def test_device_check_runs_every_stage_and_returns_its_log_and_results(tmp_path)
     assert "gpu_check exit 1, trainer_check exit 0" in log
 
 
-@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_device_check_stops_a_hung_stage_at_its_deadline(tmp_path):
+    deps.need(shutil.which("timeout") is not None, "needs coreutils' timeout")
     r, files, log = _device_check(tmp_path, "hang", 4)
     assert r.returncode != 0
     assert "== stage gpu_check: exit 124" in log  # killed by timeout, the log kept
@@ -130,7 +126,7 @@ def test_device_check_stops_a_hung_stage_at_its_deadline(tmp_path):
 @pytest.fixture
 def bare_gpu_check(monkeypatch):
     """gpu_check imported as it is (importing needs CuPy installed, not a GPU), with empty results."""
-    pytest.importorskip("cupy", reason="gpu_check imports cupy (no GPU needed)")
+    deps.require("cupy", "gpu_check imports cupy (no GPU needed)")
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import gpu_check as G
     monkeypatch.setattr(G, "RESULTS", {"correctness": [], "timing": [], "env": {}})

@@ -97,6 +97,8 @@ def _check_linear(ref_args, args, loss, lam, backend=None):
 
 @pytest.mark.parametrize("n,d,C", [(1, 5, 1), (3, 7, 2), (65537, 131, 10), (1000, 3071, 10), (513, 100, 16),
                                    (300, 3073, 10), (257, 50, 40), (4099, 3072, 10), (70, 784, 9)])
+
+
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_linear_grad_fused_matches_numpy(n, d, C, loss, linear_variant, rng):
     variant, be = linear_variant
@@ -109,6 +111,8 @@ def test_linear_grad_fused_matches_numpy(n, d, C, loss, linear_variant, rng):
 @pytest.mark.parametrize("n,d,C,loss", [(3, 7, 2, "softmax"), (4099, 3072, 10, "softmax"), (70, 784, 10, "svm"),
                                         (129, 33, 5, "softmax"), (1, 5, 1, "softmax"), (65537, 3071, 16, "svm"),
                                         (200, 3072, 9, "softmax"), (513, 100, 8, "svm")])
+
+
 def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_variant, rng):
     variant, be = linear_variant
     ref_args, args = _linear_inputs(rng, "u8", n, d, C, wscale=0.01)
@@ -120,6 +124,8 @@ def test_linear_grad_uint8_pixels_normalised_on_the_fly(n, d, C, loss, linear_va
 @pytest.mark.parametrize("n,d,C,loss", [(1, 5, 1, "softmax"), (3, 7, 2, "svm"), (65537, 131, 10, "softmax"),
                                         (4099, 1024, 10, "svm"), (513, 100, 16, "softmax"), (70, 784, 9, "svm"),
                                         (2049, 2047, 4, "softmax"), (300, 1025, 10, "softmax")])
+
+
 @pytest.mark.parametrize("kind", ["f32n", "f64", "f64n", "u8f64"])
 def test_linear_grad_other_kinds_of_x(kind, n, d, C, loss, rng):
     """float32 X normalised on the fly, float64 X plain and normalised, uint8 X under float64
@@ -246,6 +252,8 @@ def test_direct_call_path_on_other_streams(rng):
 @pytest.mark.parametrize("variant", ["stream", "prefetch", "block"])
 @pytest.mark.parametrize("C,dtype", [(8193, np.float32), (9000, np.float32), (32768, np.float32),
                                      (16384, np.float64), (12002, np.float64)])
+
+
 def test_long_row_kernels_match_numpy(variant, C, dtype, rng):
     """Every kernel for long softmax rows (the ce_long_rows variants), with more rows than SMs."""
     import cupy
@@ -340,6 +348,8 @@ def test_work_under_another_device_runs_there(rng):
 # ---- the sparse step (CSR X on the device; kernels/sparse_step.cuh) --------------------------------
 @pytest.mark.parametrize("n,d,C", [(1, 5, 1), (13, 300, 3), (70001, 2000, 10), (4099, 100000, 20), (513, 700, 32),
                                    (300, 500, 40)])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
 def test_sparse_step_matches_numpy(n, d, C, dtype, loss, rng):
@@ -369,3 +379,43 @@ def test_sparse_step_public_api_names_a_nan(rng):
     Xd = csp.csr_matrix((cupy.asarray(X.data), cupy.asarray(X.indices), cupy.asarray(X.indptr)), shape=X.shape)
     with pytest.raises(ValueError, match=rf"X contains NaN at row 6, column {X.indices[X.indptr[6]]}"):
         gg.linear_grad(Xd, cupy.asarray(y), cupy.asarray(W.astype(np.float32)), cupy.asarray(b.astype(np.float32)))
+
+
+# ---- the compiled step's kernels (kernels/mlp.cuh) --------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_step_kernels_match_numpy(dtype, rng):
+    """The gather for each kind of X, a layer forward and backward (with and without batch norm,
+    at batch sizes past one block of rows), the loss for each width of lane, the fused update
+    for each rule: kernel_checks' checks, on the card."""
+    import cupy
+    from kernel_checks import GATHER_KINDS, check_gather, check_layer, check_scores_loss, check_update
+    be = gg.get_backend("cupy")
+    for kind in GATHER_KINDS:
+        if GATHER_KINDS[kind][1] == dtype:
+            check_gather(be, cupy.asarray, rng, kind, N=5000, n=1000, d=3072)
+    for n, m in ((100, 50), (1000, 300), (7, 1)):
+        for bn in (True, False):
+            check_layer(be, cupy.asarray, rng, dtype, bn, n=n, m=m)
+    for C in (1, 10, 33, 100, 256, 1000):
+        for loss in ("softmax", "svm"):
+            check_scores_loss(be, cupy.asarray, rng, dtype, C, loss, weighted=C % 2 == 0, n=1001)
+    for rule in ("sgd", "momentum", "nesterov", "adam"):
+        check_update(be, cupy.asarray, rng, dtype, rule, N=160_510, n_decay=157_000)
+
+
+def test_compiled_mlp_training_matches_numpy_on_the_card(rng):
+    """Two epochs of the 3072-50-50-10 network with batch norm on CIFAR-shaped uint8 rows through
+    the trainer, on the card and on numpy: the same weights within float32 rounding."""
+    import cupy
+    X = rng.integers(0, 256, (1050, 3072)).astype(np.uint8)
+    y = rng.integers(0, 10, 1050)
+    mean, std = X.mean(0), X.std(0) + 1
+    runs = []
+    for b in ("cupy", "numpy"):
+        model = gg.models.MLP(3072, 10, (50, 50), batchnorm=True, backend=b, x_mean=mean, x_std=std)
+        gg.Trainer(model, gg.optim.SGD(0.01, momentum=0.9), epochs=2, batch_size=100, lam=1e-3,
+                   progress=False, eval_train=False).fit(cupy.asarray(X) if b == "cupy" else X, y)
+        runs.append(model)
+    for k in runs[1].params:
+        np.testing.assert_allclose(runs[0].backend.to_numpy(runs[0].params[k]), runs[1].params[k],
+                                   rtol=2e-3, atol=2e-5, err_msg=k)

@@ -1,7 +1,8 @@
 """Every kernel entry point in kernels/, launched on the CPU emulator (tests/emu) by this file.
 
 Each case makes one call through the CuPy backend's public methods (softmax_cross_entropy_grad,
-svm_grad, linear_grad, first_invalid) at the smallest shape for which the backend's own planning
+svm_grad, linear_grad, linear_step, first_invalid; the compiled step's gather_rows, layer_forward,
+layer_backward, scores_loss, optimizer_update) at the smallest shape for which the backend's own planning
 picks the kernel under test, so the grid, block, shared memory and arguments are the ones a GPU
 would get; the result is checked against the float64 numpy backend. The cases run under the
 emulator's "runahead" schedule (one warp or block at a time runs ahead of the others until it
@@ -11,21 +12,19 @@ The last test fails when an entry point of the kernel module is launched by none
 It needs no other test of this file to have run first (a parallel run, pytest -n, spreads them
 over processes): the cases that did not run in its process are run there.
 """
-import platform
-import shutil
 import zlib
 
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
-from kernel_checks import check_linear_step, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL  # noqa: E402
+from kernel_checks import (check_gather, check_layer, check_linear_step, check_scores_loss, check_update,  # noqa: E402
+                           GATHER_KINDS, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL)
 from kernel_checks import check_sparse_step, sparse_case  # noqa: E402
 
 NP = gg.get_backend("numpy")
@@ -93,6 +92,38 @@ def _first_invalid_case(be, monkeypatch, rng):
     assert label_pos == 450 and bad == [100 * C + 6, 100 * C + 6, -1]
 
 
+def _linear_rows_case(be, monkeypatch, rng):
+    """The fused step on rows idx of a larger X (the trainer's batch, read where it lies)."""
+    ref, args = linear_case(rng, "f32", 40, 13, 10)
+    idx = rng.permutation(40)[:9]
+    X, y = args[0], args[1]
+    out = (dev(np.full((), np.nan, np.float32)), dev(np.full((10, 13), np.nan, np.float32)),
+           dev(np.full(10, np.nan, np.float32)))
+    got = be.linear_step(dev(X), dev(idx), dev(y), dev(args[2]), dev(args[3]), "softmax", out=out)
+    check_linear_step((ref[0][idx], ref[1][idx], *ref[2:]), got, "softmax", 0.0)
+
+
+def _mlp_cases():
+    """The compiled step's kernels (kernels/mlp.cuh): each at the smallest shape that selects it."""
+    cases = {}
+    for kind in GATHER_KINDS:
+        cases[f"gg_gather_{kind}"] = ({f"gg_gather_{kind}"},
+                                      lambda be, mp, rng, kind=kind: check_gather(be, dev, rng, kind))
+    for t, dtype in (("f32", np.float32), ("f64", np.float64)):
+        cases[f"gg_layer_fwd_{t}"] = ({f"gg_layer_fwd_{t}", f"gg_layer_bwd_{t}"},
+                                      lambda be, mp, rng, dtype=dtype: (check_layer(be, dev, rng, dtype, True),
+                                                                        check_layer(be, dev, rng, dtype, False)))
+        cases[f"gg_layer_bwd_{t}"] = cases[f"gg_layer_fwd_{t}"]
+        for K, C in ((1, 10), (2, 33), (4, 100), (8, 200), (32, 700)):
+            cases[f"gg_scores_loss_{t}_k{K}"] = (
+                {f"gg_scores_loss_{t}_k{K}"},
+                lambda be, mp, rng, dtype=dtype, C=C, K=K: check_scores_loss(be, dev, rng, dtype, C,
+                                                                             "softmax" if K % 2 else "svm", K < 8))
+        cases[f"gg_update_{t}"] = ({f"gg_update_{t}"}, lambda be, mp, rng, dtype=dtype: [
+            check_update(be, dev, rng, dtype, rule) for rule in ("sgd", "momentum", "nesterov", "adam")])
+    return cases
+
+
 def _cases():
     """{case id: (kernels it must launch, run(be, monkeypatch, rng))}."""
     cases = {}
@@ -113,6 +144,8 @@ def _cases():
             cases[f"gg_sparse_{t}_t{cp}"] = ({f"gg_sparse_{t}_t{cp}", f"gg_sparse_prep_{t}", f"gg_sparse_finish_{t}"},
                                              _sparse_case(dtype, C))
     cases["gg_first_invalid"] = ({"gg_first_invalid"}, _first_invalid_case)
+    cases["gg_linear_f32_c10 rows"] = ({"gg_linear_f32_c10", "gg_linear_finish"}, _linear_rows_case)
+    cases.update(_mlp_cases())
     return cases
 
 

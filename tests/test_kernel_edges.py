@@ -12,24 +12,25 @@ can still be wrong:
 - labels -1 and C: the device-side check names the first, the public functions refuse them, and
   with validation off every kernel turns the row into NaN instead of reading out of bounds.
 
-The last test plants a race that only the emulator's "runahead" schedule exposes: a block
-reduction without its leading barrier, whose scratch a fast warp overwrites before a slow one has
-read it.
+The last tests are about the emulator's "runahead" schedule, where one warp at a time runs alone
+until it waits, which alone exposes a block reduction without its leading barrier (a fast warp
+overwrites the scratch a slow one has yet to read): a planted bug of that kind is caught, every
+kernel family that reduces over a block agrees with itself in that order on inputs where
+consecutive reductions leave different values in the scratch, and that ordinary test catches the
+planted bug too.
 """
-import platform
-import shutil
 
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
-from kernel_checks import check_linear_step, linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL  # noqa: E402
+from kernel_checks import (check_layer, check_linear_step, check_scores_loss, check_update, host,  # noqa: E402
+                           linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL)
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -147,7 +148,7 @@ def test_confident_rows_keep_the_target_gradient(be, name, C, variant, dtype, mo
     ref_loss, ref_dS = NP.softmax_cross_entropy_grad(S, y)
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS, np.float64)
+    dS = host(dS).astype(np.float64)
     target, ref_target = dS[np.arange(n), y], ref_dS[np.arange(n), y]
     assert (ref_target < 0).all()
     assert np.all(np.abs(target - ref_target) <= TOL[dtype] * np.abs(ref_target)), (target, ref_target)
@@ -174,7 +175,7 @@ def test_hinge_margin_of_exactly_zero_has_subgradient_zero(be, name, C, variant,
     ref_loss, ref_dS = NP.svm_grad(S, y)
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS)
+    dS = host(dS)
     assert (dS[kink] == 0).all()
     assert rel(dS, ref_dS) <= TOL[dtype]
     assert abs(float(loss) - ref_loss) <= TOL[dtype] * ref_loss
@@ -196,7 +197,7 @@ def test_bad_labels_make_the_loss_nan_without_a_stray_read(be, name, C, variant,
     ref_loss, ref_dS = (NP.softmax_cross_entropy_grad if name.startswith("gg_ce") else NP.svm_grad)(S[good], y[good])
     loss, dS = _call(be, name, S.astype(dtype), y)
     launched()
-    dS = np.asarray(dS)
+    dS = host(dS)
     assert np.isnan(float(loss))
     assert rel(dS[good], ref_dS * len(good) / n) <= TOL[dtype]  # the reference's mean is over 2 rows
     bad_rows = dS[[1, 2, n - 1]]
@@ -327,15 +328,129 @@ def test_linear_step_hinge_margin_of_exactly_zero(be, kind, C, variant, monkeypa
     _linear_step(be, monkeypatch, kind, C, variant, ref, "svm", 0.01)
 
 
+# ---- the compiled step's kernels (kernels/mlp.cuh) --------------------------------------------------
+# gg_scores_loss_<t>_k<K>: a warp per row, K scores a lane, for C <= 32 K.
+SCORES = [(dtype, C) for dtype in (np.float32, np.float64) for C in (10, 33, 100, 200, 700)]
+SCORES_IDS = [f"{np.dtype(dtype).name}-C{C}" for dtype, C in SCORES]
+
+
+def _lane_positions(C):
+    """Columns that put a row's largest score at every lane and at every one of a lane's K slots:
+    all columns up to 64, then a column every 7 and the last ones."""
+    if C <= 64:
+        return np.arange(C)
+    return np.unique(np.concatenate([np.arange(0, C, 7), np.arange(31, C, 32), np.arange(32, C, 32), [C - 1]]))
+
+
+@pytest.mark.parametrize("dtype,C", SCORES, ids=SCORES_IDS)
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_scores_loss_sees_the_row_max_in_every_column(be, dtype, C, loss, rng):
+    """Row i's largest score, GAP above the rest, at column pos[i] (with a label elsewhere, and in
+    three rows the target itself): a lane or slot the row max misses overflows exp()."""
+    pos = np.concatenate([_lane_positions(C), [0, C // 2, C - 1]])
+    n = len(pos)
+    S = np.round(rng.standard_normal((n, C)) * 64) / 64
+    S[np.arange(n), pos] = GAP[dtype]
+    y = _elsewhere(rng, pos, C)
+    y[-3:] = pos[-3:]
+    be.launches.clear()
+    check_scores_loss(be, dev, rng, dtype, C, loss, weighted=True, S=S, y=y, b=np.zeros(C))
+    assert be.launches == [f"gg_scores_loss_{'f32' if dtype == np.float32 else 'f64'}_k{-(-C // 32) if C <= 128 else (8 if C <= 256 else 32)}"]
+
+
+@pytest.mark.parametrize("dtype,C", SCORES, ids=SCORES_IDS)
+def test_scores_loss_confident_rows_keep_the_target_gradient(be, dtype, C, rng):
+    """p_y rounds to 1: the target's gradient is -others / total (tiny, not 0), as in numpy."""
+    n = 5
+    S = np.clip(rng.standard_normal((n, C)), -3, 3)
+    y = np.array([0, C - 1, *rng.integers(0, C, n - 2)])
+    S[np.arange(n), y] = (30.0 if dtype == np.float32 else 45.0) + np.log(C)
+    dS, _ = check_scores_loss(be, dev, rng, dtype, C, "softmax", weighted=False, S=S, y=y, b=np.zeros(C))
+    assert (dS[np.arange(n), y] < 0).all()
+
+
+@pytest.mark.parametrize("dtype,C", SCORES, ids=SCORES_IDS)
+def test_scores_loss_hinge_margin_of_exactly_zero(be, dtype, C, rng):
+    """Integer scores and bias: many margins exactly 0, where the subgradient is 0."""
+    n = 9
+    S, b = rng.integers(0, 3, (n, C)).astype(np.float64), rng.integers(-1, 2, C).astype(np.float64)
+    y = rng.integers(0, C, n)
+    S[np.arange(n), (y + 1) % C] = S[np.arange(n), y] + b[y] - b[(y + 1) % C] - 1  # a kink in every row
+    dS, _ = check_scores_loss(be, dev, rng, dtype, C, "svm", weighted=True, S=S, y=y, b=b)
+    assert (dS[np.arange(n), (y + 1) % C] == 0).all()
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("C", [10, 100])
+def test_scores_loss_bad_labels_make_the_loss_nan(be, loss, C, rng):
+    """Labels -1 and C (validation off): the loss is NaN, no label is used as an index (the emulator
+    would catch the stray read), and the other rows' gradients are unaffected."""
+    n = 6
+    S, y = rng.standard_normal((n, C)).astype(np.float32), rng.integers(0, C, n)
+    y[[1, 4]] = [-1, C]
+    dS, L = dev(np.full((n, C), np.nan, np.float32)), dev(np.full((), 0.0, np.float32))
+    be.scores_loss(dev(S), dev(np.zeros(C, np.float32)), dev(y), None, loss, (dS, L))
+    good = [0, 2, 3, 5]
+    ref = np.empty((4, C))
+    NP.scores_loss(S[good].astype(np.float64), np.zeros(C), y[good], None, loss, (ref, np.empty(())))
+    assert np.isnan(L.get())
+    assert rel(dS.get()[good], ref * 4 / n) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_with_a_constant_column(be, dtype, rng):
+    """A column the same in every row has variance 0: inv_std = 1 / sqrt(eps) and xhat the
+    rounding of the mean only, no NaN or Inf, forward or backward; two rows (n - 1 = 1 in the
+    unbiased running variance) and nine."""
+    for n in (2, 9):
+        s = rng.standard_normal((n, 40))
+        s[:, 3] = 1.5
+        h, xhat, inv, rm, rv, ds, dgamma, dbeta, db = check_layer(be, dev, rng, dtype, True, n=n, s=s)
+        assert all(np.isfinite(a).all() for a in (h, xhat, inv, rm, rv, ds, dgamma, dbeta, db))
+        assert abs(inv[3] - 1 / np.sqrt(1e-5)) <= TOL[dtype] * inv[3] and np.abs(xhat[:, 3]).max() < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_mask_at_exactly_zero(be, dtype):
+    """h = ReLU(s + b) with s + b exactly 0 in half the entries: h = 0 and the backward mask 0 there
+    (numpy's a > 0), so those entries of ds are 0 and db sums only the others."""
+    n, m = 6, 35
+    s = np.tile(np.array([0.0, 1.0]), (n, m))[:, :m]
+    b = np.zeros(m, dtype)
+    h, ds, db = dev(np.full((n, m), np.nan, dtype)), dev(np.ones((n, m), dtype)), dev(np.full(m, np.nan, dtype))
+    be.layer_forward(dev(s.astype(dtype)), dev(b), None, None, None, None, 0.1, 1e-5, (h, None, None))
+    be.layer_backward(ds, h, None, None, None, (None, None, db))
+    assert (h.get()[s == 0] == 0).all() and (ds.get()[s == 0] == 0).all()
+    np.testing.assert_array_equal(db.get(), (s > 0).sum(0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_without_a_penalty_records_the_loss_as_the_cost(be, dtype, rng):
+    """lam = 0: cost = loss exactly, whatever the weights (an infinite weight included); with lam,
+    the entry just past n_decay gets no penalty."""
+    check_update(be, dev, rng, dtype, "momentum", N=300, n_decay=0, lam=0.0)
+    p, g = dev(np.array([np.inf, 1.0, 2.0], dtype)), dev(np.zeros(3, dtype))
+    rec = dev(np.full((2, 1), np.nan))
+    be.optimizer_update(("sgd", (0.1,)), p, g, (), 0.0, 1, dev(np.array(0.5, dtype)), rec, 0)
+    assert rec.get().tolist() == [[0.5], [0.5]]
+    p, g = dev(np.array([3.0, 1.0, 2.0], dtype)), dev(np.zeros(3, dtype))
+    be.optimizer_update(("sgd", (0.5,)), p, g, (), 0.25, 1, dev(np.array(0.5, dtype)), rec, 0)
+    assert p.get().tolist() == [3.0 - 0.5 * 0.5 * 3.0, 1.0, 2.0] and rec.get()[0, 0] == 0.5 + 0.25 * 9
+
+
 # ---- the schedule: a warp that runs ahead ----------------------------------------------------------
 LEADING_BARRIER = "    v = gg_subwarp_reduce<32>(v, op);\n    __syncthreads();\n    if (lane == 0) scratch[warp] = v;"
+COLUMN_BARRIER = "    __syncthreads();\n    scratch[threadIdx.y * GG_COL_PAD + threadIdx.x] = a;"
 
 
 def _without_leading_barrier(text):
-    """gg_block_reduce without the barrier that keeps a warp from overwriting the scratch of the
-    previous reduction (the block kernel's row max) while other warps still read it."""
-    assert text.count(LEADING_BARRIER) == 1, "gg_block_reduce's leading barrier is not in the source once"
-    return text.replace(LEADING_BARRIER, LEADING_BARRIER.replace("    __syncthreads();\n", ""))
+    """gg_block_reduce and gg_column_sums without the barrier that keeps a warp from overwriting the
+    scratch of the previous reduction (the block kernel's row max, a layer's column means) while
+    other warps still read it."""
+    for barrier in (LEADING_BARRIER, COLUMN_BARRIER):
+        assert text.count(barrier) == 1, f"a leading barrier is not in the source once: {barrier!r}"
+        text = text.replace(barrier, barrier.replace("    __syncthreads();\n", "", 1))
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -467,3 +582,166 @@ def test_sparse_step_bad_labels_make_the_loss_nan(be, C, dtype, loss, rng):
     assert np.isnan(float(J))
     if loss == "svm":
         assert np.isfinite(np.asarray(dW)).all() and np.isfinite(np.asarray(db)).all()
+# Every kernel family that reduces over a whole block, in the runahead order, on inputs where
+# consecutive block reductions leave different values in the shared scratch: uniform(0, 1) scores
+# (a row max near 1 beside sums of exponentials or hinge counts in the tens), weights whose sum of
+# squares and normalisation shift differ. Each run must give the forward order's bits and the
+# numpy reference. A reduction that lost its leading barrier fails here, in the ordinary test, and
+# not only in the planted-bug test above: see the test after these.
+def _rows_run(rng, loss, C, n, variant=None):
+    """run(be) -> (results as numpy, whether they match the float64 reference) for a row loss."""
+    S = rng.uniform(0, 1, (n, C)).astype(np.float32)
+    y = rng.integers(0, C, n)
+    ref_loss, ref_dS = (NP.softmax_cross_entropy_grad if loss == "softmax" else NP.svm_grad)(S.astype(np.float64), y)
+
+    def run(be):
+        if variant is not None:
+            be = be._with_variants(ce_long_rows=variant)
+        loss_, dS = (be.softmax_cross_entropy_grad if loss == "softmax" else be.svm_grad)(dev(S), dev(y))
+        return [host(loss_), host(dS)], rel(dS, ref_dS) <= 1e-5 and abs(float(loss_) - ref_loss) <= 1e-5 * ref_loss
+    return run
+
+
+def _linear_run(rng):
+    """The simt linear step (a block reduction of ||W||^2 beside its per-row reductions)."""
+    ref, args = linear_case(rng, "f32", 150, 120, 10)
+    args = tuple(None if a is None else dev(a) for a in args)
+
+    def run(be):
+        got = be._with_variants(linear_f32="simt").linear_grad(*args[:4], 0.01, "softmax", *args[4:])
+        try:
+            check_linear_step(ref, got, "softmax", 0.01)
+        except AssertionError:
+            return [host(a) for a in got], False
+        return [host(a) for a in got], True
+    return run
+
+
+def _prep_run(rng, x):
+    """The tensor-core step's weight preparation alone (gg_linmma_prep: the largest |W'|, then
+    sum W^2, then the normalisation's shift, the last two through one scratch; gg_linmma_prep_f32:
+    sum W^2), launched as the backend launches it for C = 10, d = 200."""
+    from gpugrad.backends import plans
+    C, d = 10, 200
+    W = (rng.standard_normal((C, d)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    mean, std = rng.uniform(60, 200, d).astype(np.float32), rng.uniform(20, 80, d).astype(np.float32)
+    plan = plans.mma_plan(x, 256, d, C, plans.Card(**E.SMALL_H100))
+    nc, dtot = 8 * plan["nt"], plans.LINMMA[x].cluster * plan["dsl"]
+    wsq_ref = (W.astype(np.float64) ** 2).sum(axis=1)
+
+    def run(be):
+        wsq = E.emucupy.empty(nc, np.float64)
+        if x == "u8":
+            out = [E.emucupy.empty((2, nc, dtot), np.uint16), E.emucupy.empty(dtot, np.uint16),
+                   E.emucupy.empty(nc, np.float32), E.emucupy.empty(nc, np.float32)]
+            be.kernel("gg_linmma_prep")((nc,), (256,), (dev(W), dev(b), dev(mean), dev(std), np.int32(C), np.int32(d),
+                                                         np.int32(dtot), *out, wsq))
+        else:
+            out = [E.emucupy.empty((2, nc, dtot), np.float32)]
+            be.kernel("gg_linmma_prep_f32")((nc,), (256,), (dev(W), np.int32(C), np.int32(d), np.int32(dtot), *out, wsq))
+        results = [host(a) for a in (*out, wsq)]
+        return results, bool(np.allclose(results[-1][:C], wsq_ref, rtol=1e-12, atol=0))
+    return run
+
+
+def _checked_run(rng, check):
+    """run(be) for one of kernel_checks' checks (it compares with numpy itself): the same inputs
+    every run, drawn from one seed."""
+    seed = int(rng.integers(2**32))
+
+    def run(be):
+        try:
+            return check(be, np.random.default_rng(seed)), True
+        except AssertionError:
+            return [], False
+    return run
+
+
+RUNAHEAD = {
+    "softmax, a block per row": lambda rng: _rows_run(rng, "softmax", 1500, 3),
+    "softmax, lane teams and the grid's mean": lambda rng: _rows_run(rng, "softmax", 50, 400),
+    "softmax, long rows streamed": lambda rng: _rows_run(rng, "softmax", 9000, 7, "stream"),
+    "softmax, long rows prefetched": lambda rng: _rows_run(rng, "softmax", 9000, 7, "prefetch"),
+    "softmax, rows past the registers": lambda rng: _rows_run(rng, "softmax", 33000, 2),
+    "hinge, a block per row": lambda rng: _rows_run(rng, "svm", 1500, 3),
+    "hinge, lane teams and the grid's mean": lambda rng: _rows_run(rng, "svm", 50, 400),
+    "linear step": _linear_run,
+    "tensor-core preparation, uint8": lambda rng: _prep_run(rng, "u8"),
+    "tensor-core preparation, float32": lambda rng: _prep_run(rng, "f32"),
+    "compiled step: a layer with batch norm": lambda rng: _checked_run(rng, lambda be, r: check_layer(
+        be, dev, r, np.float32, True, s=r.uniform(0, 1, (13, 40)), dh=r.uniform(0, 1, (13, 40)))),
+    "compiled step: the scores' loss": lambda rng: _checked_run(rng, lambda be, r: check_scores_loss(
+        be, dev, r, np.float32, 40, "softmax", True, S=r.uniform(0, 1, (30, 40)))),
+    "compiled step: the fused update": lambda rng: _checked_run(rng, lambda be, r: check_update(
+        be, dev, r, np.float32, "adam")),
+}
+
+
+def _agrees_under_runahead(monkeypatch, run, seeds=(1, 2)):
+    """The family's results in the runahead order (each seed) are the forward order's, bit for bit,
+    and right (AssertionError otherwise)."""
+    E.configure("forward", 1, True)
+    want, right = run(E.emulated_backend(monkeypatch))
+    assert right, "wrong in the forward order"
+    try:
+        for seed in seeds:
+            E.configure("runahead", seed, True)
+            got, right = run(E.emulated_backend(monkeypatch))
+            assert right and all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, want)), \
+                f"runahead order, seed {seed}: results differ from the forward order's"
+    finally:
+        E.configure("forward", 1, True)
+
+
+@pytest.mark.parametrize("family", list(RUNAHEAD))
+def test_block_reductions_agree_in_the_runahead_order(family, monkeypatch, rng):
+    E.use(None)
+    _agrees_under_runahead(monkeypatch, RUNAHEAD[family](rng))
+
+
+# The families whose consecutive reductions share one scratch with no barrier of their own between
+# them: without gg_block_reduce's leading barrier a warp running ahead overwrites what another has
+# yet to read. (In the others a barrier of theirs, or a scratch of its own per reduction, stands
+# between them: the leading barrier's loss leaves their results right.)
+UNBARRIERED_CAUGHT = ["softmax, a block per row", "tensor-core preparation, uint8"]
+
+
+@pytest.mark.parametrize("family", UNBARRIERED_CAUGHT)
+def test_the_ordinary_runahead_test_catches_a_block_reduction_without_its_leading_barrier(
+        family, unbarriered_build, monkeypatch, rng):
+    E.use(_without_leading_barrier)
+    try:
+        with pytest.raises(AssertionError, match="runahead order, seed"):
+            _agrees_under_runahead(monkeypatch, RUNAHEAD[family](rng))
+    finally:
+        E.use(None)
+
+
+def test_runahead_catches_a_layer_reusing_its_column_scratch_too_soon(unbarriered_build, monkeypatch):
+    """A batch-norm layer's kernels reduce twice through one scratch with no barrier between
+    (forward: the column means, then the variances; backward: sum g and sum g xhat, then db). On
+    uniform(0, 1) inputs the two reductions differ, so a gg_column_sums without its leading barrier
+    gives wrong results (a thread runs from one barrier to the next in a turn here: no warp
+    collective holds it back, so every order shows it), while the kernels as they are are right
+    under runahead."""
+    def right(seed):
+        rng = np.random.default_rng(seed)
+        be = E.emulated_backend(monkeypatch)
+        try:
+            check_layer(be, dev, rng, np.float32, True, s=rng.uniform(0, 1, (13, 40)), dh=rng.uniform(0, 1, (13, 40)))
+        except (AssertionError, E.EmulatorError):
+            return False
+        return True
+
+    try:
+        for mutate, want in ((None, True), (_without_leading_barrier, False)):
+            E.use(mutate)
+            results = []
+            for seed in (1, 2, 3):
+                E.configure("runahead", seed, True)
+                results.append(right(seed))
+            assert all(results) if want else not any(results)
+    finally:
+        E.use(None)
+        E.configure("forward", 1, True)

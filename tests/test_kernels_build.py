@@ -6,6 +6,7 @@ code, the whole module to compute_90 PTX (shared with tests/test_launch_args.py 
 run's compile cache, see tests/conftest.py), and each kernel alone, as the loader compiles it, to
 sm_90 machine code and PTX (in shards, so that a parallel run spreads them over its workers).
 """
+import functools
 import re
 import shutil
 import subprocess
@@ -13,23 +14,29 @@ from pathlib import Path
 
 import pytest
 
+import deps
+
 from gpugrad.backends import kernels
 
 ROOT = Path(__file__).resolve().parent.parent
 
-cupy = pytest.importorskip("cupy", reason="CuPy (with NVRTC) is not installed")
+cupy = deps.require("cupy", "CuPy (with NVRTC) is needed")
 from cupy.cuda import nvrtc  # noqa: E402
 
 
-def _nvrtc_usable():
-    try:
-        nvrtc.getVersion()
-        return True
-    except Exception:
-        return False
+def _need_nvrtc():
+    """A loadable libnvrtc: skipped without one, a failure in CI (tests/deps.py)."""
+    problem = deps.nvrtc_problem()
+    deps.need(problem is None, f"{problem} (pip install nvidia-cuda-nvrtc)")
 
 
-needs_nvrtc = pytest.mark.skipif(not _nvrtc_usable(), reason="libnvrtc is not loadable (pip install nvidia-cuda-nvrtc)")
+def needs_nvrtc(test):
+    """Decorates a test that compiles with NVRTC (``_need_nvrtc`` first)."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        _need_nvrtc()
+        return test(*args, **kwargs)
+    return run
 
 
 def _entries(ptx: bytes) -> list[str]:
@@ -40,6 +47,7 @@ def _entries(ptx: bytes) -> list[str]:
 def ptx_entries():
     """Every entry point of the whole module, from its compute_90 PTX (the compile the
     alone-versus-whole comparison needs anyway; kernel_names() would compile compute_80 PTX)."""
+    _need_nvrtc()
     return sorted(set(_entries(kernels.compile_nvrtc("compute_90")[0])))
 
 
@@ -118,10 +126,26 @@ def test_a_tensor_core_kernel_alone_compiles_to_sm_80_machine_code():
     assert binary[:4] == b"\x7fELF" and "warning" not in log.lower(), log
 
 
-def test_loader_compiles_each_kernel_alone_without_a_fatbin(monkeypatch):
-    """No fatbin: one NVRTC module per kernel, at its first use, with the kernel's own options;
-    with a fatbin: one module for all, no compile."""
-    modules = []
+class _FakeDevice:
+    """cupy.cuda.Device for a card of compute capability 8.6, as the loader asks it."""
+    compute_capability = "86"
+
+    def __init__(self, device=None):
+        self.id = 0 if device is None else device
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_loader_compiles_each_kernel_alone_without_a_fatbin(monkeypatch, tmp_path):
+    """No fatbin: each kernel compiled alone by NVRTC at its first use, for the device's
+    architecture, cached on disk and handed to CuPy as a binary (``RawModule(path=...)``: CuPy's
+    own compile would append -ftz=true); a later process loads the cached binary without
+    compiling. With a fatbin: one module for all, no compile."""
+    modules, compiles = [], []
 
     class RawModule:
         def __init__(self, **kw):
@@ -130,26 +154,82 @@ def test_loader_compiles_each_kernel_alone_without_a_fatbin(monkeypatch):
         def get_function(self, name):
             return ("function", name, len(modules))
 
+    def compile_nvrtc(arch, extra=(), only=None):
+        compiles.append((arch, only))
+        return b"binary of " + only.encode(), ""
+
+    def fresh_process():
+        for var, val in (("_FUNCS", {}), ("_FATBIN_MODULE", None), ("_HOW", None)):
+            monkeypatch.setattr(kernels, var, val)
+
     monkeypatch.setattr(cupy, "RawModule", RawModule)
-    for var, val in (("_FUNCS", {}), ("_FATBIN_MODULE", None), ("_HOW", None)):
-        monkeypatch.setattr(kernels, var, val)
+    monkeypatch.setattr(cupy.cuda, "Device", _FakeDevice)
+    monkeypatch.setattr(kernels, "compile_nvrtc", compile_nvrtc)
+    monkeypatch.setenv("GPUGRAD_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("GPUGRAD_NO_FATBIN", "1")
+    fresh_process()
     assert kernels.get_function("gg_ce_f32_w2_k8") == ("function", "gg_ce_f32_w2_k8", 1)
     assert kernels.get_function("gg_ce_f32_w2_k8") == ("function", "gg_ce_f32_w2_k8", 1)  # cached
     kernels.get_function("gg_first_invalid")
-    assert [m["options"] for m in modules] == [
-        ("--std=c++17", "-DGG_ONLY", "-DGG_WANT_gg_ce_f32_w2_k8=1"),
-        ("--std=c++17", "-DGG_ONLY", "-DGG_WANT_gg_first_invalid=1")]
-    assert all(m["code"] == kernels.kernel_source() and m["backend"] == "nvrtc" for m in modules)
+    assert compiles == [("sm_86", "gg_ce_f32_w2_k8"), ("sm_86", "gg_first_invalid")]
+    paths = [Path(m["path"]) for m in modules]
+    assert all(set(m) == {"path"} and p.parent == tmp_path and p.suffix == ".cubin" for m, p in zip(modules, paths))
+    assert [p.read_bytes() for p in paths] == [b"binary of gg_ce_f32_w2_k8", b"binary of gg_first_invalid"]
     assert kernels.how_loaded().startswith("nvrtc")
+    fresh_process()
+    kernels.get_function("gg_first_invalid")
+    assert len(compiles) == 2 and modules[-1]["path"] == str(paths[1])  # from the disk cache
 
     modules.clear()
-    for var, val in (("_FUNCS", {}), ("_FATBIN_MODULE", None), ("_HOW", None)):
-        monkeypatch.setattr(kernels, var, val)
+    fresh_process()
     monkeypatch.setattr(kernels, "fatbin_path", lambda: Path("/x/gpugrad_kernels.fatbin"))
     kernels.get_function("gg_ce_f32_w2_k8"), kernels.get_function("gg_first_invalid")
     assert modules == [{"path": "/x/gpugrad_kernels.fatbin"}]
     assert kernels.how_loaded() == "fatbin /x/gpugrad_kernels.fatbin"
+
+
+def test_nvrtc_arch_is_the_cards_or_ptx_below_it(monkeypatch):
+    """Machine code for an architecture this NVRTC knows; PTX of the newest one below a newer card."""
+    monkeypatch.setattr(nvrtc, "getSupportedArchs", lambda: (75, 80, 86, 90, 100))
+    assert [kernels.nvrtc_arch(cc) for cc in (80, 86, 90, 89, 120)] == [
+        "sm_80", "sm_86", "sm_90", "compute_86", "compute_100"]
+    with pytest.raises(RuntimeError, match="sm_75 and newer; the card is sm_70"):
+        kernels.nvrtc_arch(70)
+
+
+def _ftz_instructions(ptx: bytes) -> set[str]:
+    return set(re.findall(r"\b[a-z0-9]+(?:\.[a-z0-9]+)*\.ftz(?:\.[a-z0-9]+)*", ptx.decode()))
+
+
+@needs_nvrtc
+def test_run_time_compiles_keep_the_fatbins_floating_point_options(monkeypatch):
+    """The fatbin is built with nvcc's floating-point defaults (CMakeLists.txt names no fast-math,
+    -ftz, -prec-div, -prec-sqrt or -fmad option); the loader passes the same defaults to NVRTC,
+    and they reach it: a float32 kernel compiled the loader's way flushes no denormal (its only
+    .ftz instruction is expf's own ex2.approx.ftz, as from nvcc), where CuPy's appended -ftz=true
+    would make its divisions, adds and fmas flush."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    nvcc = [ln for ln in cmake.splitlines() if "COMMAND ${NVCC_EXECUTABLE}" in ln]
+    assert len(nvcc) == 1 and not re.search(r"fast_math|ftz|prec-div|prec-sqrt|fmad", nvcc[0]), nvcc
+    fp = ("-ftz=false", "-prec-div=true", "-prec-sqrt=true", "-fmad=true")
+    assert set(fp) <= set(kernels.nvrtc_options()) and set(fp) <= set(kernels.nvrtc_options("gg_ce_f32_w2_k8"))
+    seen, real = [], nvrtc.compileProgram
+    monkeypatch.setattr(nvrtc, "compileProgram", lambda prog, opts: seen.append(list(opts)) or real(prog, opts))
+    unique = ("-DGG_TEST_COMPILE_OPTIONS=1",)  # a compile of its own (compile_nvrtc caches per process)
+    ptx, _ = kernels.compile_nvrtc("compute_90", unique, "gg_ce_f32_w2_k8")
+    assert seen == [[*kernels.nvrtc_options("gg_ce_f32_w2_k8"), "-arch=compute_90", *unique]]
+    assert _ftz_instructions(ptx) == {"ex2.approx.ftz.f32"}
+    flushed, _ = kernels.compile_nvrtc("compute_90", unique + ("-ftz=true",), "gg_ce_f32_w2_k8")
+    assert {"div.rn.ftz.f32", "fma.rn.ftz.f32"} <= _ftz_instructions(flushed)
+
+
+def test_cuda_extras_bring_the_cuda_headers_cupy_compiles_with():
+    """CuPy 14 compiles its own kernels (and any RawModule) against the CUDA headers, which a
+    driver-only machine has only from the toolkit wheels of the [ctk] extra."""
+    text = (ROOT / "pyproject.toml").read_text()
+    for major in ("12", "13"):
+        line = re.search(rf"^cuda{major} = \[(.*)\]$", text, re.M).group(1)
+        assert f'"cupy-cuda{major}x[ctk]>=14"' in line, line
 
 
 @needs_nvrtc
@@ -187,10 +267,10 @@ def test_each_kernel_file_states_what_it_reads_and_writes():
         assert "Reads:" in head and "Writes:" in head and "Traffic:" in head, p.name
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="g++ missing")
 def test_python_mirror_of_the_tensor_core_kernel_layout(tmp_path):
     """cupy_backend sizes the tensor-core kernels' shared memory with a Python copy of their layouts;
     compile the C++ ones on the host and compare (a kernel traps on a mismatch)."""
+    deps.need(shutil.which("g++") is not None, "g++ is needed to compile the layout check")
     from gpugrad.backends import cupy_backend as cb
     cases = [(x, cb.linmma_slice(x, d), nt) for x in ("u8", "f32") for d in (1, 7, 33, 100, 784, 1000, 3071, 3072)
              for nt in (1, 2)]

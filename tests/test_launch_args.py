@@ -13,17 +13,14 @@ import re
 import numpy as np
 import pytest
 
-cupy = pytest.importorskip("cupy", reason="CuPy (with NVRTC) is not installed")
-from cupy.cuda import nvrtc  # noqa: E402
+import deps
+
+cupy = deps.require("cupy", "CuPy (with NVRTC) is needed")
+deps.need(deps.nvrtc_problem() is None, str(deps.nvrtc_problem()))
 
 from fake_cupy import FAKE_CUPY, H100, FakeArray, fake_backend  # noqa: E402
 from gpugrad.backends import cupy_backend as cb  # noqa: E402
 from gpugrad.backends import kernels, plans  # noqa: E402
-
-try:
-    nvrtc.getVersion()
-except Exception:  # pragma: no cover - depends on the machine
-    pytest.skip("libnvrtc is not loadable (pip install nvidia-cuda-nvrtc)", allow_module_level=True)
 
 @pytest.fixture(scope="module")
 def entries():
@@ -209,7 +206,8 @@ def test_each_device_gets_its_own_kernels_card_and_scratch(monkeypatch, entries)
     S, y = FakeArray((8192, 30000), np.float32), FakeArray(8192, np.int64)
     be.softmax_cross_entropy_grad(S, y)
     with FAKE_CUPY.cuda.Device(1):
-        be.softmax_cross_entropy_grad(S, y)
+        S1, y1 = FakeArray((8192, 30000), np.float32), FakeArray(8192, np.int64)
+        be.softmax_cross_entropy_grad(S1, y1)
         ws1, f1 = be.workspace(), be.kernel("gg_ce_f32_b_k32")
         assert be.card.sm_count == 8
     ws0 = be.workspace()
@@ -222,7 +220,41 @@ def test_each_device_gets_its_own_kernels_card_and_scratch(monkeypatch, entries)
     be.linear_grad(FakeArray((100, 784), np.float32), y, FakeArray((10, 784), np.float32),
                    FakeArray(10, np.float32), 0.01, "softmax")
     with FAKE_CUPY.cuda.Device(1):
-        be.linear_grad(FakeArray((100, 784), np.float32), y, FakeArray((10, 784), np.float32),
+        be.linear_grad(FakeArray((100, 784), np.float32), FakeArray(100, np.int64), FakeArray((10, 784), np.float32),
                        FakeArray(10, np.float32), 0.01, "softmax")
     assert [ln.grid for ln in be.launches[2::2]] == [(50,), (8,)]  # one block per SM at most
     _check(be, entries)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_step_launches(backend, entries, dtype):
+    """The compiled step's kernels (kernels/mlp.cuh): the gather for each kind of X, a layer forward
+    and backward with and without batch norm, the scores' loss for each width, the fused update for
+    each rule, and the linear step reading its rows through an index array."""
+    n, d, m = 100, 3072, 50
+    t = "f32" if dtype == np.float32 else "f64"
+    F = lambda *shape, dt=dtype: FakeArray(shape, dt)  # noqa: E731
+    idx, y = F(n, dt=np.int64), F(50000, dt=np.int64)
+    for X in (F(50000, d), F(50000, d, dt=np.uint8)):
+        backend.gather_rows(X, idx, F(d), F(d), y, F(50000), (F(n, d), F(n, dt=np.int64), F(n)))
+    backend.gather_rows(F(50000, d), None, None, None, y, None, (F(n, d), F(n, dt=np.int64), None))
+    for bn in (True, False):
+        stats = (F(m), F(m), F(m), F(m)) if bn else (None,) * 4
+        backend.layer_forward(F(n, m), F(m), *stats, 0.1, 1e-5, (F(n, m), F(n, m) if bn else None, F(m) if bn else None))
+        backend.layer_backward(F(n, m), F(n, m), F(n, m) if bn else None, stats[0], F(m) if bn else None,
+                               (F(m) if bn else None, F(m) if bn else None, F(m)))
+    for C in (10, 64, 100, 256, 1000):
+        backend.scores_loss(F(n, C), F(C), F(n, dt=np.int64), F(n) if C % 2 else None, "softmax" if C < 200 else "svm",
+                            (F(n, C), F()))
+    N = 160000
+    for rule, h, slots in (("sgd", (0.1,), ()), ("momentum", (0.1, 0.9), (F(N),)), ("nesterov", (0.1, 0.9), (F(N),)),
+                           ("adam", (0.9, 0.1, 0.999, 0.001, 0.01, 1e-8), (F(N), F(N)))):
+        backend.optimizer_update((rule, h), F(N), F(N), slots, 0.01, 150000, F(), F(2, 100, dt=np.float64), 7)
+    backend.optimizer_update(("sgd", (0.1,)), F(N), F(N), ())
+    backend.linear_step(F(50000, 1000), idx, y, F(10, 1000), F(10), "softmax", out=(F(), F(10, 1000), F(10)))
+    names = [ln.name for ln in backend.launches]
+    assert names == ([f"gg_gather_{t}", "gg_gather_u8" + ("" if t == "f32" else "f64"), f"gg_gather_{t}"]
+                     + [f"gg_layer_fwd_{t}", f"gg_layer_bwd_{t}"] * 2
+                     + [f"gg_scores_loss_{t}_k{K}" for K in (1, 2, 4, 8, 32)] + [f"gg_update_{t}"] * 5
+                     + [f"gg_linear_{t}_c10", "gg_linear_finish" + ("" if t == "f32" else "_f64")])
+    _check(backend, entries)

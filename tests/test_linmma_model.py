@@ -12,9 +12,11 @@ weights, both losses.
 import numpy as np
 import pytest
 
+import deps
+
 import gpugrad as gg
 
-pytest.importorskip("cupy", reason="the tile shapes live in the CuPy backend")
+deps.require("cupy", "the tile shapes live in the CuPy backend")
 from gpugrad.backends.cupy_backend import LINMMA  # noqa: E402
 from kernel_checks import db_scale, rel  # noqa: E402
 

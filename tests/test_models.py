@@ -32,7 +32,7 @@ def rel_err(a, b):
 
 
 @pytest.mark.parametrize("loss", ["softmax", "svm"])
-@pytest.mark.parametrize("layers", ["linear", "mlp", "mlp-batchnorm", "mlp-3-batchnorm"])
+@pytest.mark.parametrize("layers", ["linear", "mlp", "mlp-batchnorm", "mlp-3-batchnorm", "mlp-3-batchnorm-graph"])
 def test_gradients_match_central_differences_in_float64(rng, loss, layers):
     n, d, C = 7, 5, 4
     X, y = rng.standard_normal((n, d)), rng.integers(0, C, n)
@@ -42,8 +42,8 @@ def test_gradients_match_central_differences_in_float64(rng, loss, layers):
                                  x_mean=rng.standard_normal(d), x_std=rng.uniform(0.5, 2, d))
     else:
         hidden = (6, 5) if layers.startswith("mlp-3") else (6,)
-        model = MLP(d, C, hidden, loss, batchnorm=layers.endswith("batchnorm"), dtype="float64",
-                    backend="numpy", seed=int(rng.integers(1000)))
+        model = MLP(d, C, hidden, loss, batchnorm="batchnorm" in layers, dtype="float64",
+                    backend="numpy", seed=int(rng.integers(1000)), compiled=not layers.endswith("graph"))
         for k, p in model.params.items():  # move off the symmetric start (gamma 1, beta 0, b 0)
             p += rng.standard_normal(p.shape) * 0.1
     _, _, grads = model.loss_grad(X, y, 0.03, w)
@@ -69,14 +69,14 @@ def test_linear_model_step_is_the_public_fused_step(rng):
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
-def test_cuda_backend_step_matches_numpy(backend, rng, kind):
+def test_cuda_backend_step_matches_numpy(cuda_backend, rng, kind):
     """On the emulated CUDA backend (fused kernels) and on a GPU: the same step as numpy's, in float32."""
     n, d, C = 40, 24, 5
     X, y = rng.integers(0, 256, (n, d)).astype(np.uint8), rng.integers(0, C, n)
     mean, std = X.mean(0), X.std(0) + 1
     make = (lambda be: LinearClassifier(d, C, backend=be, x_mean=mean, x_std=std, init_scale=0.1)) \
         if kind == "linear" else (lambda be: MLP(d, C, (16,), batchnorm=True, backend=be, x_mean=mean, x_std=std))
-    ref, got = make("numpy"), make(backend)
+    ref, got = make("numpy"), make(cuda_backend)
     cost_r, _, g_r = ref.loss_grad(ref.prepare(X), y, 0.01)
     cost_g, _, g_g = got.loss_grad(got.prepare(X), got.backend.asarray(y), 0.01)
     to_np = got.backend.to_numpy
@@ -146,3 +146,35 @@ def test_bad_model_arguments_are_named():
         LinearClassifier(2, 2, backend="numpy", x_mean=np.zeros(2), x_std=np.array([1.0, 0.0]))
     with pytest.raises(ValueError, match=r"X must have shape \(n, 3\)"):
         LinearClassifier(3, 2, backend="numpy").prepare(np.zeros((2, 4)))
+
+
+def test_repr_shows_kind_layers_and_parameter_count():
+    lin = LinearClassifier(3072, 10, "svm", backend="numpy", x_mean=np.zeros(3072), x_std=np.ones(3072))
+    assert repr(lin) == ("LinearClassifier(3072 -> 10, svm, 30,730 parameters, float32, numpy, "
+                         "normalises inputs)")
+    mlp = MLP(64, 10, (50, 30), dtype="float64", backend="numpy")
+    assert repr(mlp) == "MLP(64 -> 50 -> 30 -> 10, softmax, 5,090 parameters, float64, numpy)"
+    assert mlp.n_parameters == 64 * 50 + 50 + 50 * 30 + 30 + 30 * 10 + 10
+    bn = MLP(8, 3, (4,), batchnorm=True, backend="numpy")
+    assert repr(bn) == "MLP(8 -> 4 -> 3 with batch norm, softmax, 59 parameters, float32, numpy)"
+    assert bn.n_parameters == sum(p.size for p in bn.params.values()) == 8 * 4 + 4 + 2 * 4 + 4 * 3 + 3
+
+
+def test_class_names_are_saved_with_the_model(tmp_path):
+    m = LinearClassifier(4, 3, backend="numpy")
+    back = load_model(save_model(m, tmp_path / "a.npz", class_names=[3, 7, 11]), backend="numpy")
+    assert back.class_names == ["3", "7", "11"] and load_model(save_model(m, tmp_path / "b.npz")).class_names is None
+    with pytest.raises(ValueError, match="class_names has 2 names for a model of 3 classes"):
+        save_model(m, tmp_path / "c.npz", class_names=["a", "b"])
+
+
+def test_a_text_file_is_named_and_said_to_be_no_model(tmp_path):
+    (tmp_path / "model.npz").write_text("W = [[1, 2], [3, 4]]\n")
+    with pytest.raises(ValueError, match=r"model\.npz: not a gpugrad model file: a text file, not an \.npz archive"):
+        load_model(tmp_path / "model.npz")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.npz: not a gpugrad model file: an empty file"):
+        load_model(tmp_path / "empty.npz")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="array.npy: not a gpugrad model file: a single .npy array"):
+        load_model(tmp_path / "array.npy")

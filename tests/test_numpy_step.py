@@ -194,3 +194,36 @@ def test_step_takes_x_in_any_layout(rng, layout):
     got = NP.linear_grad(X, y, W, b, 0.1, "softmax")
     assert_step_close(got, reference(X, y, W, b, 0.1, "softmax"), np.float64)
 
+
+
+# ---- the product's shape by BLAS threads, and the benchmark against the step by hand -----------
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+def test_one_and_two_blas_threads_give_the_same_step(rng, loss):
+    """dW is G^T X on one BLAS thread and (X^T G)^T on more (numpy_backend.blas_threads): both
+    match the float64 formulas, C-contiguous."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from gpugrad.backends.numpy_backend import blas_threads
+    X, y, W, b, _, _ = problem(rng, 300, 70, 5)
+    want = reference(X, y, W, b, 0.05, loss)
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+            assert blas_threads() in (threads, 0)
+            assert_step_close(NP.linear_grad(X, y, W, b, 0.05, loss), want, np.float32)
+
+
+def test_the_numpy_step_benchmark_runs_its_peers_at_a_small_size(capsys):
+    """benchmarks/test_numpy_step.py's side-by-side run: by hand, gpugrad and, where PyTorch is
+    installed, its CPU eager mode, at a small size (that they compute the same step is its own
+    test, run at a small size by tests/test_benchmarks.py)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "test_numpy_step.py"
+    spec = importlib.util.spec_from_file_location("bench_numpy_step", path)  # this file's name too
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.side_by_side(2, one_core=False, n=64, d=32)
+    torch = importlib.util.find_spec("torch") is not None
+    peers = {"numpy by hand", "gpugrad linear_grad"} | ({"torch cpu eager"} if torch else set())
+    assert set(out) == peers and all(t > 0 for t, _ in out.values())
+    assert "gpugrad linear_grad" in capsys.readouterr().out

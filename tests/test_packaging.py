@@ -5,19 +5,19 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
+import deps
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.skipif(not shutil.which("git"), reason="git is needed to copy the tracked tree")
 def test_wheel_ships_kernel_sources_and_fatbin(tmp_path):
-    pytest.importorskip("setuptools")
+    deps.need(shutil.which("git") is not None, "git is needed to copy the tracked tree")
+    deps.require("setuptools")
     src = tmp_path / "src"
     # The tracked files only (as a fresh clone would have), plus a stand-in fatbin and its stamp.
     listing = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
     if listing.returncode != 0 or not listing.stdout:
-        pytest.skip("not a git checkout: the tracked files are unknown")
+        deps.missing("not a git checkout: the tracked files are unknown")
     files = listing.stdout.split()
     for f in files:
         (src / f).parent.mkdir(parents=True, exist_ok=True)

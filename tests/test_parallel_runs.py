@@ -13,11 +13,17 @@ from pathlib import Path
 
 import pytest
 
+import deps
+
 HERE = Path(__file__).resolve().parent
 
-needs_emulator_build = pytest.mark.skipif(
-    platform.system() != "Linux" or shutil.which("g++") is None or shutil.which("bash") is None,
-    reason="the kernel emulator's build needs Linux, g++ and bash")
+
+@pytest.fixture
+def emulator_build():
+    """The kernel emulator's build can run here (Linux, g++, bash): skipped otherwise, except in
+    CI, where their absence fails (tests/deps.py)."""
+    deps.need(platform.system() == "Linux" and None not in (shutil.which("g++"), shutil.which("bash")),
+              "the kernel emulator's build needs Linux, g++ and bash")
 
 
 def _stub_compiler(tmp_path, compile_body):
@@ -34,8 +40,8 @@ def _stub_compiler(tmp_path, compile_body):
     return stub
 
 
-@needs_emulator_build
-def test_a_library_asked_for_by_several_builders_at_once_is_compiled_once(tmp_path, monkeypatch):
+def test_a_library_asked_for_by_several_builders_at_once_is_compiled_once(tmp_path, monkeypatch,
+                                                                          emulator_build):
     """Four threads build the same library together (the lock is per open file, so threads contend
     as a parallel run's processes do): one compiles, the others wait and take its finished file."""
     from emu import build
@@ -65,8 +71,7 @@ def test_a_library_asked_for_by_several_builders_at_once_is_compiled_once(tmp_pa
     assert not list((tmp_path / "cache").glob("*.part"))
 
 
-@needs_emulator_build
-def test_a_failed_build_leaves_no_library_behind(tmp_path, monkeypatch):
+def test_a_failed_build_leaves_no_library_behind(tmp_path, monkeypatch, emulator_build):
     """A compiler error is reported with the compiler's message, and neither the library nor the
     partial file is left in the cache (the next build tries again)."""
     from emu import build
@@ -85,8 +90,9 @@ def test_a_failed_build_leaves_no_library_behind(tmp_path, monkeypatch):
 def test_parallel_workers_draw_from_the_seed_the_header_reports(tmp_path):
     """A run with two workers and a serial rerun with GPUGRAD_TEST_SEED set to the seed in the first
     run's header give every test the same random inputs."""
-    pytest.importorskip("xdist")
-    shutil.copy(HERE / "conftest.py", tmp_path / "conftest.py")
+    deps.require("xdist")
+    for name in ("conftest.py", "deps.py"):  # the suite's conftest and the module it imports
+        shutil.copy(HERE / name, tmp_path / name)
     (tmp_path / "test_draws.py").write_text(textwrap.dedent(f"""\
         import pytest
 

@@ -47,7 +47,12 @@ def test_training_learns_and_records_history(rng, kind):
     assert row["cost"] == pytest.approx(row["loss"] + 1e-3 * float(t.model.penalty()))
     assert row["lr"] == 0.01 and row["seconds"] > 0
     ev = t.evaluate(X, y)
-    assert 0 <= ev["accuracy"] <= 1 and ev["cost"] > ev["loss"]
+    S = t.model.scores(t.model.prepare(X))  # by hand from the scores: mean loss, accuracy, cost
+    loss = np.mean(np.logaddexp.reduce(S, axis=1) - S[np.arange(len(y)), y])
+    penalty = sum((W ** 2).sum() for k, W in t.model.params.items() if k.startswith("W"))
+    assert ev["accuracy"] == np.mean(np.argmax(S, axis=1) == y) > 0.8
+    assert ev["loss"] == pytest.approx(loss, rel=1e-12)
+    assert ev["cost"] == pytest.approx(loss + 1e-3 * penalty, rel=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
@@ -86,14 +91,18 @@ def test_nan_cost_stops_naming_epoch_and_step_and_keeps_the_checkpoint(tmp_path,
     before = ck.read_bytes()
     t.epochs = 3
     blow_up = {"step": 0}
-    real = t.model.loss_grad
+    real = t.model.program
 
-    def loss_grad(*a):
-        blow_up["step"] += 1
-        cost, loss, grads = real(*a)
-        return (cost * np.nan if blow_up["step"] == 3 else cost), loss, grads
+    class Poisoned:  # the step's program, with a NaN loss at the third step
+        def __init__(self, program):
+            self.program = program
 
-    t.model.loss_grad = loss_grad
+        def run(self, *args):
+            blow_up["step"] += 1
+            loss = self.program.run(*args)
+            return loss * np.nan if blow_up["step"] == 3 else loss
+
+    t.model.program = lambda *a, **k: Poisoned(real(*a, **k))
     with pytest.raises(FloatingPointError, match=r"nan at epoch 3, step 3 of 4.*ck.npz \(epoch 2\)"):
         t.fit(X, y)
     assert ck.read_bytes() == before
@@ -216,3 +225,22 @@ def test_cuda_backend_reads_the_host_once_an_epoch(backend, rng, monkeypatch, ki
     for k, v in ref.model.state().items():
         np.testing.assert_allclose(got.model.state()[k], v, rtol=2e-4, atol=2e-5, err_msg=k)
     assert got.history["val_accuracy"] == ref.history["val_accuracy"]
+
+
+def test_a_rising_cost_warns_once_while_training(rng):
+    """A learning rate far too high: RisingCostWarning once, during the fit (the epoch it is
+    detected at and the lowest cost named); a sound rate: no warning."""
+    import warnings
+    from gpugrad.trainer import RisingCostWarning, cost_too_high
+    X, y = blobs(rng)
+    t = trainer(make("linear"), optimizer=gg.optim.SGD(300.0), epochs=15)
+    with pytest.warns(RisingCostWarning, match=r"stayed above 1\.5x its lowest .* the learning rate "
+                                               r"\(300\) is probably too high") as caught:
+        h = t.fit(X, y)
+    assert len(caught) == 1
+    high = cost_too_high(h["cost"])
+    first = next(i for i in range(3, len(high) + 1) if high[i - 3:i].all())  # 3 in a row
+    assert first < 15 and f"(epoch {first}: " in str(caught[0].message)  # said as it happened
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RisingCostWarning)
+        trainer(make("linear"), optimizer=gg.optim.SGD(0.1), epochs=15).fit(X, y)

@@ -1,5 +1,5 @@
-"""benchmarks/trainer_check.py runs where CI cannot (on a GPU lent for minutes), so its mistakes would
-cost that time: here it runs end to end, at small sizes, on the emulated CUDA backend (tests/emu),
+"""benchmarks/trainer_check.py runs where CI cannot (on a GPU, often for a few minutes at a
+time), so its mistakes would cost that time: here it runs end to end, at small sizes, on the emulated CUDA backend (tests/emu),
 with CUDA events replaced by a wall clock."""
 import time
 import types

@@ -7,20 +7,17 @@ fused kernel takes go to the inherited numpy-style path with the weights. Every 
 losses against the float64 numpy backend, an integer weight against repeating the row, weights of
 1 against no weights bit for bit, and the weighted kernel in every thread order. No GPU needed.
 """
-import platform
-import shutil
 
 import numpy as np
 import pytest
 
+import deps
 import gpugrad as gg
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or shutil.which("g++") is None,
-                                reason="the kernel emulator needs Linux (ucontext fibers) and g++")
-pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (no GPU needed)")
+deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
 from emu import emulator as E  # noqa: E402
-from kernel_checks import LINEAR_KINDS, check_linear_step, db_scale, linear_case, sample_weights  # noqa: E402
+from kernel_checks import LINEAR_KINDS, check_linear_step, db_scale, host, linear_case, sample_weights  # noqa: E402
 
 NP = gg.get_backend("numpy")
 dev = E.emucupy.asarray
@@ -42,7 +39,7 @@ def _inputs(rng, kind, n, d, C):
 def _step(be, args, loss, sample_weight, lam=0.01):
     """be.linear_grad on the kernels' inputs, as numpy (J, dW, db)."""
     got = be.linear_grad(*args[:4], lam, loss, *args[4:], sample_weight=sample_weight)
-    return [np.asarray(a) for a in got]
+    return [host(a) for a in got]
 
 
 @pytest.mark.parametrize("n,d,C", [(1, 5, 1), (13, 9, 2), (130, 70, 10), (67, 33, 16)])

@@ -9,12 +9,11 @@ sets ``xp = cupy`` and overrides only what a fused CUDA kernel makes faster.
 """
 from __future__ import annotations
 
-import numpy as np
-
+from .arrays import is_array, is_cupy_array, move_to, to_host
 from .numpy_backend import NumpyBackend
 
 __all__ = ["NumpyBackend", "get_backend", "backend_for", "why_backend", "cupy_available", "is_array",
-           "is_cupy_array"]
+           "is_cupy_array", "move_to", "to_host"]
 
 _NUMPY = NumpyBackend()
 _CUPY = None          # created on first use: importing cupy is slow and may fail
@@ -88,13 +87,3 @@ def backend_for(*arrays):
         if is_cupy_array(a):
             return get_backend("cupy")
     return _NUMPY
-
-
-def is_cupy_array(a) -> bool:
-    """Whether a is a cupy.ndarray, told by its class's module: a numpy-only machine never imports cupy."""
-    return type(a).__module__.startswith("cupy")
-
-
-def is_array(a) -> bool:
-    """numpy.ndarray or cupy.ndarray."""
-    return isinstance(a, np.ndarray) or is_cupy_array(a)

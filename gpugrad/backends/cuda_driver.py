@@ -45,7 +45,7 @@ def max_active_clusters(fptr: int, cluster: int, threads: int, smem: int) -> int
 
 
 class RowParams(ctypes.Structure):
-    """The row-loss kernels' parameters (GG_CE_ARGS, GG_SVM_ARGS) as cuLaunchKernel reads them."""
+    """The row-loss kernels' parameters (GG_ROW_LOSS_ARGS) as cuLaunchKernel reads them."""
     _fields_ = [("S", ctypes.c_void_p), ("y", ctypes.c_void_p), ("y64", ctypes.c_int32),
                 ("dS", ctypes.c_void_p), ("n", ctypes.c_int64), ("C", ctypes.c_int32),
                 ("partials", ctypes.c_void_p), ("ticket", ctypes.c_void_p), ("loss", ctypes.c_void_p)]

@@ -9,6 +9,13 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
   x_mean/x_std on the fly or not, and uint8 X with them under float32 or float64 weights), for
   C <= 16 classes and rows short enough for the fused kernel (W in shared memory); other inputs
   take the inherited path (cuBLAS matmuls around the fused loss kernel);
+- ``linear_step``: the same kernel on the rows idx of X (a training batch read where it lies), into
+  preallocated outputs: the trainer's linear step is this, its finish and the update;
+- the compiled step's functions (``gpugrad.compiled``, kernels/mlp.cuh): ``gather_rows``,
+  ``layer_forward`` (bias + batch norm + ReLU), ``layer_backward`` (ReLU mask + batch-norm VJP +
+  the bias's sums), ``scores_loss`` (bias, loss and dL/dS, a warp per row), ``optimizer_update``
+  (every parameter in one launch, with the penalty and the step's cost), and ``matmul`` (one
+  cuBLAS call into the output, no copy of a transposed operand);
 - ``first_invalid``: the label-range and NaN/Inf checks in one device-side pass, one read-back;
 - ``sparse_linear_grad``: a CSR X (cupyx.scipy.sparse) with up to 32 classes in one row kernel
   that reads each row's non-zeros once (scores, softmax or hinge, G's outer product with the row
@@ -18,7 +25,9 @@ array operations (``xp = cupy``). The overrides launch the kernels of ``kernels/
 Which kernel, grid and shared memory: ``plans`` (pure functions). Per-device kernels, caches and
 scratch: ``devices``. Work under ``with cupy.cuda.Device(i):`` runs on device i with kernels
 loaded there. No host synchronisation happens in a gradient step: J comes back as a 0-d device
-array. Only the value checks (``validate=True``, the default) read one small array back.
+array. Only the value checks (``validate=True``, the default) read one small array back. The
+compiled step's functions write into the caller's buffers and take their scratch from the
+workspace, so a replayed training step allocates nothing either.
 """
 from __future__ import annotations
 
@@ -38,12 +47,25 @@ from .plans import LINMMA, LINMMA_THREADS, ce_kernel_config, linmma_slice, linmm
 _NULL = np.uint64(0)  # a null pointer argument
 _Y64 = (np.int32(0), np.int32(1))  # the kernels' label-width flag, made once
 _LOSS_KIND = {"softmax": np.int32(0), "svm": np.int32(1)}
+_TYPE = {np.float32: "f32", np.float64: "f64"}  # the kernels' names for the compute dtypes
+_RULE = {"sgd": 0, "momentum": 1, "nesterov": 2, "adam": 3}  # kernels/mlp.cuh's GG_RULE_*
 
 
 def _card_of(device: int) -> plans.Card:
     dev = cupy.cuda.Device(device)
     attrs = dev.attributes
     return plans.Card(attrs["MultiProcessorCount"], attrs["MaxSharedMemoryPerBlockOptin"], int(dev.compute_capability))
+
+
+def _on_device(device: int, **arrays) -> None:
+    """Refuse an array of another device than the one the kernels run on (the current device):
+    CuPy passes a RawKernel the pointer without a check, and on the card the kernel would fault
+    with an illegal address. None stands for an absent optional array."""
+    for name, a in arrays.items():
+        if a is not None and a.data.device_id != device:
+            raise ValueError(f"{name} is on device {a.data.device_id}, but the current device, where the kernels "
+                             f"run, is {device}: call under `with cupy.cuda.Device({a.data.device_id}):`, or "
+                             f"copy {name} to device {device} first")
 
 
 def _labels(xp, y):
@@ -122,6 +144,7 @@ class CupyBackend(NumpyBackend):
     # ---- value checks: one fused pass, one read-back ------------------------------------------
     def first_invalid(self, y, C, arrays):
         xp, dev = self.xp, self.workspace().device
+        _on_device(dev.id, y=y, **{f"array {i} checked": a for i, a in enumerate(arrays)})
         y, y64 = _labels(xp, y)
         out = xp.full(1 + len(arrays), np.iinfo(np.uint64).max, dtype=np.uint64)
         f = dev.kernel("gg_first_invalid")
@@ -146,6 +169,9 @@ class CupyBackend(NumpyBackend):
     # ---- fused losses ----------------------------------------------------------------------------
     def _row_loss(self, loss_name: str, S, y, out):
         xp = self.xp
+        ws = self.workspace()
+        dev = ws.device
+        _on_device(dev.id, S=S, y=y, out=out)
         if not S.flags.c_contiguous:
             S = xp.ascontiguousarray(S)
         y, y64 = _labels(xp, y)
@@ -154,8 +180,6 @@ class CupyBackend(NumpyBackend):
             out = xp.empty_like(S)
         elif out.shape != S.shape or out.dtype != S.dtype or not out.flags.c_contiguous:
             raise ValueError(f"out must be a C-contiguous {S.dtype} array of shape {S.shape}")
-        ws = self.workspace()
-        dev = ws.device
         if loss_name == "softmax":
             config = ce_kernel_config(C, S.dtype, dev.variants.ce_long_rows)
             if config.stream:
@@ -200,6 +224,7 @@ class CupyBackend(NumpyBackend):
         if is_sparse(X):
             return self.sparse_linear_grad(X, y, W, b, lam, loss, x_mean, x_std, sample_weight)
         dev = self.workspace().device
+        _on_device(dev.id, X=X, y=y, W=W, b=b, x_mean=x_mean, x_std=x_std, sample_weight=sample_weight)
         kind = self._kind(X, W, x_mean)
         n, d = X.shape
         C = W.shape[0]
@@ -210,18 +235,46 @@ class CupyBackend(NumpyBackend):
         plan = plans.simt_plan(kind, n, d, C, W.dtype, X.itemsize, dev.card.smem_optin)
         if plan is None:
             return super().linear_grad(X, y, W, b, lam, loss, x_mean, x_std, sample_weight)
+        xp = self.xp
+        out = (xp.empty((), dtype=W.dtype), xp.empty_like(W), xp.empty_like(b))
+        return self._linear_simt(dev, plan, X, None, y, W, b, lam, loss, x_mean, x_std, sample_weight, out)
+
+    def linear_step(self, X, idx, y, W, b, loss, x_mean=None, x_std=None, sample_weight=None, out=None):
+        """``NumpyBackend.linear_step``: the batch's rows read where they lie, through idx, by the FMA
+        kernel (two launches, no gather, no allocation once the scratch for the shape exists);
+        inputs no fused kernel takes (a sparse X among them) go the reference's way."""
+        if is_sparse(X):
+            return super().linear_step(X, idx, y, W, b, loss, x_mean, x_std, sample_weight, out)
+        dev = self.workspace().device
+        kind = self._kind(X, W, x_mean)
+        n = X.shape[0] if idx is None else idx.shape[0]
+        plan = plans.simt_plan(kind, n, X.shape[1], W.shape[0], W.dtype, X.itemsize, dev.card.smem_optin)
+        if plan is None or n == 0:
+            return super().linear_step(X, idx, y, W, b, loss, x_mean, x_std, sample_weight, out)
+        if out is None:
+            out = (self.xp.empty((), dtype=W.dtype), self.xp.empty_like(W), self.xp.empty_like(b))
+        return self._linear_simt(dev, plan, X, idx, y, W, b, 0.0, loss, x_mean, x_std, sample_weight, out)
+
+    def _linear_simt(self, dev, plan, X, idx, y, W, b, lam, loss, x_mean, x_std, sample_weight, out):
+        """The FMA step and its finish on the rows idx of X (all rows when None), into out = (J, dW, db)."""
+        n = X.shape[0] if idx is None else idx.shape[0]
+        d, C = X.shape[1], W.shape[0]
         X, y, y64, W, b, norm = self._step_inputs(X, y, W, b, x_mean, x_std)
         sw = _NULL if sample_weight is None else self.xp.ascontiguousarray(sample_weight, dtype=W.dtype)
+        rows = _NULL if idx is None else self.xp.ascontiguousarray(idx, dtype=np.int64)
         f = dev.kernel(plan["name"])
         grid = plans.linear_grid(n, plan["rg"], dev.card.sm_count, dev.blocks_per_sm(f, plan["threads"], plan["smem"]))
-        parts = self._partials(grid, C, d, W.dtype)
-        wsq = self.xp.empty(1, dtype=np.float64)
+        *parts, wsq = self.workspace().linear_scratch(grid, C, d, W.dtype)
         align = plans.copy_align(d * X.itemsize, X.data.ptr, X.itemsize)
         f((grid,), (plan["threads"],),
-          (X, y, _Y64[y64], W, b, *norm, sw, np.int64(n), np.int32(d), np.int32(plan["dpad"]), np.int32(align),
+          (X, y, _Y64[y64], W, b, *norm, sw, rows, np.int64(n), np.int32(d), np.int32(plan["dpad"]), np.int32(align),
            _LOSS_KIND[loss], *parts, wsq), shared_mem=plan["smem"])
         finish = "gg_linear_finish" if W.dtype == np.float32 else "gg_linear_finish_f64"
-        return self._linear_finish(dev, finish, (*parts, wsq, W, np.int32(grid)), W, b, n, lam)
+        J, dW, db = out
+        dev.kernel(finish)((plans.spread_grid(C * d, dev.card.sm_count),), (256,),
+                           (*parts, wsq, W, np.int32(grid), np.int32(C), np.int32(d), np.float64(lam),
+                            np.float64(1.0 / n), dW, db, J))
+        return J, dW, db
 
     def _linear_mma(self, dev, plan, X, y, W, b, lam, loss, x_mean, x_std):
         """The step on the tensor cores: prepare W (uint8: fold the normalisation, scale, split into
@@ -327,3 +380,86 @@ class CupyBackend(NumpyBackend):
         dev.kernel(plan["finish"])((spread,), (256,), (dWt, W, db, mean, std, loss_sum, wsq, np.int32(C), np.int32(d),
                                                        np.float64(lam), np.float64(1.0 / n), dW, J))
         return J, dW, db
+
+    # ---- the compiled step's kernels (kernels/mlp.cuh) ------------------------------------------
+    def matmul(self, a, b, out):
+        """out = a @ b through cuBLAS, one call: transposed views go in as transposes, never copied,
+        and out is written in place (no allocation)."""
+        self._blas().gemm("N", "N", a, b, out=out)
+        return out
+
+    def _blas(self):
+        """cupy.cublas, imported at the first matrix product (importing it loads cuBLAS)."""
+        if not hasattr(self.xp, "cublas"):
+            import cupy.cublas  # noqa: F401
+        return self.xp.cublas
+
+    def gather_rows(self, X, idx, x_mean, x_std, y, sample_weight, out):
+        Xb, yb, wb = out
+        dev = self.workspace().device
+        n, d = Xb.shape
+        name = {(np.float32, np.float32): "f32", (np.float64, np.float64): "f64", (np.uint8, np.float32): "u8",
+                (np.uint8, np.float64): "u8f64"}.get((X.dtype.type, Xb.dtype.type))
+        if name is None or not X.flags.c_contiguous:
+            return super().gather_rows(X, idx, x_mean, x_std, y, sample_weight, out)
+        xp, T = self.xp, Xb.dtype
+        y, y64 = _labels(xp, y)
+        # (each conversion a no-op for the trainer's inputs: no copy in a step)
+        norm = (_NULL, _NULL) if x_mean is None else (xp.ascontiguousarray(x_mean, dtype=T),
+                                                      xp.ascontiguousarray(x_std, dtype=T))
+        rows = _NULL if idx is None else xp.ascontiguousarray(idx, dtype=np.int64)
+        sw = _NULL if sample_weight is None else xp.ascontiguousarray(sample_weight, dtype=T)
+        dev.kernel(f"gg_gather_{name}")(
+            (max(1, min(n, 4 * dev.card.sm_count)),), (256,),
+            (X, rows, np.int64(n), np.int32(d), *norm, y, _Y64[y64], sw, Xb, yb, _NULL if wb is None else wb))
+        return out
+
+    def layer_forward(self, s, b, gamma, beta, running_mean, running_var, momentum, eps, out):
+        h, xhat, inv_std = out
+        n, m = s.shape
+        bn = gamma is not None
+        self.workspace().device.kernel("gg_layer_fwd_" + _TYPE[s.dtype.type])(
+            (-(-m // 32),), (32, 8),
+            (s, b, gamma if bn else _NULL, beta if bn else _NULL, _NULL if running_mean is None else running_mean,
+             _NULL if running_var is None else running_var, np.float64(momentum), np.float64(eps), np.int64(n), np.int32(m), h,
+             xhat if bn else _NULL, inv_std if bn else _NULL))
+        return out
+
+    def layer_backward(self, dh, h, xhat, gamma, inv_std, out):
+        dgamma, dbeta, db = out
+        n, m = dh.shape
+        bn = gamma is not None
+        self.workspace().device.kernel("gg_layer_bwd_" + _TYPE[dh.dtype.type])(
+            (-(-m // 32),), (32, 8),
+            (dh, _NULL if h is None else h, xhat if bn else _NULL, gamma if bn else _NULL, inv_std if bn else _NULL,
+             dh, dgamma if bn else _NULL, dbeta if bn else _NULL, db, np.int64(n), np.int32(m)))
+        return dh
+
+    def scores_loss(self, S, b, y, sample_weight, loss, out):
+        dS, L = out
+        n, C = S.shape
+        K = next((k for k in (1, 2, 4, 8, 32) if C <= 32 * k), None)
+        if K is None:  # more than 1024 classes: the bias added, then the row-loss kernels
+            return super().scores_loss(S, b, y, sample_weight, loss, out)
+        ws = self.workspace()
+        y, y64 = _labels(self.xp, y)
+        sw = _NULL if sample_weight is None else self.xp.ascontiguousarray(sample_weight, dtype=S.dtype)
+        grid = -(-n // 8)  # a warp per row, 8 a block
+        ws.device.kernel(f"gg_scores_loss_{_TYPE[S.dtype.type]}_k{K}")(
+            (grid,), (256,),
+            (S, b, y, _Y64[y64], sw, _LOSS_KIND[loss], dS, np.int64(n), np.int32(C), ws.partials_for(grid),
+             ws.ticket, L))
+        return out
+
+    def optimizer_update(self, rule, p, g, slots, lam=0.0, n_decay=0, loss=None, record=None, index=0):
+        name, h = rule
+        ws = self.workspace()
+        N = p.size
+        grid = plans.spread_grid(N, ws.device.card.sm_count)
+        s1, s2 = (tuple(slots) + (_NULL, _NULL))[:2]
+        hyper = [np.float64(v) for v in tuple(h) + (0.0,) * (6 - len(h))]
+        ws.device.kernel("gg_update_" + _TYPE[p.dtype.type])(
+            (grid,), (256,),
+            (p, g, s1, s2, np.int64(N), np.int64(n_decay), np.int32(_RULE[name]), *hyper, np.float64(lam),
+             _NULL if record is None else loss, _NULL if record is None else record, np.int64(index),
+             np.int64(0 if record is None else record.shape[1]), ws.partials_for(grid), ws.ticket))

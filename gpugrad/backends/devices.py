@@ -85,15 +85,33 @@ class DeviceState:
 
 class Workspace:
     """Per-(device, stream) scratch for the one-launch mean: a zeroed ticket counter (each kernel's
-    last block resets it) and room for per-block partial sums. Kernels on one stream run in order,
-    so they can share it; another stream gets its own."""
+    last block resets it) and room for per-block partial sums; and the fused linear step's
+    per-block partials, kept per (classes, row length, dtype). Kernels on one stream run in order,
+    so they can share it; another stream gets its own. Each buffer grows when a launch needs more
+    and is otherwise reused: a training step allocates nothing once its shapes have been seen."""
 
     def __init__(self, device: DeviceState, stream_ptr: int, xp):
         self.device, self.stream_ptr, self.xp = device, stream_ptr, xp
         self.ticket = xp.zeros(1, dtype=np.uint32)
         self.partials = xp.empty(0, dtype=np.float64)
+        self._linear = {}
 
     def partials_for(self, nblocks: int):
         if self.partials.size < nblocks:
             self.partials = self.xp.empty(max(nblocks, 2 * self.partials.size), dtype=np.float64)
         return self.partials
+
+    def linear_scratch(self, nblocks: int, C: int, d: int, dtype):
+        """(dW partials (nblocks, C, d), db partials (nblocks, C) in dtype, loss partials (nblocks,) and
+        ||W||^2 (1,) in float64) for a fused linear step of nblocks blocks; each written whole by
+        the kernel before the finish reads it."""
+        key = (C, d, np.dtype(dtype))
+        have = self._linear.get(key)
+        if have is None or have[0].shape[0] < nblocks:
+            xp = self.xp
+            have = self._linear[key] = (xp.empty((nblocks, C, d), dtype=dtype), xp.empty((nblocks, C), dtype=dtype),
+                                        xp.empty(nblocks, dtype=np.float64), xp.empty(1, dtype=np.float64))
+        dW, db, loss, wsq = have
+        if dW.shape[0] > nblocks:  # views of the first nblocks: the finish reads exactly those
+            dW, db, loss = dW[:nblocks], db[:nblocks], loss[:nblocks]
+        return dW, db, loss, wsq

@@ -82,7 +82,8 @@ def translation_unit(workdir: Path, mutate=None) -> str:
     text = kernels_for_emulation()
     if mutate is not None:
         text = mutate(text)
-    rows = ",\n".join(f'    {{"{name}", &gg_emu::trampoline<&{name}>, gg_emu::signature_of(&{name}), {cl}, {mt}}}'
+    rows = ",\n".join(f'    {{"{name}", &gg_emu::trampoline<&{name}>, gg_emu::signature_of(&{name}), '
+                      f'gg_emu::access_of(&{name}), {cl}, {mt}}}'
                       for name, cl, mt in entry_points(text, workdir))
     return (f"{text}\n\nstatic const gg_emu::KernelInfo gg_emu_kernels[] = {{\n{rows}\n}};\n"
             '#include "gg_emu_api.h"\n')

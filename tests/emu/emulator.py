@@ -1,33 +1,39 @@
-"""gpugrad's kernels on the CPU: the emulator library (build.py) behind a CuPy look-alike.
+"""gpugrad's kernels on the CPU: the emulator library (build.py) behind a CuPy stand-in.
 
-``emulated_backend(monkeypatch)`` gives a real ``CupyBackend`` whose arrays are numpy arrays
-(``EmuArray``: with ``.data.ptr`` and ``.get()`` as CuPy's have) and whose kernels run in the
-emulator, so the backend's own host code, launch arguments and kernels all run as on a GPU.
+``emulated_backend(monkeypatch)`` gives a real ``CupyBackend`` whose array module is the stand-in
+for CuPy (``arrays.py``: ``emucupy``, whose ``EmuArray`` refuses what CuPy 14 refuses) and whose
+kernels run in the emulator, so the backend's own host code, launch arguments and kernels all run
+as on a GPU.
 
 Launches check what the CUDA driver would reject, and what CuPy would pass without a word: a
-pointer parameter takes a device array (EmuArray) of the pointee's dtype, any other parameter a
-numpy scalar of exactly its width and kind; dynamic shared memory must not exceed the kernel's
+pointer parameter takes a device array (EmuArray) of the pointee's dtype, on the current device
+(another device's memory is an illegal address on a card); any other parameter a numpy scalar of
+exactly its width and kind; dynamic shared memory must not exceed the kernel's
 ``max_dynamic_shared_size_bytes``; the library itself checks threads against __launch_bounds__,
 grids against cluster sizes and shared memory against an H100's 227 KB.
 ``as_cuda_backend(monkeypatch)`` installs the emulated backend as gpugrad's CUDA backend (the
-``emu`` parameter of the tests' ``backend`` fixture).
+``emu`` parameter of the tests' ``backend`` fixture), and the stand-in as the ``cupy`` module.
+
+``counting()`` (``cost.py``) counts what the work inside it would cost on a card: launches of
+gpugrad's kernels and of CuPy's array operations, host synchronisations, allocations, uploads and
+the bytes each launch moves.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import functools
-import mmap
 import os
+import sys
 import types
-import weakref
 
 import numpy as np
 
 from fake_cupy import backend_on
 from gpugrad.backends import cuda_driver
 
-from . import build
+from . import arrays, build, cost
+from .arrays import EmuArray, emucupy  # noqa: F401  (the names tests use)
+from .cost import Cost, counting  # noqa: F401
 
 # A card smaller than an H100, so that persistent kernels loop over several rows or tiles per block
 # or cluster (the double-buffered paths) even at the small sizes an emulator can run.
@@ -64,6 +70,7 @@ def library() -> ctypes.CDLL:
     lib = _LIBS[key] = ctypes.CDLL(str(build.build(key)))  # one file per source digest: loads apart
     lib.gg_emu_kernel_name.restype = ctypes.c_char_p
     lib.gg_emu_kernel_signature.restype = ctypes.c_char_p
+    lib.gg_emu_kernel_access.restype = ctypes.c_char_p
     lib.gg_emu_kernel_cluster.restype = ctypes.c_uint
     lib.gg_emu_error.restype = ctypes.c_char_p
     lib.gg_emu_configure.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_int]
@@ -72,12 +79,13 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def kernels() -> dict[str, tuple[int, list[str], int]]:
+def kernels() -> dict[str, tuple[int, list[str], int, str]]:
     """name -> (index, parameter kinds ("f4", "i8", "pu1" for a pointer to uint8, "pv0" for void*),
-    cluster size)."""
+    cluster size, access per parameter: "r" a pointer to const (read), "w" any other pointer
+    (written), "-" a value)."""
     lib = library()
     return {lib.gg_emu_kernel_name(i).decode(): (i, lib.gg_emu_kernel_signature(i).decode().split(),
-                                                 lib.gg_emu_kernel_cluster(i))
+                                                 lib.gg_emu_kernel_cluster(i), lib.gg_emu_kernel_access(i).decode())
             for i in range(lib.gg_emu_kernel_count())}
 
 
@@ -99,12 +107,20 @@ def _pack(kernel: str, i: int, kind: str, a):
     """One kernel argument as the bytes its parameter takes, or TypeError naming the mismatch: device
     arrays (EmuArray) for pointers, of the pointee's dtype (any for void*); numpy scalars of the exact
     type otherwise; np.uint64(0) for a null pointer. A host numpy array is refused, as CuPy does, and
-    so is a strided one: the kernels index from the base pointer, which CuPy would pass silently."""
+    so is a strided one: the kernels index from the base pointer, which CuPy would pass silently.
+    An array of another device than the current one is an EmulatorError: on a card the kernel
+    would read through an address that is not valid in its context (CuPy's RawKernel does not
+    check)."""
     if kind.startswith("p"):
-        if isinstance(a, EmuArray) and not a.flags.c_contiguous:
-            raise TypeError(f"{kernel}: argument {i} is a strided array (shape {a.shape}, strides {a.strides})")
-        if isinstance(a, EmuArray) and (kind == "pv0" or _matches(kind[1:], a.dtype)):
-            return ctypes.c_void_p(a.ctypes.data)
+        if type(a) is EmuArray:
+            if not a.flags.c_contiguous:
+                raise TypeError(f"{kernel}: argument {i} is a strided array (shape {a.shape}, strides {a.strides})")
+            if kind == "pv0" or _matches(kind[1:], a.dtype):
+                if a.data.device_id != arrays.cuda.runtime.getDevice():
+                    raise EmulatorError(f"{kernel}: argument {i} is memory of device {a.data.device_id}, the kernel "
+                                        f"runs on device {arrays.cuda.runtime.getDevice()} "
+                                        f"(CUDA_ERROR_ILLEGAL_ADDRESS on a card)")
+                return ctypes.c_void_p(a.data.ptr)
         if isinstance(a, np.uint64) and a == 0:
             return ctypes.c_void_p(0)
     elif isinstance(a, np.generic) and _matches(kind, a.dtype):
@@ -114,7 +130,6 @@ def _pack(kernel: str, i: int, kind: str, a):
 
 
 _BY_PTR = {}  # kernel.ptr -> the EmuFunction made last for that kernel (launch_kernel's lookup)
-_LIVE = weakref.WeakValueDictionary()  # address -> the live device array starting there
 
 
 class EmuFunction:
@@ -122,7 +137,7 @@ class EmuFunction:
 
     def __init__(self, name: str, log: list | None = None):
         self.name, self.log = name, log
-        self.index, self.signature, self.cluster = kernels()[name]
+        self.index, self.signature, self.cluster, self.access = kernels()[name]
         self.kernel = types.SimpleNamespace(ptr=1000 + self.index)
         self.max_dynamic_shared_size_bytes = 48 * 1024
         _BY_PTR[self.kernel.ptr] = self
@@ -133,191 +148,64 @@ class EmuFunction:
         packed = [_pack(self.name, i, k, a) for i, (k, a) in enumerate(zip(self.signature, args))]
         argv = (ctypes.c_void_p * len(packed))(*[ctypes.cast(ctypes.pointer(p), ctypes.c_void_p) for p in packed])
         self.launch(tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block)), shared_mem,
-                    argv, [(i, a) for i, a in enumerate(args) if isinstance(a, EmuArray)])
+                    argv, [(i, a) for i, a in enumerate(args) if type(a) is EmuArray])
 
-    def launch(self, grid, block, shared_mem, argv, arrays):
+    def launch(self, grid, block, shared_mem, argv, passed):
         """Run the kernel with argv as cuLaunchKernel takes it (one pointer per parameter, to its
-        bytes), then check the poison after each (index, array) of `arrays`."""
+        bytes), then check the poison after each (index, array) of `passed`. Counted as one launch
+        reading its const arrays and writing the others (``cost.py``)."""
         if shared_mem > self.max_dynamic_shared_size_bytes:
             raise EmulatorError(f"{self.name}: {shared_mem} bytes of dynamic shared memory, the kernel "
                                 f"allows {self.max_dynamic_shared_size_bytes} (CUDA_ERROR_INVALID_VALUE)")
         if self.log is not None:
             self.log.append(self.name)
+        if cost._ACTIVE:
+            cost.record("kernel", self.name, sum(a.nbytes for i, a in passed if self.access[i] == "r"),
+                        sum(a.nbytes for i, a in passed if self.access[i] == "w"))
         lib = library()
         if lib.gg_emu_launch(self.index, *grid, *block, int(shared_mem), argv) != 0:
             raise EmulatorError(lib.gg_emu_error().decode())
-        for i, a in arrays:
-            if not _slack_intact(a):
+        for i, a in passed:
+            if not arrays.slack_intact(a):
                 raise EmulatorError(f"{self.name}: a write past the end of argument {i} (shape {a.shape})")
 
 
 def launch_kernel(fptr, gx, gy, gz, bx, by, bz, shared_mem, stream, argv_ptr, extra):
     """cuLaunchKernel (cupy_backends' driver.launchKernel) as the emulator runs it: argv_ptr is the
     address of an array of pointers, one per parameter, each to the parameter's bytes. A pointer
-    parameter holding the start of a live device array is checked as EmuFunction checks it (the
-    pointee's dtype, then a write past the end)."""
+    parameter holding the start of a live device allocation is checked as EmuFunction checks it
+    (the pointee's dtype and device, then a write past the end)."""
     f = _BY_PTR[fptr]
     argv = ctypes.cast(argv_ptr, ctypes.POINTER(ctypes.c_void_p))
-    arrays = []
+    found = []
     for i, kind in enumerate(f.signature):
-        a = _LIVE.get(ctypes.c_void_p.from_address(argv[i]).value or 0) if kind.startswith("p") else None
+        a = arrays.live_array(ctypes.c_void_p.from_address(argv[i]).value or 0) if kind.startswith("p") else None
         if a is not None:
-            _pack(f.name, i, kind, a)  # raises TypeError naming a pointee mismatch
-            arrays.append((i, a))
-    f.launch((gx, gy, gz), (bx, by, bz), shared_mem, argv, arrays)
+            _pack(f.name, i, kind, a)  # raises naming a pointee or device mismatch
+            found.append((i, a))
+    f.launch((gx, gy, gz), (bx, by, bz), shared_mem, argv, found)
 
 
-# ---- CuPy's array side, as numpy ------------------------------------------------------------------
-class _Ptr:
-    """cupy's MemoryPointer: an address, holding the array it points into alive."""
-
-    def __init__(self, ptr, owner):
-        self.ptr, self.owner = ptr, owner
-
-    def __add__(self, offset: int):
-        return _Ptr(self.ptr + offset, self.owner)
-
-
-class EmuArray(np.ndarray):
-    """A numpy array that answers as a cupy.ndarray does where the backend asks: .data.ptr, .get(),
-    and cupy.ndarray(shape, dtype, memptr=...) over existing device memory. Its class claims a
-    "cupy..." module, which is how gpugrad tells a CuPy array from a numpy one."""
-
-    def __new__(cls, shape, dtype=float, memptr=None):
-        if memptr is None:
-            return _device_empty(shape, dtype)
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
-        buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(memptr.ptr)
-        a = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape).view(cls)
-        a._memptr = memptr  # as CuPy's: the memory stays alive while the array does
-        return a
-
-    @property
-    def data(self):
-        return _Ptr(self.ctypes.data, self)
-
-    def get(self):
-        return np.array(self).view(np.ndarray)
-
-
-EmuArray.__module__ = "cupy_emulated"
-
-
-_PAGE = mmap.PAGESIZE
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-
-
-def _device_empty(shape, dtype) -> EmuArray:
-    """Device memory as the emulator hands it out: each array in pages of its own, 16-byte aligned,
-    ending at most 15 bytes before an inaccessible page. A kernel that reads or writes far past the
-    end crashes (and the emulator's SIGSEGV handler names it); the bytes in between hold 0xFF and are
-    checked after every launch the array is passed to."""
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    nbytes = count * dtype.itemsize
-    pages = max(1, -(-nbytes // _PAGE))
-    m = mmap.mmap(-1, (pages + 1) * _PAGE)
-    m.write(b"\xff" * (pages * _PAGE))
-    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
-    if _libc.mprotect(base + pages * _PAGE, _PAGE, 0) != 0:
-        raise OSError(ctypes.get_errno(), "mprotect of the guard page failed")
-    start = (pages * _PAGE - nbytes) // 16 * 16
-    a = np.frombuffer(m, dtype=dtype, count=count, offset=start).reshape(shape).view(EmuArray)
-    a._guard = (base + start + nbytes, pages * _PAGE - start - nbytes)  # (address, bytes) of the slack
-    _LIVE[a.ctypes.data] = a
-    return a
-
-
-def _slack_intact(a) -> bool:
-    """Whether the poison after the allocation `a` belongs to is untouched (True if not one of ours)."""
-    while a is not None and not hasattr(a, "_guard"):
-        a = a.base if isinstance(a, np.ndarray) else None
-    if a is None:
-        return True
-    addr, n = a._guard
-    return ctypes.string_at(addr, n) == b"\xff" * n
-
-
-def _dev(a) -> EmuArray:
-    """a copied to the device (a fresh guarded allocation)."""
-    a = np.asarray(a)
-    d = _device_empty(a.shape, a.dtype)
-    d[...] = a
-    return d
-
-
-class _EmuCupy(types.ModuleType):
-    """numpy, with cupy's names for moving data and a one-device cupy.cuda."""
-
-    ndarray = EmuArray
-
-    def __getattr__(self, name):
-        attr = getattr(np, name)
-        if not callable(attr) or isinstance(attr, (type, np.ufunc)):  # ufuncs keep EmuArray inputs EmuArray
-            return attr
-
-        @functools.wraps(attr)
-        def on_device(*args, **kwargs):  # cupy's functions return device arrays
-            r = attr(*args, **kwargs)
-            return r.view(EmuArray) if type(r) is np.ndarray else r
-        return on_device
-
-    @staticmethod
-    def asarray(a, dtype=None):
-        return _dev(np.asarray(a, dtype=dtype))
-
-    @staticmethod
-    def asnumpy(a):
-        return np.array(a).view(np.ndarray)
-
-    @staticmethod
-    def empty(shape, dtype=float):
-        a = _device_empty(shape, dtype)  # poisoned: NaN, or 0xAB bytes for integers
-        a.fill(np.nan if np.dtype(dtype).kind == "f" else 0xAB)
-        return a
-
-    @staticmethod
-    def empty_like(a, dtype=None):
-        return _EmuCupy.empty(a.shape, dtype or a.dtype)
-
-    @staticmethod
-    def zeros(shape, dtype=float):
-        return _dev(np.zeros(shape, dtype))
-
-    @staticmethod
-    def full(shape, value, dtype=None):
-        return _dev(np.full(shape, value, dtype))
-
-    @staticmethod
-    def ascontiguousarray(a, dtype=None):
-        if isinstance(a, EmuArray) and a.flags.c_contiguous and (dtype is None or a.dtype == dtype):
-            return a  # as CuPy: no copy
-        return _dev(np.ascontiguousarray(a, dtype=dtype))
-
-    cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0, setDevice=lambda d: None),
-                                 get_current_stream=lambda: types.SimpleNamespace(ptr=0))
-
-
-emucupy = _EmuCupy("emucupy")
-
-
-def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3, variants=None):
-    """A CupyBackend on the emulator for `card`; the tensor-core kernels get `clusters` clusters
-    (as cuOccupancyMaxActiveClusters would say); `variants` overrides the measured kernel variants
+def emulated_backend(monkeypatch, card=SMALL_H100, clusters=3, variants=None, cards=None):
+    """A CupyBackend on the emulator for `card` (or `cards`, {device id: card}: the stand-in then
+    has that many devices); the tensor-core kernels get `clusters` clusters (as
+    cuOccupancyMaxActiveClusters would say); `variants` overrides the measured kernel variants
     (``plans.Variants``). backend.launches lists the kernels launched."""
     monkeypatch.setattr(cuda_driver, "max_active_clusters", lambda *a: clusters)
-    be = backend_on(monkeypatch, emucupy, EmuFunction, card, variants=variants)
+    monkeypatch.setattr(arrays, "_COUNT", [len(cards) if cards else 1])
+    monkeypatch.setattr(arrays, "_CURRENT", [0])
+    be = backend_on(monkeypatch, emucupy, EmuFunction, card, cards=cards, variants=variants)
     cuda_driver.driver.launchKernel = launch_kernel  # backend_on's stand-in for cupy_backends' driver
     return be
 
 
-def as_cuda_backend(monkeypatch, card=SMALL_H100, variants=None):
+def as_cuda_backend(monkeypatch, card=SMALL_H100, variants=None, cards=None):
     """The emulated backend installed as gpugrad's CUDA backend: get_backend("cupy") returns it and
-    EmuArray inputs are routed to it, as cupy.ndarray inputs are on a GPU machine."""
+    EmuArray inputs are routed to it, as cupy.ndarray inputs are on a GPU machine; ``import cupy``
+    gives the stand-in (gpugrad's own ``import cupy`` in data, distributed and validation code)."""
     import gpugrad.backends as backends
-    be = emulated_backend(monkeypatch, card, variants=variants)
+    be = emulated_backend(monkeypatch, card, variants=variants, cards=cards)
     monkeypatch.setattr(backends, "_CUPY", be)
     monkeypatch.setattr(backends, "_CUPY_WHY", "the kernel emulator (tests/emu)")
+    monkeypatch.setitem(sys.modules, "cupy", emucupy)
     return be

@@ -148,6 +148,7 @@ struct KernelInfo {
     const char* name;
     void (*run)(void**);  // calls the kernel with its arguments unpacked from a void* array
     const char* signature;
+    const char* access;   // per parameter: r (pointer to const), w (other pointer), - (value)
     unsigned cluster;
     unsigned max_threads;  // __launch_bounds__, or 1024
 };
@@ -478,6 +479,16 @@ template <class... A> const char* signature_of(void (*)(A...)) {
         ((r += kind_of<A>() + " "), ...);
         return r;
     }();
+    return s.c_str();
+}
+// Which parameters a kernel reads through (pointers to const) and writes through (other pointers):
+// the byte counts of tests/emu/cost.py.
+template <class T> char access_of() {
+    if constexpr (std::is_pointer_v<T>) return std::is_const_v<std::remove_pointer_t<T>> ? 'r' : 'w';
+    else return '-';
+}
+template <class... A> const char* access_of(void (*)(A...)) {
+    static const std::string s = std::string{access_of<A>()...};
     return s.c_str();
 }
 template <class... A, size_t... I>

@@ -8,6 +8,8 @@ int gg_emu_kernel_count() { return (int)(sizeof(gg_emu_kernels) / sizeof(gg_emu_
 const char* gg_emu_kernel_name(int k) { return gg_emu_kernels[k].name; }
 // One "<kind><bytes>" per parameter: p (pointer), i (integer), f (floating point).
 const char* gg_emu_kernel_signature(int k) { return gg_emu_kernels[k].signature; }
+// One character per parameter: r (pointer to const: read), w (other pointer: written), - (value).
+const char* gg_emu_kernel_access(int k) { return gg_emu_kernels[k].access; }
 unsigned gg_emu_kernel_cluster(int k) { return gg_emu_kernels[k].cluster; }
 const char* gg_emu_error() { return gg_emu::g_error.c_str(); }
 

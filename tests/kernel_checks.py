@@ -153,8 +153,8 @@ def check_sparse_step(X, y, W, b, got, loss, lam, x_mean=None, x_std=None, sampl
     """The sparse step's (J, dW, db), as numpy, against the float64 numpy backend on X made dense:
     within TOL of the compute dtype (db against db_scale where it cancels)."""
     Xd = X.toarray().astype(np.float64)
-    J, dW, db = got
-    tol = TOL[np.asarray(dW).dtype.type]
+    J, dW, db = (host(a) for a in got)
+    tol = TOL[dW.dtype.type]
     J_ref, dW_ref, db_ref = NP.linear_grad(Xd, y, W, b, lam, loss, None if x_std is None else
                                            (np.zeros(X.shape[1]) if x_mean is None else x_mean), x_std,
                                            sample_weight=sample_weight)

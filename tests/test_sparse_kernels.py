@@ -23,7 +23,7 @@ pytest.importorskip("cupy", reason="the CuPy backend's host code imports cupy (n
 
 from emu import emu_sparse  # noqa: E402
 from emu import emulator as E  # noqa: E402
-from kernel_checks import check_sparse_step, rel, sparse_case, TOL  # noqa: E402
+from kernel_checks import check_sparse_step, host, rel, sparse_case, TOL  # noqa: E402
 
 dev = E.emucupy.asarray
 
@@ -60,7 +60,7 @@ def test_every_thread_order(emulated_be, C, rng):
     try:
         for order, seed in (("forward", 1), ("reverse", 1), ("shuffled", 3), ("runahead", 5), ("runahead", 6)):
             E.configure(order, seed, True)
-            runs.append([np.array(a) for a in be.linear_grad(*args)])
+            runs.append([host(a) for a in be.linear_grad(*args)])
     finally:
         E.configure("forward", 1, True)
     check_sparse_step(X, y, W, b, runs[0], "softmax", 0.01, x_std=std)

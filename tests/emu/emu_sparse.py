@@ -11,11 +11,25 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from . import emulator as E
+from . import arrays as A
 
 
 def _host(a):
-    return np.asarray(a).view(np.ndarray) if isinstance(a, np.ndarray) else np.asarray(a)
+    """The values of a device array (no synchronisation counted: the stand-in's own bookkeeping)
+    or of host data."""
+    return a._a if isinstance(a, A.EmuArray) else np.asarray(a)
+
+
+def _dev(host: np.ndarray, op: str | None = None) -> A.EmuArray:
+    """host's values in a fresh device array: the result of the library call ``op`` (counted as a
+    launch reading nothing it can tell and writing the result), or an upload when op is None."""
+    host = np.ascontiguousarray(host)
+    if op is None:
+        return A._upload(host, "sparse")
+    out = A.device_empty(host.shape, host.dtype, op)
+    out._a[...] = host
+    A._launch(op, 0, host.nbytes)
+    return out
 
 
 class csr_matrix:
@@ -33,13 +47,13 @@ class csr_matrix:
             host = sp.csr_matrix(arg.get() if isinstance(arg, csr_matrix) else arg)
             data, indices, indptr = host.data, host.indices, host.indptr
             self.shape = host.shape
-        self.data, self.indices, self.indptr = (a if isinstance(a, E.EmuArray) and not copy else E._dev(_host(a))
+        self.data, self.indices, self.indptr = (a if isinstance(a, A.EmuArray) and not copy else _dev(_host(a))
                                                 for a in (data, indices, indptr))
         if dtype is not None and self.data.dtype != np.dtype(dtype):
-            self.data = E._dev(_host(self.data).astype(dtype))
+            self.data = _dev(_host(self.data).astype(dtype))
 
     dtype = property(lambda self: self.data.dtype)
-    nnz = property(lambda self: int(self.indptr[-1]))
+    nnz = property(lambda self: self.data.size)
     has_canonical_format = property(lambda self: self.get().has_canonical_format)
 
     def get(self) -> sp.csr_matrix:
@@ -60,10 +74,10 @@ class csr_matrix:
         return csr_matrix(self.get()[key])
 
     def __matmul__(self, other):
-        return E._dev(self.get() @ _host(other))
+        return _dev(self.get() @ _host(other), "cusparse.spmm")
 
     def __rmatmul__(self, other):
-        return E._dev(_host(other) @ self.get())
+        return _dev(_host(other) @ self.get(), "cusparse.spmm")
 
 
 csr_matrix.__module__ = "cupyx_emulated.scipy.sparse"

@@ -232,7 +232,9 @@ def test_a_rising_cost_warns_once_while_training(rng):
     detected at and the lowest cost named); a sound rate: no warning."""
     import warnings
     from gpugrad.trainer import RisingCostWarning, cost_too_high
-    X, y = blobs(rng)
+    # Fixed data: at a rate this high the costs jump about, and on some draws they start so high
+    # that no 3 epochs in a row stay above 1.5x the lowest (so no warning is due).
+    X, y = blobs(np.random.default_rng(0))
     t = trainer(make("linear"), optimizer=gg.optim.SGD(300.0), epochs=15)
     with pytest.warns(RisingCostWarning, match=r"stayed above 1\.5x its lowest .* the learning rate "
                                                r"\(300\) is probably too high") as caught:

@@ -227,12 +227,18 @@ def check_layer(be, dev, rng, dtype, batchnorm, n=13, m=40, s=None, dh=None):
                              ref[2] if batchnorm else None, r_grads)
     assert ds is d_dh  # written in place
     ds = host(ds)
-    assert rel(ds, r_ds) <= 3 * tol
+    # With batch norm ds = inv_std / n (n ghat - sum ghat - xhat sum ghat xhat) cancels to ~0 where
+    # few rows are far apart (two rows: xhat = +-1, exactly 0): its rounding is measured against
+    # the size of the terms it came from, inv_std |ghat|.
+    terms = np.linalg.norm(ref[2] * np.abs(dh * (ref[0] > 0) * gamma)) if batchnorm else 0.0
+    assert rel(ds, r_ds, terms) <= 3 * tol
     dgamma, dbeta, db = (host(a) for a in grads)
     if batchnorm:
         assert rel(dgamma, r_grads[0]) <= tol and rel(dbeta, r_grads[1]) <= tol
-        # sum_i ds_i cancels to 0: its rounding is measured against the sums it came from
-        assert rel(db, r_grads[2], np.linalg.norm(np.abs(r_ds).sum(0))) <= 3 * tol
+        # sum_i ds_i cancels to 0: its rounding is measured against the sums it came from (and
+        # against the terms of ds, where ds itself cancelled)
+        sums = np.linalg.norm((ref[2] * np.abs(dh * (ref[0] > 0) * gamma)).sum(0))
+        assert rel(db, r_grads[2], max(np.linalg.norm(np.abs(r_ds).sum(0)), sums)) <= 3 * tol
     else:
         assert rel(db, r_grads[2], np.linalg.norm(np.abs(r_ds).sum(0))) <= tol
     return [h, xhat, inv, host(d_rm), host(d_rv), ds, dgamma, dbeta, db]

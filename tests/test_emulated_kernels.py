@@ -26,7 +26,7 @@ import gpugrad as gg
 
 deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
-from emu import emulator as E  # noqa: E402
+from emu import build, emulator as E  # noqa: E402
 from emu.build import cache_dir as build_cache  # noqa: E402
 from gpugrad.backends import cuda_driver, plans  # noqa: E402
 from kernel_checks import (check_gather, check_layer, check_linear_step, check_scores_loss, check_update,  # noqa: E402
@@ -415,36 +415,40 @@ def test_device_side_check_finds_the_first_bad_label_and_value(be, rng):
 
 
 # ---- the emulator itself: bugs planted in the kernels are caught -------------------------------------
-def _replace(old, new):
+def _replace(old, new, *only):
+    """A mutation: `old` (in the source exactly once) replaced by `new`; built with only the kernels
+    named with one of the prefixes `only` (``emu.build.only``), the ones its test launches."""
     def mutate(text):
         assert text.count(old) == 1, f"the mutation's target is not in the source once: {old!r}"
         return text.replace(old, new)
-    return mutate
+    return build.only(mutate, *only) if only else mutate
 
 
 PLANTED = {
     "the uint8 kernel reuses its tile without a barrier": ("u8", _replace(
-        "__syncthreads();  // the tile, Spart and Gs are free for the next iteration", "")),
-    "a tile is read before its cp.async wait": ("f32", _replace("    gg_cp_async_wait_one();\n", "")),
+        "__syncthreads();  // the tile, Spart and Gs are free for the next iteration", "", "gg_linmma_")),
+    "a tile is read before its cp.async wait": ("f32", _replace("    gg_cp_async_wait_one();\n", "", "gg_linmma_")),
     "a transposed fragment takes the wrong registers": ("u8", _replace(
         "GG_HD int gg_mma_t_reg(int r) { return ((r & 1) << 1) | (r >> 1); }",
-        "GG_HD int gg_mma_t_reg(int r) { return r; }")),
+        "GG_HD int gg_mma_t_reg(int r) { return r; }", "gg_linmma_")),
     "a barrier only some threads reach": ("u8", _replace(
         "    __syncthreads();\n    float* sx = Sx + stage * R * 16;",
-        "    if (threadIdx.x < 32) __syncthreads();\n    float* sx = Sx + stage * R * 16;")),
+        "    if (threadIdx.x < 32) __syncthreads();\n    float* sx = Sx + stage * R * 16;", "gg_linmma_")),
     "G is read before every thread has written it": ("f32", _replace(
         "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }\n        __syncthreads();",
-        "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }")),
+        "            Gs[(NC + c) * GST + r] = __uint_as_float(lo);\n        }", "gg_linmma_")),
 }
 
 
 PLANTED["the next long row streams in while the current one is still read"] = ("prefetch", _replace(
-    "        __syncthreads();  // buf is read: the next row may stream in while this one is worked on\n", ""))
+    "        __syncthreads();  // buf is read: the next row may stream in while this one is worked on\n", "",
+    "gg_ce_f32_p"))
 PLANTED["two halves of a block wait at different barriers"] = ("prefetch", _replace(
     "        __syncthreads();  // every thread's pieces of this row have landed\n",
-    "        if (threadIdx.x & 32) {\n            __syncthreads();\n        } else {\n            __syncthreads();\n        }\n"))
+    "        if (threadIdx.x & 32) {\n            __syncthreads();\n        } else {\n            __syncthreads();\n        }\n",
+    "gg_ce_f32_p"))
 PLANTED["a row is parked one entry too far"] = ("stream", _replace(
-    "            if (idx < C) row_s[idx] = v[j];", "            if (idx < C) row_s[idx + 1] = v[j];"))
+    "            if (idx < C) row_s[idx] = v[j];", "            if (idx < C) row_s[idx + 1] = v[j];", "gg_ce_f32_s"))
 
 
 def _planted_bug_run(kernel, rng):
@@ -464,7 +468,7 @@ def _planted_bug_run(kernel, rng):
 
 
 ONE_PAST = _replace("            if (idx < C) g[idx] = gg_ce_grad(idx == r.yv, v[j], others, scale);",
-                    "            if (idx <= C) g[idx] = gg_ce_grad(idx == r.yv, v[j], others, scale);")
+                    "            if (idx <= C) g[idx] = gg_ce_grad(idx == r.yv, v[j], others, scale);", "gg_ce_f32_w")
 
 
 @pytest.mark.parametrize("path", ["cupy", "direct"])

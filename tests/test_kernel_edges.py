@@ -28,7 +28,7 @@ import gpugrad as gg
 
 deps.need_emulator()  # Linux, g++ and cupy (no GPU); in CI their absence fails
 
-from emu import emulator as E  # noqa: E402
+from emu import build, emulator as E  # noqa: E402
 from kernel_checks import (check_layer, check_linear_step, check_scores_loss, check_update, host,  # noqa: E402
                            linear_case, LINEAR_KINDS, rel, row_kernel_shapes, TOL)
 
@@ -451,6 +451,11 @@ def _without_leading_barrier(text):
         assert text.count(barrier) == 1, f"a leading barrier is not in the source once: {barrier!r}"
         text = text.replace(barrier, barrier.replace("    __syncthreads();\n", "", 1))
     return text
+
+
+# Built with the kernels its tests launch: the block-per-row softmax, the tensor-core preparation
+# and the compiled step's layers (a library of every kernel takes several times as long).
+build.only(_without_leading_barrier, "gg_ce_f32_b", "gg_linmma_prep", "gg_layer_")
 
 
 @pytest.fixture(scope="module")

@@ -79,14 +79,33 @@ def entry_points(text: str, workdir: Path) -> list[tuple[str, int, int]]:
 
 
 def translation_unit(workdir: Path, mutate=None) -> str:
+    """The emulator library's source: the kernels (edited by `mutate`, when given) and the table of
+    their entry points. A mutation with an ``only`` attribute (kernel-name prefixes, set by
+    ``only``) builds just the kernels whose names start with one of them, the others compiled away
+    as the loader's one-kernel NVRTC path does (GG_ONLY): a planted bug needs the few kernels its
+    test launches, in a fraction of the time all of them take."""
     text = kernels_for_emulation()
     if mutate is not None:
         text = mutate(text)
+    entries = entry_points(text, workdir)
+    prefixes = getattr(mutate, "only", None)
+    if prefixes:
+        entries = [e for e in entries if e[0].startswith(tuple(prefixes))]
+        if not entries:
+            raise ValueError(f"no kernel's name starts with one of {prefixes}")
+        text = "#define GG_ONLY\n" + "".join(f"#define GG_WANT_{name} 1\n" for name, _, _ in entries) + text
     rows = ",\n".join(f'    {{"{name}", &gg_emu::trampoline<&{name}>, gg_emu::signature_of(&{name}), '
                       f'gg_emu::access_of(&{name}), {cl}, {mt}}}'
-                      for name, cl, mt in entry_points(text, workdir))
+                      for name, cl, mt in entries)
     return (f"{text}\n\nstatic const gg_emu::KernelInfo gg_emu_kernels[] = {{\n{rows}\n}};\n"
             '#include "gg_emu_api.h"\n')
+
+
+def only(mutate, *prefixes):
+    """`mutate` marked to be built with only the kernels whose names start with one of `prefixes`
+    (``translation_unit``); returns it."""
+    mutate.only = prefixes
+    return mutate
 
 
 def cache_dir() -> Path:

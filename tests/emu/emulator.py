@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import itertools
 import os
 import sys
 import types
@@ -48,6 +49,7 @@ class EmulatorError(RuntimeError):
 
 
 _LIBS = {}
+_TABLES = {}  # id(library) -> its kernels() table (libraries stay loaded: ids are not reused)
 _active = [None]  # the mutation whose library is in use (None: the kernels as they are)
 
 
@@ -82,11 +84,15 @@ def library() -> ctypes.CDLL:
 def kernels() -> dict[str, tuple[int, list[str], int, str]]:
     """name -> (index, parameter kinds ("f4", "i8", "pu1" for a pointer to uint8, "pv0" for void*),
     cluster size, access per parameter: "r" a pointer to const (read), "w" any other pointer
-    (written), "-" a value)."""
+    (written), "-" a value), of the library in use (a mutation's may hold only some kernels)."""
     lib = library()
-    return {lib.gg_emu_kernel_name(i).decode(): (i, lib.gg_emu_kernel_signature(i).decode().split(),
+    table = _TABLES.get(id(lib))
+    if table is None:
+        table = _TABLES[id(lib)] = {
+            lib.gg_emu_kernel_name(i).decode(): (i, lib.gg_emu_kernel_signature(i).decode().split(),
                                                  lib.gg_emu_kernel_cluster(i), lib.gg_emu_kernel_access(i).decode())
             for i in range(lib.gg_emu_kernel_count())}
+    return table
 
 
 def configure(order: str = "forward", seed: int = 1, deferred_copies: bool = True) -> None:
@@ -129,6 +135,7 @@ def _pack(kernel: str, i: int, kind: str, a):
                     f"the parameter is {kind}")
 
 
+_PTRS = itertools.count(1000)  # each EmuFunction's kernel.ptr
 _BY_PTR = {}  # kernel.ptr -> the EmuFunction made last for that kernel (launch_kernel's lookup)
 
 
@@ -137,8 +144,8 @@ class EmuFunction:
 
     def __init__(self, name: str, log: list | None = None):
         self.name, self.log = name, log
-        self.index, self.signature, self.cluster, self.access = kernels()[name]
-        self.kernel = types.SimpleNamespace(ptr=1000 + self.index)
+        _, self.signature, self.cluster, self.access = kernels()[name]
+        self.kernel = types.SimpleNamespace(ptr=next(_PTRS))
         self.max_dynamic_shared_size_bytes = 48 * 1024
         _BY_PTR[self.kernel.ptr] = self
 
@@ -163,7 +170,11 @@ class EmuFunction:
             cost.record("kernel", self.name, sum(a.nbytes for i, a in passed if self.access[i] == "r"),
                         sum(a.nbytes for i, a in passed if self.access[i] == "w"))
         lib = library()
-        if lib.gg_emu_launch(self.index, *grid, *block, int(shared_mem), argv) != 0:
+        entry = kernels().get(self.name)  # by name: a mutation's library numbers its kernels its own way
+        if entry is None:
+            raise RuntimeError(f"{self.name} is not in the emulator library of the mutation in use "
+                               f"(built with only the kernels named {getattr(_active[0], 'only', None)}...)")
+        if lib.gg_emu_launch(entry[0], *grid, *block, int(shared_mem), argv) != 0:
             raise EmulatorError(lib.gg_emu_error().decode())
         for i, a in passed:
             if not arrays.slack_intact(a):

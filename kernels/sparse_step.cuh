@@ -48,35 +48,36 @@ __device__ __forceinline__ void gg_sparse_entry(const T* __restrict__ val, const
     v = in ? val[j] : T(0);
 }
 
-// Phase 1 on one piece of up to 32 entries held one per lane (k_l, v_l; `count` of them real):
-// slice p adds, for class c, Wt[k][c] * v of its entries p, p + P, ...
+// The entries of this lane's slice p of one piece of up to 32 entries held one per lane (k_l, v_l;
+// `count` of them real): f(k, v) for entries p, p + P, ... (P = 32 / CP), for class c < C.
+template <int CP, typename T, typename F>
+__device__ __forceinline__ void gg_sparse_slice(int k_l, T v_l, int count, int C, int c, int p, F f) {
+    constexpr int P = 32 / CP;
+#pragma unroll
+    for (int q = 0; q < CP; ++q) {
+        const int e = q * P + p;
+        const int k = __shfl_sync(GG_FULL_MASK, k_l, e);
+        const T v = __shfl_sync(GG_FULL_MASK, v_l, e);
+        if (e < count && c < C) f(k, v);
+    }
+}
+
+// Phase 1 on one piece: slice p adds, for class c, Wt[k][c] * v of its entries.
 template <typename T, int CP>
 __device__ __forceinline__ T gg_sparse_dot(T s, int k_l, T v_l, int count, const T* __restrict__ Wt, int C,
                                            int c, int p) {
-    constexpr int P = 32 / CP;
-#pragma unroll
-    for (int q = 0; q < CP; ++q) {
-        const int e = q * P + p;
-        const int k = __shfl_sync(GG_FULL_MASK, k_l, e);
-        const T v = __shfl_sync(GG_FULL_MASK, v_l, e);
-        if (e < count && c < C) s = gg_fma(Wt[(gg_i64)k * C + c], v, s);
-    }
+    gg_sparse_slice<CP>(k_l, v_l, count, C, c, p, [&](int k, T v) { s = gg_fma(Wt[(gg_i64)k * C + c], v, s); });
     return s;
 }
 
-// Phase 2 on one piece: dWt[k][c] += g_c * v for the entries of this lane's slice.
+// Phase 2 on one piece: dWt[k][c] += g_c * v for the entries of this lane's slice. g == 0 (a hinge
+// class with no margin, most of them) adds nothing: skipped.
 template <typename T, int CP>
 __device__ __forceinline__ void gg_sparse_scatter(T g, int k_l, T v_l, int count, T* __restrict__ dWt, int C,
                                                   int c, int p) {
-    constexpr int P = 32 / CP;
-#pragma unroll
-    for (int q = 0; q < CP; ++q) {
-        const int e = q * P + p;
-        const int k = __shfl_sync(GG_FULL_MASK, k_l, e);
-        const T v = __shfl_sync(GG_FULL_MASK, v_l, e);
-        // g == 0 (a hinge class with no margin, most of them) adds nothing: skipped.
-        if (e < count && c < C && g != T(0)) atomicAdd(&dWt[(gg_i64)k * C + c], g * v);
-    }
+    gg_sparse_slice<CP>(k_l, v_l, count, C, c, p, [&](int k, T v) {
+        if (g != T(0)) atomicAdd(&dWt[(gg_i64)k * C + c], g * v);
+    });
 }
 
 template <typename T, int CP>

@@ -51,6 +51,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import options
 from .models import json_safe
 
 __all__ = ["FAMILIES", "SIZES", "Workload", "Impl", "Case", "Unavailable", "workloads", "make_inputs",
@@ -890,9 +891,8 @@ def command(parser, args) -> int:
     families = [f.strip() for f in str(args.workload).split(",")]
     if not families or any(f not in FAMILIES for f in families):
         parser.error(f"--workload must be a comma list of {', '.join(FAMILIES)}, got {args.workload!r}")
-    from .cli import _backend, _number
-    repeat = _number(parser, "--repeat", args.repeat, "a positive integer")
-    backend = _backend(parser, args.backend).name
+    repeat = options.number(parser, "--repeat", args.repeat, "a positive integer")
+    backend = options.backend(parser, args.backend).name
     progress = None if args.json else (lambda line: print(f"gpugrad bench: {line}", file=sys.stderr, flush=True))
     result = run(list(dict.fromkeys(families)), backend=backend, size=args.size, repeat=repeat, progress=progress)
     if args.json:

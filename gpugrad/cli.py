@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _validation
+from . import _validation, options
 from .models import json_safe
 from .optim import OPTIMIZERS
 
@@ -127,16 +127,6 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-# The kinds of number the options take, by the words their error messages use:
-# (type, low, low excluded, high, high excluded); None: no bound on that side.
-NUMBER_KINDS = {
-    "a positive integer": (int, 1, False, None, False),
-    "a non-negative integer": (int, 0, False, None, False),
-    "a positive number": (float, 0, True, None, False),
-    "a non-negative number": (float, 0, False, None, False),
-    "a number in [0, 1)": (float, 0, False, 1, True),
-}
-
 # The numeric options of gpugrad train, in the order they are checked, with their kinds.
 TRAIN_NUMBERS = {
     "epochs": "a positive integer", "batch_size": "a positive integer",
@@ -147,35 +137,9 @@ TRAIN_NUMBERS = {
 }
 
 
-def _number(parser, option, text, what):
-    """text as the kind of number ``what`` names (a key of NUMBER_KINDS), else parser.error
-    naming the option; None stays None."""
-    if text is None:
-        return None
-    kind, low, low_open, high, high_open = NUMBER_KINDS[what]
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        value = None
-    ok = value is not None and (kind is int or math.isfinite(value))
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        parser.error(f"{option} must be {what}, got {text}")
-    return value
-
-
-def _check_numbers(parser, args, kinds: dict) -> None:
-    """Convert and check, in place on args, each option named in kinds ({dest: kind})."""
-    for name, what in kinds.items():
-        setattr(args, name, _number(parser, "--" + name.replace("_", "-"), getattr(args, name), what))
-
-
 def _check_values(parser, args):
     """Convert and check every numeric option given on the command line (None stays None)."""
-    _check_numbers(parser, args, TRAIN_NUMBERS)
+    options.check_numbers(parser, args, TRAIN_NUMBERS)
     if args.hidden is not None:
         try:
             parse_hidden(args.hidden)
@@ -454,7 +418,7 @@ def _train_command(parser, args) -> int:
         folder = _output_folder(parser, args.out, _data_name(opts["data"], opts["data_kind"]),
                                 opts["model"], args.overwrite)
         run = None
-    backend = _backend(parser, args.backend or "auto")
+    backend = options.backend(parser, args.backend or "auto")
     try:
         return _train(parser, args, opts, folder, run, backend)
     except KeyboardInterrupt:  # before training started, or while the outputs were written
@@ -472,14 +436,6 @@ def _again(folder: Path) -> str:
     if (folder / RUN_FILE).is_file():
         return f"; start it again with: gpugrad train --resume {folder}"
     return ""
-
-
-def _backend(parser, name):
-    import gpugrad
-    try:
-        return gpugrad.get_backend(name)
-    except RuntimeError as e:
-        parser.error(f"--backend {name}: {e}")
 
 
 # The files a run writes into its folder (and --overwrite removes from an earlier run's).
@@ -895,7 +851,7 @@ def _predict_command(parser, args) -> int:
         parser.error(f"--out {args.out}: folder {out.parent} does not exist")
     if out.is_dir():
         parser.error(f"--out {args.out}: is a folder; name a .csv or .npy file")
-    backend = _backend(parser, args.backend)
+    backend = options.backend(parser, args.backend)
     model = _load_predict_model(parser, args.model, backend)
     X, labels, what = _predict_data(parser, args.data)
     if X.shape[1] != model.n_features:
@@ -1014,7 +970,7 @@ def _write_predictions(out: Path, predicted, labels):
 # ---------------------------------------------------------------------------------------------
 
 def _gradcheck_command(parser, args) -> int:
-    _check_numbers(parser, args, {"n": "a positive integer", "lam": "a non-negative number",
+    options.check_numbers(parser, args, {"n": "a positive integer", "lam": "a non-negative number",
                                   "seed": "a non-negative integer", "h": "a positive number",
                                   "tol": "a positive number"})
     n, lam, seed, h, tol = args.n, args.lam, args.seed, args.h, args.tol
@@ -1026,7 +982,7 @@ def _gradcheck_command(parser, args) -> int:
         hidden = parse_hidden(args.hidden or "50")
     except ValueError as e:
         parser.error(str(e))
-    backend = _backend(parser, args.backend)
+    backend = options.backend(parser, args.backend)
     from . import data
     ds = data.load_digits()
     if n > len(ds.y_train):

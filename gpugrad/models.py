@@ -39,7 +39,7 @@ import numpy as np
 
 from .backends import get_backend, to_host
 from .graph import no_grad, tensor
-from . import _validation, compiled
+from . import _validation, compiled, params
 from . import sparse as _sparse
 
 __all__ = ["LinearClassifier", "MLP", "model_from_config", "save_model", "load_model"]
@@ -56,9 +56,7 @@ def _float_dtype(dtype) -> np.dtype:
 
 
 def _positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return params.check(name, value, integer=True, low=1, what="a positive integer")
 
 
 class _Model:

@@ -80,10 +80,10 @@ import uuid
 
 import numpy as np
 
-from . import _validation
+from . import _validation, params
+from .trainer import Plateau
 from . import sparse as _sparse
 from .backends import backend_for, is_cupy_array, to_host
-from .trainer import _positive_int
 
 __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "predict_proba"]
 
@@ -618,16 +618,16 @@ def _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_i
     lam = _validation.check_lam(lam)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(map(repr, SOLVERS))}")
-    _positive_int("max_iter", max_iter)
-    _positive_int("batch_size", batch_size)
-    if sync_every is not None and (not isinstance(sync_every, (int, np.integer)) or sync_every < 1):
-        raise ValueError(f"sync_every must be None (once an epoch) or an integer >= 1, got {sync_every!r}")
-    if not float(tol) >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if not float(learning_rate_init) > 0:
-        raise ValueError(f"learning_rate_init must be > 0, got {learning_rate_init!r}")
-    if not 0 <= float(momentum) < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    params.check("max_iter", max_iter, integer=True, low=1)
+    params.check("batch_size", batch_size, integer=True, low=1)
+    if sync_every is not None:
+        params.check("sync_every", sync_every, integer=True, low=1,
+                     what="None (once an epoch) or an integer >= 1")
+    params.check("tol", tol, convert=float, finite=False, low=0, what=">= 0")
+    params.check("learning_rate_init", learning_rate_init, convert=float, finite=False, low=0,
+                 low_open=True, what="> 0")
+    params.check("momentum", momentum, convert=float, finite=False, low=0, high=1, high_open=True,
+                 what="in [0, 1)")
     if dtype is None:
         return lam, None
     dtype = np.dtype(dtype)
@@ -784,7 +784,7 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
     per_round = sync_every or steps_per_epoch
     rounds = -(-steps_per_epoch // per_round)
     state = {"params": params0, "opt": None}
-    losses, best, stale = [], np.inf, 0
+    losses, plateau = [], Plateau(tol, N_ITER_NO_CHANGE)
     seed_root = 0 if seed is None else int(seed)
     for epoch in range(max_iter):
         cost = rows = 0.0
@@ -811,9 +811,8 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
                                      f"(learning_rate_init={lr} may be too large)")
         losses.append(J)
         report(epoch + 1, J)
-        stale = stale + 1 if J > best - tol else 0
-        best = min(best, J)
-        if stop_early and stale >= N_ITER_NO_CHANGE:
+        plateau.update(J)
+        if stop_early and plateau.stop:
             break
     return state["params"], len(losses), losses
 

@@ -56,11 +56,11 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from . import _validation, models, optim
+from . import _validation, models, optim, params
 from . import sparse as _sparse
 from .backends import backend_for, get_backend, is_cupy_array, move_to, to_host
 from .distributed import is_dask_collection
-from .trainer import Trainer
+from .trainer import Plateau, Trainer
 
 __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
 
@@ -69,19 +69,15 @@ LEARNING_RATES = ("constant", "invscaling", "step", "cyclical")
 PREDICT_BATCH = 65536  # rows scored at once by predict & co.: bounds the memory of S (and hidden layers)
 
 
-class _Plateau:
-    """Stop when the epoch's cost has not improved by ``tol`` for ``patience`` epochs in a row
-    (scikit-learn's rule without early stopping: ``loss > best_loss - tol`` counts as no change)."""
+def _stop_on_plateau(tol, patience):
+    """The Trainer callback that stops when the epoch's cost has not improved by ``tol`` for
+    ``patience`` epochs in a row (scikit-learn's rule without early stopping: ``trainer.Plateau``)."""
+    plateau = Plateau(tol, patience)
 
-    def __init__(self, tol, patience):
-        self.tol, self.patience = tol, patience
-        self.best, self.stale = math.inf, 0
-
-    def __call__(self, trainer, epoch, row):
-        cost = row["cost"]
-        self.stale = self.stale + 1 if cost > self.best - self.tol else 0
-        self.best = min(self.best, cost)
-        return self.stale >= self.patience
+    def callback(trainer, epoch, row):
+        plateau.update(row["cost"])
+        return plateau.stop
+    return callback
 
 
 def _print_iteration(iteration, cost, val_accuracy=math.nan):
@@ -113,22 +109,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         return ValueError(f"{type(self).__name__}: parameter {name} must be {expected}, "
                           f"got {getattr(self, name)!r}")
 
-    def _check_number(self, name, low=None, high=None, low_open=False, high_open=False, integer=False):
-        v = getattr(self, name)
-        kind = "an integer" if integer else "a number"
-        ok = isinstance(v, numbers.Integral if integer else numbers.Real) and not isinstance(v, bool)
-        ok = ok and math.isfinite(v)
-        if ok and low is not None:
-            ok = v > low if low_open else v >= low
-        if ok and high is not None:
-            ok = v < high if high_open else v <= high
-        if not ok:
-            bounds = []
-            if low is not None:
-                bounds.append(f"{'>' if low_open else '>='} {low}")
-            if high is not None:
-                bounds.append(f"{'<' if high_open else '<='} {high}")
-            raise self._param_error(name, f"{kind} {' and '.join(bounds)}".strip())
+    def _check_number(self, name, **bounds):
+        params.check(name, getattr(self, name), owner=type(self).__name__, **bounds)
 
     def _check_bool(self, name):
         if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -136,33 +118,33 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_params(self):
         """Every parameter checked at fit (scikit-learn's contract), errors naming it."""
-        self._check_number("alpha", 0)
+        self._check_number("alpha", low=0)
         if self.solver not in self._solvers:
             raise self._param_error("solver", f"one of {self._solvers}")
         if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
-            self._check_number("batch_size", 1, integer=True)
+            self._check_number("batch_size", low=1, integer=True)
         if not (callable(self.learning_rate) and hasattr(self.learning_rate, "config")) and \
                 self.learning_rate not in LEARNING_RATES:
             raise self._param_error("learning_rate", f"one of {LEARNING_RATES} or a gpugrad.optim schedule")
-        self._check_number("learning_rate_init", 0, low_open=True)
-        self._check_number("power_t", 0)
-        self._check_number("momentum", 0, 1, high_open=True)
+        self._check_number("learning_rate_init", low=0, low_open=True)
+        self._check_number("power_t", low=0)
+        self._check_number("momentum", low=0, high=1, high_open=True)
         for name in ("nesterovs_momentum", "early_stopping", "warm_start", "standardize"):
             self._check_bool(name)
-        self._check_number("max_iter", 1, integer=True)
+        self._check_number("max_iter", low=1, integer=True)
         if self.tol is not None:
-            self._check_number("tol", 0)
-        self._check_number("validation_fraction", 0, 1, low_open=True, high_open=True)
-        self._check_number("n_iter_no_change", 1, integer=True)
-        self._check_number("beta_1", 0, 1, high_open=True)
-        self._check_number("beta_2", 0, 1, high_open=True)
-        self._check_number("epsilon", 0, low_open=True)
+            self._check_number("tol", low=0)
+        self._check_number("validation_fraction", low=0, high=1, low_open=True, high_open=True)
+        self._check_number("n_iter_no_change", low=1, integer=True)
+        self._check_number("beta_1", low=0, high=1, high_open=True)
+        self._check_number("beta_2", low=0, high=1, high_open=True)
+        self._check_number("epsilon", low=0, low_open=True)
         cw = self.class_weight
         if not (cw is None or (isinstance(cw, str) and cw == "balanced") or isinstance(cw, dict)):
             raise self._param_error("class_weight", "None, 'balanced' or a dict {label: weight}")
         if isinstance(cw, dict):
             for label, w in cw.items():
-                if not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+                if not params.within(w, low=0):
                     raise ValueError(f"{type(self).__name__}: class_weight[{label!r}] must be a "
                                      f"finite number >= 0, got {w!r}")
         if not isinstance(self.verbose, (numbers.Integral, bool)):
@@ -485,7 +467,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         else:
             callbacks = [_epoch_lines] if self.verbose else []
             if not self.early_stopping and self.tol is not None:
-                callbacks.append(_Plateau(self.tol, self.n_iter_no_change))
+                callbacks.append(_stop_on_plateau(self.tol, self.n_iter_no_change))
             trainer = Trainer(
                 model, self._new_optimizer(steps), epochs=self.max_iter, batch_size=bs, lam=lam,
                 seed=self._seed(),

@@ -81,9 +81,11 @@ import uuid
 import numpy as np
 
 from . import _validation, params
+from .ops import stable_softmax
 from .trainer import Plateau
 from . import sparse as _sparse
 from .backends import backend_for, is_cupy_array, to_host
+from .backends.arrays import is_dask_collection
 
 __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "predict_proba"]
 
@@ -94,20 +96,6 @@ TREE_FAN_IN = 8     # partial sums added 8 at a time: depth log_8(chunks), no si
 N_ITER_NO_CHANGE = 10   # SGD/Adam: epochs without a tol improvement of the loss before stopping
 SURVEY_ROWS = 1024      # rows per float64 block in the statistics pass: the block stays in cache
 CLIENT_SUM_BYTES = 16 << 20   # a pass's partials up to this size in all are added by the client
-
-
-def is_dask_collection(a) -> bool:
-    """Whether ``a`` is a Dask collection (array, dataframe, delayed, ...).
-
-    Never imports Dask: when it has not been imported, nothing can be a Dask collection.
-
-        >>> is_dask_collection([1, 2])
-        False
-    """
-    if "dask" not in sys.modules:
-        return False
-    import dask
-    return dask.is_dask_collection(a)
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -844,10 +832,7 @@ def _block_scores(Xc, W, b, x_mean, x_std, dtype):
 
 
 def _block_proba(Xc, W, b, x_mean, x_std, dtype):
-    S = _block_scores(Xc, W, b, x_mean, x_std, dtype)
-    xp = backend_for(S).xp
-    E = xp.exp(S - S.max(axis=1, keepdims=True))   # the row max keeps exp in range
-    return E / E.sum(axis=1, keepdims=True)
+    return stable_softmax(_block_scores(Xc, W, b, x_mean, x_std, dtype))
 
 
 def _block_predict(Xc, W, b, x_mean, x_std, dtype, classes):

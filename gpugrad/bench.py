@@ -52,7 +52,7 @@ from typing import Callable
 import numpy as np
 
 from . import options
-from .models import json_safe
+from .saving import json_safe
 
 __all__ = ["FAMILIES", "SIZES", "Workload", "Impl", "Case", "Unavailable", "workloads", "make_inputs",
            "IMPLEMENTATIONS", "implementations_for", "time_case", "memory_bandwidth", "run", "format_table",

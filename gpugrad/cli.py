@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _validation, options
-from .models import json_safe
+from .saving import not_npz_kind, atomic_write, json_safe
 from .optim import OPTIMIZERS
 
 __all__ = ["main", "build_parser", "parse_hidden", "PRESETS", "DEFAULTS"]
@@ -630,8 +630,7 @@ def _make_optimizer(opts, n_train):
 
 
 def _write_json(path: Path, obj) -> None:
-    """Write JSON atomically (``models.atomic_write``): a kill never leaves half a file."""
-    from .models import atomic_write
+    """Write JSON atomically (``saving.atomic_write``): a kill never leaves half a file."""
     text = (json.dumps(obj, indent=2) + "\n").encode()
     atomic_write(path, lambda f: f.write(text))
 
@@ -918,9 +917,8 @@ def _predict_data(parser, spec):
 def _npz_rows(path: Path):
     """X (checked) and y as label strings, or None, of an .npz file (no pickles)."""
     from . import data
-    from .models import _not_npz
     with open(path, "rb") as f:
-        kind = _not_npz(f.read(64))
+        kind = not_npz_kind(f.read(64))
     if kind is not None:
         raise ValueError(f"{kind}, not an .npz archive")
     try:
@@ -951,7 +949,6 @@ def _predict_indices(model, X, batch=8192):
 def _write_predictions(out: Path, predicted, labels):
     """.csv: a header, then one line per row (prediction, and the label when known); .npy: the
     predicted labels as an array (integers when every class name is one). Written atomically."""
-    from .models import atomic_write
     if out.suffix.lower() == ".npy":
         try:
             array = predicted.astype(np.int64)

@@ -59,7 +59,8 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from . import _validation, models, optim, params
 from . import sparse as _sparse
 from .backends import backend_for, get_backend, is_cupy_array, move_to, to_host
-from .distributed import is_dask_collection
+from .backends.arrays import is_dask_collection
+from .ops import stable_softmax
 from .trainer import Plateau, Trainer
 
 __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
@@ -323,16 +324,9 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         return idx.astype(np.int64)
 
     def _device_X(self, model, X):
-        """X on the model's backend as it takes it: uint8 kept when the model normalises, otherwise
-        C-contiguous in the model's dtype (one conversion, no copy when it already is)."""
-        be, dtype = model.backend, model.dtype
-        if _sparse.is_sparse(X):
-            return _sparse.to_backend(be, X, dtype)
-        if X.dtype == np.uint8 and model.normalised:
-            return be.xp.ascontiguousarray(be.asarray(X))
-        if is_cupy_array(X) and be.xp is np:
-            X = X.get()
-        return be.xp.ascontiguousarray(be.asarray(X, dtype=dtype))
+        """X on the model's backend as it takes it (``model.prepare``: uint8 kept when the model
+        normalises, otherwise the model's dtype), C-contiguous."""
+        return model.prepare(X, contiguous=True)
 
     # ---- training ----------------------------------------------------------------------------
     def _batch_size(self, n):
@@ -626,10 +620,7 @@ class _ProbaMixin:
         """(n, C) class probabilities softmax(S) (rows sum to 1, columns in the order of ``classes_``)."""
         if is_dask_collection(X):
             return self._dask_call("predict_proba", X)
-        S = self._scores(X)
-        xp = self.model_.backend.xp
-        E = xp.exp(S - S.max(axis=1, keepdims=True))  # the row max keeps exp() in range
-        return self._caller(E / E.sum(axis=1, keepdims=True), X)
+        return self._caller(stable_softmax(self._scores(X)), X)
 
     def predict_log_proba(self, X):
         """(n, C) log of ``predict_proba``."""
@@ -671,7 +662,7 @@ class _LinearMixin:
     def _fit_dask(self, X, y, sample_weight):
         """Fit on a Dask array across the current cluster with ``gpugrad.distributed.fit_linear``:
         the same objective, compute dtype and ``standardize`` as in memory, so the same model."""
-        from . import distributed
+        from . import distributed  # the Dask path loads when a Dask array comes (start-up time)
         name = type(self).__name__
         if self.warm_start and hasattr(self, "model_"):
             warnings.warn(f"{name}: warm_start is not supported on Dask arrays; fitting from scratch")
@@ -700,7 +691,7 @@ class _LinearMixin:
     def _dask_class_weights(self, y, sample_weight):
         """(classes, sample_weight times class_weight[y]): the labels are read once here (only y;
         X stays on the workers), the weights are built lazily per chunk."""
-        import dask.array as da
+        import dask.array as da  # optional dependency: only on the Dask path
         y_host = to_host(y.compute() if hasattr(y, "compute") else y)
         classes = np.unique(y_host)
         self.classes_ = classes
@@ -711,7 +702,7 @@ class _LinearMixin:
         return classes, per_row if sample_weight is None else per_row * sample_weight
 
     def _dask_call(self, method, X):
-        from . import distributed
+        from . import distributed  # the Dask path loads when a Dask array comes (start-up time)
         check_is_fitted(self)
         if method == "predict":
             return distributed.predict(self.model_, self.classes_, X)

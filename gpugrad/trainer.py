@@ -40,7 +40,8 @@ import warnings
 import numpy as np
 
 from . import _validation, params
-from .models import atomic_savez, decode_json, encode_json, json_safe, model_from_config, read_npz
+from .models import model_from_config
+from .saving import atomic_savez, decode_json, encode_json, json_safe, read_npz
 from . import sparse_sgd
 from .optim import make_optimizer
 from .sparse import check_finite, is_sparse, refuse_sparse_labels

@@ -409,10 +409,38 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         return lambda trainer, epoch, row: _print_iteration(iteration, row["cost"])
 
     def _fit(self, X, y, sample_weight, classes, partial):
-        name = type(self).__name__
+        """fit and partial_fit: validate, learn classes_ and the row weights, then train the model
+        (a new one, or the previous fit's when warm) with L-BFGS or the Trainer."""
         first_partial = partial and not hasattr(self, "model_")
         warm = (partial and not first_partial) or (self.warm_start and hasattr(self, "model_"))
         X, y = self._validate_Xy(X, y, reset=not warm)
+        self.classes_ = self._fit_classes(y, classes, partial, first_partial, warm)
+        y_enc = self._encode(y)
+        w = self._sample_weights(sample_weight, y_enc, X.shape[0], partial)
+        if warm:
+            model = self.model_
+        else:
+            be = self._backend()
+            x_mean, x_std = self._standardisation(X)
+            model = self._new_model(be, X.shape[1], len(self.classes_), self._compute_dtype(be, X.dtype),
+                                    x_mean, x_std, self._seed())
+        Xd = self._device_X(model, X)
+        if self.solver in ("lbfgs", "auto"):   # "auto" in memory: L-BFGS
+            self.model_ = model
+            self._fit_lbfgs(model, Xd, y_enc, w, self.alpha / 2)
+            return self
+        trainer = self._trainer_for(model, X.shape[0], partial, first_partial, warm)
+        # X passed scikit-learn's checks (finite) and y_enc indexes classes_: no second pass over X.
+        history = trainer.fit(Xd, y_enc, sample_weight=w, check_input=False)
+        self.model_, self._trainer = model, trainer
+        self._learned(history.rows, partial, first_partial)
+        self.t_ = trainer.optimizer.t
+        return self
+
+    def _fit_classes(self, y, classes, partial, first_partial, warm):
+        """classes_ of this fit: all labels of y; the ``classes`` argument of partial_fit's first
+        call; the previous fit's otherwise (warm_start must see the same)."""
+        name = type(self).__name__
         if first_partial:
             all_classes = np.unique(to_host(classes))
         elif partial:
@@ -423,28 +451,14 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{name}: warm_start needs y to have the classes of the previous fit, "
                              f"{self.classes_.tolist()}; y has {all_classes.tolist()}")
         _validation.check_two_classes(all_classes.tolist(), name)
-        self.classes_ = all_classes
-        y_enc = self._encode(y)
-        n = X.shape[0]
-        w = self._sample_weights(sample_weight, y_enc, n, partial)
+        return all_classes
 
-        if warm:
-            model = self.model_
-        else:
-            be = self._backend()
-            dtype = self._compute_dtype(be, X.dtype)
-            x_mean, x_std = self._standardisation(X)
-            model = self._new_model(be, X.shape[1], len(all_classes), dtype, x_mean, x_std, self._seed())
-        Xd = self._device_X(model, X)
-        lam = self.alpha / 2
-
-        if self.solver in ("lbfgs", "auto"):   # "auto" in memory: L-BFGS
-            self.model_ = model
-            self._fit_lbfgs(model, Xd, y_enc, w, lam)
-            return self
-
+    def _trainer_for(self, model, n, partial, first_partial, warm):
+        """The Trainer of a stochastic fit (max_iter epochs, stopping on a plateau or early
+        stopping) or of a partial_fit call (one epoch, continuing the previous optimiser)."""
         bs = self._batch_size(n)
         steps = -(-n // bs)
+        lam = self.alpha / 2
         previous = getattr(self, "_trainer", None) if warm else None
         # verbose: a line per epoch wherever the output goes; a bar only on a terminal (None: the
         # trainer draws it when stderr is one), never carriage returns in a log or a notebook.
@@ -454,42 +468,38 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             # momentum or Adam's moments and the schedule's step count, carries on); a new shuffle
             # seed each call. No early stopping, as in scikit-learn.
             keep = previous is not None and previous.model is model
-            trainer = Trainer(model, previous.optimizer if keep else self._new_optimizer(steps), epochs=1,
-                              batch_size=bs, lam=lam, seed=self._partial_seed(first_partial),
-                              eval_train=False, progress=progress,
-                              callbacks=[self._partial_line(first_partial)] if self.verbose else [])
-        else:
-            callbacks = [_epoch_lines] if self.verbose else []
-            if not self.early_stopping and self.tol is not None:
-                callbacks.append(_stop_on_plateau(self.tol, self.n_iter_no_change))
-            trainer = Trainer(
-                model, self._new_optimizer(steps), epochs=self.max_iter, batch_size=bs, lam=lam,
-                seed=self._seed(),
-                validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
-                early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
-                tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
-                progress=progress)
-        # X passed scikit-learn's checks (finite) and y_enc indexes classes_: no second pass over X.
-        history = trainer.fit(Xd, y_enc, sample_weight=w, check_input=False)
-        self.model_, self._trainer = model, trainer
-        rows = history.rows
+            return Trainer(model, previous.optimizer if keep else self._new_optimizer(steps), epochs=1,
+                           batch_size=bs, lam=lam, seed=self._partial_seed(first_partial),
+                           eval_train=False, progress=progress,
+                           callbacks=[self._partial_line(first_partial)] if self.verbose else [])
+        callbacks = [_epoch_lines] if self.verbose else []
+        if not self.early_stopping and self.tol is not None:
+            callbacks.append(_stop_on_plateau(self.tol, self.n_iter_no_change))
+        return Trainer(
+            model, self._new_optimizer(steps), epochs=self.max_iter, batch_size=bs, lam=lam,
+            seed=self._seed(),
+            validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
+            early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
+            tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
+            progress=progress)
+
+    def _learned(self, rows, partial, first_partial):
+        """n_iter_, loss_curve_ (and the validation scores) from the trainer's history rows; the
+        ConvergenceWarning of a fit that ran out of epochs while still improving."""
         if partial:
             self.n_iter_ = getattr(self, "n_iter_", 0) + 1 if not first_partial else 1
             before = [] if first_partial else getattr(self, "loss_curve_", [])
             self.loss_curve_ = before + [rows[-1]["cost"]]
-        else:
-            self.n_iter_ = len(rows)
-            self.loss_curve_ = [r["cost"] for r in rows]
-            if self.early_stopping:
-                self.validation_scores_ = [r["val_accuracy"] for r in rows]
-                self.best_validation_score_ = float(np.nanmax(self.validation_scores_))
-            converged = self.n_iter_ < self.max_iter
-            if not converged and self.tol is not None:
-                warnings.warn(f"{name}: the {self.solver} solver ran max_iter={self.max_iter} epochs and its "
-                              f"cost was still improving by more than tol={self.tol}; raise max_iter to "
-                              "train further", ConvergenceWarning)
-        self.t_ = trainer.optimizer.t
-        return self
+            return
+        self.n_iter_ = len(rows)
+        self.loss_curve_ = [r["cost"] for r in rows]
+        if self.early_stopping:
+            self.validation_scores_ = [r["val_accuracy"] for r in rows]
+            self.best_validation_score_ = float(np.nanmax(self.validation_scores_))
+        if self.n_iter_ >= self.max_iter and self.tol is not None:
+            warnings.warn(f"{type(self).__name__}: the {self.solver} solver ran max_iter={self.max_iter} "
+                          f"epochs and its cost was still improving by more than tol={self.tol}; raise "
+                          "max_iter to train further", ConvergenceWarning)
 
     def _fit_lbfgs(self, model, X, y_enc, w, lam):
         """Full-batch L-BFGS (``gpugrad.optim.lbfgs``) over the model's whole-data cost and gradient

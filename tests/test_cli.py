@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpugrad import cli, data, models, options, plots, trainer
+from gpugrad.tools import cli, options
+from gpugrad.training import data, models, plots, trainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 REAL_PLOT_HISTORY = plots.plot_history  # before the quick_plots fixture stands in for it

@@ -34,11 +34,12 @@ import math
 
 import numpy as np
 
-from .backends import get_backend, is_array, to_host
-from .graph import no_grad, tensor
-from . import _validation, compiled, params
+from ..backends import get_backend, is_array, to_host
+from ..engine.graph import no_grad, tensor
+from ..engine import _validation, compiled
+from .. import params
 from .saving import atomic_savez, decode_json, encode_json, read_npz
-from . import sparse as _sparse
+from ..engine import sparse as _sparse
 
 __all__ = ["LinearClassifier", "MLP", "model_from_config", "save_model", "load_model"]
 
@@ -378,7 +379,7 @@ class MLP(_Model):
         """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor) and the
         input node h (n, d) (``_input``): the model's definition, which the compiled step traces.
         ``buffers``: the running averages to use (name -> array; default the model's own)."""
-        from .ops import batch_norm, relu
+        from ..engine.ops import batch_norm, relu
         buffers = self.buffers if buffers is None else buffers
         for l in range(1, self.n_layers):
             s = self._linear(h, params[f"W{l}"], params[f"b{l}"])
@@ -398,7 +399,7 @@ class MLP(_Model):
     def _linear(self, h, W, b):
         """A layer's linear map; the first layer reads a sparse X as it is (``ops.sparse_linear``:
         scaled by x_std, never made dense)."""
-        from .ops import linear, sparse_linear
+        from ..engine.ops import linear, sparse_linear
         if _sparse.is_sparse(h):
             return sparse_linear(h, W, b, self.buffers.get("x_mean"), self.buffers.get("x_std"))
         return linear(h, W, b)

@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from . import params
-from .backends import backend_for
+from .. import params
+from ..backends import backend_for
 
 __all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "make_schedule", "SGD", "Adam", "make_optimizer",
            "lbfgs", "OPTIMIZERS", "SCHEDULES"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation
-from .backends import backend_for, is_array, is_cupy_array, move_to
+from ..backends import backend_for, is_array, is_cupy_array, move_to
 from .graph import Tensor, defvjp, is_grad_enabled, record
 
 __all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import is_array
+from ..backends import is_array
 
 LOSSES = ("softmax", "svm")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

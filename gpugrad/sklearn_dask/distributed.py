@@ -80,12 +80,13 @@ import uuid
 
 import numpy as np
 
-from . import _validation, params
-from .ops import stable_softmax
-from .trainer import Plateau
-from . import sparse as _sparse
-from .backends import backend_for, is_cupy_array, to_host
-from .backends.arrays import is_dask_collection
+from ..engine import _validation
+from .. import params
+from ..engine.ops import stable_softmax
+from ..training.trainer import Plateau
+from ..engine import sparse as _sparse
+from ..backends import backend_for, is_cupy_array, to_host
+from ..backends.arrays import is_dask_collection
 
 __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "predict_proba"]
 
@@ -515,7 +516,7 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     """Mini-batch steps first_step .. first_step + n_steps - 1 of this chunk's epoch, from the
     common parameters and optimiser state. Returns the rows used as weight, and the weighted
     (float64) parameters, optimiser slots and summed batch costs, ready to be added."""
-    from .optim import SGD, Adam
+    from ..training.optim import SGD, Adam
     n = Xc.shape[0]
     steps = range(first_step, min(first_step + n_steps, -(-n // batch_size)))
     if len(steps) == 0:
@@ -571,7 +572,7 @@ def _lazy_sgd(Xc, solver, xp) -> bool:
 def _chunk_lazy_steps(be, Xc, yc, wc, params, opt, std, order, steps, *, loss, lam, batch_size):
     """The chunk's steps through ``gpugrad.sparse_sgd`` (the same updates as ``opt.step`` within
     rounding); returns (summed batch costs, rows)."""
-    from . import sparse_sgd
+    from ..training import sparse_sgd
     velocity = (opt.slots["velocity/W"], opt.slots["velocity/b"]) if opt.momentum else None
     per_step, opt.t, _ = sparse_sgd.run(be, Xc, yc, wc, params["W"], params["b"], loss=loss, lam=lam,
                                         schedule=opt.schedule, t=opt.t, order=order, batch_size=batch_size,
@@ -667,7 +668,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
         dict(model=LinearClassifier (numpy backend; x_mean/x_std set with ``standardize``),
         classes_=(C,) labels, n_iter_=iterations or epochs, loss_curve_=J after each).
     """
-    from .models import LinearClassifier
+    from ..training.models import LinearClassifier
 
     _check_X(X)
     lam, dtype = _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_init,
@@ -717,7 +718,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
             callback(it, J)
 
     if solver == "lbfgs":
-        from .optim import lbfgs
+        from ..training.optim import lbfgs
         evaluations = [0]
 
         def value_and_grad(params):

@@ -3,8 +3,8 @@ share in reading their options: numbers checked by ``gpugrad.params``, the backe
 value goes to ``parser.error`` (exit status 2) naming the option."""
 from __future__ import annotations
 
-from . import params
-from .backends import get_backend
+from .. import params
+from ..backends import get_backend
 
 
 def number(parser, option, text, what):

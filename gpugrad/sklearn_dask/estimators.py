@@ -56,12 +56,14 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from . import _validation, models, optim, params
-from . import sparse as _sparse
-from .backends import backend_for, get_backend, is_cupy_array, move_to, to_host
-from .backends.arrays import is_dask_collection
-from .ops import stable_softmax
-from .trainer import Plateau, Trainer
+from ..engine import _validation
+from ..training import models, optim
+from .. import params
+from ..engine import sparse as _sparse
+from ..backends import backend_for, get_backend, is_cupy_array, move_to, to_host
+from ..backends.arrays import is_dask_collection
+from ..engine.ops import stable_softmax
+from ..training.trainer import Plateau, Trainer
 
 __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
 
@@ -365,7 +367,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             return None, None
         if _sparse.is_sparse(X):
             return np.zeros(X.shape[1]), _sparse.column_scale(X)
-        from .data import normalisation
+        from ..training.data import normalisation
         return normalisation(X)
 
     def fit(self, X, y, sample_weight=None):

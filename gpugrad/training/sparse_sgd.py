@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sparse import is_sparse
+from ..engine.sparse import is_sparse
 
 __all__ = ["applies", "epoch", "run"]
 

@@ -57,9 +57,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _validation, options
-from .saving import not_npz_kind, atomic_write, json_safe
-from .optim import OPTIMIZERS
+from ..engine import _validation
+from . import options
+from ..training.saving import not_npz_kind, atomic_write, json_safe
+from ..training.optim import OPTIMIZERS
 
 __all__ = ["main", "build_parser", "parse_hidden", "PRESETS", "DEFAULTS"]
 
@@ -559,7 +560,7 @@ def _resume_settings(parser, args):
                          f"--epochs, --backend and --quiet may change)")
     done = 0
     if (folder / CHECKPOINT_FILE).exists():
-        from .trainer import load_checkpoint
+        from ..training.trainer import load_checkpoint
         try:
             done = load_checkpoint(folder / CHECKPOINT_FILE)["meta"]["epoch"]
         except (ValueError, KeyError, OSError) as e:
@@ -574,7 +575,7 @@ def _resume_settings(parser, args):
 
 def _load_data(opts, parser):
     """The Dataset of the run's --data. The test split is fixed (seed 0), whatever --seed says."""
-    from . import data
+    from ..training import data
     kind, spec = opts["data_kind"], opts["data"]
     try:
         if kind == "digits":
@@ -606,7 +607,7 @@ def _fingerprint(X, y) -> str:
 def _make_model(opts, ds, backend):
     """The model of settings ``opts`` (model, hidden, batchnorm, dtype, seed) for the Dataset ds,
     normalising inputs by the mean and std of its training rows."""
-    from . import data, models
+    from ..training import data, models
     mean, std = data.normalisation(ds.X_train)
     n_features, n_classes = ds.X_train.shape[1], ds.n_classes
     common = dict(dtype=opts["dtype"], backend=backend, x_mean=mean, x_std=std, seed=opts["seed"])
@@ -618,7 +619,7 @@ def _make_model(opts, ds, backend):
 
 def _make_optimizer(opts, n_train):
     """The optimiser of the run's settings; fills in the schedule's data-dependent defaults."""
-    from . import optim
+    from ..training import optim
     schedule = opts["schedule"]
     if schedule == "cyclical" and opts["n_s"] is None:
         opts["n_s"] = 2 * max(1, n_train // opts["batch_size"])
@@ -636,7 +637,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _train(parser, args, opts, folder: Path, run, backend) -> int:
-    from . import trainer as trainer_mod
+    from ..training import trainer as trainer_mod
 
     ds = _load_data(opts, parser)
     if run is None:
@@ -648,7 +649,7 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     val_given = ds.X_val is not None
     n_fit = len(ds.y_train)
     if not val_given and opts["validation_fraction"]:  # the trainer's own split, for the counts
-        from .data import stratified_split
+        from ..training.data import stratified_split
         n_fit = len(stratified_split(ds.y_train, opts["validation_fraction"], opts["seed"])[0])
     n_val = len(ds.y_val) if val_given else len(ds.y_train) - n_fit
     n_test = 0 if ds.y_test is None else len(ds.y_test)
@@ -733,7 +734,7 @@ def _stopped(model, ds, folder, run, trainer, backend, opts, status, why, messag
     """A run that stopped before its last epoch (Ctrl-C, a NaN cost): write the outputs of the
     epochs its checkpoint holds (model, history, curves, run.json with the test accuracy), and
     say how far it got and what to do next. Returns the exit status."""
-    from .trainer import History, load_checkpoint
+    from ..training.trainer import History, load_checkpoint
     checkpoint = folder / CHECKPOINT_FILE
     prefix = "gpugrad train: " + ("error: " + message + "; " if message else "")
     if not checkpoint.exists():
@@ -759,7 +760,7 @@ def _stopped(model, ds, folder, run, trainer, backend, opts, status, why, messag
 def _outputs(model, history, ds, folder, run, trainer, backend, stopped=None):
     """Write model.npz, history.csv/.json, the plots and run.json's result, then print the summary
     line: test accuracy, epochs, time, backend, folder."""
-    from . import models
+    from ..training import models
     models.save_model(model, folder / MODEL_FILE, class_names=ds.class_names)
     history.to_csv(folder / "history.csv")
     history.to_json(folder / "history.json")
@@ -786,7 +787,7 @@ class _warnings_as_lines:
 
     def __enter__(self):
         import warnings
-        from .trainer import RisingCostWarning
+        from ..training.trainer import RisingCostWarning
         self._catch = warnings.catch_warnings()
         self._catch.__enter__()
         shown = warnings.showwarning
@@ -809,7 +810,7 @@ class _warnings_as_lines:
 
 
 def _plots(model, history, ds, folder):
-    from . import plots
+    from ..training import plots
     plots.plot_history(history.rows, folder / "curves.png")
     if model.kind == "linear" and ds.image_shape is not None:
         W = model.backend.to_numpy(model.params["W"])
@@ -830,7 +831,7 @@ def _describe_optimizer(opts) -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__
 
 
@@ -875,7 +876,7 @@ def _predict_command(parser, args) -> int:
 
 def _load_predict_model(parser, spec, backend):
     """The model of MODEL: a model .npz, or a gpugrad train folder (its model.npz)."""
-    from . import models
+    from ..training import models
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / MODEL_FILE).is_file():
@@ -895,7 +896,7 @@ def _load_predict_model(parser, spec, backend):
 def _predict_data(parser, spec):
     """(X, labels as strings or None, a description) of DATA: digits' test split, a CIFAR-10
     folder's test_batch, or an .npz's X (and y, when it has one)."""
-    from . import data
+    from ..training import data
     path = Path(spec).expanduser()
     try:
         if spec == "digits":
@@ -916,7 +917,7 @@ def _predict_data(parser, spec):
 
 def _npz_rows(path: Path):
     """X (checked) and y as label strings, or None, of an .npz file (no pickles)."""
-    from . import data
+    from ..training import data
     with open(path, "rb") as f:
         kind = not_npz_kind(f.read(64))
     if kind is not None:
@@ -980,7 +981,7 @@ def _gradcheck_command(parser, args) -> int:
     except ValueError as e:
         parser.error(str(e))
     backend = options.backend(parser, args.backend)
-    from . import data
+    from ..training import data
     ds = data.load_digits()
     if n > len(ds.y_train):
         parser.error(f"--n must be at most {len(ds.y_train)} (the digits training rows), got {n}")

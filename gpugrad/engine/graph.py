@@ -24,7 +24,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .backends import backend_for, is_array, move_to
+from ..backends import backend_for, is_array, move_to
 
 __all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "record", "defvjp", "VJPS",
            "NodeInfo", "forward_order", "to_dot"]

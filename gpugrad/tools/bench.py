@@ -52,7 +52,7 @@ from typing import Callable
 import numpy as np
 
 from . import options
-from .saving import json_safe
+from ..training.saving import json_safe
 
 __all__ = ["FAMILIES", "SIZES", "Workload", "Impl", "Case", "Unavailable", "workloads", "make_inputs",
            "IMPLEMENTATIONS", "implementations_for", "time_case", "memory_bandwidth", "run", "format_table",
@@ -176,7 +176,7 @@ def make_inputs(w: Workload, seed=0) -> dict:
 
 
 def _gpugrad_model(kind, d, C, backend, compiled=True):
-    from .models import MLP, LinearClassifier
+    from ..training.models import MLP, LinearClassifier
     if kind == "linear":
         return LinearClassifier(d, C, backend=backend, seed=0)
     return MLP(d, C, HIDDEN, batchnorm=True, backend=backend, seed=0, bn_momentum=BN_MOMENTUM, compiled=compiled)
@@ -338,9 +338,9 @@ class Impl:
 
 
 def _cupy():
-    from .backends import cupy_available
+    from ..backends import cupy_available
     if not cupy_available():
-        from .backends import why_backend
+        from ..backends import why_backend
         raise Unavailable(f"no usable CUDA device ({why_backend()})")
     import cupy
     return cupy
@@ -689,7 +689,7 @@ def _environment(backend, bandwidth, how) -> dict:
                        for i in threadpool_info() if i.get("user_api") == "blas"]
     except ImportError:
         pass
-    from . import __version__
+    from .. import __version__
     env["gpugrad"] = __version__
     if backend == "cupy":
         import cupy

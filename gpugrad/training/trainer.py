@@ -39,12 +39,13 @@ import warnings
 
 import numpy as np
 
-from . import _validation, params
+from ..engine import _validation
+from .. import params
 from .models import model_from_config
 from .saving import atomic_savez, decode_json, encode_json, json_safe, read_npz
 from . import sparse_sgd
 from .optim import make_optimizer
-from .sparse import check_finite, is_sparse, refuse_sparse_labels
+from ..engine.sparse import check_finite, is_sparse, refuse_sparse_labels
 
 __all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS", "RisingCostWarning", "cost_too_high"]
 

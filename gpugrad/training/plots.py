@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from .backends import is_cupy_array
+from ..backends import is_cupy_array
 from .data import as_images
 
 __all__ = ["plot_history", "plot_templates"]

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import params
-from .backends import is_cupy_array
+from .. import params
+from ..backends import is_cupy_array
 
 __all__ = ["Dataset", "load_digits", "load_cifar10", "load_npz", "from_arrays", "load",
            "normalisation", "stratified_split", "as_images", "check_features", "CIFAR10_CLASSES"]

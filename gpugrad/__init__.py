@@ -18,7 +18,7 @@ The folders follow the lecture's map:
   ``SVMClassifier``, ``MLPClassifier``) and ``distributed`` (training on Dask arrays).
 - ``gpugrad.tools``: ``cli`` (``gpugrad train``, ``predict``, ``gradcheck`` and ``bench``), ``bench``
   (its workloads and peers), ``options`` (what the tools share in reading options).
-- ``gpugrad.params``: the one parameter check (a number's kind and bounds) every layer uses.
+- ``gpugrad.checks``: the one parameter check (a number's kind and bounds) every layer uses.
 
 Every module is also importable by its short name, as ``gpugrad.models``, ``gpugrad.trainer``,
 ``gpugrad.estimators`` ... (the same module object; pickles that name those paths load).

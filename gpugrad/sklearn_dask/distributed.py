@@ -81,9 +81,12 @@ import uuid
 import numpy as np
 
 from ..engine import _validation
-from .. import params
+from .. import checks
 from ..engine.ops import stable_softmax
 from ..training.trainer import Plateau
+from ..training import sparse_sgd
+from ..training.models import LinearClassifier
+from ..training.optim import SGD, Adam, lbfgs
 from ..engine import sparse as _sparse
 from ..backends import backend_for, is_cupy_array, to_host
 from ..backends.arrays import is_dask_collection
@@ -516,7 +519,6 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     """Mini-batch steps first_step .. first_step + n_steps - 1 of this chunk's epoch, from the
     common parameters and optimiser state. Returns the rows used as weight, and the weighted
     (float64) parameters, optimiser slots and summed batch costs, ready to be added."""
-    from ..training.optim import SGD, Adam
     n = Xc.shape[0]
     steps = range(first_step, min(first_step + n_steps, -(-n // batch_size)))
     if len(steps) == 0:
@@ -572,7 +574,6 @@ def _lazy_sgd(Xc, solver, xp) -> bool:
 def _chunk_lazy_steps(be, Xc, yc, wc, params, opt, std, order, steps, *, loss, lam, batch_size):
     """The chunk's steps through ``gpugrad.sparse_sgd`` (the same updates as ``opt.step`` within
     rounding); returns (summed batch costs, rows)."""
-    from ..training import sparse_sgd
     velocity = (opt.slots["velocity/W"], opt.slots["velocity/b"]) if opt.momentum else None
     per_step, opt.t, _ = sparse_sgd.run(be, Xc, yc, wc, params["W"], params["b"], loss=loss, lam=lam,
                                         schedule=opt.schedule, t=opt.t, order=order, batch_size=batch_size,
@@ -607,15 +608,15 @@ def _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_i
     lam = _validation.check_lam(lam)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(map(repr, SOLVERS))}")
-    params.check("max_iter", max_iter, integer=True, low=1)
-    params.check("batch_size", batch_size, integer=True, low=1)
+    checks.number("max_iter", max_iter, integer=True, low=1)
+    checks.number("batch_size", batch_size, integer=True, low=1)
     if sync_every is not None:
-        params.check("sync_every", sync_every, integer=True, low=1,
+        checks.number("sync_every", sync_every, integer=True, low=1,
                      what="None (once an epoch) or an integer >= 1")
-    params.check("tol", tol, convert=float, finite=False, low=0, what=">= 0")
-    params.check("learning_rate_init", learning_rate_init, convert=float, finite=False, low=0,
+    checks.number("tol", tol, convert=float, finite=False, low=0, what=">= 0")
+    checks.number("learning_rate_init", learning_rate_init, convert=float, finite=False, low=0,
                  low_open=True, what="> 0")
-    params.check("momentum", momentum, convert=float, finite=False, low=0, high=1, high_open=True,
+    checks.number("momentum", momentum, convert=float, finite=False, low=0, high=1, high_open=True,
                  what="in [0, 1)")
     if dtype is None:
         return lam, None
@@ -668,7 +669,6 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
         dict(model=LinearClassifier (numpy backend; x_mean/x_std set with ``standardize``),
         classes_=(C,) labels, n_iter_=iterations or epochs, loss_curve_=J after each).
     """
-    from ..training.models import LinearClassifier
 
     _check_X(X)
     lam, dtype = _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_init,
@@ -718,7 +718,6 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
             callback(it, J)
 
     if solver == "lbfgs":
-        from ..training.optim import lbfgs
         evaluations = [0]
 
         def value_and_grad(params):

@@ -58,12 +58,13 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from ..engine import _validation
 from ..training import models, optim
-from .. import params
+from .. import checks
 from ..engine import sparse as _sparse
 from ..backends import backend_for, get_backend, is_cupy_array, move_to, to_host
 from ..backends.arrays import is_dask_collection
 from ..engine.ops import stable_softmax
 from ..training.trainer import Plateau, Trainer
+from ..training.data import normalisation
 
 __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
 
@@ -113,7 +114,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
                           f"got {getattr(self, name)!r}")
 
     def _check_number(self, name, **bounds):
-        params.check(name, getattr(self, name), owner=type(self).__name__, **bounds)
+        checks.number(name, getattr(self, name), owner=type(self).__name__, **bounds)
 
     def _check_bool(self, name):
         if not isinstance(getattr(self, name), (bool, np.bool_)):
@@ -147,7 +148,7 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             raise self._param_error("class_weight", "None, 'balanced' or a dict {label: weight}")
         if isinstance(cw, dict):
             for label, w in cw.items():
-                if not params.within(w, low=0):
+                if not checks.within(w, low=0):
                     raise ValueError(f"{type(self).__name__}: class_weight[{label!r}] must be a "
                                      f"finite number >= 0, got {w!r}")
         if not isinstance(self.verbose, (numbers.Integral, bool)):
@@ -367,7 +368,6 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             return None, None
         if _sparse.is_sparse(X):
             return np.zeros(X.shape[1]), _sparse.column_scale(X)
-        from ..training.data import normalisation
         return normalisation(X)
 
     def fit(self, X, y, sample_weight=None):

@@ -58,9 +58,14 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import _validation
-from . import options
+from . import bench, options
 from ..training.saving import not_npz_kind, atomic_write, json_safe
 from ..training.optim import OPTIMIZERS
+from .. import __version__
+from ..training import data, models, optim
+from ..training import trainer as trainer_mod
+from ..training.data import stratified_split
+from ..training.trainer import History, RisingCostWarning, load_checkpoint
 
 __all__ = ["main", "build_parser", "parse_hidden", "PRESETS", "DEFAULTS"]
 
@@ -254,8 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
                "'gpugrad bench --help' for their options.")
     parser.add_argument("--version", action="version", version=f"gpugrad {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="{train,predict,gradcheck,bench}")
+    _add_train(sub)
+    _add_gradcheck(sub)
+    _add_predict(sub)
+    b = bench.add_parser(sub)
+    b.set_defaults(func=bench.command, subparser=b)
+    return parser
 
-    d = DEFAULTS
+
+def _add_train(sub):
+    """``gpugrad train`` and its three groups of options."""
     t = sub.add_parser(
         "train", prog="gpugrad train", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="train a classifier; writes model, checkpoint, history and plots to one folder",
@@ -274,7 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
             "  gpugrad train --model mlp --hidden 50,50 --batchnorm --optimizer adam --epochs 20\n"
             "  gpugrad train --data ~/cifar-10-batches-py --preset assignment1\n"
             "  gpugrad train --resume runs/digits-softmax --epochs 80"))
-    g = t.add_argument_group("data and model")
+    _add_data_options(t.add_argument_group("data and model"))
+    _add_optimisation_options(t.add_argument_group("optimisation"))
+    _add_running_options(t.add_argument_group("running"))
+    t.set_defaults(func=_train_command, subparser=t)
+
+
+def _add_data_options(g):
+    """``gpugrad train``: the data and the model."""
+    d = DEFAULTS
     g.add_argument("--data", metavar="SPEC",
                    help=f"'digits' (scikit-learn's bundled 8x8 digits, 75/25 stratified split), "
                         f"a CIFAR-10 python folder (data_batch_1..5, test_batch), or an .npz file "
@@ -289,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLP: batch normalisation after each hidden linear layer")
     g.add_argument("--dtype", choices=("float32", "float64"),
                    help=f"the dtype the model computes in (default: {d['dtype']})")
-    g = t.add_argument_group("optimisation")
+
+
+def _add_optimisation_options(g):
+    """``gpugrad train``: the optimiser, its schedule and the cost."""
+    d = DEFAULTS
     g.add_argument("--optimizer", choices=OPTIMIZERS,
                    help=f"sgd, momentum (heavy ball), nesterov, adam (default: {d['optimizer']})")
     g.add_argument("--momentum", metavar="BETA",
@@ -321,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"CIFAR-10 holds out that part of its training batches "
                         f"(default: {d['validation_fraction']})")
     g.add_argument("--preset", choices=sorted(PRESETS), help="a named bundle of settings (see above)")
-    g = t.add_argument_group("running")
+
+
+def _add_running_options(g):
+    """``gpugrad train``: where it writes, checkpoints, resuming, output."""
     g.add_argument("--backend", choices=BACKENDS, default=None,
                    help="auto: CuPy when a CUDA device is usable, else numpy (default: auto)")
     g.add_argument("--out", metavar="FOLDER",
@@ -335,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(from epoch 1 when it stopped before one ended); --epochs may raise the "
                         "number of epochs")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no start line")
-    t.set_defaults(func=_train_command, subparser=t)
 
+
+def _add_gradcheck(sub):
+    """``gpugrad gradcheck``."""
     c = sub.add_parser(
         "gradcheck", prog="gpugrad gradcheck", formatter_class=_Formatter,
         help="check a model's analytic gradients against central differences",
@@ -358,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", choices=BACKENDS, default="auto", help="the backend to check")
     c.set_defaults(func=_gradcheck_command, subparser=c)
 
+
+def _add_predict(sub):
+    """``gpugrad predict``."""
+    d = DEFAULTS
     p = sub.add_parser(
         "predict", prog="gpugrad predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="predict classes with a saved model; the accuracy when the data have labels",
@@ -382,11 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: CuPy when a CUDA device is usable, else numpy (default: auto)")
     p.set_defaults(func=_predict_command, subparser=p)
-
-    from . import bench
-    b = bench.add_parser(sub)
-    b.set_defaults(func=bench.command, subparser=b)
-    return parser
 
 
 def main(argv=None) -> int:
@@ -560,7 +589,6 @@ def _resume_settings(parser, args):
                          f"--epochs, --backend and --quiet may change)")
     done = 0
     if (folder / CHECKPOINT_FILE).exists():
-        from ..training.trainer import load_checkpoint
         try:
             done = load_checkpoint(folder / CHECKPOINT_FILE)["meta"]["epoch"]
         except (ValueError, KeyError, OSError) as e:
@@ -575,7 +603,6 @@ def _resume_settings(parser, args):
 
 def _load_data(opts, parser):
     """The Dataset of the run's --data. The test split is fixed (seed 0), whatever --seed says."""
-    from ..training import data
     kind, spec = opts["data_kind"], opts["data"]
     try:
         if kind == "digits":
@@ -607,7 +634,6 @@ def _fingerprint(X, y) -> str:
 def _make_model(opts, ds, backend):
     """The model of settings ``opts`` (model, hidden, batchnorm, dtype, seed) for the Dataset ds,
     normalising inputs by the mean and std of its training rows."""
-    from ..training import data, models
     mean, std = data.normalisation(ds.X_train)
     n_features, n_classes = ds.X_train.shape[1], ds.n_classes
     common = dict(dtype=opts["dtype"], backend=backend, x_mean=mean, x_std=std, seed=opts["seed"])
@@ -619,7 +645,6 @@ def _make_model(opts, ds, backend):
 
 def _make_optimizer(opts, n_train):
     """The optimiser of the run's settings; fills in the schedule's data-dependent defaults."""
-    from ..training import optim
     schedule = opts["schedule"]
     if schedule == "cyclical" and opts["n_s"] is None:
         opts["n_s"] = 2 * max(1, n_train // opts["batch_size"])
@@ -637,7 +662,6 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _train(parser, args, opts, folder: Path, run, backend) -> int:
-    from ..training import trainer as trainer_mod
 
     ds = _load_data(opts, parser)
     if run is None:
@@ -649,7 +673,6 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     val_given = ds.X_val is not None
     n_fit = len(ds.y_train)
     if not val_given and opts["validation_fraction"]:  # the trainer's own split, for the counts
-        from ..training.data import stratified_split
         n_fit = len(stratified_split(ds.y_train, opts["validation_fraction"], opts["seed"])[0])
     n_val = len(ds.y_val) if val_given else len(ds.y_train) - n_fit
     n_test = 0 if ds.y_test is None else len(ds.y_test)
@@ -734,7 +757,6 @@ def _stopped(model, ds, folder, run, trainer, backend, opts, status, why, messag
     """A run that stopped before its last epoch (Ctrl-C, a NaN cost): write the outputs of the
     epochs its checkpoint holds (model, history, curves, run.json with the test accuracy), and
     say how far it got and what to do next. Returns the exit status."""
-    from ..training.trainer import History, load_checkpoint
     checkpoint = folder / CHECKPOINT_FILE
     prefix = "gpugrad train: " + ("error: " + message + "; " if message else "")
     if not checkpoint.exists():
@@ -760,7 +782,6 @@ def _stopped(model, ds, folder, run, trainer, backend, opts, status, why, messag
 def _outputs(model, history, ds, folder, run, trainer, backend, stopped=None):
     """Write model.npz, history.csv/.json, the plots and run.json's result, then print the summary
     line: test accuracy, epochs, time, backend, folder."""
-    from ..training import models
     models.save_model(model, folder / MODEL_FILE, class_names=ds.class_names)
     history.to_csv(folder / "history.csv")
     history.to_json(folder / "history.json")
@@ -787,7 +808,6 @@ class _warnings_as_lines:
 
     def __enter__(self):
         import warnings
-        from ..training.trainer import RisingCostWarning
         self._catch = warnings.catch_warnings()
         self._catch.__enter__()
         shown = warnings.showwarning
@@ -810,7 +830,7 @@ class _warnings_as_lines:
 
 
 def _plots(model, history, ds, folder):
-    from ..training import plots
+    from ..training import plots  # start-up time: plots (and matplotlib) load after training
     plots.plot_history(history.rows, folder / "curves.png")
     if model.kind == "linear" and ds.image_shape is not None:
         W = model.backend.to_numpy(model.params["W"])
@@ -831,7 +851,6 @@ def _describe_optimizer(opts) -> str:
 
 
 def _version() -> str:
-    from .. import __version__
     return __version__
 
 
@@ -876,7 +895,6 @@ def _predict_command(parser, args) -> int:
 
 def _load_predict_model(parser, spec, backend):
     """The model of MODEL: a model .npz, or a gpugrad train folder (its model.npz)."""
-    from ..training import models
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / MODEL_FILE).is_file():
@@ -896,7 +914,6 @@ def _load_predict_model(parser, spec, backend):
 def _predict_data(parser, spec):
     """(X, labels as strings or None, a description) of DATA: digits' test split, a CIFAR-10
     folder's test_batch, or an .npz's X (and y, when it has one)."""
-    from ..training import data
     path = Path(spec).expanduser()
     try:
         if spec == "digits":
@@ -917,7 +934,6 @@ def _predict_data(parser, spec):
 
 def _npz_rows(path: Path):
     """X (checked) and y as label strings, or None, of an .npz file (no pickles)."""
-    from ..training import data
     with open(path, "rb") as f:
         kind = not_npz_kind(f.read(64))
     if kind is not None:
@@ -981,7 +997,6 @@ def _gradcheck_command(parser, args) -> int:
     except ValueError as e:
         parser.error(str(e))
     backend = options.backend(parser, args.backend)
-    from ..training import data
     ds = data.load_digits()
     if n > len(ds.y_train):
         parser.error(f"--n must be at most {len(ds.y_train)} (the digits training rows), got {n}")

@@ -1,17 +1,17 @@
 """What the command line's tools (``gpugrad train``/``predict``/``gradcheck`` and ``gpugrad bench``)
-share in reading their options: numbers checked by ``gpugrad.params``, the backend by name; a bad
+share in reading their options: numbers checked by ``gpugrad.checks``, the backend by name; a bad
 value goes to ``parser.error`` (exit status 2) naming the option."""
 from __future__ import annotations
 
-from .. import params
+from .. import checks
 from ..backends import get_backend
 
 
 def number(parser, option, text, what):
-    """text as the kind of number ``what`` names (a key of ``params.CLI_KINDS``), else
+    """text as the kind of number ``what`` names (a key of ``checks.CLI_KINDS``), else
     parser.error naming the option; None stays None."""
     try:
-        return params.parse_option(option, text, what)
+        return checks.parse_option(option, text, what)
     except ValueError as e:
         parser.error(str(e))
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import params
+from .. import checks
 from ..backends import is_cupy_array
 
 __all__ = ["Dataset", "load_digits", "load_cifar10", "load_npz", "from_arrays", "load",
@@ -112,7 +112,7 @@ def stratified_split(y, fraction, seed=0):
         fraction = float(fraction)
     except (TypeError, ValueError):
         raise TypeError(f"fraction must be a number in [0, 1), got {fraction!r}") from None
-    params.check("fraction", fraction, low=0, high=1, high_open=True, what="in [0, 1)")
+    checks.number("fraction", fraction, low=0, high=1, high_open=True, what="in [0, 1)")
     n = len(y)
     if fraction == 0.0 or n == 0:
         return np.arange(n, dtype=np.int64), np.empty(0, dtype=np.int64)
@@ -325,7 +325,7 @@ def _batch_numbers(batches):
 
 
 def _check_count(name, value):
-    return params.check(name, value, integer=True, low=0)
+    return checks.number(name, value, integer=True, low=0)
 
 
 # ----------------------------------------------------------------------------- arrays, .npz

@@ -36,8 +36,9 @@ import numpy as np
 
 from ..backends import get_backend, is_array, to_host
 from ..engine.graph import no_grad, tensor
+from ..engine.ops import batch_norm, linear, relu, sparse_linear
 from ..engine import _validation, compiled
-from .. import params
+from .. import checks
 from .saving import atomic_savez, decode_json, encode_json, read_npz
 from ..engine import sparse as _sparse
 
@@ -55,7 +56,7 @@ def _float_dtype(dtype) -> np.dtype:
 
 
 def _positive_int(name, value) -> int:
-    return params.check(name, value, integer=True, low=1, what="a positive integer")
+    return checks.number(name, value, integer=True, low=1, what="a positive integer")
 
 
 class _Model:
@@ -379,7 +380,6 @@ class MLP(_Model):
         """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor) and the
         input node h (n, d) (``_input``): the model's definition, which the compiled step traces.
         ``buffers``: the running averages to use (name -> array; default the model's own)."""
-        from ..engine.ops import batch_norm, relu
         buffers = self.buffers if buffers is None else buffers
         for l in range(1, self.n_layers):
             s = self._linear(h, params[f"W{l}"], params[f"b{l}"])
@@ -399,7 +399,6 @@ class MLP(_Model):
     def _linear(self, h, W, b):
         """A layer's linear map; the first layer reads a sparse X as it is (``ops.sparse_linear``:
         scaled by x_std, never made dense)."""
-        from ..engine.ops import linear, sparse_linear
         if _sparse.is_sparse(h):
             return sparse_linear(h, W, b, self.buffers.get("x_mean"), self.buffers.get("x_std"))
         return linear(h, W, b)

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .. import params
+from .. import checks
 from ..backends import backend_for
 
 __all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "make_schedule", "SGD", "Adam", "make_optimizer",
@@ -33,12 +33,12 @@ def _positive(name, value, allow_zero=False) -> float:
         float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
-    return params.check(name, value, convert=float, low=0, low_open=not allow_zero,
+    return checks.number(name, value, convert=float, low=0, low_open=not allow_zero,
                         what=f"{'>= 0' if allow_zero else '> 0'} and finite")
 
 
 def _positive_int(name, value, what="a positive integer") -> int:
-    return params.check(name, value, convert=params.integral, integer=True, low=1, what=what)
+    return checks.number(name, value, convert=checks.integral, integer=True, low=1, what=what)
 
 
 # ---- schedules: learning rate as a function of the update step t (0-based) -------------------

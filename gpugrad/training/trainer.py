@@ -40,11 +40,12 @@ import warnings
 import numpy as np
 
 from ..engine import _validation
-from .. import params
+from .. import checks
 from .models import model_from_config
 from .saving import atomic_savez, decode_json, encode_json, json_safe, read_npz
 from . import sparse_sgd
 from .optim import make_optimizer
+from .data import stratified_split
 from ..engine.sparse import check_finite, is_sparse, refuse_sparse_labels
 
 __all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS", "RisingCostWarning", "cost_too_high"]
@@ -177,20 +178,20 @@ class Trainer:
                  eval_train=True, callbacks=(), progress=None, checkpoint=None, checkpoint_every=1):
         self.model = model
         self.optimizer = make_optimizer(optimizer)
-        self.epochs = params.check("epochs", epochs, integer=True, low=0)
-        self.batch_size = params.check("batch_size", batch_size, integer=True, low=1)
+        self.epochs = checks.number("epochs", epochs, integer=True, low=0)
+        self.batch_size = checks.number("batch_size", batch_size, integer=True, low=1)
         self.lam = _validation.check_lam(lam)
         self.seed = seed
-        self.validation_fraction = float(params.check("validation_fraction", validation_fraction, low=0,
+        self.validation_fraction = float(checks.number("validation_fraction", validation_fraction, low=0,
                                                       high=1, high_open=True, what="in [0, 1)"))
         self.early_stopping = bool(early_stopping)
-        self.n_iter_no_change = params.check("n_iter_no_change", n_iter_no_change, integer=True, low=1)
+        self.n_iter_no_change = checks.number("n_iter_no_change", n_iter_no_change, integer=True, low=1)
         self.tol = float(tol)
         self.eval_train = bool(eval_train)
         self.callbacks = list(callbacks)
         self.progress = progress
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-        self.checkpoint_every = params.check("checkpoint_every", checkpoint_every, integer=True, low=1)
+        self.checkpoint_every = checks.number("checkpoint_every", checkpoint_every, integer=True, low=1)
         self.history = History()
         self.rng = np.random.default_rng(seed)  # the shuffles; its state is checkpointed
         self._best = None  # early stopping: (metric, epoch, params as numpy)
@@ -234,7 +235,6 @@ class Trainer:
         if w is not None and bool((w < 0).any()):
             raise ValueError("sample_weight must be >= 0")
         if X_val is None and self.validation_fraction:
-            from .data import stratified_split
             keep, held = stratified_split(be.to_numpy(y), self.validation_fraction, self.seed)
             keep, held = be.asarray(keep), be.asarray(held)
             X, X_val, y, y_val = X[keep], X[held], y[keep], y[held]

@@ -1,15 +1,15 @@
-"""Parameter checks: the one rule for "a number of this kind within these bounds".
+"""Parameter checks: the one rule for "a number of this kind within these bounds" (``number``).
 
 The estimators, the command line, the trainer, the optimisers, the models, the data loaders and
 the Dask path all check their numeric parameters here, each with its own words for the error
 (``what``; by default the bounds said in full, e.g. "an integer >= 1"), so a bound is written once
 as data and tested by one function.
 
-    >>> check("batch_size", 0, integer=True, low=1)
+    >>> number("batch_size", 0, integer=True, low=1)
     Traceback (most recent call last):
     ...
     ValueError: batch_size must be an integer >= 1, got 0
-    >>> check("momentum", 0.9, low=0, high=1, high_open=True)
+    >>> number("momentum", 0.9, low=0, high=1, high_open=True)
     0.9
     >>> describe(low=0, high=1, low_open=True, high_open=True)
     'a number > 0 and < 1'
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["within", "describe", "check", "integral", "CLI_KINDS", "parse_option"]
+__all__ = ["within", "describe", "number", "integral", "CLI_KINDS", "parse_option"]
 
 
 def within(value, *, integer=False, low=None, high=None, low_open=False, high_open=False,
@@ -46,7 +46,7 @@ def describe(*, integer=False, low=None, high=None, low_open=False, high_open=Fa
     return f"{'an integer' if integer else 'a number'} {' and '.join(bounds)}".strip()
 
 
-def check(name, value, *, what=None, owner=None, convert=None, **bounds):
+def number(name, value, *, what=None, owner=None, convert=None, **bounds):
     """``value`` (``convert(value)`` when given: int for integers) if it is ``within`` the
     bounds, else ValueError "[{owner}: parameter ]{name} must be {what}, got {value!r}"."""
     v = value if convert is None else convert(value)
@@ -58,7 +58,7 @@ def check(name, value, *, what=None, owner=None, convert=None, **bounds):
 
 def integral(value):
     """A float holding a whole number as that int (5.0 -> 5; a schedule read back from JSON);
-    anything else unchanged, for ``check`` to judge."""
+    anything else unchanged, for ``number`` to judge."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 

@@ -64,8 +64,9 @@ class _ShortNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def exec_module(self, module):
-        # The import system takes what sys.modules holds after this: the module itself.
-        sys.modules[module.__name__] = importlib.import_module(f"{__name__}.{MODULES[module.__name__.partition('.')[2]]}")
+        # The import system takes what sys.modules holds after this: the module in its folder.
+        short = module.__name__.partition(".")[2]
+        sys.modules[module.__name__] = importlib.import_module(f"{__name__}.{MODULES[short]}")
 
 
 if not any(isinstance(f, _ShortNames) for f in sys.meta_path):
@@ -73,18 +74,20 @@ if not any(isinstance(f, _ShortNames) for f in sys.meta_path):
 for _short, _path in MODULES.items():  # those loaded already (the engine, training): attributes too
     if f"{__name__}.{_path}" in sys.modules:
         sys.modules[f"{__name__}.{_short}"] = globals()[_short] = sys.modules[f"{__name__}.{_path}"]
+del _short, _path
 
 _ESTIMATORS = ("SoftmaxClassifier", "SVMClassifier", "MLPClassifier")
 
 
 def __getattr__(name):
     """The estimators (they import scikit-learn), data, plots, the Dask path and the tools load on
-    first use (start-up time: ``gpugrad --help`` imports none of them)."""
+    first use (start-up time: ``import gpugrad`` loads none of them)."""
     if name in _ESTIMATORS:
         return getattr(importlib.import_module(f"{__name__}.estimators"), name)
     if name in MODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'gpugrad' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

@@ -70,6 +70,30 @@ __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
 
 SOLVERS = ("sgd", "adam", "lbfgs")
 LEARNING_RATES = ("constant", "invscaling", "step", "cyclical")
+# The parameters' constraints, in the order fit checks them (scikit-learn's _parameter_constraints):
+# a number's bounds for gpugrad.checks.number ("allow": the one other value it may take), or the
+# name of a check of another kind (the estimator's _check_<name>).
+CONSTRAINTS = (
+    ("alpha", dict(low=0)),
+    ("solver", "solver"),
+    ("batch_size", dict(integer=True, low=1, allow="auto")),
+    ("learning_rate", "schedule"),
+    ("learning_rate_init", dict(low=0, low_open=True)),
+    ("power_t", dict(low=0)),
+    ("momentum", dict(low=0, high=1, high_open=True)),
+    ("nesterovs_momentum", "bool"), ("early_stopping", "bool"), ("warm_start", "bool"), ("standardize", "bool"),
+    ("max_iter", dict(integer=True, low=1)),
+    ("tol", dict(low=0, allow=None)),
+    ("validation_fraction", dict(low=0, high=1, low_open=True, high_open=True)),
+    ("n_iter_no_change", dict(integer=True, low=1)),
+    ("beta_1", dict(low=0, high=1, high_open=True)),
+    ("beta_2", dict(low=0, high=1, high_open=True)),
+    ("epsilon", dict(low=0, low_open=True)),
+    ("class_weight", "class_weight"),
+    ("verbose", "verbose"),
+    ("dtype", "dtype"),
+)
+_NOTHING = object()  # no "allow" value
 PREDICT_BATCH = 65536  # rows scored at once by predict & co.: bounds the memory of S (and hidden layers)
 
 
@@ -107,59 +131,60 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
 
     _loss = "softmax"
     _solvers = SOLVERS
+    _constraints = CONSTRAINTS
 
     # ---- parameters --------------------------------------------------------------------------
     def _param_error(self, name, expected):
         return ValueError(f"{type(self).__name__}: parameter {name} must be {expected}, "
                           f"got {getattr(self, name)!r}")
 
-    def _check_number(self, name, **bounds):
-        checks.number(name, getattr(self, name), owner=type(self).__name__, **bounds)
+    def _check_params(self):
+        """Every parameter checked at fit against ``_constraints`` (scikit-learn's contract), in
+        its order, each error naming the estimator and the parameter."""
+        for name, rule in self._constraints:
+            value = getattr(self, name)
+            if isinstance(rule, dict):   # a number within bounds, or the one other value it may be
+                bounds = dict(rule)
+                allow = bounds.pop("allow", _NOTHING)
+                if not (value is allow or (isinstance(allow, str) and isinstance(value, str) and value == allow)):
+                    checks.number(name, value, owner=type(self).__name__, **bounds)
+            else:
+                getattr(self, f"_check_{rule}")(name, value)
 
-    def _check_bool(self, name):
-        if not isinstance(getattr(self, name), (bool, np.bool_)):
+    def _check_bool(self, name, value):
+        if not isinstance(value, (bool, np.bool_)):
             raise self._param_error(name, "True or False")
 
-    def _check_params(self):
-        """Every parameter checked at fit (scikit-learn's contract), errors naming it."""
-        self._check_number("alpha", low=0)
-        if self.solver not in self._solvers:
-            raise self._param_error("solver", f"one of {self._solvers}")
-        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
-            self._check_number("batch_size", low=1, integer=True)
-        if not (callable(self.learning_rate) and hasattr(self.learning_rate, "config")) and \
-                self.learning_rate not in LEARNING_RATES:
-            raise self._param_error("learning_rate", f"one of {LEARNING_RATES} or a gpugrad.optim schedule")
-        self._check_number("learning_rate_init", low=0, low_open=True)
-        self._check_number("power_t", low=0)
-        self._check_number("momentum", low=0, high=1, high_open=True)
-        for name in ("nesterovs_momentum", "early_stopping", "warm_start", "standardize"):
-            self._check_bool(name)
-        self._check_number("max_iter", low=1, integer=True)
-        if self.tol is not None:
-            self._check_number("tol", low=0)
-        self._check_number("validation_fraction", low=0, high=1, low_open=True, high_open=True)
-        self._check_number("n_iter_no_change", low=1, integer=True)
-        self._check_number("beta_1", low=0, high=1, high_open=True)
-        self._check_number("beta_2", low=0, high=1, high_open=True)
-        self._check_number("epsilon", low=0, low_open=True)
-        cw = self.class_weight
+    def _check_solver(self, name, value):
+        if value not in self._solvers:
+            raise self._param_error(name, f"one of {self._solvers}")
+
+    def _check_schedule(self, name, value):
+        if not (callable(value) and hasattr(value, "config")) and value not in LEARNING_RATES:
+            raise self._param_error(name, f"one of {LEARNING_RATES} or a gpugrad.optim schedule")
+
+    def _check_class_weight(self, name, cw):
         if not (cw is None or (isinstance(cw, str) and cw == "balanced") or isinstance(cw, dict)):
-            raise self._param_error("class_weight", "None, 'balanced' or a dict {label: weight}")
-        if isinstance(cw, dict):
-            for label, w in cw.items():
-                if not checks.within(w, low=0):
-                    raise ValueError(f"{type(self).__name__}: class_weight[{label!r}] must be a "
-                                     f"finite number >= 0, got {w!r}")
-        if not isinstance(self.verbose, (numbers.Integral, bool)):
-            raise self._param_error("verbose", "an integer or a bool")
-        if self.dtype is not None:
-            try:
-                dt = np.dtype(self.dtype)
-            except TypeError:
-                dt = None
-            if dt not in (np.float32, np.float64):
-                raise self._param_error("dtype", "None, 'float32' or 'float64'")
+            raise self._param_error(name, "None, 'balanced' or a dict {label: weight}")
+        for label, w in (cw.items() if isinstance(cw, dict) else ()):
+            # a bool weight is taken as 0 or 1, as it always was: not checks.within, which refuses bools
+            if not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"{type(self).__name__}: class_weight[{label!r}] must be a "
+                                 f"finite number >= 0, got {w!r}")
+
+    def _check_verbose(self, name, value):
+        if not isinstance(value, (numbers.Integral, bool)):
+            raise self._param_error(name, "an integer or a bool")
+
+    def _check_dtype(self, name, value):
+        if value is None:
+            return
+        try:
+            dt = np.dtype(value)
+        except TypeError:
+            dt = None
+        if dt not in (np.float32, np.float64):
+            raise self._param_error(name, "None, 'float32' or 'float64'")
 
     def _backend(self):
         try:
@@ -902,6 +927,7 @@ class MLPClassifier(_ProbaMixin, _GpugradClassifier):
     """
 
     _loss = "softmax"
+    _constraints = CONSTRAINTS + (("hidden_layer_sizes", "hidden"), ("batchnorm", "bool"))
 
     def __init__(self, hidden_layer_sizes=(100,), *, batchnorm=False, alpha=1e-3, solver="adam",
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.002, power_t=0.5,
@@ -946,10 +972,8 @@ class MLPClassifier(_ProbaMixin, _GpugradClassifier):
             raise self._param_error("hidden_layer_sizes", "a positive int or a sequence of them")
         return tuple(int(m) for m in sizes)
 
-    def _check_params(self):
-        super()._check_params()
+    def _check_hidden(self, name, value):
         self._hidden()
-        self._check_bool("batchnorm")
 
     def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
         return models.MLP(d, C, hidden=self._hidden(), loss="softmax", batchnorm=bool(self.batchnorm),

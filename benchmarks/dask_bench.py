@@ -75,7 +75,7 @@ def accuracy(pred, y_test):
 
 
 def gpugrad_fit(X, y, X_test, y_test, **kw):
-    from gpugrad import distributed as ggd
+    from gpugrad.sklearn_dask import distributed as ggd
     fit, seconds = timed(lambda: ggd.fit_linear(X, y, **kw))
     pred = ggd.predict(fit["model"], fit["classes_"], X_test)
     return {"seconds": seconds, "accuracy": accuracy(pred, y_test), "iterations": fit["n_iter_"]}

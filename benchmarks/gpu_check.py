@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import cupy  # noqa: E402
 
 import gpugrad as gg  # noqa: E402
-import gpugrad.sparse  # noqa: E402,F401
+import gpugrad.engine.sparse  # noqa: E402,F401
 from gpugrad.backends import cuda_driver, plans  # noqa: E402
 from gpugrad.backends import kernels as kmod  # noqa: E402
 

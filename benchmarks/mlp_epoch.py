@@ -37,7 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the checkout's gpugrad
 
-from gpugrad import bench  # noqa: E402
+from gpugrad.tools import bench  # noqa: E402
 
 EPOCH_IMPLS = ("gpugrad numpy", "gpugrad graph numpy", "numpy by hand", "PyTorch eager CPU")
 TARGETS = {("MLP epoch", "numpy by hand"): 0.8, ("MLP epoch", "PyTorch eager CPU"): 1.0,

@@ -178,7 +178,7 @@ def dask_comparison(data, rounds, chunk, client=None, gg_kw=None):
     import dask
     import dask.array as da
     from sklearn.linear_model import SGDClassifier
-    from gpugrad import distributed as ggd
+    from gpugrad.sklearn_dask import distributed as ggd
     Xtr, ytr, Xte, yte = data
     X = da.from_array(Xtr, chunks=(chunk, Xtr.shape[1]), asarray=False)
     y = da.from_array(ytr, chunks=chunk)

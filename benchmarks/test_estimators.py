@@ -35,7 +35,7 @@ from sklearn.neural_network import MLPClassifier as SkMLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gpugrad.estimators import MLPClassifier, SoftmaxClassifier, SVMClassifier
+from gpugrad.sklearn_dask.estimators import MLPClassifier, SoftmaxClassifier, SVMClassifier
 
 DIGITS_TARGETS = {"SoftmaxClassifier": 0.96, "SVMClassifier": 0.95, "MLPClassifier": 0.97}
 DIGITS_MODELS = {

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad import bench
+from gpugrad.tools import bench
 
 N, D, C, LAM = (200, 64, 10, bench.LAM) if os.environ.get("GPUGRAD_BENCH_SIZE") == "tiny" else \
     (10000, 3072, 10, bench.LAM)

@@ -23,7 +23,7 @@ import os
 
 import pytest
 
-from gpugrad import bench
+from gpugrad.tools import bench
 
 # GPUGRAD_BENCH_SIZE=tiny: the tiny sizes of gpugrad bench instead of the CPU ones (a smoke test).
 CPU_WORKLOADS = bench.workloads(bench.FAMILIES, "tiny" if os.environ.get("GPUGRAD_BENCH_SIZE") == "tiny"

@@ -33,7 +33,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's gpugrad, installed or not
 import gpugrad as gg  # noqa: E402
-from gpugrad.models import MLP, LinearClassifier  # noqa: E402
+from gpugrad.training.models import MLP, LinearClassifier  # noqa: E402
 
 try:
     import cupy
@@ -124,7 +124,7 @@ def check_estimator(X, y):
 
 def check_cli(X, y, folder):
     """gpugrad train on the card, on an .npz of the data."""
-    from gpugrad import cli
+    from gpugrad.tools import cli
     data = Path(folder) / "synthetic.npz"
     np.savez(data, X=X, y=y)
     out = Path(folder) / "run"

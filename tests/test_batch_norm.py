@@ -7,7 +7,7 @@ import pytest
 import deps
 
 import gpugrad as gg
-from gpugrad.ops import batch_norm
+from gpugrad.engine.ops import batch_norm
 from test_ops_gradcheck import H, TOL, gradcheck_errors
 
 

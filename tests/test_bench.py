@@ -9,7 +9,7 @@ import pytest
 
 import deps
 import gpugrad as gg
-from gpugrad import bench, cli
+from gpugrad.tools import bench, cli
 
 COLUMNS = ["workload", "implementation", "median", "x best peer", "x floor", "floor"]
 

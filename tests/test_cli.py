@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpugrad import cli, data, models, plots, trainer
+from gpugrad.tools import cli
+from gpugrad.tools import options as cli_options
+from gpugrad.training import data, models, plots, trainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 REAL_PLOT_HISTORY = plots.plot_history  # before the quick_plots fixture stands in for it
@@ -413,7 +415,7 @@ def test_train_on_each_cuda_backend_matches_numpy(tmp_path, monkeypatch, capsys,
     options = ["--data", tmp_path / "small.npz", "--model", model, "--epochs", 2, "--batch-size", 12]
     options += ["--hidden", "5"] if model == "mlp" else []
     assert train(*options, "--out", tmp_path / "numpy") == 0
-    monkeypatch.setattr(cli, "_backend", lambda parser, name: backend)
+    monkeypatch.setattr(cli_options, "backend", lambda parser, name: backend)
     assert cli.main(["train", "--quiet", *map(str, options), "--out", str(tmp_path / "other")]) == 0
     assert f"| backend {backend.name} |" in capsys.readouterr().out.splitlines()[-1]
     ref = models.load_model(tmp_path / "numpy" / "model.npz", backend="numpy").state()

@@ -1,4 +1,4 @@
-"""The compiled step (gpugrad/compiled.py) against its definition, the generic backward pass: bit
+"""The compiled step (gpugrad/engine/compiled.py) against its definition, the generic backward pass: bit
 for bit in float64 on numpy (gradients, loss, cost, batch-norm running averages, whole training
 runs with a last smaller batch, sample weights and lam); against PyTorch's autograd for the MLP
 with batch normalisation; on the emulated CUDA backend within float32 rounding of numpy."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad.models import MLP
+from gpugrad.training.models import MLP
 
 CONFIGS = [  # (hidden, batchnorm, loss, weighted, lam)
     ((6, 5), True, "softmax", False, 0.0),
@@ -167,8 +167,8 @@ def test_schedule_reuses_buffers_by_liveness():
 
 
 def test_a_graph_without_a_compiled_form_is_refused_naming_it():
-    from gpugrad.compiled import _layers, trace
-    from gpugrad.ops import linear, relu
+    from gpugrad.engine.compiled import _layers, trace
+    from gpugrad.engine.ops import linear, relu
     params = {"W1": np.ones((3, 4)), "b1": np.zeros(3), "W2": np.ones((3, 3)), "b2": np.zeros(3),
               "W3": np.ones((2, 3)), "b3": np.zeros(2)}
 

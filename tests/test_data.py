@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sklearn_digits
 
-from gpugrad import data
+from gpugrad.training import data
 
 ROWS = 20  # rows per synthetic CIFAR-10 batch
 

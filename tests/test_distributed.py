@@ -16,11 +16,11 @@ da = deps.require("dask.array")
 distributed = deps.require("distributed")
 import dask  # noqa: E402
 
-from gpugrad import distributed as ggd  # noqa: E402
+from gpugrad.sklearn_dask import distributed as ggd  # noqa: E402
 from gpugrad import get_backend  # noqa: E402
-from gpugrad.data import normalisation  # noqa: E402
-from gpugrad.models import LinearClassifier  # noqa: E402
-from gpugrad.optim import lbfgs  # noqa: E402
+from gpugrad.training.data import normalisation  # noqa: E402
+from gpugrad.training.models import LinearClassifier  # noqa: E402
+from gpugrad.training.optim import lbfgs  # noqa: E402
 
 # A cluster that stops answering (a worker that never comes back, a machine far overloaded) must fail
 # its test, not hold the whole run: each test has a deadline (pytest-timeout, thread method so that

@@ -20,7 +20,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 import deps
 import gpugrad as gg
 from gpugrad.backends import is_cupy_array
-from gpugrad.estimators import MLPClassifier, SoftmaxClassifier, SVMClassifier
+from gpugrad.sklearn_dask.estimators import MLPClassifier, SoftmaxClassifier, SVMClassifier
 
 ALL = (SoftmaxClassifier, SVMClassifier, MLPClassifier)
 # Few steps (each is a kernel launch on the emulator, ~50 ms) at a larger rate: blobs are easy.

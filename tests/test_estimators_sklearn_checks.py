@@ -11,7 +11,7 @@ import warnings
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from gpugrad.estimators import MLPClassifier, SoftmaxClassifier, SVMClassifier
+from gpugrad.sklearn_dask.estimators import MLPClassifier, SoftmaxClassifier, SVMClassifier
 
 ESTIMATORS = [
     SoftmaxClassifier(backend="numpy", max_iter=50),                       # full-batch L-BFGS

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad.graph import forward_order, to_dot
+from gpugrad.engine.graph import forward_order, to_dot
 
 
 def npy(backend, a):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad import ops
+from gpugrad.engine import ops
 
 
 def npy(backend, a):

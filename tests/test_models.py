@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad.models import MLP, LinearClassifier, load_model, save_model
+from gpugrad.training.models import MLP, LinearClassifier, load_model, save_model
 
 
 def numerical_grads(model, X, y, lam, h=1e-6, w=None):

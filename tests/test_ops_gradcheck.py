@@ -248,7 +248,7 @@ def test_two_layer_network_through_relu(backend, rng):
 
 def test_gradcheck_reports_a_wrong_rule(monkeypatch):
     """The check can fail: a deliberately wrong exp rule is caught."""
-    from gpugrad import graph
+    from gpugrad.engine import graph
     monkeypatch.setitem(graph.VJPS, "exp", (lambda g, ans, a: 2 * g * ans,))
     errors = gg.gradcheck(lambda a: gg.exp(a).sum(), [np.zeros(3)])
     assert errors[0] > 0.3

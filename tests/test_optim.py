@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from gpugrad import optim
+from gpugrad.training import optim
 
 
 def run(opt, grads, p0):

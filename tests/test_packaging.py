@@ -32,4 +32,4 @@ def test_wheel_ships_kernel_sources_and_fatbin(tmp_path):
     for f in ("gpugrad_kernels.cu", "common.cuh", "softmax_ce.cuh", "svm.cuh", "linear_step.cuh",
               "checks.cuh", "rowmath.cuh", "gpugrad_kernels.fatbin", "gpugrad_kernels.fatbin.sha256"):
         assert f"gpugrad/kernels/{f}" in names, f
-    assert "gpugrad/backends/cupy_backend.py" in names and "gpugrad/cli.py" in names
+    assert "gpugrad/backends/cupy_backend.py" in names and "gpugrad/tools/cli.py" in names

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from gpugrad import data, plots
+from gpugrad.training import data, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -14,8 +14,8 @@ import pytest
 import scipy.sparse as sp
 
 import gpugrad as gg
-from gpugrad import sparse as gsp
-from gpugrad import sparse_sgd
+from gpugrad.engine import sparse as gsp
+from gpugrad.training import sparse_sgd
 
 from conftest import EMULATOR
 from kernel_checks import check_sparse_step, sparse_case
@@ -277,7 +277,7 @@ def test_dask_array_of_sparse_chunks(rng, monkeypatch):
     chunk by chunk; a NaN is named by chunk, row and column."""
     da = pytest.importorskip("dask.array")
     import dask
-    from gpugrad import distributed as ggd
+    from gpugrad.sklearn_dask import distributed as ggd
     X, y, *_ = awkward(rng, n=200, d=30, C=3)
     A = da.from_array(X, chunks=(50, 30), asarray=False)
     with dask.config.set(scheduler="sync"):

@@ -7,7 +7,7 @@ to the trainer's step on CuPy fails here, naming what the step launches now. The
 a step compiled to a fixed set of kernels is to reach (a linear SGD step in 3 launches, the MLP
 step in 25, neither allocating nor synchronising after the first step): a target's test is an
 expected failure (strict) until a step reaches it; then it is in REACHED (both are now: the linear
-step's 3 kernels, the MLP's compiled step's 16 launches, gpugrad/compiled.py).
+step's 3 kernels, the MLP's compiled step's 16 launches, gpugrad/engine/compiled.py).
 
 The counts do not depend on the sizes (d, N): they are taken here at d = 64 and N = 300 rows
 (three batches of 100); ``python benchmarks/step_cost.py`` gives them at the course's shape, with

@@ -234,7 +234,7 @@ def test_dask_fit_with_cupy_labels_weights_and_classes(cuda, sync_dask, rng):
     n, d, C = 240, 5, 3
     X, y = rng.standard_normal((n, d)), rng.integers(0, C, n)
     w = rng.uniform(0.5, 2, n)
-    from gpugrad import distributed as D
+    from gpugrad.sklearn_dask import distributed as D
     ref = D.fit_linear(da.from_array(X, chunks=(80, d)), y, max_iter=8, sample_weight=w)
     got = D.fit_linear(da.from_array(X, chunks=(80, d)), da.from_array(cp.asarray(y), chunks=80), max_iter=8,
                        sample_weight=cp.asarray(w), dtype=np.float64)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import gpugrad as gg
-from gpugrad.models import MLP, LinearClassifier
-from gpugrad.trainer import Trainer, load_checkpoint
+from gpugrad.training.models import MLP, LinearClassifier
+from gpugrad.training.trainer import Trainer, load_checkpoint
 
 
 def blobs(rng, n=240, d=6, C=3, dtype=np.float64):
@@ -231,7 +231,7 @@ def test_a_rising_cost_warns_once_while_training(rng):
     """A learning rate far too high: RisingCostWarning once, during the fit (the epoch it is
     detected at and the lowest cost named); a sound rate: no warning."""
     import warnings
-    from gpugrad.trainer import RisingCostWarning, cost_too_high
+    from gpugrad.training.trainer import RisingCostWarning, cost_too_high
     # Fixed data: at a rate this high the costs jump about, and on some draws they start so high
     # that no 3 epochs in a row stay above 1.5x the lowest (so no warning is due).
     X, y = blobs(np.random.default_rng(0))

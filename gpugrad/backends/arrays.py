@@ -10,9 +10,11 @@ through ``move_to`` (or ``to_host``), so it is one visible copy, never an accide
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-__all__ = ["is_cupy_array", "is_array", "to_host", "move_to"]
+__all__ = ["is_cupy_array", "is_array", "is_dask_collection", "to_host", "move_to"]
 
 
 def is_cupy_array(a) -> bool:
@@ -23,6 +25,18 @@ def is_cupy_array(a) -> bool:
 def is_array(a) -> bool:
     """numpy.ndarray or cupy.ndarray."""
     return isinstance(a, np.ndarray) or is_cupy_array(a)
+
+
+def is_dask_collection(a) -> bool:
+    """Whether ``a`` is a Dask collection (array, dataframe, delayed, ...).
+
+    Never imports Dask: when it has not been imported, nothing can be a Dask collection.
+
+        >>> is_dask_collection([1, 2])
+        False
+    """
+    dask = sys.modules.get("dask")
+    return dask is not None and dask.is_dask_collection(a)
 
 
 def to_host(a):

@@ -40,7 +40,7 @@ from . import cuda_driver as _drv
 from . import kernels as _k
 from . import plans
 from .devices import DeviceState, Workspace
-from ..sparse import is_sparse
+from ..engine.sparse import is_sparse
 from .numpy_backend import NumpyBackend
 from .plans import LINMMA, LINMMA_THREADS, ce_kernel_config, linmma_slice, linmma_smem_bytes, svm_kernel_config  # noqa: F401
 

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from ..sparse import is_sparse
+from ..engine.sparse import is_sparse
 from .arrays import move_to, to_host
 
 # The optimiser rules of ``optimizer_update``, and the hyperparameters each takes (as the host

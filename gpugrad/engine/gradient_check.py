@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import backend_for, is_array
+from ..backends import backend_for, is_array
 from .graph import Tensor, no_grad, tensor
 
 __all__ = ["gradcheck", "jacobian"]

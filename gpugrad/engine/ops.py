@@ -22,11 +22,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validation
-from .backends import backend_for, is_array, is_cupy_array, move_to
+from ..backends import backend_for, is_array, is_cupy_array, move_to
 from .graph import Tensor, defvjp, is_grad_enabled, record
 
 __all__ = ["add", "sub", "mul", "div", "power", "matmul", "neg", "exp", "log", "relu",
-           "sum", "mean", "transpose", "reshape", "getitem", "softmax", "cross_entropy",
+           "sum", "mean", "transpose", "reshape", "getitem", "softmax", "stable_softmax", "cross_entropy",
            "svm_loss", "batch_norm", "linear", "sparse_linear", "unbroadcast"]
 
 
@@ -284,8 +284,22 @@ def getitem(a, index):
 
 # ---- softmax and the losses ----
 
+def stable_softmax(s, axis=-1):
+    """The softmax of a plain array (numpy or CuPy, no graph): p = exp(s - max) / sum(exp(s - max))
+    along ``axis``; what ``softmax`` computes, and the probabilities of ``predict_proba``.
+
+        >>> import numpy as np
+        >>> stable_softmax(np.array([[0.0, 1000.0], [1.0, 1.0]])).tolist()
+        [[0.0, 1.0], [0.5, 0.5]]
+    """
+    xp = backend_for(s).xp
+    # Subtracting the max keeps exp() <= 1: any score magnitude gives a finite result.
+    e = xp.exp(s - s.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
 def softmax(s, axis=-1):
-    """p = exp(s) / sum(exp(s)) along ``axis``, computed stably.
+    """p = exp(s) / sum(exp(s)) along ``axis``, computed stably (``stable_softmax``).
 
     Args: s (..., C) scores. Returns p of the same shape, each slice along ``axis`` summing to 1.
     Its Jacobian per slice is the lecture's diag(p) - p p^T (applied as a VJP, never formed).
@@ -295,10 +309,7 @@ def softmax(s, axis=-1):
         [0.0, 1.0]
     """
     s = _as_tensor(s)
-    xp = s.xp
-    # Subtracting the max keeps exp() <= 1: any score magnitude gives a finite result.
-    e = xp.exp(s.value - s.value.max(axis=axis, keepdims=True))
-    return record("softmax", e / e.sum(axis=axis, keepdims=True), (s,), axis=axis)
+    return record("softmax", stable_softmax(s.value, axis), (s,), axis=axis)
 
 
 def cross_entropy(scores, labels, *, validate=True):
@@ -687,3 +698,33 @@ defvjp("softmax", lambda g, ans, s, *, axis: ans * (g - (g * ans).sum(axis=axis,
 # The fused gradients dS computed with the loss (g is the upstream scalar).
 defvjp("cross_entropy", lambda g, ans, s, *, dS: g * dS)
 defvjp("svm_loss", lambda g, ans, s, *, dS: g * dS)
+
+
+# ---- Tensor's operators: the ops above under Python's names (a + b is add(a, b)) ----
+
+def _sum_method(self, axis=None, keepdims=False):
+    """Sum over ``axis`` (all axes by default), as ``numpy.sum``."""
+    return sum(self, axis, keepdims)
+
+
+def _mean_method(self, axis=None, keepdims=False):
+    """Mean over ``axis`` (all axes by default), as ``numpy.mean``."""
+    return mean(self, axis, keepdims)
+
+
+def _reshape_method(self, *shape):
+    """Same entries, new shape: ``t.reshape(2, 3)`` or ``t.reshape((2, 3))``; -1 allowed."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return reshape(self, shape)
+
+
+Tensor.__add__, Tensor.__radd__ = add, lambda self, other: add(other, self)
+Tensor.__sub__, Tensor.__rsub__ = sub, lambda self, other: sub(other, self)
+Tensor.__mul__, Tensor.__rmul__ = mul, lambda self, other: mul(other, self)
+Tensor.__truediv__, Tensor.__rtruediv__ = div, lambda self, other: div(other, self)
+Tensor.__matmul__, Tensor.__rmatmul__ = matmul, lambda self, other: matmul(other, self)
+Tensor.__pow__, Tensor.__rpow__ = power, lambda self, other: power(other, self)
+Tensor.__neg__, Tensor.__getitem__ = neg, getitem
+Tensor.sum, Tensor.mean, Tensor.reshape = _sum_method, _mean_method, _reshape_method
+Tensor.T = property(transpose, doc="The transpose (axes reversed).")

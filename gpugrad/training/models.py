@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-import zipfile
 
 import numpy as np
 
-from .backends import get_backend, to_host
-from .graph import no_grad, tensor
-from . import _validation, compiled
-from . import sparse as _sparse
+from ..backends import get_backend, is_array, to_host
+from ..engine.graph import no_grad, tensor
+from ..engine.ops import batch_norm, linear, relu, sparse_linear
+from ..engine import _validation, compiled
+from .. import checks
+from .saving import atomic_savez, decode_json, encode_json, read_npz
+from ..engine import sparse as _sparse
 
 __all__ = ["LinearClassifier", "MLP", "model_from_config", "save_model", "load_model"]
 
@@ -56,9 +56,7 @@ def _float_dtype(dtype) -> np.dtype:
 
 
 def _positive_int(name, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return checks.number(name, value, integer=True, low=1, what="a positive integer")
 
 
 class _Model:
@@ -102,10 +100,21 @@ class _Model:
     def normalised(self) -> bool:
         return "x_mean" in self.buffers
 
-    def prepare(self, X):
-        """X (n, d) as this model's training input on its backend: float data in the model's dtype;
-        uint8 pixels kept as uint8 when the model normalises (normalised on the fly, batch by batch);
-        a sparse X as CSR with values in the model's dtype (``gpugrad.sparse.to_backend``), never dense."""
+    def input_dtype(self, dtype) -> np.dtype:
+        """The dtype an X of ``dtype`` takes on this model: uint8 pixels stay uint8 when the model
+        normalises (normalised on the fly, batch by batch), any other numbers the model's dtype."""
+        dtype = np.dtype(dtype)
+        if dtype == np.uint8 and self.normalised:
+            return dtype
+        if dtype.kind not in "fiub":
+            raise TypeError(f"X must hold numbers, got dtype {dtype}")
+        return self.dtype
+
+    def prepare(self, X, contiguous=False):
+        """X (n, d) as this model's input on its backend, in ``input_dtype`` (one conversion, none
+        when it already is), C-contiguous when ``contiguous``; a sparse X as CSR with values in the
+        model's dtype (``gpugrad.sparse.to_backend``), never dense. The trainer and the estimators
+        both take their inputs through here."""
         if _sparse.is_sparse(X):
             if len(X.shape) != 2 or X.shape[1] != self.n_features:
                 raise ValueError(f"X must have shape (n, {self.n_features}), got a sparse matrix of shape "
@@ -113,14 +122,11 @@ class _Model:
             if X.dtype.kind not in "fiub":
                 raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
             return _sparse.to_backend(self.backend, X, self.dtype)
-        X = self.backend.asarray(X)
+        X = X if is_array(X) else self.backend.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"X must have shape (n, {self.n_features}), got {tuple(X.shape)}")
-        if X.dtype == np.uint8 and self.normalised:
-            return X
-        if X.dtype.kind not in "fiub":
-            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
-        return X.astype(self.dtype, copy=False)
+        X = self.backend.asarray(X, dtype=self.input_dtype(X.dtype))
+        return self.backend.xp.ascontiguousarray(X) if contiguous else X
 
     def _normalise(self, X):
         """(X - x_mean) / x_std in the model's dtype (X itself, cast, when not normalising)."""
@@ -374,7 +380,6 @@ class MLP(_Model):
         """The scores node S (n, C) built on the graph from ``params`` (name -> Tensor) and the
         input node h (n, d) (``_input``): the model's definition, which the compiled step traces.
         ``buffers``: the running averages to use (name -> array; default the model's own)."""
-        from .ops import batch_norm, relu
         buffers = self.buffers if buffers is None else buffers
         for l in range(1, self.n_layers):
             s = self._linear(h, params[f"W{l}"], params[f"b{l}"])
@@ -394,7 +399,6 @@ class MLP(_Model):
     def _linear(self, h, W, b):
         """A layer's linear map; the first layer reads a sparse X as it is (``ops.sparse_linear``:
         scaled by x_std, never made dense)."""
-        from .ops import linear, sparse_linear
         if _sparse.is_sparse(h):
             return sparse_linear(h, W, b, self.buffers.get("x_mean"), self.buffers.get("x_std"))
         return linear(h, W, b)
@@ -472,99 +476,6 @@ def model_from_config(config: dict, backend="auto"):
         return cls(config["n_features"], config["n_classes"], **kw)
     except KeyError as e:
         raise ValueError(f"model config lacks {e} or names an unknown kind: {config!r}") from None
-
-
-def json_safe(obj):
-    """``obj`` (dicts, lists, numbers) as strict JSON takes it: numpy floats as floats, NaN and
-    infinities as null."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
-def encode_json(obj) -> np.ndarray:
-    """JSON text as a uint8 array, so metadata rides in an .npz without pickling."""
-    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8)
-
-
-def decode_json(a: np.ndarray):
-    return json.loads(np.asarray(a, dtype=np.uint8).tobytes().decode())
-
-
-def atomic_write(path, write) -> str:
-    """Write the file ``path`` atomically: ``write(f)`` fills a temporary file in the same folder,
-    which is flushed to disk and renamed over ``path``. A process killed at any moment leaves
-    either the old file or the new one, never a torn one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a saved file private
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # the rename itself reaches the disk once the folder is synced
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
-
-
-def atomic_savez(path, arrays: dict) -> str:
-    """``arrays`` as the .npz ``path``, written atomically (``atomic_write``)."""
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _not_npz(head: bytes) -> str | None:
-    """What a file that begins with ``head`` is, when it is not a zip archive (an .npz); else None."""
-    if head.startswith(b"PK"):
-        return None
-    if not head:
-        return "an empty file"
-    if head.startswith(b"\x93NUMPY"):
-        return "a single .npy array"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return "not a zip archive"
-    if all(c.isprintable() or c in "\r\n\t" for c in text):
-        return "a text file"
-    return "not a zip archive"
-
-
-def read_npz(path, what="file") -> dict:
-    """All arrays of an .npz (no pickles), with a clear error naming the file when it is missing,
-    not an .npz (a text file, say), or torn."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such {what}")
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a folder, not a gpugrad {what}")
-    with open(path, "rb") as f:
-        kind = _not_npz(f.read(64))
-    if kind is not None:
-        raise ValueError(f"{path}: not a gpugrad {what}: {kind}, not an .npz archive")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable gpugrad {what} ({type(e).__name__}: {e})") from None
 
 
 def save_model(model, path, class_names=None) -> str:

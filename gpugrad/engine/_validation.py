@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import is_array
+from ..backends import is_array
+from .sparse import refuse_sparse_labels
 
 LOSSES = ("softmax", "svm")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -182,7 +183,6 @@ def check_sparse_linear(X, y, W, b, x_mean=None, x_std=None):
     X (n, d) with float32/float64 stored values, W (C, d) and b (C,) in X's dtype, y (n,) integers;
     ``x_std`` (d,) alone (the sparsity-keeping scale) or with ``x_mean`` (d,) (applied without
     centring X in memory). Returns the compute dtype."""
-    from .sparse import refuse_sparse_labels
     refuse_sparse_labels(y)
     for name, a in (("W", W), ("b", b)):
         require_array(name, a)

@@ -20,8 +20,9 @@ import os
 
 import numpy as np
 
-from .backends import is_cupy_array
+from ..backends import is_cupy_array
 from .data import as_images
+from .trainer import cost_too_high
 
 __all__ = ["plot_history", "plot_templates"]
 
@@ -88,7 +89,6 @@ def plot_history(history_rows, path, *, title=None):
         epochs = np.arange(1, len(rows) + 1, dtype=np.float64)  # rows without numbers: count them
     # Markers make a short run (or an isolated finite value among NaNs) visible as points.
     style = dict(marker="o", markersize=3) if len(rows) <= 60 else {}
-    from .trainer import cost_too_high
     runaway = _spans(epochs, cost_too_high(_column(rows, "cost")))
     fig = _new_figure(13, 3.8)
     axes = fig.subplots(1, 3)

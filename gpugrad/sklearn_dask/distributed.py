@@ -80,10 +80,16 @@ import uuid
 
 import numpy as np
 
-from . import _validation
-from . import sparse as _sparse
-from .backends import backend_for, is_cupy_array, to_host
-from .trainer import _positive_int
+from ..engine import _validation
+from .. import checks
+from ..engine.ops import stable_softmax
+from ..training.trainer import Plateau
+from ..training import sparse_sgd
+from ..training.models import LinearClassifier
+from ..training.optim import SGD, Adam, lbfgs
+from ..engine import sparse as _sparse
+from ..backends import backend_for, is_cupy_array, to_host
+from ..backends.arrays import is_dask_collection
 
 __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "predict_proba"]
 
@@ -94,20 +100,6 @@ TREE_FAN_IN = 8     # partial sums added 8 at a time: depth log_8(chunks), no si
 N_ITER_NO_CHANGE = 10   # SGD/Adam: epochs without a tol improvement of the loss before stopping
 SURVEY_ROWS = 1024      # rows per float64 block in the statistics pass: the block stays in cache
 CLIENT_SUM_BYTES = 16 << 20   # a pass's partials up to this size in all are added by the client
-
-
-def is_dask_collection(a) -> bool:
-    """Whether ``a`` is a Dask collection (array, dataframe, delayed, ...).
-
-    Never imports Dask: when it has not been imported, nothing can be a Dask collection.
-
-        >>> is_dask_collection([1, 2])
-        False
-    """
-    if "dask" not in sys.modules:
-        return False
-    import dask
-    return dask.is_dask_collection(a)
 
 
 # ---- inputs ----------------------------------------------------------------------------------
@@ -527,7 +519,6 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     """Mini-batch steps first_step .. first_step + n_steps - 1 of this chunk's epoch, from the
     common parameters and optimiser state. Returns the rows used as weight, and the weighted
     (float64) parameters, optimiser slots and summed batch costs, ready to be added."""
-    from .optim import SGD, Adam
     n = Xc.shape[0]
     steps = range(first_step, min(first_step + n_steps, -(-n // batch_size)))
     if len(steps) == 0:
@@ -583,7 +574,6 @@ def _lazy_sgd(Xc, solver, xp) -> bool:
 def _chunk_lazy_steps(be, Xc, yc, wc, params, opt, std, order, steps, *, loss, lam, batch_size):
     """The chunk's steps through ``gpugrad.sparse_sgd`` (the same updates as ``opt.step`` within
     rounding); returns (summed batch costs, rows)."""
-    from . import sparse_sgd
     velocity = (opt.slots["velocity/W"], opt.slots["velocity/b"]) if opt.momentum else None
     per_step, opt.t, _ = sparse_sgd.run(be, Xc, yc, wc, params["W"], params["b"], loss=loss, lam=lam,
                                         schedule=opt.schedule, t=opt.t, order=order, batch_size=batch_size,
@@ -618,16 +608,16 @@ def _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_i
     lam = _validation.check_lam(lam)
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {', '.join(map(repr, SOLVERS))}")
-    _positive_int("max_iter", max_iter)
-    _positive_int("batch_size", batch_size)
-    if sync_every is not None and (not isinstance(sync_every, (int, np.integer)) or sync_every < 1):
-        raise ValueError(f"sync_every must be None (once an epoch) or an integer >= 1, got {sync_every!r}")
-    if not float(tol) >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if not float(learning_rate_init) > 0:
-        raise ValueError(f"learning_rate_init must be > 0, got {learning_rate_init!r}")
-    if not 0 <= float(momentum) < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    checks.number("max_iter", max_iter, integer=True, low=1)
+    checks.number("batch_size", batch_size, integer=True, low=1)
+    if sync_every is not None:
+        checks.number("sync_every", sync_every, integer=True, low=1,
+                     what="None (once an epoch) or an integer >= 1")
+    checks.number("tol", tol, convert=float, finite=False, low=0, what=">= 0")
+    checks.number("learning_rate_init", learning_rate_init, convert=float, finite=False, low=0,
+                 low_open=True, what="> 0")
+    checks.number("momentum", momentum, convert=float, finite=False, low=0, high=1, high_open=True,
+                 what="in [0, 1)")
     if dtype is None:
         return lam, None
     dtype = np.dtype(dtype)
@@ -679,7 +669,6 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
         dict(model=LinearClassifier (numpy backend; x_mean/x_std set with ``standardize``),
         classes_=(C,) labels, n_iter_=iterations or epochs, loss_curve_=J after each).
     """
-    from .models import LinearClassifier
 
     _check_X(X)
     lam, dtype = _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_init,
@@ -729,7 +718,6 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
             callback(it, J)
 
     if solver == "lbfgs":
-        from .optim import lbfgs
         evaluations = [0]
 
         def value_and_grad(params):
@@ -784,7 +772,7 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
     per_round = sync_every or steps_per_epoch
     rounds = -(-steps_per_epoch // per_round)
     state = {"params": params0, "opt": None}
-    losses, best, stale = [], np.inf, 0
+    losses, plateau = [], Plateau(tol, N_ITER_NO_CHANGE)
     seed_root = 0 if seed is None else int(seed)
     for epoch in range(max_iter):
         cost = rows = 0.0
@@ -811,9 +799,8 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
                                      f"(learning_rate_init={lr} may be too large)")
         losses.append(J)
         report(epoch + 1, J)
-        stale = stale + 1 if J > best - tol else 0
-        best = min(best, J)
-        if stop_early and stale >= N_ITER_NO_CHANGE:
+        plateau.update(J)
+        if stop_early and plateau.stop:
             break
     return state["params"], len(losses), losses
 
@@ -845,10 +832,7 @@ def _block_scores(Xc, W, b, x_mean, x_std, dtype):
 
 
 def _block_proba(Xc, W, b, x_mean, x_std, dtype):
-    S = _block_scores(Xc, W, b, x_mean, x_std, dtype)
-    xp = backend_for(S).xp
-    E = xp.exp(S - S.max(axis=1, keepdims=True))   # the row max keeps exp in range
-    return E / E.sum(axis=1, keepdims=True)
+    return stable_softmax(_block_scores(Xc, W, b, x_mean, x_std, dtype))
 
 
 def _block_predict(Xc, W, b, x_mean, x_std, dtype, classes):

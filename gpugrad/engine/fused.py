@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _validation
 from . import sparse as _sparse
-from .backends import get_backend, is_cupy_array
+from ..backends import get_backend, is_cupy_array
 
 __all__ = ["linear_grad", "softmax_cross_entropy_grad", "svm_grad"]
 

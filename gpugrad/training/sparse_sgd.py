@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sparse import is_sparse
+from ..engine.sparse import is_sparse
+from .optim import SGD
 
 __all__ = ["applies", "epoch", "run"]
 
@@ -42,7 +43,6 @@ WINDOW = 64  # steps between full catch-ups of the momentum path (mu^-64 = 850 a
 
 def applies(trainer, X) -> bool:
     """Whether ``trainer``'s epoch over X can take the lazy path (see the module docstring)."""
-    from .optim import SGD
     model, opt = trainer.model, trainer.optimizer
     mean = model.buffers.get("x_mean")
     return (is_sparse(X) and model.kind == "linear" and model.backend.xp is np and type(opt) is SGD

@@ -51,7 +51,13 @@ from typing import Callable
 
 import numpy as np
 
-from .models import json_safe
+import gpugrad as gg
+
+from .. import __version__
+from ..backends import cupy_available, why_backend
+from ..training.models import MLP, LinearClassifier
+from . import options
+from ..training.saving import json_safe
 
 __all__ = ["FAMILIES", "SIZES", "Workload", "Impl", "Case", "Unavailable", "workloads", "make_inputs",
            "IMPLEMENTATIONS", "implementations_for", "time_case", "memory_bandwidth", "run", "format_table",
@@ -175,7 +181,6 @@ def make_inputs(w: Workload, seed=0) -> dict:
 
 
 def _gpugrad_model(kind, d, C, backend, compiled=True):
-    from .models import MLP, LinearClassifier
     if kind == "linear":
         return LinearClassifier(d, C, backend=backend, seed=0)
     return MLP(d, C, HIDDEN, batchnorm=True, backend=backend, seed=0, bn_momentum=BN_MOMENTUM, compiled=compiled)
@@ -337,9 +342,7 @@ class Impl:
 
 
 def _cupy():
-    from .backends import cupy_available
     if not cupy_available():
-        from .backends import why_backend
         raise Unavailable(f"no usable CUDA device ({why_backend()})")
     import cupy
     return cupy
@@ -355,7 +358,6 @@ def _gpugrad(device):
     """gpugrad's public functions (value checks off, as in a training loop over checked data) and
     its Trainer, on the numpy backend or the CuPy backend."""
     def prepare(w, inp):
-        import gpugrad as gg
         if device == "gpu":
             move = _cupy().asarray  # first: without a usable device this is Unavailable
             be, wrap = gg.get_backend("cupy"), _cupy_case
@@ -373,7 +375,6 @@ def _gpugrad(device):
 
 def _trainer_case(w, a, be, wrap, compiled):
     """An epoch through gpugrad.Trainer: one more epoch of ``fit`` per call, the trainer's own clock."""
-    import gpugrad as gg
     p = w.params
     model = _gpugrad_model(p["model"], p["d"], p["C"], be, compiled=compiled)
     trainer = gg.Trainer(model, gg.optim.SGD(LR[p["model"]], momentum=MOMENTUM[p["model"]]), epochs=0,
@@ -390,7 +391,6 @@ def _graph(device):
     """gpugrad's graph and its generic backward pass (no fused kernel, no compiled step): the linear
     step, and the MLP epoch through the trainer with ``MLP(compiled=False)``."""
     def prepare(w, inp):
-        import gpugrad as gg
         if w.family == "epoch" and w.params["model"] == "mlp":
             if device == "gpu":
                 move, be, wrap = _cupy().asarray, gg.get_backend("cupy"), _cupy_case
@@ -688,7 +688,6 @@ def _environment(backend, bandwidth, how) -> dict:
                        for i in threadpool_info() if i.get("user_api") == "blas"]
     except ImportError:
         pass
-    from . import __version__
     env["gpugrad"] = __version__
     if backend == "cupy":
         import cupy
@@ -890,9 +889,8 @@ def command(parser, args) -> int:
     families = [f.strip() for f in str(args.workload).split(",")]
     if not families or any(f not in FAMILIES for f in families):
         parser.error(f"--workload must be a comma list of {', '.join(FAMILIES)}, got {args.workload!r}")
-    from .cli import _backend, _number
-    repeat = _number(parser, "--repeat", args.repeat, "a positive integer")
-    backend = _backend(parser, args.backend).name
+    repeat = options.number(parser, "--repeat", args.repeat, "a positive integer")
+    backend = options.backend(parser, args.backend).name
     progress = None if args.json else (lambda line: print(f"gpugrad bench: {line}", file=sys.stderr, flush=True))
     result = run(list(dict.fromkeys(families)), backend=backend, size=args.size, repeat=repeat, progress=progress)
     if args.json:

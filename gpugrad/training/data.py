@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backends import is_cupy_array
+from .. import checks
+from ..backends import is_cupy_array
 
 __all__ = ["Dataset", "load_digits", "load_cifar10", "load_npz", "from_arrays", "load",
            "normalisation", "stratified_split", "as_images", "check_features", "CIFAR10_CLASSES"]
@@ -111,8 +112,7 @@ def stratified_split(y, fraction, seed=0):
         fraction = float(fraction)
     except (TypeError, ValueError):
         raise TypeError(f"fraction must be a number in [0, 1), got {fraction!r}") from None
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"fraction must be in [0, 1), got {fraction}")
+    checks.number("fraction", fraction, low=0, high=1, high_open=True, what="in [0, 1)")
     n = len(y)
     if fraction == 0.0 or n == 0:
         return np.arange(n, dtype=np.int64), np.empty(0, dtype=np.int64)
@@ -325,9 +325,7 @@ def _batch_numbers(batches):
 
 
 def _check_count(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+    return checks.number(name, value, integer=True, low=0)
 
 
 # ----------------------------------------------------------------------------- arrays, .npz

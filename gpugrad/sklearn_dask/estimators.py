@@ -56,32 +56,56 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from . import _validation, models, optim
-from . import sparse as _sparse
-from .backends import backend_for, get_backend, is_cupy_array, move_to, to_host
-from .distributed import is_dask_collection
-from .trainer import Trainer
+from ..engine import _validation
+from ..training import models, optim
+from .. import checks
+from ..engine import sparse as _sparse
+from ..backends import backend_for, get_backend, is_cupy_array, move_to, to_host
+from ..backends.arrays import is_dask_collection
+from ..engine.ops import stable_softmax
+from ..training.trainer import Plateau, Trainer
+from ..training.data import normalisation
 
 __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
 
 SOLVERS = ("sgd", "adam", "lbfgs")
 LEARNING_RATES = ("constant", "invscaling", "step", "cyclical")
+# The parameters' constraints, in the order fit checks them (scikit-learn's _parameter_constraints):
+# a number's bounds for gpugrad.checks.number ("allow": the one other value it may take), or the
+# name of a check of another kind (the estimator's _check_<name>).
+CONSTRAINTS = (
+    ("alpha", dict(low=0)),
+    ("solver", "solver"),
+    ("batch_size", dict(integer=True, low=1, allow="auto")),
+    ("learning_rate", "schedule"),
+    ("learning_rate_init", dict(low=0, low_open=True)),
+    ("power_t", dict(low=0)),
+    ("momentum", dict(low=0, high=1, high_open=True)),
+    ("nesterovs_momentum", "bool"), ("early_stopping", "bool"), ("warm_start", "bool"), ("standardize", "bool"),
+    ("max_iter", dict(integer=True, low=1)),
+    ("tol", dict(low=0, allow=None)),
+    ("validation_fraction", dict(low=0, high=1, low_open=True, high_open=True)),
+    ("n_iter_no_change", dict(integer=True, low=1)),
+    ("beta_1", dict(low=0, high=1, high_open=True)),
+    ("beta_2", dict(low=0, high=1, high_open=True)),
+    ("epsilon", dict(low=0, low_open=True)),
+    ("class_weight", "class_weight"),
+    ("verbose", "verbose"),
+    ("dtype", "dtype"),
+)
+_NOTHING = object()  # no "allow" value
 PREDICT_BATCH = 65536  # rows scored at once by predict & co.: bounds the memory of S (and hidden layers)
 
 
-class _Plateau:
-    """Stop when the epoch's cost has not improved by ``tol`` for ``patience`` epochs in a row
-    (scikit-learn's rule without early stopping: ``loss > best_loss - tol`` counts as no change)."""
+def _stop_on_plateau(tol, patience):
+    """The Trainer callback that stops when the epoch's cost has not improved by ``tol`` for
+    ``patience`` epochs in a row (scikit-learn's rule without early stopping: ``trainer.Plateau``)."""
+    plateau = Plateau(tol, patience)
 
-    def __init__(self, tol, patience):
-        self.tol, self.patience = tol, patience
-        self.best, self.stale = math.inf, 0
-
-    def __call__(self, trainer, epoch, row):
-        cost = row["cost"]
-        self.stale = self.stale + 1 if cost > self.best - self.tol else 0
-        self.best = min(self.best, cost)
-        return self.stale >= self.patience
+    def callback(trainer, epoch, row):
+        plateau.update(row["cost"])
+        return plateau.stop
+    return callback
 
 
 def _print_iteration(iteration, cost, val_accuracy=math.nan):
@@ -107,73 +131,60 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
 
     _loss = "softmax"
     _solvers = SOLVERS
+    _constraints = CONSTRAINTS
 
     # ---- parameters --------------------------------------------------------------------------
     def _param_error(self, name, expected):
         return ValueError(f"{type(self).__name__}: parameter {name} must be {expected}, "
                           f"got {getattr(self, name)!r}")
 
-    def _check_number(self, name, low=None, high=None, low_open=False, high_open=False, integer=False):
-        v = getattr(self, name)
-        kind = "an integer" if integer else "a number"
-        ok = isinstance(v, numbers.Integral if integer else numbers.Real) and not isinstance(v, bool)
-        ok = ok and math.isfinite(v)
-        if ok and low is not None:
-            ok = v > low if low_open else v >= low
-        if ok and high is not None:
-            ok = v < high if high_open else v <= high
-        if not ok:
-            bounds = []
-            if low is not None:
-                bounds.append(f"{'>' if low_open else '>='} {low}")
-            if high is not None:
-                bounds.append(f"{'<' if high_open else '<='} {high}")
-            raise self._param_error(name, f"{kind} {' and '.join(bounds)}".strip())
+    def _check_params(self):
+        """Every parameter checked at fit against ``_constraints`` (scikit-learn's contract), in
+        its order, each error naming the estimator and the parameter."""
+        for name, rule in self._constraints:
+            value = getattr(self, name)
+            if isinstance(rule, dict):   # a number within bounds, or the one other value it may be
+                bounds = dict(rule)
+                allow = bounds.pop("allow", _NOTHING)
+                if not (value is allow or (isinstance(allow, str) and isinstance(value, str) and value == allow)):
+                    checks.number(name, value, owner=type(self).__name__, **bounds)
+            else:
+                getattr(self, f"_check_{rule}")(name, value)
 
-    def _check_bool(self, name):
-        if not isinstance(getattr(self, name), (bool, np.bool_)):
+    def _check_bool(self, name, value):
+        if not isinstance(value, (bool, np.bool_)):
             raise self._param_error(name, "True or False")
 
-    def _check_params(self):
-        """Every parameter checked at fit (scikit-learn's contract), errors naming it."""
-        self._check_number("alpha", 0)
-        if self.solver not in self._solvers:
-            raise self._param_error("solver", f"one of {self._solvers}")
-        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
-            self._check_number("batch_size", 1, integer=True)
-        if not (callable(self.learning_rate) and hasattr(self.learning_rate, "config")) and \
-                self.learning_rate not in LEARNING_RATES:
-            raise self._param_error("learning_rate", f"one of {LEARNING_RATES} or a gpugrad.optim schedule")
-        self._check_number("learning_rate_init", 0, low_open=True)
-        self._check_number("power_t", 0)
-        self._check_number("momentum", 0, 1, high_open=True)
-        for name in ("nesterovs_momentum", "early_stopping", "warm_start", "standardize"):
-            self._check_bool(name)
-        self._check_number("max_iter", 1, integer=True)
-        if self.tol is not None:
-            self._check_number("tol", 0)
-        self._check_number("validation_fraction", 0, 1, low_open=True, high_open=True)
-        self._check_number("n_iter_no_change", 1, integer=True)
-        self._check_number("beta_1", 0, 1, high_open=True)
-        self._check_number("beta_2", 0, 1, high_open=True)
-        self._check_number("epsilon", 0, low_open=True)
-        cw = self.class_weight
+    def _check_solver(self, name, value):
+        if value not in self._solvers:
+            raise self._param_error(name, f"one of {self._solvers}")
+
+    def _check_schedule(self, name, value):
+        if not (callable(value) and hasattr(value, "config")) and value not in LEARNING_RATES:
+            raise self._param_error(name, f"one of {LEARNING_RATES} or a gpugrad.optim schedule")
+
+    def _check_class_weight(self, name, cw):
         if not (cw is None or (isinstance(cw, str) and cw == "balanced") or isinstance(cw, dict)):
-            raise self._param_error("class_weight", "None, 'balanced' or a dict {label: weight}")
-        if isinstance(cw, dict):
-            for label, w in cw.items():
-                if not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
-                    raise ValueError(f"{type(self).__name__}: class_weight[{label!r}] must be a "
-                                     f"finite number >= 0, got {w!r}")
-        if not isinstance(self.verbose, (numbers.Integral, bool)):
-            raise self._param_error("verbose", "an integer or a bool")
-        if self.dtype is not None:
-            try:
-                dt = np.dtype(self.dtype)
-            except TypeError:
-                dt = None
-            if dt not in (np.float32, np.float64):
-                raise self._param_error("dtype", "None, 'float32' or 'float64'")
+            raise self._param_error(name, "None, 'balanced' or a dict {label: weight}")
+        for label, w in (cw.items() if isinstance(cw, dict) else ()):
+            # a bool weight is taken as 0 or 1, as it always was: not checks.within, which refuses bools
+            if not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"{type(self).__name__}: class_weight[{label!r}] must be a "
+                                 f"finite number >= 0, got {w!r}")
+
+    def _check_verbose(self, name, value):
+        if not isinstance(value, (numbers.Integral, bool)):
+            raise self._param_error(name, "an integer or a bool")
+
+    def _check_dtype(self, name, value):
+        if value is None:
+            return
+        try:
+            dt = np.dtype(value)
+        except TypeError:
+            dt = None
+        if dt not in (np.float32, np.float64):
+            raise self._param_error(name, "None, 'float32' or 'float64'")
 
     def _backend(self):
         try:
@@ -341,16 +352,9 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         return idx.astype(np.int64)
 
     def _device_X(self, model, X):
-        """X on the model's backend as it takes it: uint8 kept when the model normalises, otherwise
-        C-contiguous in the model's dtype (one conversion, no copy when it already is)."""
-        be, dtype = model.backend, model.dtype
-        if _sparse.is_sparse(X):
-            return _sparse.to_backend(be, X, dtype)
-        if X.dtype == np.uint8 and model.normalised:
-            return be.xp.ascontiguousarray(be.asarray(X))
-        if is_cupy_array(X) and be.xp is np:
-            X = X.get()
-        return be.xp.ascontiguousarray(be.asarray(X, dtype=dtype))
+        """X on the model's backend as it takes it (``model.prepare``: uint8 kept when the model
+        normalises, otherwise the model's dtype), C-contiguous."""
+        return model.prepare(X, contiguous=True)
 
     # ---- training ----------------------------------------------------------------------------
     def _batch_size(self, n):
@@ -389,7 +393,6 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             return None, None
         if _sparse.is_sparse(X):
             return np.zeros(X.shape[1]), _sparse.column_scale(X)
-        from .data import normalisation
         return normalisation(X)
 
     def fit(self, X, y, sample_weight=None):
@@ -433,10 +436,38 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
         return lambda trainer, epoch, row: _print_iteration(iteration, row["cost"])
 
     def _fit(self, X, y, sample_weight, classes, partial):
-        name = type(self).__name__
+        """fit and partial_fit: validate, learn classes_ and the row weights, then train the model
+        (a new one, or the previous fit's when warm) with L-BFGS or the Trainer."""
         first_partial = partial and not hasattr(self, "model_")
         warm = (partial and not first_partial) or (self.warm_start and hasattr(self, "model_"))
         X, y = self._validate_Xy(X, y, reset=not warm)
+        self.classes_ = self._fit_classes(y, classes, partial, first_partial, warm)
+        y_enc = self._encode(y)
+        w = self._sample_weights(sample_weight, y_enc, X.shape[0], partial)
+        if warm:
+            model = self.model_
+        else:
+            be = self._backend()
+            x_mean, x_std = self._standardisation(X)
+            model = self._new_model(be, X.shape[1], len(self.classes_), self._compute_dtype(be, X.dtype),
+                                    x_mean, x_std, self._seed())
+        Xd = self._device_X(model, X)
+        if self.solver in ("lbfgs", "auto"):   # "auto" in memory: L-BFGS
+            self.model_ = model
+            self._fit_lbfgs(model, Xd, y_enc, w, self.alpha / 2)
+            return self
+        trainer = self._trainer_for(model, X.shape[0], partial, first_partial, warm)
+        # X passed scikit-learn's checks (finite) and y_enc indexes classes_: no second pass over X.
+        history = trainer.fit(Xd, y_enc, sample_weight=w, check_input=False)
+        self.model_, self._trainer = model, trainer
+        self._learned(history.rows, partial, first_partial)
+        self.t_ = trainer.optimizer.t
+        return self
+
+    def _fit_classes(self, y, classes, partial, first_partial, warm):
+        """classes_ of this fit: all labels of y; the ``classes`` argument of partial_fit's first
+        call; the previous fit's otherwise (warm_start must see the same)."""
+        name = type(self).__name__
         if first_partial:
             all_classes = np.unique(to_host(classes))
         elif partial:
@@ -447,28 +478,14 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{name}: warm_start needs y to have the classes of the previous fit, "
                              f"{self.classes_.tolist()}; y has {all_classes.tolist()}")
         _validation.check_two_classes(all_classes.tolist(), name)
-        self.classes_ = all_classes
-        y_enc = self._encode(y)
-        n = X.shape[0]
-        w = self._sample_weights(sample_weight, y_enc, n, partial)
+        return all_classes
 
-        if warm:
-            model = self.model_
-        else:
-            be = self._backend()
-            dtype = self._compute_dtype(be, X.dtype)
-            x_mean, x_std = self._standardisation(X)
-            model = self._new_model(be, X.shape[1], len(all_classes), dtype, x_mean, x_std, self._seed())
-        Xd = self._device_X(model, X)
-        lam = self.alpha / 2
-
-        if self.solver in ("lbfgs", "auto"):   # "auto" in memory: L-BFGS
-            self.model_ = model
-            self._fit_lbfgs(model, Xd, y_enc, w, lam)
-            return self
-
+    def _trainer_for(self, model, n, partial, first_partial, warm):
+        """The Trainer of a stochastic fit (max_iter epochs, stopping on a plateau or early
+        stopping) or of a partial_fit call (one epoch, continuing the previous optimiser)."""
         bs = self._batch_size(n)
         steps = -(-n // bs)
+        lam = self.alpha / 2
         previous = getattr(self, "_trainer", None) if warm else None
         # verbose: a line per epoch wherever the output goes; a bar only on a terminal (None: the
         # trainer draws it when stderr is one), never carriage returns in a log or a notebook.
@@ -478,42 +495,38 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             # momentum or Adam's moments and the schedule's step count, carries on); a new shuffle
             # seed each call. No early stopping, as in scikit-learn.
             keep = previous is not None and previous.model is model
-            trainer = Trainer(model, previous.optimizer if keep else self._new_optimizer(steps), epochs=1,
-                              batch_size=bs, lam=lam, seed=self._partial_seed(first_partial),
-                              eval_train=False, progress=progress,
-                              callbacks=[self._partial_line(first_partial)] if self.verbose else [])
-        else:
-            callbacks = [_epoch_lines] if self.verbose else []
-            if not self.early_stopping and self.tol is not None:
-                callbacks.append(_Plateau(self.tol, self.n_iter_no_change))
-            trainer = Trainer(
-                model, self._new_optimizer(steps), epochs=self.max_iter, batch_size=bs, lam=lam,
-                seed=self._seed(),
-                validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
-                early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
-                tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
-                progress=progress)
-        # X passed scikit-learn's checks (finite) and y_enc indexes classes_: no second pass over X.
-        history = trainer.fit(Xd, y_enc, sample_weight=w, check_input=False)
-        self.model_, self._trainer = model, trainer
-        rows = history.rows
+            return Trainer(model, previous.optimizer if keep else self._new_optimizer(steps), epochs=1,
+                           batch_size=bs, lam=lam, seed=self._partial_seed(first_partial),
+                           eval_train=False, progress=progress,
+                           callbacks=[self._partial_line(first_partial)] if self.verbose else [])
+        callbacks = [_epoch_lines] if self.verbose else []
+        if not self.early_stopping and self.tol is not None:
+            callbacks.append(_stop_on_plateau(self.tol, self.n_iter_no_change))
+        return Trainer(
+            model, self._new_optimizer(steps), epochs=self.max_iter, batch_size=bs, lam=lam,
+            seed=self._seed(),
+            validation_fraction=self.validation_fraction if self.early_stopping else 0.0,
+            early_stopping=bool(self.early_stopping), n_iter_no_change=self.n_iter_no_change,
+            tol=0.0 if self.tol is None else self.tol, eval_train=False, callbacks=callbacks,
+            progress=progress)
+
+    def _learned(self, rows, partial, first_partial):
+        """n_iter_, loss_curve_ (and the validation scores) from the trainer's history rows; the
+        ConvergenceWarning of a fit that ran out of epochs while still improving."""
         if partial:
             self.n_iter_ = getattr(self, "n_iter_", 0) + 1 if not first_partial else 1
             before = [] if first_partial else getattr(self, "loss_curve_", [])
             self.loss_curve_ = before + [rows[-1]["cost"]]
-        else:
-            self.n_iter_ = len(rows)
-            self.loss_curve_ = [r["cost"] for r in rows]
-            if self.early_stopping:
-                self.validation_scores_ = [r["val_accuracy"] for r in rows]
-                self.best_validation_score_ = float(np.nanmax(self.validation_scores_))
-            converged = self.n_iter_ < self.max_iter
-            if not converged and self.tol is not None:
-                warnings.warn(f"{name}: the {self.solver} solver ran max_iter={self.max_iter} epochs and its "
-                              f"cost was still improving by more than tol={self.tol}; raise max_iter to "
-                              "train further", ConvergenceWarning)
-        self.t_ = trainer.optimizer.t
-        return self
+            return
+        self.n_iter_ = len(rows)
+        self.loss_curve_ = [r["cost"] for r in rows]
+        if self.early_stopping:
+            self.validation_scores_ = [r["val_accuracy"] for r in rows]
+            self.best_validation_score_ = float(np.nanmax(self.validation_scores_))
+        if self.n_iter_ >= self.max_iter and self.tol is not None:
+            warnings.warn(f"{type(self).__name__}: the {self.solver} solver ran max_iter={self.max_iter} "
+                          f"epochs and its cost was still improving by more than tol={self.tol}; raise "
+                          "max_iter to train further", ConvergenceWarning)
 
     def _fit_lbfgs(self, model, X, y_enc, w, lam):
         """Full-batch L-BFGS (``gpugrad.optim.lbfgs``) over the model's whole-data cost and gradient
@@ -644,10 +657,7 @@ class _ProbaMixin:
         """(n, C) class probabilities softmax(S) (rows sum to 1, columns in the order of ``classes_``)."""
         if is_dask_collection(X):
             return self._dask_call("predict_proba", X)
-        S = self._scores(X)
-        xp = self.model_.backend.xp
-        E = xp.exp(S - S.max(axis=1, keepdims=True))  # the row max keeps exp() in range
-        return self._caller(E / E.sum(axis=1, keepdims=True), X)
+        return self._caller(stable_softmax(self._scores(X)), X)
 
     def predict_log_proba(self, X):
         """(n, C) log of ``predict_proba``."""
@@ -689,7 +699,7 @@ class _LinearMixin:
     def _fit_dask(self, X, y, sample_weight):
         """Fit on a Dask array across the current cluster with ``gpugrad.distributed.fit_linear``:
         the same objective, compute dtype and ``standardize`` as in memory, so the same model."""
-        from . import distributed
+        from . import distributed  # the Dask path loads when a Dask array comes (start-up time)
         name = type(self).__name__
         if self.warm_start and hasattr(self, "model_"):
             warnings.warn(f"{name}: warm_start is not supported on Dask arrays; fitting from scratch")
@@ -718,7 +728,7 @@ class _LinearMixin:
     def _dask_class_weights(self, y, sample_weight):
         """(classes, sample_weight times class_weight[y]): the labels are read once here (only y;
         X stays on the workers), the weights are built lazily per chunk."""
-        import dask.array as da
+        import dask.array as da  # optional dependency: only on the Dask path
         y_host = to_host(y.compute() if hasattr(y, "compute") else y)
         classes = np.unique(y_host)
         self.classes_ = classes
@@ -729,7 +739,7 @@ class _LinearMixin:
         return classes, per_row if sample_weight is None else per_row * sample_weight
 
     def _dask_call(self, method, X):
-        from . import distributed
+        from . import distributed  # the Dask path loads when a Dask array comes (start-up time)
         check_is_fitted(self)
         if method == "predict":
             return distributed.predict(self.model_, self.classes_, X)
@@ -917,6 +927,7 @@ class MLPClassifier(_ProbaMixin, _GpugradClassifier):
     """
 
     _loss = "softmax"
+    _constraints = CONSTRAINTS + (("hidden_layer_sizes", "hidden"), ("batchnorm", "bool"))
 
     def __init__(self, hidden_layer_sizes=(100,), *, batchnorm=False, alpha=1e-3, solver="adam",
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.002, power_t=0.5,
@@ -961,10 +972,8 @@ class MLPClassifier(_ProbaMixin, _GpugradClassifier):
             raise self._param_error("hidden_layer_sizes", "a positive int or a sequence of them")
         return tuple(int(m) for m in sizes)
 
-    def _check_params(self):
-        super()._check_params()
+    def _check_hidden(self, name, value):
         self._hidden()
-        self._check_bool("batchnorm")
 
     def _new_model(self, be, d, C, dtype, x_mean, x_std, seed):
         return models.MLP(d, C, hidden=self._hidden(), loss="softmax", batchnorm=bool(self.batchnorm),

@@ -21,7 +21,8 @@ import math
 
 import numpy as np
 
-from .backends import backend_for
+from .. import checks
+from ..backends import backend_for
 
 __all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "make_schedule", "SGD", "Adam", "make_optimizer",
            "lbfgs", "OPTIMIZERS", "SCHEDULES"]
@@ -29,18 +30,15 @@ __all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "make_schedule", "
 
 def _positive(name, value, allow_zero=False) -> float:
     try:
-        v = float(value)
+        float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
-    return v
+    return checks.number(name, value, convert=float, low=0, low_open=not allow_zero,
+                        what=f"{'>= 0' if allow_zero else '> 0'} and finite")
 
 
 def _positive_int(name, value, what="a positive integer") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)
+    return checks.number(name, value, convert=checks.integral, integer=True, low=1, what=what)
 
 
 # ---- schedules: learning rate as a function of the update step t (0-based) -------------------

@@ -24,7 +24,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .backends import backend_for, is_array, move_to
+from ..backends import backend_for, is_array, move_to
 
 __all__ = ["Tensor", "tensor", "no_grad", "is_grad_enabled", "record", "defvjp", "VJPS",
            "NodeInfo", "forward_order", "to_dot"]
@@ -205,40 +205,9 @@ class Tensor:
         """This result's graph as Graphviz DOT text (see ``to_dot``)."""
         return to_dot(self)
 
-    # ---- operators (the ops and their VJPs live in gpugrad.ops) ----
-    def __add__(self, other): return _ops.add(self, other)
-    def __radd__(self, other): return _ops.add(other, self)
-    def __sub__(self, other): return _ops.sub(self, other)
-    def __rsub__(self, other): return _ops.sub(other, self)
-    def __mul__(self, other): return _ops.mul(self, other)
-    def __rmul__(self, other): return _ops.mul(other, self)
-    def __truediv__(self, other): return _ops.div(self, other)
-    def __rtruediv__(self, other): return _ops.div(other, self)
-    def __matmul__(self, other): return _ops.matmul(self, other)
-    def __rmatmul__(self, other): return _ops.matmul(other, self)
-    def __pow__(self, other): return _ops.power(self, other)
-    def __rpow__(self, other): return _ops.power(other, self)
-    def __neg__(self): return _ops.neg(self)
-    def __getitem__(self, index): return _ops.getitem(self, index)
-
-    def sum(self, axis=None, keepdims=False):
-        """Sum over ``axis`` (all axes by default), as ``numpy.sum``."""
-        return _ops.sum(self, axis, keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        """Mean over ``axis`` (all axes by default), as ``numpy.mean``."""
-        return _ops.mean(self, axis, keepdims)
-
-    def reshape(self, *shape):
-        """Same entries, new shape: ``t.reshape(2, 3)`` or ``t.reshape((2, 3))``; -1 allowed."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = shape[0]
-        return _ops.reshape(self, shape)
-
-    @property
-    def T(self):
-        """The transpose (axes reversed)."""
-        return _ops.transpose(self)
+    # Operators (a + b, a @ b, a[i], a.sum(), a.T, ...) are the ops of gpugrad.ops, which
+    # installs them on this class as HIPS autograd's numpy_boxes does: the ops build on the graph,
+    # the graph does not import them.
 
 
 def tensor(value, requires_grad=False, *, name=None):
@@ -385,7 +354,3 @@ def to_dot(result: Tensor) -> str:
     lines += [f"  n{c} -> n{n.index};" for n in listing for c in n.children]
     lines.append("}")
     return "\n".join(lines)
-
-
-# The operators above call into gpugrad.ops, which needs Tensor: import it once Tensor exists.
-from . import ops as _ops  # noqa: E402

@@ -135,7 +135,7 @@ def column_scale(X) -> np.ndarray:
 
 def _xp_of(X):
     """The array module of X's arrays: numpy, or CuPy for a device matrix."""
-    from .backends import backend_for
+    from ..backends import backend_for  # import circle: the backends take is_sparse from here
     return backend_for(X.data).xp
 
 

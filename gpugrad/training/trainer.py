@@ -39,11 +39,14 @@ import warnings
 
 import numpy as np
 
-from . import _validation
-from .models import atomic_savez, decode_json, encode_json, json_safe, model_from_config, read_npz
+from ..engine import _validation
+from .. import checks
+from .models import model_from_config
+from .saving import atomic_savez, decode_json, encode_json, json_safe, read_npz
 from . import sparse_sgd
 from .optim import make_optimizer
-from .sparse import check_finite, is_sparse, refuse_sparse_labels
+from .data import stratified_split
+from ..engine.sparse import check_finite, is_sparse, refuse_sparse_labels
 
 __all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS", "RisingCostWarning", "cost_too_high"]
 
@@ -74,6 +77,42 @@ def cost_too_high(costs, factor=RISE_FACTOR):
     finite = np.where(np.isfinite(costs), costs, np.inf)
     lowest = np.minimum.accumulate(finite) if len(costs) else finite
     return ~(costs <= factor * lowest)
+
+
+class Plateau:
+    """The stop-on-plateau rule: count the epochs in a row whose value (a cost or a loss, lower is
+    better) has not improved on the best so far by more than ``tol``; ``stop`` once ``patience``
+    have passed. ``update(value)`` feeds an epoch and says whether it set a new best.
+
+    Two ways of keeping the best, both of scikit-learn's MLP:
+    - ``strict=False`` (its rule on the training loss): an epoch counts as no change when
+      value > best - tol, and the best is the lowest value seen, whatever the margin;
+    - ``strict=True`` (the trainer's early stopping, which restores the best epoch's parameters):
+      an epoch improves only when value < best - tol, and only such an epoch becomes the best.
+
+        >>> p = Plateau(tol=0.1, patience=2)   # 0.86 is not 0.1 below 0.95, the lowest
+        >>> [(p.update(v), p.stop) for v in (1.0, 0.95, 0.86)]
+        [(True, False), (True, False), (True, True)]
+        >>> q = Plateau(tol=0.1, patience=2, strict=True)   # 0.86 is 0.1 below 1.0, the best
+        >>> [(q.update(v), q.stop) for v in (1.0, 0.95, 0.86)]
+        [(True, False), (False, False), (True, False)]
+    """
+
+    def __init__(self, tol, patience, *, strict=False, best=math.inf, stale=0):
+        self.tol, self.patience, self.strict = tol, patience, strict
+        self.best, self.stale = best, stale
+
+    def update(self, value) -> bool:
+        improved = value < self.best - self.tol if self.strict else value <= self.best - self.tol
+        self.stale = 0 if improved else self.stale + 1
+        lower = value < self.best
+        if improved or (lower and not self.strict):
+            self.best = value
+        return improved or (lower and not self.strict)
+
+    @property
+    def stop(self) -> bool:
+        return self.stale >= self.patience
 
 
 class History:
@@ -108,12 +147,6 @@ class History:
         return path
 
 
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 class Trainer:
     """Mini-batch training of a model (see the module docstring).
 
@@ -145,25 +178,24 @@ class Trainer:
                  eval_train=True, callbacks=(), progress=None, checkpoint=None, checkpoint_every=1):
         self.model = model
         self.optimizer = make_optimizer(optimizer)
-        self.epochs = _positive_int("epochs", epochs, 0)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.epochs = checks.number("epochs", epochs, integer=True, low=0)
+        self.batch_size = checks.number("batch_size", batch_size, integer=True, low=1)
         self.lam = _validation.check_lam(lam)
         self.seed = seed
-        if not 0 <= validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
-        self.validation_fraction = float(validation_fraction)
+        self.validation_fraction = float(checks.number("validation_fraction", validation_fraction, low=0,
+                                                      high=1, high_open=True, what="in [0, 1)"))
         self.early_stopping = bool(early_stopping)
-        self.n_iter_no_change = _positive_int("n_iter_no_change", n_iter_no_change)
+        self.n_iter_no_change = checks.number("n_iter_no_change", n_iter_no_change, integer=True, low=1)
         self.tol = float(tol)
         self.eval_train = bool(eval_train)
         self.callbacks = list(callbacks)
         self.progress = progress
         self.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
-        self.checkpoint_every = _positive_int("checkpoint_every", checkpoint_every)
+        self.checkpoint_every = checks.number("checkpoint_every", checkpoint_every, integer=True, low=1)
         self.history = History()
         self.rng = np.random.default_rng(seed)  # the shuffles; its state is checkpointed
         self._best = None  # early stopping: (metric, epoch, params as numpy)
-        self._stale = 0
+        self._plateau = Plateau(self.tol, self.n_iter_no_change, strict=True)
         self._step_fn = None  # the epoch's step function while fit runs (_Step)
         self._warned_rising = False  # the rising-cost warning is given once a fit
 
@@ -203,7 +235,6 @@ class Trainer:
         if w is not None and bool((w < 0).any()):
             raise ValueError("sample_weight must be >= 0")
         if X_val is None and self.validation_fraction:
-            from .data import stratified_split
             keep, held = stratified_split(be.to_numpy(y), self.validation_fraction, self.seed)
             keep, held = be.asarray(keep), be.asarray(held)
             X, X_val, y, y_val = X[keep], X[held], y[keep], y[held]
@@ -272,7 +303,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self._step_fn = None  # its programs stay cached in the model; a trainer keeps no buffers
-        if self._best is not None and self.early_stopping and self._stale >= self.n_iter_no_change:
+        if self._best is not None and self.early_stopping and self._plateau.stop:
             model.load_state({**model.state(), **self._best[2]})
         return self.history
 
@@ -385,13 +416,10 @@ class Trainer:
         if not self.early_stopping:
             return False
         metric = row["val_loss"] if not math.isnan(row["val_loss"]) else row["loss"]
-        if self._best is None or metric < self._best[0] - self.tol:
+        if self._plateau.update(metric):
             self._best = (metric, row["epoch"], {k: v for k, v in self.model.state().items()
                                                  if k in self.model.params})
-            self._stale = 0
-        else:
-            self._stale += 1
-        return self._stale >= self.n_iter_no_change
+        return self._plateau.stop
 
     def _bar(self, total):
         show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
@@ -423,7 +451,7 @@ class Trainer:
         meta = {"format": CHECKPOINT_FORMAT, "epoch": len(self.history), "epochs": self.epochs,
                 "history": self.history.rows, "rng": self.rng.bit_generator.state,
                 "model": self.model.config(), "optimizer": self.optimizer.config(),
-                "trainer": self.settings(), "stale": self._stale,
+                "trainer": self.settings(), "stale": self._plateau.stale,
                 "best": None if self._best is None else list(self._best[:2])}
         arrays = {f"model/{k}": v for k, v in self.model.state().items()}
         arrays.update({f"optimizer/{k}": v for k, v in self.optimizer.state().items()})
@@ -446,9 +474,10 @@ class Trainer:
         self.optimizer.load_state(ck["optimizer"], self.model.params)
         self.rng.bit_generator.state = ck["meta"]["rng"]
         self.history = History(ck["meta"]["history"])
-        self._stale = ck["meta"]["stale"]
         best = ck["meta"]["best"]
         self._best = None if best is None else (best[0], best[1], ck["best"])
+        self._plateau = Plateau(self.tol, self.n_iter_no_change, strict=True, stale=ck["meta"]["stale"],
+                                best=math.inf if best is None else best[0])
 
 
 class _Step:

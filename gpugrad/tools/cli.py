@@ -57,9 +57,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _validation
-from .models import json_safe
-from .optim import OPTIMIZERS
+from ..engine import _validation
+from . import bench, options
+from ..training.saving import not_npz_kind, atomic_write, json_safe
+from ..training.optim import OPTIMIZERS
+from .. import __version__
+from ..training import data, models, optim
+from ..training import trainer as trainer_mod
+from ..training.data import stratified_split
+from ..training.trainer import History, RisingCostWarning, load_checkpoint
 
 __all__ = ["main", "build_parser", "parse_hidden", "PRESETS", "DEFAULTS"]
 
@@ -127,16 +133,6 @@ def parse_hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
-# The kinds of number the options take, by the words their error messages use:
-# (type, low, low excluded, high, high excluded); None: no bound on that side.
-NUMBER_KINDS = {
-    "a positive integer": (int, 1, False, None, False),
-    "a non-negative integer": (int, 0, False, None, False),
-    "a positive number": (float, 0, True, None, False),
-    "a non-negative number": (float, 0, False, None, False),
-    "a number in [0, 1)": (float, 0, False, 1, True),
-}
-
 # The numeric options of gpugrad train, in the order they are checked, with their kinds.
 TRAIN_NUMBERS = {
     "epochs": "a positive integer", "batch_size": "a positive integer",
@@ -147,35 +143,9 @@ TRAIN_NUMBERS = {
 }
 
 
-def _number(parser, option, text, what):
-    """text as the kind of number ``what`` names (a key of NUMBER_KINDS), else parser.error
-    naming the option; None stays None."""
-    if text is None:
-        return None
-    kind, low, low_open, high, high_open = NUMBER_KINDS[what]
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        value = None
-    ok = value is not None and (kind is int or math.isfinite(value))
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        parser.error(f"{option} must be {what}, got {text}")
-    return value
-
-
-def _check_numbers(parser, args, kinds: dict) -> None:
-    """Convert and check, in place on args, each option named in kinds ({dest: kind})."""
-    for name, what in kinds.items():
-        setattr(args, name, _number(parser, "--" + name.replace("_", "-"), getattr(args, name), what))
-
-
 def _check_values(parser, args):
     """Convert and check every numeric option given on the command line (None stays None)."""
-    _check_numbers(parser, args, TRAIN_NUMBERS)
+    options.check_numbers(parser, args, TRAIN_NUMBERS)
     if args.hidden is not None:
         try:
             parse_hidden(args.hidden)
@@ -289,8 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
                "'gpugrad bench --help' for their options.")
     parser.add_argument("--version", action="version", version=f"gpugrad {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="{train,predict,gradcheck,bench}")
+    _add_train(sub)
+    _add_gradcheck(sub)
+    _add_predict(sub)
+    b = bench.add_parser(sub)
+    b.set_defaults(func=bench.command, subparser=b)
+    return parser
 
-    d = DEFAULTS
+
+def _add_train(sub):
+    """``gpugrad train`` and its three groups of options."""
     t = sub.add_parser(
         "train", prog="gpugrad train", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="train a classifier; writes model, checkpoint, history and plots to one folder",
@@ -309,7 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
             "  gpugrad train --model mlp --hidden 50,50 --batchnorm --optimizer adam --epochs 20\n"
             "  gpugrad train --data ~/cifar-10-batches-py --preset assignment1\n"
             "  gpugrad train --resume runs/digits-softmax --epochs 80"))
-    g = t.add_argument_group("data and model")
+    _add_data_options(t.add_argument_group("data and model"))
+    _add_optimisation_options(t.add_argument_group("optimisation"))
+    _add_running_options(t.add_argument_group("running"))
+    t.set_defaults(func=_train_command, subparser=t)
+
+
+def _add_data_options(g):
+    """``gpugrad train``: the data and the model."""
+    d = DEFAULTS
     g.add_argument("--data", metavar="SPEC",
                    help=f"'digits' (scikit-learn's bundled 8x8 digits, 75/25 stratified split), "
                         f"a CIFAR-10 python folder (data_batch_1..5, test_batch), or an .npz file "
@@ -324,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLP: batch normalisation after each hidden linear layer")
     g.add_argument("--dtype", choices=("float32", "float64"),
                    help=f"the dtype the model computes in (default: {d['dtype']})")
-    g = t.add_argument_group("optimisation")
+
+
+def _add_optimisation_options(g):
+    """``gpugrad train``: the optimiser, its schedule and the cost."""
+    d = DEFAULTS
     g.add_argument("--optimizer", choices=OPTIMIZERS,
                    help=f"sgd, momentum (heavy ball), nesterov, adam (default: {d['optimizer']})")
     g.add_argument("--momentum", metavar="BETA",
@@ -356,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"CIFAR-10 holds out that part of its training batches "
                         f"(default: {d['validation_fraction']})")
     g.add_argument("--preset", choices=sorted(PRESETS), help="a named bundle of settings (see above)")
-    g = t.add_argument_group("running")
+
+
+def _add_running_options(g):
+    """``gpugrad train``: where it writes, checkpoints, resuming, output."""
     g.add_argument("--backend", choices=BACKENDS, default=None,
                    help="auto: CuPy when a CUDA device is usable, else numpy (default: auto)")
     g.add_argument("--out", metavar="FOLDER",
@@ -370,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(from epoch 1 when it stopped before one ended); --epochs may raise the "
                         "number of epochs")
     g.add_argument("--quiet", action="store_true", help="no progress bar and no start line")
-    t.set_defaults(func=_train_command, subparser=t)
 
+
+def _add_gradcheck(sub):
+    """``gpugrad gradcheck``."""
     c = sub.add_parser(
         "gradcheck", prog="gpugrad gradcheck", formatter_class=_Formatter,
         help="check a model's analytic gradients against central differences",
@@ -393,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", choices=BACKENDS, default="auto", help="the backend to check")
     c.set_defaults(func=_gradcheck_command, subparser=c)
 
+
+def _add_predict(sub):
+    """``gpugrad predict``."""
+    d = DEFAULTS
     p = sub.add_parser(
         "predict", prog="gpugrad predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         help="predict classes with a saved model; the accuracy when the data have labels",
@@ -417,11 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: CuPy when a CUDA device is usable, else numpy (default: auto)")
     p.set_defaults(func=_predict_command, subparser=p)
-
-    from . import bench
-    b = bench.add_parser(sub)
-    b.set_defaults(func=bench.command, subparser=b)
-    return parser
 
 
 def main(argv=None) -> int:
@@ -454,7 +448,7 @@ def _train_command(parser, args) -> int:
         folder = _output_folder(parser, args.out, _data_name(opts["data"], opts["data_kind"]),
                                 opts["model"], args.overwrite)
         run = None
-    backend = _backend(parser, args.backend or "auto")
+    backend = options.backend(parser, args.backend or "auto")
     try:
         return _train(parser, args, opts, folder, run, backend)
     except KeyboardInterrupt:  # before training started, or while the outputs were written
@@ -472,14 +466,6 @@ def _again(folder: Path) -> str:
     if (folder / RUN_FILE).is_file():
         return f"; start it again with: gpugrad train --resume {folder}"
     return ""
-
-
-def _backend(parser, name):
-    import gpugrad
-    try:
-        return gpugrad.get_backend(name)
-    except RuntimeError as e:
-        parser.error(f"--backend {name}: {e}")
 
 
 # The files a run writes into its folder (and --overwrite removes from an earlier run's).
@@ -603,7 +589,6 @@ def _resume_settings(parser, args):
                          f"--epochs, --backend and --quiet may change)")
     done = 0
     if (folder / CHECKPOINT_FILE).exists():
-        from .trainer import load_checkpoint
         try:
             done = load_checkpoint(folder / CHECKPOINT_FILE)["meta"]["epoch"]
         except (ValueError, KeyError, OSError) as e:
@@ -618,7 +603,6 @@ def _resume_settings(parser, args):
 
 def _load_data(opts, parser):
     """The Dataset of the run's --data. The test split is fixed (seed 0), whatever --seed says."""
-    from . import data
     kind, spec = opts["data_kind"], opts["data"]
     try:
         if kind == "digits":
@@ -650,7 +634,6 @@ def _fingerprint(X, y) -> str:
 def _make_model(opts, ds, backend):
     """The model of settings ``opts`` (model, hidden, batchnorm, dtype, seed) for the Dataset ds,
     normalising inputs by the mean and std of its training rows."""
-    from . import data, models
     mean, std = data.normalisation(ds.X_train)
     n_features, n_classes = ds.X_train.shape[1], ds.n_classes
     common = dict(dtype=opts["dtype"], backend=backend, x_mean=mean, x_std=std, seed=opts["seed"])
@@ -662,7 +645,6 @@ def _make_model(opts, ds, backend):
 
 def _make_optimizer(opts, n_train):
     """The optimiser of the run's settings; fills in the schedule's data-dependent defaults."""
-    from . import optim
     schedule = opts["schedule"]
     if schedule == "cyclical" and opts["n_s"] is None:
         opts["n_s"] = 2 * max(1, n_train // opts["batch_size"])
@@ -674,14 +656,12 @@ def _make_optimizer(opts, n_train):
 
 
 def _write_json(path: Path, obj) -> None:
-    """Write JSON atomically (``models.atomic_write``): a kill never leaves half a file."""
-    from .models import atomic_write
+    """Write JSON atomically (``saving.atomic_write``): a kill never leaves half a file."""
     text = (json.dumps(obj, indent=2) + "\n").encode()
     atomic_write(path, lambda f: f.write(text))
 
 
 def _train(parser, args, opts, folder: Path, run, backend) -> int:
-    from . import trainer as trainer_mod
 
     ds = _load_data(opts, parser)
     if run is None:
@@ -693,7 +673,6 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     val_given = ds.X_val is not None
     n_fit = len(ds.y_train)
     if not val_given and opts["validation_fraction"]:  # the trainer's own split, for the counts
-        from .data import stratified_split
         n_fit = len(stratified_split(ds.y_train, opts["validation_fraction"], opts["seed"])[0])
     n_val = len(ds.y_val) if val_given else len(ds.y_train) - n_fit
     n_test = 0 if ds.y_test is None else len(ds.y_test)
@@ -778,7 +757,6 @@ def _stopped(model, ds, folder, run, trainer, backend, opts, status, why, messag
     """A run that stopped before its last epoch (Ctrl-C, a NaN cost): write the outputs of the
     epochs its checkpoint holds (model, history, curves, run.json with the test accuracy), and
     say how far it got and what to do next. Returns the exit status."""
-    from .trainer import History, load_checkpoint
     checkpoint = folder / CHECKPOINT_FILE
     prefix = "gpugrad train: " + ("error: " + message + "; " if message else "")
     if not checkpoint.exists():
@@ -804,7 +782,6 @@ def _stopped(model, ds, folder, run, trainer, backend, opts, status, why, messag
 def _outputs(model, history, ds, folder, run, trainer, backend, stopped=None):
     """Write model.npz, history.csv/.json, the plots and run.json's result, then print the summary
     line: test accuracy, epochs, time, backend, folder."""
-    from . import models
     models.save_model(model, folder / MODEL_FILE, class_names=ds.class_names)
     history.to_csv(folder / "history.csv")
     history.to_json(folder / "history.json")
@@ -831,7 +808,6 @@ class _warnings_as_lines:
 
     def __enter__(self):
         import warnings
-        from .trainer import RisingCostWarning
         self._catch = warnings.catch_warnings()
         self._catch.__enter__()
         shown = warnings.showwarning
@@ -854,7 +830,7 @@ class _warnings_as_lines:
 
 
 def _plots(model, history, ds, folder):
-    from . import plots
+    from ..training import plots  # start-up time: plots (and matplotlib) load after training
     plots.plot_history(history.rows, folder / "curves.png")
     if model.kind == "linear" and ds.image_shape is not None:
         W = model.backend.to_numpy(model.params["W"])
@@ -875,7 +851,6 @@ def _describe_optimizer(opts) -> str:
 
 
 def _version() -> str:
-    from . import __version__
     return __version__
 
 
@@ -895,7 +870,7 @@ def _predict_command(parser, args) -> int:
         parser.error(f"--out {args.out}: folder {out.parent} does not exist")
     if out.is_dir():
         parser.error(f"--out {args.out}: is a folder; name a .csv or .npy file")
-    backend = _backend(parser, args.backend)
+    backend = options.backend(parser, args.backend)
     model = _load_predict_model(parser, args.model, backend)
     X, labels, what = _predict_data(parser, args.data)
     if X.shape[1] != model.n_features:
@@ -920,7 +895,6 @@ def _predict_command(parser, args) -> int:
 
 def _load_predict_model(parser, spec, backend):
     """The model of MODEL: a model .npz, or a gpugrad train folder (its model.npz)."""
-    from . import models
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / MODEL_FILE).is_file():
@@ -940,7 +914,6 @@ def _load_predict_model(parser, spec, backend):
 def _predict_data(parser, spec):
     """(X, labels as strings or None, a description) of DATA: digits' test split, a CIFAR-10
     folder's test_batch, or an .npz's X (and y, when it has one)."""
-    from . import data
     path = Path(spec).expanduser()
     try:
         if spec == "digits":
@@ -961,10 +934,8 @@ def _predict_data(parser, spec):
 
 def _npz_rows(path: Path):
     """X (checked) and y as label strings, or None, of an .npz file (no pickles)."""
-    from . import data
-    from .models import _not_npz
     with open(path, "rb") as f:
-        kind = _not_npz(f.read(64))
+        kind = not_npz_kind(f.read(64))
     if kind is not None:
         raise ValueError(f"{kind}, not an .npz archive")
     try:
@@ -995,7 +966,6 @@ def _predict_indices(model, X, batch=8192):
 def _write_predictions(out: Path, predicted, labels):
     """.csv: a header, then one line per row (prediction, and the label when known); .npy: the
     predicted labels as an array (integers when every class name is one). Written atomically."""
-    from .models import atomic_write
     if out.suffix.lower() == ".npy":
         try:
             array = predicted.astype(np.int64)
@@ -1014,7 +984,7 @@ def _write_predictions(out: Path, predicted, labels):
 # ---------------------------------------------------------------------------------------------
 
 def _gradcheck_command(parser, args) -> int:
-    _check_numbers(parser, args, {"n": "a positive integer", "lam": "a non-negative number",
+    options.check_numbers(parser, args, {"n": "a positive integer", "lam": "a non-negative number",
                                   "seed": "a non-negative integer", "h": "a positive number",
                                   "tol": "a positive number"})
     n, lam, seed, h, tol = args.n, args.lam, args.seed, args.h, args.tol
@@ -1026,8 +996,7 @@ def _gradcheck_command(parser, args) -> int:
         hidden = parse_hidden(args.hidden or "50")
     except ValueError as e:
         parser.error(str(e))
-    backend = _backend(parser, args.backend)
-    from . import data
+    backend = options.backend(parser, args.backend)
     ds = data.load_digits()
     if n > len(ds.y_train):
         parser.error(f"--n must be at most {len(ds.y_train)} (the digits training rows), got {n}")

@@ -55,6 +55,21 @@ def _dot(a, b) -> float:
     return float(np.einsum("ij,ij->", a, b))
 
 
+def _put_rows(A, rows, block):
+    """A[rows] = block for C-contiguous A (m, C) and block (len(rows), C): one np.put of whole rows,
+    each viewed as one opaque item (for rows of a few dozen values, several times faster than
+    assigning through a fancy index, which moves them value by value)."""
+    item = np.dtype((np.void, A.shape[1] * A.itemsize))
+    block = np.ascontiguousarray(block, dtype=A.dtype)
+    np.put(A.view(item).reshape(-1), rows, block.view(item).reshape(-1))
+
+
+def _per_row(coef, C):
+    """The (rows,) coefficients repeated into a (rows, C) array: multiplying by it is several times
+    faster than broadcasting a (rows, 1) column over short rows."""
+    return np.repeat(coef, C).reshape(-1, C)
+
+
 def _compact(Xb, present, d):
     """(cols, Xc): the sorted columns the batch's rows touch and the batch with its column indices
     renumbered into them (CSR (rows, len(cols)), sharing Xb's values). `present` is a (d,) bool
@@ -169,7 +184,7 @@ class _Scaled:
         self.a *= 1 - 2 * lr * self.lam
         Vnew = Vc - (lr / self.a) * D
         self.sq += _dot(Vnew, Vnew) - _dot(Vc, Vc)
-        self.W[cols] = Vnew
+        _put_rows(self.W, cols, Vnew)
         if self.a < 1e-6:  # fold the scale back in before V grows out of range
             self._fold()
 
@@ -213,9 +228,16 @@ class _Momentum:
         return (np.einsum("ij,ij->i", P, P), np.einsum("ij,ij->i", P, V), np.einsum("ij,ij->i", V, V))
 
     @staticmethod
-    def _apply(m, P, V):
-        """(w, v) of each row after the 2 x 2 maps m (rows, 2, 2)."""
-        return P * m[:, 0, :1] + V * m[:, 0, 1:], P * m[:, 1, :1] + V * m[:, 1, 1:]
+    def _apply(m, last, P, V):
+        """(w, v) of each row of P, V (rows, C) after the 2 x 2 map m[last[i]] (m (steps, 2, 2))."""
+        coef = np.ascontiguousarray(m.reshape(-1, 4).T, dtype=P.dtype).take(last, axis=1)  # (4, rows)
+        C = P.shape[1]
+        a, b, c, d = (_per_row(k, C) for k in coef)
+        w = P * a
+        w += V * b
+        V = V * d
+        V += P * c
+        return w, V
 
     def current(self, cols):
         self.A = self.Q @ self.Qinv[:self.r + 1]  # (r + 1, 2, 2): rows last at step s -> step r
@@ -223,7 +245,7 @@ class _Momentum:
         gram = self.gram.take(cols, axis=0)
         for k in range(3):  # out of their groups (back in at update)
             self.groups[:, k] -= np.bincount(last, weights=gram[:, k], minlength=WINDOW + 1)
-        self.P, self.Vc = self._apply(self.A.take(last, axis=0).astype(P.dtype), P, V)
+        self.P, self.Vc = self._apply(self.A, last, P, V)
         return self.P
 
     def norm2(self):
@@ -235,11 +257,18 @@ class _Momentum:
     def update(self, cols, D, lr):
         mu, c = self.mu, self.c
         P, V = self.P, self.Vc
-        g = D + c * P
+        g = P * c
+        g += D
+        g *= lr  # lr times the gradient at the batch's columns
         V *= mu
-        V -= lr * g  # the new velocity
-        P += mu * V - lr * g if self.nesterov else V
-        self.W[cols], self.V[cols] = P, V
+        V -= g  # the new velocity
+        if self.nesterov:
+            P -= g
+            P += mu * V
+        else:
+            P += V
+        _put_rows(self.W, cols, P)
+        _put_rows(self.V, cols, V)
         M = (np.array([[1 - lr * c * (1 + mu), mu * mu], [-lr * c, mu]]) if self.nesterov
              else np.array([[1 - lr * c, mu], [-lr * c, mu]]))
         self.Qinv[self.r + 1] = self.Qinv[self.r] @ np.linalg.inv(M)
@@ -247,15 +276,14 @@ class _Momentum:
         self.r += 1
         self.last[cols] = self.r
         gram = np.stack(self._grams(P, V), axis=1)
-        self.gram[cols] = gram
+        _put_rows(self.gram, cols, gram)
         self.groups[self.r] += gram.sum(axis=0)
         if self.r == WINDOW:
             self._catch_up()
 
     def _catch_up(self):
         """Every row brought to the current step; a new window begins."""
-        m = (self.Q @ self.Qinv[:self.r + 1]).take(self.last, axis=0).astype(self.W.dtype)
-        self.W[...], self.V[...] = self._apply(m, self.W, self.V)
+        self.W[...], self.V[...] = self._apply(self.Q @ self.Qinv[:self.r + 1], self.last, self.W, self.V)
         self._start_window()
 
     def finish(self):

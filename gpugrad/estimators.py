@@ -65,7 +65,7 @@ from .trainer import Trainer
 __all__ = ["SoftmaxClassifier", "SVMClassifier", "MLPClassifier"]
 
 SOLVERS = ("sgd", "adam", "lbfgs")
-LEARNING_RATES = ("constant", "invscaling", "step", "cyclical")
+LEARNING_RATES = ("constant", "invscaling", "step", "cyclical", "linear")
 PREDICT_BATCH = 65536  # rows scored at once by predict & co.: bounds the memory of S (and hidden layers)
 
 
@@ -365,6 +365,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             return optim.Constant(eta)
         if lr == "invscaling":
             return optim.InvScaling(eta, self.power_t, steps_per_epoch)
+        if lr == "linear":  # down to 0 at the end of max_iter epochs
+            return optim.Linear(eta, self.max_iter * steps_per_epoch)
         if lr == "step":  # a tenth of the rate after each third of max_iter
             return optim.StepDecay(eta, max(1, self.max_iter // 3) * steps_per_epoch, 0.1)
         # "cyclical": the course's triangle from eta/100 up to eta and back, 2 epochs each way
@@ -763,6 +765,9 @@ _COMMON_DOC = """
         learning_rate: the schedule of the stochastic solvers: "constant" (learning_rate_init),
             "invscaling" (learning_rate_init / (1 + t / steps_per_epoch) ** power_t after t
             updates: it shrinks with the epochs),
+            "linear" (learning_rate_init (1 - t / (max_iter steps_per_epoch)): down to 0 at the
+            end of max_iter epochs, and 0 after them, so partial_fit beyond max_iter epochs learns
+            nothing; for a fixed number of epochs, it reaches a given accuracy in fewer of them),
             "step" (divided by 10 after each third of max_iter epochs), "cyclical" (the course's
             triangle between learning_rate_init / 100 and learning_rate_init, 2 epochs up and 2
             down), or a ``gpugrad.optim`` schedule object (``optim.Cyclical(1e-5, 0.1, 500)``).

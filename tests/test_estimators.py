@@ -347,6 +347,7 @@ def test_early_stopping_keeps_validation_scores():
     ("invscaling", lambda t: 0.1 / (1 + t / 4) ** 0.5),
     ("step", lambda t: 0.1 * 0.1 ** (t // 8)),            # max_iter // 3 = 2 epochs of 4 steps
     ("cyclical", lambda t: 0.001 + (0.1 - 0.001) * (1 - abs(t % 16 - 8) / 8)),  # n_s = 2 epochs
+    ("linear", lambda t: 0.1 * (1 - t / 24)),                  # 0 after max_iter = 6 epochs of 4 steps
 ])
 def test_learning_rate_schedules_follow_their_formulas(learning_rate, rate):
     X, y = blobs(n=40)

@@ -707,6 +707,7 @@ class _LinearMixin:
             tol=0.0 if self.tol is None else self.tol,
             batch_size=self._batch_size(X.shape[0]),
             learning_rate_init=self.learning_rate_init, momentum=self.momentum,
+            learning_rate="linear" if self.learning_rate == "linear" else "constant",
             random_state=self._seed(), sample_weight=sample_weight,
             dtype=None if self.dtype is None else str(np.dtype(self.dtype)),
             standardize=bool(self.standardize), verbose=bool(self.verbose), classes=classes)
@@ -771,6 +772,8 @@ _COMMON_DOC = """
             "step" (divided by 10 after each third of max_iter epochs), "cyclical" (the course's
             triangle between learning_rate_init / 100 and learning_rate_init, 2 epochs up and 2
             down), or a ``gpugrad.optim`` schedule object (``optim.Cyclical(1e-5, 0.1, 500)``).
+            On a Dask array, "linear" as here and every other schedule the constant
+            learning_rate_init (``gpugrad.distributed.fit_linear``).
         max_iter, tol, n_iter_no_change: stop after max_iter epochs, or earlier when the epoch's
             cost (validation loss with early_stopping) has not improved by tol for
             n_iter_no_change epochs; tol=None never stops early. L-BFGS: gradient tolerance.

@@ -273,7 +273,8 @@ def test_estimator_on_the_emulated_device_with_device_csr(rng, monkeypatch):
 # ---- Dask ----------------------------------------------------------------------------------------
 def test_dask_array_of_sparse_chunks(rng, monkeypatch):
     """fit_linear on a Dask array whose chunks are CSR: L-BFGS reaches the in-memory optimum of the
-    same (scaled, not centred) problem; plain SGD takes the W = aV steps; predictions come back
+    same (scaled, not centred) problem; SGD takes the lazy steps (W = aV, the momentum catch-up; a
+    constant or a linear rate) the dense step takes; predictions come back
     chunk by chunk; a NaN is named by chunk, row and column."""
     da = pytest.importorskip("dask.array")
     import dask
@@ -290,8 +291,9 @@ def test_dask_array_of_sparse_chunks(rng, monkeypatch):
         assert np.allclose(fit["model"].params["W"], clf.model_.params["W"], atol=1e-5)
         pred = ggd.predict(fit["model"], fit["classes_"], A).compute()
         assert (pred == clf.predict(X.multiply(1 / std).tocsr())).all()
-        for momentum in (0.0, 0.9):
-            kw = dict(lam=1e-3, solver="sgd", momentum=momentum, learning_rate_init=0.5, max_iter=3, batch_size=20)
+        for momentum, schedule in ((0.0, "constant"), (0.9, "constant"), (0.9, "linear")):
+            kw = dict(lam=1e-3, solver="sgd", momentum=momentum, learning_rate_init=0.5, max_iter=3, batch_size=20,
+                      learning_rate=schedule)
             lazy = ggd.fit_linear(A, y, **kw)
             with monkeypatch.context() as m:
                 m.setattr(ggd, "_lazy_sgd", lambda *a: False)  # the ordinary step on the same chunks

@@ -324,7 +324,7 @@ def _chunk_summary(Xc, yc, wc, index, start, classes, moments=True):
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None)
         return out
     if _sparse.is_sparse(Xc):
-        return _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out)  # (moments: always)
+        return _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out, moments)
     problem = None
     lo = be.to_numpy(Xc.min(axis=0)).astype(np.float64)
     hi = be.to_numpy(Xc.max(axis=0)).astype(np.float64)
@@ -375,10 +375,10 @@ def _label_problem(y, start, classes, wc, be):
     return None
 
 
-def _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out):
+def _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out, moments=True):
     """``_chunk_summary`` of a sparse chunk, from its stored values only: the first NaN/Inf named
-    by row and column, and the per-column (mean, M2) over all its rows, zeros included, for the
-    scale (the mean itself is not used: sparse X is scaled, never centred)."""
+    by row and column, and with ``moments`` the per-column (mean, M2) over all its rows, zeros
+    included, for the scale (the mean itself is not used: sparse X is scaled, never centred)."""
     Xc = _sparse.as_csr(Xc)
     be = backend_for(Xc.data)
     bad = _sparse.first_nonfinite(Xc)
@@ -390,6 +390,9 @@ def _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out):
     problem = problem or _label_problem(y, start, classes, wc, be)
     if problem is not None:
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None, problem=(index, problem))
+        return out
+    if not moments:
+        out.update(mean=0.0, m2=0.0, lo=-np.inf, hi=np.inf, labels=np.unique(y))
         return out
     n = Xc.shape[0]
     std = _sparse.column_scale(Xc)  # 1 for a constant column

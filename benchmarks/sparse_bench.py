@@ -53,10 +53,10 @@ from sparse_data import make_text, split, stored_bytes  # noqa: E402
 LR_SOLVERS = ("sag", "saga", "lbfgs", "newton-cg")
 # gpugrad's settings for the text data: Nesterov momentum 0.95, the rate falling linearly to 0 at
 # the end of the last epoch, float32; a fixed number of epochs (max_iter) without a tolerance.
-SOFTMAX = dict(solver="sgd", batch_size=500, learning_rate="linear", learning_rate_init=50.0, momentum=0.95,
-               max_iter=3, tol=None, dtype="float32")
-SVM = dict(solver="sgd", batch_size=500, learning_rate="linear", learning_rate_init=2.0, momentum=0.95,
-           max_iter=3, tol=None, dtype="float32", alpha=1e-4)
+SOFTMAX = dict(solver="sgd", batch_size=500, learning_rate="linear", learning_rate_init=80.0, momentum=0.95,
+               max_iter=2, tol=None, dtype="float32")
+SVM = dict(solver="sgd", batch_size=300, learning_rate="linear", learning_rate_init=1.5, momentum=0.95,
+           max_iter=2, tol=None, dtype="float32", alpha=1e-4)
 DASK_SVM = dict(loss="svm", solver="sgd", batch_size=500, learning_rate="linear", learning_rate_init=2.0,
                 momentum=0.9, max_iter=2, dtype="float32", standardize=False)
 

@@ -442,6 +442,21 @@ def test_dask_arrays_train_through_gpugrad_distributed():
                                        atol=1e-4)
 
 
+def test_dask_fit_takes_the_linear_learning_rate():
+    """learning_rate="linear" reaches local SGD on a Dask array (other schedules: the constant rate)."""
+    da = deps.require("dask.array")
+    from gpugrad import distributed
+    X, y = blobs(n=80)
+    Xd, yd = da.from_array(X, chunks=40), da.from_array(y, chunks=40)
+    clf = SVMClassifier(solver="sgd", learning_rate="linear", learning_rate_init=0.1, batch_size=10, max_iter=2,
+                        tol=None, random_state=0, backend="numpy", dtype="float64").fit(Xd, yd)
+    kw = dict(loss="svm", lam=clf.alpha / 2, solver="sgd", batch_size=10, learning_rate_init=0.1, max_iter=2,
+              tol=0.0, random_state=clf._seed(), dtype="float64", standardize=False)
+    for rate, same in (("linear", True), ("constant", False)):
+        W = distributed.fit_linear(Xd, yd, learning_rate=rate, **kw)["model"].params["W"]
+        assert np.allclose(W, clf.model_.params["W"], rtol=1e-12) == same
+
+
 def test_dask_class_and_sample_weights_match_the_in_memory_fit():
     da = deps.require("dask.array")
     X, y = blobs(n=60)

@@ -311,8 +311,8 @@ class _Momentum:
     def _catch_up(self):
         """Every row brought to the current step; a new window begins."""
         m = self.Q @ self.Qinv[:self.r + 1]
-        step = max(self.scratch.buffers["w"].shape[0] if "w" in self.scratch.buffers else 0, 4096)
-        for a in range(0, self.W.shape[0], step):  # a block at a time, in the step's work arrays
+        step = max(len(self.scratch.buffers.get("w", ())), 4096)
+        for a in range(0, self.W.shape[0], step):  # a block at a time, in the steps' work arrays
             rows = slice(a, a + step)
             n = len(self.last[rows])
             w, v = self.scratch.get("w", n, self.W.shape[1]), self.scratch.get("v", n, self.W.shape[1])

@@ -14,10 +14,10 @@ same test rows through its own predict.
 - LogisticRegression (multinomial, C = 1, scikit-learn's defaults) with each solver of
   ``--lr-solvers``, each once; the fastest is the peer of the rounds.
   SoftmaxClassifier: the same objective (alpha = 1 / (C n)) by mini-batch SGD with Nesterov
-  momentum (``SOFTMAX``), float32, a fixed number of epochs.
+  momentum and a rate falling linearly to 0 (``SOFTMAX``), float32, a fixed number of epochs.
 - SGDClassifier(loss="hinge") (scikit-learn's defaults: alpha 1e-4, plain SGD one class against
   the rest, until its tolerance). SVMClassifier: the multi-class hinge at the same alpha, mini-batch
-  SGD with Nesterov momentum (``SVM``), float32.
+  SGD with Nesterov momentum and the linear rate (``SVM``), float32.
 - Rounds alternate peer and gpugrad, ``--rounds`` of them: each row of the table is a median, the
   ratio is gpugrad's median over the peer's, both taken side by side.
 - Peak memory of gpugrad's fits (tracemalloc, a separate untimed fit): the largest amount of memory
@@ -25,7 +25,8 @@ same test rows through its own predict.
   values and indices.
 - ``--dask``: the training rows as a Dask array of CSR chunks (``--chunk`` rows each) persisted on a
   2-worker LocalCluster (one thread each): ``gpugrad.distributed.fit_linear`` (the hinge, local SGD
-  with momentum, parameters averaged once an epoch; the rows as they are, ``standardize=False``)
+  with momentum and the linear rate, parameters averaged once an epoch; the rows as they are,
+  ``standardize=False``)
   against dask-ml's ``Incremental(SGDClassifier(loss="hinge"))`` (one ``partial_fit`` a block, in
   order); skipped, with a line saying so, where dask-ml is not installed.
 """
@@ -50,14 +51,14 @@ import gpugrad as gg  # noqa: E402
 from sparse_data import make_text, split, stored_bytes  # noqa: E402
 
 LR_SOLVERS = ("sag", "saga", "lbfgs", "newton-cg")
-# gpugrad's settings for the text data: Nesterov momentum 0.9, the rate decaying as
-# rate / sqrt(1 + epoch), float32; a fixed number of epochs (max_iter) without a tolerance.
-SOFTMAX = dict(solver="sgd", batch_size=500, learning_rate="invscaling", learning_rate_init=30.0, momentum=0.9,
-               max_iter=5, tol=None, dtype="float32")
-SVM = dict(solver="sgd", batch_size=500, learning_rate="invscaling", learning_rate_init=1.0, momentum=0.9,
-           max_iter=5, tol=None, dtype="float32", alpha=1e-4)
-DASK_SVM = dict(loss="svm", solver="sgd", batch_size=500, learning_rate_init=1.0, momentum=0.9, max_iter=2,
-                dtype="float32", standardize=False)
+# gpugrad's settings for the text data: Nesterov momentum 0.95, the rate falling linearly to 0 at
+# the end of the last epoch, float32; a fixed number of epochs (max_iter) without a tolerance.
+SOFTMAX = dict(solver="sgd", batch_size=500, learning_rate="linear", learning_rate_init=80.0, momentum=0.95,
+               max_iter=2, tol=None, dtype="float32")
+SVM = dict(solver="sgd", batch_size=300, learning_rate="linear", learning_rate_init=1.5, momentum=0.95,
+           max_iter=2, tol=None, dtype="float32", alpha=1e-4)
+DASK_SVM = dict(loss="svm", solver="sgd", batch_size=500, learning_rate="linear", learning_rate_init=2.0,
+                momentum=0.9, max_iter=2, dtype="float32", standardize=False)
 
 
 def log(*a):

@@ -335,6 +335,8 @@ def test_bad_options_and_shapes_are_refused_by_name(problem):
     X, y, _, _, _, _ = problem
     with pytest.raises(ValueError, match="unknown solver 'newton'"):
         ggd.fit_linear(X, y, solver="newton")
+    with pytest.raises(ValueError, match=r"learning_rate must be one of \('constant', 'linear'\), got 'cosine'"):
+        ggd.fit_linear(X, y, solver="sgd", learning_rate="cosine")
     with pytest.raises(ValueError, match="chunked by rows only"):
         ggd.fit_linear(X.rechunk((500, 4)), y)
     with pytest.raises(ValueError, match=r"y must have shape \(4000,\)"):

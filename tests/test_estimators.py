@@ -347,6 +347,7 @@ def test_early_stopping_keeps_validation_scores():
     ("invscaling", lambda t: 0.1 / (1 + t / 4) ** 0.5),
     ("step", lambda t: 0.1 * 0.1 ** (t // 8)),            # max_iter // 3 = 2 epochs of 4 steps
     ("cyclical", lambda t: 0.001 + (0.1 - 0.001) * (1 - abs(t % 16 - 8) / 8)),  # n_s = 2 epochs
+    ("linear", lambda t: 0.1 * (1 - t / 24)),                  # 0 after max_iter = 6 epochs of 4 steps
 ])
 def test_learning_rate_schedules_follow_their_formulas(learning_rate, rate):
     X, y = blobs(n=40)
@@ -439,6 +440,21 @@ def test_dask_arrays_train_through_gpugrad_distributed():
             in_memory = E(**kw).fit(X, y)
             np.testing.assert_allclose(on_dask.predict_proba(Xd).compute(), in_memory.predict_proba(X),
                                        atol=1e-4)
+
+
+def test_dask_fit_takes_the_linear_learning_rate():
+    """learning_rate="linear" reaches local SGD on a Dask array (other schedules: the constant rate)."""
+    da = deps.require("dask.array")
+    from gpugrad import distributed
+    X, y = blobs(n=80)
+    Xd, yd = da.from_array(X, chunks=40), da.from_array(y, chunks=40)
+    clf = SVMClassifier(solver="sgd", learning_rate="linear", learning_rate_init=0.1, batch_size=10, max_iter=2,
+                        tol=None, random_state=0, backend="numpy", dtype="float64").fit(Xd, yd)
+    kw = dict(loss="svm", lam=clf.alpha / 2, solver="sgd", batch_size=10, learning_rate_init=0.1, max_iter=2,
+              tol=0.0, random_state=clf._seed(), dtype="float64", standardize=False)
+    for rate, same in (("linear", True), ("constant", False)):
+        W = distributed.fit_linear(Xd, yd, learning_rate=rate, **kw)["model"].params["W"]
+        assert np.allclose(W, clf.model_.params["W"], rtol=1e-12) == same
 
 
 def test_dask_class_and_sample_weights_match_the_in_memory_fit():

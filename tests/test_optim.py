@@ -61,7 +61,8 @@ def test_schedules():
     s = optim.Cyclical(1e-5, 1e-1, 500)  # the course's second assignment
     assert s(0) == 1e-5 and s(500) == pytest.approx(1e-1) and s(1000) == pytest.approx(1e-5)
     assert s(250) == pytest.approx((1e-5 + 1e-1) / 2) and s(1750) == pytest.approx((1e-5 + 1e-1) / 2)
-    for sched in (optim.Constant(0.3), optim.StepDecay(1.0, 3), s):
+    assert [optim.Linear(2.0, 4)(t) for t in (0, 1, 3, 4, 9)] == pytest.approx([2, 1.5, 0.5, 0, 0])
+    for sched in (optim.Constant(0.3), optim.StepDecay(1.0, 3), s, optim.Linear(2.0, 4)):
         assert optim.make_schedule(sched.config()).config() == sched.config()
 
 

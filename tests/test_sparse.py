@@ -156,6 +156,24 @@ def test_sgd_on_sparse_X_takes_the_same_steps(loss, scaled, momentum, nesterov, 
         assert all(np.allclose(slots[k], runs[2][3][k], rtol=1e-10, atol=1e-14) for k in slots)
 
 
+def test_lazy_momentum_catch_up_over_more_columns_than_one_block(rng, monkeypatch):
+    """The catch-up brings W and V up to date a block of rows at a time (d = 9,000: three blocks);
+    the same weights and velocities as the dense step."""
+    monkeypatch.setattr(sparse_sgd, "WINDOW", 3)
+    X, y, *_ = awkward(rng, n=40, d=9000, C=3)
+    out = []
+    for lazy in (True, False):
+        m = gg.models.LinearClassifier(X.shape[1], 3, "svm", backend="numpy", dtype="float64", seed=1)
+        opt = gg.optim.SGD(0.5, momentum=0.9, nesterov=True)
+        t = gg.Trainer(m, opt, epochs=2, batch_size=10, lam=0.01, progress=False)
+        if not lazy:
+            t._sparse_epoch = t._epoch
+        out.append((np.array(t.fit(X, y)["cost"]), m.params["W"].copy(), opt.slots["velocity/W"].copy()))
+    assert np.allclose(out[0][0], out[1][0], rtol=1e-12)
+    assert np.allclose(out[0][1], out[1][1], rtol=1e-10, atol=1e-14)
+    assert np.allclose(out[0][2], out[1][2], rtol=1e-10, atol=1e-14)
+
+
 def test_lazy_path_applies_only_where_it_is_exact(rng):
     X, *_ = awkward(rng)
     m = gg.models.LinearClassifier(40, 4, backend="numpy")
@@ -273,7 +291,8 @@ def test_estimator_on_the_emulated_device_with_device_csr(rng, monkeypatch):
 # ---- Dask ----------------------------------------------------------------------------------------
 def test_dask_array_of_sparse_chunks(rng, monkeypatch):
     """fit_linear on a Dask array whose chunks are CSR: L-BFGS reaches the in-memory optimum of the
-    same (scaled, not centred) problem; plain SGD takes the W = aV steps; predictions come back
+    same (scaled, not centred) problem; SGD takes the lazy steps (W = aV, the momentum catch-up; a
+    constant or a linear rate) the dense step takes; predictions come back
     chunk by chunk; a NaN is named by chunk, row and column."""
     da = pytest.importorskip("dask.array")
     import dask
@@ -290,8 +309,9 @@ def test_dask_array_of_sparse_chunks(rng, monkeypatch):
         assert np.allclose(fit["model"].params["W"], clf.model_.params["W"], atol=1e-5)
         pred = ggd.predict(fit["model"], fit["classes_"], A).compute()
         assert (pred == clf.predict(X.multiply(1 / std).tocsr())).all()
-        for momentum in (0.0, 0.9):
-            kw = dict(lam=1e-3, solver="sgd", momentum=momentum, learning_rate_init=0.5, max_iter=3, batch_size=20)
+        for momentum, schedule in ((0.0, "constant"), (0.9, "constant"), (0.9, "linear")):
+            kw = dict(lam=1e-3, solver="sgd", momentum=momentum, learning_rate_init=0.5, max_iter=3, batch_size=20,
+                      learning_rate=schedule)
             lazy = ggd.fit_linear(A, y, **kw)
             with monkeypatch.context() as m:
                 m.setattr(ggd, "_lazy_sgd", lambda *a: False)  # the ordinary step on the same chunks

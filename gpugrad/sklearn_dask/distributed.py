@@ -48,8 +48,9 @@ Solvers (``solver=``):
   the optimiser, and after one pass over its rows (or every ``sync_every`` steps) the
   parameters and optimiser states are averaged, weighted by the rows each chunk used. This
   converges to a neighbourhood of the same minimiser whose size shrinks with the learning rate
-  and with more frequent averaging; with chunks of similar content (shuffled data) a few epochs
-  reach the test accuracy of the exact optimum. Use it for very large data where one or a few
+  and with more frequent averaging (``learning_rate="linear"`` shrinks it to 0 by the last
+  epoch); with chunks of similar content (shuffled data) a few epochs reach the test accuracy
+  of the exact optimum. Use it for very large data where one or a few
   passes must do; prefer ``"lbfgs"`` when the chunks differ systematically (e.g. data sorted by
   class: each chunk then drifts to its own optimum between averagings).
 
@@ -86,7 +87,7 @@ from ..engine.ops import stable_softmax
 from ..training.trainer import Plateau
 from ..training import sparse_sgd
 from ..training.models import LinearClassifier
-from ..training.optim import SGD, Adam, lbfgs
+from ..training.optim import SGD, Adam, Linear, lbfgs
 from ..engine import sparse as _sparse
 from ..backends import backend_for, is_cupy_array, to_host
 from ..backends.arrays import is_dask_collection
@@ -94,6 +95,7 @@ from ..backends.arrays import is_dask_collection
 __all__ = ["is_dask_collection", "fit_linear", "decision_function", "predict", "predict_proba"]
 
 SOLVERS = ("lbfgs", "sgd", "adam", "auto")
+LEARNING_RATES = ("constant", "linear")   # the mini-batch solvers' schedules (optim.Constant, optim.Linear)
 AUTO_STEPS = 250        # "auto": the mini-batch steps each chunk's model takes (one epoch of 50,000 rows)
 AUTO_MAX_EPOCHS = 4     # "auto": local SGD when AUTO_STEPS take at most this many epochs, else L-BFGS
 TREE_FAN_IN = 8     # partial sums added 8 at a time: depth log_8(chunks), no single hot task
@@ -314,7 +316,7 @@ def _chunk_summary(Xc, yc, wc, index, start, classes, moments=True):
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None)
         return out
     if _sparse.is_sparse(Xc):
-        return _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out)  # (moments: always)
+        return _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out, moments)
     problem = None
     lo = be.to_numpy(Xc.min(axis=0)).astype(np.float64)
     hi = be.to_numpy(Xc.max(axis=0)).astype(np.float64)
@@ -365,10 +367,10 @@ def _label_problem(y, start, classes, wc, be):
     return None
 
 
-def _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out):
+def _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out, moments=True):
     """``_chunk_summary`` of a sparse chunk, from its stored values only: the first NaN/Inf named
-    by row and column, and the per-column (mean, M2) over all its rows, zeros included, for the
-    scale (the mean itself is not used: sparse X is scaled, never centred)."""
+    by row and column, and with ``moments`` the per-column (mean, M2) over all its rows, zeros
+    included, for the scale (the mean itself is not used: sparse X is scaled, never centred)."""
     Xc = _sparse.as_csr(Xc)
     be = backend_for(Xc.data)
     bad = _sparse.first_nonfinite(Xc)
@@ -380,6 +382,9 @@ def _sparse_chunk_summary(Xc, yc, wc, index, start, classes, out):
     problem = problem or _label_problem(y, start, classes, wc, be)
     if problem is not None:
         out.update(mean=0.0, m2=0.0, lo=np.inf, hi=-np.inf, labels=None, problem=(index, problem))
+        return out
+    if not moments:
+        out.update(mean=0.0, m2=0.0, lo=-np.inf, hi=np.inf, labels=np.unique(y))
         return out
     n = Xc.shape[0]
     std = _sparse.column_scale(Xc)  # 1 for a constant column
@@ -603,7 +608,7 @@ def _add_steps(*parts):
 # ---- fitting --------------------------------------------------------------------------------------
 
 def _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_init, momentum,
-                   sync_every, dtype):
+                   sync_every, dtype, learning_rate="constant"):
     _validation.check_loss_name(loss)
     lam = _validation.check_lam(lam)
     if solver not in SOLVERS:
@@ -616,6 +621,8 @@ def _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_i
     checks.number("tol", tol, convert=float, finite=False, low=0, what=">= 0")
     checks.number("learning_rate_init", learning_rate_init, convert=float, finite=False, low=0,
                  low_open=True, what="> 0")
+    if learning_rate not in LEARNING_RATES:
+        raise ValueError(f"learning_rate must be one of {LEARNING_RATES}, got {learning_rate!r}")
     checks.number("momentum", momentum, convert=float, finite=False, low=0, high=1, high_open=True,
                  what="in [0, 1)")
     if dtype is None:
@@ -634,7 +641,7 @@ def _default_dtype(X):
 
 def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, tol=1e-4,
                batch_size=200, learning_rate_init=0.01, momentum=0.9, sync_every=None,
-               random_state=0, sample_weight=None, dtype=None, standardize=True, verbose=False,
+               learning_rate="constant", random_state=0, sample_weight=None, dtype=None, standardize=True, verbose=False,
                classes=None, callback=None):
     """Train a ``LinearClassifier`` on a Dask array across the current cluster.
 
@@ -651,8 +658,11 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
             stop once the epoch's mean cost has not improved by ``tol`` for 10 epochs);
             sgd uses ``momentum`` (0: plain SGD); "auto": a few epochs of "sgd" on large chunks,
             else "lbfgs". See the module docstring for which to use.
-        batch_size, learning_rate_init, sync_every: the mini-batch solvers' batch rows, constant
-            learning rate, and steps between averagings (None: once an epoch).
+        batch_size, learning_rate_init, sync_every: the mini-batch solvers' batch rows, learning
+            rate, and steps between averagings (None: once an epoch).
+        learning_rate: "constant" (learning_rate_init throughout) or "linear" (down in a straight
+            line from learning_rate_init to 0 at the end of max_iter epochs, ``optim.Linear``:
+            for a fixed number of epochs, fewer of them reach a given accuracy).
         random_state: seed of the initial W (``LinearClassifier(..., seed=random_state)``) and of
             the mini-batch orders.
         sample_weight: (n,) weights >= 0 or None.
@@ -672,7 +682,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
 
     _check_X(X)
     lam, dtype = _check_options(loss, lam, solver, max_iter, tol, batch_size, learning_rate_init,
-                                momentum, sync_every, dtype)
+                                momentum, sync_every, dtype, learning_rate)
     y = _as_rows_like(y, X, "y")
     w = _as_rows_like(sample_weight, X, "sample_weight")
     if classes is not None:
@@ -738,7 +748,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
         params, n_iter, losses = _local_sgd(blocks, ranges, params0, x_mean, x_std, placement,
                                             loss=loss, lam=lam, dtype=dtype,
                                             solver="adam" if solver == "adam" else "sgd",
-                                            lr=float(learning_rate_init),
+                                            lr=float(learning_rate_init), learning_rate=learning_rate,
                                             momentum=0.0 if solver == "adam" else float(momentum),
                                             batch_size=int(batch_size), sync_every=sync_every,
                                             max_iter=int(max_iter), tol=float(tol),
@@ -763,10 +773,16 @@ def _auto_solver(ranges, batch_size, max_iter):
 
 
 def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, dtype, solver, lr,
-               momentum, batch_size, sync_every, max_iter, tol, seed, report, stop_early=True):
+               momentum, batch_size, sync_every, max_iter, tol, seed, report, stop_early=True,
+               learning_rate="constant"):
     """Epochs of per-chunk mini-batch steps and weighted averaging; (params, epochs, loss curve).
-    Without ``stop_early`` it runs max_iter epochs whatever the cost does."""
+    Without ``stop_early`` it runs max_iter epochs whatever the cost does. The chunks' steps share
+    the update count t (each round starts from the largest), hence the learning rate."""
     steps_per_epoch = max(-(-(b - a) // batch_size) for a, b in ranges)
+    if learning_rate == "linear":
+        schedule = Linear(lr, max_iter * steps_per_epoch)
+    else:
+        schedule = lr
     slots = 2 if solver == "adam" else int(momentum > 0)
     part_bytes = 8 * (1 + slots) * sum(v.size for v in params0.values())
     per_round = sync_every or steps_per_epoch
@@ -777,7 +793,7 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
     for epoch in range(max_iter):
         cost = rows = 0.0
         for r in range(rounds):
-            args = [(xb, yb, wb, dict(loss=loss, lam=lam, dtype=dtype, solver=solver, lr=lr,
+            args = [(xb, yb, wb, dict(loss=loss, lam=lam, dtype=dtype, solver=solver, lr=schedule,
                                       momentum=momentum, batch_size=batch_size,
                                       seed=[seed_root, epoch, i], first_step=r * per_round,
                                       n_steps=per_round))

@@ -24,7 +24,7 @@ import numpy as np
 from .. import checks
 from ..backends import backend_for
 
-__all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "make_schedule", "SGD", "Adam", "make_optimizer",
+__all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "Linear", "make_schedule", "SGD", "Adam", "make_optimizer",
            "lbfgs", "OPTIMIZERS", "SCHEDULES"]
 
 
@@ -123,7 +123,29 @@ class InvScaling:
                 "steps_per_epoch": self.steps_per_epoch}
 
 
-SCHEDULES = {"constant": Constant, "step": StepDecay, "cyclical": Cyclical, "invscaling": InvScaling}
+class Linear:
+    """eta_t = eta0 (1 - t / total): the rate falls in a straight line to 0 after ``total`` updates
+    (and stays 0). For a run of known length, the small last steps average the noise of the
+    mini-batch gradients out, which reaches a given accuracy in fewer epochs than invscaling.
+
+        >>> s = Linear(1.0, total=4)
+        >>> [s(t) for t in range(6)]
+        [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+    """
+
+    def __init__(self, eta0, total):
+        self.eta0 = _positive("eta0", eta0, allow_zero=True)
+        self.total = _positive_int("total", total, "a positive integer (updates to reach 0)")
+
+    def __call__(self, t: int) -> float:
+        return self.eta0 * max(0.0, 1.0 - t / self.total)
+
+    def config(self) -> dict:
+        return {"schedule": "linear", "eta0": self.eta0, "total": self.total}
+
+
+SCHEDULES = {"constant": Constant, "step": StepDecay, "cyclical": Cyclical, "invscaling": InvScaling,
+             "linear": Linear}
 
 
 def make_schedule(spec):

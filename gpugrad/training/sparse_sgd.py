@@ -55,15 +55,50 @@ def _dot(a, b) -> float:
     return float(np.einsum("ij,ij->", a, b))
 
 
-def _compact(Xb, present, d):
+def _put_rows(A, rows, block):
+    """A[rows] = block for C-contiguous A (m, C) and block (len(rows), C): one np.put of whole rows,
+    each viewed as one opaque item (for rows of a few dozen values, several times faster than
+    assigning through a fancy index, which moves them value by value)."""
+    item = np.dtype((np.void, A.shape[1] * A.itemsize))
+    block = np.ascontiguousarray(block, dtype=A.dtype)
+    np.put(A.view(item).reshape(-1), rows, block.view(item).reshape(-1))
+
+
+class _Scratch:
+    """Work arrays kept from step to step, (rows, width) views of buffers that grow on demand.
+
+    A step's arrays are a few hundred kB to a few MB each; allocated afresh, each would be fresh
+    pages from the system wherever malloc hands large blocks back on free, as it does in a Dask
+    worker (MALLOC_TRIM_THRESHOLD_): three times slower steps there."""
+
+    def __init__(self, dtype):
+        self.dtype, self.buffers = dtype, {}
+
+    def get(self, name, rows, width, dtype=None):
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape[0] < rows:
+            buf = self.buffers[name] = np.empty((max(rows, 1024), width), dtype or self.dtype)
+        return buf[:rows]
+
+    def per_row(self, name, coef, C):
+        """The (rows,) coefficients repeated into a (rows, C) array: multiplying by it is several
+        times faster than broadcasting a (rows, 1) column over short rows."""
+        out = self.get(name, len(coef), C)
+        np.copyto(out, coef[:, None])
+        return out
+
+
+def _compact(Xb, present, d, pos=None):
     """(cols, Xc): the sorted columns the batch's rows touch and the batch with its column indices
     renumbered into them (CSR (rows, len(cols)), sharing Xb's values). `present` is a (d,) bool
-    scratch array, all False, left all False."""
+    scratch array, all False, left all False; `pos` a (d,) integer scratch array (any values)."""
     present[Xb.indices] = True
     cols = np.flatnonzero(present)
-    local = np.cumsum(present, dtype=Xb.indices.dtype).take(Xb.indices)  # column -> its place among cols, + 1
-    local -= 1
     present[cols] = False
+    if pos is None:
+        pos = np.empty(d, dtype=Xb.indices.dtype)
+    pos[cols] = np.arange(len(cols), dtype=pos.dtype)  # column -> its place among cols
+    local = pos.take(Xb.indices).astype(Xb.indices.dtype, copy=False)
     Xc = type(Xb)((Xb.data, local, Xb.indptr), shape=(Xb.shape[0], len(cols)))
     return cols, Xc
 
@@ -131,10 +166,11 @@ class _Steps:
         self.inv_std = None if x_std is None else (1 / x_std)[:, None]
         self.order, self.batch_size = order, batch_size
         self.present = np.zeros(d, dtype=bool)
+        self.pos = np.empty(d, dtype=X.indices.dtype)
 
     def batch(self, i):
         rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
-        cols, Xc = _compact(self.X[rows], self.present, self.present.shape[0])
+        cols, Xc = _compact(self.X[rows], self.present, self.present.shape[0], self.pos)
         return cols, Xc, rows
 
     def gradient(self, Xc, rows, Wc, cols):
@@ -169,7 +205,7 @@ class _Scaled:
         self.a *= 1 - 2 * lr * self.lam
         Vnew = Vc - (lr / self.a) * D
         self.sq += _dot(Vnew, Vnew) - _dot(Vc, Vc)
-        self.W[cols] = Vnew
+        _put_rows(self.W, cols, Vnew)
         if self.a < 1e-6:  # fold the scale back in before V grows out of range
             self._fold()
 
@@ -192,6 +228,7 @@ class _Momentum:
         self.out = (W, V)
         self.W, self.V = np.ascontiguousarray(W.T), np.ascontiguousarray(V.T)
         self.mu, self.nesterov, self.c = mu, nesterov, 2 * lam
+        self.scratch = _Scratch(self.W.dtype)
         self.last = np.zeros(W.shape[1], dtype=np.int64)  # the window's step each row is at
         self.gram = np.zeros((W.shape[1], 3))  # each row's (w.w, w.v, v.v) at its last step
         self._start_window()
@@ -212,18 +249,28 @@ class _Momentum:
         """w.w, w.v and v.v of each row of P, V (rows, C)."""
         return (np.einsum("ij,ij->i", P, P), np.einsum("ij,ij->i", P, V), np.einsum("ij,ij->i", V, V))
 
-    @staticmethod
-    def _apply(m, P, V):
-        """(w, v) of each row after the 2 x 2 maps m (rows, 2, 2)."""
-        return P * m[:, 0, :1] + V * m[:, 0, 1:], P * m[:, 1, :1] + V * m[:, 1, 1:]
+    def _apply(self, m, last, P, V, w, v):
+        """w, v (rows, C) = each row of P, V after the 2 x 2 map m[last[i]] (m (steps, 2, 2))."""
+        table = np.ascontiguousarray(m.reshape(-1, 4).T, dtype=P.dtype)  # (4, steps)
+        C, tmp = P.shape[1], self.scratch.get("tmp", len(last), P.shape[1])
+        k = lambda i: self.scratch.per_row("coef", table[i].take(last), C)  # noqa: E731
+        np.multiply(P, k(0), out=w)
+        w += np.multiply(V, k(1), out=tmp)
+        np.multiply(V, k(3), out=v)
+        v += np.multiply(P, k(2), out=tmp)
 
     def current(self, cols):
         self.A = self.Q @ self.Qinv[:self.r + 1]  # (r + 1, 2, 2): rows last at step s -> step r
-        P, V, last = self.W.take(cols, axis=0), self.V.take(cols, axis=0), self.last.take(cols)
-        gram = self.gram.take(cols, axis=0)
+        n, C, sc = len(cols), self.W.shape[1], self.scratch
+        P0, V0 = sc.get("w0", n, C), sc.get("v0", n, C)
+        self.W.take(cols, axis=0, out=P0, mode="clip")  # (clip: no buffered copy; cols are in range)
+        self.V.take(cols, axis=0, out=V0, mode="clip")
+        last = self.last.take(cols)
+        gram = self.gram.take(cols, axis=0, out=sc.get("gram", n, 3, np.float64), mode="clip")
         for k in range(3):  # out of their groups (back in at update)
             self.groups[:, k] -= np.bincount(last, weights=gram[:, k], minlength=WINDOW + 1)
-        self.P, self.Vc = self._apply(self.A.take(last, axis=0).astype(P.dtype), P, V)
+        self.P, self.Vc = sc.get("w", n, C), sc.get("v", n, C)
+        self._apply(self.A, last, P0, V0, self.P, self.Vc)
         return self.P
 
     def norm2(self):
@@ -235,27 +282,42 @@ class _Momentum:
     def update(self, cols, D, lr):
         mu, c = self.mu, self.c
         P, V = self.P, self.Vc
-        g = D + c * P
+        g = np.multiply(P, c, out=self.scratch.get("tmp", len(cols), P.shape[1]))
+        g += D
+        g *= lr  # lr times the gradient at the batch's columns
         V *= mu
-        V -= lr * g  # the new velocity
-        P += mu * V - lr * g if self.nesterov else V
-        self.W[cols], self.V[cols] = P, V
+        V -= g  # the new velocity
+        if self.nesterov:
+            P -= g
+            P += np.multiply(V, mu, out=g)
+        else:
+            P += V
+        _put_rows(self.W, cols, P)
+        _put_rows(self.V, cols, V)
         M = (np.array([[1 - lr * c * (1 + mu), mu * mu], [-lr * c, mu]]) if self.nesterov
              else np.array([[1 - lr * c, mu], [-lr * c, mu]]))
         self.Qinv[self.r + 1] = self.Qinv[self.r] @ np.linalg.inv(M)
         self.Q = M @ self.Q
         self.r += 1
         self.last[cols] = self.r
-        gram = np.stack(self._grams(P, V), axis=1)
-        self.gram[cols] = gram
+        gram = self.scratch.get("gram", len(cols), 3, np.float64)
+        for k, dots in enumerate(self._grams(P, V)):
+            gram[:, k] = dots
+        _put_rows(self.gram, cols, gram)
         self.groups[self.r] += gram.sum(axis=0)
         if self.r == WINDOW:
             self._catch_up()
 
     def _catch_up(self):
         """Every row brought to the current step; a new window begins."""
-        m = (self.Q @ self.Qinv[:self.r + 1]).take(self.last, axis=0).astype(self.W.dtype)
-        self.W[...], self.V[...] = self._apply(m, self.W, self.V)
+        m = self.Q @ self.Qinv[:self.r + 1]
+        step = max(len(self.scratch.buffers.get("w", ())), 4096)
+        for a in range(0, self.W.shape[0], step):  # a block at a time, in the steps' work arrays
+            rows = slice(a, a + step)
+            n = len(self.last[rows])
+            w, v = self.scratch.get("w", n, self.W.shape[1]), self.scratch.get("v", n, self.W.shape[1])
+            self._apply(m, self.last[rows], self.W[rows], self.V[rows], w, v)
+            self.W[rows], self.V[rows] = w, v
         self._start_window()
 
     def finish(self):

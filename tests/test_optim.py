@@ -66,6 +66,24 @@ def test_schedules():
         assert optim.make_schedule(sched.config()).config() == sched.config()
 
 
+def test_epoch_schedules_follow_their_formulas_in_steps():
+    """The estimators' learning_rate names, counted in steps of 5 per epoch over 9 epochs: checked
+    against each formula written out; a schedule object passes through; an unknown name is named."""
+    steps = 5
+    const = optim.epoch_schedule("constant", 0.1, steps, epochs=9)
+    assert [const(t) for t in (0, 44)] == [0.1, 0.1]
+    inv = optim.epoch_schedule("invscaling", 0.1, steps, epochs=9, power_t=0.5)
+    assert inv(10) == pytest.approx(0.1 / math.sqrt(3))  # two epochs in: 0.1 / (1 + 2) ** 0.5
+    step = optim.epoch_schedule("step", 0.1, steps, epochs=9)  # / 10 after each 3 epochs (15 steps)
+    assert [step(t) for t in (14, 15, 30)] == pytest.approx([0.1, 0.01, 0.001])
+    cyc = optim.epoch_schedule("cyclical", 0.1, steps, epochs=9)  # 0.001 -> 0.1 over 2 epochs, back
+    assert [cyc(t) for t in (0, 10, 20)] == pytest.approx([0.001, 0.1, 0.001])
+    given = optim.Constant(0.3)
+    assert optim.epoch_schedule(given, 0.1, steps, epochs=9) is given
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        optim.epoch_schedule("linear", 0.1, steps, epochs=9)
+
+
 def test_schedule_drives_the_optimiser(grads):
     opt = optim.SGD(optim.StepDecay(1.0, 2, 0.5))
     params = {"W": np.zeros((3, 2))}

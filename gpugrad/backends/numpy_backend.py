@@ -44,6 +44,35 @@ def blas_threads() -> int:
     return int(_BLAS[0].num_threads) if _BLAS[0] is not None else 0
 
 
+def _adam_update(xp, p, g, slots, h, s, t):
+    """Adam's step in place (``NumpyBackend.optimizer_update``): h = (b1, 1 - b1, b2, 1 - b2, a, e),
+    s and t scratch arrays like p."""
+    m, v = slots
+    m *= h[0]
+    m += xp.multiply(g, h[1], out=s)  # (1 - b1) g
+    v *= h[2]
+    xp.multiply(g, g, out=s)
+    v += xp.multiply(s, h[3], out=s)  # (1 - b2) g^2
+    xp.sqrt(v, out=t)
+    t += h[5]
+    xp.multiply(m, h[4], out=s)
+    p -= xp.divide(s, t, out=s)  # a m / (sqrt(v) + e)
+
+
+def _momentum_update(xp, nesterov, p, g, slots, h, s, t):
+    """SGD with momentum (Nesterov's when ``nesterov``) in place: h = (lr, mu), s and t scratch
+    arrays like p (t only for Nesterov)."""
+    lr, mu = h
+    v, = slots
+    v *= mu
+    v -= xp.multiply(g, lr, out=s)  # lr g
+    if nesterov:
+        xp.multiply(v, mu, out=t)
+        p += xp.subtract(t, s, out=t)  # mu v - lr g
+    else:
+        p += v
+
+
 class NumpyBackend:
     """Reference backend. Methods take and return arrays of ``self.xp``; no input checks here
     (the public functions in ``gpugrad.fused`` check before calling)."""
@@ -463,26 +492,9 @@ class NumpyBackend:
         if name == "sgd":
             p -= xp.multiply(g, h[0], out=s)
         elif name == "adam":
-            m, v = slots
-            m *= h[0]
-            m += xp.multiply(g, h[1], out=s)  # (1 - b1) g
-            v *= h[2]
-            xp.multiply(g, g, out=s)
-            v += xp.multiply(s, h[3], out=s)  # (1 - b2) g^2
-            xp.sqrt(v, out=t)
-            t += h[5]
-            xp.multiply(m, h[4], out=s)
-            p -= xp.divide(s, t, out=s)  # a m / (sqrt(v) + e)
+            _adam_update(xp, p, g, slots, h, s, t)
         else:
-            lr, mu = h
-            v, = slots
-            v *= mu
-            v -= xp.multiply(g, lr, out=s)  # lr g
-            if name == "nesterov":
-                xp.multiply(v, mu, out=t)
-                p += xp.subtract(t, s, out=t)  # mu v - lr g
-            else:
-                p += v
+            _momentum_update(xp, name == "nesterov", p, g, slots, h, s, t)
 
     def _scratch(self, like, k):
         """Scratch array number k of like's shape and dtype, one set per thread (the numpy backend

@@ -105,6 +105,24 @@ def _may_share_memory(a, b) -> bool:
     return bool(cupy.may_share_memory(a, b))
 
 
+def _batch_sizes(X, W, b):
+    """(n, d, C) of a linear step's X (n, d), W (C, d) and b (C,), refusing W or b of another
+    shape, an empty batch and no class."""
+    n, d = X.shape
+    if W.ndim != 2 or W.shape[1] != d:
+        raise ValueError(f"W has shape {tuple(W.shape)} but X has shape {tuple(X.shape)}: "
+                         f"W must be (C, d) with d = {d}")
+    C = W.shape[0]
+    if b.ndim != 1 or b.shape[0] != C:
+        raise ValueError(f"b has shape {tuple(b.shape)} but W has shape {tuple(W.shape)}: "
+                         f"b must be (C,) with C = {C}")
+    if n == 0:
+        raise ValueError("empty batch: X has 0 rows")
+    if C == 0:
+        raise ValueError("W has 0 rows: there must be at least one class")
+    return n, d, C
+
+
 def check_linear(X, y, W, b, x_mean=None, x_std=None):
     """Shapes and dtypes of ``linear_grad``'s inputs; returns the compute dtype.
 
@@ -119,18 +137,7 @@ def check_linear(X, y, W, b, x_mean=None, x_std=None):
         raise ValueError(f"W must be 2-D (C, d), got shape {tuple(W.shape)}")
     if b.ndim != 1:
         raise ValueError(f"b must be 1-D (C,), got shape {tuple(b.shape)}")
-    n, d = X.shape
-    C = W.shape[0]
-    if W.shape[1] != d:
-        raise ValueError(f"W has shape {tuple(W.shape)} but X has shape {tuple(X.shape)}: "
-                         f"W must be (C, d) with d = {d}")
-    if b.shape[0] != C:
-        raise ValueError(f"b has shape {tuple(b.shape)} but W has shape {tuple(W.shape)}: "
-                         f"b must be (C,) with C = {C}")
-    if n == 0:
-        raise ValueError("empty batch: X has 0 rows")
-    if C == 0:
-        raise ValueError("W has 0 rows: there must be at least one class")
+    n, d, C = _batch_sizes(X, W, b)
     normalised = x_mean is not None or x_std is not None
     if normalised:
         if x_mean is None or x_std is None:
@@ -192,18 +199,7 @@ def check_sparse_linear(X, y, W, b, x_mean=None, x_std=None):
     if X.dtype not in FLOAT_DTYPES:
         raise TypeError(f"a sparse X must hold float32 or float64 values, got dtype {X.dtype} "
                         "(convert it once: X.astype(numpy.float32))")
-    n, d = X.shape
-    if W.ndim != 2 or W.shape[1] != d:
-        raise ValueError(f"W has shape {tuple(W.shape)} but X has shape {tuple(X.shape)}: "
-                         f"W must be (C, d) with d = {d}")
-    C = W.shape[0]
-    if b.ndim != 1 or b.shape[0] != C:
-        raise ValueError(f"b has shape {tuple(b.shape)} but W has shape {tuple(W.shape)}: "
-                         f"b must be (C,) with C = {C}")
-    if n == 0:
-        raise ValueError("empty batch: X has 0 rows")
-    if C == 0:
-        raise ValueError("W has 0 rows: there must be at least one class")
+    n, d, C = _batch_sizes(X, W, b)
     if x_mean is not None and x_std is None:
         raise ValueError("x_mean needs x_std (a sparse X may take x_std alone: a per-feature scale)")
     for name, v in (("x_mean", x_mean), ("x_std", x_std)):

@@ -278,42 +278,12 @@ def _layers(nodes, names, x_node, params, buffers):
     for node in nodes:
         if not node._children or id(node) in covered:
             continue
-        if node._op != "linear":
-            raise NotImplementedError(f"the compiled step has no instruction for a {node._op!r} node here (it "
-                                      "compiles chains linear -> [batch_norm ->] relu and a final linear); "
-                                      "train this graph with the generic backward pass")
-        x, W, b = node._children
-        for leaf in (W, b):
-            if id(leaf) not in names:
-                raise NotImplementedError("the compiled step needs every linear node's weights and bias to be "
-                                          "model parameters")
-        if x is not x_node and (not layers or x is not layers[-1].out_node):
-            raise NotImplementedError("the compiled step compiles a chain of layers, each reading the previous "
-                                      "layer's output")
+        _check_layer_start(node, names, x_node, layers)
         if node is result:
             layers.append(_Layer(len(layers) + 1, node, names, None, None, params, buffers))
             covered.add(id(node))
             continue
-        chain = [node]
-        while len(consumers[id(chain[-1])]) == 1 and chain[-1]._op != "relu":
-            chain.append(consumers[id(chain[-1])][0])
-        ops = [c._op for c in chain]
-        if ops not in (["linear", "relu"], ["linear", "batch_norm", "relu"]) or \
-                (ops[1] == "batch_norm" and not chain[1]._params["training"]):
-            raise NotImplementedError(f"the compiled step has no instruction for the chain {' -> '.join(ops)} "
-                                      "(it compiles linear -> [batch_norm (training) ->] relu)")
-        bn = chain[1] if ops[1] == "batch_norm" else None
-        if bn is not None:
-            if any(id(c) not in names for c in bn._children[1:]):
-                raise NotImplementedError("the compiled step needs batch_norm's gamma and beta to be model "
-                                          "parameters")
-            stats = [bn._params["running_mean"], bn._params["running_var"]]
-            if any(r is not None and id(r) not in buffers for r in stats):
-                raise NotImplementedError("the compiled step needs batch_norm's running averages to be model "
-                                          "buffers")
-            if any(r is not None and r.dtype != bn.dtype for r in stats):
-                raise NotImplementedError(f"the compiled step keeps batch_norm's running averages in the layer's "
-                                          f"dtype {bn.dtype}; got {[r.dtype.name for r in stats]}")
+        chain, bn = _hidden_chain(node, consumers, names, buffers)
         layers.append(_Layer(len(layers) + 1, node, names, bn, chain[-1], params, buffers))
         covered.update(id(c) for c in chain)
     if not layers or layers[-1].relu is not None:
@@ -323,6 +293,50 @@ def _layers(nodes, names, x_node, params, buffers):
         raise NotImplementedError("the compiled step writes each parameter's gradient once: a parameter used in "
                                   "two places (tied weights) needs the generic backward pass")
     return layers
+
+
+def _check_layer_start(node, names, x_node, layers):
+    """A layer starts at a linear node on model parameters that reads the input or the previous
+    layer's output; anything else raises NotImplementedError naming what the compiled step lacks."""
+    if node._op != "linear":
+        raise NotImplementedError(f"the compiled step has no instruction for a {node._op!r} node here (it "
+                                  "compiles chains linear -> [batch_norm ->] relu and a final linear); "
+                                  "train this graph with the generic backward pass")
+    x, W, b = node._children
+    for leaf in (W, b):
+        if id(leaf) not in names:
+            raise NotImplementedError("the compiled step needs every linear node's weights and bias to be "
+                                      "model parameters")
+    if x is not x_node and (not layers or x is not layers[-1].out_node):
+        raise NotImplementedError("the compiled step compiles a chain of layers, each reading the previous "
+                                  "layer's output")
+
+
+def _hidden_chain(node, consumers, names, buffers):
+    """(chain, bn): the hidden layer's nodes from the linear ``node`` to its relu, each feeding only
+    the next, and its batch_norm node (None without one), whose gamma, beta and running averages
+    must be the model's own parameters and buffers."""
+    chain = [node]
+    while len(consumers[id(chain[-1])]) == 1 and chain[-1]._op != "relu":
+        chain.append(consumers[id(chain[-1])][0])
+    ops = [c._op for c in chain]
+    if ops not in (["linear", "relu"], ["linear", "batch_norm", "relu"]) or \
+            (ops[1] == "batch_norm" and not chain[1]._params["training"]):
+        raise NotImplementedError(f"the compiled step has no instruction for the chain {' -> '.join(ops)} "
+                                  "(it compiles linear -> [batch_norm (training) ->] relu)")
+    bn = chain[1] if ops[1] == "batch_norm" else None
+    if bn is not None:
+        if any(id(c) not in names for c in bn._children[1:]):
+            raise NotImplementedError("the compiled step needs batch_norm's gamma and beta to be model "
+                                      "parameters")
+        stats = [bn._params["running_mean"], bn._params["running_var"]]
+        if any(r is not None and id(r) not in buffers for r in stats):
+            raise NotImplementedError("the compiled step needs batch_norm's running averages to be model "
+                                      "buffers")
+        if any(r is not None and r.dtype != bn.dtype for r in stats):
+            raise NotImplementedError(f"the compiled step keeps batch_norm's running averages in the layer's "
+                                      f"dtype {bn.dtype}; got {[r.dtype.name for r in stats]}")
+    return chain, bn
 
 
 class _Layer:

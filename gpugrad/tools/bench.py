@@ -709,6 +709,34 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _time_workload(w, impls, bandwidth, repeat, skipped) -> list:
+    """The rows of one workload, one per implementation run (see ``run``), with vs_best_peer
+    against the fastest peer; an implementation that cannot run here goes to ``skipped``."""
+    inputs = make_inputs(w)
+    floor = w.nbytes / bandwidth
+    group = []
+    for impl in impls:
+        row = {"workload": w.name, "family": w.family, "implementation": impl.name, "ours": impl.ours,
+               "floor_s": floor, "bytes": w.nbytes}
+        try:
+            case = impl.prepare(w, inputs)
+            times = time_case(case, repeat)
+        except Unavailable as e:
+            skipped.append({"workload": w.name, "implementation": impl.name, "reason": str(e)})
+            continue
+        except Exception as e:  # a broken peer (or ours) costs its own row, never the table
+            group.append({**row, "failed": _failure(e), "median_s": None, "min_s": None, "vs_floor": None})
+            continue
+        finally:
+            case = None  # the inputs it moved to a device are freed before the next one
+        med = statistics.median(times)
+        group.append({**row, "median_s": med, "min_s": min(times), "vs_floor": med / floor})
+    peers = [r["median_s"] for r in group if not r["ours"] and r["median_s"] is not None]
+    for r in group:
+        r["vs_best_peer"] = r["median_s"] / min(peers) if peers and r["median_s"] is not None else None
+    return group  # the inputs are freed here, before the next workload's are made
+
+
 def run(families=FAMILIES, *, backend="numpy", size=None, repeat=10, bandwidth=None, implementations=None,
         progress=None) -> dict:
     """Time every implementation of every workload; returns the results as a JSON-able dict.
@@ -744,30 +772,7 @@ def run(families=FAMILIES, *, backend="numpy", size=None, repeat=10, bandwidth=N
     for k, w in enumerate(todo, 1):
         if progress:
             progress(f"[{k}/{len(todo)}] {w.name}")
-        inputs = make_inputs(w)
-        floor = w.nbytes / bandwidth
-        group = []
-        for impl in impls:
-            row = {"workload": w.name, "family": w.family, "implementation": impl.name, "ours": impl.ours,
-                   "floor_s": floor, "bytes": w.nbytes}
-            try:
-                case = impl.prepare(w, inputs)
-                times = time_case(case, repeat)
-            except Unavailable as e:
-                skipped.append({"workload": w.name, "implementation": impl.name, "reason": str(e)})
-                continue
-            except Exception as e:  # a broken peer (or ours) costs its own row, never the table
-                group.append({**row, "failed": _failure(e), "median_s": None, "min_s": None, "vs_floor": None})
-                continue
-            finally:
-                case = None  # the inputs it moved to a device are freed before the next one
-            med = statistics.median(times)
-            group.append({**row, "median_s": med, "min_s": min(times), "vs_floor": med / floor})
-        peers = [r["median_s"] for r in group if not r["ours"] and r["median_s"] is not None]
-        for r in group:
-            r["vs_best_peer"] = r["median_s"] / min(peers) if peers and r["median_s"] is not None else None
-        rows += group
-        del inputs
+        rows += _time_workload(w, impls, bandwidth, repeat, skipped)
     return {"environment": _environment(backend, bandwidth, how), "size": size, "repeat": repeat,
             "rows": rows, "skipped": skipped}
 

@@ -662,7 +662,39 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _train(parser, args, opts, folder: Path, run, backend) -> int:
+    """A run (new, or ``run`` resumed) in ``folder``: the data read and checked, the model and
+    optimiser made, run.json written, the trainer run under the folder's lock, the outputs written.
+    Returns the exit status."""
+    ds, counts, fingerprint = _training_data(parser, opts, folder, run)
+    model = _make_model(opts, ds, backend)
+    optimizer = _make_optimizer(opts, counts[0])
+    checkpoint = folder / CHECKPOINT_FILE
+    resume = checkpoint if run is not None and checkpoint.exists() else None
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _hold(folder)  # held while this run trains and writes: the folder is this run's
+    except OSError:
+        parser.error(f"{folder}: a gpugrad train process started training in this folder meanwhile")
+    try:
+        run = _run_record(args, opts, model, ds, counts, fingerprint, folder, run)
+        _write_json(folder / RUN_FILE, run)
+        if not args.quiet:
+            verb = ("resuming" if resume else "starting again (no epoch had ended)" if args.resume
+                    else "training")
+            print(_header(verb, opts, ds, counts, backend, folder), file=sys.stderr)
+        trainer = trainer_mod.Trainer(
+            model, optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"], lam=opts["lam"],
+            seed=opts["seed"], validation_fraction=0.0 if ds.X_val is not None else opts["validation_fraction"],
+            progress=False if args.quiet else None, checkpoint=checkpoint)
+        return _fit_and_write(trainer, model, ds, folder, run, backend, opts, resume)
+    finally:
+        if lock is not None:
+            lock.close()
 
+
+def _training_data(parser, opts, folder: Path, run):
+    """(ds, (n_fit, n_val, n_test), fingerprint) of the run's --data: two classes at least for a
+    new run, the same training data as when a resumed run started."""
     ds = _load_data(opts, parser)
     if run is None:
         names = ds.class_names or [str(c) for c in range(ds.n_classes)]
@@ -680,55 +712,45 @@ def _train(parser, args, opts, folder: Path, run, backend) -> int:
     if run is not None and run.get("data_sha256") not in (None, fingerprint):
         parser.error(f"--resume {folder}: the training data of {opts['data']} changed since the run "
                      f"started; it cannot continue on other data")
-    model = _make_model(opts, ds, backend)
-    optimizer = _make_optimizer(opts, n_fit)
-    checkpoint = folder / CHECKPOINT_FILE
-    resume = checkpoint if run is not None and checkpoint.exists() else None
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = _hold(folder)  # held while this run trains and writes: the folder is this run's
-    except OSError:
-        parser.error(f"{folder}: a gpugrad train process started training in this folder meanwhile")
-    try:
-        if run is None:
-            for name in OUTPUT_FILES:  # an earlier run's files (--overwrite, or one that never trained)
-                (folder / name).unlink(missing_ok=True)
-            run = {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
-                   "settings": opts, "model": model.config(), "data_sha256": fingerprint,
-                   "dataset": {"name": ds.name, "n_train": n_fit, "n_val": n_val, "n_test": n_test,
-                               "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
-                               "image_shape": None if ds.image_shape is None else list(ds.image_shape),
-                               "class_names": ds.class_names}}
-        else:
-            run["settings"] = opts
-            run.pop("result", None)
-            run.setdefault("resumed", []).append("gpugrad " + " ".join(args.argv))
-        _write_json(folder / RUN_FILE, run)
-        if not args.quiet:
-            verb = ("resuming" if resume else "starting again (no epoch had ended)" if args.resume
-                    else "training")
-            print(_header(verb, opts, ds, (n_fit, n_val, n_test), backend, folder), file=sys.stderr)
+    return ds, (n_fit, n_val, n_test), fingerprint
 
-        trainer = trainer_mod.Trainer(
-            model, optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"], lam=opts["lam"],
-            seed=opts["seed"], validation_fraction=0.0 if val_given else opts["validation_fraction"],
-            progress=False if args.quiet else None, checkpoint=checkpoint)
-        try:
-            with _warnings_as_lines():
-                history = trainer.fit(ds.X_train, ds.y_train,
-                                      ds.X_val if val_given else None, ds.y_val if val_given else None,
-                                      resume=resume)
-        except KeyboardInterrupt:
-            return _stopped(model, ds, folder, run, trainer, backend, opts, status=130,
-                            why="interrupted", message=None)
-        except FloatingPointError as e:
-            return _stopped(model, ds, folder, run, trainer, backend, opts, status=1, why="diverged",
-                            message=str(e))
-        _outputs(model, history, ds, folder, run, trainer, backend)
-        return 0
-    finally:
-        if lock is not None:
-            lock.close()
+
+def _run_record(args, opts, model, ds, counts, fingerprint, folder: Path, run) -> dict:
+    """run.json's contents: a new run's (an earlier run's output files removed first), or the
+    resumed run's with its new settings and command."""
+    if run is not None:
+        run["settings"] = opts
+        run.pop("result", None)
+        run.setdefault("resumed", []).append("gpugrad " + " ".join(args.argv))
+        return run
+    for name in OUTPUT_FILES:  # an earlier run's files (--overwrite, or one that never trained)
+        (folder / name).unlink(missing_ok=True)
+    n_fit, n_val, n_test = counts
+    return {"gpugrad": _version(), "command": "gpugrad " + " ".join(args.argv),
+            "settings": opts, "model": model.config(), "data_sha256": fingerprint,
+            "dataset": {"name": ds.name, "n_train": n_fit, "n_val": n_val, "n_test": n_test,
+                        "n_features": int(ds.X_train.shape[1]), "n_classes": ds.n_classes,
+                        "image_shape": None if ds.image_shape is None else list(ds.image_shape),
+                        "class_names": ds.class_names}}
+
+
+def _fit_and_write(trainer, model, ds, folder: Path, run, backend, opts, resume) -> int:
+    """Train (from the checkpoint ``resume`` when given) and write the outputs; a Ctrl-C or a
+    diverged cost writes what the checkpoint holds instead (``_stopped``). Returns the exit status."""
+    val_given = ds.X_val is not None
+    try:
+        with _warnings_as_lines():
+            history = trainer.fit(ds.X_train, ds.y_train,
+                                  ds.X_val if val_given else None, ds.y_val if val_given else None,
+                                  resume=resume)
+    except KeyboardInterrupt:
+        return _stopped(model, ds, folder, run, trainer, backend, opts, status=130,
+                        why="interrupted", message=None)
+    except FloatingPointError as e:
+        return _stopped(model, ds, folder, run, trainer, backend, opts, status=1, why="diverged",
+                        message=str(e))
+    _outputs(model, history, ds, folder, run, trainer, backend)
+    return 0
 
 
 def _header(verb, opts, ds, counts, backend, folder) -> str:

@@ -24,8 +24,8 @@ import numpy as np
 from .. import checks
 from ..backends import backend_for
 
-__all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "Linear", "make_schedule", "SGD", "Adam", "make_optimizer",
-           "lbfgs", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["Constant", "StepDecay", "Cyclical", "InvScaling", "Linear", "make_schedule", "epoch_schedule", "SGD",
+           "Adam", "make_optimizer", "lbfgs", "OPTIMIZERS", "SCHEDULES", "EPOCH_SCHEDULES"]
 
 
 def _positive(name, value, allow_zero=False) -> float:
@@ -159,6 +159,36 @@ def make_schedule(spec):
             raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
         return SCHEDULES[name](**kw)
     return Constant(spec)
+
+
+EPOCH_SCHEDULES = ("constant", "invscaling", "step", "cyclical", "linear")
+
+
+def epoch_schedule(name, lr, steps_per_epoch, *, epochs, power_t=0.5):
+    """A schedule named by its shape over the epochs (the estimators' ``learning_rate``), in steps.
+
+    "constant": lr; "invscaling": lr / (1 + t / steps_per_epoch) ** power_t; "linear": lr down
+    to 0 at the end of ``epochs`` (``Linear``); "step": lr / 10 after each third of ``epochs``;
+    "cyclical": the course's triangle from lr / 100 up to lr and back, 2 epochs each way. A
+    schedule object passes through.
+
+        >>> [epoch_schedule("step", 1.0, 10, epochs=9)(t) for t in (29, 30)]
+        [1.0, 0.1]
+    """
+    if callable(name):
+        return name
+    eta = float(lr)
+    if name == "constant":
+        return Constant(eta)
+    if name == "invscaling":
+        return InvScaling(eta, power_t, steps_per_epoch)
+    if name == "linear":
+        return Linear(eta, epochs * steps_per_epoch)
+    if name == "step":
+        return StepDecay(eta, max(1, epochs // 3) * steps_per_epoch, 0.1)
+    if name == "cyclical":
+        return Cyclical(eta / 100, eta, 2 * steps_per_epoch)
+    raise ValueError(f"unknown schedule {name!r}; expected one of {EPOCH_SCHEDULES}")
 
 
 # ---- optimisers ---------------------------------------------------------------------------------

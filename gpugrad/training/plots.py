@@ -74,15 +74,7 @@ def plot_history(history_rows, path, *, title=None):
         >>> open(out, "rb").read(8) == b"\\x89PNG\\r\\n\\x1a\\n"
         True
     """
-    rows = getattr(history_rows, "rows", history_rows)
-    if isinstance(rows, dict) or not hasattr(rows, "__len__"):
-        raise TypeError(f"history_rows must be a list of per-epoch dicts, got {type(rows).__name__}")
-    rows = list(rows)
-    if not rows:
-        raise ValueError("history_rows is empty: no epoch to plot")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise TypeError(f"history row {i} must be a dict, got {type(row).__name__}")
+    rows = _history_rows(history_rows)
     _check_out_path(path)
     epochs = _column(rows, "epoch")
     if np.isnan(epochs).any():
@@ -93,34 +85,53 @@ def plot_history(history_rows, path, *, title=None):
     fig = _new_figure(13, 3.8)
     axes = fig.subplots(1, 3)
     for ax, (key, label) in zip(axes, _PANELS):
-        drawn, shown = 0, []
-        for prefix, name, color in (("", "training", "tab:blue"), ("val_", "validation", "tab:orange")):
-            values = _column(rows, prefix + key)
-            if np.isnan(values).all():
-                continue
-            ax.plot(epochs, values, color=color, label=name, **style)
-            shown.append(values[np.isfinite(values)])
-            drawn += 1
-        if key == "cost":
-            for k, (lo, hi) in enumerate(runaway):
-                ax.axvspan(lo, hi, color="tab:red", alpha=0.15, lw=0,
-                           label="cost > 1.5x its lowest" if k == 0 else None)
-        if key in ("loss", "cost") and shown:
-            finite = np.concatenate(shown)
-            if finite.size and finite.min() > 0 and finite.max() > 30 * finite.min():
-                ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.set_title(key)
-        ax.grid(True, alpha=0.3)
-        if drawn:
-            ax.legend()
-        else:
-            ax.text(0.5, 0.5, f"no {key} recorded", ha="center", va="center",
-                    transform=ax.transAxes, color="gray")
+        _history_panel(ax, rows, epochs, key, label, style, runaway if key == "cost" else [])
     fig.suptitle(title or f"Training history ({len(rows)} epoch{'s' if len(rows) != 1 else ''})")
     fig.savefig(path, format="png", dpi=100)
     return path
+
+
+def _history_rows(history_rows):
+    """The per-epoch dicts of a History or a list of them, refusing anything else by what it is."""
+    rows = getattr(history_rows, "rows", history_rows)
+    if isinstance(rows, dict) or not hasattr(rows, "__len__"):
+        raise TypeError(f"history_rows must be a list of per-epoch dicts, got {type(rows).__name__}")
+    rows = list(rows)
+    if not rows:
+        raise ValueError("history_rows is empty: no epoch to plot")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"history row {i} must be a dict, got {type(row).__name__}")
+    return rows
+
+
+def _history_panel(ax, rows, epochs, key, label, style, runaway):
+    """One panel of ``plot_history``: the training and validation curves of ``key`` against the
+    epoch, the ``runaway`` spans shaded red, a log scale for a loss or cost spanning over 30x."""
+    drawn, shown = 0, []
+    for prefix, name, color in (("", "training", "tab:blue"), ("val_", "validation", "tab:orange")):
+        values = _column(rows, prefix + key)
+        if np.isnan(values).all():
+            continue
+        ax.plot(epochs, values, color=color, label=name, **style)
+        shown.append(values[np.isfinite(values)])
+        drawn += 1
+    for k, (lo, hi) in enumerate(runaway):
+        ax.axvspan(lo, hi, color="tab:red", alpha=0.15, lw=0,
+                   label="cost > 1.5x its lowest" if k == 0 else None)
+    if key in ("loss", "cost") and shown:
+        finite = np.concatenate(shown)
+        if finite.size and finite.min() > 0 and finite.max() > 30 * finite.min():
+            ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(label)
+    ax.set_title(key)
+    ax.grid(True, alpha=0.3)
+    if drawn:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, f"no {key} recorded", ha="center", va="center",
+                transform=ax.transAxes, color="gray")
 
 
 def _spans(epochs, flags):
@@ -162,6 +173,51 @@ def _mosaic(tiles, cols):
     return image, corners
 
 
+def _host_weights(W):
+    """W (C, d) as a float64 numpy array: 2-D, not empty, real numbers, finite (the first
+    non-finite entry named)."""
+    W = W.get() if is_cupy_array(W) else np.asarray(W)  # plotting happens on the host
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D (C, d), one row per class, got shape {W.shape}")
+    C, d = W.shape
+    if C == 0 or d == 0:
+        raise ValueError(f"W is empty (shape {W.shape})")
+    if W.dtype.kind not in "biuf":
+        raise TypeError(f"W must hold real numbers, got dtype {W.dtype}")
+    W = W.astype(np.float64)
+    if not np.isfinite(W).all():
+        c, j = map(int, np.argwhere(~np.isfinite(W))[0])
+        raise ValueError(f"W[{c}, {j}] = {W[c, j]} is not finite: nothing sensible to show")
+    return W
+
+
+def _template_images(W, image_shape):
+    """The rows of W as (C, H, W) grey or (C, H, W, 3) RGB images (one channel squeezed out)."""
+    images = as_images(W, image_shape)  # (C, H, W) or (C, H, W, channels); checks d fits
+    if images.ndim == 4:
+        if images.shape[-1] == 1:
+            images = images[..., 0]
+        elif images.shape[-1] != 3:
+            raise ValueError(f"image_shape {tuple(image_shape)}: only 1 (grey) or 3 (RGB) "
+                             f"channels can be shown, got {images.shape[-1]}")
+    return images
+
+
+def _template_tiles(images):
+    """(tiles, imshow options): grey images as they are on one symmetric diverging scale; RGB
+    images each min-max scaled to [0, 1] (a constant one mid-grey)."""
+    C = images.shape[0]
+    if images.ndim == 3:
+        m = float(np.abs(images).max()) or 1.0  # all zeros: any symmetric scale shows white
+        return images, dict(cmap=_diverging(), vmin=-m, vmax=m)
+    lo = images.reshape(C, -1).min(axis=1)
+    span = images.reshape(C, -1).max(axis=1) - lo
+    shape = (C, 1, 1, 1)
+    tiles = np.where(span.reshape(shape) > 0,
+                     (images - lo.reshape(shape)) / np.where(span > 0, span, 1).reshape(shape), 0.5)
+    return tiles, {}
+
+
 def plot_templates(W, image_shape, path, class_names=None, *, title=None):
     """Write the rows of W (C, d) as images, one tile per class, to a PNG; returns ``path``.
 
@@ -183,25 +239,8 @@ def plot_templates(W, image_shape, path, class_names=None, *, title=None):
         >>> os.path.getsize(out) > 0
         True
     """
-    W = W.get() if is_cupy_array(W) else np.asarray(W)  # plotting happens on the host
-    if W.ndim != 2:
-        raise ValueError(f"W must be 2-D (C, d), one row per class, got shape {W.shape}")
-    C, d = W.shape
-    if C == 0 or d == 0:
-        raise ValueError(f"W is empty (shape {W.shape})")
-    if W.dtype.kind not in "biuf":
-        raise TypeError(f"W must hold real numbers, got dtype {W.dtype}")
-    W = W.astype(np.float64)
-    if not np.isfinite(W).all():
-        c, j = map(int, np.argwhere(~np.isfinite(W))[0])
-        raise ValueError(f"W[{c}, {j}] = {W[c, j]} is not finite: nothing sensible to show")
-    images = as_images(W, image_shape)  # (C, H, W) or (C, H, W, channels); checks d fits
-    if images.ndim == 4:
-        if images.shape[-1] == 1:
-            images = images[..., 0]
-        elif images.shape[-1] != 3:
-            raise ValueError(f"image_shape {tuple(image_shape)}: only 1 (grey) or 3 (RGB) "
-                             f"channels can be shown, got {images.shape[-1]}")
+    images = _template_images(_host_weights(W), image_shape)
+    C = images.shape[0]
     if class_names is None:
         class_names = [str(c) for c in range(C)]
     class_names = [str(s) for s in class_names]
@@ -209,16 +248,7 @@ def plot_templates(W, image_shape, path, class_names=None, *, title=None):
         raise ValueError(f"class_names has {len(class_names)} names but W has {C} rows (classes)")
     _check_out_path(path)
     grey = images.ndim == 3
-    if grey:
-        m = float(np.abs(images).max()) or 1.0  # all zeros: any symmetric scale shows white
-        tiles, options = images, dict(cmap=_diverging(), vmin=-m, vmax=m)
-    else:
-        lo = images.reshape(C, -1).min(axis=1)
-        span = images.reshape(C, -1).max(axis=1) - lo
-        shape = (C, 1, 1, 1)
-        tiles = np.where(span.reshape(shape) > 0,
-                         (images - lo.reshape(shape)) / np.where(span > 0, span, 1).reshape(shape), 0.5)
-        options = {}
+    tiles, options = _template_tiles(images)
     cols = min(C, 10)
     n_rows = math.ceil(C / cols)
     mosaic, corners = _mosaic(tiles, cols)

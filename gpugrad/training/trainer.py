@@ -277,27 +277,7 @@ class Trainer:
         bar = self._bar(steps * max(0, self.epochs - first + 1))
         try:
             for epoch in range(first, self.epochs + 1):
-                if bar is not None:
-                    bar.set_description(f"epoch {epoch}/{self.epochs}")
-                t0 = time.perf_counter()
-                # A diverging run overflows before the epoch's end, where a NaN or Inf cost stops it
-                # with a message naming the step: numpy's warnings on the way would only bury it.
-                with np.errstate(over="ignore", invalid="ignore"):
-                    run_epoch = self._sparse_epoch if sparse_sgd.applies(self, X) else self._epoch
-                    figures, lr = run_epoch(X, y, w, steps, bar)
-                    row = self._row(epoch, figures, steps, n, X, y, X_val, y_val, lr)
-                row["seconds"] = time.perf_counter() - t0
-                self.history.append(row)
-                self._watch_cost()
-                stop = self._early_stop(row)
-                stop = any([bool(cb(self, epoch, row)) for cb in self.callbacks]) or stop
-                if bar is not None:
-                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "accuracy", "val_accuracy")
-                                     if not math.isnan(row.get(k, math.nan))})
-                last = stop or epoch == self.epochs
-                if self.checkpoint and (last or epoch % self.checkpoint_every == 0):
-                    self.save_checkpoint(self.checkpoint)
-                if stop:
+                if self._fit_epoch(epoch, X, y, w, X_val, y_val, steps, bar):
                     break
         finally:
             if bar is not None:
@@ -306,6 +286,31 @@ class Trainer:
         if self._best is not None and self.early_stopping and self._plateau.stop:
             model.load_state({**model.state(), **self._best[2]})
         return self.history
+
+    def _fit_epoch(self, epoch, X, y, w, X_val, y_val, steps, bar) -> bool:
+        """One epoch of ``fit``: the steps, the history row, the stopping rules and callbacks, the
+        bar's figures and the checkpoint. Returns whether training stops here."""
+        if bar is not None:
+            bar.set_description(f"epoch {epoch}/{self.epochs}")
+        t0 = time.perf_counter()
+        # A diverging run overflows before the epoch's end, where a NaN or Inf cost stops it
+        # with a message naming the step: numpy's warnings on the way would only bury it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            run_epoch = self._sparse_epoch if sparse_sgd.applies(self, X) else self._epoch
+            figures, lr = run_epoch(X, y, w, steps, bar)
+            row = self._row(epoch, figures, steps, X.shape[0], X, y, X_val, y_val, lr)
+        row["seconds"] = time.perf_counter() - t0
+        self.history.append(row)
+        self._watch_cost()
+        stop = self._early_stop(row)
+        stop = any([bool(cb(self, epoch, row)) for cb in self.callbacks]) or stop
+        if bar is not None:
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "accuracy", "val_accuracy")
+                             if not math.isnan(row.get(k, math.nan))})
+        last = stop or epoch == self.epochs
+        if self.checkpoint and (last or epoch % self.checkpoint_every == 0):
+            self.save_checkpoint(self.checkpoint)
+        return stop
 
     def _epoch(self, X, y, w, steps, bar):
         """One pass over shuffled batches. Returns (the epoch's per-step costs and losses, still on

@@ -451,7 +451,7 @@ def test_dask_fit_takes_the_linear_learning_rate():
     clf = SVMClassifier(solver="sgd", learning_rate="linear", learning_rate_init=0.1, batch_size=10, max_iter=2,
                         tol=None, random_state=0, backend="numpy", dtype="float64").fit(Xd, yd)
     kw = dict(loss="svm", lam=clf.alpha / 2, solver="sgd", batch_size=10, learning_rate_init=0.1, max_iter=2,
-              tol=0.0, random_state=clf._seed(), dtype="float64", standardize=False)
+              tol=0.0, random_state=0, dtype="float64", standardize=False)
     for rate, same in (("linear", True), ("constant", False)):
         W = distributed.fit_linear(Xd, yd, learning_rate=rate, **kw)["model"].params["W"]
         assert np.allclose(W, clf.model_.params["W"], rtol=1e-12) == same

@@ -80,8 +80,10 @@ def test_epoch_schedules_follow_their_formulas_in_steps():
     assert [cyc(t) for t in (0, 10, 20)] == pytest.approx([0.001, 0.1, 0.001])
     given = optim.Constant(0.3)
     assert optim.epoch_schedule(given, 0.1, steps, epochs=9) is given
-    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
-        optim.epoch_schedule("linear", 0.1, steps, epochs=9)
+    lin = optim.epoch_schedule("linear", 0.1, steps, epochs=9)  # 0.1 (1 - t / (9 steps)), then 0
+    assert [lin(t) for t in (0, 9, 9 * steps, 9 * steps + 5)] == pytest.approx([0.1, 0.1 * (1 - 9 / 45), 0.0, 0.0])
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        optim.epoch_schedule("cosine", 0.1, steps, epochs=9)
 
 
 def test_schedule_drives_the_optimiser(grads):

@@ -698,17 +698,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     placement = _Placement(X)
     x_mean, x_std, classes_ = _survey(X, y, w, classes, ranges, placement,
                                       standardize or few_passes)
-    # The class indices, encoded once next to each X block and kept there.
-    tag = f"gpugrad-labels-{uuid.uuid4().hex[:8]}"
-    y_idx = [_pinned(_encode, (yb, classes_), where, (tag, i))
-             for i, (yb, where) in enumerate(zip(_blocks(y), placement.workers()))]
-    y_idx = list(dask.persist(*y_idx))
-    if placement.client is not None:
-        # Done before the first pass: its one task per worker thread would otherwise queue behind
-        # them, and the scheduler may give a queued task (loosely pinned) to an idle worker,
-        # moving that worker's chunks of X with it.
-        from distributed import wait
-        wait(y_idx)
+    y_idx = _encoded_labels(y, classes_, placement)
     del y
     w_blocks = _blocks(w) if w is not None else [None] * len(ranges)
 
@@ -720,32 +710,16 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     params0 = {k: np.asarray(v, np.float64) for k, v in model.params.items()}
     blocks = list(zip(_blocks(X), y_idx, w_blocks))
 
-    def report(it, J):
-        if verbose:
-            print(f"gpugrad.distributed: {'iteration' if solver == 'lbfgs' else 'epoch'} {it}: "
-                  f"cost {J:.6g}", flush=True)
-        if callback is not None:
-            callback(it, J)
-
+    report = _reporter(solver, verbose, callback)
     if solver == "lbfgs":
-        evaluations = [0]
-
-        def value_and_grad(params):
-            evaluations[0] += 1
-            W, b = params["W"], params["b"]
-            args = [(xb, yb, wb, loss, dtype) for xb, yb, wb in blocks]
-            J, dW, db = _map_sum(_chunk_grad, args, _add_grads, placement, ranges, "gpugrad-grad",
-                                 f"the gradient (evaluation {evaluations[0]})", 8 * (C * d + C + 1),
-                                 shared=(W, b, x_mean, x_std))
-            return (J / n + lam * float((W * W).sum()),
-                    {"W": dW / n + (2 * lam) * W, "b": db / n})
-
-        params, n_iter, losses = lbfgs(value_and_grad, params0, max_iter=max_iter, tol=tol,
-                                       callback=report)
+        params, n_iter, losses = _fit_lbfgs(blocks, ranges, placement, params0, x_mean, x_std, n=n, loss=loss,
+                                            lam=lam, dtype=dtype, max_iter=max_iter, tol=tol, report=report)
     else:
-        if few_passes and not standardize:   # start from the model's W, b in standardised units
-            params0 = {"W": params0["W"] * x_std, "b": params0["b"] + params0["W"] @ x_mean}
-        params, n_iter, losses = _local_sgd(blocks, ranges, params0, x_mean, x_std, placement,
+        # "auto"'s few passes train on standardised features whatever `standardize` says: from
+        # the model's W, b in standardised units, and back to raw ones at the end.
+        raw = few_passes and not standardize
+        params, n_iter, losses = _local_sgd(blocks, ranges, _to_standardised(params0, x_mean, x_std) if raw
+                                            else params0, x_mean, x_std, placement,
                                             loss=loss, lam=lam, dtype=dtype,
                                             solver="adam" if solver == "adam" else "sgd",
                                             lr=float(learning_rate_init), learning_rate=learning_rate,
@@ -754,12 +728,71 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
                                             max_iter=int(max_iter), tol=float(tol),
                                             seed=random_state, report=report,
                                             stop_early=not few_passes)
-        if few_passes and not standardize:   # s = W' (x - m) / s + b' = (W' / s) x + (b' - W' m / s)
-            W = params["W"] / x_std
-            params = {"W": W, "b": params["b"] - W @ x_mean}
+        if raw:
+            params = _to_raw(params, x_mean, x_std)
     for k, v in params.items():
         model.params[k][...] = v
     return {"model": model, "classes_": classes_, "n_iter_": int(n_iter), "loss_curve_": list(losses)}
+
+
+def _encoded_labels(y, classes_, placement):
+    """The class indices of y's blocks, encoded once next to each X block and kept there (persisted
+    Dask arrays, one per block)."""
+    import dask
+    tag = f"gpugrad-labels-{uuid.uuid4().hex[:8]}"
+    y_idx = [_pinned(_encode, (yb, classes_), where, (tag, i))
+             for i, (yb, where) in enumerate(zip(_blocks(y), placement.workers()))]
+    y_idx = list(dask.persist(*y_idx))
+    if placement.client is not None:
+        # Done before the first pass: its one task per worker thread would otherwise queue behind
+        # them, and the scheduler may give a queued task (loosely pinned) to an idle worker,
+        # moving that worker's chunks of X with it.
+        from distributed import wait
+        wait(y_idx)
+    return y_idx
+
+
+def _reporter(solver, verbose, callback):
+    """report(it, J) after each L-BFGS iteration or epoch: a line on stdout with ``verbose``, then
+    the user's callback."""
+    def report(it, J):
+        if verbose:
+            print(f"gpugrad.distributed: {'iteration' if solver == 'lbfgs' else 'epoch'} {it}: "
+                  f"cost {J:.6g}", flush=True)
+        if callback is not None:
+            callback(it, J)
+    return report
+
+
+def _fit_lbfgs(blocks, ranges, placement, params0, x_mean, x_std, *, n, loss, lam, dtype, max_iter, tol, report):
+    """Full-batch L-BFGS, each evaluation one distributed pass (``_chunk_grad`` per block, summed):
+    J = (1/n) sum of the blocks' row losses + lam ||W||^2 and its gradient. Returns (params,
+    iterations, costs)."""
+    C, d = params0["W"].shape
+    evaluations = [0]
+
+    def value_and_grad(params):
+        evaluations[0] += 1
+        W, b = params["W"], params["b"]
+        args = [(xb, yb, wb, loss, dtype) for xb, yb, wb in blocks]
+        J, dW, db = _map_sum(_chunk_grad, args, _add_grads, placement, ranges, "gpugrad-grad",
+                             f"the gradient (evaluation {evaluations[0]})", 8 * (C * d + C + 1),
+                             shared=(W, b, x_mean, x_std))
+        return (J / n + lam * float((W * W).sum()),
+                {"W": dW / n + (2 * lam) * W, "b": db / n})
+
+    return lbfgs(value_and_grad, params0, max_iter=max_iter, tol=tol, callback=report)
+
+
+def _to_standardised(params, x_mean, x_std):
+    """(W, b) on raw x as the same scores on standardised x' = (x - m) / s: W s, b + W m."""
+    return {"W": params["W"] * x_std, "b": params["b"] + params["W"] @ x_mean}
+
+
+def _to_raw(params, x_mean, x_std):
+    """The inverse of ``_to_standardised``: W' (x - m) / s + b' = (W' / s) x + (b' - W' m / s)."""
+    W = params["W"] / x_std
+    return {"W": W, "b": params["b"] - W @ x_mean}
 
 
 def _auto_solver(ranges, batch_size, max_iter):

@@ -55,7 +55,7 @@ def ptx_entries():
 @pytest.mark.slow
 def test_every_kernel_compiles_to_sm_80_with_nvrtc_using_the_loader_options():
     """The whole module to sm_80 machine code, without a warning (sm_90 machine code: each kernel
-    alone, below; both: the CMake build's fatbin)."""
+    alone, below)."""
     binary, log = kernels.compile_nvrtc("sm_80")
     assert binary[:4] == b"\x7fELF" and len(binary) > 10_000
     assert "warning" not in log.lower(), log
@@ -294,7 +294,8 @@ def test_python_mirror_of_the_tensor_core_kernel_layout(tmp_path):
                     not Path("/usr/local/cuda/bin/nvcc").exists(), reason="cmake or nvcc missing")
 @pytest.mark.slow
 def test_cmake_builds_a_stamped_fatbin_and_the_cpu_rowmath_test(tmp_path):
-    """CMake + nvcc produce the fatbin the loader accepts, and CTest checks rowmath.cuh on the CPU.
+    """CMake + nvcc produce the fatbin the loader accepts (here with compute_90 PTX alone), and CTest
+    checks rowmath.cuh on the CPU.
 
     Builds from a copy of the sources so the repository's own kernels/ is left alone."""
     src = tmp_path / "src"
@@ -305,7 +306,9 @@ def test_cmake_builds_a_stamped_fatbin_and_the_cpu_rowmath_test(tmp_path):
     shutil.copy(ROOT / "CMakeLists.txt", src / "CMakeLists.txt")
     build = tmp_path / "build"
     run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True, text=True)
-    run("cmake", "-S", str(src), "-B", str(build), "-DGPUGRAD_CUDA_ARCHS=90")
+    # PTX only (no machine code: no ptxas run, a fraction of the time): the sm_90 and sm_80
+    # machine code of every kernel is checked by the NVRTC tests above, with the same compiler.
+    run("cmake", "-S", str(src), "-B", str(build), "-DGPUGRAD_CUDA_ARCHS=")
     run("cmake", "--build", str(build), "-j", "2")
     fatbin = src / "kernels" / kernels.FATBIN
     assert fatbin.stat().st_size > 100_000

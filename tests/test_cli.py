@@ -432,12 +432,17 @@ HEADER = re.compile(r"^gpugrad train: (training|resuming|starting again \(no epo
                     r"backend numpy \| out (.+)$")
 
 
-def run_cli(*argv):
-    """cli.main without --quiet (what a user sees); SystemExit's code for a refusal."""
+def command(name, *argv):
+    """cli.main for `gpugrad <name> --backend numpy ...` (no --quiet: what a user sees); SystemExit's
+    code for a refusal."""
     try:
-        return cli.main(["train", "--backend", "numpy", *map(str, argv)])
+        return cli.main([name, "--backend", "numpy", *map(str, argv)])
     except SystemExit as e:
         return e.code
+
+
+def run_cli(*argv):
+    return command("train", *argv)
 
 
 def test_a_run_prints_its_header_line_and_its_summary(tmp_path, capsys, quick_plots):
@@ -711,10 +716,7 @@ def test_train_help_starts_fast_and_imports_no_scientific_stack():
 # ---- gpugrad predict --------------------------------------------------------------------------------
 
 def predict(*argv):
-    try:
-        return cli.main(["predict", "--backend", "numpy", *map(str, argv)])
-    except SystemExit as e:
-        return e.code
+    return command("predict", *argv)
 
 
 def test_predict_writes_the_labels_and_the_accuracy_of_a_trained_run(tmp_path, capsys, quick_plots):

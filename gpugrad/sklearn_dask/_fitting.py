@@ -26,7 +26,7 @@ from ..backends import backend_for, get_backend, is_cupy_array, move_to, to_host
 from ..engine import _validation
 from ..engine import sparse as _sparse
 from ..training import optim
-from ..training.data import normalisation
+from ..training.data import n_batches, normalisation
 from ..training.trainer import Plateau, Trainer
 
 SOLVERS = ("sgd", "adam", "lbfgs")
@@ -373,7 +373,7 @@ def partial_trainer(est, model, n, first_partial):
     bs = batch_size(est, n)
     previous = None if first_partial else getattr(est, "_trainer", None)
     keep = previous is not None and previous.model is model
-    optimizer = previous.optimizer if keep else new_optimizer(est, -(-n // bs))
+    optimizer = previous.optimizer if keep else new_optimizer(est, n_batches(n, bs))
     iteration = 1 if first_partial else getattr(est, "n_iter_", 0) + 1  # as n_iter_ will count it
     line = lambda trainer, epoch, row: print_iteration(iteration, row["cost"])  # noqa: E731
     # verbose: a line per epoch wherever the output goes; a bar only on a terminal (None: the
@@ -391,7 +391,7 @@ def fit_trainer(est, model, n):
     if not est.early_stopping and est.tol is not None:
         callbacks.append(_stop_on_plateau(est.tol, est.n_iter_no_change))
     return Trainer(
-        model, new_optimizer(est, -(-n // bs)), epochs=est.max_iter, batch_size=bs, lam=est.alpha / 2,
+        model, new_optimizer(est, n_batches(n, bs)), epochs=est.max_iter, batch_size=bs, lam=est.alpha / 2,
         seed=seed(est),
         validation_fraction=est.validation_fraction if est.early_stopping else 0.0,
         early_stopping=bool(est.early_stopping), n_iter_no_change=est.n_iter_no_change,

@@ -86,6 +86,7 @@ from .. import checks
 from ..engine.ops import stable_softmax
 from ..training.trainer import Plateau
 from ..training import sparse_sgd
+from ..training.data import batch_rows, n_batches
 from ..training.models import LinearClassifier
 from ..training.optim import SGD, Adam, Linear, lbfgs
 from ..engine import sparse as _sparse
@@ -525,7 +526,7 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
     common parameters and optimiser state. Returns the rows used as weight, and the weighted
     (float64) parameters, optimiser slots and summed batch costs, ready to be added."""
     n = Xc.shape[0]
-    steps = range(first_step, min(first_step + n_steps, -(-n // batch_size)))
+    steps = range(first_step, min(first_step + n_steps, n_batches(n, batch_size)))
     if len(steps) == 0:
         return {"rows": 0, "cost": 0.0, "params": None, "slots": None, "t": 0}
     be = backend_for(Xc.data if _sparse.is_sparse(Xc) else Xc)
@@ -551,7 +552,7 @@ def _chunk_steps(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, so
         cost = xp.zeros((), np.float64)
         rows = 0
         for s in steps:
-            idx = order[s * batch_size:(s + 1) * batch_size]
+            idx = batch_rows(order, s, batch_size)
             wb = wc[idx] if wc is not None else None
             Xb, mb, sb = Xc[idx], mean, std
             if mean is not None and xp is np and not _sparse.is_sparse(Xb):
@@ -583,7 +584,7 @@ def _chunk_lazy_steps(be, Xc, yc, wc, params, opt, std, order, steps, *, loss, l
     per_step, opt.t, _ = sparse_sgd.run(be, Xc, yc, wc, params["W"], params["b"], loss=loss, lam=lam,
                                         schedule=opt.schedule, t=opt.t, order=order, batch_size=batch_size,
                                         batches=steps, x_std=std, momentum=opt.momentum, velocity=velocity)
-    sizes = np.array([len(order[s * batch_size:(s + 1) * batch_size]) for s in steps], dtype=np.float64)
+    sizes = np.array([len(batch_rows(order, s, batch_size)) for s in steps], dtype=np.float64)
     return float(per_step[0] @ sizes), int(sizes.sum())
 
 
@@ -798,7 +799,7 @@ def _to_raw(params, x_mean, x_std):
 def _auto_solver(ranges, batch_size, max_iter):
     """("auto-sgd", epochs) when AUTO_STEPS mini-batch steps take each chunk at most
     AUTO_MAX_EPOCHS epochs (and max_iter allows them), else ("lbfgs", max_iter)."""
-    steps_per_epoch = max(-(-(b - a) // batch_size) for a, b in ranges)
+    steps_per_epoch = max(n_batches(b - a, batch_size) for a, b in ranges)
     epochs = -(-AUTO_STEPS // steps_per_epoch)
     if epochs <= min(AUTO_MAX_EPOCHS, max_iter):
         return "auto-sgd", epochs
@@ -811,7 +812,7 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
     """Epochs of per-chunk mini-batch steps and weighted averaging; (params, epochs, loss curve).
     Without ``stop_early`` it runs max_iter epochs whatever the cost does. The chunks' steps share
     the update count t (each round starts from the largest), hence the learning rate."""
-    steps_per_epoch = max(-(-(b - a) // batch_size) for a, b in ranges)
+    steps_per_epoch = max(n_batches(b - a, batch_size) for a, b in ranges)
     if learning_rate == "linear":
         schedule = Linear(lr, max_iter * steps_per_epoch)
     else:

@@ -30,7 +30,8 @@ from .. import checks
 from ..backends import is_cupy_array
 
 __all__ = ["Dataset", "load_digits", "load_cifar10", "load_npz", "from_arrays", "load",
-           "normalisation", "stratified_split", "as_images", "check_features", "CIFAR10_CLASSES"]
+           "normalisation", "stratified_split", "batch_rows", "n_batches", "as_images", "check_features",
+           "CIFAR10_CLASSES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -90,6 +91,22 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- splitting
+
+def n_batches(n: int, batch_size: int) -> int:
+    """How many mini-batches an epoch of n rows takes: ceil(n / batch_size), the last one smaller."""
+    return -(-n // batch_size)
+
+
+def batch_rows(order, i: int, batch_size: int):
+    """The rows of mini-batch i of an epoch whose row order is ``order`` (a permutation, numpy or
+    CuPy): order[i * batch_size:(i + 1) * batch_size], a view (no copy, no launch). The one
+    definition of a batch for the trainer, the sparse SGD steps and the Dask workers' steps.
+
+        >>> batch_rows(np.arange(10), 2, 4).tolist()
+        [8, 9]
+    """
+    return order[i * batch_size:(i + 1) * batch_size]
+
 
 def stratified_split(y, fraction, seed=0):
     """Indices of a stratified split: each class keeps its share in both parts.

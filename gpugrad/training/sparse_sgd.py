@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.sparse import is_sparse
+from .data import batch_rows
 from .optim import SGD
 
 __all__ = ["applies", "epoch", "run"]
@@ -169,7 +170,7 @@ class _Steps:
         self.pos = np.empty(d, dtype=X.indices.dtype)
 
     def batch(self, i):
-        rows = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        rows = batch_rows(self.order, i, self.batch_size)
         cols, Xc = _compact(self.X[rows], self.present, self.present.shape[0], self.pos)
         return cols, Xc, rows
 

@@ -45,7 +45,7 @@ from .models import model_from_config
 from .saving import atomic_savez, decode_json, encode_json, json_safe, read_npz
 from . import sparse_sgd
 from .optim import make_optimizer
-from .data import stratified_split
+from .data import batch_rows, n_batches, stratified_split
 from ..engine.sparse import check_finite, is_sparse, refuse_sparse_labels
 
 __all__ = ["Trainer", "History", "load_checkpoint", "COLUMNS", "RisingCostWarning", "cost_too_high"]
@@ -272,7 +272,7 @@ class Trainer:
         X, y, w, X_val, y_val = self._data(X, y, sample_weight, X_val, y_val, check_input)
         self._warned_rising = False
         n, bs = X.shape[0], self.batch_size
-        steps = -(-n // bs)
+        steps = n_batches(n, bs)
         first = len(self.history) + 1
         bar = self._bar(steps * max(0, self.epochs - first + 1))
         try:
@@ -507,7 +507,7 @@ class _Step:
         return self.model.flat_params is self._flat and self.opt.pack(self.model.layout, self._flat) is self.slots
 
     def __call__(self, X, y, w, order, i, per_step) -> float:
-        idx = order[i * self.bs:(i + 1) * self.bs]  # a view: no copy, no launch
+        idx = batch_rows(order, i, self.bs)
         loss = self.programs[idx.shape[0]].run(X, y, w, idx)
         m = self.model
         return self.opt.fused_step(m.backend, m.flat_params, m.flat_grads, self.slots, lam=self.lam,

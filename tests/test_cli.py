@@ -165,6 +165,16 @@ def test_resume_after_2_epochs_to_4_equals_a_straight_4_epoch_run_bit_for_bit(tm
     assert summary(lines[1])[:2] == summary(lines[2])[:2]  # same accuracy, 4 epochs each
 
 
+def wait_for_checkpoint(proc, out, seconds=60):
+    """Wait until the `gpugrad train` process `proc` has written out/checkpoint.npz (its first epoch
+    done), failing if it exits first or none appears within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (out / "checkpoint.npz").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no checkpoint after {seconds} s"
+        time.sleep(0.01)
+
+
 def test_resume_refuses_changed_settings_and_fewer_epochs(tmp_path, capsys, quick_plots):
     out = tmp_path / "run"
     assert train("--epochs", 2, "--out", out) == 0
@@ -187,11 +197,7 @@ def test_a_run_killed_mid_training_leaves_a_checkpoint_that_resumes_exactly(tmp_
                              "--out", str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "checkpoint.npz").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 60 s"
-            time.sleep(0.01)
+        wait_for_checkpoint(proc, out)
         time.sleep(0.05)  # kill somewhere in a later epoch, maybe while a checkpoint is written
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -467,11 +473,7 @@ def test_ctrl_c_stops_a_real_run_writes_its_outputs_and_says_how_to_continue(tmp
                              "--epochs", "100000", "--out", str(out)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "checkpoint.npz").exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no checkpoint after 60 s"
-            time.sleep(0.01)
+        wait_for_checkpoint(proc, out)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:

@@ -45,6 +45,11 @@ def target(request):
     return lambda ok, message: check_target(ok, message, strict)
 
 
+def pytest_configure(config):
+    # Each implementation's time independent of what ran before it in the process (see there).
+    gg.bench.steady_heap()
+
+
 def pytest_collection_modifyitems(config, items):
     if gg.cupy_available():
         return

@@ -17,7 +17,9 @@
 
 Each round times every implementation once, in turn (wall clock around the call: for gpugrad a
 ``fit`` of one more epoch with ``check_input=False``), so a machine shared with other work slows
-all of them alike within a round. Reported per implementation: the median and the range of its
+all of them alike within a round. The C heap is held first (``bench.steady_heap``): without it
+the loop by hand faults on fresh pages every step or not at all, according to which
+implementation ran before it. Reported per implementation: the median and the range of its
 times; per ratio: the median and the range over rounds of (gpugrad's time / the peer's time in
 the same round). The run reports; it does not fail on a slow round.
 """
@@ -131,6 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     rounds = 2 if args.quick else args.rounds
+    bench.steady_heap()  # the hand loop and PyTorch allocate: no page faults that depend on run order
     N, d, epochs = (300, 64, 2) if args.quick else (10_000, 3072, 50)
     limit, torch_threads = None, None
     if args.blas_threads is not None:

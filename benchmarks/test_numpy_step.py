@@ -128,4 +128,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--one-core", action="store_true", help="CPU time of one core (BLAS and gpugrad on one thread)")
     args = parser.parse_args()
+    bench.steady_heap()
     side_by_side(args.rounds, args.one_core)

@@ -3,6 +3,8 @@ the floor is bytes over the bandwidth measured, bad options are refused in one l
 option, and every implementation it times computes the same thing (against float64 numpy
 written from the formulas, and gpugrad's epochs against the loops written by hand)."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -112,6 +114,29 @@ def test_floor_is_positive_from_a_copy_bandwidth_measured_here():
         assert w.nbytes > 0 and w.nbytes / bandwidth > 0
     X_bytes = 65536 * 3072  # the uint8 step at the target size reads X once: at least its bytes
     assert bench.workloads(["linear"], "gpu")[-1].nbytes >= X_bytes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_with_a_steady_heap_the_loop_by_hand_allocates_without_page_faults():
+    # In a child process (the setting is process-wide): the MLP epoch by hand, before and after.
+    code = """if 1:
+        import resource
+        from gpugrad.tools import bench
+        w = bench._epoch("mlp", 1000, 3072, 10)
+        epoch = bench.IMPLEMENTATIONS["numpy by hand"].prepare(w, bench.make_inputs(w)).fn
+        def faults():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            epoch()
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        epoch()
+        plain = faults()
+        assert bench.steady_heap()
+        epoch()
+        print(plain, faults())
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    plain, steady = map(int, out.stdout.split())
+    assert steady <= 20 and (steady < plain or plain <= 20), (plain, steady)
 
 
 def test_the_clock_is_the_cases_own_when_it_has_one():

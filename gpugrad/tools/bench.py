@@ -60,8 +60,8 @@ from . import options
 from ..training.saving import json_safe
 
 __all__ = ["FAMILIES", "SIZES", "Workload", "Impl", "Case", "Unavailable", "workloads", "make_inputs",
-           "IMPLEMENTATIONS", "implementations_for", "time_case", "memory_bandwidth", "run", "format_table",
-           "ce_by_hand", "linear_by_hand", "linear_epoch_by_hand", "mlp_step_by_hand", "mlp_epoch_by_hand",
+           "IMPLEMENTATIONS", "implementations_for", "time_case", "memory_bandwidth", "steady_heap", "run",
+           "format_table", "ce_by_hand", "linear_by_hand", "linear_epoch_by_hand", "mlp_step_by_hand", "mlp_epoch_by_hand",
            "add_parser", "command"]
 
 FAMILIES = ("ce", "linear", "epoch")
@@ -650,6 +650,32 @@ def _largest_cache_bytes() -> int:
     return max([s for s in sizes if s > 0], default=32 << 20)
 
 
+def steady_heap() -> bool:
+    """Keep the C heap's freed blocks in the process, so that allocating costs no page faults.
+
+    Implementations that allocate arrays every step (numpy written by hand, PyTorch eager) get
+    memory from the C library's malloc. By default glibc hands a freed block at the top of the
+    heap back to the system and maps large blocks anew, and when it does depends on what the
+    process allocated before: a loop that frees and re-allocates a batch-sized array each step
+    may touch fresh pages, and fault on each, on every step, or never, according to which
+    implementation ran before it. Raising the trim and mmap thresholds (``mallopt``, the
+    process-wide equivalent of ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_MMAP_THRESHOLD_``) makes
+    every implementation's time the same whatever ran before it, and at its best for those that
+    allocate: gpugrad's compiled steps allocate nothing after their first call. ``gpugrad bench``
+    and the benchmark scripts call it first. Returns whether the settings took (False where the C
+    library is not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 1 << 25))
+
+
 def memory_bandwidth(backend="numpy", nbytes=None, repeat=5) -> tuple[float, str]:
     """(bytes per second, how it was measured) of a copy, counting the bytes read and written.
 
@@ -897,6 +923,7 @@ def command(parser, args) -> int:
     repeat = options.number(parser, "--repeat", args.repeat, "a positive integer")
     backend = options.backend(parser, args.backend).name
     progress = None if args.json else (lambda line: print(f"gpugrad bench: {line}", file=sys.stderr, flush=True))
+    steady_heap()
     result = run(list(dict.fromkeys(families)), backend=backend, size=args.size, repeat=repeat, progress=progress)
     if args.json:
         print(json.dumps(json_safe(result), indent=1))

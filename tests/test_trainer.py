@@ -239,7 +239,7 @@ def test_a_rising_cost_warns_once_while_training(rng):
     with pytest.warns(RisingCostWarning, match=r"stayed above 1\.5x its lowest .* the learning rate "
                                                r"\(300\) is probably too high") as caught:
         h = t.fit(X, y)
-    assert len(caught) == 1
+    assert len(caught) == 1 and caught[0].filename == __file__  # at the fit call
     high = cost_too_high(h["cost"])
     first = next(i for i in range(3, len(high) + 1) if high[i - 3:i].all())  # 3 in a row
     assert first < 15 and f"(epoch {first}: " in str(caught[0].message)  # said as it happened

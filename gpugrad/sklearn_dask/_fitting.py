@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -21,7 +20,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from .. import checks
+from .. import _warn, checks
 from ..backends import backend_for, get_backend, is_cupy_array, move_to, to_host
 from ..engine import _validation
 from ..engine import sparse as _sparse
@@ -413,9 +412,9 @@ def learned(est, rows, partial, first_partial):
         est.validation_scores_ = [r["val_accuracy"] for r in rows]
         est.best_validation_score_ = float(np.nanmax(est.validation_scores_))
     if est.n_iter_ >= est.max_iter and est.tol is not None:
-        warnings.warn(f"{type(est).__name__}: the {est.solver} solver ran max_iter={est.max_iter} "
-                      f"epochs and its cost was still improving by more than tol={est.tol}; raise "
-                      "max_iter to train further", ConvergenceWarning)
+        _warn.warn(f"{type(est).__name__}: the {est.solver} solver ran max_iter={est.max_iter} "
+                   f"epochs and its cost was still improving by more than tol={est.tol}; raise "
+                   "max_iter to train further", ConvergenceWarning)
 
 
 # ---- full-batch L-BFGS ---------------------------------------------------------------------------
@@ -451,9 +450,9 @@ def fit_lbfgs(est, model, X, y_enc, w, lam):
     est.loss_curve_ = losses
     est.t_ = n_iter
     if n_iter >= est.max_iter:
-        warnings.warn(f"{type(est).__name__}: lbfgs stopped at max_iter={est.max_iter} iterations "
-                      f"before its gradient fell below tol={est.tol}; raise max_iter to train further",
-                      ConvergenceWarning)
+        _warn.warn(f"{type(est).__name__}: lbfgs stopped at max_iter={est.max_iter} iterations "
+                   f"before its gradient fell below tol={est.tol}; raise max_iter to train further",
+                   ConvergenceWarning)
 
 
 # ---- Dask arrays (the linear estimators) ---------------------------------------------------------
@@ -462,7 +461,7 @@ def fit_dask(est, X, y, sample_weight):
     the same objective, compute dtype and ``standardize`` as in memory, so the same model."""
     from . import distributed  # the Dask path loads when a Dask array comes (start-up time)
     if est.warm_start and hasattr(est, "model_"):
-        warnings.warn(f"{type(est).__name__}: warm_start is not supported on Dask arrays; fitting from scratch")
+        _warn.warn(f"{type(est).__name__}: warm_start is not supported on Dask arrays; fitting from scratch")
     classes = None
     if est.class_weight is not None:
         classes, sample_weight = _dask_class_weights(est, y, sample_weight)

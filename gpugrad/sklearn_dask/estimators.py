@@ -43,13 +43,13 @@ on the device. Dask arrays go to `gpugrad.distributed` (linear estimators).
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
+from .. import _warn
 from ..training import models
 from ..backends import backend_for, get_backend, is_cupy_array, to_host
 from ..backends.arrays import is_dask_collection
@@ -212,8 +212,8 @@ class _GpugradClassifier(ClassifierMixin, BaseEstimator):
             try:
                 be = get_backend(self.backend)
             except (ValueError, RuntimeError) as e:
-                warnings.warn(f"{type(self).__name__}: backend={self.backend!r} is not usable here ({e}); "
-                              "the model is loaded on numpy")
+                _warn.warn(f"{type(self).__name__}: backend={self.backend!r} is not usable here ({e}); "
+                           "the model is loaded on numpy")
                 be = get_backend("numpy")
             model = models.model_from_config(config, backend=be)
             model.load_state(arrays)

@@ -35,12 +35,11 @@ import math
 import os
 import sys
 import time
-import warnings
 
 import numpy as np
 
 from ..engine import _validation
-from .. import checks
+from .. import _warn, checks
 from .models import model_from_config
 from .saving import atomic_savez, decode_json, encode_json, json_safe, read_npz
 from . import sparse_sgd
@@ -409,12 +408,11 @@ class Trainer:
         best = int(np.nanargmin(costs))
         lr = rows[-1].get("lr", math.nan)
         self._warned_rising = True
-        warnings.warn(
+        _warn.warn(
             f"the training cost has stayed above {RISE_FACTOR:g}x its lowest ({costs[best]:.4g}, epoch "
             f"{rows[best]['epoch']}) for the last {RISE_EPOCHS} epochs (epoch {rows[-1]['epoch']}: "
             f"{costs[-1]:.4g}; highest {max(costs):.4g}): the learning rate"
-            f"{'' if math.isnan(lr) else f' ({lr:g})'} is probably too high", RisingCostWarning,
-            stacklevel=3)
+            f"{'' if math.isnan(lr) else f' ({lr:g})'} is probably too high", RisingCostWarning)
 
     def _early_stop(self, row) -> bool:
         """Track the best epoch; True when ``n_iter_no_change`` epochs passed without improving."""

@@ -59,7 +59,7 @@ import numpy as np
 
 from ..engine import _validation
 from . import bench, options
-from ..training.saving import not_npz_kind, atomic_write, json_safe
+from ..training.saving import atomic_write, json_safe, npz_arrays
 from ..training.optim import OPTIMIZERS
 from .. import __version__
 from ..training import data, models, optim
@@ -956,15 +956,7 @@ def _predict_data(parser, spec):
 
 def _npz_rows(path: Path):
     """X (checked) and y as label strings, or None, of an .npz file (no pickles)."""
-    with open(path, "rb") as f:
-        kind = not_npz_kind(f.read(64))
-    if kind is not None:
-        raise ValueError(f"{kind}, not an .npz archive")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # a torn archive, object arrays (pickles): say what numpy said
-        raise ValueError(f"not a readable .npz archive ({type(e).__name__}: {e})") from None
+    arrays = npz_arrays(path)
     if "X" not in arrays:
         raise ValueError(f"it has no array X (it holds: {', '.join(sorted(arrays)) or 'nothing'})")
     X = data.check_features(arrays["X"], str(path))

@@ -18,7 +18,8 @@ import zipfile
 
 import numpy as np
 
-__all__ = ["json_safe", "encode_json", "decode_json", "atomic_write", "atomic_savez", "read_npz", "not_npz_kind"]
+__all__ = ["json_safe", "encode_json", "decode_json", "atomic_write", "atomic_savez", "read_npz", "npz_arrays",
+           "not_npz_kind"]
 
 
 def json_safe(obj):
@@ -103,12 +104,22 @@ def read_npz(path, what="file") -> dict:
         raise FileNotFoundError(f"{path}: no such {what}")
     if os.path.isdir(path):
         raise ValueError(f"{path}: is a folder, not a gpugrad {what}")
+    try:
+        return npz_arrays(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a gpugrad {what}: {e}") from None
+
+
+def npz_arrays(path) -> dict:
+    """All arrays of the .npz file at ``path``, loaded without pickles. A file that is not an .npz
+    archive, or a torn one, raises ValueError with the reason alone ("a text file, not an .npz
+    archive"), for the caller to say which file and what it was expected to be."""
     with open(path, "rb") as f:
         kind = not_npz_kind(f.read(64))
     if kind is not None:
-        raise ValueError(f"{path}: not a gpugrad {what}: {kind}, not an .npz archive")
+        raise ValueError(f"{kind}, not an .npz archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable gpugrad {what} ({type(e).__name__}: {e})") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:  # object arrays: ValueError
+        raise ValueError(f"not a readable .npz archive ({type(e).__name__}: {e})") from None

@@ -182,9 +182,8 @@ def test_planning_knows_exactly_the_kernels_the_ptx_defines(entries):
 
 
 def test_variants_are_frozen_options_of_the_backend_with_measured_defaults(monkeypatch):
-    """No module-level switch: a backend's variants are the measured row for its card's
-    architecture unless given to that backend, and a misspelt switch or variant is refused."""
-    assert not any(hasattr(cb, old) for old in ("LINEAR_VARIANT", "CE_LONG_ROWS", "ROW_CALL"))
+    """A backend's variants are the measured row for its card's architecture unless given to that
+    backend, and a misspelt switch or variant is refused."""
     assert fake_backend(monkeypatch).variants == plans.default_variants(90) == plans.MEASURED[90]
     assert fake_backend(monkeypatch, card=dict(H100, cc=86)).variants == plans.MEASURED[80]
     assert fake_backend(monkeypatch, card=dict(H100, cc=100)).variants == plans.MEASURED[90]

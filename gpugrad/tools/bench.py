@@ -23,6 +23,8 @@ Times: the median of ``repeat`` calls after warm-up, ``time.perf_counter`` aroun
 the CPU and CUDA events around each call on a GPU; the trainer's epochs are timed by the
 trainer's own per-epoch clock (``History`` column ``seconds``), which leaves out what ``fit``
 does once per call (here with ``check_input=False``: the inputs are known to be valid).
+``gpugrad bench`` holds the C heap first (``steady_heap``), so that the implementations that
+allocate every call take the same time whatever ran before them in the process.
 
 The floor of a workload is the bytes it must move (each input read once, each output written
 once; see ``Workload.nbytes``) divided by the bandwidth measured in the same run: a

@@ -169,6 +169,28 @@ def test_worker_killed_mid_fit_is_recovered_and_gives_the_same_model(client):
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the tests after this one
 
 
+def test_worker_killed_between_sequential_epochs_is_recovered_and_gives_the_same_model(client):
+    """The sequential pass keeps its state on a worker between epochs: killing that worker costs a
+    recomputation from the graph, not the fit."""
+    X, y, _ = make_problem(seed=3, n=2000)
+    kw = dict(lam=LAM, solver="sgd", sgd_pass="sequential", batch_size=100, learning_rate_init=0.05, max_iter=3)
+    undisturbed = ggd.fit_linear(X, y, **kw)
+    killed = []
+
+    def kill_after_epoch_1(epoch, J):
+        if epoch == 1 and not killed:  # the worker holding the state
+            holder, = [w for w, keys in client.has_what().items() if any("gpugrad-pass" in str(k) for k in keys)]
+            pid = client.run(os.getpid, workers=[holder])[holder]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    fit = ggd.fit_linear(X, y, callback=kill_after_epoch_1, **kw)
+    assert killed and killed[0] not in client.run(os.getpid).values()
+    assert fit["loss_curve_"] == undisturbed["loss_curve_"]
+    np.testing.assert_array_equal(fit["model"].params["W"], undisturbed["model"].params["W"])
+    client.wait_for_workers(2, timeout=60)
+
+
 def test_a_loss_dask_gives_up_on_names_the_worker_and_rows(monkeypatch, problem):
     X, y, _, _, _, _ = problem
     from distributed.scheduler import KilledWorker

@@ -56,7 +56,8 @@ Solvers (``solver=``):
 
   ``sgd_pass="sequential"`` passes over the chunks one after another instead: the parameters,
   the optimiser state and the update count travel from chunk i's task to chunk i+1's (worker to
-  worker, in the compute dtype; to the client once an epoch), so every step sees the latest
+  worker, in the compute dtype; they stay on the workers between epochs and only each epoch's
+  cost and, at the end, the parameters come to the client), so every step sees the latest
   parameters and an epoch is the in-memory epoch over the same rows (chunk 0's in its seeded
   order, then chunk 1's, ...), step for step. One worker works at a time, so an epoch takes
   the time of all the chunks' steps rather than of one chunk's, but nothing is lost to
@@ -932,8 +933,9 @@ def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, 
             cost, rows = _compute([dask.delayed(_pass_cost)(carried, dask_key_name=f"{tag}-cost")],
                                   ranges, tag, what, None)[0]
         else:
-            carried = _compute([carried], ranges, tag, what, None)[0]
-            cost, rows = _pass_cost(carried)
+            state = _compute([carried], ranges, tag, what, None)[0]
+            cost, rows = _pass_cost(state)
+            carried = _shared(state, f"{tag}-state")
         J = cost / rows
         if not np.isfinite(J):
             raise FloatingPointError(f"the cost became {J} in epoch {epoch + 1} "
@@ -946,7 +948,7 @@ def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, 
     if placement.client is not None:  # the parameters (not the optimiser's slots) come here
         return (_compute([dask.delayed(_pass_params)(carried, dask_key_name=f"{tag}-params")], ranges, tag,
                          "the parameters", None)[0], len(losses), losses)
-    return _pass_params(carried), len(losses), losses
+    return _pass_params(state), len(losses), losses
 
 
 def _chunk_relay(Xc, yc, wc, options, carried, first, x_mean, x_std):
@@ -968,6 +970,7 @@ def _pass_cost(state):
 
 
 def _pass_params(state):
+    """The parameters {"W", "b"} of the state a sequential pass carries."""
     return state["params"]
 
 

@@ -4,6 +4,7 @@ Run by hand (minutes; the tests run every function of it at a small size):
 
     python benchmarks/sparse_bench.py                  # 200,000 x 100,000, ~100 words a row, 20 classes
     python benchmarks/sparse_bench.py --rounds 3 --dask
+    python benchmarks/sparse_bench.py --rounds 3 --dask-only        # the Dask comparison alone
     python benchmarks/sparse_bench.py --rows 20000 --quick     # a smoke run
 
 The data (benchmarks/sparse_data.make_text): TF-IDF rows of Zipf-distributed words with
@@ -24,15 +25,17 @@ same test rows through its own predict.
   allocated during ``fit`` beyond what was allocated before it, against the bytes of X's stored
   values and indices.
 - ``--dask``: the training rows as a Dask array of CSR chunks (``--chunk`` rows each) persisted on a
-  2-worker LocalCluster (one thread each): ``gpugrad.distributed.fit_linear`` (the hinge, local SGD
-  with momentum and the linear rate, parameters averaged once an epoch; the rows as they are,
-  ``standardize=False``)
+  2-worker LocalCluster (one thread each): ``gpugrad.distributed.fit_linear`` (the hinge, SGD
+  with momentum and the linear rate, ``sgd_pass="sequential"``: the model goes from chunk to
+  chunk, each chunk's steps on the worker holding it; the rows as they are, ``standardize=False``)
   against dask-ml's ``Incremental(SGDClassifier(loss="hinge"))`` (one ``partial_fit`` a block, in
-  order); skipped, with a line saying so, where dask-ml is not installed.
+  order); skipped, with a line saying so, where dask-ml is not installed. ``--dask-only`` runs this
+  comparison alone.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -57,8 +60,10 @@ SOFTMAX = dict(solver="sgd", batch_size=500, learning_rate="linear", learning_ra
                max_iter=2, tol=None, dtype="float32")
 SVM = dict(solver="sgd", batch_size=300, learning_rate="linear", learning_rate_init=1.5, momentum=0.95,
            max_iter=2, tol=None, dtype="float32", alpha=1e-4)
-DASK_SVM = dict(loss="svm", solver="sgd", batch_size=500, learning_rate="linear", learning_rate_init=2.0,
-                momentum=0.9, max_iter=2, dtype="float32", standardize=False)
+# Dask: the sequential pass (the model goes from chunk to chunk), heavy-ball momentum 0.9, rate 4 falling
+# linearly to 0 over 2 epochs, chosen on this data (benchmarks/RESULTS.md, "Dask: the sequential pass").
+DASK_SVM = dict(loss="svm", solver="sgd", sgd_pass="sequential", batch_size=500, learning_rate="linear",
+                learning_rate_init=4.0, momentum=0.9, max_iter=2, dtype="float32", standardize=False)
 
 
 def log(*a):
@@ -224,6 +229,15 @@ def dask_comparison(data, rounds, chunk, client=None, gg_kw=None):
     return rows, summary
 
 
+@contextlib.contextmanager
+def dask_client():
+    """The comparison's cluster: a 2-worker LocalCluster (one thread each) and its Client."""
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=50) as cluster, Client(cluster) as client:
+        yield client
+
+
 def product_orders(X, C=20, rows=(500, None), repeat=7, seed=0):
     """Seconds (median of ``repeat``, the variants alternating) of the ways to form the sparse step's
     two products with scipy.sparse, on the first `rows` rows of CSR X (None: all) in float32:
@@ -283,6 +297,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lr-solvers", default=",".join(LR_SOLVERS))
     ap.add_argument("--dask", action="store_true", help="also the Dask comparison (2-worker LocalCluster)")
+    ap.add_argument("--dask-only", action="store_true",
+                    help="the Dask comparison alone (no in-memory fits, no memory peaks)")
     ap.add_argument("--chunk", type=int, default=100_000, help="rows per Dask chunk")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--quick", action="store_true", help="leave out the timing of the product shapes")
@@ -299,14 +315,14 @@ def main(argv=None):
     data = split(X, y, args.rows // 4)
     log(f"== data: {args.rows} x {args.cols}, {data[0].nnz / args.rows:.1f} stored values a row, "
         f"{args.classes} classes, {args.rows // 4} test rows ({time.perf_counter() - t:.1f} s to make)")
-    orders = None if args.quick else product_orders(data[0])
-    rows, summary = in_memory(data, args.rounds, [s for s in args.lr_solvers.split(",") if s])
-    mem = None if args.no_memory else memory(data)
+    orders = None if args.quick or args.dask_only else product_orders(data[0])
+    rows, summary, mem = [], {}, None
+    if not args.dask_only:
+        rows, summary = in_memory(data, args.rounds, [s for s in args.lr_solvers.split(",") if s])
+        mem = None if args.no_memory else memory(data)
     dask_out = None
-    if args.dask:
-        from distributed import Client, LocalCluster
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=50) as cluster, Client(cluster) as client:
+    if args.dask or args.dask_only:
+        with dask_client() as client:
             dask_out = dask_comparison(data, args.rounds, args.chunk, client)
     report(summary, mem, dask_out[1] if dask_out else None)
     if args.json:

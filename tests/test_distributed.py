@@ -21,6 +21,7 @@ from gpugrad import get_backend  # noqa: E402
 from gpugrad.training.data import normalisation  # noqa: E402
 from gpugrad.training.models import LinearClassifier  # noqa: E402
 from gpugrad.training.optim import lbfgs  # noqa: E402
+from references import sgd_reference  # noqa: E402
 
 # A cluster that stops answering (a worker that never comes back, a machine far overloaded) must fail
 # its test, not hold the whole run: each test has a deadline (pytest-timeout, thread method so that
@@ -168,6 +169,28 @@ def test_worker_killed_mid_fit_is_recovered_and_gives_the_same_model(client):
     client.wait_for_workers(2, timeout=60)  # the nanny restarts it for the tests after this one
 
 
+def test_worker_killed_between_sequential_epochs_is_recovered_and_gives_the_same_model(client):
+    """The sequential pass keeps its state on a worker between epochs: killing that worker costs a
+    recomputation from the graph, not the fit."""
+    X, y, _ = make_problem(seed=3, n=2000)
+    kw = dict(lam=LAM, solver="sgd", sgd_pass="sequential", batch_size=100, learning_rate_init=0.05, max_iter=3)
+    undisturbed = ggd.fit_linear(X, y, **kw)
+    killed = []
+
+    def kill_after_epoch_1(epoch, J):
+        if epoch == 1 and not killed:  # the worker holding the state
+            holder, = [w for w, keys in client.has_what().items() if any("gpugrad-pass" in str(k) for k in keys)]
+            pid = client.run(os.getpid, workers=[holder])[holder]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    fit = ggd.fit_linear(X, y, callback=kill_after_epoch_1, **kw)
+    assert killed and killed[0] not in client.run(os.getpid).values()
+    assert fit["loss_curve_"] == undisturbed["loss_curve_"]
+    np.testing.assert_array_equal(fit["model"].params["W"], undisturbed["model"].params["W"])
+    client.wait_for_workers(2, timeout=60)
+
+
 def test_a_loss_dask_gives_up_on_names_the_worker_and_rows(monkeypatch, problem):
     X, y, _, _, _, _ = problem
     from distributed.scheduler import KilledWorker
@@ -214,6 +237,29 @@ def test_local_sgd_is_reproducible_and_reaches_the_optimum(client, problem, solv
     assert cost(a["model"].params) < cost(ref) * 1.05
     acc = lambda p: np.mean((((Xn - mean) / std) @ p["W"].T + p["b"]).argmax(1) == y_idx)  # noqa: E731
     assert acc(a["model"].params) > acc(ref) - 0.01
+
+
+def test_sequential_pass_on_cluster_is_the_in_memory_sgd_and_reaches_the_optimum(client, problem):
+    """sgd_pass="sequential": the parameters and velocity travel from chunk to chunk (worker to
+    worker), so the fit is the in-memory momentum SGD over the same rows in the same order, step
+    for step; 3 epochs come to the exact optimum's test accuracy."""
+    X, y, _, Xn, yn, _ = problem
+    kw = dict(lam=LAM, solver="sgd", sgd_pass="sequential", momentum=0.9, learning_rate_init=0.05,
+              learning_rate="linear", batch_size=50, max_iter=3, random_state=4)
+    fit = ggd.fit_linear(X, y, **kw)
+    assert fit["n_iter_"] == 3
+    model = fit["model"]
+    mean, std = model.buffers["x_mean"], model.buffers["x_std"]
+    classes, y_idx = np.unique(yn, return_inverse=True)
+    start = LinearClassifier(D, C, "softmax", dtype="float64", backend="numpy", seed=4).params
+    want, curve = sgd_reference((Xn - mean) / std, y_idx, start, X.chunks[0], lam=LAM, lr=0.05,
+                                momentum=0.9, batch_size=50, epochs=3, seed=4)
+    np.testing.assert_allclose(fit["loss_curve_"], curve, rtol=1e-10)
+    np.testing.assert_allclose(model.params["W"], want["W"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.params["b"], want["b"], rtol=1e-9, atol=1e-12)
+    ref, _, ref_mean, ref_std = in_memory_fit(Xn, yn)
+    acc = lambda p, m, s: np.mean((((Xn - m) / s) @ p["W"].T + p["b"]).argmax(1) == y_idx)  # noqa: E731
+    assert acc(model.params, mean, std) > acc(ref, ref_mean, ref_std) - 0.01
 
 
 # ---- the estimators' default on a Dask array --------------------------------------------------------
@@ -337,6 +383,10 @@ def test_bad_options_and_shapes_are_refused_by_name(problem):
         ggd.fit_linear(X, y, solver="newton")
     with pytest.raises(ValueError, match=r"learning_rate must be one of \('constant', 'linear'\), got 'cosine'"):
         ggd.fit_linear(X, y, solver="sgd", learning_rate="cosine")
+    with pytest.raises(ValueError, match=r"sgd_pass must be None or one of \('averaged', 'sequential'\), got 'ring'"):
+        ggd.fit_linear(X, y, solver="sgd", sgd_pass="ring")
+    with pytest.raises(ValueError, match="sync_every=5 applies to sgd_pass='averaged' only"):
+        ggd.fit_linear(X, y, solver="sgd", sgd_pass="sequential", sync_every=5)
     with pytest.raises(ValueError, match="chunked by rows only"):
         ggd.fit_linear(X.rechunk((500, 4)), y)
     with pytest.raises(ValueError, match=r"y must have shape \(4000,\)"):

@@ -19,6 +19,7 @@ from gpugrad.training import sparse_sgd
 
 from conftest import EMULATOR
 from kernel_checks import check_sparse_step, sparse_case
+from references import sgd_reference
 
 NP = gg.get_backend("numpy")
 
@@ -318,6 +319,16 @@ def test_dask_array_of_sparse_chunks(rng, monkeypatch):
                 plain = ggd.fit_linear(A, y, **kw)
             assert np.allclose(lazy["loss_curve_"], plain["loss_curve_"], rtol=1e-12)
             assert np.allclose(lazy["model"].params["W"], plain["model"].params["W"], rtol=1e-9, atol=1e-13)
+        # the sequential pass (an empty chunk among them) takes the dense step's steps in order
+        chunks = (70, 0, 90, 40)
+        seq = ggd.fit_linear(da.from_array(X, chunks=(chunks, 30), asarray=False), y, lam=1e-3, solver="sgd",
+                             sgd_pass="sequential", momentum=0.9, learning_rate_init=0.5, learning_rate="linear",
+                             batch_size=20, max_iter=2, standardize=False, random_state=3)
+        start = gg.models.LinearClassifier(30, 3, "softmax", dtype="float64", backend="numpy", seed=3).params
+        want, curve = sgd_reference(X.toarray(), np.unique(y, return_inverse=True)[1], start, chunks, lam=1e-3,
+                                    lr=0.5, momentum=0.9, batch_size=20, epochs=2, seed=3)
+        assert np.allclose(seq["loss_curve_"], curve, rtol=1e-10)
+        assert np.allclose(seq["model"].params["W"], want["W"], rtol=1e-9, atol=1e-12)
         Xbad = X.copy()
         Xbad.data[Xbad.indptr[120] + 0] = np.nan
         with pytest.raises(ValueError, match=rf"chunk 2 \(rows 100:150\): X contains NaN at row 120, "

@@ -49,3 +49,18 @@ def test_every_method_runs_at_a_small_size(bench, capsys):
     assert set(orders) == {200, 600} and len(orders[200]) == 7
     sb.report(summary, mem, out[1] if out else None)
     assert "ratio" in capsys.readouterr().out
+
+
+def test_dask_only_runs_the_dask_comparison_alone(bench, monkeypatch, capsys):
+    """``--dask-only``: no in-memory fits, no memory peaks; the Dask comparison (here on the local
+    scheduler, the cluster stubbed out) and its summary line."""
+    import contextlib
+    sb, _ = bench
+    monkeypatch.setattr(sb, "dask_client", lambda: contextlib.nullcontext(None))
+    with dask.config.set(scheduler="sync"):
+        summary, mem, out = sb.main(["--rows", "600", "--cols", "1500", "--nnz", "15", "--classes", "3",
+                                     "--rounds", "1", "--chunk", "200", "--dask-only"])
+    printed = capsys.readouterr().out
+    assert summary == {} and mem is None and "LogisticRegression" not in printed
+    if out is not None:  # dask-ml installed
+        assert "Dask: gpugrad" in printed and out[1]["accuracy"] > 0.5

@@ -229,7 +229,8 @@ def sync_dask():
 
 def test_dask_fit_with_cupy_labels_weights_and_classes(cuda, sync_dask, rng):
     """distributed.fit_linear with numpy X chunks and CuPy y chunks, and with a plain CuPy y,
-    sample_weight and classes next to CuPy X chunks: the same model as from numpy inputs."""
+    sample_weight and classes next to CuPy X chunks (L-BFGS; the sequential SGD pass): the same
+    model as from numpy inputs."""
     da = sync_dask
     n, d, C = 240, 5, 3
     X, y = rng.standard_normal((n, d)), rng.integers(0, C, n)
@@ -245,6 +246,12 @@ def test_dask_fit_with_cupy_labels_weights_and_classes(cuda, sync_dask, rng):
                        dtype=np.float64)
     assert np.allclose(got["model"].params["W"], ref["model"].params["W"], rtol=1e-8, atol=1e-10)
     assert got["classes_"].tolist() == [0, 1, 2]
+    # the sequential SGD pass carries the state from CuPy chunk to CuPy chunk through the host
+    kw = dict(solver="sgd", sgd_pass="sequential", max_iter=2, batch_size=20, learning_rate_init=0.05,
+              dtype=np.float64)
+    ref = D.fit_linear(da.from_array(X, chunks=(80, d)), y, **kw)
+    got = D.fit_linear(Xc, cp.asarray(y), **kw)
+    assert np.allclose(got["model"].params["W"], ref["model"].params["W"], rtol=1e-8, atol=1e-10)
 
 
 def test_dask_class_weight_with_cupy_labels(cuda, sync_dask, rng):

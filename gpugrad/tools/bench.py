@@ -63,8 +63,8 @@ from ..training.saving import json_safe
 
 __all__ = ["FAMILIES", "SIZES", "Workload", "Impl", "Case", "Unavailable", "workloads", "make_inputs",
            "IMPLEMENTATIONS", "implementations_for", "time_case", "memory_bandwidth", "steady_heap", "run",
-           "format_table", "ce_by_hand", "linear_by_hand", "linear_epoch_by_hand", "mlp_step_by_hand", "mlp_epoch_by_hand",
-           "add_parser", "command"]
+           "format_table", "ce_by_hand", "linear_by_hand", "linear_epoch_by_hand", "mlp_step_by_hand",
+           "mlp_epoch_by_hand", "add_parser", "command"]
 
 FAMILIES = ("ce", "linear", "epoch")
 SIZES = ("tiny", "cpu", "gpu")

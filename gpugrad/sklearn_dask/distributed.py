@@ -882,16 +882,22 @@ def _local_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, 
             state = new
             cost += total["cost"]
             rows += m
-        J = cost / rows
-        if not np.isfinite(J):
-            raise FloatingPointError(f"the cost became {J} in epoch {epoch + 1} "
-                                     f"(learning_rate_init={lr} may be too large)")
-        losses.append(J)
-        report(epoch + 1, J)
-        plateau.update(J)
-        if stop_early and plateau.stop:
+        if _close_epoch(cost / rows, epoch, lr, losses, report, plateau) and stop_early:
             break
     return state["params"], len(losses), losses
+
+
+def _close_epoch(J, epoch, lr, losses, report, plateau) -> bool:
+    """The mini-batch solvers' end of an epoch: its mean batch cost J recorded in ``losses`` and
+    reported, a cost that is not finite refused naming the epoch and the rate; returns whether
+    the plateau rule says stop."""
+    if not np.isfinite(J):
+        raise FloatingPointError(f"the cost became {J} in epoch {epoch + 1} "
+                                 f"(learning_rate_init={lr} may be too large)")
+    losses.append(J)
+    report(epoch + 1, J)
+    plateau.update(J)
+    return plateau.stop
 
 
 def _chunk_steps_task(Xc, yc, wc, options, shared):
@@ -936,14 +942,7 @@ def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, 
             state = _compute([carried], ranges, tag, what, None)[0]
             cost, rows = _pass_cost(state)
             carried = _shared(state, f"{tag}-state")
-        J = cost / rows
-        if not np.isfinite(J):
-            raise FloatingPointError(f"the cost became {J} in epoch {epoch + 1} "
-                                     f"(learning_rate_init={lr} may be too large)")
-        losses.append(J)
-        report(epoch + 1, J)
-        plateau.update(J)
-        if stop_early and plateau.stop:
+        if _close_epoch(cost / rows, epoch, lr, losses, report, plateau) and stop_early:
             break
     if placement.client is not None:  # the parameters (not the optimiser's slots) come here
         return (_compute([dask.delayed(_pass_params)(carried, dask_key_name=f"{tag}-params")], ranges, tag,

@@ -33,3 +33,4 @@ def test_wheel_ships_kernel_sources_and_fatbin(tmp_path):
               "checks.cuh", "rowmath.cuh", "gpugrad_kernels.fatbin", "gpugrad_kernels.fatbin.sha256"):
         assert f"gpugrad/kernels/{f}" in names, f
     assert "gpugrad/backends/cupy_backend.py" in names and "gpugrad/tools/cli.py" in names
+    assert any(n.startswith("_gpugrad_host.") for n in names), "the CPU loops (kernels/host.c) were not built"

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from ..engine.sparse import is_sparse
+from . import host
 from .arrays import move_to, to_host
 
 # The optimiser rules of ``optimizer_update``, and the hyperparameters each takes (as the host
@@ -114,6 +115,9 @@ class NumpyBackend:
         loss = (1/n) sum_i [logsumexp(S_i) - S_i,y_i], dS = (P - Y) / n (the lecture's
         g = p - y per row, divided by the batch size because the loss is a mean).
         """
+        done = host.softmax_ce(S, y, out)  # the same formulas in one compiled call (backends/host.py)
+        if done is not None:
+            return np.asarray(S.dtype.type(done[0])), done[1]
         xp = self.xp
         n = S.shape[0]
         rows = xp.arange(n)
@@ -403,6 +407,8 @@ class NumpyBackend:
             [[1.0, 0.0], [3.0, 0.0]]
         """
         h, xhat, inv_std = out
+        if host.layer_forward(s, b, gamma, beta, running_mean, running_var, momentum, eps, h, xhat, inv_std):
+            return out  # the same arithmetic in one compiled call (backends/host.py)
         xp = self.xp
         s += b  # the linear node's value x W^T + b
         if gamma is None:
@@ -432,6 +438,8 @@ class NumpyBackend:
         norm only, else None) and db = sum_i ds_i, the gradient of the bias added before the norm.
         Returns ds (dh itself)."""
         dgamma, dbeta, db = out
+        if host.layer_backward(dh, h, xhat, gamma, inv_std, dgamma, dbeta, db):
+            return dh
         xp = self.xp
         g = dh
         if h is not None:
@@ -479,11 +487,19 @@ class NumpyBackend:
             [0.0, 0.0, 0.0]
         """
         name, h = rule
+        h = tuple(float(x) for x in h)  # host numbers, rounded to p's dtype as numpy rounds Python floats
         xp = self.xp
+        # The penalty and the rule in one compiled pass, which also gives ||p||^2 (backends/host.py).
+        norm2 = host.update(name, h, p, g, slots, 2 * lam if lam else 0.0, n_decay)
         if record is not None:
-            decayed = p[:n_decay]
-            record[0, index] = loss + lam * xp.vdot(decayed, decayed) if lam else loss
+            if norm2 is None:
+                decayed = p[:n_decay]
+                record[0, index] = loss + lam * xp.vdot(decayed, decayed) if lam else loss
+            else:
+                record[0, index] = loss + lam * norm2 if lam else loss
             record[1, index] = loss
+        if norm2 is not None:
+            return
         # Each product goes into scratch rather than a fresh temporary: the same operations in the
         # same order (so the same bits), without allocating a parameter-sized array per product.
         s, t = self._scratch(p, 0), (self._scratch(p, 1) if name in ("adam", "nesterov") else None)

@@ -1,0 +1,110 @@
+"""The numpy backend's compiled loops: ``kernels/host.c``, built as the ``_gpugrad_host`` extension.
+
+A small model's training step on the CPU is dominated by numpy's per-call overhead, not its
+arithmetic: ``NumpyBackend.layer_forward`` is ~20 numpy calls on a (100, 50) array, the fused
+optimiser update 6 passes over every parameter. The extension runs each of those functions as one
+compiled call (as ``kernels/mlp.cuh`` runs each as one kernel on a card), with numpy's arithmetic in
+numpy's order: the same results bit for bit (tests/test_host.py), only sooner. Two things are
+not bit for bit: the softmax's exp and log (the C library's, within an ulp of numpy's) and the
+sums of squares and row losses the optimiser's record and the loss take (in double, where numpy
+sums in the arrays' dtype).
+
+It is optional. ``pip install`` builds it where a C compiler is at hand and goes on without it
+where none is; the numpy code is then used, with the same results. ``GPUGRAD_HOST=0`` in the
+environment turns it off; ``available()`` says whether it is in use.
+
+Each function here returns True (or its result) when the loop ran, False (None) when its arguments
+are not what the loop takes (another dtype, a non-contiguous array, a one-column layer, whose
+column sums numpy adds pairwise rather than row by row) and the caller's numpy code must run
+instead: every array is checked before any is written, so a refusal leaves them untouched.
+
+    >>> import numpy as np
+    >>> s, b, h = np.array([[1.0, -2.0], [3.0, -4.0]]), np.zeros(2), np.empty((2, 2))
+    >>> if available():
+    ...     assert layer_forward(s, b, None, None, None, None, 0.1, 1e-5, h, None, None)
+    ...     print(h.tolist())
+    ... else:
+    ...     print([[1.0, 0.0], [3.0, 0.0]])
+    [[1.0, 0.0], [3.0, 0.0]]
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:
+    import _gpugrad_host as _ext
+except ImportError:  # built without a C compiler: the numpy code runs instead
+    _ext = None
+
+__all__ = ["available", "layer_forward", "layer_backward", "update", "softmax_ce"]
+
+_ON = os.environ.get("GPUGRAD_HOST", "1").strip().lower() not in ("0", "false", "no", "off")
+_RULES = {"sgd": 0, "momentum": 1, "nesterov": 2, "adam": 3}
+_REFUSED = (TypeError, ValueError, BufferError)  # raised by the extension before it writes anything
+
+
+def available() -> bool:
+    """Whether the compiled loops are built and turned on (``GPUGRAD_HOST`` not 0)."""
+    return _ext is not None and _ON
+
+
+def _takes(s) -> bool:
+    """Whether s (n, m) is a numpy float32/float64 array the loops take: m >= 2, so that numpy's
+    column sums add the rows in order, as the loops do."""
+    return (_ext is not None and _ON and type(s) is np.ndarray and s.ndim == 2 and s.shape[1] >= 2
+            and s.dtype.char in "fd")
+
+
+def layer_forward(s, b, gamma, beta, running_mean, running_var, momentum, eps, h, xhat, inv_std) -> bool:
+    """``NumpyBackend.layer_forward`` (its arguments, out = (h, xhat, inv_std)) as one call."""
+    if not _takes(s):
+        return False
+    try:
+        _ext.layer_forward(s.shape[0], s.shape[1], s, b, gamma, beta, running_mean, running_var, float(momentum),
+                           float(eps), h, xhat, inv_std)
+    except _REFUSED:
+        return False
+    return True
+
+
+def layer_backward(dh, h, xhat, gamma, inv_std, dgamma, dbeta, db) -> bool:
+    """``NumpyBackend.layer_backward`` (its arguments, out = (dgamma, dbeta, db)) as one call."""
+    if not _takes(dh):
+        return False
+    try:
+        _ext.layer_backward(dh.shape[0], dh.shape[1], dh, h, xhat, gamma, inv_std, dgamma, dbeta, db)
+    except _REFUSED:
+        return False
+    return True
+
+
+def update(name, hyper, p, g, slots, two_lam, n_decay):
+    """``NumpyBackend.optimizer_update``'s penalty and rule as one pass: g[:n_decay] += two_lam
+    p[:n_decay], then the rule ``name`` with hyperparameters ``hyper`` (Python floats) on p, g and
+    the slot arrays, all 1-D of one dtype. Returns ||p[:n_decay]||^2 before the step (summed in
+    double, for the step's cost; 0.0 without the penalty), or None when refused."""
+    if _ext is None or not _ON or type(p) is not np.ndarray or p.dtype.char not in "fd":
+        return None
+    try:
+        return _ext.update(_RULES[name], p.size, n_decay if two_lam else 0, two_lam, p, g,
+                           slots[0] if slots else None, slots[1] if len(slots) > 1 else None, hyper)
+    except _REFUSED:
+        return None
+
+
+def softmax_ce(S, y, out):
+    """``NumpyBackend.softmax_cross_entropy_grad`` as one call: (the mean loss as a Python float, dS
+    written into ``out``, or a new array when out is None), or None when refused (labels out of
+    range included: the numpy code then says which). Its exp and log are the C library's, within
+    an ulp of numpy's; the loss is summed in double."""
+    if not (_ext is not None and _ON and type(S) is np.ndarray and S.ndim == 2 and S.dtype.char in "fd"
+            and type(y) is np.ndarray and y.dtype == np.int64 and out is not S):
+        return None
+    if out is None:
+        out = np.empty(S.shape, S.dtype)
+    try:
+        return _ext.softmax_ce(S.shape[0], S.shape[1], S, y, out), out
+    except _REFUSED:
+        return None

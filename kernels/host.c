@@ -1,12 +1,14 @@
 /* _gpugrad_host: the numpy backend's fused functions as compiled loops, for the CPU.
  *
- * A training step of a small MLP spends more time in numpy's per-call overhead than in the
+ * A training step of a small model spends more time in numpy's per-call overhead than in the
  * arithmetic of its elementwise chains: NumpyBackend.layer_forward is ~20 numpy calls on a
  * (100, 50) array, each a few microseconds. Here each of those functions is one pass (or a few)
- * over its arrays in one call, the way kernels/mlp.cuh runs them as one kernel each on a card.
+ * over its arrays in one call, the way kernels/mlp.cuh runs them as one kernel each on a card;
+ * and a sparse mini-batch step with lazy momentum (gpugrad/training/sparse_sgd.py) is one call
+ * in place of ~25 numpy passes over the batch's columns.
  *
- * Every function does numpy's arithmetic in numpy's order, so it gives the numpy code's results
- * bit for bit (tests/test_host.py compares them):
+ * The layer functions and the optimiser's update do numpy's arithmetic in numpy's order, so they
+ * give the numpy code's results bit for bit (tests/test_host.py compares them):
  * - each elementwise operation is rounded to the array's type (T, float or double) on its own:
  *   built with -ffp-contract=off (no fused multiply-add) and without -ffast-math;
  * - a Python float operand (eps, momentum, the optimiser's hyperparameters) is rounded to T
@@ -14,9 +16,12 @@
  * - a column sum of a C-contiguous (n, m) array, m >= 2, adds the rows one after the other,
  *   starting from row 0, as numpy's add.reduce(axis=0) does (for m = 1 numpy sums pairwise; the
  *   Python side keeps such shapes on numpy).
- * The Python side (gpugrad/backends/host.py) checks types, shapes and contiguity before calling.
+ * Not bit for bit, within rounding: the softmax's exp and log (the C library's, within an ulp of
+ * numpy's), sums of squares and losses (summed in double), and the sparse step (its own order).
  *
- * Array arguments are objects with the buffer protocol (numpy arrays) or None where optional.
+ * Array arguments are objects with the buffer protocol (numpy arrays) or None where optional;
+ * every one is checked (type, size, contiguity, indices in range) before any is written, and a
+ * ValueError, TypeError or BufferError says which. gpugrad/backends/host.py calls them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,10 +30,17 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
+#define AHEAD 8 /* rows of W^T and V^T asked for this many rows before they are read */
+
 /* ---- arguments ------------------------------------------------------------------------------ */
 
 typedef struct {
-    Py_buffer views[12];
+    Py_buffer views[24];
     int count;
 } Held;
 
@@ -37,8 +49,9 @@ static void release(Held *held) {
     held->count = 0;
 }
 
-/* The data of a C-contiguous array of `size` items of `itemsize` bytes (NULL, with an exception
- * set, when it is not one); NULL without an exception for None when `optional`. */
+/* The data of a C-contiguous array of `size` items (any number when size < 0) of `itemsize` bytes
+ * (NULL, with an exception set, when it is not one); NULL without an exception for None when
+ * `optional`. */
 static void *data_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t itemsize, int writable,
                      int optional, const char *name) {
     if (obj == Py_None) {
@@ -53,7 +66,7 @@ static void *data_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t item
     const char *f = view->format ? view->format : "B";
     if (*f == '<' || *f == '=' || *f == '@') f++;
     char want = itemsize == 4 ? 'f' : 'd';
-    if (view->itemsize != itemsize || f[0] != want || f[1] != '\0' || view->len != size * itemsize) {
+    if (view->itemsize != itemsize || f[0] != want || f[1] != '\0' || (size >= 0 && view->len != size * itemsize)) {
         PyErr_Format(PyExc_ValueError, "%s: expected %zd values of type %c, got %zd of type %s", name, size,
                      want, view->len / (view->itemsize ? view->itemsize : 1), view->format ? view->format : "B");
         return NULL;
@@ -236,6 +249,191 @@ static float lg1p_f32(float x) { return log1pf(x); }
 static double ex_f64(double x) { return exp(x); }
 static double lg_f64(double x) { return log(x); }
 static double lg1p_f64(double x) { return log1p(x); }
+
+/* ---- a sparse mini-batch step with lazy momentum (gpugrad/training/sparse_sgd.py) -------------------
+ *
+ * One step of heavy-ball (or Nesterov) momentum SGD on CSR X for the batch's rows, touching only
+ * the columns the batch uses: sparse_sgd._Momentum's algorithm (see its module docstring), every
+ * part of a step in one call. W and V are W^T and V^T (d, C); each of the batch's columns j (a row
+ * of W^T) is first brought from its last step last[j] to this one through the 2 x 2 map A[last[j]],
+ * then the scores, the loss and dL/dS of each row, dW's data term on those columns, and the update.
+ * gram[j] = (w.w, w.v, v.v) of row j at its last step and groups[s] their sums over the rows last
+ * at step s (which is what ||W||^2 for the step's cost needs) are kept up to date.
+ */
+
+typedef struct {
+    Py_ssize_t C, n, d, kmax, entries;
+    const int32_t *indices, *indptr;
+    const int64_t *rows, *y;
+    int64_t *last, *stamp, *pos;
+    long long tag;
+    Py_ssize_t r;
+    const double *A;
+    double *groups, *gram;
+    double lr, mu, c;
+    int nesterov, svm;
+} SparseArgs;
+
+#define EXP_f32 expf
+#define LOG_f32 logf
+#define LOG1P_f32 log1pf
+#define EXP_f64 exp
+#define LOG_f64 log
+#define LOG1P_f64 log1p
+
+#define DEFINE_SPARSE(T, SUF)                                                                           \
+/* sum_i x_i y_i in double, in 8 sums side by side (one sum waits on each addition's latency) */        \
+static double dot_##SUF(const T *x, const T *y, Py_ssize_t len) {                                       \
+    double lane[8] = {0}, sum = 0;                                                                      \
+    Py_ssize_t c = 0;                                                                                   \
+    for (; c + 8 <= len; c += 8)                                                                        \
+        for (int u = 0; u < 8; u++) lane[u] += (double)x[c + u] * (double)y[c + u];                     \
+    for (; c < len; c++) sum += (double)x[c] * (double)y[c];                                            \
+    for (int u = 0; u < 8; u++) sum += lane[u];                                                         \
+    return sum;                                                                                         \
+}                                                                                                       \
+                                                                                                        \
+/* the row's loss added to *loss, and dL/dS of the row written over its scores s (n = tn rows) */   \
+static void sparse_row_loss_##SUF(int svm, Py_ssize_t C, T tn, T *s, Py_ssize_t yi, T w, double *loss) { \
+    double l;                                                                                           \
+    T *g = s, sy = s[yi];                                                                               \
+    if (svm) { /* hinge: sum_{j != y} max(0, s_j - s_y + 1); dS_j = [margin > 0] / n */             \
+        T count = 0;                                                                                    \
+        l = 0;                                                                                          \
+        for (Py_ssize_t j = 0; j < C; j++) {                                                            \
+            T margin = s[j] - sy + (T)1;                                                                \
+            int on = j != yi && margin > 0;                                                             \
+            if (on) { l += (double)margin; count = count + (T)1; }                                    \
+            g[j] = (on ? (T)1 : (T)0) / tn;                                                             \
+        }                                                                                               \
+        g[yi] = -count / tn;                                                                            \
+    } else { /* softmax cross-entropy, as softmax_ce */                                                 \
+        T m = s[0];                                                                                     \
+        for (Py_ssize_t j = 1; j < C; j++) m = s[j] > m ? s[j] : m;                                     \
+        T others = 0, shift = sy - m;                                                                   \
+        for (Py_ssize_t j = 0; j < C; j++) {                                                            \
+            g[j] = EXP_##SUF(s[j] - m);                                                                 \
+            if (j != yi) others = others + g[j];                                                        \
+        }                                                                                               \
+        T e_y = g[yi], total = others + e_y, scale = (T)1 / (tn * total);                               \
+        for (Py_ssize_t j = 0; j < C; j++) g[j] = g[j] * scale;                                         \
+        g[yi] = -others * scale;                                                                        \
+        l = (double)(shift > -1 ? LOG1P_##SUF(others / e_y) : LOG_##SUF(total) - shift);                \
+    }                                                                                                   \
+    if (w != (T)1) {                                                                                    \
+        for (Py_ssize_t j = 0; j < C; j++) g[j] = g[j] * w;                                             \
+        l *= (double)w;                                                                                 \
+    }                                                                                                   \
+    *loss += l;                                                                                         \
+}                                                                                                       \
+                                                                                                        \
+static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, const T *inv_std,        \
+                              const T *sw, T *W, T *V, T *work, int64_t *iwork, T *db, double *out) {   \
+    Py_ssize_t C = a->C, n = a->n, d = a->d, kmax = a->kmax, k = 0, e = 0;                              \
+    const int32_t *ind = a->indices, *ptr = a->indptr;                                                  \
+    int64_t *touched = iwork, *local = iwork + kmax;                                                    \
+    T *Wc = work, *Vc = work + kmax * C, *D = work + 2 * kmax * C, *S = work + 3 * kmax * C;            \
+    T *xs = S + n * C;                                                                                  \
+    /* the batch's columns in increasing order (W^T and V^T, d rows, are then read and written in       \
+     * order, not at random), each brought from its last step to this one through A[last[j]] into       \
+     * the compact rows Wc, Vc and taken out of its group */                                            \
+    for (Py_ssize_t i = 0; i < n; i++)                                                                  \
+        for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++) a->stamp[ind[p]] = a->tag;      \
+    for (Py_ssize_t j = 0; j < d; j++)                                                                  \
+        if (a->stamp[j] == a->tag) {                                                                    \
+            a->pos[j] = k;                                                                              \
+            touched[k++] = j;                                                                           \
+        }                                                                                               \
+    for (Py_ssize_t q = 0; q < k; q++) {                                                                \
+        Py_ssize_t j = touched[q];                                                                      \
+        if (q + AHEAD < k) {                                                                            \
+            Py_ssize_t f = touched[q + AHEAD];                                                          \
+            PREFETCH(W + f * C), PREFETCH(W + f * C + C - 1), PREFETCH(V + f * C), PREFETCH(V + f * C + C - 1);\
+            PREFETCH(a->gram + 3 * f), PREFETCH(a->last + f);                                           \
+        }                                                                                               \
+        int64_t s = a->last[j];                                                                         \
+        const double *m = a->A + 4 * s;                                                                 \
+        T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                       \
+        const T *w = W + j * C, *v = V + j * C;                                                         \
+        T *wc = Wc + q * C, *vc = Vc + q * C, *dq = D + q * C;                                          \
+        for (Py_ssize_t c = 0; c < C; c++) {                                                            \
+            wc[c] = w[c] * m0 + v[c] * m1;                                                              \
+            vc[c] = v[c] * m3 + w[c] * m2;                                                              \
+            dq[c] = 0;                                                                                  \
+        }                                                                                               \
+        for (int g = 0; g < 3; g++) a->groups[3 * s + g] -= a->gram[3 * j + g];                         \
+    }                                                                                                   \
+    /* ||W||^2 at this step, before its update: the groups' quadratic forms and the batch's rows */     \
+    double norm2 = 0;                                                                                   \
+    for (Py_ssize_t s = 0; s <= a->r; s++) {                                                            \
+        double a0 = a->A[4 * s], a1 = a->A[4 * s + 1];                                                  \
+        const double *g = a->groups + 3 * s;                                                            \
+        norm2 += a0 * a0 * g[0] + 2 * a0 * a1 * g[1] + a1 * a1 * g[2];                                  \
+    }                                                                                                   \
+    norm2 += dot_##SUF(Wc, Wc, k * C);                                                                  \
+    /* the batch's entries: their place among the batch's columns, their values scaled by x_std */      \
+    for (Py_ssize_t i = 0; i < n; i++)                                                                  \
+        for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++, e++) {                          \
+            local[e] = a->pos[ind[p]];                                                                  \
+            xs[e] = inv_std ? xdata[p] * inv_std[ind[p]] : xdata[p];                                    \
+        }                                                                                               \
+    /* row by row: the scores, the loss and dL/dS; db; dW's data term D on the batch's columns */       \
+    double loss = 0;                                                                                    \
+    T tn = (T)n;                                                                                        \
+    for (Py_ssize_t c = 0; c < C; c++) db[c] = 0;                                                       \
+    e = 0;                                                                                              \
+    for (Py_ssize_t i = 0; i < n; i++) {                                                                \
+        int64_t r = a->rows[i];                                                                         \
+        Py_ssize_t len = ptr[r + 1] - ptr[r];                                                           \
+        T *s = S + i * C;                                                                               \
+        for (Py_ssize_t c = 0; c < C; c++) s[c] = 0;                                                    \
+        for (Py_ssize_t q = e; q < e + len; q++) {                                                      \
+            if (q + AHEAD < a->entries) PREFETCH(Wc + local[q + AHEAD] * C);                            \
+            const T *w = Wc + local[q] * C;                                                             \
+            for (Py_ssize_t c = 0; c < C; c++) s[c] = s[c] + xs[q] * w[c];                              \
+        }                                                                                               \
+        for (Py_ssize_t c = 0; c < C; c++) s[c] = s[c] + b[c];                                          \
+        sparse_row_loss_##SUF(a->svm, C, tn, s, (Py_ssize_t)a->y[r], sw ? sw[r] : (T)1, &loss);         \
+        for (Py_ssize_t c = 0; c < C; c++) db[c] = db[c] + s[c];                                        \
+        for (Py_ssize_t q = e; q < e + len; q++) {                                                      \
+            if (q + AHEAD < a->entries) PREFETCH(D + local[q + AHEAD] * C);                             \
+            T *dq = D + local[q] * C;                                                                   \
+            for (Py_ssize_t c = 0; c < C; c++) dq[c] = dq[c] + xs[q] * s[c];                            \
+        }                                                                                               \
+        e += len;                                                                                       \
+    }                                                                                                   \
+    /* the update, in order: g = lr (c w + D); v = mu v - g; w += v (Nesterov: w - g + mu v) */         \
+    T lr = (T)a->lr, mu = (T)a->mu, cc = (T)a->c;                                                       \
+    double *next = a->groups + 3 * (a->r + 1);                                                          \
+    for (Py_ssize_t q = 0; q < k; q++) {                                                                \
+        Py_ssize_t j = touched[q];                                                                      \
+        if (q + AHEAD < k) {                                                                            \
+            Py_ssize_t f = touched[q + AHEAD];                                                          \
+            PREFETCH(W + f * C), PREFETCH(W + f * C + C - 1), PREFETCH(V + f * C), PREFETCH(V + f * C + C - 1);\
+            PREFETCH(a->gram + 3 * f), PREFETCH(a->last + f);                                           \
+        }                                                                                               \
+        T *w = W + j * C, *v = V + j * C;                                                               \
+        const T *wc = Wc + q * C, *vc = Vc + q * C, *dq = D + q * C;                                    \
+        for (Py_ssize_t c = 0; c < C; c++) {                                                            \
+            T g = wc[c] * cc + dq[c];                                                                   \
+            g = g * lr;                                                                                 \
+            T vn = vc[c] * mu - g;                                                                      \
+            v[c] = vn;                                                                                  \
+            w[c] = a->nesterov ? (wc[c] - g) + vn * mu : wc[c] + vn;                                    \
+        }                                                                                               \
+        double ww = dot_##SUF(w, w, C), wv = dot_##SUF(w, v, C), vv = dot_##SUF(v, v, C);               \
+        a->last[j] = a->r + 1;                                                                          \
+        double *gr = a->gram + 3 * j;                                                                   \
+        gr[0] = ww, gr[1] = wv, gr[2] = vv;                                                             \
+        next[0] += ww, next[1] += wv, next[2] += vv;                                                    \
+    }                                                                                                   \
+    out[0] = loss / (double)n;                                                                          \
+    out[1] = norm2;                                                                                     \
+    out[2] = (double)k;                                                                                 \
+}
+
+DEFINE_SPARSE(float, f32)
+DEFINE_SPARSE(double, f64)
 
 /* ---- the module's functions ---------------------------------------------------------------------- */
 
@@ -428,7 +626,127 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(loss);
 }
 
+/* The data of a C-contiguous array of at least `size` items of `itemsize` bytes whose format is
+ * one of `kinds` (e.g. "i" for int32, "ql" for int64); NULL with an exception set otherwise. */
+static void *ints_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t itemsize, const char *kinds,
+                     int writable, const char *name) {
+    Py_buffer *view = &held->views[held->count];
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return NULL;
+    held->count++;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    if (view->itemsize != itemsize || f[0] == '\0' || f[1] != '\0' || strchr(kinds, f[0]) == NULL ||
+        view->len < size * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least %zd values of format %s, got %zd of format %s", name,
+                     size, kinds, view->len / (view->itemsize ? view->itemsize : 1), view->format ? view->format : "B");
+        return NULL;
+    }
+    return view->buf;
+}
+
+static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
+    PyObject *o[19];
+    SparseArgs a;
+    if (!PyArg_ParseTuple(args, "nnnOOOOOOOOOOOOOLOnOOdddiiOOO", &a.C, &a.n, &a.d, &o[0], &o[1], &o[2], &o[3],
+                          &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &a.tag, &o[13], &a.r,
+                          &o[14], &o[15], &a.lr, &a.mu, &a.c, &a.nesterov, &a.svm, &o[16], &o[17], &o[18]))
+        return NULL;
+    Py_ssize_t C = a.C, n = a.n, d = a.d;
+    if (C < 1 || n < 1 || d < 1 || a.r < 0) {
+        PyErr_SetString(PyExc_ValueError, "sparse_step: empty batch, classes or columns");
+        return NULL;
+    }
+    Py_ssize_t isz;
+    if (item_of(o[8], &isz) < 0) return NULL;
+    Held held = {.count = 0};
+    /* X's CSR arrays; indptr's length says how many rows X has */
+    Py_buffer *pv = &held.views[held.count];
+    if (PyObject_GetBuffer(o[2], pv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    held.count++;
+    Py_ssize_t N = pv->len / 4 - 1;
+    const char *pf = pv->format ? pv->format : "B";
+    if (*pf == '<' || *pf == '=' || *pf == '@') pf++;
+    if (pv->itemsize != 4 || pf[0] != 'i' || pf[1] != '\0' || N < 0) {
+        release(&held);
+        PyErr_SetString(PyExc_ValueError, "sparse_step: X.indptr must be int32");
+        return NULL;
+    }
+    a.indptr = pv->buf;
+    Py_ssize_t nnz = a.indptr[N];
+    const void *xdata = data_of(&held, o[0], nnz, isz, 0, 0, "X.data");
+    a.indices = xdata ? ints_of(&held, o[1], nnz, 4, "i", 0, "X.indices") : NULL;
+    a.rows = a.indices ? ints_of(&held, o[3], n, 8, "ql", 0, "rows") : NULL;
+    a.y = a.rows ? ints_of(&held, o[4], N, 8, "ql", 0, "y") : NULL;
+    const void *sw = (a.y && o[5] != Py_None) ? data_of(&held, o[5], N, isz, 0, 0, "sample_weight") : NULL;
+    const void *b = PyErr_Occurred() ? NULL : data_of(&held, o[6], C, isz, 0, 0, "b");
+    const void *inv_std = (b && o[7] != Py_None) ? data_of(&held, o[7], d, isz, 0, 0, "inv_std") : NULL;
+    void *W = PyErr_Occurred() ? NULL : data_of(&held, o[8], d * C, isz, 1, 0, "W");
+    void *V = W ? data_of(&held, o[9], d * C, isz, 1, 0, "V") : NULL;
+    a.last = V ? ints_of(&held, o[10], d, 8, "ql", 1, "last") : NULL;
+    a.stamp = a.last ? ints_of(&held, o[11], d, 8, "ql", 1, "stamp") : NULL;
+    a.pos = a.stamp ? ints_of(&held, o[12], d, 8, "ql", 1, "pos") : NULL;
+    a.A = a.pos ? data_of(&held, o[13], 4 * (a.r + 1), 8, 0, 0, "A") : NULL;
+    Py_ssize_t have[3] = {0, 0, 0}; /* the lengths of groups, work and iwork, in values */
+    double *groups = a.A ? data_of(&held, o[14], -1, 8, 1, 0, "groups") : NULL;
+    if (groups) have[0] = held.views[held.count - 1].len / 8;
+    a.gram = groups ? data_of(&held, o[15], 3 * d, 8, 1, 0, "gram") : NULL;
+    void *work = a.gram ? data_of(&held, o[16], -1, isz, 1, 0, "work") : NULL;
+    if (work) have[1] = held.views[held.count - 1].len / isz;
+    int64_t *iwork = work ? ints_of(&held, o[17], 0, 8, "ql", 1, "iwork") : NULL;
+    if (iwork) have[2] = held.views[held.count - 1].len / 8;
+    void *db = iwork ? data_of(&held, o[18], C, isz, 1, 0, "db") : NULL;
+    if (db == NULL) {
+        release(&held);
+        return NULL;
+    }
+    a.groups = groups;
+    /* every row, label and column of the batch in range and the scratch large enough, before any write */
+    Py_ssize_t entries = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t r = a.rows[i];
+        if (r < 0 || r >= N || a.y[r] < 0 || a.y[r] >= C || a.indptr[r] < 0 || a.indptr[r] > a.indptr[r + 1] ||
+            a.indptr[r + 1] > nnz) {
+            release(&held);
+            PyErr_Format(PyExc_ValueError, "sparse_step: row %lld, its label or its row pointers out of range",
+                         (long long)r);
+            return NULL;
+        }
+        for (int32_t p = a.indptr[r]; p < a.indptr[r + 1]; p++)
+            if (a.indices[p] < 0 || a.indices[p] >= d) {
+                release(&held);
+                PyErr_Format(PyExc_ValueError, "sparse_step: column %d of row %lld out of range", a.indices[p],
+                             (long long)r);
+                return NULL;
+            }
+        entries += a.indptr[r + 1] - a.indptr[r];
+    }
+    a.kmax = entries < d ? entries : d;
+    a.entries = entries;
+    Py_ssize_t twork = (3 * a.kmax + n) * C + entries, tiwork = a.kmax + entries;
+    if (have[0] < 3 * (a.r + 2) || have[1] < twork || have[2] < tiwork) {
+        release(&held);
+        PyErr_Format(PyExc_ValueError, "sparse_step: groups needs %zd rows of 3, work %zd values, iwork %zd",
+                     a.r + 2, twork, tiwork);
+        return NULL;
+    }
+    double out[3];
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        sparse_step_f32(&a, xdata, b, inv_std, sw, W, V, work, iwork, db, out);
+    else
+        sparse_step_f64(&a, xdata, b, inv_std, sw, W, V, work, iwork, db, out);
+    Py_END_ALLOW_THREADS
+    release(&held);
+    return Py_BuildValue("ddn", out[0], out[1], (Py_ssize_t)out[2]);
+}
+
 static PyMethodDef methods[] = {
+    {"sparse_step", py_sparse_step, METH_VARARGS,
+     "sparse_step(C, n, d, X.data, X.indices, X.indptr, rows, y, sample_weight, b, inv_std, W^T, V^T, last, stamp, "
+     "pos, tag, A, r, groups, gram, lr, mu, 2 lam, nesterov, svm, work, iwork, db) -> (loss, ||W||^2 before the "
+     "step, the batch's column count); work holds (3 k + n) C + e values, iwork k + e (e the batch's entries, "
+     "k = min(e, d))"},
     {"softmax_ce", py_softmax_ce, METH_VARARGS, "softmax_ce(n, C, S, y, dS) -> the mean loss; dS = (P - Y) / n"},
     {"layer_forward", py_layer_forward, METH_VARARGS,
      "layer_forward(n, m, s, b, gamma, beta, running_mean, running_var, momentum, eps, h, xhat, inv_std)"},

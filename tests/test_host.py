@@ -77,8 +77,9 @@ def test_nan_and_inf_go_where_numpy_puts_them():
     s, b, gamma, beta, rm, rv = _layer(rng, 6, 4, "float32")
     s[2, 1], s[4, 3], beta[0] = np.nan, np.inf, -np.inf
     h, xhat, inv = np.empty_like(s), np.zeros_like(s), np.zeros(4, np.float32)
-    on, off = _both(lambda *a: BE.layer_forward(*a[:6], 0.1, 1e-5, tuple(a[6:])), s, b, gamma, beta, rm, rv, h,
-                    xhat, inv)
+    with np.errstate(invalid="ignore"):  # (inf - inf, as numpy says it)
+        on, off = _both(lambda *a: BE.layer_forward(*a[:6], 0.1, 1e-5, tuple(a[6:])), s, b, gamma, beta, rm, rv, h,
+                        xhat, inv)
     _same(on, off)
     assert np.isnan(on[6]).any()
 
@@ -158,3 +159,64 @@ def test_softmax_labels_out_of_range_are_the_numpy_codes_error():
     with pytest.raises(IndexError):
         BE.softmax_cross_entropy_grad(S, y)
     assert host.softmax_ce(S, y, None) is None
+
+
+@pytest.mark.parametrize("loss", ["softmax", "svm"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sparse_momentum_step_is_the_numpy_lazy_step(loss, dtype, nesterov, monkeypatch):
+    """gpugrad.sparse_sgd's lazy momentum steps in one compiled call each against its numpy steps:
+    the same per-step costs, weights and velocities within rounding, over two windows' catch-ups,
+    with sample weights, x_std, duplicate entries and an empty row."""
+    import scipy.sparse as sp
+
+    from gpugrad.training import sparse_sgd
+    monkeypatch.setattr(sparse_sgd, "WINDOW", 4)
+    rng = np.random.default_rng(4)
+    n, d, C = 90, 300, 5
+    cols = [rng.choice(d, size=rng.integers(1, 25), replace=False) for _ in range(n)]
+    cols[3] = cols[3][:0]                           # an empty row
+    cols[7] = np.r_[cols[7], cols[7][0]]            # a duplicate entry (their sum is the value)
+    X = sp.csr_matrix((rng.uniform(0.1, 1, sum(map(len, cols))).astype(dtype), np.concatenate(cols).astype(np.int32),
+                       np.r_[0, np.cumsum(list(map(len, cols)))].astype(np.int32)), shape=(n, d))
+    y, w = rng.integers(0, C, n), rng.uniform(0.5, 2, n).astype(dtype)
+    std = rng.uniform(0.5, 2, d).astype(dtype)
+    order = rng.permutation(n)
+    calls = []
+    real = host.sparse_step
+    monkeypatch.setattr(host, "sparse_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = []
+    for on in (True, False):
+        W, b = (np.random.default_rng(6).standard_normal((C, d)) * 0.1).astype(dtype), np.zeros(C, dtype)
+        vel = (np.zeros_like(W), np.zeros_like(b))
+        monkeypatch.setattr(host, "_ON", on)
+        cost, _, _ = sparse_sgd.run(BE, X, y, w, W, b, loss=loss, lam=0.01, schedule=lambda t: 0.3 / (1 + 0.1 * t),
+                                    t=0, order=order, batch_size=20, batches=range(5), x_std=std, momentum=0.9,
+                                    nesterov=nesterov, velocity=vel)
+        out.append((cost, W, b, vel[0], vel[1]))
+    assert len(calls) == 5  # the compiled step ran, once a batch
+    tol = {"float32": 2e-5, "float64": 1e-12}[dtype]
+    for got, want in zip(out[0], out[1]):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_sparse_step_checks_its_batch_before_writing():
+    """A row, label or column out of range is refused with the reason, and nothing is written."""
+    import scipy.sparse as sp
+    X = sp.csr_matrix(np.array([[1.0, 0, 2.0], [0, 3.0, 0]]))
+    X.indices, X.indptr = X.indices.astype(np.int32), X.indptr.astype(np.int32)
+    d, C = 3, 2
+    W, V = np.ones((d, C)), np.zeros((d, C))
+    state = dict(last=np.zeros(d, np.int64), stamp=np.full(d, -1, np.int64), pos=np.zeros(d, np.int64))
+    groups, gram = np.zeros((3, 3)), np.zeros((d, 3))
+    args = lambda rows, y: (X, np.array(rows, np.int64), np.array(y, np.int64), None, np.zeros(C), None, W, V,  # noqa: E731
+                            state["last"], state["stamp"], state["pos"], 1, np.eye(2)[None], 0, groups, gram, 0.1,
+                            0.9, 0.0, False, True, np.zeros(64), np.zeros(16, np.int64), np.zeros(C))
+    for (rows, y), what in ((([0, 2], [0, 1]), "row 2"), (([0, 1], [0, 5]), "row 1")):
+        with pytest.raises(ValueError, match=what):
+            host.sparse_step(*args(rows, y))
+        assert (W == 1).all() and (V == 0).all() and (state["stamp"] == -1).all()
+    X.indices[1] = 7  # a column past d
+    with pytest.raises(ValueError, match="column 7 of row 0"):
+        host.sparse_step(*args([0], [0, 1]))
+    assert (W == 1).all()

@@ -38,7 +38,7 @@ try:
 except ImportError:  # built without a C compiler: the numpy code runs instead
     _ext = None
 
-__all__ = ["available", "layer_forward", "layer_backward", "update", "softmax_ce"]
+__all__ = ["available", "layer_forward", "layer_backward", "update", "softmax_ce", "takes_csr", "sparse_step"]
 
 _ON = os.environ.get("GPUGRAD_HOST", "1").strip().lower() not in ("0", "false", "no", "off")
 _RULES = {"sgd": 0, "momentum": 1, "nesterov": 2, "adam": 3}
@@ -108,3 +108,23 @@ def softmax_ce(S, y, out):
         return _ext.softmax_ce(S.shape[0], S.shape[1], S, y, out), out
     except _REFUSED:
         return None
+
+
+def takes_csr(X, W) -> bool:
+    """Whether ``sparse_step`` takes the CSR matrix X with weights W (d, C): int32 indices and
+    row pointers, values of W's dtype (float32 or float64)."""
+    return (_ext is not None and _ON and type(W) is np.ndarray and W.dtype.char in "fd" and X.data.dtype == W.dtype
+            and type(X.data) is np.ndarray and X.indices.dtype == np.int32 and X.indptr.dtype == np.int32)
+
+
+def sparse_step(X, rows, y, sample_weight, b, inv_std, W, V, last, stamp, pos, tag, A, r, groups, gram, lr, mu,
+                two_lam, nesterov, svm, work, iwork, db):
+    """One lazy momentum step of ``gpugrad.sparse_sgd`` (its ``_Momentum``'s state) on the rows
+    ``rows`` of CSR X: (the batch's loss, ||W||^2 before the step, the batch's column count), db
+    written. work and iwork: scratch of W's dtype and int64, (3 k + n) C + e and k + e values for
+    the batch's e entries and k = min(e, d) columns. Every array is checked (rows, labels and
+    columns in range) before any is written; ValueError when they are not what the step takes
+    (``takes_csr`` says first)."""
+    return _ext.sparse_step(W.shape[1], len(rows), W.shape[0], X.data, X.indices, X.indptr, rows, y, sample_weight,
+                            b, inv_std, W, V, last, stamp, pos, tag, A, r, groups, gram, float(lr), float(mu),
+                            float(two_lam), int(nesterov), int(svm), work, iwork, db)

@@ -19,6 +19,11 @@ updates can wait until it is next used:
   Q_s^-1, whose size grows as mu^-(steps), small). ||W_t||^2 for the cost is the sum over the
   columns' last-touch steps s of a quadratic form in the group's (sum w^2, sum w v, sum v^2).
 
+With momentum, where the compiled CPU loops are built (``gpugrad.backends.host``), each step is
+one call (``_Momentum.compiled_step``): the batch's columns brought up to date, its scores, loss
+and dL/dS, dW's data term, the update and the bookkeeping of ||W||^2, all in a few passes over the
+batch's non-zeros rather than the ~25 numpy calls over its (columns, C) block.
+
 Either way the result is the same algorithm as the dense step, equal within rounding, step for
 step (the same batches, learning rates, per-step costs in the history, optimiser state); at the
 end of each epoch every weight is written back, so checkpoints, evaluation and callbacks see the
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import host
 from ..engine.sparse import is_sparse
 from .data import batch_rows
 from .optim import SGD
@@ -134,17 +140,22 @@ def run(be, X, y, w, W, b, *, loss, lam, schedule, t, order, batch_size, batches
     scattered whole, and both products take and give that layout."""
     steps = _Steps(be, X, y, w, b, loss, x_std, order, batch_size, W.shape[1])
     lazy = _Momentum(W, velocity[0], momentum, nesterov, lam) if momentum else _Scaled(W, lam)
+    compiled = momentum and lazy.compiled(steps)
     per_step = np.empty((2, len(batches)), dtype=np.float64)
     lr = np.nan
     for j, i in enumerate(batches):
-        cols, Xc, rows = steps.batch(i)
-        Wc = lazy.current(cols)
-        L, G, D = steps.gradient(Xc, rows, Wc, cols)
-        per_step[0, j] = float(L) + lam * lazy.norm2()
-        per_step[1, j] = float(L)
         lr = schedule(t)
-        lazy.update(cols, D, lr)
-        db = G.sum(axis=0)
+        if compiled:  # the whole step in one call (backends/host.py)
+            L, norm2, db = lazy.compiled_step(steps, i, lr)
+        else:
+            cols, Xc, rows = steps.batch(i)
+            Wc = lazy.current(cols)
+            L, G, D = steps.gradient(Xc, rows, Wc, cols)
+            norm2 = lazy.norm2()
+            lazy.update(cols, D, lr)
+            db = G.sum(axis=0)
+        per_step[0, j] = float(L) + lam * norm2
+        per_step[1, j] = float(L)
         if momentum:  # the bias, dense and small, as optim.SGD updates it
             vb = velocity[1]
             vb *= momentum
@@ -280,6 +291,41 @@ class _Momentum:
         g = self.groups[:self.r + 1]
         return float(np.sum(a * a * g[:, 0] + 2 * a * b * g[:, 1] + b * b * g[:, 2])) + _dot(self.P, self.P)
 
+    def compiled(self, steps) -> bool:
+        """Whether ``compiled_step`` takes these steps' X (``host.takes_csr``); if so, its inputs
+        once, in the form it takes them."""
+        X = steps.X
+        if not host.takes_csr(X, self.W) or not X.data.size == X.indices.size == X.indptr[-1]:
+            return False
+        dtype = self.W.dtype
+        self.y = np.ascontiguousarray(steps.y, dtype=np.int64)
+        self.sw = None if steps.w is None else np.ascontiguousarray(steps.w, dtype=dtype)
+        self.inv_std = None if steps.inv_std is None else np.ascontiguousarray(steps.inv_std[:, 0], dtype=dtype)
+        self.b = steps.b
+        d, C = self.W.shape
+        self.stamp, self.pos, self.tag = np.full(d, -1, dtype=np.int64), np.empty(d, dtype=np.int64), 0
+        self.db = np.empty(C, dtype=dtype)
+        self.svm = steps.loss == "svm"
+        return self.b.dtype == dtype and self.b.flags.c_contiguous
+
+    def compiled_step(self, steps, i, lr):
+        """Batch i's step as ``current``, the gradient, ``norm2`` and ``update`` do it, in one call:
+        (L, ||W||^2 before the step, db)."""
+        rows = batch_rows(steps.order, i, steps.batch_size)
+        ptr = steps.X.indptr
+        e = int((ptr[rows + 1] - ptr[rows]).sum())  # the batch's entries
+        (d, C), n = self.W.shape, len(rows)
+        k = min(e, d)                                # the most columns they can touch
+        work = self.scratch.get("work", (3 * k + n) * C + e, 1)
+        iwork = self.scratch.get("iwork", k + e, 1, np.int64)
+        self.tag += 1
+        A = self.Q @ self.Qinv[:self.r + 1]
+        L, norm2, _ = host.sparse_step(steps.X, rows, self.y, self.sw, self.b, self.inv_std, self.W, self.V,
+                                       self.last, self.stamp, self.pos, self.tag, A, self.r, self.groups, self.gram,
+                                       lr, self.mu, self.c, self.nesterov, self.svm, work, iwork, self.db)
+        self._advance(lr)
+        return L, norm2, self.db
+
     def update(self, cols, D, lr):
         mu, c = self.mu, self.c
         P, V = self.P, self.Vc
@@ -295,17 +341,22 @@ class _Momentum:
             P += V
         _put_rows(self.W, cols, P)
         _put_rows(self.V, cols, V)
+        gram = self.scratch.get("gram", len(cols), 3, np.float64)
+        for k, dots in enumerate(self._grams(P, V)):
+            gram[:, k] = dots
+        _put_rows(self.gram, cols, gram)
+        self.groups[self.r + 1] += gram.sum(axis=0)
+        self.last[cols] = self.r + 1
+        self._advance(lr)
+
+    def _advance(self, lr):
+        """The step's map M joins the window's product (the batch's rows are already at the next step)."""
+        mu, c = self.mu, self.c
         M = (np.array([[1 - lr * c * (1 + mu), mu * mu], [-lr * c, mu]]) if self.nesterov
              else np.array([[1 - lr * c, mu], [-lr * c, mu]]))
         self.Qinv[self.r + 1] = self.Qinv[self.r] @ np.linalg.inv(M)
         self.Q = M @ self.Q
         self.r += 1
-        self.last[cols] = self.r
-        gram = self.scratch.get("gram", len(cols), 3, np.float64)
-        for k, dots in enumerate(self._grams(P, V)):
-            gram[:, k] = dots
-        _put_rows(self.gram, cols, gram)
-        self.groups[self.r] += gram.sum(axis=0)
         if self.r == WINDOW:
             self._catch_up()
 

@@ -74,6 +74,25 @@ static void *data_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t item
     return view->buf;
 }
 
+/* The data of a C-contiguous array of at least `size` items of `itemsize` bytes whose format is
+ * one of `kinds` (e.g. "i" for int32, "ql" for int64); NULL with an exception set otherwise. */
+static void *ints_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t itemsize, const char *kinds,
+                     int writable, const char *name) {
+    Py_buffer *view = &held->views[held->count];
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return NULL;
+    held->count++;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    if (view->itemsize != itemsize || f[0] == '\0' || f[1] != '\0' || strchr(kinds, f[0]) == NULL ||
+        view->len < size * itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least %zd values of format %s, got %zd of format %s", name,
+                     size, kinds, view->len / (view->itemsize ? view->itemsize : 1), view->format ? view->format : "B");
+        return NULL;
+    }
+    return view->buf;
+}
+
 /* ---- the loops, once for each type ------------------------------------------------------------ */
 
 #define DEFINE_LOOPS(T, SUF)                                                                            \
@@ -327,6 +346,15 @@ static void sparse_row_loss_##SUF(int svm, Py_ssize_t C, T tn, T *s, Py_ssize_t 
     *loss += l;                                                                                         \
 }                                                                                                       \
                                                                                                         \
+/* rows of W^T, V^T, gram and last that the loops over the batch's columns read AHEAD rows later */     \
+static inline void ahead_##SUF(const SparseArgs *a, const T *W, const T *V, const int64_t *touched,     \
+                               Py_ssize_t q, Py_ssize_t k) {                                            \
+    if (q + AHEAD >= k) return;                                                                         \
+    Py_ssize_t f = touched[q + AHEAD], C = a->C;                                                        \
+    PREFETCH(W + f * C), PREFETCH(W + f * C + C - 1), PREFETCH(V + f * C), PREFETCH(V + f * C + C - 1); \
+    PREFETCH(a->gram + 3 * f), PREFETCH(a->last + f);                                                   \
+}                                                                                                       \
+                                                                                                        \
 static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, const T *inv_std,        \
                               const T *sw, T *W, T *V, T *work, int64_t *iwork, T *db, double *out) {   \
     Py_ssize_t C = a->C, n = a->n, d = a->d, kmax = a->kmax, k = 0, e = 0;                              \
@@ -346,11 +374,7 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
         }                                                                                               \
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
         Py_ssize_t j = touched[q];                                                                      \
-        if (q + AHEAD < k) {                                                                            \
-            Py_ssize_t f = touched[q + AHEAD];                                                          \
-            PREFETCH(W + f * C), PREFETCH(W + f * C + C - 1), PREFETCH(V + f * C), PREFETCH(V + f * C + C - 1);\
-            PREFETCH(a->gram + 3 * f), PREFETCH(a->last + f);                                           \
-        }                                                                                               \
+        ahead_##SUF(a, W, V, touched, q, k);                                                            \
         int64_t s = a->last[j];                                                                         \
         const double *m = a->A + 4 * s;                                                                 \
         T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                       \
@@ -407,11 +431,7 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
     double *next = a->groups + 3 * (a->r + 1);                                                          \
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
         Py_ssize_t j = touched[q];                                                                      \
-        if (q + AHEAD < k) {                                                                            \
-            Py_ssize_t f = touched[q + AHEAD];                                                          \
-            PREFETCH(W + f * C), PREFETCH(W + f * C + C - 1), PREFETCH(V + f * C), PREFETCH(V + f * C + C - 1);\
-            PREFETCH(a->gram + 3 * f), PREFETCH(a->last + f);                                           \
-        }                                                                                               \
+        ahead_##SUF(a, W, V, touched, q, k);                                                            \
         T *w = W + j * C, *v = V + j * C;                                                               \
         const T *wc = Wc + q * C, *vc = Vc + q * C, *dq = D + q * C;                                    \
         for (Py_ssize_t c = 0; c < C; c++) {                                                            \
@@ -436,6 +456,17 @@ DEFINE_SPARSE(float, f32)
 DEFINE_SPARSE(double, f64)
 
 /* ---- the module's functions ---------------------------------------------------------------------- */
+
+/* `count` values of `itemsize` bytes of scratch for the caller to free, or NULL with MemoryError set
+ * and `held` released */
+static void *scratch(Held *held, Py_ssize_t count, Py_ssize_t itemsize) {
+    void *p = malloc((size_t)count * itemsize);
+    if (p == NULL) {
+        release(held);
+        PyErr_NoMemory();
+    }
+    return p;
+}
 
 static int item_of(PyObject *obj, Py_ssize_t *itemsize) {
     Py_buffer view;
@@ -477,11 +508,8 @@ static PyObject *py_layer_forward(PyObject *self, PyObject *args) {
         release(&held);
         return NULL;
     }
-    void *work = bn ? malloc((size_t)(2 * m) * isz) : NULL;
-    if (bn && work == NULL) {
-        release(&held);
-        return PyErr_NoMemory();
-    }
+    void *work = bn ? scratch(&held, 2 * m, isz) : NULL; /* the batch mean and variance */
+    if (bn && work == NULL) return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (isz == 4)
         layer_forward_f32(n, m, s, b, gamma, beta, rm, rv, momentum, eps, h, xhat, inv, work,
@@ -516,11 +544,8 @@ static PyObject *py_layer_backward(PyObject *self, PyObject *args) {
         release(&held);
         return NULL;
     }
-    void *work = bn ? malloc((size_t)(3 * m) * isz) : NULL;
-    if (bn && work == NULL) {
-        release(&held);
-        return PyErr_NoMemory();
-    }
+    void *work = bn ? scratch(&held, 3 * m, isz) : NULL; /* two column sums and inv_std / n */
+    if (bn && work == NULL) return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (isz == 4)
         layer_backward_f32(n, m, g, h, xhat, gamma, inv, dgamma, dbeta, db, work, work ? (float *)work + m : NULL);
@@ -594,20 +619,11 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     Held held = {.count = 0};
     void *S = data_of(&held, o[0], n * C, isz, 0, 0, "S");
     void *dS = S ? data_of(&held, o[2], n * C, isz, 1, 0, "dS") : NULL;
-    Py_buffer *yv = &held.views[held.count];
-    if (dS == NULL || PyObject_GetBuffer(o[1], yv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+    const int64_t *y = dS ? ints_of(&held, o[1], n, 8, "ql", 0, "y") : NULL;
+    if (y == NULL) {
         release(&held);
         return NULL;
     }
-    held.count++;
-    const char *f = yv->format ? yv->format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    if (yv->itemsize != 8 || (f[0] != 'q' && f[0] != 'l') || f[1] != '\0' || yv->len != n * 8) {
-        release(&held);
-        PyErr_SetString(PyExc_ValueError, "softmax_ce: y must be n int64 labels");
-        return NULL;
-    }
-    const int64_t *y = yv->buf;
     for (Py_ssize_t i = 0; i < n; i++)
         if (y[i] < 0 || y[i] >= C) {
             release(&held);
@@ -624,25 +640,6 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     release(&held);
     return PyFloat_FromDouble(loss);
-}
-
-/* The data of a C-contiguous array of at least `size` items of `itemsize` bytes whose format is
- * one of `kinds` (e.g. "i" for int32, "ql" for int64); NULL with an exception set otherwise. */
-static void *ints_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t itemsize, const char *kinds,
-                     int writable, const char *name) {
-    Py_buffer *view = &held->views[held->count];
-    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return NULL;
-    held->count++;
-    const char *f = view->format ? view->format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    if (view->itemsize != itemsize || f[0] == '\0' || f[1] != '\0' || strchr(kinds, f[0]) == NULL ||
-        view->len < size * itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s: expected at least %zd values of format %s, got %zd of format %s", name,
-                     size, kinds, view->len / (view->itemsize ? view->itemsize : 1), view->format ? view->format : "B");
-        return NULL;
-    }
-    return view->buf;
 }
 
 static PyObject *py_sparse_step(PyObject *self, PyObject *args) {

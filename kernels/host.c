@@ -17,7 +17,7 @@
  *   starting from row 0, as numpy's add.reduce(axis=0) does (for m = 1 numpy sums pairwise; the
  *   Python side keeps such shapes on numpy).
  * Not bit for bit, within rounding: the softmax's exp and log (the C library's, within an ulp of
- * numpy's), sums of squares and losses (summed in double), and the sparse step (its own order).
+ * numpy's), the loss (summed in double), and the sparse step (its own order).
  *
  * Array arguments are objects with the buffer protocol (numpy arrays) or None where optional;
  * every one is checked (type, size, contiguity, indices in range) before any is written, and a
@@ -35,6 +35,7 @@
 #else
 #define PREFETCH(p) ((void)0)
 #endif
+#define UPDATE_BLOCK 1024 /* values of each array the update takes at a time */
 #define AHEAD 8 /* rows of W^T and V^T asked for this many rows before they are read */
 
 /* ---- arguments ------------------------------------------------------------------------------ */
@@ -213,40 +214,25 @@ static double softmax_ce_##SUF(Py_ssize_t n, Py_ssize_t C, const T *restrict S, 
 }                                                                                                       \
                                                                                                         \
                                                                                                         \
-/* NumpyBackend.optimizer_update's rules after the penalty, g[:nd] += p[:nd] (2 lam). */              \
-static double update_##SUF(int rule, Py_ssize_t size, Py_ssize_t nd, double c2, T *restrict p,          \
-                         T *restrict g, T *restrict s1, T *restrict s2, const double *restrict hp) {                                                     \
-    /* ||p[:nd]||^2 before the step, for the step's cost: in double, 8 sums side by side (one           \
-     * would wait on each addition's latency) */                                                        \
-    double part[8] = {0}, norm2 = 0;                                                                    \
-    if (nd > 0) {                                                                                       \
-        T c = (T)c2;                                                                                    \
-        Py_ssize_t k = 0;                                                                               \
-        for (; k + 8 <= nd; k += 8)                                                                     \
-            for (int u = 0; u < 8; u++) {                                                               \
-                part[u] += (double)p[k + u] * (double)p[k + u];                                         \
-                g[k + u] = g[k + u] + p[k + u] * c;                                                     \
-            }                                                                                           \
-        for (; k < nd; k++) {                                                                           \
-            norm2 += (double)p[k] * (double)p[k];                                                       \
-            g[k] = g[k] + p[k] * c;                                                                     \
-        }                                                                                               \
-        for (int u = 0; u < 8; u++) norm2 += part[u];                                                   \
-    }                                                                                                   \
-    if (rule == 0) { /* sgd: p -= lr g */                                                               \
+/* the optimiser's rule on p[lo:hi] (the penalty already in g): sgd p -= lr g; momentum                 \
+ * v = mu v - lr g, p += v (Nesterov: p += mu v - lr g); adam m = b1 m + (1 - b1) g,                    \
+ * v = b2 v + (1 - b2) g^2, p -= a m / (sqrt(v) + e) */                                                 \
+static void rule_##SUF(int rule, Py_ssize_t lo, Py_ssize_t hi, T *restrict p, const T *restrict g,      \
+                       T *restrict s1, T *restrict s2, const double *restrict hp) {                     \
+    if (rule == 0) {                                                                                    \
         T lr = (T)hp[0];                                                                                \
-        for (Py_ssize_t k = 0; k < size; k++) p[k] = p[k] - g[k] * lr;                                  \
-    } else if (rule == 1 || rule == 2) { /* momentum: v = mu v - lr g; p += v (Nesterov: mu v - lr g) */\
+        for (Py_ssize_t k = lo; k < hi; k++) p[k] = p[k] - g[k] * lr;                                   \
+    } else if (rule == 1 || rule == 2) {                                                                \
         T lr = (T)hp[0], mu = (T)hp[1];                                                                 \
-        for (Py_ssize_t k = 0; k < size; k++) {                                                         \
+        for (Py_ssize_t k = lo; k < hi; k++) {                                                          \
             T step = g[k] * lr;                                                                         \
             T v = s1[k] * mu - step;                                                                    \
             s1[k] = v;                                                                                  \
             p[k] = p[k] + (rule == 2 ? v * mu - step : v);                                              \
         }                                                                                               \
-    } else { /* adam: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= a m / (sqrt(v) + e) */     \
+    } else {                                                                                            \
         T b1 = (T)hp[0], c1 = (T)hp[1], b2 = (T)hp[2], cb2 = (T)hp[3], a = (T)hp[4], e = (T)hp[5];      \
-        for (Py_ssize_t k = 0; k < size; k++) {                                                         \
+        for (Py_ssize_t k = lo; k < hi; k++) {                                                          \
             T mk = s1[k] * b1 + g[k] * c1;                                                              \
             T gg = g[k] * g[k];                                                                         \
             T vk = s2[k] * b2 + gg * cb2;                                                               \
@@ -256,7 +242,18 @@ static double update_##SUF(int rule, Py_ssize_t size, Py_ssize_t nd, double c2, 
             p[k] = p[k] - (mk * a) / den;                                                               \
         }                                                                                               \
     }                                                                                                   \
-    return norm2;                                                                                       \
+}                                                                                                       \
+                                                                                                        \
+/* NumpyBackend.optimizer_update (after its record): g[:nd] += p[:nd] (2 lam), then the rule; a         \
+ * block at a time, so that the rule finds the block's p and g still in cache. */                       \
+static void update_##SUF(int rule, Py_ssize_t size, Py_ssize_t nd, double c2, T *restrict p,            \
+                         T *restrict g, T *restrict s1, T *restrict s2, const double *restrict hp) {    \
+    T c = (T)c2;                                                                                        \
+    for (Py_ssize_t lo = 0; lo < size; lo += UPDATE_BLOCK) {                                            \
+        Py_ssize_t hi = lo + UPDATE_BLOCK < size ? lo + UPDATE_BLOCK : size, pe = hi < nd ? hi : nd;    \
+        for (Py_ssize_t k = lo; k < pe; k++) g[k] = g[k] + p[k] * c;                                    \
+        rule_##SUF(rule, lo, hi, p, g, s1, s2, hp);                                                     \
+    }                                                                                                   \
 }
 
 DEFINE_LOOPS(float, f32)
@@ -595,15 +592,14 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
         release(&held);
         return NULL;
     }
-    double norm2;
     Py_BEGIN_ALLOW_THREADS
     if (isz == 4)
-        norm2 = update_f32(rule, size, nd, c2, p, g, s1, s2, hp);
+        update_f32(rule, size, nd, c2, p, g, s1, s2, hp);
     else
-        norm2 = update_f64(rule, size, nd, c2, p, g, s1, s2, hp);
+        update_f64(rule, size, nd, c2, p, g, s1, s2, hp);
     Py_END_ALLOW_THREADS
     release(&held);
-    return PyFloat_FromDouble(norm2);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
@@ -751,7 +747,7 @@ static PyMethodDef methods[] = {
      "layer_backward(n, m, dh, h, xhat, gamma, inv_std, dgamma, dbeta, db)"},
     {"update", py_update, METH_VARARGS,
      "update(rule (0 sgd, 1 momentum, 2 nesterov, 3 adam), size, n_decay, 2 lam, p, g, slot0, slot1, "
-     "hyperparameters) -> ||p[:n_decay]||^2 before the step"},
+     "hyperparameters)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -4,10 +4,9 @@ A small model's training step on the CPU is dominated by numpy's per-call overhe
 arithmetic: ``NumpyBackend.layer_forward`` is ~20 numpy calls on a (100, 50) array, the fused
 optimiser update 6 passes over every parameter. The extension runs each of those functions as one
 compiled call (as ``kernels/mlp.cuh`` runs each as one kernel on a card), with numpy's arithmetic in
-numpy's order: the same results bit for bit (tests/test_host.py), only sooner. Two things are
-not bit for bit: the softmax's exp and log (the C library's, within an ulp of numpy's) and the
-sums of squares and row losses the optimiser's record and the loss take (in double, where numpy
-sums in the arrays' dtype).
+numpy's order: the same results bit for bit (tests/test_host.py), only sooner. Not bit for bit:
+the softmax loss (its exp and log the C library's, within an ulp of numpy's; the mean summed in
+double), and the sparse step (``sparse_sgd``'s algorithm in an order of its own).
 
 It is optional. ``pip install`` builds it where a C compiler is at hand and goes on without it
 where none is; the numpy code is then used, with the same results. ``GPUGRAD_HOST=0`` in the
@@ -80,18 +79,18 @@ def layer_backward(dh, h, xhat, gamma, inv_std, dgamma, dbeta, db) -> bool:
     return True
 
 
-def update(name, hyper, p, g, slots, two_lam, n_decay):
-    """``NumpyBackend.optimizer_update``'s penalty and rule as one pass: g[:n_decay] += two_lam
-    p[:n_decay], then the rule ``name`` with hyperparameters ``hyper`` (Python floats) on p, g and
-    the slot arrays, all 1-D of one dtype. Returns ||p[:n_decay]||^2 before the step (summed in
-    double, for the step's cost; 0.0 without the penalty), or None when refused."""
+def update(name, hyper, p, g, slots, two_lam, n_decay) -> bool:
+    """``NumpyBackend.optimizer_update``'s penalty and rule (not its record) as one pass:
+    g[:n_decay] += two_lam p[:n_decay], then the rule ``name`` with hyperparameters ``hyper``
+    (Python floats) on p, g and the slot arrays, all 1-D of one dtype."""
     if _ext is None or not _ON or type(p) is not np.ndarray or p.dtype.char not in "fd":
-        return None
+        return False
     try:
-        return _ext.update(_RULES[name], p.size, n_decay if two_lam else 0, two_lam, p, g,
-                           slots[0] if slots else None, slots[1] if len(slots) > 1 else None, hyper)
+        _ext.update(_RULES[name], p.size, n_decay if two_lam else 0, two_lam, p, g,
+                    slots[0] if slots else None, slots[1] if len(slots) > 1 else None, hyper)
     except _REFUSED:
-        return None
+        return False
+    return True
 
 
 def softmax_ce(S, y, out):

@@ -489,17 +489,12 @@ class NumpyBackend:
         name, h = rule
         h = tuple(float(x) for x in h)  # host numbers, rounded to p's dtype as numpy rounds Python floats
         xp = self.xp
-        # The penalty and the rule in one compiled pass, which also gives ||p||^2 (backends/host.py).
-        norm2 = host.update(name, h, p, g, slots, 2 * lam if lam else 0.0, n_decay)
         if record is not None:
-            if norm2 is None:
-                decayed = p[:n_decay]
-                record[0, index] = loss + lam * xp.vdot(decayed, decayed) if lam else loss
-            else:
-                record[0, index] = loss + lam * norm2 if lam else loss
+            decayed = p[:n_decay]
+            record[0, index] = loss + lam * xp.vdot(decayed, decayed) if lam else loss
             record[1, index] = loss
-        if norm2 is not None:
-            return
+        if host.update(name, h, p, g, slots, 2 * lam if lam else 0.0, n_decay):
+            return  # the penalty and the rule in one compiled pass (backends/host.py)
         # Each product goes into scratch rather than a fresh temporary: the same operations in the
         # same order (so the same bits), without allocating a parameter-sized array per product.
         s, t = self._scratch(p, 0), (self._scratch(p, 1) if name in ("adam", "nesterov") else None)

@@ -28,6 +28,7 @@ instead: every array is checked before any is written, so a refusal leaves them 
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -37,7 +38,8 @@ try:
 except ImportError:  # built without a C compiler: the numpy code runs instead
     _ext = None
 
-__all__ = ["available", "layer_forward", "layer_backward", "update", "softmax_ce", "takes_csr", "sparse_step"]
+__all__ = ["available", "layer_forward", "layer_backward", "fixed", "update", "softmax_ce", "takes_csr",
+           "sparse_step"]
 
 _ON = os.environ.get("GPUGRAD_HOST", "1").strip().lower() not in ("0", "false", "no", "off")
 _RULES = {"sgd": 0, "momentum": 1, "nesterov": 2, "adam": 3}
@@ -77,6 +79,31 @@ def layer_backward(dh, h, xhat, gamma, inv_std, dgamma, dbeta, db) -> bool:
     except _REFUSED:
         return False
     return True
+
+
+def fixed(op, args):
+    """A call of ``NumpyBackend.<op>(*args)`` (``layer_forward`` or ``layer_backward``) with its
+    arrays fixed, as a compiled step's instructions have them: the loop itself with its arguments
+    bound (no checks in Python from call to call), or None when the loop does not take them. It is
+    tried once, on copies, so that a refusal shows now and not in the middle of a step."""
+    if op == "layer_forward":
+        s, b, gamma, beta, running_mean, running_var, momentum, eps, (h, xhat, inv_std) = args
+        call = (s, b, gamma, beta, running_mean, running_var, float(momentum), float(eps), h, xhat, inv_std)
+        loop = _ext.layer_forward if _takes(s) else None
+    elif op == "layer_backward":
+        dh, h, xhat, gamma, inv_std, (dgamma, dbeta, db) = args
+        call, loop = (dh, h, xhat, gamma, inv_std, dgamma, dbeta, db), (_ext.layer_backward if _takes(dh) else None)
+    else:
+        return None
+    arrays = [a for a in call if isinstance(a, np.ndarray)]
+    if loop is None or not all(a.flags.c_contiguous and a.flags.writeable for a in arrays):
+        return None
+    n, m = call[0].shape
+    try:
+        loop(n, m, *(a.copy() if isinstance(a, np.ndarray) else a for a in call))
+    except _REFUSED:
+        return None
+    return functools.partial(loop, n, m, *call)
 
 
 def update(name, hyper, p, g, slots, two_lam, n_decay) -> bool:

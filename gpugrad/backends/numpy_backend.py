@@ -8,6 +8,7 @@ S = X W^T + b (n, C), P = softmax(S) row-wise, Y the one-hot rows of the labels 
 """
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -347,6 +348,18 @@ class NumpyBackend:
     def matmul(self, a, b, out):
         """out = a @ b for a (n, k) and b (k, m), either a transposed view, into out (n, m)."""
         return self.xp.matmul(a, b, out=out)
+
+    def fixed_call(self, op, args):
+        """``self.<op>(*args)`` as a call without arguments, for a compiled step whose arrays stay
+        the same from batch to batch (``compiled.Program``), or None where there is no faster form
+        than calling the method: the matrix products straight to numpy, a layer's functions
+        straight to their compiled loops (``host.fixed``)."""
+        if self.xp is not np:
+            return None
+        if op == "matmul":
+            a, b, out = args
+            return functools.partial(np.matmul, a, b, out=out)
+        return host.fixed(op, args)
 
     def gather_rows(self, X, idx, x_mean, x_std, y, sample_weight, out):
         """A batch: rows idx of X (all rows in order when idx is None), normalised as ``normalise``

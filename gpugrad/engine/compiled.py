@@ -190,7 +190,9 @@ def _reads(ins):
 
 
 def _concrete(backend, ins):
-    """(bound method, arguments with buffers in place of values, [(position, input name)])."""
+    """(bound method, arguments with buffers in place of values, [(position, input name)]); for an
+    instruction without per-call inputs, the backend's ``fixed_call`` of it where it has one (the
+    call with every argument bound, e.g. straight to a compiled loop)."""
     args, bound = [], []
     for i, a in enumerate(ins.args):
         if isinstance(a, _Val):
@@ -202,6 +204,10 @@ def _concrete(backend, ins):
         elif isinstance(a, tuple):
             a = tuple(x.buffer if isinstance(x, _Val) else x for x in a)
         args.append(a)
+    fixed = getattr(backend, "fixed_call", None)
+    call = fixed(ins.op, tuple(args)) if fixed is not None and not bound else None
+    if call is not None:
+        return call, (), ()
     return getattr(backend, ins.op), tuple(args), tuple(bound)
 
 

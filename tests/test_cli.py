@@ -473,11 +473,20 @@ def test_a_run_prints_its_header_line_and_its_summary(tmp_path, capsys, quick_pl
     assert m and m.group(1) == "resuming" and m.group(2) == "up to epoch 3", captured.err
 
 
+# `python -m gpugrad` started as a terminal starts it: SIGINT neither blocked nor ignored. A process
+# inherits both from its parent, and Python turns SIGINT into KeyboardInterrupt only where it finds
+# SIGINT at its default; a test process's threads and libraries may have left it otherwise (in CI
+# a run so started went on training after the SIGINT, twice).
+AS_FROM_A_TERMINAL = ("import runpy, signal; signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                      "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "runpy.run_module('gpugrad', run_name='__main__', alter_sys=True)")
+
+
 def test_ctrl_c_stops_a_real_run_writes_its_outputs_and_says_how_to_continue(tmp_path, quick_plots):
     """SIGINT to a real `gpugrad train` process: exit status 130, the outputs of the epochs done,
     and the line that says how far it got and how to continue; then --resume continues it."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "gpugrad", "train", "--backend", "numpy",
+    proc = subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, "train", "--backend", "numpy",
                              "--epochs", "100000", "--out", str(out)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT: every thread's stack

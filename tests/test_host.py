@@ -1,7 +1,13 @@
 """The compiled CPU loops (kernels/host.c via gpugrad/backends/host.py) against the numpy code they
-replace: the same results bit for bit, on every path (batch norm with and without running
-averages, ReLU alone, the result layer; every optimiser rule, with and without the penalty), and
-the numpy code where the loops refuse their arguments."""
+replace: the layers and the optimiser's update bit for bit on every path (batch norm with and
+without running averages, ReLU alone, the result layer; every rule, with and without the
+penalty), the softmax loss within an ulp (and against float64), the sparse momentum step within
+rounding of numpy's lazy step; the numpy code where the loops refuse their arguments; the
+switch GPUGRAD_HOST=0."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -217,3 +223,11 @@ def test_sparse_step_checks_its_batch_before_writing():
     with pytest.raises(ValueError, match="column 7 of row 0"):
         host.sparse_step(*args([0], [0, 1]))
     assert (W == 1).all()
+
+
+def test_gpugrad_host_0_turns_the_loops_off():
+    code = "import gpugrad.backends.host as h; print(h.available())"
+    for value, want in (("0", "False"), ("1", str(host._ext is not None))):
+        env = {**os.environ, "GPUGRAD_HOST": value}
+        got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert got.stdout.strip() == want, got.stderr

@@ -50,74 +50,84 @@ static void release(Held *held) {
     held->count = 0;
 }
 
-/* The data of a C-contiguous array of `size` items (any number when size < 0) of `itemsize` bytes
- * (NULL, with an exception set, when it is not one); NULL without an exception for None when
- * `optional`. */
-static void *data_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t itemsize, int writable,
-                     int optional, const char *name) {
-    if (obj == Py_None) {
-        if (optional) return NULL;
-        PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
-        return NULL;
-    }
-    Py_buffer *view = &held->views[held->count];
-    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(obj, view, flags) < 0) return NULL;
-    held->count++;
-    const char *f = view->format ? view->format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    char want = itemsize == 4 ? 'f' : 'd';
-    if (view->itemsize != itemsize || f[0] != want || f[1] != '\0' || (size >= 0 && view->len != size * itemsize)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd values of type %c, got %zd of type %s", name, size,
-                     want, view->len / (view->itemsize ? view->itemsize : 1), view->format ? view->format : "B");
-        return NULL;
-    }
-    return view->buf;
-}
-
-/* The data of a C-contiguous array of at least `size` items of `itemsize` bytes whose format is
- * one of `kinds` (e.g. "i" for int32, "ql" for int64); NULL with an exception set otherwise. */
-static void *ints_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t itemsize, const char *kinds,
-                     int writable, const char *name) {
+/* The data of a C-contiguous array of items of `itemsize` bytes in one of the formats `kinds`
+ * ("f", "d", "i" for int32, "ql" for int64), and in *count (when given) how many it holds; NULL
+ * with an exception set when it is not one. */
+static void *view_of(Held *held, PyObject *obj, Py_ssize_t itemsize, const char *kinds, int writable,
+                     const char *name, Py_ssize_t *count) {
     Py_buffer *view = &held->views[held->count];
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0)
         return NULL;
     held->count++;
     const char *f = view->format ? view->format : "B";
     if (*f == '<' || *f == '=' || *f == '@') f++;
-    if (view->itemsize != itemsize || f[0] == '\0' || f[1] != '\0' || strchr(kinds, f[0]) == NULL ||
-        view->len < size * itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s: expected at least %zd values of format %s, got %zd of format %s", name,
-                     size, kinds, view->len / (view->itemsize ? view->itemsize : 1), view->format ? view->format : "B");
+    if (view->itemsize != itemsize || f[0] == '\0' || f[1] != '\0' || strchr(kinds, f[0]) == NULL) {
+        PyErr_Format(PyExc_ValueError, "%s: expected values of format %s, %zd bytes each, got format %s", name,
+                     kinds, itemsize, view->format ? view->format : "B");
         return NULL;
     }
+    if (count) *count = view->len / itemsize;
     return view->buf;
+}
+
+/* The data of a float array (float32 when itemsize is 4, float64 when 8) of exactly `size` values
+ * (any number when size < 0, then in *count when given); NULL without an exception for None when
+ * `optional`, NULL with an exception set when it is not such an array. */
+static void *data_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t itemsize, int writable,
+                     int optional, const char *name, Py_ssize_t *count) {
+    if (obj == Py_None) {
+        if (optional) return NULL;
+        PyErr_Format(PyExc_TypeError, "%s: expected an array, got None", name);
+        return NULL;
+    }
+    Py_ssize_t have;
+    void *buf = view_of(held, obj, itemsize, itemsize == 4 ? "f" : "d", writable, name, &have);
+    if (buf != NULL && size >= 0 && have != size) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd values, got %zd", name, size, have);
+        return NULL;
+    }
+    if (buf != NULL && count) *count = have;
+    return buf;
+}
+
+/* The data of an integer array (`kinds` as for view_of) of at least `size` values, and in *count
+ * (when given) how many it holds; NULL with an exception set otherwise. */
+static void *ints_of(Held *held, PyObject *obj, Py_ssize_t size, Py_ssize_t itemsize, const char *kinds,
+                     int writable, const char *name, Py_ssize_t *count) {
+    Py_ssize_t have;
+    void *buf = view_of(held, obj, itemsize, kinds, writable, name, &have);
+    if (buf != NULL && have < size) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least %zd values, got %zd", name, size, have);
+        return NULL;
+    }
+    if (buf != NULL && count) *count = have;
+    return buf;
 }
 
 /* ---- the loops, once for each type ------------------------------------------------------------ */
 
 #define DEFINE_LOOPS(T, SUF)                                                                            \
-/* out[j] = sum_i a[i, j] (rows in order, from row 0), a (n, m) */                                     \
-static void colsum_##SUF(Py_ssize_t n, Py_ssize_t m, const T *restrict a, T *restrict out) {                             \
-    memcpy(out, a, (size_t)m * sizeof(T));                                                             \
+/* out[j] = sum_i a[i, j] (rows in order, from row 0), a (n, m) */                                      \
+static void colsum_##SUF(Py_ssize_t n, Py_ssize_t m, const T *restrict a, T *restrict out) {            \
+    memcpy(out, a, (size_t)m * sizeof(T));                                                              \
     for (Py_ssize_t i = 1; i < n; i++)                                                                  \
-        for (Py_ssize_t j = 0; j < m; j++) out[j] = out[j] + a[i * m + j];                             \
+        for (Py_ssize_t j = 0; j < m; j++) out[j] = out[j] + a[i * m + j];                              \
 }                                                                                                       \
-/* out[j] = sum_i a[i, j] * b[i, j], each product rounded before it is added */                        \
-static void colsum_prod_##SUF(Py_ssize_t n, Py_ssize_t m, const T *restrict a, const T *restrict b,  \
-                               T *restrict out) {           \
+/* out[j] = sum_i a[i, j] * b[i, j], each product rounded before it is added */                         \
+static void colsum_prod_##SUF(Py_ssize_t n, Py_ssize_t m, const T *restrict a, const T *restrict b,     \
+                               T *restrict out) {                                                       \
     for (Py_ssize_t j = 0; j < m; j++) out[j] = a[j] * b[j];                                            \
     for (Py_ssize_t i = 1; i < n; i++)                                                                  \
-        for (Py_ssize_t j = 0; j < m; j++) out[j] = out[j] + a[i * m + j] * b[i * m + j];             \
+        for (Py_ssize_t j = 0; j < m; j++) out[j] = out[j] + a[i * m + j] * b[i * m + j];               \
 }                                                                                                       \
-/* np.maximum(x, 0): NaN stays NaN */                                                                  \
-static inline T relu_##SUF(T x) { return (x > 0 || x != x) ? x : (T)0; }                              \
+/* np.maximum(x, 0): NaN stays NaN */                                                                   \
+static inline T relu_##SUF(T x) { return (x > 0 || x != x) ? x : (T)0; }                                \
                                                                                                         \
-/* NumpyBackend.layer_forward: s += b; then h = relu(s), or batch norm and relu (see there). */       \
-static void layer_forward_##SUF(Py_ssize_t n, Py_ssize_t m, T *restrict s, const T *restrict b,       \
-                                const T *restrict gamma, const T *restrict beta, T *restrict rm,       \
-                                T *restrict rv, double momentum, double eps, T *restrict h,            \
-                                T *restrict xhat, T *restrict inv, T *restrict mu, T *restrict var) {                                       \
+/* NumpyBackend.layer_forward: s += b; then h = relu(s), or batch norm and relu (see there). */         \
+static void layer_forward_##SUF(Py_ssize_t n, Py_ssize_t m, T *restrict s, const T *restrict b,         \
+                                const T *restrict gamma, const T *restrict beta, T *restrict rm,        \
+                                T *restrict rv, double momentum, double eps, T *restrict h,             \
+                                T *restrict xhat, T *restrict inv, T *restrict mu, T *restrict var) {   \
     for (Py_ssize_t i = 0; i < n; i++)                                                                  \
         for (Py_ssize_t j = 0; j < m; j++) s[i * m + j] = s[i * m + j] + b[j];                          \
     if (gamma == NULL) {                                                                                \
@@ -136,13 +146,13 @@ static void layer_forward_##SUF(Py_ssize_t n, Py_ssize_t m, T *restrict s, const
     for (Py_ssize_t j = 0; j < m; j++) {                                                                \
         var[j] = var[j] / (T)n;                                                                         \
         T v = var[j] + (T)eps;                                                                          \
-        v = (T)sqrt((double)v); /* the square root of a float, rounded once: sqrtf's value */          \
+        v = (T)sqrt((double)v); /* the square root of a float, rounded once: sqrtf's value */           \
         inv[j] = (T)1 / v;                                                                              \
     }                                                                                                   \
     for (Py_ssize_t i = 0; i < n; i++)                                                                  \
         for (Py_ssize_t j = 0; j < m; j++) xhat[i * m + j] = xhat[i * m + j] * inv[j];                  \
     if (rm != NULL) {                                                                                   \
-        T keep = (T)(1 - momentum), take = (T)momentum, unbias = (T)((double)n / (double)(n - 1));     \
+        T keep = (T)(1 - momentum), take = (T)momentum, unbias = (T)((double)n / (double)(n - 1));      \
         for (Py_ssize_t j = 0; j < m; j++) {                                                            \
             rm[j] = keep * rm[j] + take * mu[j];                                                        \
             rv[j] = keep * rv[j] + take * (var[j] * unbias);                                            \
@@ -156,11 +166,11 @@ static void layer_forward_##SUF(Py_ssize_t n, Py_ssize_t m, T *restrict s, const
         }                                                                                               \
 }                                                                                                       \
                                                                                                         \
-/* NumpyBackend.layer_backward: g = dh [h > 0] in place, then the batch-norm VJP (see there). */      \
-static void layer_backward_##SUF(Py_ssize_t n, Py_ssize_t m, T *restrict g, const T *restrict h,       \
-                                 const T *restrict xhat, const T *restrict gamma,                      \
-                                 const T *restrict inv, T *restrict dgamma, T *restrict dbeta,         \
-                                 T *restrict db, T *restrict sg, T *restrict sgx) {                                                              \
+/* NumpyBackend.layer_backward: g = dh [h > 0] in place, then the batch-norm VJP (see there). */        \
+static void layer_backward_##SUF(Py_ssize_t n, Py_ssize_t m, T *restrict g, const T *restrict h,        \
+                                 const T *restrict xhat, const T *restrict gamma,                       \
+                                 const T *restrict inv, T *restrict dgamma, T *restrict dbeta,          \
+                                 T *restrict db, T *restrict sg, T *restrict sgx) {                     \
     if (h != NULL)                                                                                      \
         for (Py_ssize_t k = 0; k < n * m; k++) g[k] = g[k] * (h[k] > 0 ? (T)1 : (T)0);                  \
     if (gamma != NULL) {                                                                                \
@@ -309,17 +319,17 @@ static double dot_##SUF(const T *x, const T *y, Py_ssize_t len) {               
     return sum;                                                                                         \
 }                                                                                                       \
                                                                                                         \
-/* the row's loss added to *loss, and dL/dS of the row written over its scores s (n = tn rows) */   \
+/* the row's loss added to *loss, and dL/dS of the row written over its scores s (n = tn rows) */       \
 static void sparse_row_loss_##SUF(int svm, Py_ssize_t C, T tn, T *s, Py_ssize_t yi, T w, double *loss) { \
     double l;                                                                                           \
     T *g = s, sy = s[yi];                                                                               \
-    if (svm) { /* hinge: sum_{j != y} max(0, s_j - s_y + 1); dS_j = [margin > 0] / n */             \
+    if (svm) { /* hinge: sum_{j != y} max(0, s_j - s_y + 1); dS_j = [margin > 0] / n */                 \
         T count = 0;                                                                                    \
         l = 0;                                                                                          \
         for (Py_ssize_t j = 0; j < C; j++) {                                                            \
             T margin = s[j] - sy + (T)1;                                                                \
             int on = j != yi && margin > 0;                                                             \
-            if (on) { l += (double)margin; count = count + (T)1; }                                    \
+            if (on) { l += (double)margin; count = count + (T)1; }                                      \
             g[j] = (on ? (T)1 : (T)0) / tn;                                                             \
         }                                                                                               \
         g[yi] = -count / tn;                                                                            \
@@ -491,16 +501,16 @@ static PyObject *py_layer_forward(PyObject *self, PyObject *args) {
     }
     if (item_of(o[0], &isz) < 0) return NULL;
     Held held = {.count = 0};
-    void *s = data_of(&held, o[0], n * m, isz, 1, 0, "s");
-    void *b = s ? data_of(&held, o[1], m, isz, 0, 0, "b") : NULL;
-    void *gamma = b ? data_of(&held, o[2], m, isz, 0, 1, "gamma") : NULL;
+    void *s = data_of(&held, o[0], n * m, isz, 1, 0, "s", NULL);
+    void *b = s ? data_of(&held, o[1], m, isz, 0, 0, "b", NULL) : NULL;
+    void *gamma = b ? data_of(&held, o[2], m, isz, 0, 1, "gamma", NULL) : NULL;
     int bn = gamma != NULL;
-    void *beta = bn ? data_of(&held, o[3], m, isz, 0, 0, "beta") : NULL;
-    void *rm = (bn && beta) ? data_of(&held, o[4], m, isz, 1, 1, "running_mean") : NULL;
-    void *rv = rm ? data_of(&held, o[5], m, isz, 1, 0, "running_var") : NULL;
-    void *h = (b && !PyErr_Occurred()) ? data_of(&held, o[6], n * m, isz, 1, 0, "h") : NULL;
-    void *xhat = (bn && h) ? data_of(&held, o[7], n * m, isz, 1, 0, "xhat") : NULL;
-    void *inv = (bn && xhat) ? data_of(&held, o[8], m, isz, 1, 0, "inv_std") : NULL;
+    void *beta = bn ? data_of(&held, o[3], m, isz, 0, 0, "beta", NULL) : NULL;
+    void *rm = (bn && beta) ? data_of(&held, o[4], m, isz, 1, 1, "running_mean", NULL) : NULL;
+    void *rv = rm ? data_of(&held, o[5], m, isz, 1, 0, "running_var", NULL) : NULL;
+    void *h = (b && !PyErr_Occurred()) ? data_of(&held, o[6], n * m, isz, 1, 0, "h", NULL) : NULL;
+    void *xhat = (bn && h) ? data_of(&held, o[7], n * m, isz, 1, 0, "xhat", NULL) : NULL;
+    void *inv = (bn && xhat) ? data_of(&held, o[8], m, isz, 1, 0, "inv_std", NULL) : NULL;
     if (PyErr_Occurred() || (rm != NULL && rv == NULL)) {
         release(&held);
         return NULL;
@@ -528,15 +538,15 @@ static PyObject *py_layer_backward(PyObject *self, PyObject *args) {
     Py_ssize_t isz;
     if (item_of(o[0], &isz) < 0) return NULL;
     Held held = {.count = 0};
-    void *g = data_of(&held, o[0], n * m, isz, 1, 0, "dh");
-    void *h = g ? data_of(&held, o[1], n * m, isz, 0, 1, "h") : NULL;
-    void *gamma = PyErr_Occurred() ? NULL : data_of(&held, o[3], m, isz, 0, 1, "gamma");
+    void *g = data_of(&held, o[0], n * m, isz, 1, 0, "dh", NULL);
+    void *h = g ? data_of(&held, o[1], n * m, isz, 0, 1, "h", NULL) : NULL;
+    void *gamma = PyErr_Occurred() ? NULL : data_of(&held, o[3], m, isz, 0, 1, "gamma", NULL);
     int bn = gamma != NULL;
-    void *xhat = bn ? data_of(&held, o[2], n * m, isz, 0, 0, "xhat") : NULL;
-    void *inv = (bn && xhat) ? data_of(&held, o[4], m, isz, 0, 0, "inv_std") : NULL;
-    void *dgamma = (bn && inv) ? data_of(&held, o[5], m, isz, 1, 0, "dgamma") : NULL;
-    void *dbeta = (bn && dgamma) ? data_of(&held, o[6], m, isz, 1, 0, "dbeta") : NULL;
-    void *db = PyErr_Occurred() ? NULL : data_of(&held, o[7], m, isz, 1, 0, "db");
+    void *xhat = bn ? data_of(&held, o[2], n * m, isz, 0, 0, "xhat", NULL) : NULL;
+    void *inv = (bn && xhat) ? data_of(&held, o[4], m, isz, 0, 0, "inv_std", NULL) : NULL;
+    void *dgamma = (bn && inv) ? data_of(&held, o[5], m, isz, 1, 0, "dgamma", NULL) : NULL;
+    void *dbeta = (bn && dgamma) ? data_of(&held, o[6], m, isz, 1, 0, "dbeta", NULL) : NULL;
+    void *db = PyErr_Occurred() ? NULL : data_of(&held, o[7], m, isz, 1, 0, "db", NULL);
     if (PyErr_Occurred()) {
         release(&held);
         return NULL;
@@ -584,10 +594,10 @@ static PyObject *py_update(PyObject *self, PyObject *args) {
     Py_ssize_t isz;
     if (item_of(o[0], &isz) < 0) return NULL;
     Held held = {.count = 0};
-    void *p = data_of(&held, o[0], size, isz, 1, 0, "p");
-    void *g = p ? data_of(&held, o[1], size, isz, 1, 0, "g") : NULL;
-    void *s1 = (g && rule > 0) ? data_of(&held, o[2], size, isz, 1, 0, "slot 0") : NULL;
-    void *s2 = (s1 && rule == 3) ? data_of(&held, o[3], size, isz, 1, 0, "slot 1") : NULL;
+    void *p = data_of(&held, o[0], size, isz, 1, 0, "p", NULL);
+    void *g = p ? data_of(&held, o[1], size, isz, 1, 0, "g", NULL) : NULL;
+    void *s1 = (g && rule > 0) ? data_of(&held, o[2], size, isz, 1, 0, "slot 0", NULL) : NULL;
+    void *s2 = (s1 && rule == 3) ? data_of(&held, o[3], size, isz, 1, 0, "slot 1", NULL) : NULL;
     if (PyErr_Occurred()) {
         release(&held);
         return NULL;
@@ -613,9 +623,9 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
     Py_ssize_t isz;
     if (item_of(o[0], &isz) < 0) return NULL;
     Held held = {.count = 0};
-    void *S = data_of(&held, o[0], n * C, isz, 0, 0, "S");
-    void *dS = S ? data_of(&held, o[2], n * C, isz, 1, 0, "dS") : NULL;
-    const int64_t *y = dS ? ints_of(&held, o[1], n, 8, "ql", 0, "y") : NULL;
+    void *S = data_of(&held, o[0], n * C, isz, 0, 0, "S", NULL);
+    void *dS = S ? data_of(&held, o[2], n * C, isz, 1, 0, "dS", NULL) : NULL;
+    const int64_t *y = dS ? ints_of(&held, o[1], n, 8, "ql", 0, "y", NULL) : NULL;
     if (y == NULL) {
         release(&held);
         return NULL;
@@ -654,41 +664,33 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
     if (item_of(o[8], &isz) < 0) return NULL;
     Held held = {.count = 0};
     /* X's CSR arrays; indptr's length says how many rows X has */
-    Py_buffer *pv = &held.views[held.count];
-    if (PyObject_GetBuffer(o[2], pv, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    held.count++;
-    Py_ssize_t N = pv->len / 4 - 1;
-    const char *pf = pv->format ? pv->format : "B";
-    if (*pf == '<' || *pf == '=' || *pf == '@') pf++;
-    if (pv->itemsize != 4 || pf[0] != 'i' || pf[1] != '\0' || N < 0) {
+    Py_ssize_t N;
+    a.indptr = ints_of(&held, o[2], 1, 4, "i", 0, "X.indptr", &N);
+    if (a.indptr == NULL) {
         release(&held);
-        PyErr_SetString(PyExc_ValueError, "sparse_step: X.indptr must be int32");
         return NULL;
     }
-    a.indptr = pv->buf;
+    N -= 1;
     Py_ssize_t nnz = a.indptr[N];
-    const void *xdata = data_of(&held, o[0], nnz, isz, 0, 0, "X.data");
-    a.indices = xdata ? ints_of(&held, o[1], nnz, 4, "i", 0, "X.indices") : NULL;
-    a.rows = a.indices ? ints_of(&held, o[3], n, 8, "ql", 0, "rows") : NULL;
-    a.y = a.rows ? ints_of(&held, o[4], N, 8, "ql", 0, "y") : NULL;
-    const void *sw = (a.y && o[5] != Py_None) ? data_of(&held, o[5], N, isz, 0, 0, "sample_weight") : NULL;
-    const void *b = PyErr_Occurred() ? NULL : data_of(&held, o[6], C, isz, 0, 0, "b");
-    const void *inv_std = (b && o[7] != Py_None) ? data_of(&held, o[7], d, isz, 0, 0, "inv_std") : NULL;
-    void *W = PyErr_Occurred() ? NULL : data_of(&held, o[8], d * C, isz, 1, 0, "W");
-    void *V = W ? data_of(&held, o[9], d * C, isz, 1, 0, "V") : NULL;
-    a.last = V ? ints_of(&held, o[10], d, 8, "ql", 1, "last") : NULL;
-    a.stamp = a.last ? ints_of(&held, o[11], d, 8, "ql", 1, "stamp") : NULL;
-    a.pos = a.stamp ? ints_of(&held, o[12], d, 8, "ql", 1, "pos") : NULL;
-    a.A = a.pos ? data_of(&held, o[13], 4 * (a.r + 1), 8, 0, 0, "A") : NULL;
+    const void *xdata = data_of(&held, o[0], nnz, isz, 0, 0, "X.data", NULL);
+    a.indices = xdata ? ints_of(&held, o[1], nnz, 4, "i", 0, "X.indices", NULL) : NULL;
+    a.rows = a.indices ? ints_of(&held, o[3], n, 8, "ql", 0, "rows", NULL) : NULL;
+    a.y = a.rows ? ints_of(&held, o[4], N, 8, "ql", 0, "y", NULL) : NULL;
+    const void *sw = (a.y && o[5] != Py_None) ? data_of(&held, o[5], N, isz, 0, 0, "sample_weight", NULL) : NULL;
+    const void *b = PyErr_Occurred() ? NULL : data_of(&held, o[6], C, isz, 0, 0, "b", NULL);
+    const void *inv_std = (b && o[7] != Py_None) ? data_of(&held, o[7], d, isz, 0, 0, "inv_std", NULL) : NULL;
+    void *W = PyErr_Occurred() ? NULL : data_of(&held, o[8], d * C, isz, 1, 0, "W", NULL);
+    void *V = W ? data_of(&held, o[9], d * C, isz, 1, 0, "V", NULL) : NULL;
+    a.last = V ? ints_of(&held, o[10], d, 8, "ql", 1, "last", NULL) : NULL;
+    a.stamp = a.last ? ints_of(&held, o[11], d, 8, "ql", 1, "stamp", NULL) : NULL;
+    a.pos = a.stamp ? ints_of(&held, o[12], d, 8, "ql", 1, "pos", NULL) : NULL;
+    a.A = a.pos ? data_of(&held, o[13], 4 * (a.r + 1), 8, 0, 0, "A", NULL) : NULL;
     Py_ssize_t have[3] = {0, 0, 0}; /* the lengths of groups, work and iwork, in values */
-    double *groups = a.A ? data_of(&held, o[14], -1, 8, 1, 0, "groups") : NULL;
-    if (groups) have[0] = held.views[held.count - 1].len / 8;
-    a.gram = groups ? data_of(&held, o[15], 3 * d, 8, 1, 0, "gram") : NULL;
-    void *work = a.gram ? data_of(&held, o[16], -1, isz, 1, 0, "work") : NULL;
-    if (work) have[1] = held.views[held.count - 1].len / isz;
-    int64_t *iwork = work ? ints_of(&held, o[17], 0, 8, "ql", 1, "iwork") : NULL;
-    if (iwork) have[2] = held.views[held.count - 1].len / 8;
-    void *db = iwork ? data_of(&held, o[18], C, isz, 1, 0, "db") : NULL;
+    double *groups = a.A ? data_of(&held, o[14], -1, 8, 1, 0, "groups", &have[0]) : NULL;
+    a.gram = groups ? data_of(&held, o[15], 3 * d, 8, 1, 0, "gram", NULL) : NULL;
+    void *work = a.gram ? data_of(&held, o[16], -1, isz, 1, 0, "work", &have[1]) : NULL;
+    int64_t *iwork = work ? ints_of(&held, o[17], 0, 8, "ql", 1, "iwork", &have[2]) : NULL;
+    void *db = iwork ? data_of(&held, o[18], C, isz, 1, 0, "db", NULL) : NULL;
     if (db == NULL) {
         release(&held);
         return NULL;

@@ -20,7 +20,7 @@ instead: every array is checked before any is written, so a refusal leaves them 
     >>> import numpy as np
     >>> s, b, h = np.array([[1.0, -2.0], [3.0, -4.0]]), np.zeros(2), np.empty((2, 2))
     >>> if available():
-    ...     assert layer_forward(s, b, None, None, None, None, 0.1, 1e-5, h, None, None)
+    ...     assert call("layer_forward", (s, b, None, None, None, None, 0.1, 1e-5, (h, None, None)))
     ...     print(h.tolist())
     ... else:
     ...     print([[1.0, 0.0], [3.0, 0.0]])
@@ -38,8 +38,7 @@ try:
 except ImportError:  # built without a C compiler: the numpy code runs instead
     _ext = None
 
-__all__ = ["available", "layer_forward", "layer_backward", "fixed", "update", "softmax_ce", "takes_csr",
-           "sparse_step"]
+__all__ = ["available", "call", "fixed", "update", "softmax_ce", "takes_csr", "sparse_step"]
 
 _ON = os.environ.get("GPUGRAD_HOST", "1").strip().lower() not in ("0", "false", "no", "off")
 _RULES = {"sgd": 0, "momentum": 1, "nesterov": 2, "adam": 3}
@@ -58,24 +57,30 @@ def _takes(s) -> bool:
             and s.dtype.char in "fd")
 
 
-def layer_forward(s, b, gamma, beta, running_mean, running_var, momentum, eps, h, xhat, inv_std) -> bool:
-    """``NumpyBackend.layer_forward`` (its arguments, out = (h, xhat, inv_std)) as one call."""
-    if not _takes(s):
-        return False
-    try:
-        _ext.layer_forward(s.shape[0], s.shape[1], s, b, gamma, beta, running_mean, running_var, float(momentum),
-                           float(eps), h, xhat, inv_std)
-    except _REFUSED:
-        return False
-    return True
+def _layer(op, args):
+    """(the loop, its arguments) for ``NumpyBackend.<op>(*args)``, op ``layer_forward`` or
+    ``layer_backward``; (None, None) for another op or where ``_takes`` says no."""
+    if op == "layer_forward":
+        s, b, gamma, beta, running_mean, running_var, momentum, eps, (h, xhat, inv_std) = args
+        bound = (s, b, gamma, beta, running_mean, running_var, float(momentum), float(eps), h, xhat, inv_std)
+    elif op == "layer_backward":
+        dh, h, xhat, gamma, inv_std, (dgamma, dbeta, db) = args
+        bound = (dh, h, xhat, gamma, inv_std, dgamma, dbeta, db)
+    else:
+        return None, None
+    if not _takes(bound[0]):
+        return None, None
+    return getattr(_ext, op), (*bound[0].shape, *bound)
 
 
-def layer_backward(dh, h, xhat, gamma, inv_std, dgamma, dbeta, db) -> bool:
-    """``NumpyBackend.layer_backward`` (its arguments, out = (dgamma, dbeta, db)) as one call."""
-    if not _takes(dh):
+def call(op, args) -> bool:
+    """``NumpyBackend.<op>(*args)`` (a layer function, its arguments as the backend takes them) as
+    one compiled call; False, nothing written, where the loop does not take them."""
+    loop, bound = _layer(op, args)
+    if loop is None:
         return False
     try:
-        _ext.layer_backward(dh.shape[0], dh.shape[1], dh, h, xhat, gamma, inv_std, dgamma, dbeta, db)
+        loop(*bound)
     except _REFUSED:
         return False
     return True
@@ -86,24 +91,15 @@ def fixed(op, args):
     arrays fixed, as a compiled step's instructions have them: the loop itself with its arguments
     bound (no checks in Python from call to call), or None when the loop does not take them. It is
     tried once, on copies, so that a refusal shows now and not in the middle of a step."""
-    if op == "layer_forward":
-        s, b, gamma, beta, running_mean, running_var, momentum, eps, (h, xhat, inv_std) = args
-        call = (s, b, gamma, beta, running_mean, running_var, float(momentum), float(eps), h, xhat, inv_std)
-        loop = _ext.layer_forward if _takes(s) else None
-    elif op == "layer_backward":
-        dh, h, xhat, gamma, inv_std, (dgamma, dbeta, db) = args
-        call, loop = (dh, h, xhat, gamma, inv_std, dgamma, dbeta, db), (_ext.layer_backward if _takes(dh) else None)
-    else:
-        return None
-    arrays = [a for a in call if isinstance(a, np.ndarray)]
+    loop, bound = _layer(op, args)
+    arrays = [a for a in bound or () if isinstance(a, np.ndarray)]
     if loop is None or not all(a.flags.c_contiguous and a.flags.writeable for a in arrays):
         return None
-    n, m = call[0].shape
     try:
-        loop(n, m, *(a.copy() if isinstance(a, np.ndarray) else a for a in call))
+        loop(*(a.copy() if isinstance(a, np.ndarray) else a for a in bound))
     except _REFUSED:
         return None
-    return functools.partial(loop, n, m, *call)
+    return functools.partial(loop, *bound)
 
 
 def update(name, hyper, p, g, slots, two_lam, n_decay) -> bool:

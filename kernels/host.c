@@ -280,22 +280,45 @@ static double lg1p_f64(double x) { return log1p(x); }
  *
  * One step of heavy-ball (or Nesterov) momentum SGD on CSR X for the batch's rows, touching only
  * the columns the batch uses: sparse_sgd._Momentum's algorithm (see its module docstring), every
- * part of a step in one call. W and V are W^T and V^T (d, C); each of the batch's columns j (a row
- * of W^T) is first brought from its last step last[j] to this one through the 2 x 2 map A[last[j]],
- * then the scores, the loss and dL/dS of each row, dW's data term on those columns, and the update.
- * gram[j] = (w.w, w.v, v.v) of row j at its last step and groups[s] their sums over the rows last
- * at step s (which is what ||W||^2 for the step's cost needs) are kept up to date.
+ * part of a step in one call. Z holds the columns' state as records (Layout): a column's row of W^T
+ * and of V^T, each padded with zeros from C to P values so that every loop over the classes is whole
+ * vectors, its gram (w.w, w.v, v.v at its last step) and its last step, all a step reads and writes
+ * of a column in a few whole cache lines. Each of the batch's columns j (found in increasing order,
+ * so that Z is read in order) is first brought from its last step to this one through the 2 x 2 map
+ * A[last] into compact rows, then the scores, the loss and dL/dS of each row, dW's data term on
+ * those columns, and the update; groups[s], the sums of the gram of the columns last at step s (which
+ * is what ||W||^2 for the step's cost needs), are kept up to date.
+ *
+ * Each weight and velocity is computed with the numpy lazy step's operations in its order (a score
+ * adds the row's entries in order, then b; dW's term adds the rows in order); the sums for ||W||^2
+ * (each column's in T, the rest in double) are this loop's own, within rounding of numpy's.
  */
+
+#define VECTOR_BYTES 16 /* one SSE2 register */
+#define VEC(p) (*(vec *)(p)) /* the vector at p (the function's `vec`, any alignment) */
+
+/* A column's record in sparse_step's Z: its row of W^T and its row of V^T, P values each (zeros past
+ * C), then `gram` (w.w, w.v, v.v at its last step, three doubles) and `last` (int64), the record
+ * padded to whole cache lines: all a step reads and writes of a column, in one place. */
+typedef struct {
+    Py_ssize_t P, bytes, gram, last; /* values in a row; the record's bytes; the offsets of gram and last */
+} Layout;
+
+static Layout record_layout(Py_ssize_t C, Py_ssize_t itemsize) {
+    Py_ssize_t lanes = VECTOR_BYTES / itemsize, P = (C + lanes - 1) / lanes * lanes, gram = 2 * P * itemsize;
+    return (Layout){P, (gram + 32 + 63) / 64 * 64, gram, gram + 24};
+}
 
 typedef struct {
     Py_ssize_t C, n, d, kmax, entries;
+    Layout rec;
     const int32_t *indices, *indptr;
     const int64_t *rows, *y;
-    int64_t *last, *stamp, *pos;
-    long long tag;
+    uint64_t *marks;
+    int32_t *pos;
     Py_ssize_t r;
     const double *A;
-    double *groups, *gram;
+    double *groups;
     double lr, mu, c;
     int nesterov, svm;
 } SparseArgs;
@@ -308,21 +331,16 @@ typedef struct {
 #define LOG1P_f64 log1p
 
 #define DEFINE_SPARSE(T, SUF)                                                                           \
-/* sum_i x_i y_i in double, in 8 sums side by side (one sum waits on each addition's latency) */        \
-static double dot_##SUF(const T *x, const T *y, Py_ssize_t len) {                                       \
-    double lane[8] = {0}, sum = 0;                                                                      \
-    Py_ssize_t c = 0;                                                                                   \
-    for (; c + 8 <= len; c += 8)                                                                        \
-        for (int u = 0; u < 8; u++) lane[u] += (double)x[c + u] * (double)y[c + u];                     \
-    for (; c < len; c++) sum += (double)x[c] * (double)y[c];                                            \
-    for (int u = 0; u < 8; u++) sum += lane[u];                                                         \
-    return sum;                                                                                         \
-}                                                                                                       \
+/* VECTOR_BYTES of T, loaded from and stored to any T (unaligned) */                                    \
+typedef T vec_##SUF __attribute__((vector_size(VECTOR_BYTES), aligned(sizeof(T)), may_alias));          \
+enum { LANES_##SUF = VECTOR_BYTES / sizeof(T) };                                                        \
                                                                                                         \
-/* the row's loss added to *loss, and dL/dS of the row written over its scores s (n = tn rows) */       \
-static void sparse_row_loss_##SUF(int svm, Py_ssize_t C, T tn, T *s, Py_ssize_t yi, T w, double *loss) { \
+/* the row's loss added to *loss, and dL/dS of the row written over its scores s (n = tn rows);         \
+ * returns 0 when every dS_j is zero (a hinge row with no margin violated), 1 otherwise */              \
+static int sparse_row_loss_##SUF(int svm, Py_ssize_t C, T tn, T *s, Py_ssize_t yi, T w, double *loss) { \
     double l;                                                                                           \
     T *g = s, sy = s[yi];                                                                               \
+    int any = 1;                                                                                        \
     if (svm) { /* hinge: sum_{j != y} max(0, s_j - s_y + 1); dS_j = [margin > 0] / n */                 \
         T count = 0;                                                                                    \
         l = 0;                                                                                          \
@@ -333,6 +351,7 @@ static void sparse_row_loss_##SUF(int svm, Py_ssize_t C, T tn, T *s, Py_ssize_t 
             g[j] = (on ? (T)1 : (T)0) / tn;                                                             \
         }                                                                                               \
         g[yi] = -count / tn;                                                                            \
+        any = count > 0;                                                                                \
     } else { /* softmax cross-entropy, as softmax_ce */                                                 \
         T m = s[0];                                                                                     \
         for (Py_ssize_t j = 1; j < C; j++) m = s[j] > m ? s[j] : m;                                     \
@@ -351,112 +370,208 @@ static void sparse_row_loss_##SUF(int svm, Py_ssize_t C, T tn, T *s, Py_ssize_t 
         l *= (double)w;                                                                                 \
     }                                                                                                   \
     *loss += l;                                                                                         \
+    return any;                                                                                         \
 }                                                                                                       \
                                                                                                         \
-/* rows of W^T, V^T, gram and last that the loops over the batch's columns read AHEAD rows later */     \
-static inline void ahead_##SUF(const SparseArgs *a, const T *W, const T *V, const int64_t *touched,     \
-                               Py_ssize_t q, Py_ssize_t k) {                                            \
+/* the lanes of x summed in double */                                                                   \
+static inline double lanes_sum_##SUF(vec_##SUF x) {                                                     \
+    double sum = 0;                                                                                     \
+    for (int u = 0; u < LANES_##SUF; u++) sum += (double)x[u];                                          \
+    return sum;                                                                                         \
+}                                                                                                       \
+                                                                                                        \
+/* the record of the column the loops over the batch's columns reach AHEAD columns later */             \
+static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t *touched, Py_ssize_t q, \
+                               Py_ssize_t k) {                                                          \
     if (q + AHEAD >= k) return;                                                                         \
-    Py_ssize_t f = touched[q + AHEAD], C = a->C;                                                        \
-    PREFETCH(W + f * C), PREFETCH(W + f * C + C - 1), PREFETCH(V + f * C), PREFETCH(V + f * C + C - 1); \
-    PREFETCH(a->gram + 3 * f), PREFETCH(a->last + f);                                                   \
+    const char *rec = Z + touched[q + AHEAD] * a->rec.bytes;                                            \
+    for (Py_ssize_t o = 0; o < a->rec.bytes; o += 64) PREFETCH(rec + o);                                \
 }                                                                                                       \
                                                                                                         \
+/* the batch's rows, one after the other: the scores (the row's entries in order, then b), the loss     \
+ * and dL/dS over them in S; db; dW's data term D on the batch's columns (the rows in order). nv: the   \
+ * vectors of a row, taken 8 at a time; where the caller passes a constant, a row's 8 sums stay in      \
+ * registers. Returns the summed loss. */                                                               \
+static inline __attribute__((always_inline)) double sparse_rows_##SUF(const SparseArgs *a, Py_ssize_t nv, \
+    const T *Wc, T *D, T *S, const int64_t *local, const T *xs, const T *bp, const T *sw, T *db) {      \
+    typedef vec_##SUF vec;                                                                              \
+    const Py_ssize_t C = a->C, P = a->rec.P, V = LANES_##SUF;                                           \
+    const int32_t *ptr = a->indptr;                                                                     \
+    const vec zero = {0};                                                                               \
+    double loss = 0;                                                                                    \
+    T tn = (T)a->n;                                                                                     \
+    for (Py_ssize_t c = 0; c < C; c++) db[c] = 0;                                                       \
+    for (Py_ssize_t i = 0, e = 0; i < a->n; i++) {                                                      \
+        int64_t r = a->rows[i];                                                                         \
+        Py_ssize_t len = ptr[r + 1] - ptr[r];                                                           \
+        const int64_t *at = local + e;                                                                  \
+        const T *x = xs + e;                                                                            \
+        T *s = S + i * P;                                                                               \
+        for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                     \
+            Py_ssize_t m = nv - u0 < 8 ? nv - u0 : 8;                                                   \
+            vec acc[8];                                                                                 \
+            for (Py_ssize_t u = 0; u < m; u++) acc[u] = zero;                                           \
+            for (Py_ssize_t q = 0; q < len; q++) {                                                      \
+                if (u0 == 0 && q + AHEAD < len) PREFETCH(Wc + at[q + AHEAD]);                           \
+                const T *w = Wc + at[q] + u0 * V;                                                       \
+                T xq = x[q];                                                                            \
+                for (Py_ssize_t u = 0; u < m; u++) acc[u] = acc[u] + xq * VEC(w + u * V);               \
+            }                                                                                           \
+            for (Py_ssize_t u = 0; u < m; u++) VEC(s + (u0 + u) * V) = acc[u] + VEC(bp + (u0 + u) * V); \
+        }                                                                                               \
+        int any = sparse_row_loss_##SUF(a->svm, C, tn, s, (Py_ssize_t)a->y[r], sw ? sw[r] : (T)1, &loss); \
+        for (Py_ssize_t c = 0; c < C; c++) db[c] = db[c] + s[c];                                        \
+        if (any) /* (adding x * 0 leaves D as it is: D starts at +0) */                                 \
+            for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                 \
+                Py_ssize_t m = nv - u0 < 8 ? nv - u0 : 8;                                               \
+                vec g[8];                                                                               \
+                for (Py_ssize_t u = 0; u < m; u++) g[u] = VEC(s + (u0 + u) * V);                        \
+                for (Py_ssize_t q = 0; q < len; q++) {                                                  \
+                    if (u0 == 0 && q + AHEAD < len) PREFETCH(D + at[q + AHEAD]);                        \
+                    T *dq = D + at[q] + u0 * V, xq = x[q];                                              \
+                    for (Py_ssize_t u = 0; u < m; u++) VEC(dq + u * V) = VEC(dq + u * V) + xq * g[u];   \
+                }                                                                                       \
+            }                                                                                           \
+        e += len;                                                                                       \
+    }                                                                                                   \
+    return loss;                                                                                        \
+}                                                                                                       \
 static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, const T *inv_std,        \
-                              const T *sw, T *W, T *V, T *work, int64_t *iwork, T *db, double *out) {   \
-    Py_ssize_t C = a->C, n = a->n, d = a->d, kmax = a->kmax, k = 0, e = 0;                              \
+                              const T *sw, char *Z, T *work, int64_t *iwork, T *db, double *out) {      \
+    typedef vec_##SUF vec;                                                                              \
+    const Py_ssize_t C = a->C, P = a->rec.P, R = a->rec.bytes, n = a->n, kmax = a->kmax, V = LANES_##SUF; \
+    const Py_ssize_t GRAM = a->rec.gram, LAST = a->rec.last;                                            \
+    Py_ssize_t k = 0, e = 0;                                                                            \
     const int32_t *ind = a->indices, *ptr = a->indptr;                                                  \
     int64_t *touched = iwork, *local = iwork + kmax;                                                    \
-    T *Wc = work, *Vc = work + kmax * C, *D = work + 2 * kmax * C, *S = work + 3 * kmax * C;            \
-    T *xs = S + n * C;                                                                                  \
-    /* the batch's columns in increasing order (W^T and V^T, d rows, are then read and written in       \
-     * order, not at random), each brought from its last step to this one through A[last[j]] into       \
-     * the compact rows Wc, Vc and taken out of its group */                                            \
+    T *Wc = work, *Vc = work + kmax * P, *D = work + 2 * kmax * P, *S = work + 3 * kmax * P;            \
+    T *bp = S + n * P, *xs = bp + P;                                                                    \
+    const vec zero = {0};                                                                               \
+    /* the batch's columns in increasing order (the records are then read and written in order, not     \
+     * at random): a bit each in `marks`, then the set words' bits (the marks are left clear) */        \
     for (Py_ssize_t i = 0; i < n; i++)                                                                  \
-        for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++) a->stamp[ind[p]] = a->tag;      \
-    for (Py_ssize_t j = 0; j < d; j++)                                                                  \
-        if (a->stamp[j] == a->tag) {                                                                    \
-            a->pos[j] = k;                                                                              \
+        for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++)                                 \
+            a->marks[ind[p] >> 6] |= (uint64_t)1 << (ind[p] & 63);                                      \
+    for (Py_ssize_t word = 0; word < (a->d + 63) / 64; word++) {                                        \
+        uint64_t bits = a->marks[word];                                                                 \
+        a->marks[word] = 0;                                                                             \
+        for (; bits; bits &= bits - 1) {                                                                \
+            Py_ssize_t j = word * 64 + __builtin_ctzll(bits);                                           \
+            if (j >= a->d) break; /* (bits past d: not the batch's) */                                  \
+            a->pos[j] = (int32_t)k;                                                                     \
             touched[k++] = j;                                                                           \
         }                                                                                               \
+    }                                                                                                   \
+    /* each brought from its last step to this one through A[last] into the compact rows Wc, Vc, its    \
+     * rows of D zeroed, and taken out of its group (the sums taken out go to two banks by turns, so    \
+     * that one addition does not wait on the one before when neighbouring columns share a group) */    \
+    double batch2 = 0, out_of[2 * (a->r + 1)][3];                                                       \
+    memset(out_of, 0, sizeof out_of);                                                                   \
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
-        Py_ssize_t j = touched[q];                                                                      \
-        ahead_##SUF(a, W, V, touched, q, k);                                                            \
-        int64_t s = a->last[j];                                                                         \
-        const double *m = a->A + 4 * s;                                                                 \
+        const char *rec = Z + touched[q] * R;                                                           \
+        ahead_##SUF(a, Z, touched, q, k);                                                               \
+        int64_t s = *(const int64_t *)(rec + LAST);                                                     \
+        const double *m = a->A + 4 * s, *gram = (const double *)(rec + GRAM);                           \
         T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                       \
-        const T *w = W + j * C, *v = V + j * C;                                                         \
-        T *wc = Wc + q * C, *vc = Vc + q * C, *dq = D + q * C;                                          \
-        for (Py_ssize_t c = 0; c < C; c++) {                                                            \
-            wc[c] = w[c] * m0 + v[c] * m1;                                                              \
-            vc[c] = v[c] * m3 + w[c] * m2;                                                              \
-            dq[c] = 0;                                                                                  \
+        const T *w = (const T *)rec, *v = w + P;                                                        \
+        T *wc = Wc + q * P, *vc = Vc + q * P, *dq = D + q * P;                                          \
+        vec sq = zero;                                                                                  \
+        for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
+            vec w0 = VEC(w + c), v0 = VEC(v + c), wn = w0 * m0 + v0 * m1;                               \
+            VEC(wc + c) = wn;                                                                           \
+            VEC(vc + c) = v0 * m3 + w0 * m2;                                                            \
+            VEC(dq + c) = zero;                                                                         \
+            sq = sq + wn * wn;                                                                          \
         }                                                                                               \
-        for (int g = 0; g < 3; g++) a->groups[3 * s + g] -= a->gram[3 * j + g];                         \
+        batch2 += lanes_sum_##SUF(sq);                                                                  \
+        double *bank = out_of[2 * s + (q & 1)];                                                         \
+        bank[0] += gram[0], bank[1] += gram[1], bank[2] += gram[2];                                     \
     }                                                                                                   \
     /* ||W||^2 at this step, before its update: the groups' quadratic forms and the batch's rows */     \
-    double norm2 = 0;                                                                                   \
+    double norm2 = batch2;                                                                              \
     for (Py_ssize_t s = 0; s <= a->r; s++) {                                                            \
-        double a0 = a->A[4 * s], a1 = a->A[4 * s + 1];                                                  \
-        const double *g = a->groups + 3 * s;                                                            \
+        double a0 = a->A[4 * s], a1 = a->A[4 * s + 1], *g = a->groups + 3 * s;                          \
+        for (int u = 0; u < 3; u++) g[u] -= out_of[2 * s][u] + out_of[2 * s + 1][u];                    \
         norm2 += a0 * a0 * g[0] + 2 * a0 * a1 * g[1] + a1 * a1 * g[2];                                  \
     }                                                                                                   \
-    norm2 += dot_##SUF(Wc, Wc, k * C);                                                                  \
     /* the batch's entries: their place among the batch's columns, their values scaled by x_std */      \
     for (Py_ssize_t i = 0; i < n; i++)                                                                  \
         for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++, e++) {                          \
-            local[e] = a->pos[ind[p]];                                                                  \
+            local[e] = a->pos[ind[p]] * P;                                                              \
             xs[e] = inv_std ? xdata[p] * inv_std[ind[p]] : xdata[p];                                    \
         }                                                                                               \
-    /* row by row: the scores, the loss and dL/dS; db; dW's data term D on the batch's columns */       \
-    double loss = 0;                                                                                    \
-    T tn = (T)n;                                                                                        \
-    for (Py_ssize_t c = 0; c < C; c++) db[c] = 0;                                                       \
-    e = 0;                                                                                              \
-    for (Py_ssize_t i = 0; i < n; i++) {                                                                \
-        int64_t r = a->rows[i];                                                                         \
-        Py_ssize_t len = ptr[r + 1] - ptr[r];                                                           \
-        T *s = S + i * C;                                                                               \
-        for (Py_ssize_t c = 0; c < C; c++) s[c] = 0;                                                    \
-        for (Py_ssize_t q = e; q < e + len; q++) {                                                      \
-            if (q + AHEAD < a->entries) PREFETCH(Wc + local[q + AHEAD] * C);                            \
-            const T *w = Wc + local[q] * C;                                                             \
-            for (Py_ssize_t c = 0; c < C; c++) s[c] = s[c] + xs[q] * w[c];                              \
-        }                                                                                               \
-        for (Py_ssize_t c = 0; c < C; c++) s[c] = s[c] + b[c];                                          \
-        sparse_row_loss_##SUF(a->svm, C, tn, s, (Py_ssize_t)a->y[r], sw ? sw[r] : (T)1, &loss);         \
-        for (Py_ssize_t c = 0; c < C; c++) db[c] = db[c] + s[c];                                        \
-        for (Py_ssize_t q = e; q < e + len; q++) {                                                      \
-            if (q + AHEAD < a->entries) PREFETCH(D + local[q + AHEAD] * C);                             \
-            T *dq = D + local[q] * C;                                                                   \
-            for (Py_ssize_t c = 0; c < C; c++) dq[c] = dq[c] + xs[q] * s[c];                            \
-        }                                                                                               \
-        e += len;                                                                                       \
+    for (Py_ssize_t c = 0; c < P; c++) bp[c] = c < C ? b[c] : (T)0;                                     \
+    /* the rows (the switch gives sparse_rows the vector count of a row as a constant) */               \
+    double loss;                                                                                        \
+    switch (P / V) {                                                                                    \
+    case 1: loss = sparse_rows_##SUF(a, 1, Wc, D, S, local, xs, bp, sw, db); break;                     \
+    case 2: loss = sparse_rows_##SUF(a, 2, Wc, D, S, local, xs, bp, sw, db); break;                     \
+    case 3: loss = sparse_rows_##SUF(a, 3, Wc, D, S, local, xs, bp, sw, db); break;                     \
+    case 4: loss = sparse_rows_##SUF(a, 4, Wc, D, S, local, xs, bp, sw, db); break;                     \
+    case 5: loss = sparse_rows_##SUF(a, 5, Wc, D, S, local, xs, bp, sw, db); break;                     \
+    case 6: loss = sparse_rows_##SUF(a, 6, Wc, D, S, local, xs, bp, sw, db); break;                     \
+    case 7: loss = sparse_rows_##SUF(a, 7, Wc, D, S, local, xs, bp, sw, db); break;                     \
+    case 8: loss = sparse_rows_##SUF(a, 8, Wc, D, S, local, xs, bp, sw, db); break;                     \
+    default: loss = sparse_rows_##SUF(a, P / V, Wc, D, S, local, xs, bp, sw, db);                       \
     }                                                                                                   \
-    /* the update, in order: g = lr (c w + D); v = mu v - g; w += v (Nesterov: w - g + mu v) */         \
+    /* the update, in order: g = lr (c w + D); v = mu v - g; w += v (Nesterov: w - g + mu v); the new   \
+     * gram, last, and the group of the next step */                                                    \
     T lr = (T)a->lr, mu = (T)a->mu, cc = (T)a->c;                                                       \
-    double *next = a->groups + 3 * (a->r + 1);                                                          \
+    const int nesterov = a->nesterov;                                                                   \
+    double into[3] = {0, 0, 0};                                                                         \
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
-        Py_ssize_t j = touched[q];                                                                      \
-        ahead_##SUF(a, W, V, touched, q, k);                                                            \
-        T *w = W + j * C, *v = V + j * C;                                                               \
-        const T *wc = Wc + q * C, *vc = Vc + q * C, *dq = D + q * C;                                    \
-        for (Py_ssize_t c = 0; c < C; c++) {                                                            \
-            T g = wc[c] * cc + dq[c];                                                                   \
-            g = g * lr;                                                                                 \
-            T vn = vc[c] * mu - g;                                                                      \
-            v[c] = vn;                                                                                  \
-            w[c] = a->nesterov ? (wc[c] - g) + vn * mu : wc[c] + vn;                                    \
+        char *rec = Z + touched[q] * R;                                                                 \
+        ahead_##SUF(a, Z, touched, q, k);                                                               \
+        T *w = (T *)rec, *v = w + P;                                                                    \
+        const T *wc = Wc + q * P, *vc = Vc + q * P, *dq = D + q * P;                                    \
+        vec ww = zero, wv = zero, vv = zero;                                                            \
+        for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
+            vec wq = VEC(wc + c), g = (wq * cc + VEC(dq + c)) * lr;                                     \
+            vec vn = VEC(vc + c) * mu - g, wn = nesterov ? (wq - g) + vn * mu : wq + vn;                \
+            VEC(v + c) = vn;                                                                            \
+            VEC(w + c) = wn;                                                                            \
+            ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                    \
         }                                                                                               \
-        double ww = dot_##SUF(w, w, C), wv = dot_##SUF(w, v, C), vv = dot_##SUF(v, v, C);               \
-        a->last[j] = a->r + 1;                                                                          \
-        double *gr = a->gram + 3 * j;                                                                   \
-        gr[0] = ww, gr[1] = wv, gr[2] = vv;                                                             \
-        next[0] += ww, next[1] += wv, next[2] += vv;                                                    \
+        double *gram = (double *)(rec + GRAM);                                                          \
+        gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);    \
+        *(int64_t *)(rec + LAST) = a->r + 1;                                                            \
+        into[0] += gram[0], into[1] += gram[1], into[2] += gram[2];                                     \
     }                                                                                                   \
+    for (int u = 0; u < 3; u++) a->groups[3 * (a->r + 1) + u] += into[u];                               \
     out[0] = loss / (double)n;                                                                          \
     out[1] = norm2;                                                                                     \
     out[2] = (double)k;                                                                                 \
+}                                                                                                       \
+                                                                                                        \
+/* every column brought from its last step to step r through A[last] (those already there as they       \
+ * are), its gram recomputed and its last set to 0: the start of a new window; out: the grams' sums */  \
+static void sparse_catch_up_##SUF(const Layout *l, Py_ssize_t d, char *Z, const double *A, Py_ssize_t r, \
+                                  double *out) {                                                        \
+    typedef vec_##SUF vec;                                                                              \
+    const Py_ssize_t P = l->P, V = LANES_##SUF;                                                         \
+    const vec zero = {0};                                                                               \
+    double total[3] = {0, 0, 0};                                                                        \
+    for (Py_ssize_t j = 0; j < d; j++) {                                                                \
+        char *rec = Z + j * l->bytes;                                                                   \
+        T *w = (T *)rec, *v = w + P;                                                                    \
+        int64_t *last = (int64_t *)(rec + l->last);                                                     \
+        double *gram = (double *)(rec + l->gram);                                                       \
+        if (*last != r) {                                                                               \
+            const double *m = A + 4 * *last;                                                            \
+            T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                   \
+            vec ww = zero, wv = zero, vv = zero;                                                        \
+            for (Py_ssize_t c = 0; c < P; c += V) {                                                     \
+                vec w0 = VEC(w + c), v0 = VEC(v + c), wn = w0 * m0 + v0 * m1, vn = v0 * m3 + w0 * m2;   \
+                VEC(w + c) = wn;                                                                        \
+                VEC(v + c) = vn;                                                                        \
+                ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                \
+            }                                                                                           \
+            gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv); \
+        }                                                                                               \
+        *last = 0;                                                                                      \
+        total[0] += gram[0], total[1] += gram[1], total[2] += gram[2];                                  \
+    }                                                                                                   \
+    for (int u = 0; u < 3; u++) out[u] = total[u];                                                      \
 }
 
 DEFINE_SPARSE(float, f32)
@@ -649,19 +764,20 @@ static PyObject *py_softmax_ce(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
-    PyObject *o[19];
+    PyObject *o[16];
     SparseArgs a;
-    if (!PyArg_ParseTuple(args, "nnnOOOOOOOOOOOOOLOnOOdddiiOOO", &a.C, &a.n, &a.d, &o[0], &o[1], &o[2], &o[3],
-                          &o[4], &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12], &a.tag, &o[13], &a.r,
-                          &o[14], &o[15], &a.lr, &a.mu, &a.c, &a.nesterov, &a.svm, &o[16], &o[17], &o[18]))
+    if (!PyArg_ParseTuple(args, "nnnOOOOOOOOOOOOnOdddiiOOO", &a.C, &a.n, &a.d, &o[0], &o[1], &o[2], &o[3], &o[4],
+                          &o[5], &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &a.r, &o[12], &a.lr, &a.mu, &a.c,
+                          &a.nesterov, &a.svm, &o[13], &o[14], &o[15]))
         return NULL;
     Py_ssize_t C = a.C, n = a.n, d = a.d;
-    if (C < 1 || n < 1 || d < 1 || a.r < 0) {
-        PyErr_SetString(PyExc_ValueError, "sparse_step: empty batch, classes or columns");
+    if (C < 1 || n < 1 || d < 1 || d > INT32_MAX || a.r < 0 || a.r > 4096) {
+        PyErr_SetString(PyExc_ValueError, "sparse_step: empty batch, classes or columns, or r out of range");
         return NULL;
     }
     Py_ssize_t isz;
-    if (item_of(o[8], &isz) < 0) return NULL;
+    if (item_of(o[6], &isz) < 0) return NULL;
+    a.rec = record_layout(C, isz);
     Held held = {.count = 0};
     /* X's CSR arrays; indptr's length says how many rows X has */
     Py_ssize_t N;
@@ -679,23 +795,25 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
     const void *sw = (a.y && o[5] != Py_None) ? data_of(&held, o[5], N, isz, 0, 0, "sample_weight", NULL) : NULL;
     const void *b = PyErr_Occurred() ? NULL : data_of(&held, o[6], C, isz, 0, 0, "b", NULL);
     const void *inv_std = (b && o[7] != Py_None) ? data_of(&held, o[7], d, isz, 0, 0, "inv_std", NULL) : NULL;
-    void *W = PyErr_Occurred() ? NULL : data_of(&held, o[8], d * C, isz, 1, 0, "W", NULL);
-    void *V = W ? data_of(&held, o[9], d * C, isz, 1, 0, "V", NULL) : NULL;
-    a.last = V ? ints_of(&held, o[10], d, 8, "ql", 1, "last", NULL) : NULL;
-    a.stamp = a.last ? ints_of(&held, o[11], d, 8, "ql", 1, "stamp", NULL) : NULL;
-    a.pos = a.stamp ? ints_of(&held, o[12], d, 8, "ql", 1, "pos", NULL) : NULL;
-    a.A = a.pos ? data_of(&held, o[13], 4 * (a.r + 1), 8, 0, 0, "A", NULL) : NULL;
+    Py_ssize_t zbytes = 0;
+    char *Z = PyErr_Occurred() ? NULL : ints_of(&held, o[8], d * a.rec.bytes, 1, "B", 1, "Z", &zbytes);
+    if (Z != NULL && (zbytes != d * a.rec.bytes || (uintptr_t)Z % 8)) {
+        PyErr_Format(PyExc_ValueError, "sparse_step: Z must be d = %zd records of %zd bytes at an 8-byte boundary",
+                     d, a.rec.bytes);
+        Z = NULL;
+    }
+    a.marks = Z ? ints_of(&held, o[9], (d + 63) / 64, 8, "QL", 1, "marks", NULL) : NULL;
+    a.pos = a.marks ? ints_of(&held, o[10], d, 4, "i", 1, "pos", NULL) : NULL;
+    a.A = a.pos ? data_of(&held, o[11], 4 * (a.r + 1), 8, 0, 0, "A", NULL) : NULL;
     Py_ssize_t have[3] = {0, 0, 0}; /* the lengths of groups, work and iwork, in values */
-    double *groups = a.A ? data_of(&held, o[14], -1, 8, 1, 0, "groups", &have[0]) : NULL;
-    a.gram = groups ? data_of(&held, o[15], 3 * d, 8, 1, 0, "gram", NULL) : NULL;
-    void *work = a.gram ? data_of(&held, o[16], -1, isz, 1, 0, "work", &have[1]) : NULL;
-    int64_t *iwork = work ? ints_of(&held, o[17], 0, 8, "ql", 1, "iwork", &have[2]) : NULL;
-    void *db = iwork ? data_of(&held, o[18], C, isz, 1, 0, "db", NULL) : NULL;
+    a.groups = a.A ? data_of(&held, o[12], -1, 8, 1, 0, "groups", &have[0]) : NULL;
+    void *work = a.groups ? data_of(&held, o[13], -1, isz, 1, 0, "work", &have[1]) : NULL;
+    int64_t *iwork = work ? ints_of(&held, o[14], 0, 8, "ql", 1, "iwork", &have[2]) : NULL;
+    void *db = iwork ? data_of(&held, o[15], C, isz, 1, 0, "db", NULL) : NULL;
     if (db == NULL) {
         release(&held);
         return NULL;
     }
-    a.groups = groups;
     /* every row, label and column of the batch in range and the scratch large enough, before any write */
     Py_ssize_t entries = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -718,7 +836,7 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
     }
     a.kmax = entries < d ? entries : d;
     a.entries = entries;
-    Py_ssize_t twork = (3 * a.kmax + n) * C + entries, tiwork = a.kmax + entries;
+    Py_ssize_t twork = (3 * a.kmax + n + 1) * a.rec.P + entries, tiwork = a.kmax + entries;
     if (have[0] < 3 * (a.r + 2) || have[1] < twork || have[2] < tiwork) {
         release(&held);
         PyErr_Format(PyExc_ValueError, "sparse_step: groups needs %zd rows of 3, work %zd values, iwork %zd",
@@ -728,20 +846,79 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
     double out[3];
     Py_BEGIN_ALLOW_THREADS
     if (isz == 4)
-        sparse_step_f32(&a, xdata, b, inv_std, sw, W, V, work, iwork, db, out);
+        sparse_step_f32(&a, xdata, b, inv_std, sw, Z, work, iwork, db, out);
     else
-        sparse_step_f64(&a, xdata, b, inv_std, sw, W, V, work, iwork, db, out);
+        sparse_step_f64(&a, xdata, b, inv_std, sw, Z, work, iwork, db, out);
     Py_END_ALLOW_THREADS
     release(&held);
     return Py_BuildValue("ddn", out[0], out[1], (Py_ssize_t)out[2]);
 }
 
+static PyObject *py_sparse_catch_up(PyObject *self, PyObject *args) {
+    Py_ssize_t C, d, isz, r;
+    PyObject *oz, *oa;
+    if (!PyArg_ParseTuple(args, "nnnOOn", &C, &d, &isz, &oz, &oa, &r)) return NULL;
+    if (C < 1 || d < 1 || (isz != 4 && isz != 8) || r < 0) {
+        PyErr_SetString(PyExc_ValueError, "sparse_catch_up: C >= 1, d >= 1, itemsize 4 or 8, r >= 0");
+        return NULL;
+    }
+    Layout rec = record_layout(C, isz);
+    Held held = {.count = 0};
+    Py_ssize_t zbytes = 0;
+    char *Z = ints_of(&held, oz, d * rec.bytes, 1, "B", 1, "Z", &zbytes);
+    const double *A = Z ? data_of(&held, oa, 4 * (r + 1), 8, 0, 0, "A", NULL) : NULL;
+    if (Z != NULL && (zbytes != d * rec.bytes || (uintptr_t)Z % 8)) {
+        PyErr_Format(PyExc_ValueError, "sparse_catch_up: Z must be d = %zd records of %zd bytes at an 8-byte boundary",
+                     d, rec.bytes);
+        A = NULL;
+    }
+    if (A == NULL) {
+        release(&held);
+        return NULL;
+    }
+    for (Py_ssize_t j = 0; j < d; j++) { /* every last step in range, before any write */
+        int64_t s = *(const int64_t *)(Z + j * rec.bytes + rec.last);
+        if (s < 0 || s > r) {
+            release(&held);
+            PyErr_Format(PyExc_ValueError, "sparse_catch_up: column %zd's last step %lld is not in 0..%zd", j,
+                         (long long)s, r);
+            return NULL;
+        }
+    }
+    double out[3];
+    Py_BEGIN_ALLOW_THREADS
+    if (isz == 4)
+        sparse_catch_up_f32(&rec, d, Z, A, r, out);
+    else
+        sparse_catch_up_f64(&rec, d, Z, A, r, out);
+    Py_END_ALLOW_THREADS
+    release(&held);
+    return Py_BuildValue("ddd", out[0], out[1], out[2]);
+}
+
+static PyObject *py_record_layout(PyObject *self, PyObject *args) {
+    Py_ssize_t C, itemsize;
+    if (!PyArg_ParseTuple(args, "nn", &C, &itemsize)) return NULL;
+    if (C < 1 || (itemsize != 4 && itemsize != 8)) {
+        PyErr_SetString(PyExc_ValueError, "record_layout: C >= 1 and itemsize 4 or 8");
+        return NULL;
+    }
+    Layout rec = record_layout(C, itemsize);
+    return Py_BuildValue("nnnn", rec.P, rec.bytes, rec.gram, rec.last);
+}
+
 static PyMethodDef methods[] = {
     {"sparse_step", py_sparse_step, METH_VARARGS,
-     "sparse_step(C, n, d, X.data, X.indices, X.indptr, rows, y, sample_weight, b, inv_std, W^T, V^T, last, stamp, "
-     "pos, tag, A, r, groups, gram, lr, mu, 2 lam, nesterov, svm, work, iwork, db) -> (loss, ||W||^2 before the "
-     "step, the batch's column count); work holds (3 k + n) C + e values, iwork k + e (e the batch's entries, "
-     "k = min(e, d))"},
+     "sparse_step(C, n, d, X.data, X.indices, X.indptr, rows, y, sample_weight, b, inv_std, Z, marks, pos, A, r, "
+     "groups, lr, mu, 2 lam, nesterov, svm, work, iwork, db) -> (loss, ||W||^2 before the step, the batch's column "
+     "count); Z: d records (uint8) as record_layout(C, itemsize) says; work holds (3 k + n + 1) P + e values, "
+     "iwork k + e (e the batch's entries, k = min(e, d))"},
+    {"sparse_catch_up", py_sparse_catch_up, METH_VARARGS,
+     "sparse_catch_up(C, d, itemsize, Z, A, r) -> the sums of the columns' (w.w, w.v, v.v): every column of Z "
+     "brought from its last step to step r through A[last], its gram recomputed, its last set to 0"},
+    {"record_layout", py_record_layout, METH_VARARGS,
+     "record_layout(C, itemsize) -> (P, bytes, gram, last): a column's record in sparse_step's Z, its rows of W^T "
+     "and V^T padded to P values, its size in bytes and the byte offsets of its gram (3 doubles) and last (int64)"},
     {"softmax_ce", py_softmax_ce, METH_VARARGS, "softmax_ce(n, C, S, y, dS) -> the mean loss; dS = (P - Y) / n"},
     {"layer_forward", py_layer_forward, METH_VARARGS,
      "layer_forward(n, m, s, b, gamma, beta, running_mean, running_var, momentum, eps, h, xhat, inv_std)"},

@@ -38,7 +38,8 @@ try:
 except ImportError:  # built without a C compiler: the numpy code runs instead
     _ext = None
 
-__all__ = ["available", "call", "fixed", "update", "softmax_ce", "takes_csr", "sparse_step"]
+__all__ = ["available", "call", "fixed", "update", "softmax_ce", "takes_csr", "records", "sparse_step",
+           "sparse_catch_up"]
 
 _ON = os.environ.get("GPUGRAD_HOST", "1").strip().lower() not in ("0", "false", "no", "off")
 _RULES = {"sgd": 0, "momentum": 1, "nesterov": 2, "adam": 3}
@@ -139,14 +140,41 @@ def takes_csr(X, W) -> bool:
             and type(X.data) is np.ndarray and X.indices.dtype == np.int32 and X.indptr.dtype == np.int32)
 
 
-def sparse_step(X, rows, y, sample_weight, b, inv_std, W, V, last, stamp, pos, tag, A, r, groups, gram, lr, mu,
-                two_lam, nesterov, svm, work, iwork, db):
+def records(W, V, gram, last):
+    """The state of ``sparse_step`` for weights W^T, velocities V^T (d, C), their gram (d, 3) and
+    last (d,): (Z, P, views). Z: d records of bytes (uint8, (d, size), starting on a cache line),
+    one a column, holding its row of W^T and of V^T (each padded with zeros to P >= C values, whole
+    vectors), its gram and its last step; views: (W, V, gram, last) as views into Z, holding the
+    given values."""
+    d, C = W.shape
+    P, size, at_gram, at_last = _ext.record_layout(C, W.itemsize)
+    raw = np.zeros(d * size + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    Z = raw[start:start + d * size].reshape(d, size)
+    width = C * W.itemsize
+    views = (Z[:, :width].view(W.dtype), Z[:, P * W.itemsize:P * W.itemsize + width].view(W.dtype),
+             Z[:, at_gram:at_gram + 24].view(np.float64), Z[:, at_last:at_last + 8].view(np.int64)[:, 0])
+    for view, values in zip(views, (W, V, gram, last)):
+        view[...] = values
+    return Z, P, views
+
+
+def sparse_step(X, rows, y, sample_weight, b, inv_std, Z, marks, pos, A, r, groups, lr, mu, two_lam, nesterov, svm,
+                work, iwork, db):
     """One lazy momentum step of ``gpugrad.sparse_sgd`` (its ``_Momentum``'s state) on the rows
     ``rows`` of CSR X: (the batch's loss, ||W||^2 before the step, the batch's column count), db
-    written. work and iwork: scratch of W's dtype and int64, (3 k + n) C + e and k + e values for
-    the batch's e entries and k = min(e, d) columns. Every array is checked (rows, labels and
-    columns in range) before any is written; ValueError when they are not what the step takes
-    (``takes_csr`` says first)."""
-    return _ext.sparse_step(W.shape[1], len(rows), W.shape[0], X.data, X.indices, X.indptr, rows, y, sample_weight,
-                            b, inv_std, W, V, last, stamp, pos, tag, A, r, groups, gram, float(lr), float(mu),
-                            float(two_lam), int(nesterov), int(svm), work, iwork, db)
+    written. Z: the columns' records (``records``); marks: (d + 63) // 64 uint64 zeros (left zero);
+    pos: (d,) int32 scratch. work and iwork: scratch of b's dtype and int64, (3 k + n + 1) P + e and
+    k + e values for the batch's e entries and k = min(e, d) columns. Every array is
+    checked (rows, labels and columns in range) before any is written; ValueError when they are
+    not what the step takes (``takes_csr`` says first)."""
+    return _ext.sparse_step(b.shape[0], len(rows), Z.shape[0], X.data, X.indices, X.indptr, rows, y, sample_weight,
+                            b, inv_std, Z, marks, pos, A, r, groups, float(lr), float(mu), float(two_lam),
+                            int(nesterov), int(svm), work, iwork, db)
+
+
+def sparse_catch_up(Z, C, dtype, A, r):
+    """Every column of ``sparse_step``'s records Z brought from its last step to step r through the
+    2 x 2 map A[last] (A (r + 1, 2, 2)), its gram recomputed and its last step set to 0: the start
+    of a new window. Returns the sums of the columns' (w.w, w.v, v.v)."""
+    return _ext.sparse_catch_up(C, Z.shape[0], np.dtype(dtype).itemsize, Z, A, r)

@@ -135,9 +135,10 @@ def run(be, X, y, w, W, b, *, loss, lam, schedule, t, order, batch_size, batches
     ((2, len(batches)) per-step costs J_t = L_t + lam ||W_t||^2 and losses L_t, the update count
     after, the last learning rate).
 
-    The steps work on W^T (d, C) (with momentum, W^T and V^T side by side, (d, 2, C)), copies made
-    here and written back at the end: a batch's columns are then rows, gathered (np.take) and
-    scattered whole, and both products take and give that layout."""
+    The steps work on W^T (d, C) (with momentum and the compiled step, in records of a column's
+    weights and velocities side by side), copies made here and written back at the end: a batch's
+    columns are then rows, gathered (np.take) and scattered whole, and both products take and give
+    that layout."""
     steps = _Steps(be, X, y, w, b, loss, x_std, order, batch_size, W.shape[1])
     lazy = _Momentum(W, velocity[0], momentum, nesterov, lam) if momentum else _Scaled(W, lam)
     compiled = momentum and lazy.compiled(steps)
@@ -243,18 +244,23 @@ class _Momentum:
         self.scratch = _Scratch(self.W.dtype)
         self.last = np.zeros(W.shape[1], dtype=np.int64)  # the window's step each row is at
         self.gram = np.zeros((W.shape[1], 3))  # each row's (w.w, w.v, v.v) at its last step
+        self.Z = None  # the compiled step's records (``compiled``)
         self._start_window()
 
-    def _start_window(self):
+    def _start_window(self, grams=None):
+        """A new window: every row at its step 0; ``grams``, the sums of the rows' (w.w, w.v, v.v),
+        when the rows' gram are already up to date (else they are computed here)."""
         self.r = 0
         self.Q = np.eye(2)                   # Q_r = M_{r-1} ... M_0 over the window's steps
         self.Qinv = np.zeros((WINDOW + 1, 2, 2))
         self.Qinv[0] = np.eye(2)
         # Per last-touch step s: (sum w^2, sum w v, sum v^2) over the rows last touched there.
         self.groups = np.zeros((WINDOW + 1, 3))
-        self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
-        self.groups[0] = self.gram.sum(axis=0)
-        self.last[:] = 0
+        if grams is None:
+            self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
+            grams = self.gram.sum(axis=0)
+            self.last[:] = 0
+        self.groups[0] = grams
 
     @staticmethod
     def _grams(P, V):
@@ -293,36 +299,40 @@ class _Momentum:
 
     def compiled(self, steps) -> bool:
         """Whether ``compiled_step`` takes these steps' X (``host.takes_csr``); if so, its inputs
-        once, in the form it takes them."""
+        once, in the form it takes them: W^T, V^T, gram and last become views into Z, one record of
+        them a column (``host.records``)."""
         X = steps.X
         if not host.takes_csr(X, self.W) or not X.data.size == X.indices.size == X.indptr[-1]:
             return False
-        dtype = self.W.dtype
+        dtype, b = self.W.dtype, steps.b
+        if not (b.dtype == dtype and b.flags.c_contiguous):
+            return False
         self.y = np.ascontiguousarray(steps.y, dtype=np.int64)
         self.sw = None if steps.w is None else np.ascontiguousarray(steps.w, dtype=dtype)
         self.inv_std = None if steps.inv_std is None else np.ascontiguousarray(steps.inv_std[:, 0], dtype=dtype)
-        self.b = steps.b
+        self.b = b
         d, C = self.W.shape
-        self.stamp, self.pos, self.tag = np.full(d, -1, dtype=np.int64), np.empty(d, dtype=np.int64), 0
+        self.Z, self.width, views = host.records(self.W, self.V, self.gram, self.last)
+        self.W, self.V, self.gram, self.last = views
+        self.marks, self.pos = np.zeros(-(-d // 64), dtype=np.uint64), np.empty(d, dtype=np.int32)
         self.db = np.empty(C, dtype=dtype)
         self.svm = steps.loss == "svm"
-        return self.b.dtype == dtype and self.b.flags.c_contiguous
+        # scratch for the largest batch of the order: e entries, at most k = min(e, d) columns
+        n = len(steps.order)
+        e = int(np.add.reduceat(np.diff(X.indptr)[steps.order], np.arange(0, n, steps.batch_size)).max()) if n else 0
+        k = min(e, d)
+        self.work = np.empty((3 * k + min(n, steps.batch_size) + 1) * self.width + e, dtype)
+        self.iwork = np.empty(k + e, np.int64)
+        return True
 
     def compiled_step(self, steps, i, lr):
         """Batch i's step as ``current``, the gradient, ``norm2`` and ``update`` do it, in one call:
         (L, ||W||^2 before the step, db)."""
         rows = batch_rows(steps.order, i, steps.batch_size)
-        ptr = steps.X.indptr
-        e = int((ptr[rows + 1] - ptr[rows]).sum())  # the batch's entries
-        (d, C), n = self.W.shape, len(rows)
-        k = min(e, d)                                # the most columns they can touch
-        work = self.scratch.get("work", (3 * k + n) * C + e, 1)
-        iwork = self.scratch.get("iwork", k + e, 1, np.int64)
-        self.tag += 1
         A = self.Q @ self.Qinv[:self.r + 1]
-        L, norm2, _ = host.sparse_step(steps.X, rows, self.y, self.sw, self.b, self.inv_std, self.W, self.V,
-                                       self.last, self.stamp, self.pos, self.tag, A, self.r, self.groups, self.gram,
-                                       lr, self.mu, self.c, self.nesterov, self.svm, work, iwork, self.db)
+        L, norm2, _ = host.sparse_step(steps.X, rows, self.y, self.sw, self.b, self.inv_std, self.Z, self.marks,
+                                       self.pos, A, self.r, self.groups, lr, self.mu, self.c, self.nesterov, self.svm,
+                                       self.work, self.iwork, self.db)
         self._advance(lr)
         return L, norm2, self.db
 
@@ -351,11 +361,11 @@ class _Momentum:
 
     def _advance(self, lr):
         """The step's map M joins the window's product (the batch's rows are already at the next step)."""
-        mu, c = self.mu, self.c
-        M = (np.array([[1 - lr * c * (1 + mu), mu * mu], [-lr * c, mu]]) if self.nesterov
-             else np.array([[1 - lr * c, mu], [-lr * c, mu]]))
-        self.Qinv[self.r + 1] = self.Qinv[self.r] @ np.linalg.inv(M)
-        self.Q = M @ self.Q
+        mu, decay = self.mu, lr * self.c
+        (m00, m01), (m10, m11) = ((1 - decay * (1 + mu), mu * mu) if self.nesterov else (1 - decay, mu)), (-decay, mu)
+        det = m00 * m11 - m01 * m10  # M^-1 in closed form (np.linalg.inv: ~0.1 ms a call)
+        self.Qinv[self.r + 1] = self.Qinv[self.r] @ np.array([[m11 / det, -m01 / det], [-m10 / det, m00 / det]])
+        self.Q = np.array([[m00, m01], [m10, m11]]) @ self.Q
         self.r += 1
         if self.r == WINDOW:
             self._catch_up()
@@ -363,6 +373,9 @@ class _Momentum:
     def _catch_up(self):
         """Every row brought to the current step; a new window begins."""
         m = self.Q @ self.Qinv[:self.r + 1]
+        if self.Z is not None:  # the compiled step's records: one pass
+            self._start_window(host.sparse_catch_up(self.Z, self.W.shape[1], self.W.dtype, m, self.r))
+            return
         step = max(len(self.scratch.buffers.get("w", ())), 4096)
         for a in range(0, self.W.shape[0], step):  # a block at a time, in the steps' work arrays
             rows = slice(a, a + step)

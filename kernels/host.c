@@ -559,15 +559,18 @@ static void sparse_catch_up_##SUF(const Layout *l, Py_ssize_t d, char *Z, const 
         if (*last != r) {                                                                               \
             const double *m = A + 4 * *last;                                                            \
             T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                   \
-            vec ww = zero, wv = zero, vv = zero;                                                        \
             for (Py_ssize_t c = 0; c < P; c += V) {                                                     \
-                vec w0 = VEC(w + c), v0 = VEC(v + c), wn = w0 * m0 + v0 * m1, vn = v0 * m3 + w0 * m2;   \
-                VEC(w + c) = wn;                                                                        \
-                VEC(v + c) = vn;                                                                        \
-                ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                \
+                vec w0 = VEC(w + c), v0 = VEC(v + c);                                                   \
+                VEC(w + c) = w0 * m0 + v0 * m1;                                                         \
+                VEC(v + c) = v0 * m3 + w0 * m2;                                                         \
             }                                                                                           \
-            gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv); \
         }                                                                                               \
+        vec ww = zero, wv = zero, vv = zero;                                                            \
+        for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
+            vec wn = VEC(w + c), vn = VEC(v + c);                                                       \
+            ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                    \
+        }                                                                                               \
+        gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);    \
         *last = 0;                                                                                      \
         total[0] += gram[0], total[1] += gram[1], total[2] += gram[2];                                  \
     }                                                                                                   \

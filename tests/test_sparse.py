@@ -329,6 +329,11 @@ def test_dask_array_of_sparse_chunks(rng, monkeypatch):
                                     lr=0.5, momentum=0.9, batch_size=20, epochs=2, seed=3)
         assert np.allclose(seq["loss_curve_"], curve, rtol=1e-10)
         assert np.allclose(seq["model"].params["W"], want["W"], rtol=1e-9, atol=1e-12)
+        # float32 steps on float64 chunks (converted once, next to them): the fit on float32 chunks
+        kw = dict(lam=1e-3, solver="sgd", momentum=0.9, max_iter=2, batch_size=20, dtype="float32", standardize=False)
+        on64, on32 = (ggd.fit_linear(da.from_array(Xc, chunks=(50, 30), asarray=False), y, **kw)
+                      for Xc in (X, type(X)((X.data.astype(np.float32), X.indices, X.indptr), shape=X.shape)))
+        np.testing.assert_array_equal(on64["model"].params["W"], on32["model"].params["W"])
         Xbad = X.copy()
         Xbad.data[Xbad.indptr[120] + 0] = np.nan
         with pytest.raises(ValueError, match=rf"chunk 2 \(rows 100:150\): X contains NaN at row 120, "

@@ -140,22 +140,21 @@ def takes_csr(X, W) -> bool:
             and type(X.data) is np.ndarray and X.indices.dtype == np.int32 and X.indptr.dtype == np.int32)
 
 
-def records(W, V, gram, last):
-    """The state of ``sparse_step`` for weights W^T, velocities V^T (d, C), their gram (d, 3) and
-    last (d,): (Z, P, views). Z: d records of bytes (uint8, (d, size), starting on a cache line),
-    one a column, holding its row of W^T and of V^T (each padded with zeros to P >= C values, whole
-    vectors), its gram and its last step; views: (W, V, gram, last) as views into Z, holding the
-    given values."""
+def records(W, V):
+    """The state of ``sparse_step`` for weights W^T and velocities V^T (d, C), any layout: (Z, P,
+    views). Z: d records of bytes (uint8, (d, size), starting on a cache line), one a column,
+    holding its row of W^T and of V^T (copies, each padded with zeros to P >= C values, whole
+    vectors), its gram (w.w, w.v, v.v, zero here) and its last step (0); views: (W^T, V^T, gram,
+    last) as (d, C), (d, C), (d, 3) and (d,) views into Z."""
     d, C = W.shape
     P, size, at_gram, at_last = _ext.record_layout(C, W.itemsize)
     raw = np.zeros(d * size + 64, np.uint8)
     start = -raw.ctypes.data % 64
     Z = raw[start:start + d * size].reshape(d, size)
-    width = C * W.itemsize
-    views = (Z[:, :width].view(W.dtype), Z[:, P * W.itemsize:P * W.itemsize + width].view(W.dtype),
+    width, v0 = C * W.itemsize, P * W.itemsize
+    views = (Z[:, :width].view(W.dtype), Z[:, v0:v0 + width].view(W.dtype),
              Z[:, at_gram:at_gram + 24].view(np.float64), Z[:, at_last:at_last + 8].view(np.int64)[:, 0])
-    for view, values in zip(views, (W, V, gram, last)):
-        view[...] = values
+    views[0][...], views[1][...] = W, V
     return Z, P, views
 
 
@@ -175,6 +174,7 @@ def sparse_step(X, rows, y, sample_weight, b, inv_std, Z, marks, pos, A, r, grou
 
 def sparse_catch_up(Z, C, dtype, A, r):
     """Every column of ``sparse_step``'s records Z brought from its last step to step r through the
-    2 x 2 map A[last] (A (r + 1, 2, 2)), its gram recomputed and its last step set to 0: the start
-    of a new window. Returns the sums of the columns' (w.w, w.v, v.v)."""
+    2 x 2 map A[last] (A (r + 1, 2, 2); a column at step r as it is), its gram (w.w, w.v, v.v)
+    recomputed and its last step set to 0: the start of a new window. Returns the sums of the
+    grams."""
     return _ext.sparse_catch_up(C, Z.shape[0], np.dtype(dtype).itemsize, Z, A, r)

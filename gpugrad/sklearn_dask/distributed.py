@@ -747,7 +747,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
                              x_mean=x_mean if standardize else None,
                              x_std=x_std if standardize else None, seed=random_state)
     params0 = {k: np.asarray(v, np.float64) for k, v in model.params.items()}
-    blocks = list(zip(_blocks(X), y_idx, w_blocks))
+    blocks = list(zip(_X_blocks(X, dtype, placement), y_idx, w_blocks))
 
     report = _reporter(solver, verbose, callback)
     if solver == "lbfgs":
@@ -776,20 +776,33 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
 
 
 def _encoded_labels(y, classes_, placement):
-    """The class indices of y's blocks, encoded once next to each X block and kept there (persisted
-    Dask arrays, one per block)."""
+    """The class indices of y's blocks, encoded once next to each X block and kept there."""
+    return _next_to_X(_encode, [(yb, classes_) for yb in _blocks(y)], placement, "gpugrad-labels")
+
+
+def _X_blocks(X, dtype, placement):
+    """X's row blocks as the workers' tasks take them: sparse blocks whose values are not in the
+    compute dtype converted once, next to each block, and kept there (their index arrays shared
+    with X's), rather than by every task of every pass; other blocks as they are."""
+    if not _sparse.is_sparse(X._meta) or X.dtype == dtype:
+        return _blocks(X)
+    return _next_to_X(_sparse.as_csr, [(xb, dtype) for xb in _blocks(X)], placement, "gpugrad-X")
+
+
+def _next_to_X(func, parts, placement, name):
+    """[func(*parts[i])] made once on the worker holding block i of X and kept there (persisted
+    Delayed objects, one per block)."""
     import dask
-    tag = f"gpugrad-labels-{uuid.uuid4().hex[:8]}"
-    y_idx = [_pinned(_encode, (yb, classes_), where, (tag, i))
-             for i, (yb, where) in enumerate(zip(_blocks(y), placement.workers()))]
-    y_idx = list(dask.persist(*y_idx))
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    out = [_pinned(func, args, where, (tag, i)) for i, (args, where) in enumerate(zip(parts, placement.workers()))]
+    out = list(dask.persist(*out))
     if placement.client is not None:
         # Done before the first pass: its one task per worker thread would otherwise queue behind
         # them, and the scheduler may give a queued task (loosely pinned) to an idle worker,
         # moving that worker's chunks of X with it.
         from distributed import wait
-        wait(y_idx)
-    return y_idx
+        wait(out)
+    return out
 
 
 def _reporter(solver, verbose, callback):

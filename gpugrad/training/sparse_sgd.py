@@ -140,8 +140,8 @@ def run(be, X, y, w, W, b, *, loss, lam, schedule, t, order, batch_size, batches
     columns are then rows, gathered (np.take) and scattered whole, and both products take and give
     that layout."""
     steps = _Steps(be, X, y, w, b, loss, x_std, order, batch_size, W.shape[1])
-    lazy = _Momentum(W, velocity[0], momentum, nesterov, lam) if momentum else _Scaled(W, lam)
-    compiled = momentum and lazy.compiled(steps)
+    lazy = _Momentum(W, velocity[0], momentum, nesterov, lam, steps) if momentum else _Scaled(W, lam)
+    compiled = momentum and lazy.compiled
     per_step = np.empty((2, len(batches)), dtype=np.float64)
     lr = np.nan
     for j, i in enumerate(batches):
@@ -237,30 +237,30 @@ class _Momentum:
     velocity) brought up to date when a batch uses it (module docstring); ``finish`` brings every
     row up to date and writes W and V back."""
 
-    def __init__(self, W, V, mu, nesterov, lam):
+    def __init__(self, W, V, mu, nesterov, lam, steps=None):
         self.out = (W, V)
-        self.W, self.V = np.ascontiguousarray(W.T), np.ascontiguousarray(V.T)
         self.mu, self.nesterov, self.c = mu, nesterov, 2 * lam
-        self.scratch = _Scratch(self.W.dtype)
+        self.scratch = _Scratch(W.dtype)
+        self._start_window()
+        if steps is not None and self._compile(steps, W, V):
+            # the records' gram (w.w, w.v, v.v) of every row, their last steps 0 (a catch-up at r = 0)
+            self.groups[0] = host.sparse_catch_up(self.Z, W.shape[0], W.dtype, self.Q[None], 0)
+            return
+        self.Z = None  # (the compiled step's records)
+        self.W, self.V = np.ascontiguousarray(W.T), np.ascontiguousarray(V.T)
         self.last = np.zeros(W.shape[1], dtype=np.int64)  # the window's step each row is at
         self.gram = np.zeros((W.shape[1], 3))  # each row's (w.w, w.v, v.v) at its last step
-        self.Z = None  # the compiled step's records (``compiled``)
-        self._start_window()
+        self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
+        self.groups[0] = self.gram.sum(axis=0)
 
-    def _start_window(self, grams=None):
-        """A new window: every row at its step 0; ``grams``, the sums of the rows' (w.w, w.v, v.v),
-        when the rows' gram are already up to date (else they are computed here)."""
+    def _start_window(self):
+        """A new window: every row at its step 0 (the caller sets groups[0])."""
         self.r = 0
         self.Q = np.eye(2)                   # Q_r = M_{r-1} ... M_0 over the window's steps
         self.Qinv = np.zeros((WINDOW + 1, 2, 2))
         self.Qinv[0] = np.eye(2)
         # Per last-touch step s: (sum w^2, sum w v, sum v^2) over the rows last touched there.
         self.groups = np.zeros((WINDOW + 1, 3))
-        if grams is None:
-            self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
-            grams = self.gram.sum(axis=0)
-            self.last[:] = 0
-        self.groups[0] = grams
 
     @staticmethod
     def _grams(P, V):
@@ -297,23 +297,25 @@ class _Momentum:
         g = self.groups[:self.r + 1]
         return float(np.sum(a * a * g[:, 0] + 2 * a * b * g[:, 1] + b * b * g[:, 2])) + _dot(self.P, self.P)
 
-    def compiled(self, steps) -> bool:
-        """Whether ``compiled_step`` takes these steps' X (``host.takes_csr``); if so, its inputs
-        once, in the form it takes them: W^T, V^T, gram and last become views into Z, one record of
-        them a column (``host.records``)."""
-        X = steps.X
-        if not host.takes_csr(X, self.W) or not X.data.size == X.indices.size == X.indptr[-1]:
-            return False
-        dtype, b = self.W.dtype, steps.b
-        if not (b.dtype == dtype and b.flags.c_contiguous):
+    @property
+    def compiled(self) -> bool:
+        """Whether the steps are ``compiled_step``'s (``_compile`` took them)."""
+        return self.Z is not None
+
+    def _compile(self, steps, W, V) -> bool:
+        """Whether ``compiled_step`` takes these steps' X (``host.takes_csr``) and W (C, d); if so,
+        its inputs once, in the form it takes them: W^T, V^T (copied from W and V), gram and last
+        as views into Z, one record of them a column (``host.records``)."""
+        X, dtype, b = steps.X, W.dtype, steps.b
+        if not (host.takes_csr(X, W) and X.data.size == X.indices.size == X.indptr[-1] and b.dtype == dtype
+                and b.flags.c_contiguous):
             return False
         self.y = np.ascontiguousarray(steps.y, dtype=np.int64)
         self.sw = None if steps.w is None else np.ascontiguousarray(steps.w, dtype=dtype)
         self.inv_std = None if steps.inv_std is None else np.ascontiguousarray(steps.inv_std[:, 0], dtype=dtype)
         self.b = b
-        d, C = self.W.shape
-        self.Z, self.width, views = host.records(self.W, self.V, self.gram, self.last)
-        self.W, self.V, self.gram, self.last = views
+        C, d = W.shape
+        self.Z, self.width, (self.W, self.V, self.gram, self.last) = host.records(W.T, V.T)
         self.marks, self.pos = np.zeros(-(-d // 64), dtype=np.uint64), np.empty(d, dtype=np.int32)
         self.db = np.empty(C, dtype=dtype)
         self.svm = steps.loss == "svm"
@@ -373,8 +375,10 @@ class _Momentum:
     def _catch_up(self):
         """Every row brought to the current step; a new window begins."""
         m = self.Q @ self.Qinv[:self.r + 1]
-        if self.Z is not None:  # the compiled step's records: one pass
-            self._start_window(host.sparse_catch_up(self.Z, self.W.shape[1], self.W.dtype, m, self.r))
+        if self.compiled:  # the records: one pass
+            grams = host.sparse_catch_up(self.Z, self.W.shape[1], self.W.dtype, m, self.r)
+            self._start_window()
+            self.groups[0] = grams
             return
         step = max(len(self.scratch.buffers.get("w", ())), 4096)
         for a in range(0, self.W.shape[0], step):  # a block at a time, in the steps' work arrays
@@ -383,7 +387,10 @@ class _Momentum:
             w, v = self.scratch.get("w", n, self.W.shape[1]), self.scratch.get("v", n, self.W.shape[1])
             self._apply(m, self.last[rows], self.W[rows], self.V[rows], w, v)
             self.W[rows], self.V[rows] = w, v
+        self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
+        self.last[:] = 0
         self._start_window()
+        self.groups[0] = self.gram.sum(axis=0)
 
     def finish(self):
         self._catch_up()

@@ -393,7 +393,8 @@ static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t
  * vectors of a row, taken 8 at a time; where the caller passes a constant, a row's 8 sums stay in      \
  * registers. Returns the summed loss. */                                                               \
 static inline __attribute__((always_inline)) double sparse_rows_##SUF(const SparseArgs *a, Py_ssize_t nv, \
-    const T *Wc, T *D, T *S, const int64_t *local, const T *xs, const T *bp, const T *sw, T *db) {      \
+    const T *Wc, T *D, T *S, int64_t *at, T *x, const T *xdata, const T *inv_std, const T *bp,         \
+    const T *sw, T *db) {                                                                               \
     typedef vec_##SUF vec;                                                                              \
     const Py_ssize_t C = a->C, P = a->rec.P, V = LANES_##SUF;                                           \
     const int32_t *ptr = a->indptr;                                                                     \
@@ -401,11 +402,14 @@ static inline __attribute__((always_inline)) double sparse_rows_##SUF(const Spar
     double loss = 0;                                                                                    \
     T tn = (T)a->n;                                                                                     \
     for (Py_ssize_t c = 0; c < C; c++) db[c] = 0;                                                       \
-    for (Py_ssize_t i = 0, e = 0; i < a->n; i++) {                                                      \
+    for (Py_ssize_t i = 0; i < a->n; i++) {                                                             \
         int64_t r = a->rows[i];                                                                         \
         Py_ssize_t len = ptr[r + 1] - ptr[r];                                                           \
-        const int64_t *at = local + e;                                                                  \
-        const T *x = xs + e;                                                                            \
+        const int32_t *cols = a->indices + ptr[r];                                                      \
+        for (Py_ssize_t q = 0; q < len; q++) { /* its entries: places in Wc, values scaled by x_std */  \
+            at[q] = a->pos[cols[q]] * P;                                                                \
+            x[q] = inv_std ? xdata[ptr[r] + q] * inv_std[cols[q]] : xdata[ptr[r] + q];                  \
+        }                                                                                               \
         T *s = S + i * P;                                                                               \
         for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                     \
             Py_ssize_t m = nv - u0 < 8 ? nv - u0 : 8;                                                   \
@@ -432,7 +436,6 @@ static inline __attribute__((always_inline)) double sparse_rows_##SUF(const Spar
                     for (Py_ssize_t u = 0; u < m; u++) VEC(dq + u * V) = VEC(dq + u * V) + xq * g[u];   \
                 }                                                                                       \
             }                                                                                           \
-        e += len;                                                                                       \
     }                                                                                                   \
     return loss;                                                                                        \
 }                                                                                                       \
@@ -441,11 +444,11 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
     typedef vec_##SUF vec;                                                                              \
     const Py_ssize_t C = a->C, P = a->rec.P, R = a->rec.bytes, n = a->n, kmax = a->kmax, V = LANES_##SUF; \
     const Py_ssize_t GRAM = a->rec.gram, LAST = a->rec.last;                                            \
-    Py_ssize_t k = 0, e = 0;                                                                            \
+    Py_ssize_t k = 0;                                                                                   \
     const int32_t *ind = a->indices, *ptr = a->indptr;                                                  \
-    int64_t *touched = iwork, *local = iwork + kmax;                                                    \
+    int64_t *touched = iwork, *at = iwork + kmax;                                                       \
     T *Wc = work, *Vc = work + kmax * P, *D = work + 2 * kmax * P, *S = work + 3 * kmax * P;            \
-    T *bp = S + n * P, *xs = bp + P;                                                                    \
+    T *bp = S + n * P, *xs = bp + P; /* and the entries of a row: their values in xs, places in at */   \
     const vec zero = {0};                                                                               \
     /* the batch's columns in increasing order (the records are then read and written in order, not     \
      * at random): a bit each in `marks`, then the set words' bits (the marks are left clear) */        \
@@ -494,25 +497,19 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
         for (int u = 0; u < 3; u++) g[u] -= out_of[2 * s][u] + out_of[2 * s + 1][u];                    \
         norm2 += a0 * a0 * g[0] + 2 * a0 * a1 * g[1] + a1 * a1 * g[2];                                  \
     }                                                                                                   \
-    /* the batch's entries: their place among the batch's columns, their values scaled by x_std */      \
-    for (Py_ssize_t i = 0; i < n; i++)                                                                  \
-        for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++, e++) {                          \
-            local[e] = a->pos[ind[p]] * P;                                                              \
-            xs[e] = inv_std ? xdata[p] * inv_std[ind[p]] : xdata[p];                                    \
-        }                                                                                               \
     for (Py_ssize_t c = 0; c < P; c++) bp[c] = c < C ? b[c] : (T)0;                                     \
     /* the rows (the switch gives sparse_rows the vector count of a row as a constant) */               \
     double loss;                                                                                        \
     switch (P / V) {                                                                                    \
-    case 1: loss = sparse_rows_##SUF(a, 1, Wc, D, S, local, xs, bp, sw, db); break;                     \
-    case 2: loss = sparse_rows_##SUF(a, 2, Wc, D, S, local, xs, bp, sw, db); break;                     \
-    case 3: loss = sparse_rows_##SUF(a, 3, Wc, D, S, local, xs, bp, sw, db); break;                     \
-    case 4: loss = sparse_rows_##SUF(a, 4, Wc, D, S, local, xs, bp, sw, db); break;                     \
-    case 5: loss = sparse_rows_##SUF(a, 5, Wc, D, S, local, xs, bp, sw, db); break;                     \
-    case 6: loss = sparse_rows_##SUF(a, 6, Wc, D, S, local, xs, bp, sw, db); break;                     \
-    case 7: loss = sparse_rows_##SUF(a, 7, Wc, D, S, local, xs, bp, sw, db); break;                     \
-    case 8: loss = sparse_rows_##SUF(a, 8, Wc, D, S, local, xs, bp, sw, db); break;                     \
-    default: loss = sparse_rows_##SUF(a, P / V, Wc, D, S, local, xs, bp, sw, db);                       \
+    case 1: loss = sparse_rows_##SUF(a, 1, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
+    case 2: loss = sparse_rows_##SUF(a, 2, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
+    case 3: loss = sparse_rows_##SUF(a, 3, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
+    case 4: loss = sparse_rows_##SUF(a, 4, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
+    case 5: loss = sparse_rows_##SUF(a, 5, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
+    case 6: loss = sparse_rows_##SUF(a, 6, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
+    case 7: loss = sparse_rows_##SUF(a, 7, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
+    case 8: loss = sparse_rows_##SUF(a, 8, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
+    default: loss = sparse_rows_##SUF(a, P / V, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db);          \
     }                                                                                                   \
     /* the update, in order: g = lr (c w + D); v = mu v - g; w += v (Nesterov: w - g + mu v); the new   \
      * gram, last, and the group of the next step */                                                    \

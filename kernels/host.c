@@ -296,6 +296,7 @@ static double lg1p_f64(double x) { return log1p(x); }
 
 #define VECTOR_BYTES 16 /* one SSE2 register */
 #define VEC(p) (*(vec *)(p)) /* the vector at p (the function's `vec`, any alignment) */
+#define DATA_TERM (1 << 30) /* in pos[j]: column j has a data term in this step's dW */
 
 /* A column's record in sparse_step's Z: its row of W^T and its row of V^T, P values each (zeros past
  * C), then `gram` (w.w, w.v, v.v at its last step, three doubles) and `last` (int64), the record
@@ -407,7 +408,7 @@ static inline __attribute__((always_inline)) double sparse_rows_##SUF(const Spar
         Py_ssize_t len = ptr[r + 1] - ptr[r];                                                           \
         const int32_t *cols = a->indices + ptr[r];                                                      \
         for (Py_ssize_t q = 0; q < len; q++) { /* its entries: places in Wc, values scaled by x_std */  \
-            at[q] = a->pos[cols[q]] * P;                                                                \
+            at[q] = (a->pos[cols[q]] & ~DATA_TERM) * P;                                                 \
             x[q] = inv_std ? xdata[ptr[r] + q] * inv_std[cols[q]] : xdata[ptr[r] + q];                  \
         }                                                                                               \
         T *s = S + i * P;                                                                               \
@@ -432,6 +433,7 @@ static inline __attribute__((always_inline)) double sparse_rows_##SUF(const Spar
                 for (Py_ssize_t u = 0; u < m; u++) g[u] = VEC(s + (u0 + u) * V);                        \
                 for (Py_ssize_t q = 0; q < len; q++) {                                                  \
                     if (u0 == 0 && q + AHEAD < len) PREFETCH(D + at[q + AHEAD]);                        \
+                    if (u0 == 0) a->pos[cols[q]] |= DATA_TERM;                                          \
                     T *dq = D + at[q] + u0 * V, xq = x[q];                                              \
                     for (Py_ssize_t u = 0; u < m; u++) VEC(dq + u * V) = VEC(dq + u * V) + xq * g[u];   \
                 }                                                                                       \
@@ -466,35 +468,27 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
         }                                                                                               \
     }                                                                                                   \
     /* each brought from its last step to this one through A[last] into the compact rows Wc, Vc, its    \
-     * rows of D zeroed, and taken out of its group (the sums taken out go to two banks by turns, so    \
-     * that one addition does not wait on the one before when neighbouring columns share a group) */    \
-    double batch2 = 0, out_of[2 * (a->r + 1)][3];                                                       \
-    memset(out_of, 0, sizeof out_of);                                                                   \
+     * rows of D zeroed (its record stays as it is until the update) */                                 \
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
         const char *rec = Z + touched[q] * R;                                                           \
         ahead_##SUF(a, Z, touched, q, k);                                                               \
-        int64_t s = *(const int64_t *)(rec + LAST);                                                     \
-        const double *m = a->A + 4 * s, *gram = (const double *)(rec + GRAM);                           \
+        const double *m = a->A + 4 * *(const int64_t *)(rec + LAST);                                    \
         T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                       \
         const T *w = (const T *)rec, *v = w + P;                                                        \
         T *wc = Wc + q * P, *vc = Vc + q * P, *dq = D + q * P;                                          \
-        vec sq = zero;                                                                                  \
         for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
-            vec w0 = VEC(w + c), v0 = VEC(v + c), wn = w0 * m0 + v0 * m1;                               \
-            VEC(wc + c) = wn;                                                                           \
+            vec w0 = VEC(w + c), v0 = VEC(v + c);                                                       \
+            VEC(wc + c) = w0 * m0 + v0 * m1;                                                            \
             VEC(vc + c) = v0 * m3 + w0 * m2;                                                            \
             VEC(dq + c) = zero;                                                                         \
-            sq = sq + wn * wn;                                                                          \
         }                                                                                               \
-        batch2 += lanes_sum_##SUF(sq);                                                                  \
-        double *bank = out_of[2 * s + (q & 1)];                                                         \
-        bank[0] += gram[0], bank[1] += gram[1], bank[2] += gram[2];                                     \
     }                                                                                                   \
-    /* ||W||^2 at this step, before its update: the groups' quadratic forms and the batch's rows */     \
-    double norm2 = batch2;                                                                              \
+    /* ||W||^2 at this step, before its update: the groups' quadratic forms (every column brought to    \
+     * this step from its last one, as the catch-up brings the batch's) */                              \
+    double norm2 = 0;                                                                                   \
     for (Py_ssize_t s = 0; s <= a->r; s++) {                                                            \
-        double a0 = a->A[4 * s], a1 = a->A[4 * s + 1], *g = a->groups + 3 * s;                          \
-        for (int u = 0; u < 3; u++) g[u] -= out_of[2 * s][u] + out_of[2 * s + 1][u];                    \
+        double a0 = a->A[4 * s], a1 = a->A[4 * s + 1];                                                  \
+        const double *g = a->groups + 3 * s;                                                            \
         norm2 += a0 * a0 * g[0] + 2 * a0 * a1 * g[1] + a1 * a1 * g[2];                                  \
     }                                                                                                   \
     for (Py_ssize_t c = 0; c < P; c++) bp[c] = c < C ? b[c] : (T)0;                                     \
@@ -511,15 +505,22 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
     case 8: loss = sparse_rows_##SUF(a, 8, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
     default: loss = sparse_rows_##SUF(a, P / V, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db);          \
     }                                                                                                   \
-    /* the update, in order: g = lr (c w + D); v = mu v - g; w += v (Nesterov: w - g + mu v); the new   \
-     * gram, last, and the group of the next step */                                                    \
+    /* the update of each column with a data term, in order: g = lr (c w + D); v = mu v - g; w += v     \
+     * (Nesterov: w - g + mu v); its gram moved from its group to the next step's (the sums taken out go \
+     * to two banks by turns, so that one addition does not wait on the one before when neighbouring    \
+     * columns share a group). A column without one (only in rows whose dL/dS is zero) keeps its        \
+     * record, its last step and its group: the lazy update is its update. */                           \
     T lr = (T)a->lr, mu = (T)a->mu, cc = (T)a->c;                                                       \
     const int nesterov = a->nesterov;                                                                   \
-    double into[3] = {0, 0, 0};                                                                         \
+    double into[3] = {0, 0, 0}, out_of[2 * (a->r + 1)][3];                                              \
+    memset(out_of, 0, sizeof out_of);                                                                   \
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
-        char *rec = Z + touched[q] * R;                                                                 \
         ahead_##SUF(a, Z, touched, q, k);                                                               \
+        if (!(a->pos[touched[q]] & DATA_TERM)) continue;                                                \
+        char *rec = Z + touched[q] * R;                                                                 \
         T *w = (T *)rec, *v = w + P;                                                                    \
+        double *gram = (double *)(rec + GRAM), *bank = out_of[2 * *(int64_t *)(rec + LAST) + (q & 1)];  \
+        bank[0] += gram[0], bank[1] += gram[1], bank[2] += gram[2];                                     \
         const T *wc = Wc + q * P, *vc = Vc + q * P, *dq = D + q * P;                                    \
         vec ww = zero, wv = zero, vv = zero;                                                            \
         for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
@@ -529,11 +530,12 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
             VEC(w + c) = wn;                                                                            \
             ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                    \
         }                                                                                               \
-        double *gram = (double *)(rec + GRAM);                                                          \
         gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);    \
         *(int64_t *)(rec + LAST) = a->r + 1;                                                            \
         into[0] += gram[0], into[1] += gram[1], into[2] += gram[2];                                     \
     }                                                                                                   \
+    for (Py_ssize_t s = 0; s <= a->r; s++)                                                              \
+        for (int u = 0; u < 3; u++) a->groups[3 * s + u] -= out_of[2 * s][u] + out_of[2 * s + 1][u];    \
     for (int u = 0; u < 3; u++) a->groups[3 * (a->r + 1) + u] += into[u];                               \
     out[0] = loss / (double)n;                                                                          \
     out[1] = norm2;                                                                                     \
@@ -771,7 +773,7 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
                           &a.nesterov, &a.svm, &o[13], &o[14], &o[15]))
         return NULL;
     Py_ssize_t C = a.C, n = a.n, d = a.d;
-    if (C < 1 || n < 1 || d < 1 || d > INT32_MAX || a.r < 0 || a.r > 4096) {
+    if (C < 1 || n < 1 || d < 1 || d >= DATA_TERM || a.r < 0 || a.r > 4096) {
         PyErr_SetString(PyExc_ValueError, "sparse_step: empty batch, classes or columns, or r out of range");
         return NULL;
     }

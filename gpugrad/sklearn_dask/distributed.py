@@ -737,7 +737,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     placement = _Placement(X)
     x_mean, x_std, classes_ = _survey(X, y, w, classes, ranges, placement,
                                       standardize or few_passes)
-    y_idx = _encoded_labels(y, classes_, placement)
+    x_blocks, y_idx = _inputs_next_to_X(X, y, classes_, dtype, placement)
     del y
     w_blocks = _blocks(w) if w is not None else [None] * len(ranges)
 
@@ -747,7 +747,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
                              x_mean=x_mean if standardize else None,
                              x_std=x_std if standardize else None, seed=random_state)
     params0 = {k: np.asarray(v, np.float64) for k, v in model.params.items()}
-    blocks = list(zip(_X_blocks(X, dtype, placement), y_idx, w_blocks))
+    blocks = list(zip(x_blocks, y_idx, w_blocks))
 
     report = _reporter(solver, verbose, callback)
     if solver == "lbfgs":
@@ -775,34 +775,29 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     return {"model": model, "classes_": classes_, "n_iter_": int(n_iter), "loss_curve_": list(losses)}
 
 
-def _encoded_labels(y, classes_, placement):
-    """The class indices of y's blocks, encoded once next to each X block and kept there."""
-    return _next_to_X(_encode, [(yb, classes_) for yb in _blocks(y)], placement, "gpugrad-labels")
-
-
-def _X_blocks(X, dtype, placement):
-    """X's row blocks as the workers' tasks take them: sparse blocks whose values are not in the
-    compute dtype converted once, next to each block, and kept there (their index arrays shared
-    with X's), rather than by every task of every pass; other blocks as they are."""
-    if not _sparse.is_sparse(X._meta) or X.dtype == dtype:
-        return _blocks(X)
-    return _next_to_X(_sparse.as_csr, [(xb, dtype) for xb in _blocks(X)], placement, "gpugrad-X")
-
-
-def _next_to_X(func, parts, placement, name):
-    """[func(*parts[i])] made once on the worker holding block i of X and kept there (persisted
-    Delayed objects, one per block)."""
+def _inputs_next_to_X(X, y, classes_, dtype, placement):
+    """(X's row blocks, y's blocks as class indices) as the workers' tasks take them, made once next
+    to each block of X and kept there: the labels encoded; sparse blocks whose values are not in
+    the compute dtype converted (their index arrays shared with X's), rather than by every task of
+    every pass; other blocks of X as they are."""
     import dask
-    tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    out = [_pinned(func, args, where, (tag, i)) for i, (args, where) in enumerate(zip(parts, placement.workers()))]
-    out = list(dask.persist(*out))
+    tag = uuid.uuid4().hex[:8]
+    where = placement.workers()
+    y_idx = [_pinned(_encode, (yb, classes_), w, (f"gpugrad-labels-{tag}", i))
+             for i, (yb, w) in enumerate(zip(_blocks(y), where))]
+    x_blocks = _blocks(X)
+    convert = _sparse.is_sparse(X._meta) and X.dtype != dtype
+    if convert:
+        x_blocks = [_pinned(_sparse.as_csr, (xb, dtype), w, (f"gpugrad-X-{tag}", i))
+                    for i, (xb, w) in enumerate(zip(x_blocks, where))]
+    made = list(dask.persist(*(y_idx + x_blocks if convert else y_idx)))
     if placement.client is not None:
         # Done before the first pass: its one task per worker thread would otherwise queue behind
         # them, and the scheduler may give a queued task (loosely pinned) to an idle worker,
         # moving that worker's chunks of X with it.
         from distributed import wait
-        wait(out)
-    return out
+        wait(made)
+    return (made[len(y_idx):] if convert else x_blocks), made[:len(y_idx)]
 
 
 def _reporter(solver, verbose, callback):

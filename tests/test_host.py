@@ -225,6 +225,43 @@ def test_sparse_step_checks_its_batch_before_writing():
     with pytest.raises(ValueError, match="column 7 of row 0"):
         host.sparse_step(*args([0], [0, 1]))
     np.testing.assert_array_equal(Z, before)
+    with pytest.raises(ValueError, match="Z: expected at least 384 values, got 192"):  # records of 2 classes, not 3
+        host.sparse_catch_up(Z, 3, np.float64, np.eye(2)[None], 0)
+    Z[0, -64:].view(np.int64)[-1] = 7  # (the last step of column 0, past r)
+    with pytest.raises(ValueError, match="column 0's last step 7 is not in 0..0"):
+        host.sparse_catch_up(Z, C, np.float64, np.eye(2)[None], 0)
+
+
+def test_sparse_step_leaves_columns_without_a_data_term_lazy():
+    """Hinge rows with no margin violated add nothing to dW: a column only they use keeps its record
+    (weights, velocities, last step) for the lazy catch-up, while a column of a violating row is
+    updated; the cost and the next catch-up are those of the numpy lazy step (within rounding)."""
+    import scipy.sparse as sp
+    # row 0 (label 0) uses columns 0, 1, scored far ahead of the other classes; row 1 (label 1) columns 2, 3
+    X = sp.csr_matrix((np.ones(4), np.array([0, 1, 2, 3], np.int32), np.array([0, 2, 4], np.int32)), shape=(2, 5))
+    W = np.zeros((5, 3))
+    W[:2, 0] = 5.0
+    V = np.full((5, 3), 0.25)
+    Z, _, (Wv, Vv, gram, last) = host.records(W, V)
+    groups = np.zeros((3, 3))
+    groups[0] = [np.sum(W * W), np.sum(W * V), np.sum(V * V)]
+    for j in range(5):
+        gram[j] = W[j] @ W[j], W[j] @ V[j], V[j] @ V[j]
+    before = Z.copy()
+    M = np.array([[1 - 0.1 * 0.02, 0.9], [-0.1 * 0.02, 0.9]])  # the step's map (lr 0.1, 2 lam 0.02, mu 0.9)
+    L, norm2, k = host.sparse_step(X, np.array([0, 1]), np.array([0, 1]), None, np.zeros(3), None, Z,
+                                   np.zeros(1, np.uint64), np.zeros(5, np.int32), np.eye(2)[None], 0, groups, 0.1,
+                                   0.9, 0.02, False, True, np.zeros(256), np.zeros(64, np.int64), np.zeros(3))
+    assert k == 4 and L == pytest.approx(2.0 / 2) and norm2 == pytest.approx(np.sum(W * W))
+    np.testing.assert_array_equal(Z[:2], before[:2])  # columns 0 and 1: untouched, still at step 0
+    assert (last[2:4] == 1).all() and (last[4] == 0)
+    assert not np.array_equal(Z[2:4], before[2:4])
+    # brought to step 1 by the map, as the catch-up will: the numpy step's weights for them
+    A = np.stack([M, np.eye(2)])
+    host.sparse_catch_up(Z, 3, np.float64, A, 1)
+    np.testing.assert_allclose(Wv[:2], M[0, 0] * W[:2] + M[0, 1] * V[:2], rtol=1e-15)
+    np.testing.assert_allclose(Vv[:2], M[1, 0] * W[:2] + M[1, 1] * V[:2], rtol=1e-15)
+    np.testing.assert_allclose(gram[:, 0], np.einsum("ij,ij->i", Wv, Wv), rtol=1e-14)
 
 
 def test_gpugrad_host_0_turns_the_loops_off():

@@ -22,7 +22,11 @@ updates can wait until it is next used:
 With momentum, where the compiled CPU loops are built (``gpugrad.backends.host``), each step is
 one call (``_Momentum.compiled_step``): the batch's columns brought up to date, its scores, loss
 and dL/dS, dW's data term, the update and the bookkeeping of ||W||^2, all in a few passes over the
-batch's non-zeros rather than the ~25 numpy calls over its (columns, C) block.
+batch's non-zeros rather than the ~25 numpy calls over its (columns, C) block. There a column's
+state is one record (its weights, its velocities, its gram and last step side by side, a few
+whole cache lines: ``host.records``), and a column that only rows with a zero dL/dS use (hinge
+rows with no margin violated) keeps its lazy state: with no data term, the catch-up's map is its
+update.
 
 Either way the result is the same algorithm as the dense step, equal within rounding, step for
 step (the same batches, learning rates, per-step costs in the history, optimiser state); at the

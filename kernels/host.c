@@ -286,8 +286,10 @@ static double lg1p_f64(double x) { return log1p(x); }
  * of a column in a few whole cache lines. Each of the batch's columns j (found in increasing order,
  * so that Z is read in order) is first brought from its last step to this one through the 2 x 2 map
  * A[last] into compact rows, then the scores, the loss and dL/dS of each row, dW's data term on
- * those columns, and the update; groups[s], the sums of the gram of the columns last at step s (which
- * is what ||W||^2 for the step's cost needs), are kept up to date.
+ * those columns, and the update of those with a data term (a column only rows with a zero dL/dS use
+ * keeps its record: the lazy catch-up is its update); groups[s], the sums of the gram of the columns
+ * last at step s (which is what ||W||^2 for the step's cost needs), are kept up to date. The loops
+ * over the classes are written with GNU C's vector extensions (gcc, clang).
  *
  * Each weight and velocity is computed with the numpy lazy step's operations in its order (a score
  * adds the row's entries in order, then b; dW's term adds the rows in order); the sums for ||W||^2

@@ -764,7 +764,8 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
                   stop_early=not few_passes)
         start = _to_standardised(params0, x_mean, x_std) if raw else params0
         if sgd_pass == "sequential":
-            params, n_iter, losses = _sequential_sgd(blocks, ranges, start, x_mean, x_std, placement, **kw)
+            params, n_iter, losses = _sequential_sgd(blocks, ranges, start, x_mean, x_std, placement,
+                                                     live=verbose or callback is not None, **kw)
         else:
             params, n_iter, losses = _local_sgd(blocks, ranges, start, x_mean, x_std, placement,
                                                 sync_every=sync_every, **kw)
@@ -917,7 +918,7 @@ def _chunk_steps_task(Xc, yc, wc, options, shared):
 
 def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, lam, dtype, solver, lr,
                     momentum, batch_size, max_iter, tol, seed, report, stop_early=True,
-                    learning_rate="constant"):
+                    learning_rate="constant", live=True):
     """Epochs of one pass over the chunks in index order, each chunk's steps run where it is held,
     the parameters and optimiser state (t included) carried from one chunk's task to the next
     (worker to worker, in the compute dtype); (params, epochs, loss curve).
@@ -926,6 +927,9 @@ def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, 
     the same order (chunk 0's rows in its seeded order, then chunk 1's, ...), step for step. On a
     cluster the state stays on the workers between epochs (the last task's result, a Future, is
     the next epoch's start): only each epoch's cost comes here, and the state once at the end.
+    Where nothing needs an epoch's cost before the next begins (no ``live`` report, and no stop
+    the plateau rule can make within max_iter epochs), every epoch's tasks go to the cluster at
+    once and the costs come with the parameters, the epochs then closed in order here.
     Without ``stop_early`` it runs max_iter epochs whatever the cost does."""
     import dask
     counts = [n_batches(b - a, batch_size) for a, b in ranges]
@@ -934,6 +938,7 @@ def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, 
     carried = _shared(start, f"gpugrad-pass-start-{uuid.uuid4().hex[:8]}")
     losses, plateau = [], Plateau(tol, N_ITER_NO_CHANGE)
     seed_root = 0 if seed is None else int(seed)
+    chained = placement.client is not None and not live and (not stop_early or max_iter <= N_ITER_NO_CHANGE)
     for epoch in range(max_iter):
         tag = f"gpugrad-pass-{uuid.uuid4().hex[:8]}"
         for i, ((xb, yb, wb), where) in enumerate(zip(blocks, placement.workers())):
@@ -942,6 +947,8 @@ def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, 
             carried = _pinned(_chunk_relay, (xb, yb, wb, options, carried, i == 0, x_mean, x_std), where,
                               (tag, i))
         what = f"the steps of epoch {epoch + 1}"
+        if chained:
+            continue
         if placement.client is not None:
             carried = placement.client.compute(carried)
             cost, rows = _compute([dask.delayed(_pass_cost)(carried, dask_key_name=f"{tag}-cost")],
@@ -952,6 +959,13 @@ def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, 
             carried = _shared(state, f"{tag}-state")
         if _close_epoch(cost / rows, epoch, lr, losses, report, plateau) and stop_early:
             break
+    if chained:  # the parameters and every epoch's (cost, rows)
+        params, costs = _compute([dask.delayed(_pass_params)(carried, dask_key_name=f"{tag}-params"),
+                                  dask.delayed(_pass_costs)(carried, dask_key_name=f"{tag}-costs")], ranges, tag,
+                                 f"the steps of epochs 1 to {max_iter}", None)
+        for epoch, (cost, rows) in enumerate(costs):
+            _close_epoch(cost / rows, epoch, lr, losses, report, plateau)
+        return params, len(losses), losses
     if placement.client is not None:  # the parameters (not the optimiser's slots) come here
         return (_compute([dask.delayed(_pass_params)(carried, dask_key_name=f"{tag}-params")], ranges, tag,
                          "the parameters", None)[0], len(losses), losses)
@@ -961,19 +975,28 @@ def _sequential_sgd(blocks, ranges, params0, x_mean, x_std, placement, *, loss, 
 def _chunk_relay(Xc, yc, wc, options, carried, first, x_mean, x_std):
     """One chunk's steps of the sequential pass from the state ``carried`` by the chunk before
     (by the last chunk of the epoch before when ``first``): the state after them, with the
-    chunk's summed batch costs and rows added to the epoch's."""
+    chunk's summed batch costs and rows added to the epoch's, and the (cost, rows) of the epochs
+    before in "epochs"."""
+    epochs = list(carried.get("epochs", ()))
+    if first and "cost" in carried:  # the epoch before ended with the chunk before
+        epochs.append((carried["cost"], carried["rows"]))
     cost, rows = (0.0, 0) if first else (carried["cost"], carried["rows"])
     out = _chunk_run(Xc, yc, wc, carried, x_mean, x_std, **options)
     if out is None:  # an empty chunk passes the state on
-        return {**carried, "cost": cost, "rows": rows}
+        return {**carried, "cost": cost, "rows": rows, "epochs": epochs}
     be, params, opt_state, chunk_cost, chunk_rows = out
     return {"params": {k: be.to_numpy(v) for k, v in params.items()}, "opt": opt_state,
-            "cost": cost + chunk_cost, "rows": rows + chunk_rows}
+            "cost": cost + chunk_cost, "rows": rows + chunk_rows, "epochs": epochs}
 
 
 def _pass_cost(state):
     """(summed batch costs, rows) of the epoch that made ``state``."""
     return state["cost"], state["rows"]
+
+
+def _pass_costs(state):
+    """[(summed batch costs, rows)] of every epoch up to the one that made ``state``."""
+    return state["epochs"] + [_pass_cost(state)]
 
 
 def _pass_params(state):

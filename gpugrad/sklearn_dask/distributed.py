@@ -56,8 +56,8 @@ Solvers (``solver=``):
 
   ``sgd_pass="sequential"`` passes over the chunks one after another instead: the parameters,
   the optimiser state and the update count travel from chunk i's task to chunk i+1's (worker to
-  worker, in the compute dtype; they stay on the workers between epochs and only each epoch's
-  cost and, at the end, the parameters come to the client), so every step sees the latest
+  worker, in the compute dtype; they stay on the workers between epochs and only the epochs'
+  costs and, at the end, the parameters come to the client), so every step sees the latest
   parameters and an epoch is the in-memory epoch over the same rows (chunk 0's in its seeded
   order, then chunk 1's, ...), step for step. One worker works at a time, so an epoch takes
   the time of all the chunks' steps rather than of one chunk's, but nothing is lost to

@@ -133,6 +133,8 @@ def sparse_case(rng, n, d, C, dtype, idx64=False, long_row=0, wscale=0.3):
     rows = []
     for i in range(n):
         k = 0 if i == 1 else (long_row if i == 0 and long_row else int(rng.integers(1, min(12, d - 1) + 1)))
+        if i == 0 and not long_row:
+            k = max(k, 3)  # (a duplicate entry, below, whatever the draws: X is never canonical)
         cols = rng.integers(1, d, k)
         if k > 2:
             cols[-1] = cols[0]  # a duplicate entry

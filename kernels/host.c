@@ -312,6 +312,16 @@ static Layout record_layout(Py_ssize_t C, Py_ssize_t itemsize) {
     return (Layout){P, (gram + 32 + 63) / 64 * 64, gram, gram + 24};
 }
 
+/* the scratch sparse_step takes for a batch of n rows and e entries among d columns: work, values
+ * of T (compact rows Wc, Vc, D of the k = min(e, d) columns, the rows' scores, b, a row's values),
+ * and iwork, int64 (the columns, a row's places) */
+static void scratch_sizes(Py_ssize_t C, Py_ssize_t itemsize, Py_ssize_t n, Py_ssize_t e, Py_ssize_t d,
+                          Py_ssize_t *work, Py_ssize_t *iwork) {
+    Py_ssize_t k = e < d ? e : d;
+    *work = (3 * k + n + 1) * record_layout(C, itemsize).P + e;
+    *iwork = k + e;
+}
+
 typedef struct {
     Py_ssize_t C, n, d, kmax, entries;
     Layout rec;
@@ -383,6 +393,28 @@ static inline double lanes_sum_##SUF(vec_##SUF x) {                             
     return sum;                                                                                         \
 }                                                                                                       \
                                                                                                         \
+/* a column's w and v (P values each) brought through the 2 x 2 map m into wn and vn (which may be      \
+ * w and v themselves) */                                                                               \
+static inline void bring_##SUF(const T *w, const T *v, const double *m, T *wn, T *vn, Py_ssize_t P) {   \
+    typedef vec_##SUF vec;                                                                              \
+    T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                           \
+    for (Py_ssize_t c = 0; c < P; c += LANES_##SUF) {                                                   \
+        vec w0 = VEC(w + c), v0 = VEC(v + c);                                                           \
+        VEC(wn + c) = w0 * m0 + v0 * m1;                                                                \
+        VEC(vn + c) = v0 * m3 + w0 * m2;                                                                \
+    }                                                                                                   \
+}                                                                                                       \
+                                                                                                        \
+/* gram = (w.w, w.v, v.v) of a column's w and v (P values each), each sum in T lane by lane */          \
+static inline void gram_##SUF(const T *w, const T *v, Py_ssize_t P, double *gram) {                     \
+    typedef vec_##SUF vec;                                                                              \
+    vec ww = {0}, wv = {0}, vv = {0};                                                                   \
+    for (Py_ssize_t c = 0; c < P; c += LANES_##SUF) {                                                   \
+        vec wn = VEC(w + c), vn = VEC(v + c);                                                           \
+        ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                        \
+    }                                                                                                   \
+    gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);        \
+}                                                                                                       \
 /* the record of the column the loops over the batch's columns reach AHEAD columns later */             \
 static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t *touched, Py_ssize_t q, \
                                Py_ssize_t k) {                                                          \
@@ -474,16 +506,9 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
         const char *rec = Z + touched[q] * R;                                                           \
         ahead_##SUF(a, Z, touched, q, k);                                                               \
-        const double *m = a->A + 4 * *(const int64_t *)(rec + LAST);                                    \
-        T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                       \
-        const T *w = (const T *)rec, *v = w + P;                                                        \
-        T *wc = Wc + q * P, *vc = Vc + q * P, *dq = D + q * P;                                          \
-        for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
-            vec w0 = VEC(w + c), v0 = VEC(v + c);                                                       \
-            VEC(wc + c) = w0 * m0 + v0 * m1;                                                            \
-            VEC(vc + c) = v0 * m3 + w0 * m2;                                                            \
-            VEC(dq + c) = zero;                                                                         \
-        }                                                                                               \
+        const T *w = (const T *)rec;                                                                    \
+        bring_##SUF(w, w + P, a->A + 4 * *(const int64_t *)(rec + LAST), Wc + q * P, Vc + q * P, P);    \
+        for (Py_ssize_t c = 0; c < P; c += V) VEC(D + q * P + c) = zero;                                \
     }                                                                                                   \
     /* ||W||^2 at this step, before its update: the groups' quadratic forms (every column brought to    \
      * this step from its last one, as the catch-up brings the batch's) */                              \
@@ -524,15 +549,13 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
         double *gram = (double *)(rec + GRAM), *bank = out_of[2 * *(int64_t *)(rec + LAST) + (q & 1)];  \
         bank[0] += gram[0], bank[1] += gram[1], bank[2] += gram[2];                                     \
         const T *wc = Wc + q * P, *vc = Vc + q * P, *dq = D + q * P;                                    \
-        vec ww = zero, wv = zero, vv = zero;                                                            \
         for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
             vec wq = VEC(wc + c), g = (wq * cc + VEC(dq + c)) * lr;                                     \
-            vec vn = VEC(vc + c) * mu - g, wn = nesterov ? (wq - g) + vn * mu : wq + vn;                \
+            vec vn = VEC(vc + c) * mu - g;                                                              \
             VEC(v + c) = vn;                                                                            \
-            VEC(w + c) = wn;                                                                            \
-            ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                    \
+            VEC(w + c) = nesterov ? (wq - g) + vn * mu : wq + vn;                                       \
         }                                                                                               \
-        gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);    \
+        gram_##SUF(w, v, P, gram);                                                                      \
         *(int64_t *)(rec + LAST) = a->r + 1;                                                            \
         into[0] += gram[0], into[1] += gram[1], into[2] += gram[2];                                     \
     }                                                                                                   \
@@ -548,30 +571,15 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
  * are), its gram recomputed and its last set to 0: the start of a new window; out: the grams' sums */  \
 static void sparse_catch_up_##SUF(const Layout *l, Py_ssize_t d, char *Z, const double *A, Py_ssize_t r, \
                                   double *out) {                                                        \
-    typedef vec_##SUF vec;                                                                              \
-    const Py_ssize_t P = l->P, V = LANES_##SUF;                                                         \
-    const vec zero = {0};                                                                               \
+    const Py_ssize_t P = l->P;                                                                          \
     double total[3] = {0, 0, 0};                                                                        \
     for (Py_ssize_t j = 0; j < d; j++) {                                                                \
         char *rec = Z + j * l->bytes;                                                                   \
         T *w = (T *)rec, *v = w + P;                                                                    \
         int64_t *last = (int64_t *)(rec + l->last);                                                     \
         double *gram = (double *)(rec + l->gram);                                                       \
-        if (*last != r) {                                                                               \
-            const double *m = A + 4 * *last;                                                            \
-            T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                   \
-            for (Py_ssize_t c = 0; c < P; c += V) {                                                     \
-                vec w0 = VEC(w + c), v0 = VEC(v + c);                                                   \
-                VEC(w + c) = w0 * m0 + v0 * m1;                                                         \
-                VEC(v + c) = v0 * m3 + w0 * m2;                                                         \
-            }                                                                                           \
-        }                                                                                               \
-        vec ww = zero, wv = zero, vv = zero;                                                            \
-        for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
-            vec wn = VEC(w + c), vn = VEC(v + c);                                                       \
-            ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                    \
-        }                                                                                               \
-        gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);    \
+        if (*last != r) bring_##SUF(w, v, A + 4 * *last, w, v, P);                                      \
+        gram_##SUF(w, v, P, gram);                                                                      \
         *last = 0;                                                                                      \
         total[0] += gram[0], total[1] += gram[1], total[2] += gram[2];                                  \
     }                                                                                                   \
@@ -840,7 +848,8 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
     }
     a.kmax = entries < d ? entries : d;
     a.entries = entries;
-    Py_ssize_t twork = (3 * a.kmax + n + 1) * a.rec.P + entries, tiwork = a.kmax + entries;
+    Py_ssize_t twork, tiwork;
+    scratch_sizes(C, isz, n, entries, d, &twork, &tiwork);
     if (have[0] < 3 * (a.r + 2) || have[1] < twork || have[2] < tiwork) {
         release(&held);
         PyErr_Format(PyExc_ValueError, "sparse_step: groups needs %zd rows of 3, work %zd values, iwork %zd",
@@ -900,6 +909,17 @@ static PyObject *py_sparse_catch_up(PyObject *self, PyObject *args) {
     return Py_BuildValue("ddd", out[0], out[1], out[2]);
 }
 
+static PyObject *py_sparse_scratch(PyObject *self, PyObject *args) {
+    Py_ssize_t C, itemsize, n, e, d, work, iwork;
+    if (!PyArg_ParseTuple(args, "nnnnn", &C, &itemsize, &n, &e, &d)) return NULL;
+    if (C < 1 || (itemsize != 4 && itemsize != 8) || n < 0 || e < 0 || d < 1) {
+        PyErr_SetString(PyExc_ValueError, "sparse_scratch: C >= 1, itemsize 4 or 8, n, e >= 0, d >= 1");
+        return NULL;
+    }
+    scratch_sizes(C, itemsize, n, e, d, &work, &iwork);
+    return Py_BuildValue("nn", work, iwork);
+}
+
 static PyObject *py_record_layout(PyObject *self, PyObject *args) {
     Py_ssize_t C, itemsize;
     if (!PyArg_ParseTuple(args, "nn", &C, &itemsize)) return NULL;
@@ -915,11 +935,13 @@ static PyMethodDef methods[] = {
     {"sparse_step", py_sparse_step, METH_VARARGS,
      "sparse_step(C, n, d, X.data, X.indices, X.indptr, rows, y, sample_weight, b, inv_std, Z, marks, pos, A, r, "
      "groups, lr, mu, 2 lam, nesterov, svm, work, iwork, db) -> (loss, ||W||^2 before the step, the batch's column "
-     "count); Z: d records (uint8) as record_layout(C, itemsize) says; work holds (3 k + n + 1) P + e values, "
-     "iwork k + e (e the batch's entries, k = min(e, d))"},
+     "count); Z: d records (uint8) as record_layout(C, itemsize) says; work and iwork as sparse_scratch says"},
     {"sparse_catch_up", py_sparse_catch_up, METH_VARARGS,
      "sparse_catch_up(C, d, itemsize, Z, A, r) -> the sums of the columns' (w.w, w.v, v.v): every column of Z "
      "brought from its last step to step r through A[last], its gram recomputed, its last set to 0"},
+    {"sparse_scratch", py_sparse_scratch, METH_VARARGS,
+     "sparse_scratch(C, itemsize, n, e, d) -> (work, iwork): the scratch values sparse_step takes for a batch of "
+     "n rows and e entries among d columns"},
     {"record_layout", py_record_layout, METH_VARARGS,
      "record_layout(C, itemsize) -> (P, bytes, gram, last): a column's record in sparse_step's Z, its rows of W^T "
      "and V^T padded to P values, its size in bytes and the byte offsets of its gram (3 doubles) and last (int64)"},

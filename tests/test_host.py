@@ -210,7 +210,7 @@ def test_sparse_step_checks_its_batch_before_writing():
     X = sp.csr_matrix(np.array([[1.0, 0, 2.0], [0, 3.0, 0]]))
     X.indices, X.indptr = X.indices.astype(np.int32), X.indptr.astype(np.int32)
     d, C = 3, 2
-    Z, _, _ = host.records(np.ones((d, C)), np.zeros((d, C)))
+    Z, _ = host.records(np.ones((d, C)), np.zeros((d, C)))
     before = Z.copy()
     marks, groups = np.zeros(1, np.uint64), np.zeros((3, 3))
     args = lambda rows, y: (X, np.array(rows, np.int64), np.array(y, np.int64), None, np.zeros(C), None, Z, marks,  # noqa: E731
@@ -242,7 +242,7 @@ def test_sparse_step_leaves_columns_without_a_data_term_lazy():
     W = np.zeros((5, 3))
     W[:2, 0] = 5.0
     V = np.full((5, 3), 0.25)
-    Z, _, (Wv, Vv, gram, last) = host.records(W, V)
+    Z, (Wv, Vv, gram, last) = host.records(W, V)
     groups = np.zeros((3, 3))
     groups[0] = [np.sum(W * W), np.sum(W * V), np.sum(V * V)]
     for j in range(5):

@@ -39,7 +39,7 @@ except ImportError:  # built without a C compiler: the numpy code runs instead
     _ext = None
 
 __all__ = ["available", "call", "fixed", "update", "softmax_ce", "takes_csr", "records", "sparse_step",
-           "sparse_catch_up"]
+           "sparse_scratch", "sparse_catch_up"]
 
 _ON = os.environ.get("GPUGRAD_HOST", "1").strip().lower() not in ("0", "false", "no", "off")
 _RULES = {"sgd": 0, "momentum": 1, "nesterov": 2, "adam": 3}
@@ -141,11 +141,11 @@ def takes_csr(X, W) -> bool:
 
 
 def records(W, V):
-    """The state of ``sparse_step`` for weights W^T and velocities V^T (d, C), any layout: (Z, P,
+    """The state of ``sparse_step`` for weights W^T and velocities V^T (d, C), any layout: (Z,
     views). Z: d records of bytes (uint8, (d, size), starting on a cache line), one a column,
-    holding its row of W^T and of V^T (copies, each padded with zeros to P >= C values, whole
-    vectors), its gram (w.w, w.v, v.v, zero here) and its last step (0); views: (W^T, V^T, gram,
-    last) as (d, C), (d, C), (d, 3) and (d,) views into Z."""
+    holding its row of W^T and of V^T (copies, each padded with zeros to whole vectors), its gram
+    (w.w, w.v, v.v, zero here) and its last step (0); views: (W^T, V^T, gram, last) as (d, C),
+    (d, C), (d, 3) and (d,) views into Z."""
     d, C = W.shape
     P, size, at_gram, at_last = _ext.record_layout(C, W.itemsize)
     raw = np.zeros(d * size + 64, np.uint8)
@@ -155,7 +155,7 @@ def records(W, V):
     views = (Z[:, :width].view(W.dtype), Z[:, v0:v0 + width].view(W.dtype),
              Z[:, at_gram:at_gram + 24].view(np.float64), Z[:, at_last:at_last + 8].view(np.int64)[:, 0])
     views[0][...], views[1][...] = W, V
-    return Z, P, views
+    return Z, views
 
 
 def sparse_step(X, rows, y, sample_weight, b, inv_std, Z, marks, pos, A, r, groups, lr, mu, two_lam, nesterov, svm,
@@ -163,13 +163,18 @@ def sparse_step(X, rows, y, sample_weight, b, inv_std, Z, marks, pos, A, r, grou
     """One lazy momentum step of ``gpugrad.sparse_sgd`` (its ``_Momentum``'s state) on the rows
     ``rows`` of CSR X: (the batch's loss, ||W||^2 before the step, the batch's column count), db
     written. Z: the columns' records (``records``); marks: (d + 63) // 64 uint64 zeros (left zero);
-    pos: (d,) int32 scratch. work and iwork: scratch of b's dtype and int64, (3 k + n + 1) P + e and
-    k + e values for the batch's e entries and k = min(e, d) columns. Every array is checked (rows,
-    labels and columns in range) before any is written; ValueError when they are not what the step
-    takes (``takes_csr`` says first)."""
+    pos: (d,) int32 scratch; work and iwork: scratch of b's dtype and int64 (``sparse_scratch``).
+    Every array is checked (rows, labels and columns in range) before any is written; ValueError
+    when they are not what the step takes (``takes_csr`` says first)."""
     return _ext.sparse_step(b.shape[0], len(rows), Z.shape[0], X.data, X.indices, X.indptr, rows, y, sample_weight,
                             b, inv_std, Z, marks, pos, A, r, groups, float(lr), float(mu), float(two_lam),
                             int(nesterov), int(svm), work, iwork, db)
+
+
+def sparse_scratch(C, dtype, n, e, d):
+    """(work, iwork): how many values of ``dtype`` and of int64 ``sparse_step`` takes as scratch for a
+    batch of n rows and e entries among d columns (C classes)."""
+    return _ext.sparse_scratch(C, np.dtype(dtype).itemsize, n, e, d)
 
 
 def sparse_catch_up(Z, C, dtype, A, r):

@@ -782,23 +782,24 @@ def _inputs_next_to_X(X, y, classes_, dtype, placement):
     the compute dtype converted (their index arrays shared with X's), rather than by every task of
     every pass; other blocks of X as they are."""
     import dask
-    tag = uuid.uuid4().hex[:8]
-    where = placement.workers()
-    y_idx = [_pinned(_encode, (yb, classes_), w, (f"gpugrad-labels-{tag}", i))
-             for i, (yb, w) in enumerate(zip(_blocks(y), where))]
-    x_blocks = _blocks(X)
-    convert = _sparse.is_sparse(X._meta) and X.dtype != dtype
-    if convert:
-        x_blocks = [_pinned(_sparse.as_csr, (xb, dtype), w, (f"gpugrad-X-{tag}", i))
-                    for i, (xb, w) in enumerate(zip(x_blocks, where))]
-    made = list(dask.persist(*(y_idx + x_blocks if convert else y_idx)))
+    tag, where = uuid.uuid4().hex[:8], placement.workers()
+
+    def next_to_X(func, blocks, *args, name):  # func(block i, *args), pinned to where block i of X is
+        return [_pinned(func, (block, *args), w, (f"{name}-{tag}", i))
+                for i, (block, w) in enumerate(zip(blocks, where))]
+
+    tasks = next_to_X(_encode, _blocks(y), classes_, name="gpugrad-labels")
+    if _sparse.is_sparse(X._meta) and X.dtype != dtype:
+        tasks += next_to_X(_sparse.as_csr, _blocks(X), dtype, name="gpugrad-X")
+    made = list(dask.persist(*tasks))
     if placement.client is not None:
         # Done before the first pass: its one task per worker thread would otherwise queue behind
         # them, and the scheduler may give a queued task (loosely pinned) to an idle worker,
         # moving that worker's chunks of X with it.
         from distributed import wait
         wait(made)
-    return (made[len(y_idx):] if convert else x_blocks), made[:len(y_idx)]
+    n = len(where)
+    return (made[n:] if len(made) > n else _blocks(X)), made[:n]
 
 
 def _reporter(solver, verbose, callback):

@@ -247,18 +247,27 @@ class _Momentum:
         self.scratch = _Scratch(W.dtype)
         self._start_window()
         if steps is not None and self._compile(steps, W, V):
-            # the records' gram (w.w, w.v, v.v) of every row, their last steps 0 (a catch-up at r = 0)
-            self.groups[0] = host.sparse_catch_up(self.Z, W.shape[0], W.dtype, self.Q[None], 0)
+            self._catch_up()  # (at r = 0: the records' gram computed, every row already at step 0)
             return
         self.Z = None  # (the compiled step's records)
         self.W, self.V = np.ascontiguousarray(W.T), np.ascontiguousarray(V.T)
         self.last = np.zeros(W.shape[1], dtype=np.int64)  # the window's step each row is at
         self.gram = np.zeros((W.shape[1], 3))  # each row's (w.w, w.v, v.v) at its last step
-        self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
-        self.groups[0] = self.gram.sum(axis=0)
+        self._new_window()
+
+    def _new_window(self, grams=None):
+        """A new window from rows all at the current step: their gram and their sums, groups[0],
+        with ``grams`` those sums where the rows' gram is already up to date (the records'),
+        computed here otherwise; every row's last step 0."""
+        if grams is None:
+            self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
+            self.last[:] = 0
+            grams = self.gram.sum(axis=0)
+        self._start_window()
+        self.groups[0] = grams
 
     def _start_window(self):
-        """A new window: every row at its step 0 (the caller sets groups[0])."""
+        """The window's products and groups, empty: step 0 (``_new_window`` fills groups[0])."""
         self.r = 0
         self.Q = np.eye(2)                   # Q_r = M_{r-1} ... M_0 over the window's steps
         self.Qinv = np.zeros((WINDOW + 1, 2, 2))
@@ -319,16 +328,15 @@ class _Momentum:
         self.inv_std = None if steps.inv_std is None else np.ascontiguousarray(steps.inv_std[:, 0], dtype=dtype)
         self.b = b
         C, d = W.shape
-        self.Z, self.width, (self.W, self.V, self.gram, self.last) = host.records(W.T, V.T)
+        self.Z, (self.W, self.V, self.gram, self.last) = host.records(W.T, V.T)
         self.marks, self.pos = np.zeros(-(-d // 64), dtype=np.uint64), np.empty(d, dtype=np.int32)
         self.db = np.empty(C, dtype=dtype)
         self.svm = steps.loss == "svm"
-        # scratch for the largest batch of the order: e entries, at most k = min(e, d) columns
+        # scratch for the largest batch of the order (e entries)
         n = len(steps.order)
         e = int(np.add.reduceat(np.diff(X.indptr)[steps.order], np.arange(0, n, steps.batch_size)).max()) if n else 0
-        k = min(e, d)
-        self.work = np.empty((3 * k + min(n, steps.batch_size) + 1) * self.width + e, dtype)
-        self.iwork = np.empty(k + e, np.int64)
+        work, iwork = host.sparse_scratch(C, dtype, min(n, steps.batch_size), e, d)
+        self.work, self.iwork = np.empty(work, dtype), np.empty(iwork, np.int64)
         return True
 
     def compiled_step(self, steps, i, lr):
@@ -380,9 +388,7 @@ class _Momentum:
         """Every row brought to the current step; a new window begins."""
         m = self.Q @ self.Qinv[:self.r + 1]
         if self.compiled:  # the records: one pass
-            grams = host.sparse_catch_up(self.Z, self.W.shape[1], self.W.dtype, m, self.r)
-            self._start_window()
-            self.groups[0] = grams
+            self._new_window(host.sparse_catch_up(self.Z, self.W.shape[1], self.W.dtype, m, self.r))
             return
         step = max(len(self.scratch.buffers.get("w", ())), 4096)
         for a in range(0, self.W.shape[0], step):  # a block at a time, in the steps' work arrays
@@ -391,10 +397,7 @@ class _Momentum:
             w, v = self.scratch.get("w", n, self.W.shape[1]), self.scratch.get("v", n, self.W.shape[1])
             self._apply(m, self.last[rows], self.W[rows], self.V[rows], w, v)
             self.W[rows], self.V[rows] = w, v
-        self.gram[...] = np.stack(self._grams(self.W, self.V), axis=1)
-        self.last[:] = 0
-        self._start_window()
-        self.groups[0] = self.gram.sum(axis=0)
+        self._new_window()
 
     def finish(self):
         self._catch_up()

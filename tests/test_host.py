@@ -227,6 +227,10 @@ def test_sparse_step_checks_its_batch_before_writing():
     np.testing.assert_array_equal(Z, before)
     with pytest.raises(ValueError, match="Z: expected at least 384 values, got 192"):  # records of 2 classes, not 3
         host.sparse_catch_up(Z, 3, np.float64, np.eye(2)[None], 0)
+    with pytest.raises(ValueError, match="sparse_scratch: C >= 1"):
+        host.sparse_scratch(0, np.float64, 2, 3, d)
+    with pytest.raises(ValueError, match="record_layout: C >= 1 and itemsize 4 or 8"):
+        host._ext.record_layout(C, 2)
     Z[0, -64:].view(np.int64)[-1] = 7  # (the last step of column 0, past r)
     with pytest.raises(ValueError, match="column 0's last step 7 is not in 0..0"):
         host.sparse_catch_up(Z, C, np.float64, np.eye(2)[None], 0)

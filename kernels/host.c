@@ -36,7 +36,7 @@
 #define PREFETCH(p) ((void)0)
 #endif
 #define UPDATE_BLOCK 1024 /* values of each array the update takes at a time */
-#define AHEAD 8 /* rows of W^T and V^T asked for this many rows before they are read */
+#define AHEAD 8 /* records asked for this many columns before the sparse step reads them */
 
 /* ---- arguments ------------------------------------------------------------------------------ */
 
@@ -283,22 +283,28 @@ static double lg1p_f64(double x) { return log1p(x); }
  * part of a step in one call. Z holds the columns' state as records (Layout): a column's row of W^T
  * and of V^T, each padded with zeros from C to P values so that every loop over the classes is whole
  * vectors, its gram (w.w, w.v, v.v at its last step) and its last step, all a step reads and writes
- * of a column in a few whole cache lines. Each of the batch's columns j (found in increasing order,
- * so that Z is read in order) is first brought from its last step to this one through the 2 x 2 map
- * A[last] into compact rows, then the scores, the loss and dL/dS of each row, dW's data term on
- * those columns, and the update of those with a data term (a column only rows with a zero dL/dS use
- * keeps its record: the lazy catch-up is its update); groups[s], the sums of the gram of the columns
- * last at step s (which is what ||W||^2 for the step's cost needs), are kept up to date. The loops
- * over the classes are written with GNU C's vector extensions (gcc, clang).
+ * of a column in a few whole cache lines.
+ *
+ * The step goes over the batch column by column, the columns in increasing order (so that Z is read
+ * in order, not at random), each with its entries (the batch's CSR rows turned into columns first):
+ * the scores S = X W^T + b are a column's w, brought from its last step to this one through the
+ * 2 x 2 map A[last], times its entries' values added into their rows' scores; then, row by row, the
+ * loss and dL/dS; then, column by column again, dW's data term (the entries' values times their
+ * rows' dL/dS) and the update of the columns that have one (a column only rows with a zero dL/dS
+ * use keeps its record: the lazy catch-up is its update). What a step takes at random is then the
+ * batch's n rows of scores (a few dozen kB), not the columns' weights: a row-by-row step gathers a
+ * column's weights for each of its entries, from megabytes of them. groups[s], the sums of the gram
+ * of the columns last at step s (which is what ||W||^2 for the step's cost needs), are kept up to
+ * date. The loops over the classes are written with GNU C's vector extensions (gcc, clang).
  *
  * Each weight and velocity is computed with the numpy lazy step's operations in its order (a score
- * adds the row's entries in order, then b; dW's term adds the rows in order); the sums for ||W||^2
- * (each column's in T, the rest in double) are this loop's own, within rounding of numpy's.
+ * adds the row's entries in order of their columns, then b: the row's order where its indices are
+ * sorted; dW's term adds the rows in order); the sums for ||W||^2 (each column's in T, the rest in
+ * double) are this loop's own, within rounding of numpy's.
  */
 
 #define VECTOR_BYTES 16 /* one SSE2 register */
 #define VEC(p) (*(vec *)(p)) /* the vector at p (the function's `vec`, any alignment) */
-#define DATA_TERM (1 << 30) /* in pos[j]: column j has a data term in this step's dW */
 
 /* A column's record in sparse_step's Z: its row of W^T and its row of V^T, P values each (zeros past
  * C), then `gram` (w.w, w.v, v.v at its last step, three doubles) and `last` (int64), the record
@@ -313,13 +319,14 @@ static Layout record_layout(Py_ssize_t C, Py_ssize_t itemsize) {
 }
 
 /* the scratch sparse_step takes for a batch of n rows and e entries among d columns: work, values
- * of T (compact rows Wc, Vc, D of the k = min(e, d) columns, the rows' scores, b, a row's values),
- * and iwork, int64 (the columns, a row's places) */
+ * of T (the rows' scores, b, the entries' values column by column), and iwork, int64 (the k =
+ * min(e, d) columns, where each one's entries end; then, as int32, the entries' rows and each row's
+ * liveness) */
 static void scratch_sizes(Py_ssize_t C, Py_ssize_t itemsize, Py_ssize_t n, Py_ssize_t e, Py_ssize_t d,
                           Py_ssize_t *work, Py_ssize_t *iwork) {
     Py_ssize_t k = e < d ? e : d;
-    *work = (3 * k + n + 1) * record_layout(C, itemsize).P + e;
-    *iwork = k + e;
+    *work = (n + 1) * record_layout(C, itemsize).P + e;
+    *iwork = 2 * k + (e + n + 1) / 2;
 }
 
 typedef struct {
@@ -328,7 +335,7 @@ typedef struct {
     const int32_t *indices, *indptr;
     const int64_t *rows, *y;
     uint64_t *marks;
-    int32_t *pos;
+    int32_t *count;
     Py_ssize_t r;
     const double *A;
     double *groups;
@@ -342,6 +349,21 @@ typedef struct {
 #define EXP_f64 exp
 #define LOG_f64 log
 #define LOG1P_f64 log1p
+
+/* nv's constant cases 1..8 of an always_inline pass over the batch's columns (its vector loops'
+ * count known at compile time, the sums in registers), the general case past them */
+#define BY_VECTORS(call, ...)                                                                           \
+    switch (P / V) {                                                                                    \
+    case 1: call(a, 1, __VA_ARGS__); break;                                                             \
+    case 2: call(a, 2, __VA_ARGS__); break;                                                             \
+    case 3: call(a, 3, __VA_ARGS__); break;                                                             \
+    case 4: call(a, 4, __VA_ARGS__); break;                                                             \
+    case 5: call(a, 5, __VA_ARGS__); break;                                                             \
+    case 6: call(a, 6, __VA_ARGS__); break;                                                             \
+    case 7: call(a, 7, __VA_ARGS__); break;                                                             \
+    case 8: call(a, 8, __VA_ARGS__); break;                                                             \
+    default: call(a, P / V, __VA_ARGS__);                                                               \
+    }
 
 #define DEFINE_SPARSE(T, SUF)                                                                           \
 /* VECTOR_BYTES of T, loaded from and stored to any T (unaligned) */                                    \
@@ -415,7 +437,7 @@ static inline void gram_##SUF(const T *w, const T *v, Py_ssize_t P, double *gram
     }                                                                                                   \
     gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);        \
 }                                                                                                       \
-/* the record of the column the loops over the batch's columns reach AHEAD columns later */             \
+/* the record of the column the passes over the batch's columns reach AHEAD columns later */            \
 static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t *touched, Py_ssize_t q, \
                                Py_ssize_t k) {                                                          \
     if (q + AHEAD >= k) return;                                                                         \
@@ -423,142 +445,172 @@ static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t
     for (Py_ssize_t o = 0; o < a->rec.bytes; o += 64) PREFETCH(rec + o);                                \
 }                                                                                                       \
                                                                                                         \
-/* the batch's rows, one after the other: the scores (the row's entries in order, then b), the loss     \
- * and dL/dS over them in S; db; dW's data term D on the batch's columns (the rows in order). nv: the   \
- * vectors of a row, taken 8 at a time; where the caller passes a constant, a row's 8 sums stay in      \
- * registers. Returns the summed loss. */                                                               \
-static inline __attribute__((always_inline)) double sparse_rows_##SUF(const SparseArgs *a, Py_ssize_t nv, \
-    const T *Wc, T *D, T *S, int64_t *at, T *x, const T *xdata, const T *inv_std, const T *bp,         \
-    const T *sw, T *db) {                                                                               \
-    typedef vec_##SUF vec;                                                                              \
-    const Py_ssize_t C = a->C, P = a->rec.P, V = LANES_##SUF;                                           \
-    const int32_t *ptr = a->indptr;                                                                     \
-    const vec zero = {0};                                                                               \
-    double loss = 0;                                                                                    \
-    T tn = (T)a->n;                                                                                     \
-    for (Py_ssize_t c = 0; c < C; c++) db[c] = 0;                                                       \
-    for (Py_ssize_t i = 0; i < a->n; i++) {                                                             \
-        int64_t r = a->rows[i];                                                                         \
-        Py_ssize_t len = ptr[r + 1] - ptr[r];                                                           \
-        const int32_t *cols = a->indices + ptr[r];                                                      \
-        for (Py_ssize_t q = 0; q < len; q++) { /* its entries: places in Wc, values scaled by x_std */  \
-            at[q] = (a->pos[cols[q]] & ~DATA_TERM) * P;                                                 \
-            x[q] = inv_std ? xdata[ptr[r] + q] * inv_std[cols[q]] : xdata[ptr[r] + q];                  \
-        }                                                                                               \
-        T *s = S + i * P;                                                                               \
-        for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                     \
-            Py_ssize_t m = nv - u0 < 8 ? nv - u0 : 8;                                                   \
-            vec acc[8];                                                                                 \
-            for (Py_ssize_t u = 0; u < m; u++) acc[u] = zero;                                           \
-            for (Py_ssize_t q = 0; q < len; q++) {                                                      \
-                if (u0 == 0 && q + AHEAD < len) PREFETCH(Wc + at[q + AHEAD]);                           \
-                const T *w = Wc + at[q] + u0 * V;                                                       \
-                T xq = x[q];                                                                            \
-                for (Py_ssize_t u = 0; u < m; u++) acc[u] = acc[u] + xq * VEC(w + u * V);               \
-            }                                                                                           \
-            for (Py_ssize_t u = 0; u < m; u++) VEC(s + (u0 + u) * V) = acc[u] + VEC(bp + (u0 + u) * V); \
-        }                                                                                               \
-        int any = sparse_row_loss_##SUF(a->svm, C, tn, s, (Py_ssize_t)a->y[r], sw ? sw[r] : (T)1, &loss); \
-        for (Py_ssize_t c = 0; c < C; c++) db[c] = db[c] + s[c];                                        \
-        if (any) /* (adding x * 0 leaves D as it is: D starts at +0) */                                 \
-            for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                 \
-                Py_ssize_t m = nv - u0 < 8 ? nv - u0 : 8;                                               \
-                vec g[8];                                                                               \
-                for (Py_ssize_t u = 0; u < m; u++) g[u] = VEC(s + (u0 + u) * V);                        \
-                for (Py_ssize_t q = 0; q < len; q++) {                                                  \
-                    if (u0 == 0 && q + AHEAD < len) PREFETCH(D + at[q + AHEAD]);                        \
-                    if (u0 == 0) a->pos[cols[q]] |= DATA_TERM;                                          \
-                    T *dq = D + at[q] + u0 * V, xq = x[q];                                              \
-                    for (Py_ssize_t u = 0; u < m; u++) VEC(dq + u * V) = VEC(dq + u * V) + xq * g[u];   \
-                }                                                                                       \
-            }                                                                                           \
-    }                                                                                                   \
-    return loss;                                                                                        \
-}                                                                                                       \
-static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, const T *inv_std,        \
-                              const T *sw, char *Z, T *work, int64_t *iwork, T *db, double *out) {      \
-    typedef vec_##SUF vec;                                                                              \
-    const Py_ssize_t C = a->C, P = a->rec.P, R = a->rec.bytes, n = a->n, kmax = a->kmax, V = LANES_##SUF; \
-    const Py_ssize_t GRAM = a->rec.gram, LAST = a->rec.last;                                            \
-    Py_ssize_t k = 0;                                                                                   \
+/* the batch's columns in increasing order (touched; k of them, returned) and its entries column by     \
+ * column, a column's in the batch's order of rows: column q's are end[q - 1] .. end[q] - 1 (end[-1]    \
+ * = 0), each its row's place in the batch (at) and its value (x, times inv_std where given). The       \
+ * columns are found through a bit each in `marks` (its set words' bits, in order) while `count`        \
+ * counts each one's entries, then holds where its next entry goes; both are left zero. */              \
+static Py_ssize_t sparse_by_column_##SUF(const SparseArgs *a, const T *xdata, const T *inv_std,         \
+                                         int64_t *touched, int64_t *end, int32_t *at, T *x) {           \
     const int32_t *ind = a->indices, *ptr = a->indptr;                                                  \
-    int64_t *touched = iwork, *at = iwork + kmax;                                                       \
-    T *Wc = work, *Vc = work + kmax * P, *D = work + 2 * kmax * P, *S = work + 3 * kmax * P;            \
-    T *bp = S + n * P, *xs = bp + P; /* and the entries of a row: their values in xs, places in at */   \
-    const vec zero = {0};                                                                               \
-    /* the batch's columns in increasing order (the records are then read and written in order, not     \
-     * at random): a bit each in `marks`, then the set words' bits (the marks are left clear) */        \
-    for (Py_ssize_t i = 0; i < n; i++)                                                                  \
-        for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++)                                 \
+    int32_t *count = a->count;                                                                          \
+    Py_ssize_t k = 0;                                                                                   \
+    int32_t total = 0;                                                                                  \
+    for (Py_ssize_t i = 0; i < a->n; i++)                                                               \
+        for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++) {                               \
             a->marks[ind[p] >> 6] |= (uint64_t)1 << (ind[p] & 63);                                      \
+            count[ind[p]]++;                                                                            \
+        }                                                                                               \
     for (Py_ssize_t word = 0; word < (a->d + 63) / 64; word++) {                                        \
         uint64_t bits = a->marks[word];                                                                 \
         a->marks[word] = 0;                                                                             \
         for (; bits; bits &= bits - 1) {                                                                \
             Py_ssize_t j = word * 64 + __builtin_ctzll(bits);                                           \
             if (j >= a->d) break; /* (bits past d: not the batch's) */                                  \
-            a->pos[j] = (int32_t)k;                                                                     \
+            int32_t entries = count[j];                                                                 \
+            count[j] = total;                                                                           \
+            total += entries;                                                                           \
             touched[k++] = j;                                                                           \
         }                                                                                               \
     }                                                                                                   \
-    /* each brought from its last step to this one through A[last] into the compact rows Wc, Vc, its    \
-     * rows of D zeroed (its record stays as it is until the update) */                                 \
+    for (Py_ssize_t i = 0; i < a->n; i++)                                                               \
+        for (int32_t p = ptr[a->rows[i]]; p < ptr[a->rows[i] + 1]; p++) {                               \
+            int32_t s = count[ind[p]]++;                                                                \
+            at[s] = (int32_t)i;                                                                         \
+            x[s] = inv_std ? xdata[p] * inv_std[ind[p]] : xdata[p];                                     \
+        }                                                                                               \
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
-        const char *rec = Z + touched[q] * R;                                                           \
-        ahead_##SUF(a, Z, touched, q, k);                                                               \
-        const T *w = (const T *)rec;                                                                    \
-        bring_##SUF(w, w + P, a->A + 4 * *(const int64_t *)(rec + LAST), Wc + q * P, Vc + q * P, P);    \
-        for (Py_ssize_t c = 0; c < P; c += V) VEC(D + q * P + c) = zero;                                \
+        end[q] = count[touched[q]];                                                                     \
+        count[touched[q]] = 0;                                                                          \
     }                                                                                                   \
+    return k;                                                                                           \
+}                                                                                                       \
+                                                                                                        \
+/* the scores' data term: each of the batch's columns brought from its last step to this one through    \
+ * A[last] (its w alone; its record stays as it is until the update) and added, times each entry's      \
+ * value, into the scores of the entry's row (S: n rows of P, from +0). nv: the vectors of a row,       \
+ * taken 8 at a time; where the caller passes a constant, the column's w stays in registers. */         \
+static inline __attribute__((always_inline)) void sparse_scores_##SUF(const SparseArgs *a, Py_ssize_t nv, \
+    const char *Z, const int64_t *touched, Py_ssize_t k, const int64_t *end, const int32_t *at, const T *x, \
+    T *S) {                                                                                             \
+    typedef vec_##SUF vec;                                                                              \
+    const Py_ssize_t P = a->rec.P, V = LANES_##SUF;                                                     \
+    for (Py_ssize_t q = 0; q < k; q++) {                                                                \
+        ahead_##SUF(a, Z, touched, q, k);                                                               \
+        const char *rec = Z + touched[q] * a->rec.bytes;                                                \
+        const T *w = (const T *)rec; /* (and its v, P values on) */                                     \
+        const double *m = a->A + 4 * *(const int64_t *)(rec + a->rec.last);                             \
+        const T m0 = (T)m[0], m1 = (T)m[1];                                                             \
+        const int64_t lo = q ? end[q - 1] : 0, hi = end[q];                                             \
+        for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                     \
+            Py_ssize_t mm = nv - u0 < 8 ? nv - u0 : 8;                                                  \
+            vec wq[8];                                                                                  \
+            for (Py_ssize_t u = 0; u < mm; u++) {                                                       \
+                const T *wu = w + (u0 + u) * V;                                                         \
+                wq[u] = VEC(wu) * m0 + VEC(wu + P) * m1;                                                \
+            }                                                                                           \
+            for (int64_t s = lo; s < hi; s++) {                                                         \
+                T *row = S + (Py_ssize_t)at[s] * P + u0 * V, xs = x[s];                                 \
+                for (Py_ssize_t u = 0; u < mm; u++) VEC(row + u * V) = VEC(row + u * V) + xs * wq[u];   \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+}                                                                                                       \
+                                                                                                        \
+/* each row's scores (S) plus b, its loss and dL/dS over them; live[i]: whether row i's dL/dS is not    \
+ * all zero (a hinge row with no margin violated has none); db. Returns the summed loss. */             \
+static double sparse_losses_##SUF(const SparseArgs *a, T *S, const T *bp, const T *sw, T *db, int32_t *live) { \
+    typedef vec_##SUF vec;                                                                              \
+    const Py_ssize_t C = a->C, P = a->rec.P, V = LANES_##SUF;                                           \
+    double loss = 0;                                                                                    \
+    for (Py_ssize_t c = 0; c < C; c++) db[c] = 0;                                                       \
+    for (Py_ssize_t i = 0; i < a->n; i++) {                                                             \
+        int64_t r = a->rows[i];                                                                         \
+        T *s = S + i * P;                                                                               \
+        for (Py_ssize_t c = 0; c < P; c += V) VEC(s + c) = VEC(s + c) + VEC(bp + c);                    \
+        T wi = sw ? sw[r] : (T)1;                                                                       \
+        live[i] = sparse_row_loss_##SUF(a->svm, C, (T)a->n, s, (Py_ssize_t)a->y[r], wi, &loss);         \
+        for (Py_ssize_t c = 0; c < C; c++) db[c] = db[c] + s[c];                                        \
+    }                                                                                                   \
+    return loss;                                                                                        \
+}                                                                                                       \
+                                                                                                        \
+/* the update of the batch's columns that have a data term in dW (an entry in a row whose dL/dS is      \
+ * not zero): D, its entries' values times their rows' dL/dS (G, over S), the rows in order; the        \
+ * column brought to this step through A[last] and g = lr (c w + D); v = mu v - g; w += v (Nesterov:    \
+ * w - g + mu v) written to its record; its gram moved from its group to the next step's (the sums      \
+ * taken out go to two banks by turns, so that one addition does not wait on the one before when        \
+ * neighbouring columns share a group). A column without one keeps its record, its last step and        \
+ * its group: the lazy update is its update. nv as sparse_scores. */                                    \
+static inline __attribute__((always_inline)) void sparse_update_##SUF(const SparseArgs *a, Py_ssize_t nv, \
+    char *Z, const int64_t *touched, Py_ssize_t k, const int64_t *end, const int32_t *at, const T *x,   \
+    const T *G, const int32_t *live, double (*out_of)[3], double *into) {                               \
+    typedef vec_##SUF vec;                                                                              \
+    const Py_ssize_t P = a->rec.P, V = LANES_##SUF;                                                     \
+    const T lr = (T)a->lr, mu = (T)a->mu, cc = (T)a->c;                                                 \
+    const int nesterov = a->nesterov;                                                                   \
+    const vec zero = {0};                                                                               \
+    for (Py_ssize_t q = 0; q < k; q++) {                                                                \
+        ahead_##SUF(a, Z, touched, q, k);                                                               \
+        int64_t s0 = q ? end[q - 1] : 0;                                                                \
+        const int64_t hi = end[q];                                                                      \
+        while (s0 < hi && !live[at[s0]]) s0++;                                                          \
+        if (s0 == hi) continue;                                                                         \
+        char *rec = Z + touched[q] * a->rec.bytes;                                                      \
+        T *w = (T *)rec, *v = w + P;                                                                    \
+        int64_t *last = (int64_t *)(rec + a->rec.last);                                                 \
+        double *gram = (double *)(rec + a->rec.gram), *bank = out_of[2 * *last + (q & 1)];              \
+        bank[0] += gram[0], bank[1] += gram[1], bank[2] += gram[2];                                     \
+        const double *m = a->A + 4 * *last;                                                             \
+        const T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                 \
+        for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                     \
+            Py_ssize_t mm = nv - u0 < 8 ? nv - u0 : 8;                                                  \
+            vec D[8];                                                                                   \
+            for (Py_ssize_t u = 0; u < mm; u++) D[u] = zero;                                            \
+            for (int64_t s = s0; s < hi; s++) {                                                         \
+                if (!live[at[s]]) continue;                                                             \
+                const T *g = G + (Py_ssize_t)at[s] * P + u0 * V, xs = x[s];                             \
+                for (Py_ssize_t u = 0; u < mm; u++) D[u] = D[u] + xs * VEC(g + u * V);                  \
+            }                                                                                           \
+            for (Py_ssize_t u = 0; u < mm; u++) {                                                       \
+                T *wu = w + (u0 + u) * V, *vu = v + (u0 + u) * V;                                       \
+                vec w0 = VEC(wu), v0 = VEC(vu);                                                         \
+                vec wq = w0 * m0 + v0 * m1, vq = v0 * m3 + w0 * m2;                                     \
+                vec g = (wq * cc + D[u]) * lr, vn = vq * mu - g;                                        \
+                VEC(vu) = vn;                                                                           \
+                VEC(wu) = nesterov ? (wq - g) + vn * mu : wq + vn;                                      \
+            }                                                                                           \
+        }                                                                                               \
+        gram_##SUF(w, v, P, gram);                                                                      \
+        *last = a->r + 1;                                                                               \
+        into[0] += gram[0], into[1] += gram[1], into[2] += gram[2];                                     \
+    }                                                                                                   \
+}                                                                                                       \
+                                                                                                        \
+static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, const T *inv_std,        \
+                              const T *sw, char *Z, T *work, int64_t *iwork, T *db, double *out) {      \
+    const Py_ssize_t P = a->rec.P, n = a->n, kmax = a->kmax, V = LANES_##SUF;                           \
+    int64_t *touched = iwork, *end = iwork + kmax;                                                      \
+    int32_t *at = (int32_t *)(iwork + 2 * kmax), *live = at + a->entries;                               \
+    T *S = work, *bp = S + n * P, *x = bp + P;                                                          \
+    Py_ssize_t k = sparse_by_column_##SUF(a, xdata, inv_std, touched, end, at, x);                      \
     /* ||W||^2 at this step, before its update: the groups' quadratic forms (every column brought to    \
-     * this step from its last one, as the catch-up brings the batch's) */                              \
+     * this step from its last one, as the passes bring the batch's) */                                 \
     double norm2 = 0;                                                                                   \
     for (Py_ssize_t s = 0; s <= a->r; s++) {                                                            \
         double a0 = a->A[4 * s], a1 = a->A[4 * s + 1];                                                  \
         const double *g = a->groups + 3 * s;                                                            \
         norm2 += a0 * a0 * g[0] + 2 * a0 * a1 * g[1] + a1 * a1 * g[2];                                  \
     }                                                                                                   \
-    for (Py_ssize_t c = 0; c < P; c++) bp[c] = c < C ? b[c] : (T)0;                                     \
-    /* the rows (the switch gives sparse_rows the vector count of a row as a constant) */               \
-    double loss;                                                                                        \
-    switch (P / V) {                                                                                    \
-    case 1: loss = sparse_rows_##SUF(a, 1, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
-    case 2: loss = sparse_rows_##SUF(a, 2, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
-    case 3: loss = sparse_rows_##SUF(a, 3, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
-    case 4: loss = sparse_rows_##SUF(a, 4, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
-    case 5: loss = sparse_rows_##SUF(a, 5, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
-    case 6: loss = sparse_rows_##SUF(a, 6, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
-    case 7: loss = sparse_rows_##SUF(a, 7, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
-    case 8: loss = sparse_rows_##SUF(a, 8, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db); break;        \
-    default: loss = sparse_rows_##SUF(a, P / V, Wc, D, S, at, xs, xdata, inv_std, bp, sw, db);          \
-    }                                                                                                   \
-    /* the update of each column with a data term, in order: g = lr (c w + D); v = mu v - g; w += v     \
-     * (Nesterov: w - g + mu v); its gram moved from its group to the next step's (the sums taken out go \
-     * to two banks by turns, so that one addition does not wait on the one before when neighbouring    \
-     * columns share a group). A column without one (only in rows whose dL/dS is zero) keeps its        \
-     * record, its last step and its group: the lazy update is its update. */                           \
-    T lr = (T)a->lr, mu = (T)a->mu, cc = (T)a->c;                                                       \
-    const int nesterov = a->nesterov;                                                                   \
+    /* the scores, column by column; then row by row the loss and dL/dS; then the update, column by     \
+     * column: the records read in order twice, the rows' scores (a few dozen kB) at random */          \
+    memset(S, 0, (size_t)(n * P) * sizeof(T));                                                          \
+    BY_VECTORS(sparse_scores_##SUF, Z, touched, k, end, at, x, S)                                       \
+    for (Py_ssize_t c = 0; c < P; c++) bp[c] = c < a->C ? b[c] : (T)0;                                  \
+    double loss = sparse_losses_##SUF(a, S, bp, sw, db, live);                                          \
     double into[3] = {0, 0, 0}, out_of[2 * (a->r + 1)][3];                                              \
     memset(out_of, 0, sizeof out_of);                                                                   \
-    for (Py_ssize_t q = 0; q < k; q++) {                                                                \
-        ahead_##SUF(a, Z, touched, q, k);                                                               \
-        if (!(a->pos[touched[q]] & DATA_TERM)) continue;                                                \
-        char *rec = Z + touched[q] * R;                                                                 \
-        T *w = (T *)rec, *v = w + P;                                                                    \
-        double *gram = (double *)(rec + GRAM), *bank = out_of[2 * *(int64_t *)(rec + LAST) + (q & 1)];  \
-        bank[0] += gram[0], bank[1] += gram[1], bank[2] += gram[2];                                     \
-        const T *wc = Wc + q * P, *vc = Vc + q * P, *dq = D + q * P;                                    \
-        for (Py_ssize_t c = 0; c < P; c += V) {                                                         \
-            vec wq = VEC(wc + c), g = (wq * cc + VEC(dq + c)) * lr;                                     \
-            vec vn = VEC(vc + c) * mu - g;                                                              \
-            VEC(v + c) = vn;                                                                            \
-            VEC(w + c) = nesterov ? (wq - g) + vn * mu : wq + vn;                                       \
-        }                                                                                               \
-        gram_##SUF(w, v, P, gram);                                                                      \
-        *(int64_t *)(rec + LAST) = a->r + 1;                                                            \
-        into[0] += gram[0], into[1] += gram[1], into[2] += gram[2];                                     \
-    }                                                                                                   \
+    BY_VECTORS(sparse_update_##SUF, Z, touched, k, end, at, x, S, live, out_of, into)                   \
     for (Py_ssize_t s = 0; s <= a->r; s++)                                                              \
         for (int u = 0; u < 3; u++) a->groups[3 * s + u] -= out_of[2 * s][u] + out_of[2 * s + 1][u];    \
     for (int u = 0; u < 3; u++) a->groups[3 * (a->r + 1) + u] += into[u];                               \
@@ -566,7 +618,6 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
     out[1] = norm2;                                                                                     \
     out[2] = (double)k;                                                                                 \
 }                                                                                                       \
-                                                                                                        \
 /* every column brought from its last step to step r through A[last] (those already there as they       \
  * are), its gram recomputed and its last set to 0: the start of a new window; out: the grams' sums */  \
 static void sparse_catch_up_##SUF(const Layout *l, Py_ssize_t d, char *Z, const double *A, Py_ssize_t r, \
@@ -783,7 +834,7 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
                           &a.nesterov, &a.svm, &o[13], &o[14], &o[15]))
         return NULL;
     Py_ssize_t C = a.C, n = a.n, d = a.d;
-    if (C < 1 || n < 1 || d < 1 || d >= DATA_TERM || a.r < 0 || a.r > 4096) {
+    if (C < 1 || n < 1 || d < 1 || d > INT32_MAX || a.r < 0 || a.r > 4096) {
         PyErr_SetString(PyExc_ValueError, "sparse_step: empty batch, classes or columns, or r out of range");
         return NULL;
     }
@@ -815,8 +866,8 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
         Z = NULL;
     }
     a.marks = Z ? ints_of(&held, o[9], (d + 63) / 64, 8, "QL", 1, "marks", NULL) : NULL;
-    a.pos = a.marks ? ints_of(&held, o[10], d, 4, "i", 1, "pos", NULL) : NULL;
-    a.A = a.pos ? data_of(&held, o[11], 4 * (a.r + 1), 8, 0, 0, "A", NULL) : NULL;
+    a.count = a.marks ? ints_of(&held, o[10], d, 4, "i", 1, "count", NULL) : NULL;
+    a.A = a.count ? data_of(&held, o[11], 4 * (a.r + 1), 8, 0, 0, "A", NULL) : NULL;
     Py_ssize_t have[3] = {0, 0, 0}; /* the lengths of groups, work and iwork, in values */
     a.groups = a.A ? data_of(&held, o[12], -1, 8, 1, 0, "groups", &have[0]) : NULL;
     void *work = a.groups ? data_of(&held, o[13], -1, isz, 1, 0, "work", &have[1]) : NULL;
@@ -933,7 +984,7 @@ static PyObject *py_record_layout(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"sparse_step", py_sparse_step, METH_VARARGS,
-     "sparse_step(C, n, d, X.data, X.indices, X.indptr, rows, y, sample_weight, b, inv_std, Z, marks, pos, A, r, "
+     "sparse_step(C, n, d, X.data, X.indices, X.indptr, rows, y, sample_weight, b, inv_std, Z, marks, count, A, r, "
      "groups, lr, mu, 2 lam, nesterov, svm, work, iwork, db) -> (loss, ||W||^2 before the step, the batch's column "
      "count); Z: d records (uint8) as record_layout(C, itemsize) says; work and iwork as sparse_scratch says"},
     {"sparse_catch_up", py_sparse_catch_up, METH_VARARGS,

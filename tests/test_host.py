@@ -253,10 +253,12 @@ def test_sparse_step_leaves_columns_without_a_data_term_lazy():
         gram[j] = W[j] @ W[j], W[j] @ V[j], V[j] @ V[j]
     before = Z.copy()
     M = np.array([[1 - 0.1 * 0.02, 0.9], [-0.1 * 0.02, 0.9]])  # the step's map (lr 0.1, 2 lam 0.02, mu 0.9)
-    L, norm2, k = host.sparse_step(X, np.array([0, 1]), np.array([0, 1]), None, np.zeros(3), None, Z,
-                                   np.zeros(1, np.uint64), np.zeros(5, np.int32), np.eye(2)[None], 0, groups, 0.1,
-                                   0.9, 0.02, False, True, np.zeros(256), np.zeros(64, np.int64), np.zeros(3))
+    marks, count = np.zeros(1, np.uint64), np.zeros(5, np.int32)
+    L, norm2, k = host.sparse_step(X, np.array([0, 1]), np.array([0, 1]), None, np.zeros(3), None, Z, marks, count,
+                                   np.eye(2)[None], 0, groups, 0.1, 0.9, 0.02, False, True, np.zeros(256),
+                                   np.zeros(64, np.int64), np.zeros(3))
     assert k == 4 and L == pytest.approx(2.0 / 2) and norm2 == pytest.approx(np.sum(W * W))
+    assert not marks.any() and not count.any()  # (the next step's scratch: left zero)
     np.testing.assert_array_equal(Z[:2], before[:2])  # columns 0 and 1: untouched, still at step 0
     assert (last[2:4] == 1).all() and (last[4] == 0)
     assert not np.array_equal(Z[2:4], before[2:4])

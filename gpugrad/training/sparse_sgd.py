@@ -329,7 +329,7 @@ class _Momentum:
         self.b = b
         C, d = W.shape
         self.Z, (self.W, self.V, self.gram, self.last) = host.records(W.T, V.T)
-        self.marks, self.pos = np.zeros(-(-d // 64), dtype=np.uint64), np.empty(d, dtype=np.int32)
+        self.marks, self.count = np.zeros(-(-d // 64), dtype=np.uint64), np.zeros(d, dtype=np.int32)
         self.db = np.empty(C, dtype=dtype)
         self.svm = steps.loss == "svm"
         # scratch for the largest batch of the order (e entries)
@@ -345,7 +345,7 @@ class _Momentum:
         rows = batch_rows(steps.order, i, steps.batch_size)
         A = self.Q @ self.Qinv[:self.r + 1]
         L, norm2, _ = host.sparse_step(steps.X, rows, self.y, self.sw, self.b, self.inv_std, self.Z, self.marks,
-                                       self.pos, A, self.r, self.groups, lr, self.mu, self.c, self.nesterov, self.svm,
+                                       self.count, A, self.r, self.groups, lr, self.mu, self.c, self.nesterov, self.svm,
                                        self.work, self.iwork, self.db)
         self._advance(lr)
         return L, norm2, self.db

@@ -437,11 +437,11 @@ static inline void gram_##SUF(const T *w, const T *v, Py_ssize_t P, double *gram
     }                                                                                                   \
     gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);        \
 }                                                                                                       \
-/* the record of the column the passes over the batch's columns reach AHEAD columns later */            \
+/* the record of the batch's column q (if 0 <= q < k), asked for before a pass reaches it */            \
 static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t *touched, Py_ssize_t q, \
                                Py_ssize_t k) {                                                          \
-    if (q + AHEAD >= k) return;                                                                         \
-    const char *rec = Z + touched[q + AHEAD] * a->rec.bytes;                                            \
+    if (q < 0 || q >= k) return;                                                                        \
+    const char *rec = Z + touched[q] * a->rec.bytes;                                                    \
     for (Py_ssize_t o = 0; o < a->rec.bytes; o += 64) PREFETCH(rec + o);                                \
 }                                                                                                       \
                                                                                                         \
@@ -496,7 +496,7 @@ static inline __attribute__((always_inline)) void sparse_scores_##SUF(const Spar
     typedef vec_##SUF vec;                                                                              \
     const Py_ssize_t P = a->rec.P, V = LANES_##SUF;                                                     \
     for (Py_ssize_t q = 0; q < k; q++) {                                                                \
-        ahead_##SUF(a, Z, touched, q, k);                                                               \
+        ahead_##SUF(a, Z, touched, q + AHEAD, k);                                                       \
         const char *rec = Z + touched[q] * a->rec.bytes;                                                \
         const T *w = (const T *)rec; /* (and its v, P values on) */                                     \
         const double *m = a->A + 4 * *(const int64_t *)(rec + a->rec.last);                             \
@@ -541,7 +541,9 @@ static double sparse_losses_##SUF(const SparseArgs *a, T *S, const T *bp, const 
  * w - g + mu v) written to its record; its gram moved from its group to the next step's (the sums      \
  * taken out go to two banks by turns, so that one addition does not wait on the one before when        \
  * neighbouring columns share a group). A column without one keeps its record, its last step and        \
- * its group: the lazy update is its update. nv as sparse_scores. */                                    \
+ * its group: the lazy update is its update. The columns in decreasing order: the scores' pass left     \
+ * the last ones' records in the cache (and the next step's starts where this one ends). nv as          \
+ * sparse_scores. */                                                                                    \
 static inline __attribute__((always_inline)) void sparse_update_##SUF(const SparseArgs *a, Py_ssize_t nv, \
     char *Z, const int64_t *touched, Py_ssize_t k, const int64_t *end, const int32_t *at, const T *x,   \
     const T *G, const int32_t *live, double (*out_of)[3], double *into) {                               \
@@ -550,8 +552,8 @@ static inline __attribute__((always_inline)) void sparse_update_##SUF(const Spar
     const T lr = (T)a->lr, mu = (T)a->mu, cc = (T)a->c;                                                 \
     const int nesterov = a->nesterov;                                                                   \
     const vec zero = {0};                                                                               \
-    for (Py_ssize_t q = 0; q < k; q++) {                                                                \
-        ahead_##SUF(a, Z, touched, q, k);                                                               \
+    for (Py_ssize_t q = k - 1; q >= 0; q--) {                                                           \
+        ahead_##SUF(a, Z, touched, q - AHEAD, k);                                                       \
         int64_t s0 = q ? end[q - 1] : 0;                                                                \
         const int64_t hi = end[q];                                                                      \
         while (s0 < hi && !live[at[s0]]) s0++;                                                          \

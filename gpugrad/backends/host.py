@@ -140,15 +140,18 @@ def takes_csr(X, W) -> bool:
             and type(X.data) is np.ndarray and X.indices.dtype == np.int32 and X.indptr.dtype == np.int32)
 
 
+_SPARE = []  # the buffer of the last records given back (``release``), for the next ``records``
+
+
 def records(W, V):
     """The state of ``sparse_step`` for weights W^T and velocities V^T (d, C), any layout: (Z,
     views). Z: d records of bytes (uint8, (d, size), starting on a cache line), one a column,
     holding its row of W^T and of V^T (copies, each padded with zeros to whole vectors), its gram
     (w.w, w.v, v.v, zero here) and its last step (0); views: (W^T, V^T, gram, last) as (d, C),
-    (d, C), (d, 3) and (d,) views into Z."""
+    (d, C), (d, 3) and (d,) views into Z. ``release(Z)`` once done with them."""
     d, C = W.shape
     P, size, at_gram, at_last = _ext.record_layout(C, W.itemsize)
-    raw = np.zeros(d * size + 64, np.uint8)
+    raw = _zeros(d * size + 64)
     start = -raw.ctypes.data % 64
     Z = raw[start:start + d * size].reshape(d, size)
     width, v0 = C * W.itemsize, P * W.itemsize
@@ -156,6 +159,28 @@ def records(W, V):
              Z[:, at_gram:at_gram + 24].view(np.float64), Z[:, at_last:at_last + 8].view(np.int64)[:, 0])
     views[0][...], views[1][...] = W, V
     return Z, views
+
+
+def release(Z):
+    """Give the buffer of ``records``' Z back (Z and its views no longer used): the next ``records``
+    of the same size fills it rather than fresh pages. (The first touch of fresh pages costs about a
+    millisecond a MB, a few steps' time for a vocabulary's records; a Dask worker's malloc returns
+    large blocks to the system on free, so each chunk task of a pass would pay it.) One buffer is
+    kept, the last one given back."""
+    raw = Z.base if Z.base is not None else Z
+    _SPARE[:] = [raw]
+
+
+def _zeros(nbytes):
+    """nbytes zero bytes (uint8): the spare buffer (``release``) where it has that size, else new."""
+    try:
+        raw = _SPARE.pop()
+    except IndexError:  # (none, or another thread took it)
+        raw = None
+    if raw is None or raw.size != nbytes:
+        return np.zeros(nbytes, np.uint8)
+    raw[...] = 0
+    return raw
 
 
 def sparse_step(X, rows, y, sample_weight, b, inv_std, Z, marks, count, A, r, groups, lr, mu, two_lam, nesterov, svm,

@@ -593,7 +593,7 @@ def _chunk_run(Xc, yc, wc, start_state, x_mean, x_std, *, loss, lam, dtype, solv
             opt.step(params, {"W": dW, "b": db})
             cost += J * len(idx)
             rows += len(idx)
-    return be, params, opt.state(), float(cost), rows
+    return be, params, opt.state(copy=False), float(cost), rows
 
 
 def _lazy_sgd(Xc, solver, xp) -> bool:

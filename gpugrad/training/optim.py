@@ -273,11 +273,12 @@ class _Optimizer:
         self.__dict__.update(state)
         self._flat = None
 
-    def state(self) -> dict:
-        """t and the slot arrays, as numpy."""
+    def state(self, copy=True) -> dict:
+        """t and the slot arrays, as numpy; copy=False: numpy slots as they are (for a caller done
+        with the optimiser: no copy of arrays the size of the parameters)."""
         out = {"t": np.array(self.t, dtype=np.int64)}
         for k, v in self.slots.items():
-            out[k] = np.array(v.get() if hasattr(v, "get") else v)
+            out[k] = np.array(v.get() if hasattr(v, "get") else v, copy=copy or None)
         return out
 
     def load_state(self, state: dict, params) -> None:

@@ -448,8 +448,9 @@ static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t
 /* the batch's columns in increasing order (touched; k of them, returned) and its entries column by     \
  * column, a column's in the batch's order of rows: column q's are end[q - 1] .. end[q] - 1 (end[-1]    \
  * = 0), each its row's place in the batch (at) and its value (x, times inv_std where given). The       \
- * columns are found through a bit each in `marks` (its set words' bits, in order) while `count`        \
- * counts each one's entries, then holds where its next entry goes; both are left zero. */              \
+ * columns are found through a bit each in `marks` (its set words' bits, in order, left clear) while     \
+ * `count` (zero on the batch's columns: the caller's checks set it) counts each one's entries, then     \
+ * holds where its next entry goes. */                                                                  \
 static Py_ssize_t sparse_by_column_##SUF(const SparseArgs *a, const T *xdata, const T *inv_std,         \
                                          int64_t *touched, int64_t *end, int32_t *at, T *x) {           \
     const int32_t *ind = a->indices, *ptr = a->indptr;                                                  \
@@ -879,6 +880,12 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
         release(&held);
         return NULL;
     }
+    for (Py_ssize_t w = 0; w < (d + 63) / 64; w++) /* (a set bit would be a column outside the batch) */
+        if (a.marks[w]) {
+            release(&held);
+            PyErr_SetString(PyExc_ValueError, "sparse_step: marks must be zeros (as the step leaves them)");
+            return NULL;
+        }
     /* every row, label and column of the batch in range and the scratch large enough, before any write */
     Py_ssize_t entries = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -890,13 +897,15 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
                          (long long)r);
             return NULL;
         }
-        for (int32_t p = a.indptr[r]; p < a.indptr[r + 1]; p++)
+        for (int32_t p = a.indptr[r]; p < a.indptr[r + 1]; p++) {
             if (a.indices[p] < 0 || a.indices[p] >= d) {
                 release(&held);
                 PyErr_Format(PyExc_ValueError, "sparse_step: column %d of row %lld out of range", a.indices[p],
                              (long long)r);
                 return NULL;
             }
+            a.count[a.indices[p]] = 0; /* (scratch: the batch's columns counted from zero) */
+        }
         entries += a.indptr[r + 1] - a.indptr[r];
     }
     a.kmax = entries < d ? entries : d;

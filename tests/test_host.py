@@ -225,6 +225,11 @@ def test_sparse_step_checks_its_batch_before_writing():
     with pytest.raises(ValueError, match="column 7 of row 0"):
         host.sparse_step(*args([0], [0, 1]))
     np.testing.assert_array_equal(Z, before)
+    X.indices[1] = 2
+    marks[0] = 8  # (a bit for a column the batch does not have)
+    with pytest.raises(ValueError, match="marks must be zeros"):
+        host.sparse_step(*args([0], [0, 1]))
+    np.testing.assert_array_equal(Z, before)
     with pytest.raises(ValueError, match="Z: expected at least 384 values, got 192"):  # records of 2 classes, not 3
         host.sparse_catch_up(Z, 3, np.float64, np.eye(2)[None], 0)
     with pytest.raises(ValueError, match="sparse_scratch: C >= 1"):
@@ -253,12 +258,12 @@ def test_sparse_step_leaves_columns_without_a_data_term_lazy():
         gram[j] = W[j] @ W[j], W[j] @ V[j], V[j] @ V[j]
     before = Z.copy()
     M = np.array([[1 - 0.1 * 0.02, 0.9], [-0.1 * 0.02, 0.9]])  # the step's map (lr 0.1, 2 lam 0.02, mu 0.9)
-    marks, count = np.zeros(1, np.uint64), np.zeros(5, np.int32)
+    marks, count = np.zeros(1, np.uint64), np.full(5, -3, np.int32)  # (count: scratch, any values)
     L, norm2, k = host.sparse_step(X, np.array([0, 1]), np.array([0, 1]), None, np.zeros(3), None, Z, marks, count,
                                    np.eye(2)[None], 0, groups, 0.1, 0.9, 0.02, False, True, np.zeros(256),
                                    np.zeros(64, np.int64), np.zeros(3))
     assert k == 4 and L == pytest.approx(2.0 / 2) and norm2 == pytest.approx(np.sum(W * W))
-    assert not marks.any() and not count.any()  # (the next step's scratch: left zero)
+    assert not marks.any()  # (the next step's: left clear)
     np.testing.assert_array_equal(Z[:2], before[:2])  # columns 0 and 1: untouched, still at step 0
     assert (last[2:4] == 1).all() and (last[4] == 0)
     assert not np.array_equal(Z[2:4], before[2:4])

@@ -110,6 +110,17 @@ def test_state_round_trip_continues_exactly(grads, name):
     assert b.t == a.t == 5
 
 
+def test_state_without_copies_hands_out_the_slots():
+    opt = optim.SGD(0.1, momentum=0.9)
+    params = {"W": np.ones((3, 2))}
+    opt.init(params)
+    opt.step(params, {"W": np.ones((3, 2))})
+    kept, copied = opt.state(copy=False), opt.state()
+    assert kept["velocity/W"] is opt.slots["velocity/W"]
+    assert not np.shares_memory(copied["velocity/W"], opt.slots["velocity/W"])
+    np.testing.assert_array_equal(kept["velocity/W"], copied["velocity/W"])
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="lr"):
         optim.SGD(-1.0)

@@ -737,7 +737,10 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     placement = _Placement(X)
     x_mean, x_std, classes_ = _survey(X, y, w, classes, ranges, placement,
                                       standardize or few_passes)
-    x_blocks, y_idx = _inputs_next_to_X(X, y, classes_, dtype, placement)
+    # (the sequential pass's first task waits on its chunk's inputs anyway: no round trip for them,
+    # the model made here while the workers make them)
+    x_blocks, y_idx = _inputs_next_to_X(X, y, classes_, dtype, placement,
+                                        wait=not (sgd_pass == "sequential" and solver in ("sgd", "adam")))
     del y
     w_blocks = _blocks(w) if w is not None else [None] * len(ranges)
 
@@ -776,11 +779,12 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     return {"model": model, "classes_": classes_, "n_iter_": int(n_iter), "loss_curve_": list(losses)}
 
 
-def _inputs_next_to_X(X, y, classes_, dtype, placement):
+def _inputs_next_to_X(X, y, classes_, dtype, placement, wait=True):
     """(X's row blocks, y's blocks as class indices) as the workers' tasks take them, made once next
     to each block of X and kept there: the labels encoded; sparse blocks whose values are not in
     the compute dtype converted (their index arrays shared with X's), rather than by every task of
-    every pass; other blocks of X as they are."""
+    every pass; other blocks of X as they are. With ``wait``, made before this returns (on a
+    cluster)."""
     import dask
     tag, where = uuid.uuid4().hex[:8], placement.workers()
 
@@ -792,12 +796,12 @@ def _inputs_next_to_X(X, y, classes_, dtype, placement):
     if _sparse.is_sparse(X._meta) and X.dtype != dtype:
         tasks += next_to_X(_sparse.as_csr, _blocks(X), dtype, name="gpugrad-X")
     made = list(dask.persist(*tasks))
-    if placement.client is not None:
+    if wait and placement.client is not None:
         # Done before the first pass: its one task per worker thread would otherwise queue behind
         # them, and the scheduler may give a queued task (loosely pinned) to an idle worker,
         # moving that worker's chunks of X with it.
-        from distributed import wait
-        wait(made)
+        import distributed
+        distributed.wait(made)
     n = len(where)
     return (made[n:] if len(made) > n else _blocks(X)), made[:n]
 

@@ -329,7 +329,7 @@ class _Momentum:
         self.b = b
         C, d = W.shape
         self.Z, (self.W, self.V, self.gram, self.last) = host.records(W.T, V.T)
-        self.marks, self.count = np.zeros(-(-d // 64), dtype=np.uint64), np.zeros(d, dtype=np.int32)
+        self.marks, self.count = np.zeros(-(-d // 64), dtype=np.uint64), np.empty(d, dtype=np.int32)
         self.db = np.empty(C, dtype=dtype)
         self.svm = steps.loss == "svm"
         # scratch for the largest batch of the order (e entries)

@@ -442,7 +442,9 @@ static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t
                                Py_ssize_t k) {                                                          \
     if (q < 0 || q >= k) return;                                                                        \
     const char *rec = Z + touched[q] * a->rec.bytes;                                                    \
-    for (Py_ssize_t o = 0; o < a->rec.bytes; o += 64) PREFETCH(rec + o);                                \
+    /* (3 lines, unrolled: a record of 20 float32 classes; past a smaller one, its neighbour's) */      \
+    PREFETCH(rec), PREFETCH(rec + 64), PREFETCH(rec + 128);                                             \
+    for (Py_ssize_t o = 192; o < a->rec.bytes; o += 64) PREFETCH(rec + o);                              \
 }                                                                                                       \
                                                                                                         \
 /* the batch's columns in increasing order (touched; k of them, returned) and its entries column by     \
@@ -566,6 +568,7 @@ static inline __attribute__((always_inline)) void sparse_update_##SUF(const Spar
         bank[0] += gram[0], bank[1] += gram[1], bank[2] += gram[2];                                     \
         const double *m = a->A + 4 * *last;                                                             \
         const T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                 \
+        vec ww = zero, wv = zero, vv = zero; /* its new gram's sums, as gram_ adds them */                \
         for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                     \
             Py_ssize_t mm = nv - u0 < 8 ? nv - u0 : 8;                                                  \
             vec D[8];                                                                                   \
@@ -580,11 +583,13 @@ static inline __attribute__((always_inline)) void sparse_update_##SUF(const Spar
                 vec w0 = VEC(wu), v0 = VEC(vu);                                                         \
                 vec wq = w0 * m0 + v0 * m1, vq = v0 * m3 + w0 * m2;                                     \
                 vec g = (wq * cc + D[u]) * lr, vn = vq * mu - g;                                        \
+                vec wn = nesterov ? (wq - g) + vn * mu : wq + vn;                                       \
                 VEC(vu) = vn;                                                                           \
-                VEC(wu) = nesterov ? (wq - g) + vn * mu : wq + vn;                                      \
+                VEC(wu) = wn;                                                                           \
+                ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                \
             }                                                                                           \
         }                                                                                               \
-        gram_##SUF(w, v, P, gram);                                                                      \
+        gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);    \
         *last = a->r + 1;                                                                               \
         into[0] += gram[0], into[1] += gram[1], into[2] += gram[2];                                     \
     }                                                                                                   \

@@ -64,3 +64,31 @@ def test_dask_only_runs_the_dask_comparison_alone(bench, monkeypatch, capsys):
     assert summary == {} and mem is None and "LogisticRegression" not in printed
     if out is not None:  # dask-ml installed
         assert "Dask: gpugrad" in printed and out[1]["accuracy"] > 0.5
+
+
+def test_step_ab_builds_both_revisions_and_times_them_side_by_side(bench, monkeypatch, capsys):
+    """benchmarks/sparse_step_ab.py at a small size: HEAD's kernels/host.c and the working tree's,
+    each built as a module of its own, alternate; where the two sources are the same file, so are
+    the weights, bit for bit. A revision git does not know is named in the error."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from gpugrad.backends import host
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], cwd=root,
+                                                     capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    import sparse_step_ab as ab
+    before = host._ext
+    small = ["--rows", "1500", "--cols", "400", "--nnz", "15", "--classes", "4", "--batch-size", "100", "--rounds", "2"]
+    out = ab.main(small)
+    assert host._ext is before  # (the loops in use afterwards: the installed ones)
+    assert len(out["ratios"]) == 2 and all(r > 0 for r in out["ratios"])
+    text = capsys.readouterr().out
+    assert "pair 2:" in text and "B/A: median" in text
+    unchanged = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "kernels/host.c"], cwd=root).returncode == 0
+    if unchanged:
+        assert out["same_weights"] and out["max_weight_diff"] == 0
+    with pytest.raises(SystemExit, match="no-such-revision"):
+        ab.main(small + ["--base", "no-such-revision"])

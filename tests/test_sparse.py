@@ -159,6 +159,36 @@ def test_sgd_on_sparse_X_takes_the_same_steps(loss, scaled, momentum, nesterov, 
         assert all(np.allclose(slots[k], runs[2][3][k], rtol=1e-10, atol=1e-14) for k in slots)
 
 
+@pytest.mark.parametrize("momentum,nesterov", [(0.5, False), (0.2, False), (0.3, True)])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_lazy_momentum_with_a_small_mu_over_whole_windows(momentum, nesterov, compiled, monkeypatch):
+    """The lazy steps' catch-up maps over the real WINDOW with a small momentum (mu^-64 = 1.8e19 at
+    mu = 0.5: maps made through an inverse of the window's product lose every digit) against the
+    dense step: the same weights within rounding after 3 epochs of 60 steps."""
+    import scipy.sparse as sp
+
+    from gpugrad.backends import host
+    if compiled and not host.available():
+        pytest.skip("the compiled loops are not built")
+    monkeypatch.setattr(host, "_ON", compiled)
+    rng = np.random.default_rng(5)
+    n, d, C = 1200, 150, 4
+    X = sp.random(n, d, density=0.05, format="csr", random_state=rng, dtype=np.float64)
+    X.indices, X.indptr = X.indices.astype(np.int32), X.indptr.astype(np.int32)
+    y = rng.integers(0, C, n)
+    out = []
+    for lazy in (True, False):
+        m = gg.models.LinearClassifier(d, C, "svm", backend="numpy", dtype="float64", seed=1)
+        opt = gg.optim.SGD(0.5, momentum=momentum, nesterov=nesterov)
+        t = gg.Trainer(m, opt, epochs=3, batch_size=20, lam=0.01, progress=False)
+        assert sparse_sgd.applies(t, X) and 3 * n // 20 > 2 * sparse_sgd.WINDOW
+        if not lazy:
+            t._sparse_epoch = t._epoch
+        t.fit(X, y)
+        out.append(m.params["W"].copy())
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-11, atol=1e-13)
+
+
 def test_lazy_momentum_catch_up_over_more_columns_than_one_block(rng, monkeypatch):
     """The catch-up brings W and V up to date a block of rows at a time (d = 9,000: three blocks);
     the same weights and velocities as the dense step."""

@@ -14,10 +14,13 @@ updates can wait until it is next used:
 - SGD with (Nesterov) momentum: an untouched column's (w, v) pair follows z <- M_t z with the 2 x 2
   matrix of the update (heavy ball: w' = (1 - eta c) w + mu v, v' = -eta c w + mu v, c = 2 lam;
   Nesterov: w' = (1 - eta c (1 + mu)) w + mu^2 v), so a column last touched at step s is brought
-  to step t by Q_t Q_s^-1, Q_t the product of the matrices since the window began. Columns are
-  brought up to date when a batch touches them, and all of them every WINDOW steps (which keeps
-  Q_s^-1, whose size grows as mu^-(steps), small). ||W_t||^2 for the cost is the sum over the
-  columns' last-touch steps s of a quadratic form in the group's (sum w^2, sum w v, sum v^2).
+  to step t by A_t[s] = M_{t-1} ... M_s, the product of the matrices since. The window keeps A_t[s]
+  for each of its steps s (each step multiplies them all by its matrix: a few flops a step of the
+  window; never through Q_t Q_s^-1, whose factor Q_s^-1 grows as mu^-s and cancels to nothing in
+  floating point with mu = 0.5 over 50 steps). Columns are brought up to date when a batch touches
+  them, and all of them every WINDOW steps (which bounds the window's maps and groups). ||W_t||^2
+  for the cost is the sum over the columns' last-touch steps s of a quadratic form in the group's
+  (sum w^2, sum w v, sum v^2).
 
 With momentum, where the compiled CPU loops are built (``gpugrad.backends.host``), each step is
 one call (``_Momentum.compiled_step``): the batch's columns brought up to date, its scores, loss
@@ -267,11 +270,10 @@ class _Momentum:
         self.groups[0] = grams
 
     def _start_window(self):
-        """The window's products and groups, empty: step 0 (``_new_window`` fills groups[0])."""
+        """The window's maps and groups, empty: step 0 (``_new_window`` fills groups[0])."""
         self.r = 0
-        self.Q = np.eye(2)                   # Q_r = M_{r-1} ... M_0 over the window's steps
-        self.Qinv = np.zeros((WINDOW + 1, 2, 2))
-        self.Qinv[0] = np.eye(2)
+        self.A = np.zeros((WINDOW + 1, 2, 2))  # A[s], s <= r: rows last at step s -> step r
+        self.A[0] = np.eye(2)
         # Per last-touch step s: (sum w^2, sum w v, sum v^2) over the rows last touched there.
         self.groups = np.zeros((WINDOW + 1, 3))
 
@@ -291,7 +293,6 @@ class _Momentum:
         v += np.multiply(P, k(2), out=tmp)
 
     def current(self, cols):
-        self.A = self.Q @ self.Qinv[:self.r + 1]  # (r + 1, 2, 2): rows last at step s -> step r
         n, C, sc = len(cols), self.W.shape[1], self.scratch
         P0, V0 = sc.get("w0", n, C), sc.get("v0", n, C)
         self.W.take(cols, axis=0, out=P0, mode="clip")  # (clip: no buffered copy; cols are in range)
@@ -301,12 +302,12 @@ class _Momentum:
         for k in range(3):  # out of their groups (back in at update)
             self.groups[:, k] -= np.bincount(last, weights=gram[:, k], minlength=WINDOW + 1)
         self.P, self.Vc = sc.get("w", n, C), sc.get("v", n, C)
-        self._apply(self.A, last, P0, V0, self.P, self.Vc)
+        self._apply(self.A[:self.r + 1], last, P0, V0, self.P, self.Vc)
         return self.P
 
     def norm2(self):
         """||W_r||^2: each group's quadratic form, plus the rows of this batch (already at r)."""
-        a, b = self.A[:, 0, 0], self.A[:, 0, 1]
+        a, b = self.A[:self.r + 1, 0, 0], self.A[:self.r + 1, 0, 1]
         g = self.groups[:self.r + 1]
         return float(np.sum(a * a * g[:, 0] + 2 * a * b * g[:, 1] + b * b * g[:, 2])) + _dot(self.P, self.P)
 
@@ -343,9 +344,8 @@ class _Momentum:
         """Batch i's step as ``current``, the gradient, ``norm2`` and ``update`` do it, in one call:
         (L, ||W||^2 before the step, db)."""
         rows = batch_rows(steps.order, i, steps.batch_size)
-        A = self.Q @ self.Qinv[:self.r + 1]
         L, norm2, _ = host.sparse_step(steps.X, rows, self.y, self.sw, self.b, self.inv_std, self.Z, self.marks,
-                                       self.count, A, self.r, self.groups, lr, self.mu, self.c, self.nesterov, self.svm,
+                                       self.count, self.A[:self.r + 1], self.r, self.groups, lr, self.mu, self.c, self.nesterov, self.svm,
                                        self.work, self.iwork, self.db)
         self._advance(lr)
         return L, norm2, self.db
@@ -374,24 +374,20 @@ class _Momentum:
         self._advance(lr)
 
     def _advance(self, lr):
-        """The step's map M joins the window's product (the batch's rows are already at the next step).
-        (In Python floats: a few numpy calls on 2 x 2 arrays cost more than the arithmetic, ~0.1 ms a
-        step after a compiled step has taken the caches.)"""
+        """The step's map M joins the window's maps: A[s] <- M A[s], and A[r + 1] = I for the batch's
+        rows, already at the next step."""
         mu, decay = self.mu, lr * self.c
-        (m00, m01), (m10, m11) = ((1 - decay * (1 + mu), mu * mu) if self.nesterov else (1 - decay, mu)), (-decay, mu)
-        det = m00 * m11 - m01 * m10  # M^-1 in closed form
-        i00, i01, i10, i11 = m11 / det, -m01 / det, -m10 / det, m00 / det
-        (a, b), (c, d) = self.Qinv[self.r].tolist()
-        self.Qinv[self.r + 1] = (a * i00 + b * i10, a * i01 + b * i11), (c * i00 + d * i10, c * i01 + d * i11)
-        (a, b), (c, d) = self.Q.tolist()
-        self.Q = np.array([[m00 * a + m01 * c, m00 * b + m01 * d], [m10 * a + m11 * c, m10 * b + m11 * d]])
+        M = np.array([((1 - decay * (1 + mu), mu * mu) if self.nesterov else (1 - decay, mu)), (-decay, mu)])
+        maps = self.A[:self.r + 1]
+        np.matmul(M, maps, out=maps)
         self.r += 1
+        self.A[self.r] = np.eye(2)
         if self.r == WINDOW:
             self._catch_up()
 
     def _catch_up(self):
         """Every row brought to the current step; a new window begins."""
-        m = self.Q @ self.Qinv[:self.r + 1]
+        m = self.A[:self.r + 1]
         if self.compiled:  # the records: one pass
             self._new_window(host.sparse_catch_up(self.Z, self.W.shape[1], self.W.dtype, m, self.r))
             return

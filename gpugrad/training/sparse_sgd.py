@@ -345,8 +345,8 @@ class _Momentum:
         (L, ||W||^2 before the step, db)."""
         rows = batch_rows(steps.order, i, steps.batch_size)
         L, norm2, _ = host.sparse_step(steps.X, rows, self.y, self.sw, self.b, self.inv_std, self.Z, self.marks,
-                                       self.count, self.A[:self.r + 1], self.r, self.groups, lr, self.mu, self.c, self.nesterov, self.svm,
-                                       self.work, self.iwork, self.db)
+                                       self.count, self.A[:self.r + 1], self.r, self.groups, lr, self.mu, self.c,
+                                       self.nesterov, self.svm, self.work, self.iwork, self.db)
         self._advance(lr)
         return L, norm2, self.db
 

@@ -281,3 +281,24 @@ def test_gpugrad_host_0_turns_the_loops_off():
         env = {**os.environ, "GPUGRAD_HOST": value}
         got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         assert got.stdout.strip() == want, got.stderr
+
+
+def test_records_given_back_are_filled_again_from_zero(monkeypatch):
+    """``release``: the next records of that size take the same buffer (no fresh pages), every
+    byte written afresh (the padding, gram and last zero again); a buffer over SPARE_BYTES is not
+    kept."""
+    rng = np.random.default_rng(0)
+    W, V = rng.standard_normal((50, 5)).astype(np.float32), rng.standard_normal((50, 5)).astype(np.float32)
+    Z, (_, _, gram, last) = host.records(W, V)
+    gram[...], last[...] = 7.0, 3
+    Z[:, -1] = 255  # (the records' padding)
+    want = host.records(W, V)[0].copy()
+    host.release(Z)
+    Z2, (W2, V2, gram2, last2) = host.records(W, V)
+    assert np.shares_memory(Z2, Z) and Z2.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(Z2, want)
+    np.testing.assert_array_equal(W2, W)
+    assert not gram2.any() and not last2.any()
+    monkeypatch.setattr(host, "SPARE_BYTES", Z2.nbytes - 1)
+    host.release(Z2)
+    assert not np.shares_memory(host.records(W, V)[0], Z2)

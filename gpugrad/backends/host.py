@@ -141,6 +141,7 @@ def takes_csr(X, W) -> bool:
 
 
 _SPARE = []  # the buffer of the last records given back (``release``), for the next ``records``
+SPARE_BYTES = 64 << 20  # the largest such buffer kept (one, for the life of the process)
 
 
 def records(W, V):
@@ -166,9 +167,9 @@ def release(Z):
     of the same size fills it rather than fresh pages. (The first touch of fresh pages costs about a
     millisecond a MB, a few steps' time for a vocabulary's records; a Dask worker's malloc returns
     large blocks to the system on free, so each chunk task of a pass would pay it.) One buffer is
-    kept, the last one given back."""
+    kept, the last one given back, where it is at most SPARE_BYTES."""
     raw = Z.base if Z.base is not None else Z
-    _SPARE[:] = [raw]
+    _SPARE[:] = [raw] if raw.nbytes <= SPARE_BYTES else []
 
 
 def _zeros(nbytes):

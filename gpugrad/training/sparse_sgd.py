@@ -223,6 +223,9 @@ class _Scaled:
     def update(self, cols, D, lr):
         Vc = self.Vc
         self.a *= 1 - 2 * lr * self.lam
+        if self.a == 0:  # (lr 2 lam = 1: the decay leaves nothing of W, and a cannot divide)
+            self.W[...] = 0
+            self.a, self.sq, Vc = 1.0, 0.0, np.zeros_like(Vc)
         Vnew = Vc - (lr / self.a) * D
         self.sq += _dot(Vnew, Vnew) - _dot(Vc, Vc)
         _put_rows(self.W, cols, Vnew)

@@ -189,13 +189,16 @@ def test_lazy_momentum_with_a_small_mu_over_whole_windows(momentum, nesterov, co
     np.testing.assert_allclose(out[0], out[1], rtol=1e-11, atol=1e-13)
 
 
-def test_plain_sgd_where_the_decay_leaves_nothing_of_W(rng):
-    """lr 2 lam = 1 (alpha = 1, rate 1): the step W <- 0 W - lr D; the W = aV form cannot take a = 0
-    (it divided by it), and gives the dense step's weights."""
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_lazy_sgd_where_the_decay_leaves_nothing_of_W(momentum, nesterov, rng):
+    """lr 2 lam = 1 (alpha = 1, rate 1): the decay's factor is 0 (plain SGD's W = aV form cannot
+    take a = 0: it divided by it; Nesterov's map is singular: no inverse of it may be taken); the
+    lazy steps give the dense step's weights."""
     X = sp.random(300, 50, density=0.1, format="csr", random_state=1)
     y = rng.integers(0, 3, 300)
-    fits = [gg.SVMClassifier(momentum=0.0, learning_rate_init=1.0, alpha=1.0, max_iter=3, tol=None, random_state=0,
-                             backend="numpy").fit(data, y).model_.params["W"] for data in (X, X.toarray())]
+    fits = [gg.SVMClassifier(momentum=momentum, nesterovs_momentum=nesterov, learning_rate_init=1.0, alpha=1.0,
+                             max_iter=3, tol=None, random_state=0, backend="numpy").fit(data, y).model_.params["W"]
+            for data in (X, X.toarray())]
     np.testing.assert_allclose(fits[0], fits[1], rtol=1e-12, atol=1e-15)
 
 

@@ -13,7 +13,7 @@ compiled momentum step, the sequential Dask pass's settings) over ``--rows`` row
 ``sparse_data.make_text``. It reports each pair's time ratio B/A and their median, and how far
 apart the two builds' weights are: a change meant only to be faster should give the same weights
 (or say by how much it does not). Both builds run under this tree's Python code, so the base's
-``sparse_step`` must take the arguments this tree passes.
+``sparse_step`` must take the arguments this tree passes (it says so where it does not).
 """
 from __future__ import annotations
 
@@ -131,13 +131,17 @@ def main(argv=None):
         try:
             for r in range(args.rounds):
                 for name, ext in ((("A", A), ("B", B)) if r % 2 == 0 else (("B", B), ("A", A))):
-                    seconds, W = one_run(ext, X, y, args)
+                    try:
+                        seconds, W = one_run(ext, X, y, args)
+                    except (TypeError, ValueError) as e:
+                        if name == "B":
+                            raise
+                        raise SystemExit(f"sparse_step_ab: {SOURCE} at {args.base} does not take the arguments "
+                                         f"this tree's Python passes it: {e}") from e
                     times[name].append(seconds)
                     weights.setdefault(name, W)
                 log(f"  pair {r + 1}: A {times['A'][-1]:.3f} s, B {times['B'][-1]:.3f} s, "
                     f"B/A {times['B'][-1] / times['A'][-1]:.3f}")
-        except TypeError as e:  # (the base's sparse_step takes other arguments)
-            raise SystemExit(f"sparse_step_ab: the A build does not take this tree's arguments: {e}") from e
         finally:
             host._ext = saved
     ratios = [b / a for a, b in zip(times["A"], times["B"])]

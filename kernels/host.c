@@ -337,11 +337,28 @@ typedef struct {
     uint64_t *marks;
     int32_t *count;
     Py_ssize_t r;
-    const double *A;
+    double *A; /* the window's maps, moved on by the step */
     double *groups;
     double lr, mu, c;
     int nesterov, svm;
 } SparseArgs;
+
+/* the window's maps moved on by the step's map M (what the update does to a column without a data
+ * term: heavy ball [[1 - lr c, mu], [-lr c, mu]], Nesterov [[1 - lr c (1 + mu), mu^2], [-lr c, mu]]):
+ * A[s] <- M A[s] for s <= r, and A[r + 1] = I for the columns the step updated. (Each map kept
+ * itself: never Q_r Q_s^-1 through the inverse of the window's product, which grows as mu^-s.) */
+static void advance_maps(const SparseArgs *a) {
+    double decay = a->lr * a->c, mu = a->mu;
+    double m00 = a->nesterov ? 1 - decay * (1 + mu) : 1 - decay, m01 = a->nesterov ? mu * mu : mu;
+    double m10 = -decay, m11 = mu;
+    for (Py_ssize_t s = 0; s <= a->r; s++) {
+        double *m = a->A + 4 * s, a00 = m[0], a01 = m[1], a10 = m[2], a11 = m[3];
+        m[0] = m00 * a00 + m01 * a10, m[1] = m00 * a01 + m01 * a11;
+        m[2] = m10 * a00 + m11 * a10, m[3] = m10 * a01 + m11 * a11;
+    }
+    double *one = a->A + 4 * (a->r + 1);
+    one[0] = 1, one[1] = 0, one[2] = 0, one[3] = 1;
+}
 
 #define EXP_f32 expf
 #define LOG_f32 logf
@@ -622,6 +639,7 @@ static void sparse_step_##SUF(const SparseArgs *a, const T *xdata, const T *b, c
     for (Py_ssize_t s = 0; s <= a->r; s++)                                                              \
         for (int u = 0; u < 3; u++) a->groups[3 * s + u] -= out_of[2 * s][u] + out_of[2 * s + 1][u];    \
     for (int u = 0; u < 3; u++) a->groups[3 * (a->r + 1) + u] += into[u];                               \
+    advance_maps(a);                                                                                    \
     out[0] = loss / (double)n;                                                                          \
     out[1] = norm2;                                                                                     \
     out[2] = (double)k;                                                                                 \
@@ -875,8 +893,8 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
     }
     a.marks = Z ? ints_of(&held, o[9], (d + 63) / 64, 8, "QL", 1, "marks", NULL) : NULL;
     a.count = a.marks ? ints_of(&held, o[10], d, 4, "i", 1, "count", NULL) : NULL;
-    a.A = a.count ? data_of(&held, o[11], 4 * (a.r + 1), 8, 0, 0, "A", NULL) : NULL;
-    Py_ssize_t have[3] = {0, 0, 0}; /* the lengths of groups, work and iwork, in values */
+    Py_ssize_t have[4] = {0, 0, 0, 0}; /* the lengths of groups, work, iwork and A, in values */
+    a.A = a.count ? data_of(&held, o[11], -1, 8, 1, 0, "A", &have[3]) : NULL;
     a.groups = a.A ? data_of(&held, o[12], -1, 8, 1, 0, "groups", &have[0]) : NULL;
     void *work = a.groups ? data_of(&held, o[13], -1, isz, 1, 0, "work", &have[1]) : NULL;
     int64_t *iwork = work ? ints_of(&held, o[14], 0, 8, "ql", 1, "iwork", &have[2]) : NULL;
@@ -917,10 +935,10 @@ static PyObject *py_sparse_step(PyObject *self, PyObject *args) {
     a.entries = entries;
     Py_ssize_t twork, tiwork;
     scratch_sizes(C, isz, n, entries, d, &twork, &tiwork);
-    if (have[0] < 3 * (a.r + 2) || have[1] < twork || have[2] < tiwork) {
+    if (have[0] < 3 * (a.r + 2) || have[1] < twork || have[2] < tiwork || have[3] < 4 * (a.r + 2)) {
         release(&held);
-        PyErr_Format(PyExc_ValueError, "sparse_step: groups needs %zd rows of 3, work %zd values, iwork %zd",
-                     a.r + 2, twork, tiwork);
+        PyErr_Format(PyExc_ValueError, "sparse_step: groups and A need %zd rows of 3 and 2 x 2, work %zd values, "
+                     "iwork %zd", a.r + 2, twork, tiwork);
         return NULL;
     }
     double out[3];

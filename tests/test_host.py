@@ -214,7 +214,7 @@ def test_sparse_step_checks_its_batch_before_writing():
     before = Z.copy()
     marks, groups = np.zeros(1, np.uint64), np.zeros((3, 3))
     args = lambda rows, y: (X, np.array(rows, np.int64), np.array(y, np.int64), None, np.zeros(C), None, Z, marks,  # noqa: E731
-                            np.zeros(d, np.int32), np.eye(2)[None], 0, groups, 0.1, 0.9, 0.0, False, True,
+                            np.zeros(d, np.int32), np.stack([np.eye(2)] * 2), 0, groups, 0.1, 0.9, 0.0, False, True,
                             np.zeros(64), np.zeros(16, np.int64), np.zeros(C))
     for (rows, y), what in ((([0, 2], [0, 1]), "row 2"), (([0, 1], [0, 5]), "row 1")):
         with pytest.raises(ValueError, match=what):
@@ -229,6 +229,12 @@ def test_sparse_step_checks_its_batch_before_writing():
     marks[0] = 8  # (a bit for a column the batch does not have)
     with pytest.raises(ValueError, match="marks must be zeros"):
         host.sparse_step(*args([0], [0, 1]))
+    np.testing.assert_array_equal(Z, before)
+    marks[0] = 0
+    one_map = list(args([0], [0, 1]))
+    one_map[9] = np.eye(2)[None]  # (the step writes the next step's map too)
+    with pytest.raises(ValueError, match="groups and A need 2 rows"):
+        host.sparse_step(*one_map)
     np.testing.assert_array_equal(Z, before)
     with pytest.raises(ValueError, match="Z: expected at least 384 values, got 192"):  # records of 2 classes, not 3
         host.sparse_catch_up(Z, 3, np.float64, np.eye(2)[None], 0)
@@ -259,11 +265,15 @@ def test_sparse_step_leaves_columns_without_a_data_term_lazy():
     before = Z.copy()
     M = np.array([[1 - 0.1 * 0.02, 0.9], [-0.1 * 0.02, 0.9]])  # the step's map (lr 0.1, 2 lam 0.02, mu 0.9)
     marks, count = np.zeros(1, np.uint64), np.full(5, -3, np.int32)  # (count: scratch, any values)
+    maps = np.full((3, 2, 2), 5.0)  # (the window's maps: A[0] = I at step 0; A[1], A[2] written by the step)
+    maps[0] = np.eye(2)
     L, norm2, k = host.sparse_step(X, np.array([0, 1]), np.array([0, 1]), None, np.zeros(3), None, Z, marks, count,
-                                   np.eye(2)[None], 0, groups, 0.1, 0.9, 0.02, False, True, np.zeros(256),
+                                   maps, 0, groups, 0.1, 0.9, 0.02, False, True, np.zeros(256),
                                    np.zeros(64, np.int64), np.zeros(3))
     assert k == 4 and L == pytest.approx(2.0 / 2) and norm2 == pytest.approx(np.sum(W * W))
     assert not marks.any()  # (the next step's: left clear)
+    np.testing.assert_allclose(maps[:2], [M, np.eye(2)], rtol=1e-15)  # moved on to step 1
+    assert (maps[2] == 5.0).all()
     np.testing.assert_array_equal(Z[:2], before[:2])  # columns 0 and 1: untouched, still at step 0
     assert (last[2:4] == 1).all() and (last[4] == 0)
     assert not np.array_equal(Z[2:4], before[2:4])

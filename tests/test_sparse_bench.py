@@ -92,3 +92,13 @@ def test_step_ab_builds_both_revisions_and_times_them_side_by_side(bench, monkey
         assert out["same_weights"] and out["max_weight_diff"] == 0
     with pytest.raises(SystemExit, match="no-such-revision"):
         ab.main(small + ["--base", "no-such-revision"])
+    real = ab.one_run
+
+    def refused_by_a(ext, *a):  # (a base whose sparse_step takes other arguments)
+        if "_a" in ext.__name__:
+            raise ValueError("A: expected 4 values, got 260")
+        return real(ext, *a)
+    monkeypatch.setattr(ab, "one_run", refused_by_a)
+    with pytest.raises(SystemExit, match="at HEAD does not take the arguments this tree's Python passes"):
+        ab.main(small)
+    assert host._ext is before

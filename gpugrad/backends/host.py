@@ -189,7 +189,9 @@ def sparse_step(X, rows, y, sample_weight, b, inv_std, Z, marks, count, A, r, gr
     """One lazy momentum step of ``gpugrad.sparse_sgd`` (its ``_Momentum``'s state) on the rows
     ``rows`` of CSR X: (the batch's loss, ||W||^2 before the step, the batch's column count), db
     written. Z: the columns' records (``records``); marks: (d + 63) // 64 uint64 zeros (left zero);
-    count: (d,) int32 scratch; work and iwork: scratch of b's dtype and int64 (``sparse_scratch``).
+    count: (d,) int32 scratch; work and iwork: scratch of b's dtype and int64 (``sparse_scratch``);
+    A: the window's maps, float64 (at least r + 2 of 2 x 2; A[s] brings a column last at step s to
+    step r), which the step moves on to step r + 1 (A[s] <- M A[s], A[r + 1] = I).
     Every array is checked (rows, labels and columns in range, marks clear) before any but count is
     written; ValueError when they are not what the step takes (``takes_csr`` says first)."""
     return _ext.sparse_step(b.shape[0], len(rows), Z.shape[0], X.data, X.indices, X.indptr, rows, y, sample_weight,

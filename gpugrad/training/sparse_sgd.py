@@ -348,9 +348,9 @@ class _Momentum:
         (L, ||W||^2 before the step, db)."""
         rows = batch_rows(steps.order, i, steps.batch_size)
         L, norm2, _ = host.sparse_step(steps.X, rows, self.y, self.sw, self.b, self.inv_std, self.Z, self.marks,
-                                       self.count, self.A[:self.r + 1], self.r, self.groups, lr, self.mu, self.c,
-                                       self.nesterov, self.svm, self.work, self.iwork, self.db)
-        self._advance(lr)
+                                       self.count, self.A, self.r, self.groups, lr, self.mu, self.c, self.nesterov,
+                                       self.svm, self.work, self.iwork, self.db)
+        self._next_step()  # (the call moved the window's maps on, as _advance does)
         return L, norm2, self.db
 
     def update(self, cols, D, lr):
@@ -383,8 +383,12 @@ class _Momentum:
         M = np.array([((1 - decay * (1 + mu), mu * mu) if self.nesterov else (1 - decay, mu)), (-decay, mu)])
         maps = self.A[:self.r + 1]
         np.matmul(M, maps, out=maps)
+        self.A[self.r + 1] = np.eye(2)
+        self._next_step()
+
+    def _next_step(self):
+        """The window's step count moves on; at WINDOW, every row is brought up to date."""
         self.r += 1
-        self.A[self.r] = np.eye(2)
         if self.r == WINDOW:
             self._catch_up()
 

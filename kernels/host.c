@@ -432,6 +432,20 @@ static inline double lanes_sum_##SUF(vec_##SUF x) {                             
     return sum;                                                                                         \
 }                                                                                                       \
                                                                                                         \
+/* a vector of a column's w and of its v through the 2 x 2 map (m0 m1; m2 m3), in the one order the     \
+ * step's passes and the catch-up all take: w' = w m0 + v m1, v' = v m3 + w m2 */                       \
+static inline vec_##SUF map_w_##SUF(vec_##SUF w, vec_##SUF v, T m0, T m1) { return w * m0 + v * m1; }   \
+static inline vec_##SUF map_v_##SUF(vec_##SUF w, vec_##SUF v, T m2, T m3) { return v * m3 + w * m2; }   \
+                                                                                                        \
+/* a column's gram sums (w.w, w.v, v.v, each in T lane by lane) with a vector of its w and v added;     \
+ * gram_put: the sums into gram, in double */                                                           \
+static inline void gram_add_##SUF(vec_##SUF sums[3], vec_##SUF w, vec_##SUF v) {                        \
+    sums[0] = sums[0] + w * w, sums[1] = sums[1] + w * v, sums[2] = sums[2] + v * v;                    \
+}                                                                                                       \
+static inline void gram_put_##SUF(const vec_##SUF sums[3], double *gram) {                              \
+    for (int u = 0; u < 3; u++) gram[u] = lanes_sum_##SUF(sums[u]);                                     \
+}                                                                                                       \
+                                                                                                        \
 /* a column's w and v (P values each) brought through the 2 x 2 map m into wn and vn (which may be      \
  * w and v themselves) */                                                                               \
 static inline void bring_##SUF(const T *w, const T *v, const double *m, T *wn, T *vn, Py_ssize_t P) {   \
@@ -439,20 +453,17 @@ static inline void bring_##SUF(const T *w, const T *v, const double *m, T *wn, T
     T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                           \
     for (Py_ssize_t c = 0; c < P; c += LANES_##SUF) {                                                   \
         vec w0 = VEC(w + c), v0 = VEC(v + c);                                                           \
-        VEC(wn + c) = w0 * m0 + v0 * m1;                                                                \
-        VEC(vn + c) = v0 * m3 + w0 * m2;                                                                \
+        VEC(wn + c) = map_w_##SUF(w0, v0, m0, m1);                                                      \
+        VEC(vn + c) = map_v_##SUF(w0, v0, m2, m3);                                                      \
     }                                                                                                   \
 }                                                                                                       \
                                                                                                         \
-/* gram = (w.w, w.v, v.v) of a column's w and v (P values each), each sum in T lane by lane */          \
+/* gram = (w.w, w.v, v.v) of a column's w and v (P values each) */                                      \
 static inline void gram_##SUF(const T *w, const T *v, Py_ssize_t P, double *gram) {                     \
     typedef vec_##SUF vec;                                                                              \
-    vec ww = {0}, wv = {0}, vv = {0};                                                                   \
-    for (Py_ssize_t c = 0; c < P; c += LANES_##SUF) {                                                   \
-        vec wn = VEC(w + c), vn = VEC(v + c);                                                           \
-        ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                        \
-    }                                                                                                   \
-    gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);        \
+    vec sums[3] = {{0}, {0}, {0}};                                                                      \
+    for (Py_ssize_t c = 0; c < P; c += LANES_##SUF) gram_add_##SUF(sums, VEC(w + c), VEC(v + c));       \
+    gram_put_##SUF(sums, gram);                                                                         \
 }                                                                                                       \
 /* the record of the batch's column q (if 0 <= q < k), asked for before a pass reaches it */            \
 static inline void ahead_##SUF(const SparseArgs *a, const char *Z, const int64_t *touched, Py_ssize_t q, \
@@ -527,7 +538,7 @@ static inline __attribute__((always_inline)) void sparse_scores_##SUF(const Spar
             vec wq[8];                                                                                  \
             for (Py_ssize_t u = 0; u < mm; u++) {                                                       \
                 const T *wu = w + (u0 + u) * V;                                                         \
-                wq[u] = VEC(wu) * m0 + VEC(wu + P) * m1;                                                \
+                wq[u] = map_w_##SUF(VEC(wu), VEC(wu + P), m0, m1);                                      \
             }                                                                                           \
             for (int64_t s = lo; s < hi; s++) {                                                         \
                 T *row = S + (Py_ssize_t)at[s] * P + u0 * V, xs = x[s];                                 \
@@ -585,7 +596,7 @@ static inline __attribute__((always_inline)) void sparse_update_##SUF(const Spar
         bank[0] += gram[0], bank[1] += gram[1], bank[2] += gram[2];                                     \
         const double *m = a->A + 4 * *last;                                                             \
         const T m0 = (T)m[0], m1 = (T)m[1], m2 = (T)m[2], m3 = (T)m[3];                                 \
-        vec ww = zero, wv = zero, vv = zero; /* its new gram's sums, as gram_ adds them */                \
+        vec sums[3] = {zero, zero, zero}; /* its new gram's, as gram_ adds them */                      \
         for (Py_ssize_t u0 = 0; u0 < nv; u0 += 8) {                                                     \
             Py_ssize_t mm = nv - u0 < 8 ? nv - u0 : 8;                                                  \
             vec D[8];                                                                                   \
@@ -598,15 +609,15 @@ static inline __attribute__((always_inline)) void sparse_update_##SUF(const Spar
             for (Py_ssize_t u = 0; u < mm; u++) {                                                       \
                 T *wu = w + (u0 + u) * V, *vu = v + (u0 + u) * V;                                       \
                 vec w0 = VEC(wu), v0 = VEC(vu);                                                         \
-                vec wq = w0 * m0 + v0 * m1, vq = v0 * m3 + w0 * m2;                                     \
+                vec wq = map_w_##SUF(w0, v0, m0, m1), vq = map_v_##SUF(w0, v0, m2, m3);                 \
                 vec g = (wq * cc + D[u]) * lr, vn = vq * mu - g;                                        \
                 vec wn = nesterov ? (wq - g) + vn * mu : wq + vn;                                       \
                 VEC(vu) = vn;                                                                           \
                 VEC(wu) = wn;                                                                           \
-                ww = ww + wn * wn, wv = wv + wn * vn, vv = vv + vn * vn;                                \
+                gram_add_##SUF(sums, wn, vn);                                                           \
             }                                                                                           \
         }                                                                                               \
-        gram[0] = lanes_sum_##SUF(ww), gram[1] = lanes_sum_##SUF(wv), gram[2] = lanes_sum_##SUF(vv);    \
+        gram_put_##SUF(sums, gram);                                                                     \
         *last = a->r + 1;                                                                               \
         into[0] += gram[0], into[1] += gram[1], into[2] += gram[2];                                     \
     }                                                                                                   \

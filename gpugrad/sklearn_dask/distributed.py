@@ -740,7 +740,7 @@ def fit_linear(X, y, *, loss="softmax", lam=0.0, solver="lbfgs", max_iter=100, t
     # (the sequential pass's first task waits on its chunk's inputs anyway: no round trip for them,
     # the model made here while the workers make them)
     x_blocks, y_idx = _inputs_next_to_X(X, y, classes_, dtype, placement,
-                                        wait=not (sgd_pass == "sequential" and solver in ("sgd", "adam")))
+                                        wait=not (sgd_pass == "sequential" and solver != "lbfgs"))
     del y
     w_blocks = _blocks(w) if w is not None else [None] * len(ranges)
 

@@ -52,7 +52,7 @@ from .optim import SGD
 
 __all__ = ["applies", "epoch", "run"]
 
-WINDOW = 64  # steps between full catch-ups of the momentum path (mu^-64 = 850 at mu = 0.9)
+WINDOW = 64  # steps between full catch-ups of the momentum path (a step moves the window's maps on: r of them)
 
 
 def applies(trainer, X) -> bool:
@@ -224,8 +224,8 @@ class _Scaled:
         Vc = self.Vc
         self.a *= 1 - 2 * lr * self.lam
         if self.a == 0:  # (lr 2 lam = 1: the decay leaves nothing of W, and a cannot divide)
-            self.W[...] = 0
-            self.a, self.sq, Vc = 1.0, 0.0, np.zeros_like(Vc)
+            self._fold()
+            Vc = np.zeros_like(Vc)
         Vnew = Vc - (lr / self.a) * D
         self.sq += _dot(Vnew, Vnew) - _dot(Vc, Vc)
         _put_rows(self.W, cols, Vnew)

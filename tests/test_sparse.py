@@ -165,8 +165,6 @@ def test_lazy_momentum_with_a_small_mu_over_whole_windows(momentum, nesterov, co
     """The lazy steps' catch-up maps over the real WINDOW with a small momentum (mu^-64 = 1.8e19 at
     mu = 0.5: maps made through an inverse of the window's product lose every digit) against the
     dense step: the same weights within rounding after 3 epochs of 60 steps."""
-    import scipy.sparse as sp
-
     from gpugrad.backends import host
     if compiled and not host.available():
         pytest.skip("the compiled loops are not built")
